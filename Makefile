@@ -1,0 +1,37 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both create .venv and install.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+
+.PHONY: demo test test-all install install-test clean benchmarks
+
+$(VENV)/.stamp-base: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --disable-pip-version-check -q -e .
+	touch $@
+
+$(VENV)/.stamp-test: $(VENV)/.stamp-base
+	$(PIP) install --disable-pip-version-check -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.stamp-base
+install-test: $(VENV)/.stamp-test
+
+## End-to-end demo on built-in synthetic data (no data needed, CPU).
+demo: $(VENV)/.stamp-base
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash examples/quickstart.sh demo_out
+
+## Fast offline test suite (CI runs this). Slow and GPU tests are skipped.
+test: $(VENV)/.stamp-test
+	$(PY) -m pytest -q -m "not slow and not gpu"
+
+## Everything, slow tests included.
+test-all: $(VENV)/.stamp-test
+	$(PY) -m pytest -q
+
+benchmarks: $(VENV)/.stamp-base
+	$(PY) benchmarks/prepare_scale.py
+
+clean:
+	rm -rf demo_out bench_out .pytest_cache

@@ -1,0 +1,3 @@
+from rtscli.cli import entry
+
+entry()

@@ -1,0 +1,110 @@
+"""The ``rts`` command line.
+
+Each command lives in its own small module and imports its heavy dependencies (numpy, rasterio,
+geopandas, torch) inside the function, so ``rts --help`` stays fast. Errors the user can fix
+(:class:`rtscli.errors.RtsError`) print one line and exit with code 2; ``rts --debug`` shows the
+traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import typer
+
+from rtscli import __version__
+from rtscli.errors import RtsError
+
+app = typer.Typer(
+    name="rts",
+    help="Map Arctic retrogressive thaw slumps from satellite imagery, one slump at a time.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_state = {"debug": False}
+
+# Typer vendors click; its exception base class is reachable from its public BadParameter.
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"rts {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logging."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors."),
+) -> None:
+    _state["debug"] = debug or bool(os.environ.get("RTS_DEBUG"))
+    _setup_logging(logging.DEBUG if _state["debug"] else logging.WARNING if quiet else logging.INFO)
+
+
+def _setup_logging(level: int) -> None:
+    from rich.logging import RichHandler
+
+    from rtscli.console import err_console
+
+    logger = logging.getLogger("rtscli")
+    logger.handlers.clear()
+    handler = RichHandler(console=err_console, show_time=False, show_path=False, markup=False)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+# Commands: register lazily-importing wrappers from their modules.
+from rtscli.cli import bands as _bands  # noqa: E402
+from rtscli.cli import prepare as _prepare  # noqa: E402
+from rtscli.cli import synth as _synth  # noqa: E402
+
+app.command("synth")(_synth.synth)
+app.command("prepare")(_prepare.prepare)
+app.command("bands")(_bands.bands)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 1 failure, 2 bad input or usage, 130 interrupted)."""
+    try:
+        result = app(args=argv, prog_name="rts", standalone_mode=False)
+    except typer.Exit as exc:
+        if exc.exit_code == 130:
+            print("rts: interrupted; no partial output was kept", file=sys.stderr)
+        return exc.exit_code
+    except _ClickException as exc:  # usage errors: click prints them with the usage line
+        exc.show()
+        return exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        print("rts: interrupted; no partial output was kept", file=sys.stderr)
+        return 130
+    except RtsError as exc:
+        if _state["debug"]:
+            import traceback
+
+            traceback.print_exc()
+        print(f"rts: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Exception as exc:  # a bug, not a user error: keep the traceback available
+        if _state["debug"]:
+            raise
+        print(f"rts: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback"
+              " and please report it)", file=sys.stderr)
+        return 1
+    code = result if isinstance(result, int) else 0
+    if code == 130:  # typer turns Ctrl-C into Exit(130) silently
+        print("rts: interrupted; no partial output was kept", file=sys.stderr)
+    return code
+
+
+def entry() -> None:
+    sys.exit(main())

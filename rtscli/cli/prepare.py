@@ -1,0 +1,122 @@
+"""``rts prepare``: GeoTIFFs + masks or polygons -> chips, COCO instances and a manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def prepare(
+    inputs: Annotated[list[Path], typer.Argument(help="Image GeoTIFFs or folders of them (subfolders = sites).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Dataset directory to create.")],
+    bands: Annotated[Optional[str], typer.Option(help="Band map or preset: planetscope4, sentinel2-10, paper, blue=1,green=2,red=3,nir=4 ... (default: the rasters' band names).")] = None,
+    labels: Annotated[Optional[Path], typer.Option(help="Vector labels (GeoPackage, shapefile, GeoJSON) for large scenes.")] = None,
+    masks: Annotated[Optional[Path], typer.Option(help="Folder of binary mask GeoTIFFs matched to images by name.")] = None,
+    mode: Annotated[str, typer.Option(help="auto, paper (mask band), masks, or vectors.")] = "auto",
+    modalities: Annotated[Optional[str], typer.Option(help="Modalities to record, e.g. rgb,ndvi,nir,dem (default: all the bands allow of rgb,ndvi,nir).")] = None,
+    aux: Annotated[Optional[list[str]], typer.Option(help="Extra aligned raster as a band: NAME=PATH (file or folder). Repeatable.")] = None,
+    chip_size: Annotated[int, typer.Option(help="Chip side in pixels (vector labels on scenes).")] = 256,
+    overlap: Annotated[float, typer.Option(help="Chip overlap as a fraction of the chip side.")] = 0.25,
+    split: Annotated[str, typer.Option(help="train,val,test fractions, applied within each site.")] = "0.7,0.15,0.15",
+    split_file: Annotated[Optional[Path], typer.Option(help="CSV 'name,split' or JSON assigning each image/scene to a split.")] = None,
+    split_block: Annotated[int, typer.Option(help="Scenes: chips within blocks of this many pixels share a split.")] = 512,
+    seed: Annotated[int, typer.Option(help="Seed of the split.")] = 0,
+    min_area: Annotated[int, typer.Option(help="Drop instances smaller than this many pixels (counted).")] = 16,
+    segmentation: Annotated[str, typer.Option(help="auto (polygons, RLE when holes), polygon or rle.")] = "auto",
+    site: Annotated[Optional[str], typer.Option(help="Site name for all inputs (default: first subfolder name).")] = None,
+    assume_crs: Annotated[Optional[str], typer.Option(help="CRS for rasters that have none, e.g. EPSG:3413.")] = None,
+    labels_crs: Annotated[Optional[str], typer.Option(help="CRS for a label file that has none.")] = None,
+    drop_empty: Annotated[bool, typer.Option("--drop-empty", help="Drop chips without slumps (kept as negatives by default).")] = False,
+    repeat_to: Annotated[int, typer.Option(help="Repeat 1-channel modalities to this many channels (0 = no).")] = 3,
+    overwrite: Annotated[bool, typer.Option(help="Replace the dataset directory if it exists.")] = False,
+) -> None:
+    """Turn imagery and labels into a training dataset: chips, COCO JSON per split, manifest.
+
+    Three kinds of input: per-sample GeoTIFFs with a mask band (--bands paper), images plus
+    mask GeoTIFFs (--masks DIR), or large scenes plus vector labels (--labels FILE), which are cut
+    into chips of --chip-size with --overlap.
+    """
+    from rich.table import Table
+
+    from rtscli.console import console, progress
+    from rtscli.data.bands import BandMap
+    from rtscli.data.modalities import parse_names
+    from rtscli.data.prepare import MODES, PrepareOptions, prepare as run
+    from rtscli.data.split import SPLITS, parse_fractions
+    from rtscli.errors import RtsError
+    from rtscli.io.raster import parse_crs
+
+    if mode not in MODES:
+        raise RtsError(f"unknown mode {mode!r}", fix=f"use one of {', '.join(MODES)}")
+    aux_map: dict[str, Path] = {}
+    for spec in aux or []:
+        name, sep, path = spec.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise RtsError(f"cannot read --aux {spec!r}", fix="write NAME=PATH, e.g. --aux dem=dem.tif")
+        aux_map[name.strip().lower()] = Path(path.strip())
+    opts = PrepareOptions(
+        inputs=list(inputs),
+        out=out,
+        bands=BandMap.parse(bands) if bands else None,
+        mode=mode,
+        masks=masks,
+        labels=labels,
+        labels_crs=parse_crs(labels_crs, "--labels-crs"),
+        aux=aux_map,
+        modalities=parse_names(modalities) if modalities else None,
+        chip_size=chip_size,
+        overlap=overlap,
+        fractions=parse_fractions(split),
+        split_file=split_file,
+        split_block=split_block,
+        seed=seed,
+        min_area=min_area,
+        segmentation=segmentation,
+        site=site,
+        assume_crs=parse_crs(assume_crs),
+        keep_empty=not drop_empty,
+        repeat_to=repeat_to,
+        overwrite=overwrite,
+    )
+    with progress() as bar:
+        def make(desc, total):
+            task = bar.add_task(desc, total=total)
+            return lambda k: bar.advance(task, k)
+
+        result = run(opts, progress=make)
+
+    m = result.manifest
+    table = Table(title=f"dataset {out} ({m['mode']}): images / instances per site and split")
+    table.add_column("site")
+    for s in SPLITS:
+        table.add_column(s, justify="right")
+    table.add_column("negatives", justify="right")
+    for site_name, c in m["counts"]["per_site"].items():
+        table.add_row(site_name, *[f"{c[s]['images']} / {c[s]['instances']}" for s in SPLITS],
+                      str(sum(c[s]["negatives"] for s in SPLITS)))
+    tot = m["counts"]["total"]
+    table.add_row("[bold]total", *[f"{tot[s]['images']} / {tot[s]['instances']}" for s in SPLITS],
+                  str(sum(tot[s]["negatives"] for s in SPLITS)))
+    console.print(table)
+    d = m["dropped"]
+    notes = []
+    if d["specks_below_min_area"]:
+        notes.append(f"{d['specks_below_min_area']} mask specks < {min_area} px dropped")
+    if d["labels_clipped_below_min_area"]:
+        notes.append(f"{d['labels_clipped_below_min_area']} label pieces < {min_area} px at chip edges dropped")
+    if d["nodata_chips_skipped"]:
+        notes.append(f"{d['nodata_chips_skipped']} all-nodata chips skipped")
+    if d["empty_chips_dropped"]:
+        notes.append(f"{d['empty_chips_dropped']} empty chips dropped")
+    lab = m.get("labels") or {}
+    if lab.get("repaired_invalid"):
+        notes.append(f"{lab['repaired_invalid']} invalid polygons repaired")
+    if lab.get("dropped_not_polygon") or lab.get("dropped_empty"):
+        notes.append(f"{lab.get('dropped_not_polygon', 0) + lab.get('dropped_empty', 0)} non-polygon/empty features ignored")
+    for n in notes:
+        console.print(f"  note: {n}")
+    console.print(f"modalities: {', '.join(m['modalities'])}; bands: {', '.join(m['band_map'])}; "
+                  f"normalization from {m['normalization_method']['sampled_pixels']} training pixels")
+    console.print(f"wrote {out}/manifest.yaml, {', '.join(f'{s}.json' for s in SPLITS)} and chips/")

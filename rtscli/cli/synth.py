@@ -1,0 +1,89 @@
+"""``rts synth OUT``: procedural thaw-slump chips and scenes with known truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    from rtscli.errors import RtsError
+
+    t = text.lower().replace(" ", "")
+    try:
+        if "x" in t:
+            w, h = t.split("x")
+            return int(h), int(w)
+        return int(t), int(t)
+    except ValueError:
+        raise RtsError(f"cannot read size {text!r}", fix="use e.g. 2048 or 4096x2048 (width x height)") from None
+
+
+def synth(
+    out: Annotated[Path, typer.Argument(help="Output directory (created; must not exist unless --overwrite).")],
+    chips: Annotated[int, typer.Option(help="Number of per-sample chips (paper layout).")] = 60,
+    chip_size: Annotated[int, typer.Option(help="Chip side in pixels.")] = 256,
+    scenes: Annotated[int, typer.Option(help="Number of large scenes.")] = 1,
+    scene_size: Annotated[str, typer.Option(help="Scene size: 2048 or WIDTHxHEIGHT.")] = "2048",
+    site: Annotated[str, typer.Option(help="Sites: 'all' or a comma list (see the README).")] = "all",
+    seed: Annotated[int, typer.Option(help="Random seed; same seed, same data.")] = 0,
+    crs: Annotated[str, typer.Option(help="Projected CRS of the outputs.")] = "EPSG:3413",
+    resolution: Annotated[float, typer.Option(help="Pixel size in metres.")] = 3.0,
+    negatives: Annotated[float, typer.Option(help="Share of chips without any slump.")] = 0.1,
+    nodata_fraction: Annotated[float, typer.Option(help="Share of chips with a nodata margin.")] = 0.15,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Write synthetic thaw-slump data: chips in the paper's layout and large scenes with truth.
+
+    OUT/chips/<site>/*.tif hold bands red, green, blue, ndvi, nir, mask (use --bands paper);
+    OUT/scenes/*.tif are 4-band PlanetScope-like scenes (--bands planetscope4) with their
+    ground-truth slumps in *.gpkg beside them.
+    """
+    import yaml
+
+    from rtscli import __version__
+    from rtscli.console import console, progress
+    from rtscli.errors import RtsError
+    from rtscli.io.atomic import atomic_dir
+    from rtscli.synth import write_chips, write_scene
+    from rtscli.synth.sites import SITES
+
+    names = list(SITES) if site == "all" else [s.strip() for s in site.split(",") if s.strip()]
+    for n in names:
+        if n not in SITES:
+            raise RtsError(f"unknown synthetic site {n!r}", fix=f"use 'all' or some of {', '.join(SITES)}")
+    if chips < 0 or scenes < 0 or chip_size < 32:
+        raise RtsError("--chips and --scenes must be >= 0 and --chip-size >= 32", fix="fix the options")
+    height, width = _parse_size(scene_size)
+    if resolution <= 0:
+        raise RtsError("--resolution must be positive", fix="use e.g. 3")
+
+    written = {"chips": 0, "scenes": []}
+    with atomic_dir(out, overwrite=overwrite) as tmp, progress() as bar:
+        if chips:
+            task = bar.add_task("chips", total=chips)
+            write_chips(tmp / "chips", chips, size=chip_size, seed=seed, sites=names, crs=crs,
+                        resolution=resolution, negatives=negatives, nodata_fraction=nodata_fraction,
+                        progress=lambda k: bar.advance(task, k))
+            written["chips"] = chips
+        for i in range(scenes):
+            (tmp / "scenes").mkdir(exist_ok=True)
+            name = names[i % len(names)]
+            task = bar.add_task(f"scene {i + 1}/{scenes} ({name})", total=height * width)
+            tif, gpkg = write_scene(tmp / "scenes" / f"scene_{i:02d}_{name}.tif", height, width,
+                                    seed=seed * 1000 + i, site_name=name, crs=crs, resolution=resolution,
+                                    progress=lambda k, t=task: bar.advance(t, k), index=i)
+            written["scenes"].append(tif.name)
+        meta = dict(rts_version=__version__, seed=seed, crs=crs, resolution_m=resolution, sites=names,
+                    chips=dict(count=chips, size=chip_size, bands=["red", "green", "blue", "ndvi", "nir", "mask"],
+                               band_preset="paper", negatives=negatives),
+                    scenes=dict(files=written["scenes"], height=height, width=width,
+                                bands=["blue", "green", "red", "nir"], band_preset="planetscope4"))
+        (tmp / "synth.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+    console.print(f"wrote {written['chips']} chips and {len(written['scenes'])} scene(s) to {out}")
+    if written["chips"]:
+        console.print(f"  chips:  {out}/chips/<site>/*.tif   (rts prepare {out}/chips --bands paper ...)")
+    for s in written["scenes"]:
+        console.print(f"  scene:  {out}/scenes/{s}  truth: {Path(s).stem}.gpkg  (--bands planetscope4)")

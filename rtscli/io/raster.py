@@ -1,0 +1,175 @@
+"""Rasters: open with checks, read by window, write GeoTIFF chips.
+
+Nothing here reads a whole scene: callers ask for windows. GDAL's block cache is capped
+(:func:`gdal_env`) so that memory stays flat however large the scene.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.crs import CRS
+from rasterio.errors import RasterioIOError
+from rasterio.transform import Affine
+from rasterio.windows import Window
+
+from rtscli.errors import RtsError
+
+RASTER_SUFFIXES = (".tif", ".tiff")
+
+#: GDAL block cache in MB. Small on purpose: reads are by window, mostly once.
+GDAL_CACHE_MB = 96
+
+
+def gdal_env(**options: Any) -> rasterio.Env:
+    opts = {"GDAL_CACHEMAX": GDAL_CACHE_MB, "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+    opts.update(options)
+    return rasterio.Env(**opts)
+
+
+def parse_crs(text: str | None, what: str = "--assume-crs") -> CRS | None:
+    if text is None:
+        return None
+    try:
+        return CRS.from_user_input(text)
+    except Exception:  # rasterio raises CRSError; any failure means the same to the user
+        raise RtsError(f"cannot read CRS {text!r} given to {what}", fix="use e.g. EPSG:3413") from None
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    path: Path
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs: CRS
+    transform: Affine
+    nodata: float | None
+    crs_assumed: bool = False
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.height, self.width)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        t = self.transform
+        xs = [t.c, t.c + t.a * self.width + t.b * self.height]
+        ys = [t.f, t.f + t.d * self.width + t.e * self.height]
+        return (min(xs), min(ys), max(xs), max(ys))
+
+    def same_grid(self, other: "RasterInfo", tol: float = 1e-6) -> bool:
+        return (
+            self.shape == other.shape
+            and self.crs == other.crs
+            and self.transform.almost_equals(other.transform, precision=tol)
+        )
+
+
+def inspect(path: str | Path, *, assume_crs: CRS | None = None, need_crs: bool = True) -> RasterInfo:
+    """Open ``path`` once and return its grid, with user-facing errors for the common mistakes."""
+    path = Path(path)
+    if not path.exists():
+        raise RtsError("file not found", path=path, fix="check the path")
+    if path.is_dir():
+        raise RtsError("is a directory, not a raster", path=path, fix="pass a GeoTIFF file")
+    try:
+        with gdal_env(), rasterio.open(path) as src:
+            crs = src.crs
+            info = dict(
+                width=src.width,
+                height=src.height,
+                count=src.count,
+                dtype=src.dtypes[0],
+                transform=src.transform,
+                nodata=src.nodata,
+            )
+    except RasterioIOError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "unknown reason"
+        if "not recognized as" in first or "not a supported file format" in first:
+            why = "not a raster GDAL can read"
+        else:
+            why = f"cannot read raster ({first})"
+        raise RtsError(why, path=path, fix="pass a GeoTIFF (.tif)") from None
+    assumed = False
+    if crs is None:
+        if assume_crs is None and need_crs:
+            raise RtsError(
+                "raster has no CRS",
+                path=path,
+                fix="pass --assume-crs EPSG:XXXX if you know it, or set it with gdal_edit.py -a_srs",
+            )
+        crs, assumed = assume_crs, True
+    if need_crs and info["transform"] == Affine.identity():
+        raise RtsError(
+            "raster has no georeference (identity geotransform)",
+            path=path,
+            fix="georeference it first (e.g. gdal_translate -a_ullr / gdalwarp)",
+        )
+    return RasterInfo(path=path, crs=crs, crs_assumed=assumed, **info)
+
+
+def read_window(
+    src: rasterio.io.DatasetReader,
+    window: Window,
+    indexes: list[int] | None = None,
+    fill: float | None = None,
+) -> np.ndarray:
+    """Read a window; parts outside the raster are filled with ``fill`` (nodata or 0)."""
+    if fill is None:
+        fill = src.nodata if src.nodata is not None else 0
+    inside = (
+        window.col_off >= 0
+        and window.row_off >= 0
+        and window.col_off + window.width <= src.width
+        and window.row_off + window.height <= src.height
+    )
+    if inside:
+        return src.read(indexes, window=window)
+    return src.read(indexes, window=window, boundless=True, fill_value=fill)
+
+
+def write_geotiff(
+    path: str | Path,
+    data: np.ndarray,
+    *,
+    transform: Affine,
+    crs: CRS,
+    nodata: float | None = None,
+    band_names: list[str] | None = None,
+    compress: str = "deflate",
+    tags: dict[str, str] | None = None,
+) -> None:
+    """Write a (bands, rows, cols) array as one GeoTIFF (small chips; whole array in memory)."""
+    if data.ndim == 2:
+        data = data[None]
+    count, h, w = data.shape
+    profile = dict(
+        driver="GTiff",
+        width=w,
+        height=h,
+        count=count,
+        dtype=data.dtype,
+        crs=crs,
+        transform=transform,
+        nodata=nodata,
+        compress=compress,
+    )
+    if compress == "deflate" and np.issubdtype(data.dtype, np.floating):
+        profile["predictor"] = 3
+    elif compress == "deflate":
+        profile["predictor"] = 2
+    if h >= 256 and w >= 256 and h % 16 == 0 and w % 16 == 0:
+        profile.update(tiled=True, blockxsize=256, blockysize=256)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        if band_names:
+            for i, name in enumerate(band_names, start=1):
+                dst.set_band_description(i, name)
+        if tags:
+            dst.update_tags(**tags)

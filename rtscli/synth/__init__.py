@@ -1,0 +1,254 @@
+"""Procedural thaw-slump scenes with known truth, for demos, tests and benchmarks.
+
+Two products:
+
+* :func:`write_chips`: per-sample chips in the paper's layout, one GeoTIFF each with bands
+  red, green, blue (surface reflectance, 0..1), NDVI, NIR and a binary slump mask
+  (float32, nodata -9999), in ``chips/<site>/``.
+* :func:`write_scene`: a large PlanetScope-like scene (uint16 surface reflectance x 10000, bands
+  blue, green, red, NIR, nodata 0), written window by window, with its ground-truth slump polygons
+  in a GeoPackage (layer ``rts``) and the look-alikes in ``*_distractors.gpkg``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from rtscli.synth.scene import Plan, make_plan, render
+from rtscli.synth.sites import SITES, site
+
+CHIP_BANDS = ["red", "green", "blue", "ndvi", "nir", "mask"]
+SCENE_BANDS = ["blue", "green", "red", "nir"]
+CHIP_NODATA = -9999.0
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Georef:
+    crs: object  # rasterio CRS
+    x0: float
+    y0: float
+    resolution: float
+
+    def transform(self, col_off: float = 0.0, row_off: float = 0.0):
+        from rasterio.transform import Affine
+
+        r = self.resolution
+        return Affine(r, 0.0, self.x0 + col_off * r, 0.0, -r, self.y0 - row_off * r)
+
+
+def site_origin(site_name: str, crs_text: str, resolution: float, index: int = 0) -> Georef:
+    """Map origin of a synthetic scene near the named site, in ``crs_text`` (must be projected)."""
+    from pyproj import Transformer
+    from rasterio.crs import CRS
+
+    from rtscli.errors import RtsError
+
+    crs = CRS.from_user_input(crs_text)
+    if crs.is_geographic:
+        raise RtsError(
+            f"synthetic scenes need a projected CRS with metre units, not {crs_text}",
+            fix="use e.g. --crs EPSG:3413 (NSIDC polar stereographic) or a UTM zone",
+        )
+    lon, lat = SITES[site_name].lonlat
+    x, y = Transformer.from_crs("EPSG:4326", crs.to_wkt(), always_xy=True).transform(lon, lat)
+    # keep scenes of one site apart: 200 km steps east
+    x += index * 200_000.0
+    snap = resolution * 16
+    return Georef(crs, math.floor(x / snap) * snap, math.floor(y / snap) * snap, resolution)
+
+
+def _site_list(sites: Sequence[str] | None) -> list[str]:
+    names = list(sites) if sites else list(SITES)
+    for n in names:
+        site(n)  # validates
+    return names
+
+
+def _swath_in_window(rng, col0, row0, size):
+    from shapely.affinity import translate
+
+    from rtscli.synth.scene import _swath
+
+    return translate(_swath(rng, size, size), col0, row0)
+
+
+def write_chips(
+    out_dir: str | Path,
+    n: int,
+    *,
+    size: int = 256,
+    seed: int = 0,
+    sites: Sequence[str] | None = None,
+    crs: str = "EPSG:3413",
+    resolution: float = 3.0,
+    negatives: float = 0.1,
+    nodata_fraction: float = 0.15,
+    progress: Progress | None = None,
+) -> list[Path]:
+    """Write ``n`` chips in the paper's layout under ``out_dir/<site>/``; also ``labels.gpkg``."""
+    import geopandas as gpd
+    from shapely.affinity import affine_transform
+    from shapely.geometry import box
+
+    from rtscli.io.raster import write_geotiff
+    from rtscli.io.vector import write_vector
+    from rtscli.synth import noise
+
+    out_dir = Path(out_dir)
+    names = _site_list(sites)
+    paths: list[Path] = []
+    records = []
+    for k in range(n):
+        name = names[k % len(names)]
+        style = site(name)
+        rng = np.random.default_rng(noise.key_of("chip", seed, k))
+        negative = rng.random() < negatives
+        img = valid = mask = None
+        for attempt in range(50):
+            plan = make_plan(3 * size, 3 * size, style, seed=noise.key_of(seed, k, attempt) % 2**31,
+                             resolution=resolution, slump_density=3.0 * style.slumps_per_km2,
+                             nodata_margin=False)
+            if negative:
+                col0, row0 = (int(v) for v in rng.integers(0, 2 * size, 2))
+            else:
+                central = [s for s in plan.slumps
+                           if size * 0.8 <= s.geometry.centroid.x <= size * 2.2
+                           and size * 0.8 <= s.geometry.centroid.y <= size * 2.2]
+                if not central:
+                    continue
+                s = central[int(rng.integers(0, len(central)))]
+                c = s.geometry.centroid
+                col0 = int(c.x - rng.uniform(0.3, 0.7) * size)
+                row0 = int(c.y - rng.uniform(0.3, 0.7) * size)
+            if rng.random() < nodata_fraction:
+                plan.footprint = _swath_in_window(rng, col0, row0, size)
+            img, valid, mask = render(plan, row0, col0, size, size)
+            if negative and mask.any():
+                continue
+            if not negative and not mask.any():
+                continue
+            break
+        else:  # pragma: no cover - the plan densities make this practically unreachable
+            raise RuntimeError(f"could not place synthetic chip {k}")
+        geo = site_origin(name, crs, resolution)
+        gx, gy = (k % 50) * size * 2, (k // 50) * size * 2  # chips of a site spread on a grid
+        transform = geo.transform(gx, gy)
+        refl = img / 10000.0
+        blue, green, red, nir = refl
+        ndvi = np.zeros_like(red)
+        np.divide(nir - red, nir + red, out=ndvi, where=(nir + red) > 0)
+        chip = np.stack([red, green, blue, ndvi, nir, mask.astype(np.float32)]).astype(np.float32)
+        chip[:5, ~valid] = CHIP_NODATA
+        path = out_dir / name / f"{name}_{k:05d}.tif"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_geotiff(path, chip, transform=transform, crs=geo.crs, nodata=CHIP_NODATA,
+                      band_names=CHIP_BANDS, tags={"RTS_SITE": name, "RTS_SYNTH_SEED": str(seed)})
+        paths.append(path)
+        # truth polygons in map coordinates (pixel -> map through the chip transform)
+        win = box(col0, row0, col0 + size, row0 + size)
+        if plan.footprint is not None:
+            win = win.intersection(plan.footprint)
+        t = transform
+        for s in plan.slumps:
+            g = s.geometry.intersection(win)
+            if g.is_empty or g.area < 1:
+                continue
+            g = affine_transform(g, [t.a, t.b, t.d, t.e, t.c - col0 * t.a, t.f - row0 * t.e])
+            records.append(dict(chip=path.name, site=name, weak_rgb=s.weak, touching=s.touching,
+                                setting=s.setting, area_m2=float(g.area), geometry=g))
+        if progress:
+            progress(1)
+    if records:
+        # chips of different sites share one CRS, so one layer holds them all
+        gdf = gpd.GeoDataFrame(records, geometry="geometry", crs=site_origin(names[0], crs, resolution).crs)
+        write_vector(gdf, out_dir / "labels.gpkg", overwrite=True)
+    return paths
+
+
+def scene_plan(height: int, width: int, *, seed: int, site_name: str, resolution: float = 3.0,
+               nodata_margin: bool | None = None) -> Plan:
+    return make_plan(width, height, site(site_name), seed, resolution=resolution, nodata_margin=nodata_margin)
+
+
+def write_scene(
+    path: str | Path,
+    height: int,
+    width: int,
+    *,
+    seed: int = 0,
+    site_name: str = "tuktoyaktuk",
+    crs: str = "EPSG:3413",
+    resolution: float = 3.0,
+    nodata_margin: bool | None = None,
+    block: int = 1024,
+    plan: Plan | None = None,
+    progress: Progress | None = None,
+    index: int = 0,
+) -> tuple[Path, Path]:
+    """Write a scene GeoTIFF by windows and its truth GeoPackage; returns both paths.
+
+    Memory is bounded by the window size (``block``), not by the scene size.
+    """
+    import os
+    import uuid
+
+    import geopandas as gpd
+    import rasterio
+    from rasterio.windows import Window
+    from shapely.affinity import affine_transform
+
+    from rtscli.io.raster import gdal_env
+    from rtscli.io.vector import write_vector
+
+    path = Path(path)
+    plan = plan or scene_plan(height, width, seed=seed, site_name=site_name, resolution=resolution,
+                              nodata_margin=nodata_margin)
+    geo = site_origin(site_name, crs, resolution, index=index)
+    transform = geo.transform()
+    profile = dict(driver="GTiff", width=width, height=height, count=4, dtype="uint16", crs=geo.crs,
+                   transform=transform, nodata=0, tiled=True, blockxsize=512, blockysize=512,
+                   compress="deflate", predictor=2, BIGTIFF="IF_SAFER")
+    tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
+    try:
+        with gdal_env(), rasterio.open(tmp, "w", **profile) as dst:
+            for i, name in enumerate(SCENE_BANDS, start=1):
+                dst.set_band_description(i, name)
+            dst.update_tags(RTS_SITE=site_name, RTS_SYNTH_SEED=str(seed))
+            for row0 in range(0, height, block):
+                for col0 in range(0, width, block):
+                    h, w = min(block, height - row0), min(block, width - col0)
+                    img, _, _ = render(plan, row0, col0, h, w)
+                    dst.write(np.rint(img).astype(np.uint16), window=Window(col0, row0, w, h))
+                    if progress:
+                        progress(h * w)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+    t = transform
+    coeffs = [t.a, t.b, t.d, t.e, t.c, t.f]
+    rows = []
+    for i, s in enumerate(plan.slumps):
+        g = affine_transform(s.geometry, coeffs)
+        rows.append(dict(id=i + 1, site=site_name, weak_rgb=s.weak, touching=s.touching,
+                         setting=s.setting, area_m2=float(g.area), geometry=g))
+    cols = ["id", "site", "weak_rgb", "touching", "setting", "area_m2", "geometry"]
+    truth = gpd.GeoDataFrame(rows, columns=cols, geometry="geometry", crs=geo.crs)
+    gpkg = path.with_suffix(".gpkg")
+    write_vector(truth, gpkg, layer="rts", overwrite=True)
+    drows = []
+    for kind, geoms in (("river_bar", plan.bars), ("road", plan.roads), ("dry_patch", plan.dry),
+                        ("burnt_patch", plan.burnt)):
+        for g in geoms:
+            drows.append(dict(kind=kind, geometry=affine_transform(g, coeffs)))
+    dist = gpd.GeoDataFrame(drows, columns=["kind", "geometry"], geometry="geometry", crs=geo.crs)
+    write_vector(dist, path.with_name(path.stem + "_distractors.gpkg"), layer="distractors", overwrite=True)
+    return path, gpkg

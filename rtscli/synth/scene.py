@@ -1,0 +1,529 @@
+"""Procedural thaw-slump scenes: a vector plan, rendered window by window.
+
+A :class:`Plan` holds every object of a scene as a polygon in scene pixel coordinates (x = column,
+y = row, origin at the top-left corner of the top-left pixel): lakes, rivers, slumps (scar, debris
+tongue, headwall), and look-alikes (river bars, roads, dry patches, burnt patches), plus the valid
+footprint (outside it is nodata). :func:`render` turns any window of the plan into surface
+reflectance; textures come from coherent hash noise (:mod:`rtscli.synth.noise`), so windows rendered
+separately are seamless and a scene of any size is written with bounded memory.
+
+Slumps are horseshoe/lobate scars that open downslope: they sit on lake shores and valley sides with
+their debris tongue pointing to the water, are clipped by the water, and some are placed against a
+neighbour so that two slumps touch. A share of them are "weak": their RGB is close to the tundra,
+but their NIR is low, so only NDVI/NIR shows them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import shapely
+from shapely.geometry import LineString, Point, Polygon, box
+from shapely.ops import unary_union
+
+from rtscli.synth import noise
+from rtscli.synth.sites import (
+    BURNT, DRY, HEADWALL, MUD, N_CLASSES, ROAD, SAND, SOIL, VEG, WATER, WHEAD, WMUD, WSOIL,
+    SiteStyle, spectra_table,
+)
+
+
+@dataclass
+class Slump:
+    geometry: Polygon  # the label: scar + tongue, minus water
+    tongue: Polygon
+    headwall: Polygon
+    direction: tuple[float, float]  # downslope unit vector (x, y) in pixel space
+    weak: bool
+    setting: str  # lake | river | slope
+    touching: bool = False
+
+
+@dataclass
+class Plan:
+    width: int
+    height: int
+    resolution: float
+    style: SiteStyle
+    seed: int
+    lakes: list[Polygon] = field(default_factory=list)
+    rivers: list[Polygon] = field(default_factory=list)
+    river_lines: list[LineString] = field(default_factory=list)
+    slumps: list[Slump] = field(default_factory=list)
+    bars: list[Polygon] = field(default_factory=list)
+    roads: list[Polygon] = field(default_factory=list)
+    dry: list[Polygon] = field(default_factory=list)
+    burnt: list[Polygon] = field(default_factory=list)
+    footprint: Polygon | None = None
+    noise_offset: tuple[int, int] = (0, 0)
+
+    def __post_init__(self) -> None:
+        self._tree = None
+
+    # painting order: later layers cover earlier ones
+    def layers(self) -> list[tuple[int, int, Polygon]]:
+        out: list[tuple[int, int, Polygon]] = []
+        out += [(BURNT, 0, g) for g in self.burnt]
+        out += [(DRY, 0, g) for g in self.dry]
+        out += [(WATER, 0, g) for g in self.lakes]
+        out += [(WATER, 0, g) for g in self.rivers]
+        out += [(SAND, 0, g) for g in self.bars]
+        out += [(ROAD, 0, g) for g in self.roads]
+        for s in self.slumps:
+            out.append((WSOIL if s.weak else SOIL, 1, s.geometry))
+        for s in self.slumps:
+            if not s.tongue.is_empty:
+                out.append((WMUD if s.weak else MUD, 2, s.tongue))
+            if not s.headwall.is_empty:
+                out.append((WHEAD if s.weak else HEADWALL, 2, s.headwall))
+        return out
+
+    def query(self, x0: float, y0: float, x1: float, y1: float) -> list[tuple[int, int, Polygon]]:
+        if self._tree is None:  # built on first use: the plan is complete by then
+            self._layers = self.layers()
+            self._tree = shapely.STRtree([g for _, _, g in self._layers])
+        idx = sorted(self._tree.query(box(x0, y0, x1, y1)))
+        return [self._layers[i] for i in idx]
+
+    def water(self) -> list[Polygon]:
+        return self.lakes + self.rivers
+
+
+# ---------------------------------------------------------------------------------------------
+# planning
+# ---------------------------------------------------------------------------------------------
+def _lobate(cx, cy, r, rng, *, n=64, amp=0.22, stretch=1.0, angle=0.0) -> Polygon:
+    th = np.linspace(0.0, 2 * math.pi, n, endpoint=False)
+    rad = np.ones(n)
+    for k in range(2, 6):
+        rad += (amp / math.sqrt(k)) * rng.uniform(0.3, 1.0) * np.sin(k * th + rng.uniform(0, 2 * math.pi))
+    x = r * rad * np.cos(th) * stretch
+    y = r * rad * np.sin(th)
+    ca, sa = math.cos(angle), math.sin(angle)
+    return Polygon(np.c_[cx + x * ca - y * sa, cy + x * sa + y * ca]).buffer(0)
+
+
+def _local_to_scene(cx, cy, ux, uy, u, v):
+    return np.c_[cx + u * ux - v * uy, cy + u * uy + v * ux]
+
+
+def slump_shape(cx: float, cy: float, ux: float, uy: float, radius: float, rng) -> tuple[Polygon, Polygon, Polygon]:
+    """A horseshoe scar opening towards (ux, uy), with a lobate debris tongue and a headwall arc.
+
+    Returns (outline, tongue, headwall) in scene pixel coordinates.
+    """
+    n = 96
+    th = np.linspace(0.0, 2 * math.pi, n, endpoint=False)  # angle from the downslope axis
+    rad = np.ones(n)
+    for k in range(3, 8):
+        rad += (0.12 / math.sqrt(k)) * rng.uniform(0.2, 1.0) * np.sin(k * th + rng.uniform(0, 2 * math.pi))
+    c = np.cos(th)
+    rad *= 1.0 - 0.28 * np.clip(c, 0, None) ** 2  # narrower towards the outlet
+    a_u, a_v = radius * rng.uniform(0.75, 0.95), radius * rng.uniform(1.0, 1.25)
+    scar = Polygon(_local_to_scene(cx, cy, ux, uy, a_u * rad * c, a_v * rad * np.sin(th))).buffer(0)
+
+    length = radius * rng.uniform(0.6, 1.4)
+    width = radius * rng.uniform(0.28, 0.48)
+    t_c = a_u * 0.65 + length / 2
+    tt = np.linspace(0.0, 2 * math.pi, 48, endpoint=False)
+    trad = 1.0 + 0.1 * np.sin(3 * tt + rng.uniform(0, 6.3)) * (np.cos(tt) > 0)
+    tongue = Polygon(
+        _local_to_scene(cx, cy, ux, uy, t_c + (length / 2) * trad * np.cos(tt), width * trad * np.sin(tt))
+    ).buffer(0)
+    k = max(radius * 0.12, 1.0)
+    outline = unary_union([scar, tongue]).buffer(k).buffer(-k)
+    # headwall: the upslope arc of the scar rim
+    sel = c < -0.35
+    rim = _local_to_scene(cx, cy, ux, uy, (a_u * rad * c)[sel] * 0.97, (a_v * rad * np.sin(th))[sel] * 0.97)
+    order = np.argsort(np.arctan2(np.sin(th[sel]), -c[sel]))
+    head = LineString(rim[order]).buffer(max(1.2, radius * 0.05), cap_style="flat")
+    return outline, tongue.intersection(outline), head.intersection(outline)
+
+
+class _Grid:
+    """A coarse spatial hash so that planning a 20k x 20k scene stays near-linear."""
+
+    def __init__(self, cell: float = 256.0) -> None:
+        self.cell = cell
+        self.cells: dict[tuple[int, int], list[int]] = {}
+        self.items: list = []
+
+    def _keys(self, bounds, pad=0.0):
+        x0, y0, x1, y1 = bounds
+        c = self.cell
+        for i in range(int(math.floor((x0 - pad) / c)), int(math.floor((x1 + pad) / c)) + 1):
+            for j in range(int(math.floor((y0 - pad) / c)), int(math.floor((y1 + pad) / c)) + 1):
+                yield (i, j)
+
+    def add(self, geom) -> None:
+        k = len(self.items)
+        self.items.append(geom)
+        for key in self._keys(geom.bounds):
+            self.cells.setdefault(key, []).append(k)
+
+    def near(self, geom, pad: float = 0.0) -> list:
+        seen: set[int] = set()
+        for key in self._keys(geom.bounds, pad):
+            seen.update(self.cells.get(key, ()))
+        return [self.items[k] for k in sorted(seen)]
+
+    def union_near(self, geom, pad: float = 0.0):
+        near = self.near(geom, pad)
+        return unary_union(near) if near else Polygon()
+
+
+def _poisson(rng, lam: float) -> int:
+    return int(rng.poisson(max(lam, 0.0)))
+
+
+def _slump_radius_px(rng, resolution: float) -> float:
+    # area from ~0.5 ha to tens of ha, most a few ha (log-normal, truncated)
+    ha = float(np.clip(rng.lognormal(mean=math.log(2.5), sigma=0.9), 0.5, 40.0))
+    return math.sqrt(ha * 1e4 / math.pi) / resolution
+
+
+def make_plan(
+    width: int,
+    height: int,
+    style: SiteStyle,
+    seed: int,
+    *,
+    resolution: float = 3.0,
+    slump_density: float | None = None,
+    nodata_margin: bool | None = None,
+    touch_probability: float = 0.2,
+) -> Plan:
+    """Place every object of a ``width`` x ``height`` pixel scene. Deterministic in ``seed``."""
+    rng = np.random.default_rng(noise.key_of("plan", seed, style.name, width, height))
+    plan = Plan(width, height, resolution, style, seed)
+    plan.noise_offset = (int(rng.integers(0, 10**7)), int(rng.integers(0, 10**7)))
+    km2 = width * height * resolution**2 / 1e6
+    scene = box(0, 0, width, height)
+    px_per_km = 1000.0 / resolution
+
+    # lakes: blobby, some partly outside the scene
+    lakes = _Grid()
+    for _ in range(_poisson(rng, style.lakes_per_km2 * km2) + (1 if rng.random() < 0.6 else 0)):
+        r = math.exp(rng.uniform(math.log(18), math.log(220))) * 3.0 / resolution
+        cx, cy = rng.uniform(-0.1, 1.1) * width, rng.uniform(-0.1, 1.1) * height
+        lake = _lobate(cx, cy, r, rng, stretch=rng.uniform(1.0, 1.8), angle=rng.uniform(0, math.pi))
+        if any(lake.distance(o) < 8 for o in lakes.near(lake, 8)) or not lake.intersects(scene):
+            continue
+        plan.lakes.append(lake)
+        lakes.add(lake)
+
+    # rivers: meandering lines across the scene
+    n_rivers = _poisson(rng, style.rivers_per_10km * (width + height) / (10 * px_per_km))
+    for _ in range(n_rivers):
+        line = _meander(rng, width, height)
+        w = rng.uniform(3.0, 11.0) * 3.0 / resolution
+        plan.river_lines.append(line)
+        plan.rivers.append(line.buffer(w / 2))
+        # river bars: sandy, elongated, on the inside of bends (slump look-alikes by colour)
+        for _ in range(_poisson(rng, line.length / 250.0)):
+            d = rng.uniform(0, line.length)
+            p, q = line.interpolate(d), line.interpolate(min(d + 2, line.length))
+            tx, ty = q.x - p.x, q.y - p.y
+            nrm = math.hypot(tx, ty) or 1.0
+            tx, ty = tx / nrm, ty / nrm
+            side = rng.choice([-1.0, 1.0])
+            bw = rng.uniform(4, 12) * 3.0 / resolution
+            off = w / 2 + bw * 0.6
+            bx, by = p.x - ty * off * side, p.y + tx * off * side
+            bar = _lobate(bx, by, bw, rng, amp=0.1, stretch=rng.uniform(2.5, 5.0), angle=math.atan2(ty, tx))
+            plan.bars.append(bar)
+
+    water = _Grid()
+    for g in plan.water():
+        water.add(g)
+    taken = _Grid()
+
+    # slumps
+    dens = style.slumps_per_km2 if slump_density is None else slump_density
+    n_slumps = _poisson(rng, dens * km2)
+    attempts = 0
+    while len(plan.slumps) < n_slumps and attempts < n_slumps * 20:
+        attempts += 1
+        s = _place_slump(plan, rng, water, taken)
+        if s is None:
+            continue
+        plan.slumps.append(s)
+        taken.add(s.geometry)
+        if rng.random() < touch_probability:
+            t = _neighbour(plan, rng, s, water, taken)
+            if t is not None:
+                s.touching = t.touching = True
+                plan.slumps.append(t)
+                taken.add(t.geometry)
+
+    def free(g):
+        return g.difference(unary_union(taken.near(g, 4) + water.near(g, 4)).buffer(4))
+    # dry patches: lobate, slump-sized, bright in RGB like bare soil but high NIR
+    for _ in range(_poisson(rng, style.dry_per_km2 * km2)):
+        r = _slump_radius_px(rng, resolution) * rng.uniform(0.5, 1.0)
+        g = _lobate(rng.uniform(0, width), rng.uniform(0, height), r, rng, stretch=rng.uniform(1.0, 1.6),
+                    angle=rng.uniform(0, math.pi))
+        g = free(g)
+        if g.area > 50:
+            plan.dry.append(_largest(g))
+    for _ in range(_poisson(rng, style.burnt_per_km2 * km2)):
+        r = rng.uniform(60, 250) * 3.0 / resolution
+        g = _lobate(rng.uniform(0, width), rng.uniform(0, height), r, rng, amp=0.35)
+        g = free(g)
+        if g.area > 50:
+            plan.burnt.append(g)
+    for _ in range(_poisson(rng, style.roads_per_100km2 * km2 / 100.0)):
+        line = _meander(rng, width, height, wiggle=0.02, step=20.0)
+        plan.roads.append(line.buffer(rng.uniform(1.2, 2.2) * 3.0 / resolution))
+
+    # nodata margin: a slanted swath edge on some scenes
+    if nodata_margin is None:
+        nodata_margin = rng.random() < 0.3
+    if nodata_margin:
+        plan.footprint = _swath(rng, width, height)
+        kept = []
+        for s in plan.slumps:
+            g = s.geometry.intersection(plan.footprint)
+            if g.area * resolution**2 >= 2000:  # keep what is still a visible slump (>= 0.2 ha)
+                s.geometry = _largest(g)
+                kept.append(s)
+        plan.slumps = kept
+    return plan
+
+
+def _largest(g):
+    if g.geom_type == "Polygon":
+        return g
+    parts = [p for p in getattr(g, "geoms", []) if p.geom_type == "Polygon"]
+    return max(parts, key=lambda p: p.area) if parts else Polygon()
+
+
+def _meander(rng, width, height, wiggle=0.12, step=6.0) -> LineString:
+    side = rng.integers(0, 4)
+    t = rng.uniform(0.1, 0.9)
+    start = [(t * width, -10), (width + 10, t * height), (t * width, height + 10), (-10, t * height)][side]
+    heading = [math.pi / 2, math.pi, -math.pi / 2, 0.0][side] + rng.uniform(-0.6, 0.6)
+    pts = [start]
+    turn = 0.0
+    x, y = start
+    for _ in range(int(4 * (width + height) / step)):
+        turn = 0.85 * turn + rng.normal(0, wiggle)
+        heading += turn
+        x, y = x + step * math.cos(heading), y + step * math.sin(heading)
+        pts.append((x, y))
+        if not (-40 <= x <= width + 40 and -40 <= y <= height + 40):
+            break
+    return LineString(pts)
+
+
+def _swath(rng, width, height) -> Polygon:
+    """The scene box minus a slanted strip along one side."""
+    side = rng.integers(0, 4)
+    a, b = rng.uniform(0.05, 0.25), rng.uniform(0.05, 0.3)
+    w, h = width, height
+    cuts = {
+        0: Polygon([(0, 0), (w, 0), (w, b * h), (0, a * h)]),
+        1: Polygon([(w, 0), (w, h), ((1 - b) * w, h), ((1 - a) * w, 0)]),
+        2: Polygon([(0, h), (w, h), (w, (1 - b) * h), (0, (1 - a) * h)]),
+        3: Polygon([(0, 0), (0, h), (b * w, h), (a * w, 0)]),
+    }
+    return box(0, 0, w, h).difference(cuts[int(side)])
+
+
+def _direction_to(p: Point, target: Point) -> tuple[float, float]:
+    dx, dy = target.x - p.x, target.y - p.y
+    n = math.hypot(dx, dy)
+    if n < 1e-9:
+        return (1.0, 0.0)
+    return (dx / n, dy / n)
+
+
+def _anchor(plan: Plan, rng) -> tuple[Point, tuple[float, float], str] | None:
+    """A point on a shore or valley side and the downslope direction there."""
+    r = rng.random()
+    if plan.lakes and r < 0.6:
+        lake = plan.lakes[int(rng.integers(0, len(plan.lakes)))]
+        ring = lake.exterior
+        p = ring.interpolate(rng.uniform(0, ring.length))
+        inner = lake.buffer(-max(3.0, math.sqrt(lake.area) * 0.15))
+        target = inner.centroid if not inner.is_empty else lake.centroid
+        return p, _direction_to(p, target), "lake"
+    if plan.river_lines and r < 0.9:
+        i = int(rng.integers(0, len(plan.river_lines)))
+        line, poly = plan.river_lines[i], plan.rivers[i]
+        d = rng.uniform(0, line.length)
+        c = line.interpolate(d)
+        q = line.interpolate(min(d + 2, line.length))
+        tx, ty = _direction_to(c, q)
+        side = rng.choice([-1.0, 1.0])
+        # walk out from the centre line to the bank
+        p = Point(c.x - ty * side, c.y + tx * side)
+        for step in range(1, 60):
+            p = Point(c.x - ty * side * step, c.y + tx * side * step)
+            if not poly.contains(p):
+                break
+        return p, (ty * side, -tx * side), "river"
+    p = Point(rng.uniform(0, plan.width), rng.uniform(0, plan.height))
+    a = rng.uniform(0, 2 * math.pi)
+    return p, (math.cos(a), math.sin(a)), "slope"
+
+
+def _build(plan: Plan, rng, p: Point, u: tuple[float, float], setting: str, water, radius=None):
+    radius = radius or _slump_radius_px(rng, plan.resolution)
+    ux, uy = u
+    back = radius * rng.uniform(0.7, 1.0) if setting != "slope" else 0.0
+    cx, cy = p.x - ux * back, p.y - uy * back
+    outline, tongue, head = slump_shape(cx, cy, ux, uy, radius, rng)
+    near_water = water.union_near(outline)
+    if not near_water.is_empty:
+        outline = _largest(outline.difference(near_water))
+        tongue = tongue.intersection(outline)
+        head = head.intersection(outline)
+    return outline, tongue, head, radius
+
+
+def _place_slump(plan: Plan, rng, water: _Grid, taken: _Grid) -> Slump | None:
+    a = _anchor(plan, rng)
+    if a is None:
+        return None
+    p, u, setting = a
+    outline, tongue, head, _ = _build(plan, rng, p, u, setting, water)
+    if outline.is_empty or outline.area * plan.resolution**2 < 4000:  # below ~0.4 ha after clipping
+        return None
+    if not outline.intersects(box(0, 0, plan.width, plan.height)):
+        return None
+    if any(outline.distance(g) < 3 for g in taken.near(outline, 3)):
+        return None
+    weak = bool(rng.random() < plan.style.weak_fraction)
+    return Slump(outline, _poly(tongue), _poly(head), u, weak, setting)
+
+
+def _neighbour(plan: Plan, rng, s: Slump, water: _Grid, taken: _Grid) -> Slump | None:
+    """A second slump beside ``s`` along the same slope, cut so the two touch but never overlap."""
+    ux, uy = s.direction
+    r0 = math.sqrt(s.geometry.area / math.pi)
+    r1 = r0 * rng.uniform(0.6, 1.1)
+    side = rng.choice([-1.0, 1.0])
+    c = s.geometry.centroid
+    shift = (r0 + r1) * 0.85
+    p = Point(c.x - uy * side * shift + ux * r1 * 0.5, c.y + ux * side * shift + uy * r1 * 0.5)
+    outline, tongue, head, _ = _build(plan, rng, p, (ux, uy), "slope", water, radius=r1)
+    outline = _largest(outline.difference(s.geometry))
+    if outline.is_empty or outline.area * plan.resolution**2 < 4000:
+        return None
+    if outline.distance(s.geometry) > 1e-6 or outline.intersection(s.geometry).area > 1e-6:
+        return None
+    if any(g is not s.geometry and outline.distance(g) < 3 for g in taken.near(outline, 3)):
+        return None
+    tongue, head = tongue.intersection(outline), head.intersection(outline)
+    weak = bool(rng.random() < plan.style.weak_fraction)
+    return Slump(outline, _poly(tongue), _poly(head), (ux, uy), weak, "slope")
+
+
+def _poly(g):
+    if g.is_empty:
+        return Polygon()
+    if g.geom_type in ("Polygon", "MultiPolygon"):
+        return g
+    parts = [p for p in getattr(g, "geoms", []) if p.geom_type in ("Polygon", "MultiPolygon")]
+    return unary_union(parts) if parts else Polygon()
+
+
+# ---------------------------------------------------------------------------------------------
+# rendering
+# ---------------------------------------------------------------------------------------------
+def _rasterize(shapes, shape, row0, col0):
+    from rasterio.features import rasterize
+    from rasterio.transform import Affine
+
+    if not shapes:
+        return np.zeros(shape, dtype=np.uint8)
+    return rasterize(shapes, out_shape=shape, transform=Affine(1, 0, col0, 0, 1, row0), fill=0, dtype="uint8")
+
+
+def render(plan: Plan, row0: int, col0: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Render one window.
+
+    Returns ``(reflectance, valid, slump_mask)``: reflectance float32 (4, h, w) as surface
+    reflectance x 10000 in band order blue, green, red, NIR; ``valid`` bool (h, w); ``slump_mask``
+    uint8 (h, w), 1 inside any slump label.
+    """
+    style = plan.style
+    m = 48  # margin for blur and slope kernels, so windows agree at their joins
+    H, W = h + 2 * m, w + 2 * m
+    r0, c0 = row0 - m, col0 - m
+    nr, nc = r0 + plan.noise_offset[0], c0 + plan.noise_offset[1]
+    key = noise.key_of("render", plan.seed, style.name)
+    res_scale = 3.0 / plan.resolution  # noise cells are set for 3 m pixels
+
+    layers = plan.query(c0, r0, c0 + W, r0 + H)
+    cls = _rasterize([(g, cid + 1) for cid, _, g in layers if not g.is_empty], (H, W), r0, c0)
+    cls = cls.astype(np.int16) - 1
+    cls[cls < 0] = VEG
+
+    table = np.array(spectra_table(style), dtype=np.float32)  # (classes, 4)
+    img = table[cls].transpose(2, 0, 1).copy()  # (4, H, W)
+
+    # vegetation: a mix of lush and sparse tundra, with an ice-wedge polygon network
+    veg = cls == VEG
+    t = np.clip(0.5 + 0.9 * noise.fbm(nr, nc, H, W, 90 * res_scale, 4, key + 1), 0, 1)
+    va = np.array(style.veg_a, np.float32)[:, None, None]
+    vb = np.array(style.veg_b, np.float32)[:, None, None]
+    vegmix = va * t + vb * (1 - t)
+    ridges = 1.0 - np.abs(2.0 * noise.value_noise(nr, nc, H, W, 9 * res_scale, key + 2) - 1.0)
+    trough = (ridges**10) * style.polygons
+    vegmix = vegmix * (1.0 - 0.2 * trough)[None]
+    vegmix[3] *= 1.0 - 0.12 * trough
+    img = np.where(veg[None], vegmix, img)
+
+    # texture: fine for land, stronger in slump floors (gullies), almost none on water
+    tex = 0.6 * noise.fbm(nr, nc, H, W, 6 * res_scale, 3, key + 3) + 0.4 * noise.fbm(
+        nr, nc, H, W, 28 * res_scale, 2, key + 6
+    )
+    amp = np.full((H, W), style.texture, np.float32)
+    soilish = np.isin(cls, [SOIL, MUD, WSOIL, WMUD, HEADWALL, WHEAD, SAND])
+    amp[soilish] = style.texture * 2.2
+    amp[cls == WATER] = style.texture * 0.25
+    img *= (1.0 + amp * tex)[None]
+    # water turbidity: smooth variation, mostly in the visible bands
+    turb = noise.fbm(nr, nc, H, W, 120 * res_scale, 2, key + 4)
+    wat = cls == WATER
+    img[:3] = np.where(wat[None], img[:3] * (1.0 + 0.25 * turb)[None], img[:3])
+
+    # relief: large-scale slopes, valleys at water, slump floors below their headwalls
+    elev = style.relief_m * noise.fbm(nr, nc, H, W, 300 * res_scale, 3, key + 5)
+    import cv2
+
+    wet = wat.astype(np.float32)
+    elev -= 8.0 * cv2.GaussianBlur(wet, (0, 0), 14 * res_scale)
+    inside = np.isin(cls, [SOIL, MUD, WSOIL, WMUD]).astype(np.float32)
+    elev -= 3.0 * cv2.GaussianBlur(inside, (0, 0), 1.5)
+    gy, gx = np.gradient(elev, plan.resolution)
+    az, alt = math.radians(315.0), math.radians(35.0)
+    sx, sy = math.sin(az) * math.cos(alt), -math.cos(az) * math.cos(alt)
+    shade = (math.sin(alt) - gx * sx + gy * sy) / np.sqrt(1.0 + gx * gx + gy * gy)
+    shade = shade / math.sin(alt)
+    img *= np.clip(shade, 0.5, 1.5)[None].astype(np.float32)
+
+    # slight optical blur, sensor gain, sensor noise
+    for b in range(4):
+        img[b] = cv2.GaussianBlur(img[b], (0, 0), 0.6)
+    img *= np.float32(style.gain)
+    for b in range(4):
+        n = noise.white(nr, nc, H, W, key + 10 + b) - 0.5
+        img[b] *= 1.0 + 0.03 * n
+
+    img = img[:, m : m + h, m : m + w]
+    if plan.footprint is not None:
+        valid = _rasterize([(plan.footprint, 1)], (h, w), row0, col0).astype(bool)
+    else:
+        valid = np.ones((h, w), dtype=bool)
+    slump_shapes = [(s.geometry, 1) for s in plan.slumps
+                    if s.geometry.intersects(box(col0, row0, col0 + w, row0 + h))]
+    mask = _rasterize(slump_shapes, (h, w), row0, col0)
+    mask[~valid] = 0
+    img = np.clip(img, 1.0, 65535.0)
+    img[:, ~valid] = 0.0
+    return img.astype(np.float32), valid, mask

@@ -1,0 +1,75 @@
+"""Shared fixtures: small georeferenced rasters built in temporary directories, and a CLI runner."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import Affine
+
+DATA = Path(__file__).parent / "data"
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def rts(capsys):
+    """Run ``rts ARGS`` in-process; returns exit code, stdout and stderr."""
+    from rtscli.cli import main
+
+    def run(*args) -> CliResult:
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        cap = capsys.readouterr()
+        return CliResult(code, cap.out, cap.err)
+
+    return run
+
+
+def write_tif(path: Path, data: np.ndarray, *, crs="EPSG:32608", transform=None, nodata=None,
+              descriptions=None) -> Path:
+    data = np.asarray(data)
+    if data.ndim == 2:
+        data = data[None]
+    transform = transform if transform is not None else Affine(10.0, 0.0, 470000.0, 0.0, -10.0, 7550000.0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+                       dtype=data.dtype, crs=crs, transform=transform, nodata=nodata) as dst:
+        dst.write(data)
+        if descriptions:
+            for i, d in enumerate(descriptions, 1):
+                dst.set_band_description(i, d)
+    return path
+
+
+def paper_sample(shape=(64, 64), rects=(), value=1000.0, seed=0) -> np.ndarray:
+    """A sample in the paper's layout (R, G, B, NDVI, NIR, mask) with slumps at ``rects``.
+
+    ``rects`` are (row0, row1, col0, col1), end-exclusive.
+    """
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    img = np.empty((6, h, w), np.float32)
+    img[:3] = value + rng.normal(0, 10, (3, h, w))
+    img[4] = 3 * value + rng.normal(0, 10, (h, w))
+    mask = np.zeros((h, w), np.float32)
+    for r0, r1, c0, c1 in rects:
+        mask[r0:r1, c0:c1] = 1
+    img[:3] += mask * value
+    img[4] -= mask * value
+    img[3] = (img[4] - img[0]) / (img[4] + img[0])
+    img[5] = mask
+    return img
+
+
+@pytest.fixture
+def data_dir():
+    return DATA

@@ -1,0 +1,386 @@
+"""`rts prepare`: the three input paths, splits, statistics, and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import yaml
+from pycocotools.coco import COCO
+from rasterio.transform import Affine
+from shapely.geometry import Polygon, box
+
+from conftest import paper_sample, write_tif
+
+T0 = Affine(3.0, 0.0, 100000.0, 0.0, -3.0, 500000.0)
+
+
+def _coco_all(ds: Path) -> dict:
+    docs = {s: json.loads((ds / f"{s}.json").read_text()) for s in ("train", "val", "test")}
+    return docs
+
+
+def _anns_by_file(ds: Path) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for doc in _coco_all(ds).values():
+        files = {im["id"]: im["file_name"] for im in doc["images"]}
+        for im in doc["images"]:
+            out.setdefault(im["file_name"], [])
+        for a in doc["annotations"]:
+            out[files[a["image_id"]]].append(a)
+    return out
+
+
+def _no_leftovers(parent: Path) -> bool:
+    return not any(".tmp-" in p.name for p in parent.iterdir())
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) the paper's layout
+# ---------------------------------------------------------------------------------------------
+def test_paper_layout_exact_instances_and_georeference(tmp_path, rts):
+    src = tmp_path / "samples"
+    rects = {
+        "siteA/a1.tif": [(5, 15, 5, 25), (30, 40, 30, 36)],
+        "siteA/a2.tif": [(0, 8, 56, 64)],  # touches the chip corner
+        "siteA/a3.tif": [],  # a negative
+        "siteB/b1.tif": [(10, 30, 10, 30)],
+        "siteB/b2.tif": [(1, 3, 1, 3), (20, 50, 20, 22)],  # a 4-pixel speck and a thin slump
+    }
+    for i, (name, rs) in enumerate(rects.items()):
+        write_tif(src / name, paper_sample(rects=rs, seed=i), crs="EPSG:3413",
+                  transform=Affine(3.0, 0, 1000.0 * i, 0, -3.0, 5000.0), nodata=-9999.0)
+    ds = tmp_path / "ds"
+    r = rts("prepare", src, "-o", ds, "--bands", "paper", "--min-area", 5, "--split", "0.34,0.33,0.33")
+    assert r.code == 0, r.err
+    assert "siteA" in r.out and "siteB" in r.out and "1 mask specks" in r.out
+
+    by_file = _anns_by_file(ds)
+    assert len(by_file) == 5
+    got = {Path(f).name: sorted((a["bbox"], a["area"]) for a in anns) for f, anns in by_file.items()}
+    assert got["a1.tif"] == [([5.0, 5.0, 20.0, 10.0], 200.0), ([30.0, 30.0, 6.0, 10.0], 60.0)]
+    assert got["a2.tif"] == [([56.0, 0.0, 8.0, 8.0], 64.0)]
+    assert got["a3.tif"] == []
+    assert got["b1.tif"] == [([10.0, 10.0, 20.0, 20.0], 400.0)]
+    assert got["b2.tif"] == [([20.0, 20.0, 2.0, 30.0], 60.0)]  # speck dropped
+
+    m = yaml.safe_load((ds / "manifest.yaml").read_text())
+    assert m["mode"] == "paper" and m["band_map"] == {"red": 1, "green": 2, "blue": 3, "ndvi": 4, "nir": 5}
+    assert m["modalities"] == {"rgb": ["red", "green", "blue"], "ndvi": ["ndvi"], "nir": ["nir"]}
+    assert m["dropped"]["specks_below_min_area"] == 1
+    assert set(m["counts"]["per_site"]) == {"siteA", "siteB"}
+    assert sum(m["counts"]["total"][s]["images"] for s in ("train", "val", "test")) == 5
+    assert len(m["sources"]) == 5 and all(len(s["sha256"]) == 64 for s in m["sources"])
+
+    for split in ("train", "val", "test"):
+        coco = COCO(str(ds / f"{split}.json"))  # loads in pycocotools
+        for img in coco.dataset["images"]:
+            # the georeference round-trips: chip == source transform and CRS
+            with rasterio.open(ds / img["file_name"]) as chip, rasterio.open(img["source"]) as source:
+                assert chip.transform == source.transform == Affine(*img["transform"])
+                assert chip.crs == source.crs and img["crs"] == "EPSG:3413"
+                assert chip.count == 5 and chip.descriptions == ("red", "green", "blue", "ndvi", "nir")
+                assert np.array_equal(chip.read(), source.read([1, 2, 3, 4, 5]))
+                truth = source.read(6) > 0
+            masks = [coco.annToMask(a).astype(bool) for a in coco.loadAnns(coco.getAnnIds(imgIds=img["id"]))]
+            union = np.any(masks, axis=0) if masks else np.zeros_like(truth)
+            if Path(img["file_name"]).name == "b2.tif":
+                truth[1:3, 1:3] = False  # the speck
+            assert np.array_equal(union, truth)
+
+
+def test_band_map_read_from_band_descriptions(tmp_path, rts):
+    write_tif(tmp_path / "in" / "x.tif", paper_sample(rects=[(5, 20, 5, 20)]),
+              descriptions=["red", "green", "blue", "ndvi", "nir", "mask"])
+    r = rts("prepare", tmp_path / "in", "-o", tmp_path / "ds")
+    assert r.code == 0, r.err
+    assert yaml.safe_load((tmp_path / "ds" / "manifest.yaml").read_text())["mode"] == "paper"
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) images + masks matched by name
+# ---------------------------------------------------------------------------------------------
+def test_images_and_masks_by_name(tmp_path, rts):
+    img = np.full((4, 48, 48), 500, np.uint16)
+    mask = np.zeros((48, 48), np.uint8)
+    mask[10:20, 10:30] = 255
+    write_tif(tmp_path / "img" / "s1.tif", img)
+    write_tif(tmp_path / "msk" / "s1_mask.tif", mask)
+    write_tif(tmp_path / "img" / "s2.tif", img)
+    write_tif(tmp_path / "msk" / "s2.tif", np.zeros((48, 48), np.uint8))
+    r = rts("prepare", tmp_path / "img", "--masks", tmp_path / "msk", "-o", tmp_path / "ds", "--bands", "planetscope4")
+    assert r.code == 0, r.err
+    got = {Path(f).name: [(a["bbox"], a["area"]) for a in anns] for f, anns in _anns_by_file(tmp_path / "ds").items()}
+    assert got == {"s1.tif": [([10.0, 10.0, 20.0, 10.0], 200.0)], "s2.tif": []}
+
+
+# ---------------------------------------------------------------------------------------------
+# (c) scenes + vector labels
+# ---------------------------------------------------------------------------------------------
+def _scene(tmp_path, size=(200, 300), nodata_cols=0):
+    h, w = size
+    data = np.full((4, h, w), 800, np.uint16)
+    if nodata_cols:
+        data[:, :, :nodata_cols] = 0
+    return write_tif(tmp_path / "scene.tif", data, crs="EPSG:32608", transform=T0, nodata=0)
+
+
+def _px(c0, r0, c1, r1):
+    """A box given in scene pixel edges -> map coordinates under T0."""
+    (x0, y0), (x1, y1) = T0 * (c0, r0), T0 * (c1, r1)
+    return box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+
+
+def test_scene_with_vector_labels_in_another_crs(tmp_path, rts):
+    scene = _scene(tmp_path)
+    polys = [
+        _px(10, 10, 30, 25),  # inside chip (0, 0)
+        _px(60, 100, 80, 120),  # crosses the chip border at col 64 (chip size 64, no overlap)
+        _px(150, 150, 160, 160), _px(160, 150, 170, 160),  # two slumps that touch: stay two
+    ]
+    bowtie = Polygon([(0, 0), (10, 10), (10, 0), (0, 10)])  # invalid: self-intersecting
+    from shapely.affinity import affine_transform
+    bow = affine_transform(bowtie, [3, 0, 0, -3, T0.c + 200 * 3, T0.f - 20 * 3])
+    gdf = gpd.GeoDataFrame({"name": ["a", "b", "c", "d", "bow"]}, geometry=polys + [bow], crs="EPSG:32608")
+    labels = tmp_path / "labels.gpkg"
+    gdf.to_crs("EPSG:4326").to_file(labels)  # analysts' labels often come in lon/lat
+    ds = tmp_path / "ds"
+    r = rts("prepare", scene, "--labels", labels, "-o", ds, "--bands", "planetscope4",
+            "--chip-size", 64, "--overlap", 0, "--min-area", 1, "--split", "1,0,0")
+    assert r.code == 0, r.err
+    err = " ".join(r.err.split())
+    assert "reprojecting labels" in err and "EPSG:4326" in err  # the explicit log line
+    m = yaml.safe_load((ds / "manifest.yaml").read_text())
+    assert m["labels"]["repaired_invalid"] == 1 and m["labels"]["reprojected_from"] == "EPSG:4326"
+    # 300 x 200 with 64 px chips: cols 0,64,128,192,236; rows 0,64,128,136
+    assert m["counts"]["total"]["train"]["images"] == 5 * 4
+    doc = json.loads((ds / "train.json").read_text())
+    images = {im["id"]: im for im in doc["images"]}
+    found = {}
+    for a in doc["annotations"]:
+        im = images[a["image_id"]]
+        found.setdefault(tuple(im["window"][:2]), []).append((a["bbox"], a["area"], a["source_id"]))
+    assert found[(0, 0)] == [([10.0, 10.0, 20.0, 15.0], 300.0, 0)]
+    # the border-crossing slump appears in both chips, clipped at the border
+    assert ([60.0, 36.0, 4.0, 20.0], 80.0, 1) in found[(0, 64)]
+    assert ([0.0, 36.0, 16.0, 20.0], 320.0, 1) in found[(64, 64)]
+    touching = sorted(v for v in found[(128, 136)] if v[2] in (2, 3))
+    assert touching == [([22.0, 14.0, 10.0, 10.0], 100.0, 2), ([32.0, 14.0, 10.0, 10.0], 100.0, 3)]
+    # each chip keeps its georeference: the window transform of the scene
+    for im in doc["images"]:
+        c, r0 = im["window"][:2]
+        with rasterio.open(ds / im["file_name"]) as chip:
+            assert chip.transform == T0 * Affine.translation(c, r0)
+            assert chip.crs.to_epsg() == 32608
+
+
+def test_scene_chips_edge_cover_remainder_and_skip_nodata(tmp_path, rts):
+    scene = _scene(tmp_path, size=(100, 150), nodata_cols=70)
+    gpd.GeoDataFrame(geometry=[_px(100, 10, 120, 30)], crs="EPSG:32608").to_file(tmp_path / "l.gpkg")
+    ds = tmp_path / "ds"
+    r = rts("prepare", scene, "--labels", tmp_path / "l.gpkg", "-o", ds, "--bands", "planetscope4",
+            "--chip-size", 64, "--overlap", 0.5)
+    assert r.code == 0, r.err
+    m = yaml.safe_load((ds / "manifest.yaml").read_text())
+    windows = [tuple(im["window"][:2]) for d in _coco_all(ds).values() for im in d["images"]]
+    # cols 0,32,64,86 (the last one shifted back to cover the remainder), rows 0,32,36; the chips
+    # at col 0 lie entirely in nodata (cols < 70) and are skipped
+    assert sorted({c for c, _ in windows}) == [32, 64, 86]
+    assert sorted({r for _, r in windows}) == [0, 32, 36]
+    assert m["dropped"]["nodata_chips_skipped"] == 3
+
+
+def test_labels_touching_nodata_lose_those_pixels(tmp_path, rts):
+    scene = _scene(tmp_path, size=(64, 64), nodata_cols=20)
+    gpd.GeoDataFrame(geometry=[_px(10, 10, 30, 20)], crs="EPSG:32608").to_file(tmp_path / "l.gpkg")
+    r = rts("prepare", scene, "--labels", tmp_path / "l.gpkg", "-o", tmp_path / "ds", "--bands", "planetscope4",
+            "--chip-size", 64, "--split", "1,0,0")
+    assert r.code == 0, r.err
+    (ann,) = json.loads((tmp_path / "ds" / "train.json").read_text())["annotations"]
+    assert ann["bbox"] == [20.0, 10.0, 10.0, 10.0] and ann["area"] == 100.0
+
+
+# ---------------------------------------------------------------------------------------------
+# splits and statistics
+# ---------------------------------------------------------------------------------------------
+def _many_samples(root: Path, n_per_site=10, sites=("s1", "s2")):
+    for s in sites:
+        for k in range(n_per_site):
+            write_tif(root / s / f"{s}_{k:02d}.tif", paper_sample(rects=[(5, 15, 5, 15)], seed=k))
+
+
+def test_split_is_within_site_and_deterministic(tmp_path, rts):
+    _many_samples(tmp_path / "in")
+    for name in ("a", "b"):
+        r = rts("prepare", tmp_path / "in", "-o", tmp_path / name, "--bands", "paper", "--seed", 7)
+        assert r.code == 0, r.err
+    ma = yaml.safe_load((tmp_path / "a" / "manifest.yaml").read_text())
+    for site in ("s1", "s2"):
+        c = ma["counts"]["per_site"][site]
+        assert (c["train"]["images"], c["val"]["images"], c["test"]["images"]) == (7, 2, 1) or \
+            sum(c[s]["images"] for s in ("train", "val", "test")) == 10 and min(c[s]["images"] for s in c) >= 1
+    for split in ("train", "val", "test"):
+        a = json.loads((tmp_path / "a" / f"{split}.json").read_text())
+        b = json.loads((tmp_path / "b" / f"{split}.json").read_text())
+        assert [i["file_name"] for i in a["images"]] == [i["file_name"] for i in b["images"]]
+    r = rts("prepare", tmp_path / "in", "-o", tmp_path / "c", "--bands", "paper", "--seed", 8)
+    c = json.loads((tmp_path / "c" / "test.json").read_text())
+    a = json.loads((tmp_path / "a" / "test.json").read_text())
+    assert [i["file_name"] for i in a["images"]] != [i["file_name"] for i in c["images"]]
+
+
+def test_split_file_and_stats_from_train_only(tmp_path, rts):
+    root = tmp_path / "in"
+    for k in range(4):
+        value = 100.0 if k < 2 else 5000.0  # train images are dark, test images bright
+        write_tif(root / f"x{k}.tif", paper_sample(rects=[(5, 15, 5, 15)], value=value, seed=k))
+    (tmp_path / "split.csv").write_text("name,split\nx0,train\nx1,train\nx2.tif,test\nx3,val\n")
+    ds = tmp_path / "ds"
+    r = rts("prepare", root, "-o", ds, "--bands", "paper", "--split-file", tmp_path / "split.csv")
+    assert r.code == 0, r.err
+    m = yaml.safe_load((ds / "manifest.yaml").read_text())
+    assert m["split"]["method"] == "file"
+    assert [m["counts"]["total"][s]["images"] for s in ("train", "val", "test")] == [2, 1, 1]
+    assert m["normalization"]["red"]["mean"] < 300  # bright val/test images did not leak in
+    assert m["normalization"]["red"]["high"] < 300
+    (tmp_path / "bad.csv").write_text("x0,train\n")
+    r = rts("prepare", root, "-o", tmp_path / "ds2", "--bands", "paper", "--split-file", tmp_path / "bad.csv")
+    assert r.code == 2 and "does not list 3" in r.err and not (tmp_path / "ds2").exists()
+
+
+def test_aux_raster_adds_a_modality(tmp_path, rts):
+    img = np.full((4, 64, 64), 700, np.uint16)
+    scene = write_tif(tmp_path / "scene.tif", img, transform=T0, nodata=0)
+    dem = write_tif(tmp_path / "dem.tif", np.linspace(0, 50, 64 * 64, dtype=np.float32).reshape(64, 64), transform=T0)
+    gpd.GeoDataFrame(geometry=[_px(5, 5, 20, 20)], crs="EPSG:32608").to_file(tmp_path / "l.gpkg")
+    ds = tmp_path / "ds"
+    r = rts("prepare", scene, "--labels", tmp_path / "l.gpkg", "-o", ds, "--bands", "planetscope4",
+            "--aux", f"dem={dem}", "--modalities", "rgb,ndvi,dem", "--chip-size", 64)
+    assert r.code == 0, r.err
+    m = yaml.safe_load((ds / "manifest.yaml").read_text())
+    assert m["band_map"]["dem"] == 5 and m["modalities"]["dem"] == ["dem"] and m["dtype"] == "float32"
+    assert 20 < m["normalization"]["dem"]["mean"] < 30
+    bad = write_tif(tmp_path / "dem_bad.tif", np.zeros((32, 32), np.float32), transform=T0)
+    r = rts("prepare", scene, "--labels", tmp_path / "l.gpkg", "-o", tmp_path / "ds2", "--bands", "planetscope4",
+            "--aux", f"dem={bad}")
+    assert r.code == 2 and "not on the grid" in r.err and "dem_bad.tif" in r.err
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input: one line, exit 2, the file named, nothing written
+# ---------------------------------------------------------------------------------------------
+def _assert_clean_failure(r, tmp_path, out, *needles):
+    assert r.code == 2, (r.out, r.err)
+    msg = r.err.strip()
+    assert len(msg.splitlines()) == 1, msg
+    assert "Traceback" not in msg
+    for n in needles:
+        assert n in msg, msg
+    assert not out.exists()
+    assert _no_leftovers(out.parent)
+
+
+def test_bad_missing_file(tmp_path, rts):
+    out = tmp_path / "ds"
+    r = rts("prepare", tmp_path / "nope.tif", "-o", out, "--bands", "paper")
+    _assert_clean_failure(r, tmp_path, out, "nope.tif", "not found")
+
+
+def test_bad_not_a_raster(tmp_path, rts):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "notes.tif").write_text("this is not a GeoTIFF")
+    out = tmp_path / "ds"
+    r = rts("prepare", tmp_path / "in", "-o", out, "--bands", "paper")
+    _assert_clean_failure(r, tmp_path, out, "notes.tif", "GeoTIFF")
+
+
+def test_bad_raster_without_crs_unless_assumed(tmp_path, rts):
+    write_tif(tmp_path / "in" / "x.tif", paper_sample(rects=[(1, 9, 1, 9)]), crs=None)
+    out = tmp_path / "ds"
+    r = rts("prepare", tmp_path / "in", "-o", out, "--bands", "paper")
+    _assert_clean_failure(r, tmp_path, out, "x.tif", "no CRS", "--assume-crs")
+    r = rts("prepare", tmp_path / "in", "-o", out, "--bands", "paper", "--assume-crs", "EPSG:3413")
+    assert r.code == 0, r.err
+    assert json.loads((out / "train.json").read_text())["images"][0]["crs"] == "EPSG:3413"
+
+
+def test_bad_mask_grid(tmp_path, rts):
+    write_tif(tmp_path / "img" / "s.tif", np.ones((4, 32, 32), np.uint16))
+    write_tif(tmp_path / "msk" / "s.tif", np.zeros((30, 32), np.uint8))
+    out = tmp_path / "ds"
+    r = rts("prepare", tmp_path / "img", "--masks", tmp_path / "msk", "-o", out, "--bands", "planetscope4")
+    _assert_clean_failure(r, tmp_path, out, "s.tif", "not on the grid")
+
+
+def test_bad_band_index(tmp_path, rts):
+    write_tif(tmp_path / "in" / "x.tif", np.ones((4, 16, 16), np.uint16))
+    out = tmp_path / "ds"
+    r = rts("prepare", tmp_path / "in", "-o", out, "--bands", "sentinel2-7", "--masks", tmp_path / "in")
+    _assert_clean_failure(r, tmp_path, out, "x.tif", "band", "has 4 bands", "--bands")
+
+
+def test_bad_non_binary_mask(tmp_path, rts):
+    write_tif(tmp_path / "img" / "s.tif", np.ones((4, 32, 32), np.uint16))
+    write_tif(tmp_path / "msk" / "s.tif", np.arange(32 * 32, dtype=np.uint8).reshape(32, 32) % 4)
+    out = tmp_path / "ds"
+    r = rts("prepare", tmp_path / "img", "--masks", tmp_path / "msk", "-o", out, "--bands", "planetscope4")
+    _assert_clean_failure(r, tmp_path, out, "s.tif", "not binary")
+
+
+def test_bad_labels_do_not_overlap(tmp_path, rts):
+    scene = _scene(tmp_path)
+    gpd.GeoDataFrame(geometry=[box(0, 0, 10, 10)], crs="EPSG:32608").to_file(tmp_path / "far.gpkg")
+    out = tmp_path / "ds"
+    r = rts("prepare", scene, "--labels", tmp_path / "far.gpkg", "-o", out, "--bands", "planetscope4")
+    _assert_clean_failure(r, tmp_path, out, "far.gpkg", "overlaps")
+
+
+def test_bad_empty_directory(tmp_path, rts):
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "ds"
+    r = rts("prepare", tmp_path / "empty", "-o", out, "--bands", "paper")
+    _assert_clean_failure(r, tmp_path, out, "empty", "no GeoTIFFs")
+
+
+def test_bad_labels_file_unreadable(tmp_path, rts):
+    scene = _scene(tmp_path)
+    (tmp_path / "l.gpkg").write_text("garbage")
+    out = tmp_path / "ds"
+    r = rts("prepare", scene, "--labels", tmp_path / "l.gpkg", "-o", out, "--bands", "planetscope4")
+    _assert_clean_failure(r, tmp_path, out, "l.gpkg", "cannot read vector labels")
+
+
+def test_existing_output_needs_overwrite(tmp_path, rts):
+    write_tif(tmp_path / "in" / "x.tif", paper_sample(rects=[(1, 9, 1, 9)]))
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    r = rts("prepare", tmp_path / "in", "-o", out, "--bands", "paper")
+    assert r.code == 2 and "--overwrite" in r.err and (out / "keep.txt").read_text() == "precious"
+    r = rts("prepare", tmp_path / "in", "-o", out, "--bands", "paper", "--overwrite")
+    assert r.code == 0 and (out / "manifest.yaml").exists() and not (out / "keep.txt").exists()
+    assert _no_leftovers(tmp_path)
+
+
+def test_interrupted_run_leaves_nothing(tmp_path, rts, monkeypatch):
+    _many_samples(tmp_path / "in", n_per_site=4, sites=("s",))
+    import rtscli.data.prepare as prep
+
+    calls = {"n": 0}
+    real = prep._write_chip
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(prep, "_write_chip", flaky)
+    out = tmp_path / "ds"
+    r = rts("prepare", tmp_path / "in", "-o", out, "--bands", "paper")
+    assert r.code == 130 and "no partial output" in r.err
+    assert not out.exists() and _no_leftovers(tmp_path)

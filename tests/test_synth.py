@@ -1,0 +1,117 @@
+"""`rts synth`: deterministic, georeferenced, seamless, with truth that matches the pixels."""
+
+from __future__ import annotations
+
+import geopandas as gpd
+import numpy as np
+import rasterio
+from rasterio.features import rasterize
+
+from rtscli.data.modalities import ndvi
+from rtscli.synth import write_scene
+from rtscli.synth.scene import make_plan, render
+from rtscli.synth.sites import SITES
+
+
+def test_same_seed_same_data_and_other_seed_differs(tmp_path, rts):
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        r = rts("synth", tmp_path / name, "--chips", 4, "--chip-size", 64, "--scenes", 0, "--seed", seed)
+        assert r.code == 0, r.err
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a" / "chips").rglob("*.tif"))
+    assert len(files) == 4
+    for f in files:
+        with rasterio.open(tmp_path / "a" / f) as a, rasterio.open(tmp_path / "b" / f) as b:
+            assert np.array_equal(a.read(), b.read()) and a.transform == b.transform
+    with rasterio.open(tmp_path / "a" / files[0]) as a, rasterio.open(tmp_path / "c" / files[0]) as c:
+        assert not np.array_equal(a.read(), c.read())
+
+
+def test_chips_in_paper_layout(tmp_path, rts):
+    r = rts("synth", tmp_path / "s", "--chips", 8, "--chip-size", 96, "--scenes", 0, "--negatives", 0,
+            "--crs", "EPSG:32608")
+    assert r.code == 0, r.err
+    chips = sorted((tmp_path / "s" / "chips").rglob("*.tif"))
+    assert len(chips) == 8 and len({c.parent.name for c in chips}) == 7  # spread over the sites
+    for c in chips:
+        with rasterio.open(c) as src:
+            assert src.count == 6 and src.descriptions == ("red", "green", "blue", "ndvi", "nir", "mask")
+            assert src.crs.to_epsg() == 32608 and src.res == (3.0, 3.0)
+            data = src.read()
+        valid = data[0] != src.nodata
+        mask = data[5]
+        assert set(np.unique(mask)) <= {0.0, 1.0} and mask.sum() > 0  # every positive chip has a slump
+        assert np.allclose(data[3][valid], ndvi(data[4], data[0])[valid], atol=1e-5)
+        soil, veg = valid & (mask == 1), valid & (mask == 0)
+        assert data[3][soil].mean() < data[3][veg].mean()  # slumps are low in NDVI
+    labels = gpd.read_file(tmp_path / "s" / "chips" / "labels.gpkg")
+    assert len(labels) >= 8 and labels.crs.to_epsg() == 32608
+
+
+def test_scene_windows_are_seamless():
+    plan = make_plan(300, 260, SITES["herschel"], seed=5)
+    whole, v, m = render(plan, 0, 0, 260, 300)
+    parts = [render(plan, r, c, 130, 150) for r in (0, 130) for c in (0, 150)]
+    top = np.concatenate([parts[0][0], parts[1][0]], axis=2)
+    bottom = np.concatenate([parts[2][0], parts[3][0]], axis=2)
+    # equal up to float32 rounding (a seam would differ by percents, not 1e-4)
+    assert np.allclose(np.concatenate([top, bottom], axis=1), whole, rtol=1e-4, atol=0.1)
+
+
+def test_scene_truth_matches_pixels_and_has_features(tmp_path):
+    tif, gpkg = write_scene(tmp_path / "scene.tif", 768, 1024, seed=2, site_name="tuktoyaktuk", block=300)
+    truth = gpd.read_file(gpkg)
+    with rasterio.open(tif) as src:
+        assert (src.width, src.height, src.count, src.dtypes[0]) == (1024, 768, 4, "uint16")
+        assert src.crs.to_epsg() == 3413 and src.nodata == 0
+        img = src.read().astype(np.float32)
+        burned = rasterize([(g, 1) for g in truth.geometry], out_shape=(768, 1024), transform=src.transform)
+    assert truth.crs.to_epsg() == 3413 and len(truth) >= 3
+    assert truth.geometry.is_valid.all()
+    assert (truth.area_m2 >= 2000).all() and truth.area_m2.max() < 60e4  # ~0.2 ha (clipped) to tens of ha
+    # pairwise: touching allowed, overlapping never
+    g = truth.geometry.values
+    for i in range(len(g)):
+        for j in range(i + 1, len(g)):
+            assert g[i].intersection(g[j]).area < 1e-6
+    blue, green, red, nir = img
+    inside = burned == 1
+    ring = (rasterize([(gg.buffer(30).difference(gg.buffer(6)), 1) for gg in truth.geometry],
+                      out_shape=(768, 1024), transform=src.transform) == 1) & ~inside
+    nd = ndvi(nir, red)
+    assert nd[inside].mean() < nd[ring].mean() - 0.15  # slumps stand out in NDVI
+    strong = truth[~truth.weak_rgb]
+    if len(strong):
+        s_in = rasterize([(gg, 1) for gg in strong.geometry], out_shape=(768, 1024), transform=src.transform) == 1
+        assert red[s_in].mean() > 1.3 * red[ring].mean()  # and bare soil is bright in RGB
+    dist = gpd.read_file(tmp_path / "scene_distractors.gpkg")
+    assert set(dist["kind"]) & {"dry_patch", "river_bar", "road", "burnt_patch"}
+
+
+def test_weak_slumps_show_in_ndvi_more_than_in_rgb():
+    plan = make_plan(2048, 2048, SITES["banks"], seed=11, slump_density=6)
+    weak = [s for s in plan.slumps if s.weak]
+    assert weak
+    s = max(weak, key=lambda s: s.geometry.area)
+    x0, y0, x1, y1 = (int(v) for v in s.geometry.bounds)
+    img, _, mask = render(plan, y0 - 20, x0 - 20, y1 - y0 + 40, x1 - x0 + 40)
+    inside = mask == 1
+    from rasterio.transform import Affine
+    own = rasterize([(s.geometry, 1)], out_shape=mask.shape, transform=Affine(1, 0, x0 - 20, 0, 1, y0 - 20)) == 1
+    out = ~inside
+    blue, green, red, nir = img
+    rgb = (red + green + blue) / 3
+    rgb_contrast = abs(rgb[own].mean() - rgb[out].mean()) / rgb[out].mean()
+    nd = ndvi(nir, red)
+    assert rgb_contrast < 0.25
+    assert nd[out].mean() - nd[own].mean() > 0.15
+
+
+def test_nodata_margin_and_bad_options(tmp_path, rts):
+    plan = make_plan(400, 400, SITES["lena"], seed=1, nodata_margin=True)
+    img, valid, mask = render(plan, 0, 0, 400, 400)
+    assert 0.05 < 1 - valid.mean() < 0.5 and (img[:, ~valid] == 0).all() and not mask[~valid].any()
+    assert (img[:, valid] > 0).all()
+    r = rts("synth", tmp_path / "x", "--site", "atlantis")
+    assert r.code == 2 and "atlantis" in r.err and not (tmp_path / "x").exists()
+    r = rts("synth", tmp_path / "y", "--crs", "EPSG:4326", "--chips", 1, "--scenes", 0)
+    assert r.code == 2 and "projected CRS" in r.err and not (tmp_path / "y").exists()
