@@ -15,6 +15,7 @@ from rasterio.transform import Affine
 from shapely.geometry import Polygon, box
 
 from conftest import paper_sample, write_tif
+from rtscli.io.raster import apply
 
 T0 = Affine(3.0, 0.0, 100000.0, 0.0, -3.0, 500000.0)
 
@@ -131,7 +132,7 @@ def _scene(tmp_path, size=(200, 300), nodata_cols=0):
 
 def _px(c0, r0, c1, r1):
     """A box given in scene pixel edges -> map coordinates under T0."""
-    (x0, y0), (x1, y1) = T0 * (c0, r0), T0 * (c1, r1)
+    (x0, y0), (x1, y1) = apply(T0, c0, r0), apply(T0, c1, r1)
     return box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
 
 
@@ -174,7 +175,8 @@ def test_scene_with_vector_labels_in_another_crs(tmp_path, rts):
     for im in doc["images"]:
         c, r0 = im["window"][:2]
         with rasterio.open(ds / im["file_name"]) as chip:
-            assert chip.transform == T0 * Affine.translation(c, r0)
+            x, y = apply(T0, c, r0)  # the map position of the window's top-left corner
+            assert chip.transform == Affine(T0.a, T0.b, x, T0.d, T0.e, y)
             assert chip.crs.to_epsg() == 32608
 
 

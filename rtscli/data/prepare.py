@@ -36,7 +36,9 @@ from rtscli.data.modalities import channel, resolve, resolve_all, valid_mask
 from rtscli.data.split import SPLITS, assign, lookup, read_split_file
 from rtscli.data.stats import StatsSampler
 from rtscli.errors import RtsError
-from rtscli.io.raster import RASTER_SUFFIXES, RasterInfo, gdal_env, inspect, read_window
+from rtscli.io.raster import (
+    RASTER_SUFFIXES, RasterInfo, apply, gdal_env, inspect, read_window, window_transform,
+)
 
 log = logging.getLogger("rtscli")
 
@@ -506,10 +508,8 @@ def _chip_transform(item: Item):
     t = item.image.transform
     if item.window is None:
         return t
-    from rasterio.windows import Window, transform as window_transform
-
-    c, r, w, h = item.window
-    return window_transform(Window(c, r, w, h), t)
+    c, r, _, _ = item.window
+    return window_transform(t, c, r)
 
 
 def _crs_text(crs) -> str:
@@ -592,16 +592,15 @@ def _iter_chips(items, opts, mode, band_map, image_bands, labels, chip_dtype):
 
 
 def _instances_from_labels(item: Item, labels, valid, opts):
-    from rasterio.windows import Window, transform as window_transform
     from shapely.affinity import affine_transform
     from shapely.geometry import box
 
     gdf, sindex = labels[item.image.crs.to_wkt()]
     c, r, w, h = item.window
-    t = window_transform(Window(c, r, w, h), item.image.transform)
+    t = window_transform(item.image.transform, c, r)
     inv = ~t
-    x0, y0 = t * (0, 0)
-    x1, y1 = t * (w, h)
+    x0, y0 = apply(t, 0, 0)
+    x1, y1 = apply(t, w, h)
     win_box = box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
     out, clipped = [], 0
     geoms = gdf.geometry.values

@@ -31,6 +31,20 @@ def gdal_env(**options: Any) -> rasterio.Env:
     return rasterio.Env(**opts)
 
 
+def apply(t: Affine, x: float, y: float) -> tuple[float, float]:
+    """``t * (x, y)`` written out: pixel (col, row) -> map (x, y), no half-pixel shift.
+
+    Works with every affine version (3.x deprecates ``*`` for ``@``; 2.x has no ``@``).
+    """
+    return (t.a * x + t.b * y + t.c, t.d * x + t.e * y + t.f)
+
+
+def window_transform(t: Affine, col_off: float, row_off: float) -> Affine:
+    """The transform of a window whose top-left pixel is (col_off, row_off) of a raster with ``t``."""
+    x, y = apply(t, col_off, row_off)
+    return Affine(t.a, t.b, x, t.d, t.e, y)
+
+
 def parse_crs(text: str | None, what: str = "--assume-crs") -> CRS | None:
     if text is None:
         return None
@@ -160,10 +174,10 @@ def write_geotiff(
         nodata=nodata,
         compress=compress,
     )
-    if compress == "deflate" and np.issubdtype(data.dtype, np.floating):
-        profile["predictor"] = 3
-    elif compress == "deflate":
-        profile["predictor"] = 2
+    if compress == "deflate":
+        # level 1: ~3x faster than the default for ~2% more bytes on imagery chips
+        profile["zlevel"] = 1
+        profile["predictor"] = 3 if np.issubdtype(data.dtype, np.floating) else 2
     if h >= 256 and w >= 256 and h % 16 == 0 and w % 16 == 0:
         profile.update(tiled=True, blockxsize=256, blockysize=256)
     with rasterio.open(path, "w", **profile) as dst:

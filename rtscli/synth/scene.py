@@ -300,7 +300,7 @@ def _largest(g):
     return max(parts, key=lambda p: p.area) if parts else Polygon()
 
 
-def _meander(rng, width, height, wiggle=0.12, step=6.0) -> LineString:
+def _meander(rng, width, height, wiggle=0.05, step=6.0) -> LineString:
     side = rng.integers(0, 4)
     t = rng.uniform(0.1, 0.9)
     start = [(t * width, -10), (width + 10, t * height), (t * width, height + 10), (-10, t * height)][side]
@@ -309,7 +309,8 @@ def _meander(rng, width, height, wiggle=0.12, step=6.0) -> LineString:
     turn = 0.0
     x, y = start
     for _ in range(int(4 * (width + height) / step)):
-        turn = 0.85 * turn + rng.normal(0, wiggle)
+        turn = 0.8 * turn + rng.normal(0, wiggle)
+        turn = max(-0.25, min(0.25, turn))
         heading += turn
         x, y = x + step * math.cos(heading), y + step * math.sin(heading)
         pts.append((x, y))

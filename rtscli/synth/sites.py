@@ -1,7 +1,9 @@
 """Site looks for synthetic scenes, loosely after the paper's seven Arctic sites.
 
 Spectra are surface reflectance x 10000 in PlanetScope band order (blue, green, red, NIR), from
-typical values of the cover types: tundra vegetation (NDVI ~0.6-0.8), bare thawed soil and wet mud
+typical values of the cover types, with slump contrast checked against the real Sentinel-2 scenes
+in shared/data/rts-digitization (there slumps are 5-30% brighter in red than the tundra, or darker
+where wet, and about half as bright in NIR): tundra vegetation (NDVI ~0.6-0.8), bare thawed soil and wet mud
 in slump floors (NDVI ~0.1-0.25), lake water (NIR near zero), sandy river bars, gravel roads, burnt
 tundra (dark) and dry lichen/grass patches (bright in RGB but high NIR: the RGB look-alike of a
 slump that NIR/NDVI tells apart). Each site varies greenness, soil colour, water turbidity and how
@@ -47,13 +49,13 @@ class SiteStyle:
 _BASE = dict(
     veg_a=(300, 560, 420, 3200),
     veg_b=(420, 640, 610, 2500),
-    soil=(880, 1060, 1230, 1700),
-    mud=(560, 660, 730, 1050),
-    headwall=(1150, 1300, 1420, 1750),
+    soil=(700, 860, 950, 1500),
+    mud=(470, 560, 600, 900),
+    headwall=(1000, 1150, 1250, 1650),
     water=(420, 430, 260, 90),
     sand=(960, 1110, 1270, 1620),
     road=(1150, 1220, 1300, 1580),
-    dry=(860, 1040, 1190, 2950),
+    dry=(720, 880, 970, 2900),
     burnt=(240, 300, 330, 1250),
 )
 
@@ -63,19 +65,19 @@ SITES: dict[str, SiteStyle] = {
         SiteStyle("yamal_gydan", (70.0, 70.3), **_BASE, lakes_per_km2=1.2, slumps_per_km2=1.4,
                   dry_per_km2=0.5, roads_per_100km2=2.0, relief_m=12),
         SiteStyle("lena", (126.5, 72.4), **{**_BASE, "veg_a": (280, 520, 380, 3000),
-                  "water": (520, 560, 380, 160), "soil": (820, 960, 1080, 1550)},
+                  "water": (520, 560, 380, 160), "soil": (660, 800, 880, 1450)},
                   lakes_per_km2=0.8, rivers_per_10km=3.0, slumps_per_km2=1.0, relief_m=20),
         SiteStyle("kolguev", (49.0, 69.1), **{**_BASE, "veg_b": (460, 680, 660, 2400)},
                   lakes_per_km2=0.5, slumps_per_km2=1.0, dry_per_km2=0.6, texture=0.11),
-        SiteStyle("herschel", (-139.1, 69.6), **{**_BASE, "soil": (780, 880, 980, 1500),
-                  "mud": (500, 560, 600, 900)}, lakes_per_km2=0.3, rivers_per_10km=1.5,
+        SiteStyle("herschel", (-139.1, 69.6), **{**_BASE, "soil": (640, 740, 820, 1400),
+                  "mud": (430, 480, 520, 800)}, lakes_per_km2=0.3, rivers_per_10km=1.5,
                   slumps_per_km2=1.8, relief_m=35, weak_fraction=0.3),
         SiteStyle("horton", (-126.9, 69.9), **{**_BASE, "water": (380, 400, 240, 70)},
                   lakes_per_km2=1.0, rivers_per_10km=2.5, slumps_per_km2=1.2, burnt_per_km2=0.3),
         SiteStyle("tuktoyaktuk", (-132.9, 69.4), **{**_BASE, "veg_a": (290, 540, 400, 3400)},
                   lakes_per_km2=1.6, slumps_per_km2=1.5, relief_m=10, polygons=0.8),
         SiteStyle("banks", (-121.0, 72.5), **{**_BASE, "veg_a": (430, 600, 600, 2300),
-                  "veg_b": (560, 720, 760, 1900), "soil": (980, 1120, 1280, 1650)},
+                  "veg_b": (560, 720, 760, 1900), "soil": (820, 960, 1080, 1550)},
                   lakes_per_km2=0.4, rivers_per_10km=2.0, slumps_per_km2=1.2, weak_fraction=0.35,
                   dry_per_km2=0.45, relief_m=25, gain=1.05),
     ]
