@@ -34,29 +34,32 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     sizes = sorted(int(s) for s in args.sizes.split(","))
     rows = []
+    # each measurement in its own interpreter so ru_maxrss belongs to that run alone
+    probe = (
+        "import resource, subprocess, sys, time, json;"
+        "t=time.perf_counter();"
+        "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL);"
+        "print(json.dumps({'wall': time.perf_counter()-t,"
+        " 'rss_mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024}))"
+    )
+
+    def measured(cmd: list[str]) -> dict:
+        return json.loads(subprocess.run([sys.executable, "-c", probe, *cmd], check=True, capture_output=True,
+                                         text=True).stdout)
+
     for size in sizes:
         scene_dir = out / f"scene_{size}"
         tif = scene_dir / "scenes" / "scene_00_tuktoyaktuk.tif"
+        synth = None
         if not tif.exists():
-            t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "rtscli", "synth", str(scene_dir), "--chips", "0", "--scenes", "1",
-                            "--scene-size", str(size), "--site", "tuktoyaktuk", "--seed", "1", "--overwrite"],
-                           check=True, stdout=subprocess.DEVNULL)
-            print(f"synth {size}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+            synth = measured([sys.executable, "-m", "rtscli", "synth", str(scene_dir), "--chips", "0", "--scenes", "1",
+                              "--scene-size", str(size), "--site", "tuktoyaktuk", "--seed", "1", "--overwrite"])
+            print(f"synth {size}: {synth['wall']:.1f} s, peak RSS {synth['rss_mb']:.0f} MB", file=sys.stderr)
         ds = out / f"dataset_{size}"
-        # each measurement in its own interpreter so ru_maxrss belongs to that run alone
-        probe = (
-            "import resource, subprocess, sys, time, json;"
-            "t=time.perf_counter();"
-            "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL);"
-            "print(json.dumps({'wall': time.perf_counter()-t,"
-            " 'rss_mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024}))"
-        )
         cmd = [sys.executable, "-m", "rtscli", "prepare", str(tif), "--labels", str(tif.with_suffix(".gpkg")),
                "-o", str(ds), "--bands", "planetscope4", "--chip-size", str(args.chip_size),
                "--overlap", str(args.overlap), "--overwrite"]
-        res = json.loads(subprocess.run([sys.executable, "-c", probe, *cmd], check=True, capture_output=True,
-                                        text=True).stdout)
+        res = measured(cmd)
         manifest = (ds / "manifest.yaml").read_text()
         import yaml
 
@@ -68,7 +71,9 @@ def main() -> None:
         rows.append(dict(size=size, megapixels=size * size / 1e6, scene_mb_on_disk=round(mb, 1),
                          scene_mb_raw=round(raw_mb, 1), chips=chips, instances=inst,
                          wall_s=round(res["wall"], 2), mb_per_s_raw=round(raw_mb / res["wall"], 2),
-                         peak_rss_mb=round(res["rss_mb"], 1)))
+                         peak_rss_mb=round(res["rss_mb"], 1),
+                         synth_wall_s=round(synth["wall"], 1) if synth else None,
+                         synth_peak_rss_mb=round(synth["rss_mb"], 1) if synth else None))
         print(f"prepare {size}: {res['wall']:.1f} s, peak RSS {res['rss_mb']:.0f} MB", file=sys.stderr)
     base = rows[0]["peak_rss_mb"]
     for r in rows:
@@ -84,6 +89,12 @@ def main() -> None:
     for r in rows:
         print(f"| {r['size']} x {r['size']} ({r['scene_mb_raw']:.0f} MB raw) | {r['chips']} | {r['instances']} | "
               f"{r['wall_s']} | {r['mb_per_s_raw']} | {r['peak_rss_mb']} | {r['rss_ratio_vs_smallest']}x |")
+    if all(r["synth_wall_s"] is not None for r in rows):
+        print("\n`rts synth` writing the same scenes (by window):\n")
+        print("| scene | wall s | peak RSS MB |")
+        print("|---|---|---|")
+        for r in rows:
+            print(f"| {r['size']} x {r['size']} | {r['synth_wall_s']} | {r['synth_peak_rss_mb']} |")
     ok = rows[-1]["rss_ratio_vs_smallest"] <= 1.5
     print(f"\ngoal (largest within 1.5x of smallest peak RSS): {'met' if ok else 'MISSED'}")
 

@@ -54,6 +54,16 @@ def test_diagonal_touch_is_one_contour_and_separate_blobs_two():
     assert sorted(i.area for i in inst) == [4, 18]
 
 
+def test_polygon_touching_the_chip_edge_from_outside():
+    """Clipping gives Polygon + LineString (a GeometryCollection); the area part is the instance."""
+    from shapely.ops import unary_union
+
+    geom = unary_union([box(5, 5, 25, 10), box(20, 10, 40, 20)])  # outside part touches x = 20
+    inst = instance_from_polygon(geom, (20, 20))
+    assert inst.area == 75 and inst.bbox == [5.0, 5.0, 15.0, 5.0]
+    assert instance_from_polygon(box(20, 0, 30, 20), (20, 20)) is None  # touches along a line only
+
+
 def test_polygon_instance_is_exact_and_respects_nodata():
     sq = box(4, 6, 14, 11)  # pixel-edge coordinates: 10 wide, 5 high
     inst = instance_from_polygon(sq, (20, 20))

@@ -116,3 +116,22 @@ def test_nodata_margin_and_bad_options(tmp_path, rts):
     assert r.code == 2 and "atlantis" in r.err and not (tmp_path / "x").exists()
     r = rts("synth", tmp_path / "y", "--crs", "EPSG:4326", "--chips", 1, "--scenes", 0)
     assert r.code == 2 and "projected CRS" in r.err and not (tmp_path / "y").exists()
+
+
+def test_slumps_cross_tile_borders_touch_and_span_sizes():
+    """Inference tiles will be cut on a grid: the synthetic truth must exercise its borders."""
+    plan = make_plan(4096, 4096, SITES["tuktoyaktuk"], seed=3)
+    areas_ha = np.array([s.geometry.area * 9 / 1e4 for s in plan.slumps])
+    assert len(plan.slumps) > 50
+    assert areas_ha.min() < 1.0 and areas_ha.max() > 10.0  # ~0.5 ha to tens of ha
+    for tile in (256, 512, 1024):
+        crossing = 0
+        for s in plan.slumps:
+            x0, y0, x1, y1 = s.geometry.bounds
+            if int(x0 // tile) != int(x1 // tile) or int(y0 // tile) != int(y1 // tile):
+                crossing += 1
+        assert crossing >= 5, tile
+    touching = [s for s in plan.slumps if s.touching]
+    assert len(touching) >= 2
+    settings = {s.setting for s in plan.slumps}
+    assert {"lake", "river"} <= settings or {"lake", "slope"} <= settings

@@ -37,8 +37,10 @@ def bands(
             console.print(f"label band: {bm['mask']} (mask)")
         return
     table = Table(title="band presets (--bands NAME)")
-    for col in ("preset", "sensor / layout", "bands", "modalities"):
-        table.add_column(col)
+    table.add_column("preset", no_wrap=True)
+    table.add_column("sensor / layout")
+    table.add_column("bands", overflow="fold")
+    table.add_column("modalities", overflow="fold")
     for name, bm in PRESETS.items():
         table.add_row(name, PRESET_NOTES.get(name, ""), str(bm), modalities_of(bm))
     console.print(table)

@@ -118,8 +118,11 @@ def instance_from_polygon(
     from rasterio.features import rasterize
     from shapely.geometry import box
 
-    geom = geom.intersection(box(0, 0, shape[1], shape[0]))
-    if geom.is_empty:
+    from rtscli.io.vector import polygonal
+
+    # clipping can leave lines or points where a label only touches the chip edge: keep the area
+    geom = polygonal(geom.intersection(box(0, 0, shape[1], shape[0])))
+    if geom is None or geom.is_empty:
         return None
     mask = rasterize([(geom, 1)], out_shape=shape, fill=0, dtype="uint8").astype(bool)
     exact = True

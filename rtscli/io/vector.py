@@ -75,8 +75,8 @@ def read_polygons(path: str | Path, target_crs, *, assume_crs=None):
     rep.repaired = int(invalid.sum())
     if rep.repaired:
         fixed = shapely.make_valid(gdf.geometry.values[invalid])
-        gdf.loc[invalid, "geometry"] = [_polygonal(g) for g in fixed]
-    polys = gdf.geometry.apply(_polygonal)
+        gdf.loc[invalid, "geometry"] = [polygonal(g) for g in fixed]
+    polys = gdf.geometry.apply(polygonal)
     bad = polys.isna() | polys.apply(lambda g: g is None or g.is_empty)
     rep.not_polygon = int(bad.sum())
     gdf = gdf.assign(geometry=polys)[~bad]
@@ -89,8 +89,8 @@ def read_polygons(path: str | Path, target_crs, *, assume_crs=None):
     return gdf, rep
 
 
-def _polygonal(geom):
-    """Keep the polygonal part of a geometry (make_valid can return collections)."""
+def polygonal(geom):
+    """The polygonal part of a geometry, or None (make_valid and clipping can return collections)."""
     from shapely.geometry import GeometryCollection, MultiPolygon, Polygon
 
     if geom is None:
