@@ -5,7 +5,9 @@
 Top rows: the two real scenes of the RTS digitization experiment (Sentinel-2, 10 m, 2.5 km across;
 expert 01's slump polygons in red) and two synthetic scenes rendered on the same 10 m grid, in true
 colour and NDVI. Bottom row: synthetic 3 m chips (PlanetScope-like) with their truth outlines; a
-"weak" slump is one whose RGB contrast is low but whose NDVI shows it.
+"weak" slump is one whose RGB contrast is low but whose NDVI shows it. Real scenes get a 2-98%
+stretch per channel (their Sentinel-2 DN carry an offset); synthetic panels share one fixed stretch
+so that their contrasts compare with each other.
 """
 
 from __future__ import annotations
@@ -33,6 +35,13 @@ def stretch(rgb: np.ndarray, valid: np.ndarray) -> np.ndarray:
     for c in range(3):
         lo, hi = np.percentile(rgb[..., c][valid], [2, 98])
         out[..., c] = np.clip((rgb[..., c] - lo) / (hi - lo + 1e-9), 0, 1)
+    out[~valid] = 1.0
+    return out
+
+
+def fixed(rgb: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """One fixed stretch for all synthetic panels (reflectance x 10000), so contrasts compare."""
+    out = np.clip(rgb / np.array([1100.0, 1200.0, 1100.0], np.float32), 0, 1) ** 0.8
     out[~valid] = 1.0
     return out
 
@@ -78,7 +87,7 @@ def main() -> None:
         plan = make_plan(251, 251, SITES[site], seed=seed, resolution=10.0)
         img, valid, mask = render(plan, 0, 0, 251, 251)
         blue, green, red, nir = img
-        rgb = stretch(np.stack([red, green, blue], -1), valid)
+        rgb = fixed(np.stack([red, green, blue], -1), valid)
         ax = axes[0, 2 + k]
         ax.imshow(rgb)
         outline(ax, [s.geometry for s in plan.slumps], Affine.identity())
@@ -101,7 +110,7 @@ def main() -> None:
         img, valid, mask = render(plan, r0, c0, 256, 256)
         blue, green, red, nir = img
         ax = axes[2, shown]
-        ax.imshow(stretch(np.stack([red, green, blue], -1), valid))
+        ax.imshow(fixed(np.stack([red, green, blue], -1), valid))
         ax.contour(mask, [0.5], colors="red", linewidths=0.8)
         ax.set_title(f"synthetic chip: {site}, 3 m" + (" (weak-RGB slump)" if want_weak else ""))
         shown += 1

@@ -162,3 +162,57 @@ def empty_coco(description: str) -> dict:
         "annotations": [],
         "categories": CATEGORIES,
     }
+
+
+class CocoWriter:
+    """Write a COCO file without holding it in memory.
+
+    Images and annotations are appended as JSON lines to two temporary files beside the target
+    and assembled into one COCO JSON document by :meth:`close`, line by line, so memory does not
+    grow with the number of chips or instances.
+    """
+
+    def __init__(self, path, description: str) -> None:
+        from pathlib import Path
+
+        self.path = Path(path)
+        self.description = description
+        self._img = open(self.path.with_name(self.path.name + ".images.jsonl"), "w+")
+        self._ann = open(self.path.with_name(self.path.name + ".annotations.jsonl"), "w+")
+        self.images = 0
+        self.annotations = 0
+
+    def add_image(self, entry: dict) -> None:
+        import json
+
+        self._img.write(json.dumps(entry) + "\n")
+        self.images += 1
+
+    def add_annotation(self, ann: dict) -> None:
+        import json
+
+        self._ann.write(json.dumps(ann) + "\n")
+        self.annotations += 1
+
+    def close(self) -> None:
+        import json
+        import os
+
+        head = empty_coco(self.description)
+        with open(self.path, "w") as out:
+            out.write("{")
+            for key in ("info", "licenses", "categories"):
+                out.write(f"{json.dumps(key)}: {json.dumps(head[key])}, ")
+            for key, fh, n in (("images", self._img, self.images), ("annotations", self._ann, self.annotations)):
+                out.write(f"{json.dumps(key)}: [")
+                fh.seek(0)
+                for i, line in enumerate(fh):
+                    out.write(line.rstrip("\n"))
+                    if i < n - 1:
+                        out.write(", ")
+                out.write("]")
+                out.write(", " if key == "images" else "")
+            out.write("}")
+        for fh in (self._img, self._ann):
+            fh.close()
+            os.remove(fh.name)

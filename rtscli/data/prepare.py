@@ -271,11 +271,11 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
                "labels_clipped_below_min_area": 0}
     sizes: list[float] = []
     ratios: list[float] = []
-    docs = {s: coco.empty_coco(f"rts dataset, split {s}") for s in SPLITS}
     image_id = ann_id = 0
 
     advance = progress("preparing", len(items)) if progress else (lambda k: None)
     with atomic_dir(opts.out, overwrite=opts.overwrite) as tmp, gdal_env():
+        docs = {s: coco.CocoWriter(tmp / f"{s}.json", f"rts dataset, split {s}") for s in SPLITS}
         for item, image, valid, instances, specks, nclipped in _iter_chips(items, opts, mode, band_map,
                                                                          image_bands, labels, chip_dtype):
             advance(1)
@@ -306,10 +306,10 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
             }
             if item.window is not None:
                 entry["window"] = list(item.window)
-            docs[split]["images"].append(entry)
+            docs[split].add_image(entry)
             for inst in instances:
                 ann_id += 1
-                docs[split]["annotations"].append(coco.annotation(inst, ann_id, image_id))
+                docs[split].add_annotation(coco.annotation(inst, ann_id, image_id))
                 if split == "train":
                     sizes.append(float(np.sqrt(inst.bbox[2] * inst.bbox[3])))
                     ratios.append(float(inst.bbox[3] / inst.bbox[2]))
@@ -325,10 +325,8 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
             raise RtsError("the training split has no valid pixels",
                            fix="check nodata settings, add images, or change --split")
         stats = sampler.result()
-        import json
-
         for s in SPLITS:
-            (tmp / f"{s}.json").write_text(json.dumps(docs[s]))
+            docs[s].close()
         manifest = _manifest(opts, mode, band_map, chip_bands, chip_dtype, nodata, modalities, stats, sampler,
                              counts, dropped, label_meta, items, sizes, ratios, splits, split_map, infos)
         import yaml
