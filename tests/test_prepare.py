@@ -310,6 +310,21 @@ def test_bad_raster_without_crs_unless_assumed(tmp_path, rts):
     assert json.loads((out / "train.json").read_text())["images"][0]["crs"] == "EPSG:3413"
 
 
+def test_mask_without_georeference_takes_the_image_grid(tmp_path, rts):
+    import warnings
+
+    write_tif(tmp_path / "img" / "s.tif", np.ones((4, 32, 32), np.uint16))
+    m = np.zeros((32, 32), np.uint8)
+    m[4:8, 4:12] = 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rasterio warns about the missing geotransform
+        write_tif(tmp_path / "msk" / "s_mask.tif", m, crs=None, transform=Affine.identity())
+    r = rts("prepare", tmp_path / "img", "--masks", tmp_path / "msk", "-o", tmp_path / "ds", "--bands", "planetscope4")
+    assert r.code == 0, r.err
+    ((ann,),) = [a for a in _anns_by_file(tmp_path / "ds").values()]
+    assert ann["bbox"] == [4.0, 4.0, 8.0, 4.0]
+
+
 def test_bad_mask_grid(tmp_path, rts):
     write_tif(tmp_path / "img" / "s.tif", np.ones((4, 32, 32), np.uint16))
     write_tif(tmp_path / "msk" / "s.tif", np.zeros((30, 32), np.uint8))

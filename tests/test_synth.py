@@ -135,3 +135,14 @@ def test_slumps_cross_tile_borders_touch_and_span_sizes():
     assert len(touching) >= 2
     settings = {s.setting for s in plan.slumps}
     assert {"lake", "river"} <= settings or {"lake", "slope"} <= settings
+
+
+def test_negative_chips_have_no_slump_and_positive_ones_do(tmp_path):
+    from rtscli.synth import write_chips
+
+    paths = write_chips(tmp_path / "chips", 24, size=64, seed=5, negatives=0.5)
+    empty = 0
+    for p in paths:
+        with rasterio.open(p) as src:
+            empty += int(src.read(6).max() == 0)
+    assert 6 <= empty <= 18  # about half, and every chip was placed (no give-up)

@@ -399,9 +399,14 @@ def _sample_items(opts, infos, aux_paths, mode) -> list[Item]:
         mask = None
         if mode == "masks":
             mpath = _match_by_name(info.path, opts.masks, "mask")
-            mask = inspect(mpath, assume_crs=opts.assume_crs or info.crs)
-            if mask.shape != info.shape or not mask.transform.almost_equals(info.transform, 1e-6) or (
-                    not mask.crs_assumed and mask.crs != info.crs):
+            mask = inspect(mpath, need_crs=False)
+            from rasterio.transform import Affine
+
+            ungeoreferenced = mask.crs is None and mask.transform == Affine.identity()
+            if ungeoreferenced and mask.shape == info.shape:
+                log.info("mask %s has no georeference; using the grid of %s", mpath.name, info.path.name)
+            elif mask.shape != info.shape or not mask.transform.almost_equals(info.transform, 1e-6) or (
+                    mask.crs is not None and mask.crs != info.crs):
                 raise RtsError(
                     f"mask is not on the grid of image {info.path.name} ({mask.width}x{mask.height} vs "
                     f"{info.width}x{info.height}, or a different transform/CRS)",

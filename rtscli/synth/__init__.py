@@ -112,9 +112,10 @@ def write_chips(
         negative = rng.random() < negatives
         img = valid = mask = None
         for attempt in range(50):
+            # negatives: no slumps at all (look-alikes stay, so they teach what a slump is not)
+            density = 0.0 if negative else 3.0 * style.slumps_per_km2
             plan = make_plan(3 * size, 3 * size, style, seed=noise.key_of(seed, k, attempt) % 2**31,
-                             resolution=resolution, slump_density=3.0 * style.slumps_per_km2,
-                             nodata_margin=False)
+                             resolution=resolution, slump_density=density, nodata_margin=False)
             if negative:
                 col0, row0 = (int(v) for v in rng.integers(0, 2 * size, 2))
             else:
