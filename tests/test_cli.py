@@ -36,7 +36,8 @@ def test_cli_import_is_light():
     """`rts --help` must not pay for torch, rasterio or geopandas."""
     code = (
         "import sys, rtscli.cli\n"
-        "heavy = [m for m in ('torch', 'rasterio', 'geopandas', 'cv2', 'timm', 'lightning', 'numpy') if m in sys.modules]\n"
+        "mods = ('torch', 'rasterio', 'geopandas', 'cv2', 'timm', 'lightning', 'numpy')\n"
+        "heavy = [m for m in mods if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
-import pytest
 import rasterio
 import yaml
 from pycocotools.coco import COCO

@@ -19,7 +19,8 @@ def bands(
     from rtscli.errors import RtsError
 
     def modalities_of(bm: BandMap) -> str:
-        names = ["rgb", "nir", "ndvi"] + [n for n in bm.names if n not in ("red", "green", "blue", "nir", "ndvi", "mask")]
+        known = ("red", "green", "blue", "nir", "ndvi", "mask")
+        names = ["rgb", "nir", "ndvi"] + [n for n in bm.names if n not in known]
         ok = []
         for n in names:
             try:

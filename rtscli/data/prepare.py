@@ -564,9 +564,8 @@ def _iter_chips(items, opts, mode, band_map, image_bands, labels, chip_dtype):
                 win = Window(*item.window)
             data = read_window(src, win, idx)
             planes = [data]
-            for name, info in item.aux.items():
-                a = read_window(handle(info.path), win, [1])
-                planes.append(a)
+            for info in item.aux.values():
+                planes.append(read_window(handle(info.path), win, [1]))
             image = np.concatenate(planes, axis=0).astype(chip_dtype, copy=False) if len(planes) > 1 else \
                 data.astype(chip_dtype, copy=False)
             chip_bm = BandMap(tuple((n, i + 1) for i, n in enumerate(image_bands.names + list(item.aux))))
@@ -632,7 +631,8 @@ def _manifest(opts, mode, band_map, chip_bands, chip_dtype, nodata, modalities, 
     if opts.labels is not None:
         paths.append(opts.labels)
         if opts.labels.suffix.lower() == ".shp":
-            paths += [opts.labels.with_suffix(s) for s in (".dbf", ".shx", ".prj") if opts.labels.with_suffix(s).exists()]
+            sidecars = [opts.labels.with_suffix(s) for s in (".dbf", ".shx", ".prj")]
+            paths += [p for p in sidecars if p.exists()]
     for p in paths:
         if p in seen:
             continue
@@ -645,11 +645,12 @@ def _manifest(opts, mode, band_map, chip_bands, chip_dtype, nodata, modalities, 
                 totals[s][k] += site_counts[s][k]
     size_stats = {}
     if sizes:
-        q = np.percentile(sizes, [5, 25, 50, 75, 95])
-        rq = np.percentile(ratios, [5, 50, 95])
+        def pct(values, ps, digits):
+            return {f"p{p}": round(float(v), digits) for p, v in zip(ps, np.percentile(values, ps), strict=True)}
+
         size_stats = {
-            "box_side_px_percentiles": {p: round(float(v), 2) for p, v in zip(["p5", "p25", "p50", "p75", "p95"], q)},
-            "box_aspect_h_over_w_percentiles": {p: round(float(v), 3) for p, v in zip(["p5", "p50", "p95"], rq)},
+            "box_side_px_percentiles": pct(sizes, [5, 25, 50, 75, 95], 2),
+            "box_aspect_h_over_w_percentiles": pct(ratios, [5, 50, 95], 3),
             "instances": len(sizes),
         }
     m: dict[str, Any] = {
@@ -679,7 +680,7 @@ def _manifest(opts, mode, band_map, chip_bands, chip_dtype, nodata, modalities, 
         "split": {
             "method": "file" if split_map else "within-site",
             "file": str(opts.split_file) if opts.split_file else None,
-            "fractions": dict(zip(SPLITS, [round(f, 6) for f in opts.fractions])),
+            "fractions": dict(zip(SPLITS, [round(f, 6) for f in opts.fractions], strict=True)),
             "seed": opts.seed,
             "unit": "spatial block of chips" if mode == "vectors" else "image",
             "block_px": opts.split_block if mode == "vectors" else None,

@@ -66,7 +66,7 @@ def assign(
         order = [groups[i] for i in rng.permutation(len(groups))]
         counts = _allocate(len(order), fractions)
         k = 0
-        for split, c in zip(SPLITS, counts):
+        for split, c in zip(SPLITS, counts, strict=True):
             for g in order[k : k + c]:
                 for key in by_site[site][g]:
                     out[key] = split

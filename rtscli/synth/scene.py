@@ -25,7 +25,7 @@ from shapely.ops import unary_union
 
 from rtscli.synth import noise
 from rtscli.synth.sites import (
-    BURNT, DRY, HEADWALL, MUD, N_CLASSES, ROAD, SAND, SOIL, VEG, WATER, WHEAD, WMUD, WSOIL,
+    BURNT, DRY, HEADWALL, MUD, ROAD, SAND, SOIL, VEG, WATER, WHEAD, WMUD, WSOIL,
     SiteStyle, spectra_table,
 )
 

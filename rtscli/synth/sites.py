@@ -96,7 +96,7 @@ def site(name: str) -> SiteStyle:
 def spectra_table(style: SiteStyle) -> list[tuple[int, int, int, int]]:
     """Class id -> spectrum. Weak slumps take soil close to the vegetation in RGB, low in NIR."""
     va, vb = style.veg_a, style.veg_b
-    vmid = tuple((a + b) // 2 for a, b in zip(va, vb))
+    vmid = tuple((a + b) // 2 for a, b in zip(va, vb, strict=True))
     # Weak (revegetating) slump: RGB within ~10-20% of vegetation, NIR about half: NDVI shows it.
     wsoil = (int(vmid[0] * 1.12), int(vmid[1] * 1.08), int(vmid[2] * 1.15), int(vmid[3] * 0.55))
     wmud = (int(vmid[0] * 1.0), int(vmid[1] * 0.98), int(vmid[2] * 1.05), int(vmid[3] * 0.45))
