@@ -1,0 +1,1 @@
+"""Models: backbones (MViTv2 via timm, ResNet50), FPN, RPN, cascade box heads, mask head."""
