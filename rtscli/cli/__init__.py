@@ -67,11 +67,17 @@ def _setup_logging(level: int) -> None:
 
 # Commands: register lazily-importing wrappers from their modules.
 from rtscli.cli import bands as _bands  # noqa: E402
+from rtscli.cli import evaluate as _evaluate  # noqa: E402
+from rtscli.cli import info as _info  # noqa: E402
 from rtscli.cli import prepare as _prepare  # noqa: E402
+from rtscli.cli import pretrain as _pretrain  # noqa: E402
 from rtscli.cli import synth as _synth  # noqa: E402
 
 app.command("synth")(_synth.synth)
 app.command("prepare")(_prepare.prepare)
+app.command("pretrain")(_pretrain.pretrain)
+app.command("evaluate")(_evaluate.evaluate)
+app.command("info")(_info.info)
 app.command("bands")(_bands.bands)
 
 

@@ -1,0 +1,67 @@
+"""``rts evaluate BUNDLE --data DATASET``: COCO AP/AP50/AP75 for masks and boxes, per site."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def evaluate(
+    bundle: Annotated[Path, typer.Argument(help="Model bundle directory.")],
+    data: Annotated[Path, typer.Option(help="Dataset directory made by `rts prepare`.")],
+    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    report: Annotated[Optional[Path], typer.Option("--report", "-o", help="JSON report (default: BUNDLE/eval_SPLIT.json).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Tiles per forward pass.")] = 4,
+) -> None:
+    """Score a model on a dataset split with pycocotools (the paper's metric: mask AP50)."""
+    import json
+
+    import torch
+    from rich.table import Table
+
+    from rtscli.console import console, progress
+    from rtscli.data.dataset import ChipDataset, DatasetInfo
+    from rtscli.engine.evaluate import coco_metrics, per_site_ap50, predict_split
+    from rtscli.errors import RtsError
+    from rtscli.modeling.bundle import load_model
+
+    if split not in ("train", "val", "test"):
+        raise RtsError(f"unknown split {split!r}", fix="use train, val or test")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, b = load_model(bundle, device=device)
+    info = DatasetInfo.open(data)
+    for mod in b.modalities:
+        for ch in mod.channels:
+            if ch not in info.band_map and not (ch == "ndvi" and "red" in info.band_map and "nir" in info.band_map):
+                raise RtsError(f"the model needs channel {ch!r} (modality {mod.name}), which the dataset lacks",
+                               path=data, fix="evaluate on a dataset prepared with the same bands")
+    # the model's own normalization statistics, not the dataset's
+    info.stats = b.stats | {k: v for k, v in info.stats.items() if k not in b.stats}
+    ds = ChipDataset(info, split, b.modalities, b.tile_size, repeat_to=b.config.get("repeat_to", 3))
+    with progress() as bar:
+        task = bar.add_task(f"evaluating {split}", total=len(ds))
+        results = predict_split(model, ds, batch_size=batch_size, device=device, progress=lambda k: bar.advance(task, k))
+    gt = json.loads((info.root / f"{split}.json").read_text())
+    metrics = coco_metrics(gt, results)
+    sites = per_site_ap50(gt, results)
+    out = {"bundle": str(bundle), "dataset": str(data), "split": split, "images": len(ds),
+           "instances": len(gt["annotations"]), "detections": len(results), "metrics": metrics,
+           "per_site_mask_ap50": sites}
+    path = report or Path(bundle) / f"eval_{split}.json"
+    path.write_text(json.dumps(out, indent=2))
+    t = Table(title=f"{bundle} on {data} ({split}: {len(ds)} chips, {len(gt['annotations'])} slumps)")
+    for c in ("", "AP", "AP50", "AP75"):
+        t.add_column(c, justify="right")
+    for k in ("segm", "bbox"):
+        m = metrics[k]
+        t.add_row("mask" if k == "segm" else "box", *(f"{m[x]:.3f}" for x in ("AP", "AP50", "AP75")))
+    console.print(t)
+    s = Table(title="mask AP50 per site")
+    s.add_column("site")
+    s.add_column("AP50", justify="right")
+    for site, v in sites.items():
+        s.add_row(site, f"{v:.3f}")
+    console.print(s)
+    console.print(f"report: {path}")

@@ -1,0 +1,53 @@
+"""``rts pretrain``: train one unimodal Cascade Mask R-CNN -> a model bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def pretrain(
+    modality: Annotated[str, typer.Option(help="Modality to train on: rgb, ndvi, nir, or another in the dataset.")],
+    data: Annotated[Path, typer.Option(help="Dataset directory made by `rts prepare`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory; becomes the model bundle.")],
+    preset: Annotated[str, typer.Option(help="Model preset (see `rts models`): nano, cascade-mvitv2-b, ...")] = "cascade-mvitv2-b",
+    epochs: Annotated[int, typer.Option(help="Epochs (the paper: 36).")] = 36,
+    max_steps: Annotated[int, typer.Option(help="Stop after this many steps (overrides --epochs; for quick checks).")] = -1,
+    batch_size: Annotated[int, typer.Option(help="Tiles per step per device.")] = 2,
+    lr: Annotated[float, typer.Option(help="Learning rate at 16 tiles per step; scaled linearly with the total batch.")] = 1e-4,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.05,
+    warmup_steps: Annotated[int, typer.Option(help="Linear warmup steps.")] = 250,
+    schedule: Annotated[str, typer.Option(help="cosine or step decay after warmup.")] = "cosine",
+    grad_clip: Annotated[float, typer.Option(help="Gradient norm clipping.")] = 1.0,
+    anchors: Annotated[str, typer.Option(help="auto (from the training boxes), preset, or 5 sizes e.g. 16,32,64,128,256.")] = "auto",
+    backbone_weights: Annotated[Optional[str], typer.Option(help="imagenet (downloads when possible) or a .safetensors file; default random.")] = None,
+    devices: Annotated[str, typer.Option(help="Devices per node (number or 'auto').")] = "1",
+    num_nodes: Annotated[int, typer.Option(help="Nodes (multi-node DDP under torchrun/SLURM).")] = 1,
+    accelerator: Annotated[str, typer.Option(help="auto, cpu or gpu.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (bf16/fp16 mixed on GPU, fp32 on CPU) or a Lightning precision.")] = "auto",
+    workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = 2,
+    seed: Annotated[int, typer.Option(help="Random seed (runs on the CPU are deterministic).")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
+) -> None:
+    """Train one unimodal model (the paper's phase 1) and write a model bundle to OUT."""
+    from rtscli.console import console
+    from rtscli.engine.pretrain import pretrain as run
+    from rtscli.engine.train import TrainSettings
+    from rtscli.errors import RtsError
+
+    if schedule not in ("cosine", "step"):
+        raise RtsError(f"unknown --schedule {schedule!r}", fix="use cosine or step")
+    dev: int | str = int(devices) if devices.isdigit() else devices
+    settings = TrainSettings(epochs=epochs, max_steps=max_steps, batch_size=batch_size, base_lr=lr,
+                             weight_decay=weight_decay, warmup_steps=warmup_steps, schedule=schedule,
+                             grad_clip=grad_clip, devices=dev, num_nodes=num_nodes, accelerator=accelerator,
+                             precision=precision, workers=workers, seed=seed, backbone_weights=backbone_weights)
+    cfg = run(data=data, modality=modality.lower(), preset=preset, out=out, settings=settings, anchors=anchors,
+              resume=resume, overwrite=overwrite)
+    m = cfg["metrics"]
+    console.print(f"bundle {out}: {cfg['model']['name']}, modality {modality}, best validation mask AP50 "
+                  f"{m['val_mask_ap50_best']:.3f} (epoch {m['best_epoch']}), {m['steps_run']} steps")
+    console.print(f"  per-epoch metrics: {out}/metrics.csv, curves: {out}/curves.png")

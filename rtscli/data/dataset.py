@@ -1,0 +1,203 @@
+"""Training samples from a dataset directory made by ``rts prepare``.
+
+A sample is one chip: the chosen modalities built from its bands and normalized with the
+manifest's statistics (no hidden ImageNet mean/std), padded or cropped to the model's square tile
+(no hidden resize), plus its instances (boxes, labels, masks). Augmentation acts identically on
+image and masks: flips, 90-degree rotations, scale jitter within the tile, and brightness/contrast
+on optical channels only (never on NDVI or elevation).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from rtscli.data.bands import BandMap
+from rtscli.data.modalities import BandStats, Modality, compose
+from rtscli.errors import RtsError
+
+OPTICAL = {"red", "green", "blue", "nir", "coastal", "green_i", "yellow", "rededge", "rededge1", "rededge2",
+           "rededge3", "nir08", "swir1", "swir2", "pan"}
+
+
+@dataclass
+class DatasetInfo:
+    root: Path
+    manifest: dict
+    band_map: BandMap
+    stats: dict[str, BandStats]
+    nodata: float | None
+
+    @classmethod
+    def open(cls, root: str | Path) -> "DatasetInfo":
+        root = Path(root)
+        mf = root / "manifest.yaml"
+        if not mf.exists():
+            raise RtsError("not a dataset directory (no manifest.yaml)", path=root,
+                           fix="point to a folder made by `rts prepare`")
+        m = yaml.safe_load(mf.read_text())
+        if m.get("kind") != "rts-dataset":
+            raise RtsError("manifest.yaml is not an rts dataset manifest", path=mf, fix="re-run `rts prepare`")
+        bm = BandMap.from_mapping(m["band_map"])
+        stats = {k: BandStats.from_dict(v) for k, v in m["normalization"].items()}
+        return cls(root, m, bm, stats, m.get("nodata"))
+
+    def modality(self, name: str) -> Modality:
+        mods = self.manifest["modalities"]
+        if name not in mods:
+            from rtscli.data.modalities import resolve
+
+            try:
+                return resolve(name, self.band_map)
+            except RtsError:
+                raise RtsError(f"the dataset has no modality {name!r} (it has {', '.join(mods)})", path=self.root,
+                               fix="choose one of them, or re-run `rts prepare --modalities ...`") from None
+        return Modality(name, tuple(mods[name]))
+
+    def checksum(self) -> str:
+        """A checksum of the dataset's manifest and COCO files (recorded in model bundles)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for name in ("manifest.yaml", "train.json", "val.json", "test.json"):
+            p = self.root / name
+            if p.exists():
+                h.update(p.read_bytes())
+        return h.hexdigest()
+
+
+def stack_modalities(arrays: dict[str, np.ndarray], order: list[str]) -> np.ndarray:
+    return np.concatenate([arrays[m] for m in order], axis=0)
+
+
+class ChipDataset(torch.utils.data.Dataset):
+    """Chips of one split as (image tensor C x T x T, target dict, meta dict)."""
+
+    def __init__(self, info: DatasetInfo, split: str, modalities: list[Modality], tile_size: int, *,
+                 repeat_to: int | None = 3, augment: bool = False, seed: int = 0) -> None:
+        from pycocotools.coco import COCO
+
+        self.info, self.split, self.modalities, self.tile = info, split, modalities, tile_size
+        self.repeat_to, self.augment = repeat_to, augment
+        path = info.root / f"{split}.json"
+        if not path.exists():
+            raise RtsError(f"the dataset has no {split} split", path=info.root, fix="re-run `rts prepare`")
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            self.coco = COCO(str(path))
+        self.ids = sorted(self.coco.getImgIds())
+        self.seed = seed
+        self.epoch = 0
+        flags: list[bool] = []  # per channel of the stacked image: may brightness/contrast touch it?
+        for m in modalities:
+            if m.num_channels == 1 and repeat_to and repeat_to > 1:
+                flags += [m.channels[0] in OPTICAL] * repeat_to
+            else:
+                flags += [c in OPTICAL for c in m.channels]
+        self.optical = np.array(flags, dtype=bool)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def load(self, idx: int) -> tuple[np.ndarray, np.ndarray, list[dict], dict]:
+        import rasterio
+
+        img_id = self.ids[idx]
+        entry = self.coco.loadImgs(img_id)[0]
+        with rasterio.open(self.info.root / entry["file_name"]) as src:
+            raw = src.read()
+        arrays, valid = compose(raw, self.info.band_map, self.modalities, self.info.stats,
+                                nodata=self.info.nodata, repeat_to=self.repeat_to)
+        image = stack_modalities(arrays, [m.name for m in self.modalities])
+        anns = self.coco.loadAnns(self.coco.getAnnIds(imgIds=img_id))
+        return image, valid, anns, entry
+
+    def __getitem__(self, idx: int):
+        image, valid, anns, entry = self.load(idx)
+        h, w = image.shape[1:]
+        masks = np.stack([self.coco.annToMask(a) for a in anns]) if anns else np.zeros((0, h, w), np.uint8)
+        rng = np.random.default_rng([self.seed, self.epoch, idx]) if self.augment else None
+        if rng is not None:
+            image, masks = self._augment(image, masks, rng)
+        image, masks, size = self._fit(image, masks, rng)
+        target = _target(masks)
+        meta = {"image_id": int(entry["id"]), "size": size, "file_name": entry["file_name"]}
+        return torch.from_numpy(np.ascontiguousarray(image)), target, meta
+
+    # -- geometry ---------------------------------------------------------------------------------
+    def _fit(self, image: np.ndarray, masks: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+        """Crop (random when augmenting, else top-left) or zero-pad to the square tile."""
+        t = self.tile
+        c, h, w = image.shape
+        r0 = int(rng.integers(0, h - t + 1)) if (rng is not None and h > t) else 0
+        c0 = int(rng.integers(0, w - t + 1)) if (rng is not None and w > t) else 0
+        image = image[:, r0:r0 + t, c0:c0 + t]
+        masks = masks[:, r0:r0 + t, c0:c0 + t]
+        hh, ww = image.shape[1:]
+        if (hh, ww) != (t, t):
+            pad = np.zeros((c, t, t), np.float32)
+            pad[:, :hh, :ww] = image
+            mpad = np.zeros((len(masks), t, t), np.uint8)
+            mpad[:, :hh, :ww] = masks
+            image, masks = pad, mpad
+        return image, masks, (hh, ww)
+
+    def _augment(self, image: np.ndarray, masks: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
+        import cv2
+
+        if rng.random() < 0.5:
+            image, masks = image[:, :, ::-1], masks[:, :, ::-1]
+        if rng.random() < 0.5:
+            image, masks = image[:, ::-1, :], masks[:, ::-1, :]
+        k = int(rng.integers(0, 4))
+        if k and image.shape[1] == image.shape[2]:
+            image, masks = np.rot90(image, k, axes=(1, 2)), np.rot90(masks, k, axes=(1, 2))
+        s = float(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))
+        if abs(s - 1) > 0.02:
+            h, w = image.shape[1:]
+            nh, nw = max(8, int(round(h * s))), max(8, int(round(w * s)))
+            image = np.stack([cv2.resize(np.ascontiguousarray(ch), (nw, nh), interpolation=cv2.INTER_LINEAR)
+                              for ch in image])
+            masks = np.stack([cv2.resize(np.ascontiguousarray(m), (nw, nh), interpolation=cv2.INTER_NEAREST)
+                              for m in masks]) if len(masks) else np.zeros((0, nh, nw), np.uint8)
+        # brightness/contrast on optical channels only (values are normalized: ~N(0, 1))
+        gain = float(rng.uniform(0.85, 1.15))
+        bias = float(rng.uniform(-0.15, 0.15))
+        image = np.array(image, dtype=np.float32, copy=True)
+        image[self.optical] = image[self.optical] * gain + bias
+        return image, np.ascontiguousarray(masks)
+
+
+def _target(masks: np.ndarray) -> dict[str, torch.Tensor]:
+    keep = [i for i in range(len(masks)) if masks[i].any()]
+    masks = masks[keep] if keep else np.zeros((0,) + masks.shape[1:], np.uint8)
+    boxes = []
+    for m in masks:
+        rows = np.flatnonzero(m.any(1))
+        cols = np.flatnonzero(m.any(0))
+        boxes.append([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1])
+    return {
+        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        "labels": torch.ones(len(masks), dtype=torch.int64),
+        "masks": torch.from_numpy(np.ascontiguousarray(masks)),
+    }
+
+
+def collate(batch: list) -> tuple[torch.Tensor, list[dict], list[dict[str, Any]]]:
+    images, targets, metas = zip(*batch, strict=True)
+    return torch.stack(images), list(targets), list(metas)
+
+
+def load_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())

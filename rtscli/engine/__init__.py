@@ -1,0 +1,1 @@
+"""Training (Lightning), evaluation (pycocotools) and, later, tiled inference."""

@@ -1,0 +1,132 @@
+"""``rts pretrain``: one unimodal model from a prepared dataset -> a model bundle."""
+
+from __future__ import annotations
+
+import logging
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from rtscli.data.dataset import ChipDataset, DatasetInfo, collate
+from rtscli.errors import RtsError
+from rtscli.engine.train import TrainSettings, epoch_metrics, fit, make_module, plot_curves, settings_dict, write_epoch_csv
+from rtscli.modeling.config import ModelConfig, load_preset
+
+log = logging.getLogger("rtscli")
+
+
+def auto_anchors(info: DatasetInfo, tile: int) -> tuple[int, ...]:
+    """Anchor sizes for P2..P6 from the training boxes (the paper tuned anchors to RTS sizes).
+
+    The five sizes double from level to level (FPN), starting where the smallest 5% of the
+    training boxes lie, so that they span the boxes' range up to the tile.
+    """
+    sizes = (info.manifest.get("instance_sizes") or {}).get("box_side_px_percentiles")
+    if not sizes:
+        raise RtsError("the dataset has no instance size statistics", path=info.root,
+                       fix="re-run `rts prepare`, or use the preset's anchors (--anchors preset)")
+    lo = max(8.0, float(sizes["p5"]))
+    first = 2 ** math.floor(math.log2(lo))
+    return tuple(int(min(first * 2**k, 2 * tile)) for k in range(5))
+
+
+def build_config(preset: str, *, in_channels: int, anchors: str, info: DatasetInfo) -> ModelConfig:
+    cfg = load_preset(preset)
+    cfg.backbone.in_channels = in_channels
+    if anchors == "auto":
+        cfg.rpn.anchor_sizes = auto_anchors(info, cfg.tile_size)
+        log.info("anchor sizes from the training boxes: %s", ", ".join(map(str, cfg.rpn.anchor_sizes)))
+    elif anchors != "preset":
+        try:
+            cfg.rpn.anchor_sizes = tuple(int(v) for v in anchors.split(","))
+        except ValueError:
+            raise RtsError(f"cannot read --anchors {anchors!r}", fix="use preset, auto or 5 sizes like 16,32,64,128,256") from None
+        if len(cfg.rpn.anchor_sizes) != 5:
+            raise RtsError("--anchors needs 5 sizes (P2..P6)", fix="e.g. --anchors 16,32,64,128,256")
+    return cfg
+
+
+def pretrain(*, data: Path, modality: str, preset: str, out: Path, settings: TrainSettings, anchors: str = "auto",
+             resume: bool = False, overwrite: bool = False, repeat_to: int | None = None) -> dict:
+    from rtscli import __version__
+    from rtscli.modeling.backbone import load_backbone_weights
+    from rtscli.modeling.bundle import save_bundle
+    from rtscli.modeling.detector import Detector, count_parameters
+
+    info = DatasetInfo.open(data)
+    mod = info.modality(modality)
+    repeat = info.manifest.get("repeat_to", 3) if repeat_to is None else repeat_to
+    channels = repeat if (mod.num_channels == 1 and repeat and repeat > 1) else mod.num_channels
+    if out.exists() and not (resume or overwrite):
+        raise RtsError("output exists", path=out, fix="pass --resume to continue it or --overwrite to replace it")
+    if out.exists() and overwrite and not resume:
+        import shutil
+
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    import lightning as L
+
+    L.seed_everything(settings.seed, workers=True, verbose=False)
+    cfg = build_config(preset, in_channels=channels, anchors=anchors, info=info)
+    model = Detector(cfg=cfg)
+    weights_note = load_backbone_weights(model.backbone, settings.backbone_weights, timm_name=cfg.backbone.timm_name)
+    total, trainable = count_parameters(model)
+
+    train_ds = ChipDataset(info, "train", [mod], cfg.tile_size, repeat_to=repeat, augment=True, seed=settings.seed)
+    val_ds = ChipDataset(info, "val", [mod], cfg.tile_size, repeat_to=repeat, augment=False)
+    if len(train_ds) == 0:
+        raise RtsError("the training split is empty", path=data, fix="re-run `rts prepare` with more data or another --split")
+    if len(val_ds) == 0:
+        log.warning("the validation split is empty: validating on the training split (best = last)")
+        val_ds = ChipDataset(info, "train", [mod], cfg.tile_size, repeat_to=repeat, augment=False)
+    g = torch.Generator().manual_seed(settings.seed)
+    train_loader = torch.utils.data.DataLoader(
+        train_ds, batch_size=settings.batch_size, shuffle=True, collate_fn=collate, num_workers=settings.workers,
+        generator=g, drop_last=len(train_ds) > settings.batch_size, persistent_workers=settings.workers > 0)
+    val_loader = torch.utils.data.DataLoader(val_ds, batch_size=settings.batch_size, shuffle=False,
+                                             collate_fn=collate, num_workers=0)
+    steps_per_epoch = max(1, len(train_loader))
+    total_steps = settings.max_steps if settings.max_steps > 0 else settings.epochs * steps_per_epoch
+    import json
+
+    val_gt = json.loads(Path(val_ds.info.root / f"{val_ds.split}.json").read_text())
+    module = make_module(model, settings=settings, val_gt=val_gt, tile=cfg.tile_size, total_steps=total_steps)
+    log.info("model %s: %.1fM parameters (%.1fM trainable), %s input channels, tile %d; backbone weights: %s",
+             cfg.name, total / 1e6, trainable / 1e6, channels, cfg.tile_size, weights_note)
+    trainer = fit(module, train_loader, val_loader, settings=settings, run_dir=out, resume=resume,
+                  steps_per_epoch=steps_per_epoch)
+
+    rows = epoch_metrics(out)
+    write_epoch_csv(out, rows)
+    plot_curves(out, rows)
+    state = module.best_state or {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    metrics = {"val_mask_ap50_best": round(max(module.best_ap50, 0.0), 4), "best_epoch": module.best_epoch,
+               "epochs_run": trainer.current_epoch, "steps_run": trainer.global_step}
+    used = set(mod.channels)
+    config = {
+        "kind": "rts-model",
+        "format_version": 1,
+        "rts_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": cfg.to_dict(),
+        "modalities": [{"name": mod.name, "channels": list(mod.channels)}],
+        "repeat_to": repeat,
+        "fusion": None,
+        "band_map": info.band_map.as_dict(),
+        "normalization": {k: v.as_dict() for k, v in info.stats.items() if k in used},
+        "nodata": info.nodata,
+        "classes": ["rts"],
+        "tile_size": cfg.tile_size,
+        "parameters": {"total": total, "trainable": trainable},
+        "training": {"stage": "pretrain", "settings": settings_dict(settings), "backbone_weights": weights_note,
+                     "world_size": trainer.world_size, "lr": settings.lr(trainer.world_size)},
+        "dataset": {"path": str(Path(data).resolve()), "checksum": info.checksum(),
+                    "split_seed": info.manifest["split"]["seed"]},
+        "metrics": metrics,
+    }
+    if trainer.is_global_zero:
+        save_bundle(out, state, config)
+    return config

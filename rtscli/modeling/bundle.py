@@ -1,0 +1,115 @@
+"""Model bundles: a directory with ``model.safetensors`` + ``config.yaml``. Nothing is unpickled.
+
+``config.yaml`` holds everything needed to use the weights on new imagery: the architecture
+(:class:`ModelConfig`), the modalities and their channels, the band map and the per-channel
+normalization statistics from the training data, nodata, classes, tile size, training settings
+and provenance (dataset path and checksum), and metrics.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rtscli.data.bands import BandMap
+from rtscli.data.modalities import BandStats, Modality
+from rtscli.errors import RtsError
+from rtscli.modeling.config import ModelConfig
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.yaml"
+
+
+@dataclass
+class Bundle:
+    path: Path
+    config: dict[str, Any]
+    model_config: ModelConfig
+
+    @property
+    def modalities(self) -> list[Modality]:
+        return [Modality(m["name"], tuple(m["channels"])) for m in self.config["modalities"]]
+
+    @property
+    def band_map(self) -> BandMap:
+        return BandMap.from_mapping(self.config["band_map"])
+
+    @property
+    def stats(self) -> dict[str, BandStats]:
+        return {k: BandStats.from_dict(v) for k, v in self.config["normalization"].items()}
+
+    @property
+    def tile_size(self) -> int:
+        return int(self.model_config.tile_size)
+
+
+def save_bundle(path: str | Path, state_dict: dict, config: dict[str, Any]) -> Path:
+    """Write a bundle directory atomically (temporary sibling, then rename; an old one is replaced)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.bundle-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "rts-model"})
+        (tmp / CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
+        if path.is_dir():  # a run directory (checkpoints, metrics) that becomes a bundle
+            os.replace(tmp / WEIGHTS, path / WEIGHTS)
+            os.replace(tmp / CONFIG, path / CONFIG)  # last: a bundle looks complete only when it is
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def read_bundle(path: str | Path) -> Bundle:
+    path = Path(path)
+    if not path.exists():
+        raise RtsError("model bundle not found", path=path, fix="pass a folder made by `rts pretrain` or `rts finetune`")
+    if not (path / CONFIG).exists() or not (path / WEIGHTS).exists():
+        raise RtsError(f"not a model bundle (needs {WEIGHTS} and {CONFIG})", path=path,
+                       fix="pass a folder made by `rts pretrain` or `rts finetune`")
+    cfg = yaml.safe_load((path / CONFIG).read_text())
+    if not isinstance(cfg, dict) or cfg.get("kind") != "rts-model":
+        raise RtsError("config.yaml is not an rts model config", path=path / CONFIG, fix="use a bundle made by rts")
+    return Bundle(path, cfg, ModelConfig.from_dict(cfg["model"], source=str(path / CONFIG)))
+
+
+def load_model(path: str | Path, device: str = "cpu"):
+    """Build the detector of a bundle and load its weights (safetensors only). Returns (model, bundle)."""
+    from safetensors.torch import load_file
+
+    from rtscli.modeling.detector import Detector
+
+    bundle = read_bundle(path)
+    model = Detector(cfg=bundle.model_config)
+    try:
+        state = load_file(str(bundle.path / WEIGHTS), device=device)
+    except Exception as exc:  # safetensors raises SafetensorError for truncated/corrupt files
+        raise RtsError(f"cannot read the weights ({exc})", path=bundle.path / WEIGHTS,
+                       fix="the file is damaged; copy the bundle again") from None
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if wrong:
+            parts.append(f"{len(wrong)} with another shape (e.g. {wrong[0]})")
+        raise RtsError(f"the weights do not match config.yaml: {'; '.join(parts)} tensors", path=bundle.path,
+                       fix="config.yaml and model.safetensors must come from the same run")
+    model.load_state_dict(state)
+    return model.to(device), bundle
