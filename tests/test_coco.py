@@ -28,7 +28,7 @@ def test_rectangles_give_exact_counts_boxes_areas():
     assert got == [([3.0, 2.0, 15.0, 10.0], 150), ([30.0, 20.0, 4.0, 15.0], 60)]
     for i in inst:  # the COCO segmentation decodes to exactly the instance pixels
         assert isinstance(i.segmentation, list)
-        assert (_decode(i.segmentation, 40, 50) == i.mask).all()
+        assert (_decode(i.segmentation, 40, 50) == i.full_mask()).all()
 
 
 def test_hole_is_kept_as_rle():
@@ -68,7 +68,7 @@ def test_polygon_instance_is_exact_and_respects_nodata():
     sq = box(4, 6, 14, 11)  # pixel-edge coordinates: 10 wide, 5 high
     inst = instance_from_polygon(sq, (20, 20))
     assert inst.area == 50 and inst.bbox == [4.0, 6.0, 10.0, 5.0]
-    assert (_decode(inst.segmentation, 20, 20) == inst.mask).all()
+    assert (_decode(inst.segmentation, 20, 20) == inst.full_mask()).all()
     valid = np.ones((20, 20), bool)
     valid[:, 10:] = False
     inst = instance_from_polygon(sq, (20, 20), valid=valid)

@@ -195,6 +195,26 @@ def test_scene_chips_edge_cover_remainder_and_skip_nodata(tmp_path, rts):
     assert m["dropped"]["nodata_chips_skipped"] == 3
 
 
+def test_scene_splits_share_no_pixels(tmp_path, rts):
+    scene = write_tif(tmp_path / "scene.tif", np.full((4, 1024, 1024), 900, np.uint16), crs="EPSG:32608",
+                      transform=T0, nodata=0)
+    gpd.GeoDataFrame(geometry=[_px(100 * i + 5, 100 * i + 5, 100 * i + 40, 100 * i + 30) for i in range(10)],
+                     crs="EPSG:32608").to_file(tmp_path / "l.gpkg")
+    ds = tmp_path / "ds"
+    r = rts("prepare", scene, "--labels", tmp_path / "l.gpkg", "-o", ds, "--bands", "planetscope4",
+            "--chip-size", 128, "--overlap", 0.25, "--split-block", 256)
+    assert r.code == 0, r.err
+    wins = [(s, im["window"]) for s, d in _coco_all(ds).items() for im in d["images"]]
+    assert {s for s, _ in wins} == {"train", "val", "test"}
+    for i, (sa, a) in enumerate(wins):
+        for sb, b in wins[i + 1:]:
+            if sa != sb:
+                assert abs(a[0] - b[0]) >= 128 or abs(a[1] - b[1]) >= 128
+    m = yaml.safe_load((ds / "manifest.yaml").read_text())
+    assert m["dropped"]["overlapping_other_split"] > 0
+    assert len(wins) + m["dropped"]["overlapping_other_split"] == 11 * 11
+
+
 def test_labels_touching_nodata_lose_those_pixels(tmp_path, rts):
     scene = _scene(tmp_path, size=(64, 64), nodata_cols=20)
     gpd.GeoDataFrame(geometry=[_px(10, 10, 30, 20)], crs="EPSG:32608").to_file(tmp_path / "l.gpkg")
@@ -400,3 +420,93 @@ def test_interrupted_run_leaves_nothing(tmp_path, rts, monkeypatch):
     r = rts("prepare", tmp_path / "in", "-o", out, "--bands", "paper")
     assert r.code == 130 and "no partial output" in r.err
     assert not out.exists() and _no_leftovers(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# regressions from review
+# ---------------------------------------------------------------------------------------------
+def test_labels_with_z_values_are_read_as_2d(tmp_path, rts):
+    import shapely
+
+    scene = _scene(tmp_path, size=(64, 64))
+    g = gpd.GeoDataFrame(geometry=shapely.force_3d([_px(10, 10, 30, 20)], 5.0), crs="EPSG:32608")
+    g.to_file(tmp_path / "z.gpkg")  # PolygonZ, as QGIS often digitizes
+    r = rts("prepare", scene, "--labels", tmp_path / "z.gpkg", "-o", tmp_path / "ds", "--bands", "planetscope4",
+            "--chip-size", 64, "--split", "1,0,0")
+    assert r.code == 0, r.err
+    (ann,) = json.loads((tmp_path / "ds" / "train.json").read_text())["annotations"]
+    assert ann["bbox"] == [10.0, 10.0, 20.0, 10.0] and ann["area"] == 200.0
+    (ring,) = ann["segmentation"]  # x, y pairs (not x, y, z triples)
+    assert len(ring) == 8 and set(ring[0::2]) == {10.0, 30.0} and set(ring[1::2]) == {10.0, 20.0}
+
+
+def test_output_inside_the_input_folder_is_not_read_back(tmp_path, rts):
+    _many_samples(tmp_path / "in", n_per_site=3, sites=("s",))
+    for extra in ([], ["--overwrite"]):
+        r = rts("prepare", tmp_path / "in", "-o", tmp_path / "in" / "ds", "--bands", "paper", *extra)
+        assert r.code == 0, r.err
+    m = yaml.safe_load((tmp_path / "in" / "ds" / "manifest.yaml").read_text())
+    assert sum(m["counts"]["total"][s]["images"] for s in ("train", "val", "test")) == 3
+    assert set(m["counts"]["per_site"]) == {"s"}
+
+
+def test_large_image_with_mask_is_cut_into_chips(tmp_path, rts):
+    img = np.full((4, 300, 300), 500, np.uint16)
+    mask = np.zeros((300, 300), np.uint8)
+    mask[10:40, 10:60] = 1
+    mask[200:260, 150:180] = 1
+    write_tif(tmp_path / "img" / "big.tif", img)
+    write_tif(tmp_path / "msk" / "big.tif", mask)
+    r = rts("prepare", tmp_path / "img", "--masks", tmp_path / "msk", "-o", tmp_path / "ds", "--bands", "planetscope4",
+            "--chip-size", 128, "--overlap", 0, "--split", "1,0,0")
+    assert r.code == 0, r.err
+    docs = _coco_all(tmp_path / "ds")
+    wins = sorted(tuple(im["window"][:2]) for im in docs["train"]["images"])
+    assert wins == [(c, r_) for c in (0, 128, 172) for r_ in (0, 128, 172)]
+    assert all(im["width"] == 128 for im in docs["train"]["images"])
+    # whole image without --chip-size
+    r = rts("prepare", tmp_path / "img", "--masks", tmp_path / "msk", "-o", tmp_path / "ds2", "--bands", "planetscope4")
+    assert r.code == 0 and len(_coco_all(tmp_path / "ds2")["train"]["images"]) + \
+        len(_coco_all(tmp_path / "ds2")["test"]["images"]) + len(_coco_all(tmp_path / "ds2")["val"]["images"]) == 1
+
+
+def test_paper_mask_band_with_nodata_value(tmp_path, rts):
+    img = paper_sample(rects=[(5, 15, 5, 15)])
+    img[:, :, :8] = -9999.0  # nodata margin, the mask band included
+    write_tif(tmp_path / "in" / "x.tif", img, nodata=-9999.0)
+    r = rts("prepare", tmp_path / "in", "-o", tmp_path / "ds", "--bands", "paper", "--split", "1,0,0")
+    assert r.code == 0, r.err
+    (ann,) = json.loads((tmp_path / "ds" / "train.json").read_text())["annotations"]
+    assert ann["bbox"] == [8.0, 5.0, 7.0, 10.0]
+
+
+def test_padding_is_never_data_even_without_nodata(tmp_path, rts):
+    scene = write_tif(tmp_path / "s.tif", np.full((4, 50, 50), 500, np.uint16), transform=T0, nodata=None)
+    gpd.GeoDataFrame(geometry=[_px(5, 5, 45, 60)], crs="EPSG:32608").to_file(tmp_path / "l.gpkg")
+    r = rts("prepare", scene, "--labels", tmp_path / "l.gpkg", "-o", tmp_path / "ds", "--bands", "planetscope4",
+            "--chip-size", 64, "--split", "1,0,0")
+    assert r.code == 0, r.err
+    m = yaml.safe_load((tmp_path / "ds" / "manifest.yaml").read_text())
+    assert m["normalization"]["red"]["low"] == 500.0  # the zero padding did not enter the statistics
+    (ann,) = json.loads((tmp_path / "ds" / "train.json").read_text())["annotations"]
+    assert ann["bbox"] == [5.0, 5.0, 40.0, 45.0]  # the label is cut at the raster's edge, not the chip's
+
+
+def test_bad_mixed_nodata_empty_labels_and_crashes(tmp_path, rts):
+    write_tif(tmp_path / "in" / "a.tif", paper_sample(rects=[(1, 9, 1, 9)]), nodata=None)
+    write_tif(tmp_path / "in" / "b.tif", paper_sample(rects=[(1, 9, 1, 9)]), nodata=-9999.0)
+    out = tmp_path / "ds"
+    r = rts("prepare", tmp_path / "in", "-o", out, "--bands", "paper")
+    _assert_clean_failure(r, tmp_path, out, "different nodata", "gdal_edit")
+    scene = _scene(tmp_path)
+    gpd.GeoDataFrame(geometry=[], crs="EPSG:32608").to_file(tmp_path / "empty.gpkg")
+    r = rts("prepare", scene, "--labels", tmp_path / "empty.gpkg", "-o", out, "--bands", "planetscope4")
+    _assert_clean_failure(r, tmp_path, out, "empty.gpkg", "no features")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "a.tif").write_text("not a raster")
+    r = rts("prepare", tmp_path / "bad", "-o", out)
+    _assert_clean_failure(r, tmp_path, out, "a.tif", "GeoTIFF")
+    r = rts("synth", tmp_path / "sy", "--scene-size", 0)
+    _assert_clean_failure(r, tmp_path, tmp_path / "sy", "too small")
+    r = rts("synth", tmp_path / "sy", "--crs", "foo")
+    _assert_clean_failure(r, tmp_path, tmp_path / "sy", "foo")

@@ -53,6 +53,14 @@ def test_real_scene_in_chips_with_overlap(tmp_path, rts, data_dir):
     assert r.code == 0, r.err
     m = yaml.safe_load((out / "manifest.yaml").read_text())
     total = m["counts"]["total"]
-    assert sum(total[s]["images"] for s in total) == 9  # 3 x 3 chips of 128 with stride 96 over 251 px
+    kept = sum(total[s]["images"] for s in total)
+    assert kept + m["dropped"]["overlapping_other_split"] == 9  # 3 x 3 chips of 128, stride 96, over 251 px
     assert sum(total[s]["instances"] for s in total) >= 10  # slumps on chip borders appear in several chips
     assert m["instance_sizes"]["box_side_px_percentiles"]["p50"] > 5
+    # no pixel is in two splits
+    wins = [(s, im["window"]) for s in ("train", "val", "test")
+            for im in json.loads((out / f"{s}.json").read_text())["images"]]
+    for i, (sa, a) in enumerate(wins):
+        for sb, b in wins[i + 1:]:
+            if sa != sb:
+                assert abs(a[0] - b[0]) >= 128 or abs(a[1] - b[1]) >= 128, (sa, a, sb, b)

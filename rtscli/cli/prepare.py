@@ -17,7 +17,7 @@ def prepare(
     mode: Annotated[str, typer.Option(help="auto, paper (mask band), masks, or vectors.")] = "auto",
     modalities: Annotated[Optional[str], typer.Option(help="Modalities to record, e.g. rgb,ndvi,nir,dem (default: all the bands allow of rgb,ndvi,nir).")] = None,
     aux: Annotated[Optional[list[str]], typer.Option(help="Extra aligned raster as a band: NAME=PATH (file or folder). Repeatable.")] = None,
-    chip_size: Annotated[int, typer.Option(help="Chip side in pixels (vector labels on scenes).")] = 256,
+    chip_size: Annotated[Optional[int], typer.Option(help="Chip side in pixels. Scenes with vector labels: default 256. Per-sample images larger than this are cut too (default: kept whole).")] = None,
     overlap: Annotated[float, typer.Option(help="Chip overlap as a fraction of the chip side.")] = 0.25,
     split: Annotated[str, typer.Option(help="train,val,test fractions, applied within each site.")] = "0.7,0.15,0.15",
     split_file: Annotated[Optional[Path], typer.Option(help="CSV 'name,split' or JSON assigning each image/scene to a split.")] = None,

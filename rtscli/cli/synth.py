@@ -57,6 +57,11 @@ def synth(
     if chips < 0 or scenes < 0 or chip_size < 32:
         raise RtsError("--chips and --scenes must be >= 0 and --chip-size >= 32", fix="fix the options")
     height, width = _parse_size(scene_size)
+    if scenes and min(height, width) < 32:
+        raise RtsError(f"--scene-size {scene_size} is too small", fix="use at least 32 pixels, e.g. 2048")
+    from rtscli.io.raster import parse_crs
+
+    parse_crs(crs, "--crs")
     if resolution <= 0:
         raise RtsError("--resolution must be positive", fix="use e.g. 3")
 

@@ -26,18 +26,27 @@ SEGMENTATION_FORMATS = ("auto", "polygon", "rle")
 
 @dataclass
 class Instance:
-    mask: np.ndarray  # bool (H, W)
+    crop: np.ndarray  # bool, the instance's pixels inside its bounding box
+    x0: int
+    y0: int
+    shape: tuple[int, int]  # (H, W) of the image it belongs to
     bbox: list[float]  # x, y, w, h
     area: int  # pixels
     segmentation: Any
     has_holes: bool
     source_id: Any = None
 
+    def full_mask(self) -> np.ndarray:
+        m = np.zeros(self.shape, dtype=bool)
+        h, w = self.crop.shape
+        m[self.y0:self.y0 + h, self.x0:self.x0 + w] = self.crop
+        return m
 
-def _bbox(mask: np.ndarray) -> list[float]:
+
+def _crop_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))
-    return [float(cols[0]), float(rows[0]), float(cols[-1] - cols[0] + 1), float(rows[-1] - rows[0] + 1)]
+    return int(cols[0]), int(rows[0]), int(cols[-1] + 1), int(rows[-1] + 1)
 
 
 def rle_encode(mask: np.ndarray) -> dict:
@@ -62,48 +71,67 @@ def _rings_of(geom) -> tuple[list[list[float]], bool]:
     return out, holes
 
 
-def _mask_polygons(mask: np.ndarray):
-    """Exact pixel-edge polygons of a mask (pixel coordinates)."""
+def _crop_polygons(crop: np.ndarray, x0: int, y0: int):
+    """Exact pixel-edge polygons of a cropped mask, in image pixel coordinates."""
     from rasterio.features import shapes
+    from rasterio.transform import Affine
     from shapely.geometry import shape
     from shapely.ops import unary_union
 
-    parts = [shape(g) for g, v in shapes(mask.astype(np.uint8), mask=mask) if v == 1]
+    parts = [shape(g) for g, v in shapes(crop.astype(np.uint8), mask=crop, transform=Affine.translation(x0, y0))
+             if v == 1]
     return unary_union(parts)
 
 
-def encode(mask: np.ndarray, fmt: str, geom=None) -> tuple[Any, bool]:
-    """Segmentation of one instance in ``fmt``; returns (segmentation, has_holes)."""
+def _make(crop, x0, y0, shape_hw, fmt, geom=None, source_id=None) -> Instance:
+    """Encode one instance; polygon segmentations take area and bbox from pycocotools' own
+    rasterization, so they agree with what any COCO evaluator decodes."""
+    from pycocotools import mask as mask_utils
+
     if geom is None:
-        geom = _mask_polygons(mask)
+        geom = _crop_polygons(crop, x0, y0)
     rings, holes = _rings_of(geom)
+    h, w = shape_hw
+    area = int(crop.sum())
+    bbox = [float(x0), float(y0), float(crop.shape[1]), float(crop.shape[0])]
     if fmt == "rle" or (fmt == "auto" and holes) or not rings:
-        return rle_encode(mask), holes
-    return rings, holes
+        inst = Instance(crop, x0, y0, shape_hw, bbox, area, None, holes, source_id)
+        inst.segmentation = rle_encode(inst.full_mask())
+        return inst
+    rle = mask_utils.merge(mask_utils.frPyObjects(rings, h, w))
+    a = int(mask_utils.area(rle))
+    if a > 0:
+        area, bbox = a, [float(v) for v in mask_utils.toBbox(rle)]
+    return Instance(crop, x0, y0, shape_hw, bbox, area, rings, holes, source_id)
 
 
 def instances_from_mask(mask: np.ndarray, *, min_area: int = 1, fmt: str = "auto") -> tuple[list[Instance], int]:
-    """One instance per outer contour of a binary mask. Returns (instances, specks dropped)."""
+    """One instance per outer contour of a binary mask (OpenCV findContours, as the paper).
+
+    The pixels of an instance are the 8-connected component its outer contour traces (holes
+    excluded, islands inside holes are instances of their own). Returns (instances, specks dropped).
+    Work and memory scale with the instances' bounding boxes, not with instances x image size.
+    """
     import cv2
 
     m = (np.asarray(mask) > 0).astype(np.uint8)
     if not m.any():
         return [], 0
     contours, hierarchy = cv2.findContours(m, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-    _, labels = cv2.connectedComponents(m, connectivity=8)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
     out: list[Instance] = []
     dropped = 0
     for i, contour in enumerate(contours):
         if hierarchy[0][i][3] != -1:  # a hole, belongs to its parent
             continue
         x, y = contour[0][0]
-        comp = labels == labels[y, x]
-        area = int(comp.sum())
+        k = labels[y, x]
+        x0, y0, w, h, area = (int(v) for v in stats[k])
         if area < min_area:
             dropped += 1
             continue
-        seg, holes = encode(comp, fmt)
-        out.append(Instance(comp, _bbox(comp), area, seg, holes))
+        crop = labels[y0:y0 + h, x0:x0 + w] == k
+        out.append(_make(crop, x0, y0, m.shape, fmt))
     return out, dropped
 
 
@@ -132,8 +160,8 @@ def instance_from_polygon(
     area = int(mask.sum())
     if area < min_area or area == 0:
         return None
-    seg, holes = encode(mask, fmt, geom=geom if exact else None)
-    return Instance(mask, _bbox(mask), area, seg, holes, source_id)
+    x0, y0, x1, y1 = _crop_box(mask)
+    return _make(mask[y0:y1, x0:x1], x0, y0, shape, fmt, geom=geom if exact else None, source_id=source_id)
 
 
 def annotation(inst: Instance, ann_id: int, image_id: int) -> dict:

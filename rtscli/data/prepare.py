@@ -57,7 +57,7 @@ class PrepareOptions:
     labels_crs: Any = None
     aux: dict[str, Path] = field(default_factory=dict)
     modalities: list[str] | None = None
-    chip_size: int = 256
+    chip_size: int | None = None  # scenes: 256 when None; per-sample images: cut only when given
     overlap: float = 0.25
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     split_file: Path | None = None
@@ -96,18 +96,28 @@ class Result:
 # ---------------------------------------------------------------------------------------------
 # discovery
 # ---------------------------------------------------------------------------------------------
-def find_rasters(inputs: list[Path], exclude: Path | None = None) -> list[tuple[Path, Path]]:
-    """All GeoTIFFs under the inputs, as (file, root it was found under)."""
+def find_rasters(inputs: list[Path], exclude: list[Path] = ()) -> list[tuple[Path, Path]]:
+    """All GeoTIFFs under the inputs, as (file, root it was found under).
+
+    Hidden files and folders (including rts's own temporary builds) and everything under
+    ``exclude`` (the output dataset, a mask folder) are left out.
+    """
     out: list[tuple[Path, Path]] = []
+    ex = [e.resolve() for e in exclude]
     for inp in inputs:
         if not inp.exists():
             raise RtsError("input not found", path=inp, fix="check the path")
         if inp.is_dir():
-            files = sorted(p for p in inp.rglob("*") if p.suffix.lower() in RASTER_SUFFIXES and p.is_file()
-                           and not p.name.startswith("."))
-            if exclude is not None:
-                ex = exclude.resolve()
-                files = [p for p in files if ex not in p.resolve().parents]
+            files = []
+            for p in sorted(inp.rglob("*")):
+                if p.suffix.lower() not in RASTER_SUFFIXES or not p.is_file():
+                    continue
+                if any(part.startswith(".") for part in p.relative_to(inp).parts):
+                    continue
+                rp = p.resolve()
+                if any(e == rp or e in rp.parents for e in ex):
+                    continue
+                files.append(p)
             if not files:
                 raise RtsError("no GeoTIFFs (*.tif, *.tiff) found in this directory", path=inp,
                                fix="point to the folder that holds your images")
@@ -202,11 +212,12 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
         raise RtsError(f"unknown segmentation format {opts.segmentation!r}", fix="use auto, polygon or rle")
     if not 0 <= opts.overlap < 1:
         raise RtsError("--overlap must be in [0, 1)", fix="use e.g. 0.25")
-    if opts.chip_size < 16:
+    if opts.chip_size is not None and opts.chip_size < 16:
         raise RtsError("--chip-size must be at least 16 pixels", fix="use e.g. 256")
 
-    exclude = opts.masks if opts.masks is not None and any(
-        opts.masks.resolve() != i.resolve() for i in opts.inputs if i.is_dir()) else None
+    exclude = [opts.out]  # an output folder inside the input folder is not input
+    if opts.masks is not None and all(opts.masks.resolve() != i.resolve() for i in opts.inputs if i.is_dir()):
+        exclude.append(opts.masks)
     rasters = find_rasters(opts.inputs, exclude=exclude)
     if opts.masks is not None:
         if not opts.masks.is_dir():
@@ -214,6 +225,7 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
         # when images and masks share a folder, the masks are not images
         rasters = [(p, r) for p, r in rasters
                    if not any(p.stem.endswith(s) for s in MASK_SUFFIXES if s)]
+    inspect(rasters[0][0], assume_crs=opts.assume_crs)  # a clear error if the first file is not a raster
     band_map = opts.bands or band_map_from_descriptions(rasters[0][0])
     if band_map is None:
         raise RtsError("no band map given and the raster's bands are not named", path=rasters[0][0],
@@ -222,6 +234,8 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
     if mode == "paper" and "mask" not in band_map:
         raise RtsError(f"mode 'paper' needs a mask band in the band map ({band_map})",
                        fix="name it, e.g. --bands paper or ...,mask=6")
+    if mode == "vectors" and opts.chip_size is None:
+        opts.chip_size = 256
     if mode == "vectors" and opts.labels is None:
         raise RtsError("mode 'vectors' needs --labels FILE", fix="pass the label GeoPackage/shapefile/GeoJSON")
     if mode == "masks" and opts.masks is None:
@@ -243,6 +257,14 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
         info = inspect(path, assume_crs=opts.assume_crs)
         band_map.check_against(info.count, path)
         infos.append((info, root))
+    nodatas = {("nan" if v is not None and v != v else v) for v in (i.nodata for i, _ in infos)}
+    if len(nodatas) > 1:
+        ex = {str(i.nodata): i.path.name for i, _ in infos}
+        raise RtsError(
+            "the inputs have different nodata values (" + ", ".join(f"{n}: {v}" for v, n in ex.items()) + ")",
+            path=infos[0][0].path.parent,
+            fix="give them one nodata value first (gdal_edit.py -a_nodata VALUE file.tif)",
+        )
     aux_infos = {name: _aux_lookup(name, p) for name, p in opts.aux.items()}
 
     split_map = read_split_file(opts.split_file) if opts.split_file else None
@@ -268,7 +290,8 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
 
     counts: dict = defaultdict(lambda: {s: {"images": 0, "instances": 0, "negatives": 0} for s in SPLITS})
     dropped = {"specks_below_min_area": 0, "nodata_chips_skipped": 0, "empty_chips_dropped": 0,
-               "labels_clipped_below_min_area": 0}
+               "labels_clipped_below_min_area": 0, "overlapping_other_split": len(items) - len(splits)}
+    items = [it for it in items if it.key in splits]
     sizes: list[float] = []
     ratios: list[float] = []
     image_id = ann_id = 0
@@ -321,6 +344,9 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
                 chans = {n: channel(n, image, chip_bands, valid) for n in stat_names}
                 sampler.add(chans, valid)
 
+        split_warnings = _split_warnings(counts, opts.fractions, mode)
+        for w in split_warnings:
+            log.warning(w)
         if sampler.count == 0:
             raise RtsError("the training split has no valid pixels",
                            fix="check nodata settings, add images, or change --split")
@@ -329,6 +355,7 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
             docs[s].close()
         manifest = _manifest(opts, mode, band_map, chip_bands, chip_dtype, nodata, modalities, stats, sampler,
                              counts, dropped, label_meta, items, sizes, ratios, splits, split_map, infos)
+        manifest["warnings"] = split_warnings
         import yaml
 
         (tmp / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
@@ -405,18 +432,42 @@ def _sample_items(opts, infos, aux_paths, mode) -> list[Item]:
             ungeoreferenced = mask.crs is None and mask.transform == Affine.identity()
             if ungeoreferenced and mask.shape == info.shape:
                 log.info("mask %s has no georeference; using the grid of %s", mpath.name, info.path.name)
-            elif mask.shape != info.shape or not mask.transform.almost_equals(info.transform, 1e-6) or (
-                    mask.crs is not None and mask.crs != info.crs):
-                raise RtsError(
-                    f"mask is not on the grid of image {info.path.name} ({mask.width}x{mask.height} vs "
-                    f"{info.width}x{info.height}, or a different transform/CRS)",
-                    path=mpath,
-                    fix="masks must have the image's size, transform and CRS",
-                )
+            else:
+                diff = []
+                if mask.shape != info.shape:
+                    diff.append(f"size {mask.width}x{mask.height} vs {info.width}x{info.height}")
+                if not mask.transform.almost_equals(info.transform, 1e-6):
+                    diff.append(f"origin/pixel size {tuple(mask.transform)[:6]} vs {tuple(info.transform)[:6]}")
+                if mask.crs is not None and mask.crs != info.crs:
+                    diff.append(f"CRS {mask.crs} vs {info.crs}")
+                if diff:
+                    raise RtsError(f"mask is not on the grid of image {info.path.name} ({'; '.join(diff)})",
+                                   path=mpath, fix="masks must have the image's size, transform and CRS")
         aux = _aux_for(info, aux_paths, aux_cache, opts.assume_crs)
-        items.append(Item(key, site, key, info, mask=mask, aux=aux,
-                          source_names=(info.path.name, info.path.stem, key)))
+        names = (info.path.name, info.path.stem, key)
+        cs = opts.chip_size
+        if cs is None or (info.width <= cs and info.height <= cs):
+            items.append(Item(key, site, key, info, mask=mask, aux=aux, source_names=names))
+            continue
+        for c, r, group in _grid(info, opts):  # a large image: cut it like a scene
+            items.append(Item(f"{key}_r{r:06d}_c{c:06d}", site, group, info, mask=mask,
+                              window=(c, r, cs, cs), aux=aux, source_names=names))
     return items
+
+
+def _grid(info: RasterInfo, opts: PrepareOptions) -> Iterator[tuple[int, int, str]]:
+    """Chip windows over one raster: (col_off, row_off, split group).
+
+    The split group is a spatial block of chips; a block spans at least two chips, so that some
+    chips stay whole on both sides of a block edge (see :func:`_buffer_splits`).
+    """
+    stride = max(1, int(round(opts.chip_size * (1 - opts.overlap))))
+    block = max(1, int(round(max(opts.split_block, 2 * opts.chip_size) / stride)))
+    rows = chip_positions(info.height, opts.chip_size, stride)
+    cols = chip_positions(info.width, opts.chip_size, stride)
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            yield c, r, f"{info.path.name}:{i // block}:{j // block}"
 
 
 def _vector_items(opts, infos, aux_paths):
@@ -428,8 +479,6 @@ def _vector_items(opts, infos, aux_paths):
     reports = {}
     items: list[Item] = []
     aux_cache: dict = {}
-    stride = max(1, int(round(opts.chip_size * (1 - opts.overlap))))
-    block = max(1, int(round(opts.split_block / stride)))
     overlaps_any = False
     per_scene = {}
     for info, root in infos:
@@ -446,14 +495,10 @@ def _vector_items(opts, infos, aux_paths):
             overlaps_any = True
         site = _site_of(info.path, root, opts.site)
         aux = _aux_for(info, aux_paths, aux_cache, opts.assume_crs)
-        rows = chip_positions(info.height, opts.chip_size, stride)
-        cols = chip_positions(info.width, opts.chip_size, stride)
-        for i, r in enumerate(rows):
-            for j, c in enumerate(cols):
-                key = f"{info.path.stem}_r{r:06d}_c{c:06d}"
-                group = f"{info.path.name}:{i // block}:{j // block}"
-                items.append(Item(key, site, group, info, window=(c, r, opts.chip_size, opts.chip_size), aux=aux,
-                                  source_names=(key, info.path.name, info.path.stem)))
+        for c, r, group in _grid(info, opts):
+            key = f"{info.path.stem}_r{r:06d}_c{c:06d}"
+            items.append(Item(key, site, group, info, window=(c, r, opts.chip_size, opts.chip_size), aux=aux,
+                              source_names=(key, info.path.name, info.path.stem)))
     if not overlaps_any:
         gdf = next(iter(labels_by_crs.values()))[0]
         lb = gdf.total_bounds if len(gdf) else None
@@ -490,21 +535,78 @@ def _fmt_bounds(b) -> str:
 
 def _splits(items: list[Item], opts: PrepareOptions, split_map: dict[str, str] | None) -> dict[str, str]:
     if split_map is None:
-        return assign(((it.key, it.site, it.group) for it in items), opts.fractions, opts.seed)
-    out, missing = {}, []
-    for it in items:
-        s = lookup(split_map, *it.source_names)
-        if s is None:
-            missing.append(it.source_names[0])
-        else:
-            out[it.key] = s
-    if missing:
-        raise RtsError(
-            f"the split file does not list {len(missing)} input(s), e.g. {', '.join(missing[:3])}",
-            path=opts.split_file,
-            fix="list every image (or scene) name with its split",
-        )
+        out = assign(((it.key, it.site, it.group) for it in items), opts.fractions, opts.seed)
+    else:
+        out, missing = {}, []
+        for it in items:
+            s = lookup(split_map, *it.source_names)
+            if s is None:
+                missing.append(it.source_names[0])
+            else:
+                out[it.key] = s
+        if missing:
+            raise RtsError(
+                f"the split file does not list {len(missing)} input(s), e.g. {', '.join(missing[:3])}",
+                path=opts.split_file,
+                fix="list every image (or scene) name with its split",
+            )
+        known = {n for it in items for n in it.source_names}
+        unused = sorted(set(split_map) - known)
+        if unused:
+            log.warning("the split file names %d input(s) that were not found, e.g. %s", len(unused),
+                        ", ".join(unused[:3]))
+    return _buffer_splits(items, out)
+
+
+_RANK = {"train": 0, "val": 1, "test": 2}
+
+
+def _split_warnings(counts, fractions, mode) -> list[str]:
+    totals = {s: sum(c[s]["images"] for c in counts.values()) for s in SPLITS}
+    n = sum(totals.values())
+    hint = ("use a smaller --split-block, more scenes, or a --split-file" if mode == "vectors"
+            else "add images, or use a --split-file")
+    out = []
+    for s, f in zip(SPLITS, fractions, strict=True):
+        if f > 0 and totals[s] == 0:
+            out.append(f"the {s} split is empty (asked for {f:.0%}): {hint}")
+        elif n and abs(totals[s] / n - f) > 0.15:
+            out.append(f"the {s} split has {totals[s] / n:.0%} of the chips (asked for {f:.0%}): {hint}")
     return out
+
+
+def _buffer_splits(items: list[Item], splits: dict[str, str]) -> dict[str, str]:
+    """Drop chips that share pixels with a chip of a stricter split (test > val > train).
+
+    Chips cut with overlap from one scene straddle the block edges of the spatial split; without
+    this, the same pixels would be in training and in evaluation.
+    """
+    import bisect
+
+    by_image: dict[Path, list[Item]] = defaultdict(list)
+    for it in items:
+        if it.window is not None:
+            by_image[it.image.path].append(it)
+    drop: set[str] = set()
+    for chips in by_image.values():
+        grid = {(it.window[1], it.window[0]): it for it in chips}
+        rows = sorted({r for r, _ in grid})
+        cols = sorted({c for _, c in grid})
+        for it in chips:
+            c, r, w, h = it.window
+            mine = _RANK[splits[it.key]]
+            for rr in rows[bisect.bisect_right(rows, r - h): bisect.bisect_left(rows, r + h)]:
+                for cc in cols[bisect.bisect_right(cols, c - w): bisect.bisect_left(cols, c + w)]:
+                    other = grid.get((rr, cc))
+                    if other is not None and other is not it and _RANK[splits[other.key]] > mine:
+                        drop.add(it.key)
+                        break
+                if it.key in drop:
+                    break
+    if drop:
+        log.info("%d chip(s) overlapping chips of another split were left out (no shared pixels between splits)",
+                 len(drop))
+    return {k: v for k, v in splits.items() if k not in drop}
 
 
 def _chip_transform(item: Item):
@@ -570,12 +672,19 @@ def _iter_chips(items, opts, mode, band_map, image_bands, labels, chip_dtype):
                 data.astype(chip_dtype, copy=False)
             chip_bm = BandMap(tuple((n, i + 1) for i, n in enumerate(image_bands.names + list(item.aux))))
             valid = valid_mask(image, chip_bm, item.image.nodata, names=image_bands.names)
+            # padding beyond the raster's edge is never data, whatever the nodata setting
+            inside_h = max(0, min(int(win.height), item.image.height - int(win.row_off)))
+            inside_w = max(0, min(int(win.width), item.image.width - int(win.col_off)))
+            valid[inside_h:, :] = False
+            valid[:, inside_w:] = False
             if not valid.any():
                 yield item, None, None, [], 0, 0
                 continue
             specks = clipped = 0
             if mode == "paper":
                 m = read_window(src, win, [band_map["mask"]])[0]
+                if src.nodata is not None:  # the file's nodata in the mask band means "no slump"
+                    m = np.where(m == src.nodata, 0, m)
                 binary = _check_binary(m, item.image.path) & valid
                 instances, specks = coco.instances_from_mask(binary, min_area=opts.min_area, fmt=opts.segmentation)
             elif mode == "masks":
@@ -673,8 +782,8 @@ def _manifest(opts, mode, band_map, chip_bands, chip_dtype, nodata, modalities, 
             "split": "train", "clip_percentiles": [sampler.p_low, sampler.p_high],
             "sampled_pixels": sampler.count, "formula": "(clip(x, low, high) - mean) / std",
         },
-        "chips": {"size": opts.chip_size if mode == "vectors" else None,
-                  "overlap": opts.overlap if mode == "vectors" else None,
+        "chips": {"size": opts.chip_size,
+                  "overlap": opts.overlap if opts.chip_size else None,
                   "min_area_px": opts.min_area, "segmentation": opts.segmentation,
                   "keep_empty": opts.keep_empty},
         "split": {
@@ -682,8 +791,8 @@ def _manifest(opts, mode, band_map, chip_bands, chip_dtype, nodata, modalities, 
             "file": str(opts.split_file) if opts.split_file else None,
             "fractions": dict(zip(SPLITS, [round(f, 6) for f in opts.fractions], strict=True)),
             "seed": opts.seed,
-            "unit": "spatial block of chips" if mode == "vectors" else "image",
-            "block_px": opts.split_block if mode == "vectors" else None,
+            "unit": "spatial block of chips" if opts.chip_size else "image",
+            "block_px": max(opts.split_block, 2 * opts.chip_size) if opts.chip_size else None,
         },
         "counts": {"per_site": {k: v for k, v in sorted(counts.items())}, "total": totals},
         "dropped": dropped,

@@ -89,7 +89,12 @@ def read_split_file(path: str | Path) -> dict[str, str]:
     try:
         if path.suffix.lower() == ".json":
             data = json.loads(path.read_text())
-            if all(k in SPLITS for k in data) and all(isinstance(v, list) for v in data.values()):
+            if not isinstance(data, dict):
+                raise ValueError("expected a JSON object")
+            lists = [isinstance(v, list) for v in data.values()]
+            if any(lists) and not all(lists):
+                raise ValueError("mixes {split: [names]} and {name: split}")
+            if all(lists):
                 mapping = {str(n): s for s, names in data.items() for n in names}
             else:
                 mapping = {str(k): str(v) for k, v in data.items()}
@@ -98,6 +103,8 @@ def read_split_file(path: str | Path) -> dict[str, str]:
                 rows = [r for r in csv.reader(fh) if r and not r[0].startswith("#")]
             if rows and [c.strip().lower() for c in rows[0][:2]] == ["name", "split"]:
                 rows = rows[1:]
+            if rows and not any(len(r) >= 2 for r in rows):
+                raise ValueError("no line has two comma-separated fields")
             mapping = {r[0].strip(): r[1].strip().lower() for r in rows if len(r) >= 2}
     except (ValueError, UnicodeDecodeError, AttributeError) as exc:
         raise RtsError(f"cannot read split file ({exc})", path=path,

@@ -11,7 +11,9 @@ import torch
 
 from rtscli.data.dataset import ChipDataset, DatasetInfo, collate
 from rtscli.errors import RtsError
-from rtscli.engine.train import TrainSettings, epoch_metrics, fit, make_module, plot_curves, settings_dict, write_epoch_csv
+from rtscli.engine.train import (
+    TrainSettings, epoch_metrics, fit, make_module, plot_curves, settings_dict, write_epoch_csv,
+)
 from rtscli.modeling.config import ModelConfig, load_preset
 
 log = logging.getLogger("rtscli")
@@ -42,7 +44,8 @@ def build_config(preset: str, *, in_channels: int, anchors: str, info: DatasetIn
         try:
             cfg.rpn.anchor_sizes = tuple(int(v) for v in anchors.split(","))
         except ValueError:
-            raise RtsError(f"cannot read --anchors {anchors!r}", fix="use preset, auto or 5 sizes like 16,32,64,128,256") from None
+            raise RtsError(f"cannot read --anchors {anchors!r}",
+                           fix="use preset, auto or 5 sizes like 16,32,64,128,256") from None
         if len(cfg.rpn.anchor_sizes) != 5:
             raise RtsError("--anchors needs 5 sizes (P2..P6)", fix="e.g. --anchors 16,32,64,128,256")
     return cfg
@@ -78,7 +81,8 @@ def pretrain(*, data: Path, modality: str, preset: str, out: Path, settings: Tra
     train_ds = ChipDataset(info, "train", [mod], cfg.tile_size, repeat_to=repeat, augment=True, seed=settings.seed)
     val_ds = ChipDataset(info, "val", [mod], cfg.tile_size, repeat_to=repeat, augment=False)
     if len(train_ds) == 0:
-        raise RtsError("the training split is empty", path=data, fix="re-run `rts prepare` with more data or another --split")
+        raise RtsError("the training split is empty", path=data,
+                       fix="re-run `rts prepare` with more data or another --split")
     if len(val_ds) == 0:
         log.warning("the validation split is empty: validating on the training split (best = last)")
         val_ds = ChipDataset(info, "train", [mod], cfg.tile_size, repeat_to=repeat, augment=False)

@@ -92,8 +92,13 @@ def inspect(path: str | Path, *, assume_crs: CRS | None = None, need_crs: bool =
         raise RtsError("file not found", path=path, fix="check the path")
     if path.is_dir():
         raise RtsError("is a directory, not a raster", path=path, fix="pass a GeoTIFF file")
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
     try:
-        with gdal_env(), rasterio.open(path) as src:
+        with warnings.catch_warnings(), gdal_env(), rasterio.open(path) as src:
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)  # reported as an error below
             crs = src.crs
             info = dict(
                 width=src.width,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+
+import numpy as np
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -58,6 +60,8 @@ def read_polygons(path: str | Path, target_crs, *, assume_crs=None):
             path=path,
             fix="pass a GeoPackage, shapefile or GeoJSON",
         ) from None
+    if not isinstance(gdf, gpd.GeoDataFrame) or len(gdf) == 0:
+        raise RtsError("label file has no features", path=path, fix="check that it is the right file and layer")
     rep = LabelReport(features=len(gdf))
     if gdf.crs is None:
         if assume_crs is None:
@@ -67,6 +71,10 @@ def read_polygons(path: str | Path, target_crs, *, assume_crs=None):
                 fix="pass --labels-crs EPSG:XXXX, or save the file with its CRS",
             )
         gdf = gdf.set_crs(assume_crs)
+    # QGIS often digitizes PolygonZ: drop Z, or x,y,z triples would be read as x,y pairs
+    if shapely.has_z(gdf.geometry.values).any():
+        gdf = gdf.set_geometry(shapely.force_2d(gdf.geometry.values), crs=gdf.crs)
+        rep.notes.append("Z values dropped")
     geoms = gdf.geometry.values
     empty = shapely.is_empty(geoms) | gdf.geometry.isna().to_numpy()
     rep.empty = int(empty.sum())
@@ -84,6 +92,11 @@ def read_polygons(path: str | Path, target_crs, *, assume_crs=None):
     if target_crs is not None and gdf.crs != target_crs:
         src = gdf.crs.to_string()
         gdf = gdf.to_crs(target_crs)
+        finite = np.isfinite(gdf.total_bounds).all() if len(gdf) else True
+        if not finite:
+            raise RtsError(f"labels cannot be reprojected from {src} to the raster CRS (coordinates become "
+                           "infinite): their stated CRS is probably wrong", path=path,
+                           fix="check the label file's CRS (or pass --labels-crs)")
         rep.reprojected_from = src
         log.info("reprojecting labels %s from %s to the raster CRS %s", path.name, src, target_crs)
     return gdf, rep

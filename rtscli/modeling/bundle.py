@@ -74,7 +74,8 @@ def save_bundle(path: str | Path, state_dict: dict, config: dict[str, Any]) -> P
 def read_bundle(path: str | Path) -> Bundle:
     path = Path(path)
     if not path.exists():
-        raise RtsError("model bundle not found", path=path, fix="pass a folder made by `rts pretrain` or `rts finetune`")
+        raise RtsError("model bundle not found", path=path,
+                       fix="pass a folder made by `rts pretrain` or `rts finetune`")
     if not (path / CONFIG).exists() or not (path / WEIGHTS).exists():
         raise RtsError(f"not a model bundle (needs {WEIGHTS} and {CONFIG})", path=path,
                        fix="pass a folder made by `rts pretrain` or `rts finetune`")
