@@ -309,6 +309,8 @@ def test_bad_missing_file(tmp_path, rts):
     out = tmp_path / "ds"
     r = rts("prepare", tmp_path / "nope.tif", "-o", out, "--bands", "paper")
     _assert_clean_failure(r, tmp_path, out, "nope.tif", "not found")
+    r = rts("prepare", tmp_path / "nope.tif", "-o", tmp_path / "new" / "deeper" / "ds", "--bands", "paper")
+    assert r.code == 2 and not (tmp_path / "new").exists()  # no stray parent folders either
 
 
 def test_bad_not_a_raster(tmp_path, rts):

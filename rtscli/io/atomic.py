@@ -22,9 +22,26 @@ def check_output(path: str | Path, overwrite: bool) -> Path:
     path = Path(path)
     if path.exists() and not overwrite:
         raise RtsError("output exists", path=path, fix="pass --overwrite to replace it, or choose another path")
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _make_parents(path: Path) -> list[Path]:
+    """Create the missing parent folders of ``path``; return them (deepest first) for clean-up."""
+    made = []
+    p = path.parent
+    while not p.exists():
+        made.append(p)
+        p = p.parent
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return made
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for f in folders:
+        try:
+            f.rmdir()
+        except OSError:
+            break
 
 
 def _tmp_sibling(path: Path) -> Path:
@@ -42,12 +59,14 @@ def _remove(path: Path) -> None:
 def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory that becomes ``path`` when the block finishes without error."""
     final = check_output(path, overwrite)
+    made = _make_parents(final)
     tmp = _tmp_sibling(final)
-    tmp.mkdir(parents=True)
+    tmp.mkdir()
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(made)
         raise
     if final.exists():
         old = _tmp_sibling(final)
@@ -62,11 +81,13 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
 def atomic_file(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary file path (same suffix) that becomes ``path`` on success."""
     final = check_output(path, overwrite)
+    made = _make_parents(final)
     tmp = final.with_name(f".{final.stem}.tmp-{uuid.uuid4().hex[:8]}{final.suffix}")
     try:
         yield tmp
     except BaseException:
         if tmp.exists():
             tmp.unlink()
+        _remove_empty(made)
         raise
     os.replace(tmp, final)

@@ -137,6 +137,7 @@ def write_vector(gdf, path: str | Path, *, layer: str = "rts", overwrite: bool =
     path = Path(path)
     driver = driver_for(path)
     check_output(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tag = uuid.uuid4().hex[:8]
     if driver == "ESRI Shapefile":
         tmpdir = path.parent / f".{path.stem}.tmp-{tag}"
