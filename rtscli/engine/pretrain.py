@@ -12,7 +12,7 @@ import torch
 from rtscli.data.dataset import ChipDataset, DatasetInfo, collate
 from rtscli.errors import RtsError
 from rtscli.engine.train import (
-    TrainSettings, epoch_metrics, fit, make_module, plot_curves, settings_dict, write_epoch_csv,
+    EpochSampler, TrainSettings, epoch_metrics, fit, make_module, plot_curves, settings_dict, write_epoch_csv,
 )
 from rtscli.modeling.config import ModelConfig, load_preset
 
@@ -62,9 +62,14 @@ def pretrain(*, data: Path, modality: str, preset: str, out: Path, settings: Tra
     mod = info.modality(modality)
     repeat = info.manifest.get("repeat_to", 3) if repeat_to is None else repeat_to
     channels = repeat if (mod.num_channels == 1 and repeat and repeat > 1) else mod.num_channels
-    if out.exists() and not (resume or overwrite):
+    # Under DDP every process runs this command (Lightning re-launches it, torchrun starts them
+    # all): only the first one checks, clears or creates the run directory.
+    import os
+
+    first = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0"
+    if first and out.exists() and not (resume or overwrite):
         raise RtsError("output exists", path=out, fix="pass --resume to continue it or --overwrite to replace it")
-    if out.exists() and overwrite and not resume:
+    if first and out.exists() and overwrite and not resume:
         import shutil
 
         shutil.rmtree(out)
@@ -86,10 +91,10 @@ def pretrain(*, data: Path, modality: str, preset: str, out: Path, settings: Tra
     if len(val_ds) == 0:
         log.warning("the validation split is empty: validating on the training split (best = last)")
         val_ds = ChipDataset(info, "train", [mod], cfg.tile_size, repeat_to=repeat, augment=False)
-    g = torch.Generator().manual_seed(settings.seed)
     train_loader = torch.utils.data.DataLoader(
-        train_ds, batch_size=settings.batch_size, shuffle=True, collate_fn=collate, num_workers=settings.workers,
-        generator=g, drop_last=len(train_ds) > settings.batch_size, persistent_workers=settings.workers > 0)
+        train_ds, batch_size=settings.batch_size, sampler=EpochSampler(len(train_ds), settings.seed),
+        collate_fn=collate, num_workers=settings.workers, drop_last=len(train_ds) > settings.batch_size,
+        persistent_workers=settings.workers > 0)
     val_loader = torch.utils.data.DataLoader(val_ds, batch_size=settings.batch_size, shuffle=False,
                                              collate_fn=collate, num_workers=0)
     steps_per_epoch = max(1, len(train_loader))

@@ -53,6 +53,26 @@ class NonFiniteLoss(RtsError):
     pass
 
 
+class EpochSampler(torch.utils.data.Sampler):
+    """A shuffle that depends only on (seed, epoch), so a resumed run sees the same order.
+
+    Lightning calls ``set_epoch`` on samplers that have it (and wraps this one for DDP).
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
 def _lightning():
     import lightning as L
 
@@ -84,10 +104,22 @@ def make_module(model, *, settings: TrainSettings, val_gt: dict | None, tile: in
                     f"({', '.join(k for k, v in losses.items() if not torch.isfinite(v))})",
                     fix="the last good checkpoint is kept in checkpoints/last.ckpt; lower --lr and --resume")
             bs = len(images)
-            self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
+            self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs, sync_dist=True)
             for k, v in losses.items():
-                self.log(f"train_{k}", v, on_step=False, on_epoch=True, batch_size=bs)
+                self.log(f"train_{k}", v, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
             return loss
+
+        def on_save_checkpoint(self, checkpoint: dict) -> None:
+            # tensors and numbers only: the checkpoint stays loadable with weights_only=True
+            checkpoint["rts"] = {"torch_rng": torch.get_rng_state(), "best_ap50": float(self.best_ap50),
+                                 "best_epoch": int(self.best_epoch)}
+
+        def on_load_checkpoint(self, checkpoint: dict) -> None:
+            state = checkpoint.get("rts") or {}
+            if "torch_rng" in state:
+                torch.set_rng_state(state["torch_rng"])
+            self.best_ap50 = float(state.get("best_ap50", -1.0))
+            self.best_epoch = int(state.get("best_epoch", -1))
 
         def on_train_epoch_start(self) -> None:
             ds = getattr(self.trainer.train_dataloader, "dataset", None)
@@ -194,6 +226,10 @@ def fit(module, train_loader, val_loader, *, settings: TrainSettings, run_dir: P
     if resume and not ckpt.exists():
         raise RtsError("nothing to resume: no checkpoints/last.ckpt", path=run_dir, fix="start without --resume")
     trainer.fit(module, train_loader, val_loader, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
+    if module.best_state is None and (ckpt_dir / "best.ckpt").exists():
+        # resumed after the best epoch: take its weights from best.ckpt (tensors only, no unpickling)
+        best = torch.load(ckpt_dir / "best.ckpt", map_location="cpu", weights_only=True)
+        module.best_state = {k.removeprefix("model."): v for k, v in best["state_dict"].items()}
     return trainer
 
 

@@ -51,7 +51,9 @@ class MViTv2FPN(nn.Module):
         vit_cfg = MultiScaleVitCfg(depths=tuple(cfg.depths), embed_dim=cfg.embed_dim, num_heads=cfg.num_heads)
         self.body = MultiScaleVit(vit_cfg, img_size=(tile_size, tile_size), in_chans=cfg.in_channels,
                                   num_classes=0, drop_path_rate=cfg.drop_path_rate)
+        # the classifier's final norm and head are unused by a detector (DDP rejects unused weights)
         self.body.head = nn.Identity()
+        self.body.norm = nn.Identity()
         dims = [cfg.embed_dim * 2**i for i in range(4)]
         self.norms = nn.ModuleList(LayerNorm2d(d) for d in dims)
         self.fpn = _fpn(dims, fpn)
@@ -82,6 +84,7 @@ class ResNet50FPN(nn.Module):
         body = resnet50(weights=None, norm_layer=misc.FrozenBatchNorm2d)
         if cfg.in_channels != 3:
             body.conv1 = nn.Conv2d(cfg.in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        body.fc = nn.Identity()  # the ImageNet classifier is not part of a detector
         self.body = body
         self.fpn = _fpn([256, 512, 1024, 2048], fpn)
         self.out_channels = fpn.out_channels

@@ -1,0 +1,188 @@
+"""Training, bundles and evaluation with the nano preset on tiny datasets (CPU, offline)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import paper_sample, write_tif
+from rtscli.errors import RtsError
+
+RUN = ["--preset", "nano", "--workers", "0", "--batch-size", "2", "--lr", "0.004", "--warmup-steps", "2"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """8 small samples in the paper's layout (one site), prepared 4/2/2."""
+    from rtscli.cli import main
+
+    root = tmp_path_factory.mktemp("train")
+    for k in range(8):
+        r0, c0 = 8 + 3 * k, 10 + 2 * k
+        write_tif(root / "in" / "site" / f"x{k}.tif",
+                  paper_sample(shape=(96, 96), rects=[(r0, r0 + 30, c0, c0 + 25), (60, 80, 60, 90)], seed=k))
+    assert main(["prepare", str(root / "in"), "-o", str(root / "ds"), "--bands", "paper", "--split", "0.5,0.25,0.25"]) == 0
+    return root / "ds"
+
+
+def _gt_results(gt: dict) -> list[dict]:
+    from pycocotools.coco import COCO
+
+    coco = COCO()
+    coco.dataset = gt
+    coco.createIndex()
+    out = []
+    for a in gt["annotations"]:
+        rle = coco.annToRLE(a)
+        rle["counts"] = rle["counts"].decode() if isinstance(rle["counts"], bytes) else rle["counts"]
+        out.append({"image_id": a["image_id"], "category_id": 1, "segmentation": rle, "bbox": a["bbox"], "score": 1.0})
+    return out
+
+
+def test_evaluate_ground_truth_is_perfect_and_nothing_is_zero(dataset):
+    from rtscli.engine.evaluate import coco_metrics, per_site_ap50
+
+    gt = json.loads((dataset / "test.json").read_text())
+    assert gt["annotations"]
+    m = coco_metrics(gt, _gt_results(gt))
+    assert m["segm"]["AP50"] == pytest.approx(1.0) and m["bbox"]["AP50"] == pytest.approx(1.0)
+    assert per_site_ap50(gt, _gt_results(gt)) == {"site": pytest.approx(1.0)}
+    m = coco_metrics(gt, [])
+    assert m["segm"]["AP50"] == 0.0 and m["bbox"]["AP"] == 0.0
+    # half the slumps found: AP50 drops accordingly
+    some = _gt_results(gt)[::2]
+    assert 0.2 < coco_metrics(gt, some)["segm"]["AP50"] < 0.8
+
+
+def test_pretrain_evaluate_info_from_the_command_line(dataset, tmp_path, rts):
+    run = tmp_path / "rgb"
+    r = rts("pretrain", "--modality", "rgb", "--data", dataset, "-o", run, "--max-steps", 3, *RUN)
+    assert r.code == 0, r.err
+    assert (run / "model.safetensors").exists() and (run / "config.yaml").exists()
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["kind"] == "rts-model" and cfg["modalities"] == [{"name": "rgb", "channels": ["red", "green", "blue"]}]
+    assert set(cfg["normalization"]) == {"red", "green", "blue"} and cfg["tile_size"] == 256
+    assert cfg["dataset"]["checksum"] and cfg["training"]["lr"] == pytest.approx(0.004 * 2 / 16)
+    assert (run / "metrics.csv").exists() and (run / "curves.png").exists()
+    assert (run / "checkpoints" / "last.ckpt").exists()
+    r = rts("evaluate", run, "--data", dataset, "--split", "test")
+    assert r.code == 0, r.err
+    rep = json.loads((run / "eval_test.json").read_text())
+    assert set(rep["metrics"]) == {"segm", "bbox"} and "site" in rep["per_site_mask_ap50"]
+    r = rts("info", run)
+    assert r.code == 0 and "nano" in r.out and "rgb" in r.out
+    r = rts("info", "--preset", "cascade-mvitv2-b")
+    assert r.code == 0 and "102.9" in r.out
+    # an existing run is not overwritten by accident
+    r = rts("pretrain", "--modality", "rgb", "--data", dataset, "-o", run, "--max-steps", 1, *RUN)
+    assert r.code == 2 and "--resume" in r.err
+
+
+def test_single_channel_modality_and_missing_modality(dataset, tmp_path, rts):
+    r = rts("pretrain", "--modality", "ndvi", "--data", dataset, "-o", tmp_path / "ndvi", "--max-steps", 1, *RUN)
+    assert r.code == 0, r.err
+    cfg = yaml.safe_load((tmp_path / "ndvi" / "config.yaml").read_text())
+    assert cfg["model"]["backbone"]["in_channels"] == 3 and cfg["repeat_to"] == 3  # NDVI repeated to 3 channels
+    r = rts("pretrain", "--modality", "dem", "--data", dataset, "-o", tmp_path / "dem", "--max-steps", 1, *RUN)
+    assert r.code == 2 and "dem" in r.err and not (tmp_path / "dem").exists()
+
+
+def test_bundle_round_trip_gives_identical_outputs_and_checks_tensors(tmp_path):
+    from rtscli.modeling.bundle import load_model, save_bundle
+    from rtscli.modeling.config import load_preset
+    from rtscli.modeling.detector import Detector
+
+    torch.manual_seed(0)
+    cfg = load_preset("nano")
+    model = Detector(cfg=cfg).eval()
+    meta = {"kind": "rts-model", "model": cfg.to_dict(), "modalities": [{"name": "rgb", "channels": ["red"]}]}
+    save_bundle(tmp_path / "b", model.state_dict(), meta)
+    loaded, bundle = load_model(tmp_path / "b")
+    x = torch.randn(1, 3, 256, 256)
+    a, b = model.predict(x)[0], loaded.eval().predict(x)[0]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    state = {k: v for k, v in model.state_dict().items() if "mask_head" not in k}
+    save_bundle(tmp_path / "bad", state, meta)
+    with pytest.raises(RtsError, match="missing"):
+        load_model(tmp_path / "bad")
+    with pytest.raises(RtsError, match="not a model bundle"):
+        (tmp_path / "empty").mkdir()
+        load_model(tmp_path / "empty")
+    raw = (tmp_path / "b" / "model.safetensors").read_bytes()
+    (tmp_path / "b" / "model.safetensors").write_bytes(raw[: len(raw) // 2])  # truncated copy
+    with pytest.raises(RtsError, match="cannot read the weights"):
+        load_model(tmp_path / "b")
+
+
+def _last_state(run: Path) -> dict:
+    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+
+
+def test_deterministic_and_resume_continues_exactly(dataset, tmp_path, rts, monkeypatch):
+    import lightning as L
+
+    args = ["--modality", "rgb", "--data", dataset, "--seed", "3", "--epochs", "2", *RUN]
+    for name in ("a", "b"):
+        assert rts("pretrain", *args, "-o", tmp_path / name).code == 0
+    a, b = _last_state(tmp_path / "a"), _last_state(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # same seed, same weights (CPU)
+
+    class StopAfterFirstEpoch(L.Callback):  # the job is killed after epoch 1 (e.g. a SLURM time limit)
+        def on_train_epoch_end(self, trainer, module):
+            trainer.should_stop = True
+
+    init = L.Trainer.__init__
+
+    def interrupted(self, *a, **k):
+        init(self, *a, **{**k, "callbacks": list(k.get("callbacks") or []) + [StopAfterFirstEpoch()]})
+
+    with monkeypatch.context() as m:
+        m.setattr(L.Trainer, "__init__", interrupted)
+        assert rts("pretrain", *args, "-o", tmp_path / "c").code == 0
+    partial = _last_state(tmp_path / "c")
+    assert not all(torch.equal(a[k], partial[k]) for k in a)
+    r = rts("pretrain", *args, "-o", tmp_path / "c", "--resume")
+    assert r.code == 0, r.err
+    c = _last_state(tmp_path / "c")
+    assert all(torch.equal(a[k], c[k]) for k in a)  # interrupted + resumed == uninterrupted
+    r = rts("pretrain", *args, "-o", tmp_path / "d", "--resume")
+    assert r.code == 2 and "nothing to resume" in r.err
+
+
+def test_nan_loss_stops_with_a_clear_message(dataset, tmp_path, rts, monkeypatch):
+    from rtscli.modeling.detector import Detector
+
+    real = Detector.losses
+    calls = {"n": 0}
+
+    def poisoned(self, *a, **k):
+        out = real(self, *a, **k)
+        calls["n"] += 1
+        if calls["n"] >= 2:
+            out["loss_cls_s0"] = out["loss_cls_s0"] * float("nan")
+        return out
+
+    monkeypatch.setattr(Detector, "losses", poisoned)
+    r = rts("pretrain", "--modality", "rgb", "--data", dataset, "-o", tmp_path / "nan", "--max-steps", 4, *RUN)
+    assert r.code == 2 and "loss became nan" in r.err and "loss_cls_s0" in r.err
+    assert not (tmp_path / "nan" / "model.safetensors").exists()
+
+
+def test_ddp_with_two_cpu_processes(dataset, tmp_path):
+    """Lightning DDP (gloo) on two CPU processes completes a few steps and writes one bundle."""
+    run = tmp_path / "ddp"
+    r = subprocess.run([sys.executable, "-m", "rtscli", "pretrain", "--modality", "rgb", "--data", str(dataset),
+                        "-o", str(run), "--max-steps", "2", "--devices", "2", "--accelerator", "cpu", *RUN],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["training"]["world_size"] == 2
+    assert cfg["training"]["lr"] == pytest.approx(0.004 * 2 * 2 / 16)  # scaled with the total batch
+    assert np.isfinite(cfg["metrics"]["val_mask_ap50_best"])
