@@ -28,7 +28,8 @@ def dataset(tmp_path_factory):
         r0, c0 = 8 + 3 * k, 10 + 2 * k
         write_tif(root / "in" / "site" / f"x{k}.tif",
                   paper_sample(shape=(96, 96), rects=[(r0, r0 + 30, c0, c0 + 25), (60, 80, 60, 90)], seed=k))
-    assert main(["prepare", str(root / "in"), "-o", str(root / "ds"), "--bands", "paper", "--split", "0.5,0.25,0.25"]) == 0
+    args = ["prepare", str(root / "in"), "-o", str(root / "ds"), "--bands", "paper", "--split", "0.5,0.25,0.25"]
+    assert main(args) == 0
     return root / "ds"
 
 
