@@ -29,6 +29,7 @@ def pretrain(
     precision: Annotated[str, typer.Option(help="auto (bf16/fp16 mixed on GPU, fp32 on CPU) or a Lightning precision.")] = "auto",
     workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = 2,
     seed: Annotated[int, typer.Option(help="Random seed (runs on the CPU are deterministic).")] = 0,
+    val_every: Annotated[int, typer.Option(help="Validate (mask AP50, best checkpoint) every N epochs.")] = 1,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
 ) -> None:
@@ -44,7 +45,8 @@ def pretrain(
     settings = TrainSettings(epochs=epochs, max_steps=max_steps, batch_size=batch_size, base_lr=lr,
                              weight_decay=weight_decay, warmup_steps=warmup_steps, schedule=schedule,
                              grad_clip=grad_clip, devices=dev, num_nodes=num_nodes, accelerator=accelerator,
-                             precision=precision, workers=workers, seed=seed, backbone_weights=backbone_weights)
+                             precision=precision, workers=workers, seed=seed, backbone_weights=backbone_weights,
+                             val_every=val_every)
     cfg = run(data=data, modality=modality.lower(), preset=preset, out=out, settings=settings, anchors=anchors,
               resume=resume, overwrite=overwrite)
     m = cfg["metrics"]
