@@ -47,7 +47,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     ds = out / "dataset"
     if not ds.exists():
-        print(f"synth {args.chips} chips: {rts('synth', str(out / 'synth'), '--chips', str(args.chips), '--scenes', '0', '--seed', '7', '--overwrite'):.0f} s", file=sys.stderr)
+        took = rts("synth", str(out / "synth"), "--chips", str(args.chips), "--scenes", "0", "--seed", "7",
+                   "--overwrite")
+        print(f"synth {args.chips} chips: {took:.0f} s", file=sys.stderr)
         rts("prepare", str(out / "synth" / "chips"), "-o", str(ds), "--bands", "paper", "--seed", "7", "--overwrite")
     m = yaml.safe_load((ds / "manifest.yaml").read_text())
     tot = m["counts"]["total"]
@@ -89,8 +91,8 @@ def main() -> None:
     (out / "results.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
     print(f"\nnano models from scratch on `rts synth` chips (RGB, 256 px, {n_train} train / {meta['val']} val / "
           f"{meta['test']} test chips, {meta['test_instances']} test slumps), {meta['cpus']} CPUs, {meta['date']}\n")
-    print("| model | params | budget | s/iter (batch %d) | epochs | steps | test mask AP50 | test mask AP | test box AP50 |"
-          % args.batch_size)
+    print(f"| model | params | budget | s/iter (batch {args.batch_size}) | epochs | steps | test mask AP50 "
+          "| test mask AP | test box AP50 |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['params_m']}M | {r['budget_min']:.0f} min ({r['train_wall_min']} min wall) | "
