@@ -73,8 +73,15 @@ def test_pretrain_evaluate_info_from_the_command_line(dataset, tmp_path, rts):
     assert cfg["dataset"]["checksum"] and cfg["training"]["lr"] == pytest.approx(0.004 * 2 / 16)
     assert (run / "metrics.csv").exists() and (run / "curves.png").exists()
     assert (run / "checkpoints" / "last.ckpt").exists()
-    r = rts("evaluate", run, "--data", dataset, "--split", "test")
+    r = rts("evaluate", run, "--data", dataset, "--split", "test", "--errors", tmp_path / "errors.gpkg",
+            "--min-score", 0.0)
     assert r.code == 0, r.err
+    import pyogrio
+
+    assert [name for name, _ in pyogrio.list_layers(tmp_path / "errors.gpkg")] == \
+        ["true_positives", "false_positives", "missed"]
+    r = rts("evaluate", run, "--data", dataset, "--errors", tmp_path / "errors.gpkg")
+    assert r.code == 2 and "--overwrite" in r.err  # never overwritten silently
     rep = json.loads((run / "eval_test.json").read_text())
     assert set(rep["metrics"]) == {"segm", "bbox"} and "site" in rep["per_site_mask_ap50"]
     r = rts("info", run)
@@ -187,3 +194,34 @@ def test_ddp_with_two_cpu_processes(dataset, tmp_path):
     assert cfg["training"]["world_size"] == 2
     assert cfg["training"]["lr"] == pytest.approx(0.004 * 2 * 2 / 16)  # scaled with the total batch
     assert np.isfinite(cfg["metrics"]["val_mask_ap50_best"])
+
+
+def test_error_layers_land_on_the_map(dataset, tmp_path):
+    import geopandas as gpd
+    import rasterio
+    from rasterio.features import rasterize
+
+    from rtscli.engine.evaluate import error_layers, write_error_layers
+
+    gt = json.loads((dataset / "test.json").read_text())
+    perfect = error_layers(gt, _gt_results(gt))
+    assert len(perfect["true_positives"]) == len(gt["annotations"])
+    assert len(perfect["false_positives"]) == 0 and len(perfect["missed"]) == 0
+    # each true positive polygon burns back onto exactly its slump's pixels in the chip
+    im = gt["images"][0]
+    tp = perfect["true_positives"]
+    with rasterio.open(dataset / im["file_name"]) as chip:
+        burned = rasterize([(g, 1) for g in tp[tp.file == im["file_name"]].geometry], out_shape=chip.shape,
+                           transform=chip.transform)
+    from pycocotools.coco import COCO
+
+    coco = COCO(str(dataset / "test.json"))
+    truth = np.any([coco.annToMask(a) for a in coco.loadAnns(coco.getAnnIds(imgIds=im["id"]))], axis=0)
+    assert np.array_equal(burned.astype(bool), truth)
+    nothing = error_layers(gt, [])
+    assert len(nothing["missed"]) == len(gt["annotations"]) and len(nothing["true_positives"]) == 0
+    path = write_error_layers(nothing, tmp_path / "errors.gpkg")
+    for layer in ("true_positives", "false_positives", "missed"):
+        g = gpd.read_file(path, layer=layer)
+        assert g.crs.to_epsg() == 32608
+    assert len(gpd.read_file(path, layer="missed")) == len(gt["annotations"])

@@ -14,6 +14,9 @@ def evaluate(
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     report: Annotated[Optional[Path], typer.Option("--report", "-o", help="JSON report (default: BUNDLE/eval_SPLIT.json).")] = None,
     batch_size: Annotated[int, typer.Option(help="Tiles per forward pass.")] = 4,
+    errors: Annotated[Optional[Path], typer.Option(help="Write true positives, false positives and missed slumps (IoU 0.5) to this GeoPackage.")] = None,
+    min_score: Annotated[float, typer.Option(help="Score threshold for the --errors layers.")] = 0.5,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --errors file.")] = False,
 ) -> None:
     """Score a model on a dataset split with pycocotools (the paper's metric: mask AP50)."""
     import json
@@ -29,6 +32,12 @@ def evaluate(
 
     if split not in ("train", "val", "test"):
         raise RtsError(f"unknown split {split!r}", fix="use train, val or test")
+    if errors is not None:
+        from rtscli.io.atomic import check_output
+
+        if errors.suffix.lower() != ".gpkg":
+            raise RtsError("--errors is written as a GeoPackage", path=errors, fix="use a .gpkg file name")
+        check_output(errors, overwrite)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, b = load_model(bundle, device=device)
     info = DatasetInfo.open(data)
@@ -65,3 +74,10 @@ def evaluate(
         s.add_row(site, f"{v:.3f}")
     console.print(s)
     console.print(f"report: {path}")
+    if errors is not None:
+        from rtscli.engine.evaluate import error_layers, write_error_layers
+
+        layers = error_layers(gt, results, min_score=min_score)
+        write_error_layers(layers, errors, overwrite=overwrite)
+        console.print(f"errors: {errors} ({', '.join(f'{k}: {len(v)}' for k, v in layers.items())}); "
+                      "open it in QGIS over the chips")

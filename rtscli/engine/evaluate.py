@@ -101,3 +101,112 @@ def per_site_ap50(gt: dict, results: list[dict]) -> dict[str, float]:
         sites.setdefault(im.get("site", "default"), []).append(im["id"])
     return {s: coco_metrics(gt, results, iou_types=("segm",), image_ids=ids)["segm"]["AP50"]
             for s, ids in sorted(sites.items())}
+
+
+ERROR_LAYERS = ("true_positives", "false_positives", "missed")
+
+
+def error_layers(gt: dict, results: list[dict], *, iou_thresh: float = 0.5, min_score: float = 0.5) -> dict:
+    """Match predictions to ground truth per chip (greedy by score, mask IoU >= ``iou_thresh``).
+
+    Returns ``{layer: GeoDataFrame}`` for true positives, false positives and missed slumps, as
+    polygons in map coordinates (each chip's transform; features of chips in other CRSs are
+    reprojected to the first chip's CRS). Predictions below ``min_score`` are ignored.
+    """
+    import geopandas as gpd
+    from pycocotools import mask as mask_utils
+    from rasterio.features import shapes
+    from rasterio.transform import Affine
+    from shapely.geometry import MultiPolygon, shape
+    from shapely.ops import unary_union
+
+    images = {im["id"]: im for im in gt["images"]}
+    gts: dict[int, list[dict]] = {}
+    for a in gt["annotations"]:
+        gts.setdefault(a["image_id"], []).append(a)
+    dts: dict[int, list[dict]] = {}
+    for r in results:
+        if r["score"] >= min_score and "segmentation" in r:
+            dts.setdefault(r["image_id"], []).append(r)
+
+    def rle_of(seg, h, w):
+        if isinstance(seg, list):
+            return mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+        if isinstance(seg["counts"], list):
+            return mask_utils.frPyObjects(seg, h, w)
+        counts = seg["counts"]
+        return {"size": seg["size"], "counts": counts.encode() if isinstance(counts, str) else counts}
+
+    def polygon(rle, transform):
+        m = mask_utils.decode(rle).astype("uint8")
+        parts = [shape(g) for g, v in shapes(m, mask=m.astype(bool), transform=transform) if v == 1]
+        u = unary_union(parts)
+        return u if isinstance(u, MultiPolygon) else MultiPolygon([u])
+
+    rows: dict[str, list[dict]] = {k: [] for k in ERROR_LAYERS}
+    for img_id, im in images.items():
+        h, w = im["height"], im["width"]
+        t = Affine(*im["transform"])
+        g_rles = [rle_of(a["segmentation"], h, w) for a in gts.get(img_id, [])]
+        d_list = sorted(dts.get(img_id, []), key=lambda r: -r["score"])
+        d_rles = [rle_of(r["segmentation"], h, w) for r in d_list]
+        ious = mask_utils.iou(d_rles, g_rles, [0] * len(g_rles)) if d_rles and g_rles else None
+        used: set[int] = set()
+        base = {"file": im["file_name"], "site": im.get("site"), "crs": im["crs"]}
+        for i, r in enumerate(d_list):
+            best, best_iou = -1, iou_thresh
+            if ious is not None:
+                for j in range(len(g_rles)):
+                    if j not in used and ious[i][j] >= best_iou:
+                        best, best_iou = j, float(ious[i][j])
+            if best >= 0:
+                used.add(best)
+                rows["true_positives"].append({**base, "score": r["score"], "iou": round(best_iou, 4),
+                                               "gt_id": gts[img_id][best]["id"], "geometry": polygon(d_rles[i], t)})
+            else:
+                rows["false_positives"].append({**base, "score": r["score"], "iou": None, "gt_id": None,
+                                                "geometry": polygon(d_rles[i], t)})
+        for j, a in enumerate(gts.get(img_id, [])):
+            if j not in used:
+                rows["missed"].append({**base, "score": None, "iou": None, "gt_id": a["id"],
+                                       "geometry": polygon(g_rles[j], t)})
+    target = images[min(images)]["crs"] if images else "EPSG:4326"
+    out = {}
+    for layer, recs in rows.items():
+        parts = []
+        for crs in sorted({r["crs"] for r in recs}):
+            sub = gpd.GeoDataFrame([r for r in recs if r["crs"] == crs], geometry="geometry", crs=crs)
+            parts.append(sub.to_crs(target) if crs != target else sub)
+        cols = ["file", "site", "score", "iou", "gt_id", "geometry"]
+        if parts:
+            import pandas as pd
+
+            gdf = gpd.GeoDataFrame(pd.concat(parts, ignore_index=True)[cols], geometry="geometry", crs=target)
+        else:
+            gdf = gpd.GeoDataFrame({c: [] for c in cols[:-1]}, geometry=[], crs=target)
+        out[layer] = gdf
+    return out
+
+
+def write_error_layers(layers: dict, path: Path, *, overwrite: bool = False) -> Path:
+    """One GeoPackage with a layer per kind of outcome, written under a temporary name first."""
+    import os
+    import uuid
+
+    from rtscli.errors import RtsError
+    from rtscli.io.atomic import check_output
+
+    path = Path(path)
+    if path.suffix.lower() != ".gpkg":
+        raise RtsError("the error layers are written as a GeoPackage", path=path, fix="use a .gpkg file name")
+    check_output(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}.gpkg")
+    try:
+        for layer, gdf in layers.items():
+            gdf.to_file(tmp, layer=layer, driver="GPKG", geometry_type="MultiPolygon")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
