@@ -19,6 +19,7 @@ so memory does not grow with scene size.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import re
@@ -235,7 +236,7 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
         raise RtsError(f"mode 'paper' needs a mask band in the band map ({band_map})",
                        fix="name it, e.g. --bands paper or ...,mask=6")
     if mode == "vectors" and opts.chip_size is None:
-        opts.chip_size = 256
+        opts = dataclasses.replace(opts, chip_size=256)  # scenes are always cut; the caller's opts stay
     if mode == "vectors" and opts.labels is None:
         raise RtsError("mode 'vectors' needs --labels FILE", fix="pass the label GeoPackage/shapefile/GeoJSON")
     if mode == "masks" and opts.masks is None:
