@@ -93,6 +93,16 @@ def test_pretrain_evaluate_info_from_the_command_line(dataset, tmp_path, rts):
     assert r.code == 2 and "--resume" in r.err
 
 
+def test_detection_only_variant(dataset, tmp_path, rts):
+    r = rts("pretrain", "--modality", "rgb", "--data", dataset, "-o", tmp_path / "det", "--max-steps", 1,
+            "--detection-only", *RUN)
+    assert r.code == 0, r.err
+    cfg = yaml.safe_load((tmp_path / "det" / "config.yaml").read_text())
+    assert cfg["model"]["roi_heads"]["mask"] is False and "val_box_ap50_best" in cfg["metrics"]
+    r = rts("evaluate", tmp_path / "det", "--data", dataset)
+    assert r.code == 0, r.err
+
+
 def test_single_channel_modality_and_missing_modality(dataset, tmp_path, rts):
     r = rts("pretrain", "--modality", "ndvi", "--data", dataset, "-o", tmp_path / "ndvi", "--max-steps", 1, *RUN)
     assert r.code == 0, r.err

@@ -21,6 +21,7 @@ def pretrain(
     warmup_steps: Annotated[int, typer.Option(help="Linear warmup steps.")] = 250,
     schedule: Annotated[str, typer.Option(help="cosine or step decay after warmup.")] = "cosine",
     grad_clip: Annotated[float, typer.Option(help="Gradient norm clipping.")] = 1.0,
+    detection_only: Annotated[bool, typer.Option(help="No mask head: boxes only (the paper's GeoImageNet experiment).")] = False,
     anchors: Annotated[str, typer.Option(help="auto (from the training boxes), preset, or 5 sizes e.g. 16,32,64,128,256.")] = "auto",
     backbone_weights: Annotated[Optional[str], typer.Option(help="imagenet (downloads when possible) or a .safetensors file; default random.")] = None,
     devices: Annotated[str, typer.Option(help="Devices per node (number or 'auto').")] = "1",
@@ -48,8 +49,9 @@ def pretrain(
                              precision=precision, workers=workers, seed=seed, backbone_weights=backbone_weights,
                              val_every=val_every)
     cfg = run(data=data, modality=modality.lower(), preset=preset, out=out, settings=settings, anchors=anchors,
-              resume=resume, overwrite=overwrite)
+              resume=resume, overwrite=overwrite, masks=not detection_only)
     m = cfg["metrics"]
-    console.print(f"bundle {out}: {cfg['model']['name']}, modality {modality}, best validation mask AP50 "
-                  f"{m['val_mask_ap50_best']:.3f} (epoch {m['best_epoch']}), {m['steps_run']} steps")
+    what = "mask" if cfg["model"]["roi_heads"]["mask"] else "box"
+    console.print(f"bundle {out}: {cfg['model']['name']}, modality {modality}, best validation {what} AP50 "
+                  f"{m[f'val_{what}_ap50_best']:.3f} (epoch {m['best_epoch']}), {m['steps_run']} steps")
     console.print(f"  per-epoch metrics: {out}/metrics.csv, curves: {out}/curves.png")

@@ -52,7 +52,8 @@ def build_config(preset: str, *, in_channels: int, anchors: str, info: DatasetIn
 
 
 def pretrain(*, data: Path, modality: str, preset: str, out: Path, settings: TrainSettings, anchors: str = "auto",
-             resume: bool = False, overwrite: bool = False, repeat_to: int | None = None) -> dict:
+             resume: bool = False, overwrite: bool = False, repeat_to: int | None = None,
+             masks: bool = True) -> dict:
     from rtscli import __version__
     from rtscli.modeling.backbone import load_backbone_weights
     from rtscli.modeling.bundle import save_bundle
@@ -79,6 +80,7 @@ def pretrain(*, data: Path, modality: str, preset: str, out: Path, settings: Tra
 
     L.seed_everything(settings.seed, workers=True, verbose=False)
     cfg = build_config(preset, in_channels=channels, anchors=anchors, info=info)
+    cfg.roi_heads.mask = cfg.roi_heads.mask and masks
     model = Detector(cfg=cfg)
     weights_note = load_backbone_weights(model.backbone, settings.backbone_weights, timm_name=cfg.backbone.timm_name)
     total, trainable = count_parameters(model)
@@ -112,7 +114,8 @@ def pretrain(*, data: Path, modality: str, preset: str, out: Path, settings: Tra
     write_epoch_csv(out, rows)
     plot_curves(out, rows)
     state = module.best_state or {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    metrics = {"val_mask_ap50_best": round(max(module.best_ap50, 0.0), 4), "best_epoch": module.best_epoch,
+    key = "val_mask_ap50_best" if cfg.roi_heads.mask else "val_box_ap50_best"
+    metrics = {key: round(max(module.best_ap50, 0.0), 4), "best_epoch": module.best_epoch,
                "epochs_run": trainer.current_epoch, "steps_run": trainer.global_step}
     used = set(mod.channels)
     config = {
