@@ -142,7 +142,13 @@ def make_module(model, *, settings: TrainSettings, val_gt: dict | None, tile: in
             if torch.distributed.is_available() and torch.distributed.is_initialized():
                 gathered: list = [None] * torch.distributed.get_world_size()
                 torch.distributed.all_gather_object(gathered, results)
-                results = [r for part in gathered for r in part]
+                # the distributed sampler pads the split so ranks divide it evenly: an image seen by
+                # two ranks must count once, or its detections would count twice
+                owner: dict[int, int] = {}
+                for rank, part in enumerate(gathered):
+                    for r in part:
+                        owner.setdefault(r["image_id"], rank)
+                results = [r for rank, part in enumerate(gathered) for r in part if owner[r["image_id"]] == rank]
             m = coco_metrics(self.val_gt, results) if self.val_gt else {"segm": {"AP50": 0.0}, "bbox": {"AP50": 0.0}}
             ap50 = m["segm"]["AP50"] if self.model.cfg.roi_heads.mask else m["bbox"]["AP50"]
             self.log("val_ap50", ap50, prog_bar=True, sync_dist=False)
