@@ -190,3 +190,19 @@ def test_backbone_weights_from_file_and_offline_imagenet(tmp_path, monkeypatch):
 
     monkeypatch.setattr(timm, "create_model", offline)
     assert load_backbone_weights(b, "imagenet", timm_name="mvitv2_base").startswith("random")
+
+
+def test_crowded_chip_trains():
+    """More slumps than sampled positives: the mask loss must index per-image ground truth."""
+    torch.manual_seed(0)
+    model = Detector(cfg=load_preset("nano"))
+    boxes, masks = [], torch.zeros((40, 256, 256), dtype=torch.uint8)
+    for k in range(40):
+        r, c = divmod(k, 8)
+        b = [c * 32 + 2, r * 50 + 2, c * 32 + 28, r * 50 + 40]
+        boxes.append(b)
+        masks[k, b[1]:b[3], b[0]:b[2]] = 1
+    t = [{"boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.ones(40, dtype=torch.int64),
+          "masks": masks}]
+    losses = model.losses(_images(t), t)
+    assert torch.isfinite(losses["loss_mask"])

@@ -235,3 +235,39 @@ def test_error_layers_land_on_the_map(dataset, tmp_path):
         g = gpd.read_file(path, layer=layer)
         assert g.crs.to_epsg() == 32608
     assert len(gpd.read_file(path, layer="missed")) == len(gt["annotations"])
+
+
+def test_augmentation_changes_with_the_epoch_in_worker_processes(dataset):
+    from rtscli.data.dataset import ChipDataset, DatasetInfo, collate
+    from rtscli.engine.train import EpochSampler
+
+    info = DatasetInfo.open(dataset)
+    ds = ChipDataset(info, "train", [info.modality("rgb")], 256, augment=True, seed=0)
+    sampler = EpochSampler(len(ds), seed=0)
+    loader = torch.utils.data.DataLoader(ds, batch_size=len(ds), sampler=sampler, collate_fn=collate,
+                                         num_workers=1, persistent_workers=True)
+    seen = []
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        images, _, metas = next(iter(loader))
+        order = [m["image_id"] for m in metas]
+        seen.append(images[torch.tensor(order).argsort()])
+    assert not torch.equal(seen[0], seen[1])  # each epoch draws new flips, rotations, scales
+
+
+def test_evaluating_chips_larger_than_the_tile_is_refused(tmp_path, rts):
+    from rtscli.modeling.bundle import save_bundle
+    from rtscli.modeling.config import load_preset
+    from rtscli.modeling.detector import Detector
+
+    for k in range(2):
+        write_tif(tmp_path / "in" / f"big{k}.tif", paper_sample(shape=(300, 300), rects=[(10, 40, 10, 40)], seed=k))
+    r = rts("prepare", tmp_path / "in", "-o", tmp_path / "ds", "--bands", "paper", "--split", "0.5,0,0.5")
+    assert r.code == 0, r.err
+    cfg = load_preset("nano")
+    meta = {"kind": "rts-model", "model": cfg.to_dict(),
+            "modalities": [{"name": "rgb", "channels": ["red", "green", "blue"]}],
+            "band_map": {"red": 1, "green": 2, "blue": 3}, "normalization": {}, "repeat_to": 3}
+    save_bundle(tmp_path / "b", Detector(cfg=cfg).state_dict(), meta)
+    r = rts("evaluate", tmp_path / "b", "--data", tmp_path / "ds")
+    assert r.code == 2 and "larger than the model's 256 px tile" in r.err and "--chip-size 256" in r.err

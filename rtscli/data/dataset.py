@@ -94,6 +94,13 @@ class ChipDataset(torch.utils.data.Dataset):
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
             self.coco = COCO(str(path))
         self.ids = sorted(self.coco.getImgIds())
+        if not augment:  # scoring a crop of a larger chip would be wrong (masks and truth differ in size)
+            big = [im for im in self.coco.dataset["images"] if max(im["width"], im["height"]) > tile_size]
+            if big:
+                raise RtsError(
+                    f"{len(big)} chip(s) of the {split} split are larger than the model's {tile_size} px tile "
+                    f"(e.g. {big[0]['file_name']}, {big[0]['width']}x{big[0]['height']})",
+                    path=info.root, fix=f"re-run `rts prepare ... --chip-size {tile_size}`")
         self.seed = seed
         self.epoch = 0
         flags: list[bool] = []  # per channel of the stacked image: may brightness/contrast touch it?
@@ -123,11 +130,13 @@ class ChipDataset(torch.utils.data.Dataset):
         anns = self.coco.loadAnns(self.coco.getAnnIds(imgIds=img_id))
         return image, valid, anns, entry
 
-    def __getitem__(self, idx: int):
+    def __getitem__(self, index):
+        # (index, epoch) from EpochSampler: the epoch seeds the augmentation, in any worker process
+        idx, epoch = index if isinstance(index, tuple) else (index, self.epoch)
         image, valid, anns, entry = self.load(idx)
         h, w = image.shape[1:]
         masks = np.stack([self.coco.annToMask(a) for a in anns]) if anns else np.zeros((0, h, w), np.uint8)
-        rng = np.random.default_rng([self.seed, self.epoch, idx]) if self.augment else None
+        rng = np.random.default_rng([self.seed, epoch, idx]) if self.augment else None
         if rng is not None:
             image, masks = self._augment(image, masks, rng)
         image, masks, size = self._fit(image, masks, rng)

@@ -56,7 +56,9 @@ class NonFiniteLoss(RtsError):
 class EpochSampler(torch.utils.data.Sampler):
     """A shuffle that depends only on (seed, epoch), so a resumed run sees the same order.
 
-    Lightning calls ``set_epoch`` on samplers that have it (and wraps this one for DDP).
+    Lightning calls ``set_epoch`` on samplers that have it (and wraps this one for DDP). It yields
+    ``(index, epoch)`` pairs: data-loading workers keep their own copy of the dataset, so the epoch
+    (which seeds the augmentation) must travel with the index.
     """
 
     def __init__(self, n: int, seed: int) -> None:
@@ -67,7 +69,7 @@ class EpochSampler(torch.utils.data.Sampler):
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        return iter((i, self.epoch) for i in torch.randperm(self.n, generator=g).tolist())
 
     def __len__(self) -> int:
         return self.n
@@ -162,8 +164,12 @@ def make_module(model, *, settings: TrainSettings, val_gt: dict | None, tile: in
             world = self.trainer.world_size if self.trainer else 1
             lr = settings.lr(world)
             opt = torch.optim.AdamW(params, lr=lr, weight_decay=settings.weight_decay)
-            warm = max(1, min(settings.warmup_steps, self.total_steps // 5))
-            total = max(self.total_steps, warm + 1)
+            try:  # the steps each process really runs (DDP splits the data), or --max-steps
+                steps = int(self.trainer.estimated_stepping_batches)
+            except Exception:  # no trainer attached (unit use)
+                steps = self.total_steps
+            warm = max(1, min(settings.warmup_steps, steps // 5))
+            total = max(steps, warm + 1)
 
             def factor(step: int) -> float:
                 if step < warm:
