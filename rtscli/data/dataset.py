@@ -9,7 +9,6 @@ on optical channels only (never on NDVI or elevation).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -207,6 +206,3 @@ def collate(batch: list) -> tuple[torch.Tensor, list[dict], list[dict[str, Any]]
     images, targets, metas = zip(*batch, strict=True)
     return torch.stack(images), list(targets), list(metas)
 
-
-def load_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())

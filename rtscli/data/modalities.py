@@ -13,7 +13,7 @@ callers pass one window at a time.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -79,16 +79,6 @@ def resolve_all(names: Iterable[str], band_map: BandMap) -> list[Modality]:
 
 def parse_names(text: str) -> list[str]:
     return [t.strip().lower() for t in text.split(",") if t.strip()]
-
-
-def channel_names(modalities: Iterable[Modality]) -> list[str]:
-    """All channels the modalities need, each once, in first-use order."""
-    out: list[str] = []
-    for m in modalities:
-        for c in m.channels:
-            if c not in out:
-                out.append(c)
-    return out
 
 
 def ndvi(nir: np.ndarray, red: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
@@ -200,5 +190,3 @@ def compose(
         out[mod.name] = arr
     return out, valid
 
-
-ChannelReader = Callable[[str], np.ndarray]

@@ -641,6 +641,14 @@ def _check_binary(values: np.ndarray, path: Path) -> np.ndarray:
     return np.nan_to_num(values) > 0
 
 
+def _read_mask(src, win, band: int, path: Path) -> np.ndarray:
+    """A binary mask window; the file's nodata value counts as "no slump"."""
+    m = read_window(src, win, [band])[0]
+    if src.nodata is not None:
+        m = np.where(m == src.nodata, 0, m)
+    return _check_binary(m, path)
+
+
 def _iter_chips(items, opts, mode, band_map, image_bands, labels, chip_dtype):
     """Yield (item, image, valid, instances, specks_dropped, clipped_dropped) per item."""
     import rasterio
@@ -683,17 +691,10 @@ def _iter_chips(items, opts, mode, band_map, image_bands, labels, chip_dtype):
                 continue
             specks = clipped = 0
             if mode == "paper":
-                m = read_window(src, win, [band_map["mask"]])[0]
-                if src.nodata is not None:  # the file's nodata in the mask band means "no slump"
-                    m = np.where(m == src.nodata, 0, m)
-                binary = _check_binary(m, item.image.path) & valid
+                binary = _read_mask(src, win, band_map["mask"], item.image.path) & valid
                 instances, specks = coco.instances_from_mask(binary, min_area=opts.min_area, fmt=opts.segmentation)
             elif mode == "masks":
-                msrc = handle(item.mask.path)
-                m = read_window(msrc, win, [1])[0]
-                if msrc.nodata is not None:
-                    m = np.where(m == msrc.nodata, 0, m)
-                binary = _check_binary(m, item.mask.path) & valid
+                binary = _read_mask(handle(item.mask.path), win, 1, item.mask.path) & valid
                 instances, specks = coco.instances_from_mask(binary, min_area=opts.min_area, fmt=opts.segmentation)
             else:
                 instances, clipped = _instances_from_labels(item, labels, valid, opts)

@@ -424,12 +424,10 @@ def _neighbour(plan: Plan, rng, s: Slump, water: _Grid, taken: _Grid) -> Slump |
 
 
 def _poly(g):
-    if g.is_empty:
-        return Polygon()
-    if g.geom_type in ("Polygon", "MultiPolygon"):
-        return g
-    parts = [p for p in getattr(g, "geoms", []) if p.geom_type in ("Polygon", "MultiPolygon")]
-    return unary_union(parts) if parts else Polygon()
+    """The polygonal part of ``g`` (clipping leaves lines and points), or an empty polygon."""
+    from rtscli.io.vector import polygonal
+
+    return polygonal(g) or Polygon()
 
 
 # ---------------------------------------------------------------------------------------------

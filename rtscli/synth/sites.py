@@ -12,7 +12,7 @@ many lakes, rivers, slumps and look-alikes it has.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 # Class ids of the rendered land cover.
 VEG, WATER, SOIL, MUD, HEADWALL, SAND, ROAD, DRY, BURNT, WSOIL, WMUD, WHEAD = range(12)
@@ -104,7 +104,3 @@ def spectra_table(style: SiteStyle) -> list[tuple[int, int, int, int]]:
     table = [vmid, style.water, style.soil, style.mud, style.headwall, style.sand, style.road,
              style.dry, style.burnt, wsoil, wmud, whead]
     return table
-
-
-def with_overrides(style: SiteStyle, **kw) -> SiteStyle:
-    return replace(style, **kw)
