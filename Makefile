@@ -20,7 +20,7 @@ install-test: $(VENV)/.stamp-test
 
 ## End-to-end demo on built-in synthetic data (no data needed, CPU).
 demo: $(VENV)/.stamp-base
-	PATH="$(abspath $(VENV))/bin:$$PATH" bash examples/quickstart.sh demo_out
+	$(VENV)/bin/rts demo demo_out --overwrite
 
 ## Fast offline test suite (CI runs this). Slow and GPU tests are skipped.
 test: $(VENV)/.stamp-test

@@ -66,17 +66,27 @@ def _setup_logging(level: int) -> None:
 
 
 # Commands: register lazily-importing wrappers from their modules.
+from rtscli.cli import ablate as _ablate  # noqa: E402
 from rtscli.cli import bands as _bands  # noqa: E402
+from rtscli.cli import demo as _demo  # noqa: E402
 from rtscli.cli import evaluate as _evaluate  # noqa: E402
+from rtscli.cli import finetune as _finetune  # noqa: E402
 from rtscli.cli import info as _info  # noqa: E402
+from rtscli.cli import models as _models  # noqa: E402
+from rtscli.cli import predict as _predict  # noqa: E402
 from rtscli.cli import prepare as _prepare  # noqa: E402
 from rtscli.cli import pretrain as _pretrain  # noqa: E402
 from rtscli.cli import synth as _synth  # noqa: E402
 
+app.command("demo")(_demo.demo)
 app.command("synth")(_synth.synth)
 app.command("prepare")(_prepare.prepare)
 app.command("pretrain")(_pretrain.pretrain)
+app.command("finetune")(_finetune.finetune)
+app.command("ablate")(_ablate.ablate)
 app.command("evaluate")(_evaluate.evaluate)
+app.command("predict")(_predict.predict)
+app.add_typer(_models.app, name="models")
 app.command("info")(_info.info)
 app.command("bands")(_bands.bands)
 

@@ -21,14 +21,11 @@ def evaluate(
     """Score a model on a dataset split with pycocotools (the paper's metric: mask AP50)."""
     import json
 
-    import torch
     from rich.table import Table
 
     from rtscli.console import console, progress
-    from rtscli.data.dataset import ChipDataset, DatasetInfo
-    from rtscli.engine.evaluate import coco_metrics, per_site_ap50, predict_split
+    from rtscli.engine.evaluate import evaluate_bundle
     from rtscli.errors import RtsError
-    from rtscli.modeling.bundle import load_model
 
     if split not in ("train", "val", "test"):
         raise RtsError(f"unknown split {split!r}", fix="use train, val or test")
@@ -38,29 +35,14 @@ def evaluate(
         if errors.suffix.lower() != ".gpkg":
             raise RtsError("--errors is written as a GeoPackage", path=errors, fix="use a .gpkg file name")
         check_output(errors, overwrite)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, b = load_model(bundle, device=device)
-    info = DatasetInfo.open(data)
-    for mod in b.modalities:
-        for ch in mod.channels:
-            if ch not in info.band_map and not (ch == "ndvi" and "red" in info.band_map and "nir" in info.band_map):
-                raise RtsError(f"the model needs channel {ch!r} (modality {mod.name}), which the dataset lacks",
-                               path=data, fix="evaluate on a dataset prepared with the same bands")
-    # the model's own normalization statistics, not the dataset's
-    info.stats = b.stats | {k: v for k, v in info.stats.items() if k not in b.stats}
-    ds = ChipDataset(info, split, b.modalities, b.tile_size, repeat_to=b.config.get("repeat_to", 3))
     with progress() as bar:
-        task = bar.add_task(f"evaluating {split}", total=len(ds))
-        results = predict_split(model, ds, batch_size=batch_size, device=device, progress=lambda k: bar.advance(task, k))
-    gt = json.loads((info.root / f"{split}.json").read_text())
-    metrics = coco_metrics(gt, results)
-    sites = per_site_ap50(gt, results)
-    out = {"bundle": str(bundle), "dataset": str(data), "split": split, "images": len(ds),
-           "instances": len(gt["annotations"]), "detections": len(results), "metrics": metrics,
-           "per_site_mask_ap50": sites}
+        task = bar.add_task(f"evaluating {split}", total=None)
+        out, gt, results = evaluate_bundle(bundle, data, split, batch_size=batch_size,
+                                           progress=lambda k, n: bar.update(task, advance=k, total=n))
+    metrics, sites = out["metrics"], out["per_site_mask_ap50"]
     path = report or Path(bundle) / f"eval_{split}.json"
     path.write_text(json.dumps(out, indent=2))
-    t = Table(title=f"{bundle} on {data} ({split}: {len(ds)} chips, {len(gt['annotations'])} slumps)")
+    t = Table(title=f"{bundle} on {data} ({split}: {out['images']} chips, {len(gt['annotations'])} slumps)")
     for c in ("", "AP", "AP50", "AP75"):
         t.add_column(c, justify="right")
     for k in ("segm", "bbox"):

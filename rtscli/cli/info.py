@@ -41,8 +41,21 @@ def info(
     p = c.get("parameters", {})
     console.print(f"bundle {bundle}: {c['model']['name']} (rts {c.get('rts_version')}, {c.get('created')})")
     console.print(f"  parameters: {p.get('total', 0) / 1e6:.2f}M total, {p.get('trainable', 0) / 1e6:.2f}M trainable")
+    fu = c.get("fusion") or {}
     console.print(f"  modalities: {', '.join(m['name'] + '(' + ','.join(m['channels']) + ')' for m in c['modalities'])}"
-                  f"; fusion: {c.get('fusion') or 'none'}; tile size: {c['tile_size']} px")
+                  f"; fusion: {fu.get('strategy', 'none')}; tile size: {c['tile_size']} px")
+    if fu:
+        frozen = "frozen" if c.get("training", {}).get("frozen_backbones") else "trained"
+        console.print(f"  fusion: {fu['strategy']}, primary {fu.get('primary')}, {frozen} backbones"
+                      + (f", attention {fu['heads']} heads in {fu['window']}x{fu['window']} windows" if "window" in fu else "")
+                      + f"; decoder from {fu.get('heads_from', 'fresh')}")
+        for name, src in (fu.get("sources") or {}).items():
+            console.print(f"    {name}: {src['path']} (sha256 {src['sha256'][:12]}..., val AP50 {src.get('val_ap50')})")
+    cost = c.get("cost")
+    if cost:
+        from rtscli.modeling.cost import format_cost
+
+        console.print(f"  cost: {format_cost(cost)}")
     console.print(f"  band map: {', '.join(f'{k}={v}' for k, v in c['band_map'].items())}; nodata: {c.get('nodata')}")
     t = c.get("training", {})
     console.print(f"  training: {t.get('stage')}, backbone weights {t.get('backbone_weights')}, lr {t.get('lr')}, "

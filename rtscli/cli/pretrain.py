@@ -8,6 +8,17 @@ from typing import Annotated, Optional
 import typer
 
 
+def make_settings(*, lr: float, devices: str, schedule: str, **kw):
+    """TrainSettings from the command-line options shared by pretrain and finetune."""
+    from rtscli.engine.train import TrainSettings
+    from rtscli.errors import RtsError
+
+    if schedule not in ("cosine", "step"):
+        raise RtsError(f"unknown --schedule {schedule!r}", fix="use cosine or step")
+    dev: int | str = int(devices) if devices.isdigit() else devices
+    return TrainSettings(base_lr=lr, devices=dev, schedule=schedule, **kw)
+
+
 def pretrain(
     modality: Annotated[str, typer.Option(help="Modality to train on: rgb, ndvi, nir, or another in the dataset.")],
     data: Annotated[Path, typer.Option(help="Dataset directory made by `rts prepare`.")],
@@ -37,15 +48,10 @@ def pretrain(
     """Train one unimodal model (the paper's phase 1) and write a model bundle to OUT."""
     from rtscli.console import console
     from rtscli.engine.pretrain import pretrain as run
-    from rtscli.engine.train import TrainSettings
-    from rtscli.errors import RtsError
 
-    if schedule not in ("cosine", "step"):
-        raise RtsError(f"unknown --schedule {schedule!r}", fix="use cosine or step")
-    dev: int | str = int(devices) if devices.isdigit() else devices
-    settings = TrainSettings(epochs=epochs, max_steps=max_steps, batch_size=batch_size, base_lr=lr,
+    settings = make_settings(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
                              weight_decay=weight_decay, warmup_steps=warmup_steps, schedule=schedule,
-                             grad_clip=grad_clip, devices=dev, num_nodes=num_nodes, accelerator=accelerator,
+                             grad_clip=grad_clip, devices=devices, num_nodes=num_nodes, accelerator=accelerator,
                              precision=precision, workers=workers, seed=seed, backbone_weights=backbone_weights,
                              val_every=val_every)
     cfg = run(data=data, modality=modality.lower(), preset=preset, out=out, settings=settings, anchors=anchors,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -33,6 +33,8 @@ def synth(
     resolution: Annotated[float, typer.Option(help="Pixel size in metres.")] = 3.0,
     negatives: Annotated[float, typer.Option(help="Share of chips without any slump.")] = 0.1,
     nodata_fraction: Annotated[float, typer.Option(help="Share of chips with a nodata margin.")] = 0.15,
+    weak_fraction: Annotated[Optional[float], typer.Option(help="Share of slumps with weak RGB contrast that NDVI/NIR show (default: per site, 0.25-0.35).")] = None,
+    weak_contrast: Annotated[float, typer.Option(help="Scale of the weak slumps' RGB contrast: 1 default, 0 invisible in RGB.")] = 1.0,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Write synthetic thaw-slump data: chips in the paper's layout and large scenes with truth.
@@ -48,7 +50,7 @@ def synth(
     from rtscli.errors import RtsError
     from rtscli.io.atomic import atomic_dir
     from rtscli.synth import write_chips, write_scene
-    from rtscli.synth.sites import SITES
+    from rtscli.synth.sites import SITES, set_weak
 
     names = list(SITES) if site == "all" else [s.strip() for s in site.split(",") if s.strip()]
     for n in names:
@@ -64,6 +66,9 @@ def synth(
     parse_crs(crs, "--crs")
     if resolution <= 0:
         raise RtsError("--resolution must be positive", fix="use e.g. 3")
+    if (weak_fraction is not None and not 0 <= weak_fraction <= 1) or not 0 <= weak_contrast <= 2:
+        raise RtsError("--weak-fraction must be in [0, 1] and --weak-contrast in [0, 2]", fix="fix the options")
+    set_weak(weak_fraction, weak_contrast if weak_contrast != 1.0 else None)
 
     written = {"chips": 0, "scenes": []}
     with atomic_dir(out, overwrite=overwrite) as tmp, progress() as bar:
@@ -82,6 +87,7 @@ def synth(
                                     progress=lambda k, t=task: bar.advance(t, k), index=i)
             written["scenes"].append(tif.name)
         meta = dict(rts_version=__version__, seed=seed, crs=crs, resolution_m=resolution, sites=names,
+                    weak_fraction=weak_fraction, weak_contrast=weak_contrast,
                     chips=dict(count=chips, size=chip_size, bands=["red", "green", "blue", "ndvi", "nir", "mask"],
                                band_preset="paper", negatives=negatives),
                     scenes=dict(files=written["scenes"], height=height, width=width,

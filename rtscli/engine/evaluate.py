@@ -210,3 +210,37 @@ def write_error_layers(layers: dict, path: Path, *, overwrite: bool = False) -> 
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def evaluate_bundle(bundle: Path, data: Path, split: str, *, batch_size: int = 4,
+                    progress=None) -> tuple[dict, dict, list[dict]]:
+    """Score a bundle (unimodal or fused) on a dataset split. Returns (report, ground truth, detections).
+
+    ``progress(k, total)`` is called as chips are done.
+    """
+    import json
+
+    import torch
+
+    from rtscli.data.dataset import ChipDataset, DatasetInfo
+    from rtscli.errors import RtsError
+    from rtscli.modeling.bundle import load_model
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, b = load_model(bundle, device=device)
+    info = DatasetInfo.open(data)
+    for mod in b.modalities:
+        for ch in mod.channels:
+            if ch not in info.band_map and not (ch == "ndvi" and "red" in info.band_map and "nir" in info.band_map):
+                raise RtsError(f"the model needs channel {ch!r} (modality {mod.name}), which the dataset lacks",
+                               path=data, fix="evaluate on a dataset prepared with the same bands")
+    # the model's own normalization statistics, not the dataset's
+    info.stats = b.stats | {k: v for k, v in info.stats.items() if k not in b.stats}
+    ds = ChipDataset(info, split, b.modalities, b.tile_size, repeat_to=b.config.get("repeat_to", 3))
+    results = predict_split(model, ds, batch_size=batch_size, device=device,
+                            progress=(lambda k: progress(k, len(ds))) if progress else None)
+    gt = json.loads((info.root / f"{split}.json").read_text())
+    out = {"bundle": str(bundle), "dataset": str(data), "split": split, "images": len(ds),
+           "instances": len(gt["annotations"]), "detections": len(results), "metrics": coco_metrics(gt, results),
+           "per_site_mask_ap50": per_site_ap50(gt, results)}
+    return out, gt, results

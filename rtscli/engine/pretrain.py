@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from rtscli.data.dataset import ChipDataset, DatasetInfo, collate
+from rtscli.data.modalities import Modality
 from rtscli.errors import RtsError
 from rtscli.engine.train import (
     EpochSampler, TrainSettings, epoch_metrics, fit, make_module, plot_curves, settings_dict, write_epoch_csv,
@@ -51,30 +52,103 @@ def build_config(preset: str, *, in_channels: int, anchors: str, info: DatasetIn
     return cfg
 
 
+def prepare_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Check, clear or create the run directory (only the first process does, under DDP)."""
+    import os
+    import shutil
+
+    # Under DDP every process runs this command (Lightning re-launches it, torchrun starts them
+    # all): only the first one checks, clears or creates the run directory.
+    first = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0"
+    if first and out.exists() and not (resume or overwrite):
+        raise RtsError("output exists", path=out, fix="pass --resume to continue it or --overwrite to replace it")
+    if first and out.exists() and overwrite and not resume:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def bundle_config(*, cfg: ModelConfig, info: DatasetInfo, data: Path, mods: list[Modality], repeat: int | None,
+                  fusion: dict | None, stage: str, settings: TrainSettings, weights_note: str,
+                  parameters: tuple[int, int]) -> dict:
+    """The config.yaml of a bundle, less what training fills in (metrics, world size, lr)."""
+    from rtscli import __version__
+
+    used = {c for m in mods for c in m.channels}
+    return {
+        "kind": "rts-model",
+        "format_version": 1,
+        "rts_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": cfg.to_dict(),
+        "modalities": [{"name": m.name, "channels": list(m.channels)} for m in mods],
+        "repeat_to": repeat,
+        "fusion": fusion,
+        "band_map": info.band_map.as_dict(),
+        "normalization": {k: v.as_dict() for k, v in info.stats.items() if k in used},
+        "nodata": info.nodata,
+        "classes": ["rts"],
+        "tile_size": cfg.tile_size,
+        "parameters": {"total": parameters[0], "trainable": parameters[1]},
+        "training": {"stage": stage, "settings": settings_dict(settings), "backbone_weights": weights_note},
+        "dataset": {"path": str(Path(data).resolve()), "checksum": info.checksum(),
+                    "split_seed": info.manifest["split"]["seed"]},
+        "instance_sizes": info.manifest.get("instance_sizes"),
+    }
+
+
+def train_and_save(model, *, config: dict, info: DatasetInfo, mods: list[Modality], repeat: int | None,
+                   settings: TrainSettings, out: Path, resume: bool) -> dict:
+    """Train ``model`` on the dataset's train split (validating on val) and write the bundle to ``out``."""
+    import json
+
+    from rtscli.modeling.bundle import save_bundle
+
+    cfg = model.cfg
+    train_ds = ChipDataset(info, "train", mods, cfg.tile_size, repeat_to=repeat, augment=True, seed=settings.seed)
+    val_ds = ChipDataset(info, "val", mods, cfg.tile_size, repeat_to=repeat, augment=False)
+    if len(train_ds) == 0:
+        raise RtsError("the training split is empty", path=info.root,
+                       fix="re-run `rts prepare` with more data or another --split")
+    if len(val_ds) == 0:
+        log.warning("the validation split is empty: validating on the training split (best = last)")
+        val_ds = ChipDataset(info, "train", mods, cfg.tile_size, repeat_to=repeat, augment=False)
+    train_loader = torch.utils.data.DataLoader(
+        train_ds, batch_size=settings.batch_size, sampler=EpochSampler(len(train_ds), settings.seed),
+        collate_fn=collate, num_workers=settings.workers, drop_last=len(train_ds) > settings.batch_size,
+        persistent_workers=settings.workers > 0)
+    val_loader = torch.utils.data.DataLoader(val_ds, batch_size=settings.batch_size, shuffle=False,
+                                             collate_fn=collate, num_workers=0)
+    steps_per_epoch = max(1, len(train_loader))
+    total_steps = settings.max_steps if settings.max_steps > 0 else settings.epochs * steps_per_epoch
+    val_gt = json.loads(Path(val_ds.info.root / f"{val_ds.split}.json").read_text())
+    module = make_module(model, settings=settings, val_gt=val_gt, tile=cfg.tile_size, total_steps=total_steps)
+    trainer = fit(module, train_loader, val_loader, settings=settings, run_dir=out, resume=resume,
+                  steps_per_epoch=steps_per_epoch)
+
+    rows = epoch_metrics(out)
+    write_epoch_csv(out, rows)
+    plot_curves(out, rows)
+    state = module.best_state or {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    key = "val_mask_ap50_best" if cfg.roi_heads.mask else "val_box_ap50_best"
+    config["metrics"] = {key: round(max(module.best_ap50, 0.0), 4), "best_epoch": module.best_epoch,
+                         "epochs_run": trainer.current_epoch, "steps_run": trainer.global_step}
+    config["training"].update(world_size=trainer.world_size, lr=settings.lr(trainer.world_size))
+    if trainer.is_global_zero:
+        save_bundle(out, state, config)
+    return config
+
+
 def pretrain(*, data: Path, modality: str, preset: str, out: Path, settings: TrainSettings, anchors: str = "auto",
              resume: bool = False, overwrite: bool = False, repeat_to: int | None = None,
              masks: bool = True) -> dict:
-    from rtscli import __version__
     from rtscli.modeling.backbone import load_backbone_weights
-    from rtscli.modeling.bundle import save_bundle
     from rtscli.modeling.detector import Detector, count_parameters
 
     info = DatasetInfo.open(data)
     mod = info.modality(modality)
     repeat = info.manifest.get("repeat_to", 3) if repeat_to is None else repeat_to
     channels = repeat if (mod.num_channels == 1 and repeat and repeat > 1) else mod.num_channels
-    # Under DDP every process runs this command (Lightning re-launches it, torchrun starts them
-    # all): only the first one checks, clears or creates the run directory.
-    import os
-
-    first = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0"
-    if first and out.exists() and not (resume or overwrite):
-        raise RtsError("output exists", path=out, fix="pass --resume to continue it or --overwrite to replace it")
-    if first and out.exists() and overwrite and not resume:
-        import shutil
-
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_run_dir(out, resume=resume, overwrite=overwrite)
 
     import lightning as L
 
@@ -84,61 +158,9 @@ def pretrain(*, data: Path, modality: str, preset: str, out: Path, settings: Tra
     model = Detector(cfg=cfg)
     weights_note = load_backbone_weights(model.backbone, settings.backbone_weights, timm_name=cfg.backbone.timm_name)
     total, trainable = count_parameters(model)
-
-    train_ds = ChipDataset(info, "train", [mod], cfg.tile_size, repeat_to=repeat, augment=True, seed=settings.seed)
-    val_ds = ChipDataset(info, "val", [mod], cfg.tile_size, repeat_to=repeat, augment=False)
-    if len(train_ds) == 0:
-        raise RtsError("the training split is empty", path=data,
-                       fix="re-run `rts prepare` with more data or another --split")
-    if len(val_ds) == 0:
-        log.warning("the validation split is empty: validating on the training split (best = last)")
-        val_ds = ChipDataset(info, "train", [mod], cfg.tile_size, repeat_to=repeat, augment=False)
-    train_loader = torch.utils.data.DataLoader(
-        train_ds, batch_size=settings.batch_size, sampler=EpochSampler(len(train_ds), settings.seed),
-        collate_fn=collate, num_workers=settings.workers, drop_last=len(train_ds) > settings.batch_size,
-        persistent_workers=settings.workers > 0)
-    val_loader = torch.utils.data.DataLoader(val_ds, batch_size=settings.batch_size, shuffle=False,
-                                             collate_fn=collate, num_workers=0)
-    steps_per_epoch = max(1, len(train_loader))
-    total_steps = settings.max_steps if settings.max_steps > 0 else settings.epochs * steps_per_epoch
-    import json
-
-    val_gt = json.loads(Path(val_ds.info.root / f"{val_ds.split}.json").read_text())
-    module = make_module(model, settings=settings, val_gt=val_gt, tile=cfg.tile_size, total_steps=total_steps)
     log.info("model %s: %.1fM parameters (%.1fM trainable), %s input channels, tile %d; backbone weights: %s",
              cfg.name, total / 1e6, trainable / 1e6, channels, cfg.tile_size, weights_note)
-    trainer = fit(module, train_loader, val_loader, settings=settings, run_dir=out, resume=resume,
-                  steps_per_epoch=steps_per_epoch)
-
-    rows = epoch_metrics(out)
-    write_epoch_csv(out, rows)
-    plot_curves(out, rows)
-    state = module.best_state or {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    key = "val_mask_ap50_best" if cfg.roi_heads.mask else "val_box_ap50_best"
-    metrics = {key: round(max(module.best_ap50, 0.0), 4), "best_epoch": module.best_epoch,
-               "epochs_run": trainer.current_epoch, "steps_run": trainer.global_step}
-    used = set(mod.channels)
-    config = {
-        "kind": "rts-model",
-        "format_version": 1,
-        "rts_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": cfg.to_dict(),
-        "modalities": [{"name": mod.name, "channels": list(mod.channels)}],
-        "repeat_to": repeat,
-        "fusion": None,
-        "band_map": info.band_map.as_dict(),
-        "normalization": {k: v.as_dict() for k, v in info.stats.items() if k in used},
-        "nodata": info.nodata,
-        "classes": ["rts"],
-        "tile_size": cfg.tile_size,
-        "parameters": {"total": total, "trainable": trainable},
-        "training": {"stage": "pretrain", "settings": settings_dict(settings), "backbone_weights": weights_note,
-                     "world_size": trainer.world_size, "lr": settings.lr(trainer.world_size)},
-        "dataset": {"path": str(Path(data).resolve()), "checksum": info.checksum(),
-                    "split_seed": info.manifest["split"]["seed"]},
-        "metrics": metrics,
-    }
-    if trainer.is_global_zero:
-        save_bundle(out, state, config)
-    return config
+    config = bundle_config(cfg=cfg, info=info, data=data, mods=[mod], repeat=repeat, fusion=None, stage="pretrain",
+                           settings=settings, weights_note=weights_note, parameters=(total, trainable))
+    return train_and_save(model, config=config, info=info, mods=[mod], repeat=repeat, settings=settings, out=out,
+                          resume=resume)

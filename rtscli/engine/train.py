@@ -234,6 +234,10 @@ def fit(module, train_loader, val_loader, *, settings: TrainSettings, run_dir: P
         deterministic=not torch.cuda.is_available(),
         benchmark=False,
     )
+    import warnings
+
+    # frozen backbones are in eval mode on purpose (rts finetune); Lightning would warn about them
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
     ckpt = ckpt_dir / "last.ckpt" if resume else None
     if resume and not ckpt.exists():
         raise RtsError("nothing to resume: no checkpoints/last.ckpt", path=run_dir, fix="start without --resume")

@@ -89,10 +89,10 @@ def load_model(path: str | Path, device: str = "cpu"):
     """Build the detector of a bundle and load its weights (safetensors only). Returns (model, bundle)."""
     from safetensors.torch import load_file
 
-    from rtscli.modeling.detector import Detector
+    from rtscli.modeling.multimodal import build_model
 
     bundle = read_bundle(path)
-    model = Detector(cfg=bundle.model_config)
+    model = build_model(bundle.model_config, bundle.config.get("fusion"))
     try:
         state = load_file(str(bundle.path / WEIGHTS), device=device)
     except Exception as exc:  # safetensors raises SafetensorError for truncated/corrupt files

@@ -37,6 +37,7 @@ class SiteStyle:
     rivers_per_10km: float = 1.0
     slumps_per_km2: float = 1.2
     weak_fraction: float = 0.25  # slumps whose RGB contrast is weak (revegetating) but NDVI shows
+    weak_contrast: float = 1.0  # scales the RGB contrast of weak slumps (0: same RGB as the tundra)
     dry_per_km2: float = 0.35
     burnt_per_km2: float = 0.1
     roads_per_100km2: float = 0.0
@@ -84,13 +85,29 @@ SITES: dict[str, SiteStyle] = {
 }
 
 
+#: overrides applied to every site by :func:`set_weak` (``rts synth --weak-fraction/--weak-contrast``)
+_OVERRIDES: dict[str, float] = {}
+
+
+def set_weak(fraction: float | None = None, contrast: float | None = None) -> None:
+    """Override, for every site, the share of weak-RGB slumps and their RGB contrast (None: keep)."""
+    _OVERRIDES.clear()
+    if fraction is not None:
+        _OVERRIDES["weak_fraction"] = float(fraction)
+    if contrast is not None:
+        _OVERRIDES["weak_contrast"] = float(contrast)
+
+
 def site(name: str) -> SiteStyle:
+    from dataclasses import replace
+
     from rtscli.errors import RtsError
 
     try:
-        return SITES[name]
+        style = SITES[name]
     except KeyError:
         raise RtsError(f"unknown synthetic site {name!r}", fix=f"use one of {', '.join(SITES)}") from None
+    return replace(style, **_OVERRIDES) if _OVERRIDES else style
 
 
 def spectra_table(style: SiteStyle) -> list[tuple[int, int, int, int]]:
@@ -98,9 +115,14 @@ def spectra_table(style: SiteStyle) -> list[tuple[int, int, int, int]]:
     va, vb = style.veg_a, style.veg_b
     vmid = tuple((a + b) // 2 for a, b in zip(va, vb, strict=True))
     # Weak (revegetating) slump: RGB within ~10-20% of vegetation, NIR about half: NDVI shows it.
-    wsoil = (int(vmid[0] * 1.12), int(vmid[1] * 1.08), int(vmid[2] * 1.15), int(vmid[3] * 0.55))
-    wmud = (int(vmid[0] * 1.0), int(vmid[1] * 0.98), int(vmid[2] * 1.05), int(vmid[3] * 0.45))
-    whead = (int(vmid[0] * 1.2), int(vmid[1] * 1.15), int(vmid[2] * 1.2), int(vmid[3] * 0.6))
+    k = style.weak_contrast
+
+    def rgb(f: float) -> float:
+        return 1.0 + (f - 1.0) * k
+
+    wsoil = (int(vmid[0] * rgb(1.12)), int(vmid[1] * rgb(1.08)), int(vmid[2] * rgb(1.15)), int(vmid[3] * 0.55))
+    wmud = (int(vmid[0] * rgb(1.0)), int(vmid[1] * rgb(0.98)), int(vmid[2] * rgb(1.05)), int(vmid[3] * 0.45))
+    whead = (int(vmid[0] * rgb(1.2)), int(vmid[1] * rgb(1.15)), int(vmid[2] * rgb(1.2)), int(vmid[3] * 0.6))
     table = [vmid, style.water, style.soil, style.mud, style.headwall, style.sand, style.road,
              style.dry, style.burnt, wsoil, wmud, whead]
     return table

@@ -1,0 +1,135 @@
+"""`rts predict` at scale: speed, time split, peak memory, and seams, on synthetic scenes.
+
+    python benchmarks/predict_scale.py --model BUNDLE [--sizes 2048,16384] [--out bench_out/predict_scale]
+
+BUNDLE: a nano bundle (e.g. from `rts demo` or benchmarks/fusion_synth.py). For each size an
+`rts synth` scene (3 m pixels, PlanetScope band order, truth polygons beside it) is made once, then
+predicted in a fresh process (so its peak RSS is its own), with the real tiler and the default
+options; the run reports tiles/s, km^2/h, the time split read / model / merge+polygonize / write,
+and peak RSS. Seams: ground-truth slumps that cross a tile border are counted, and for each the
+number of output polygons covering it; a slump "in more than one piece" has two or more. The same
+per-tile detections are merged both ways in the same run: union (ours) and box-NMS (what SAHI-like
+tilers do).
+Goals (issue 5): RSS(16k) <= 1.3 x RSS(2k); read + merge + write < 15% of the total; 0 slumps in pieces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+
+def one(scene: Path, model: Path, workers: int, batch: int) -> dict:
+    import geopandas as gpd
+    from shapely.geometry import LineString
+
+    from rtscli.data.bands import BandMap
+    from rtscli.engine.predict import (
+        PredictOptions, Source, default_overlap, merge_instances, open_scene, predict_scene, tile_grid,
+    )
+    from rtscli.io.raster import apply
+    from rtscli.io.vector import write_vector
+    from rtscli.modeling.bundle import load_model
+
+    net, bundle = load_model(model)
+    bands = BandMap.parse("planetscope4").as_dict()
+    sc = open_scene([Source(scene, bands)])
+    opts = PredictOptions(workers=workers, batch_size=batch)
+    t0 = time.perf_counter()
+    gdf, timing, raw = predict_scene(net, bundle, sc, opts)
+    t = time.perf_counter()
+    write_vector(gdf, scene.with_name(scene.stem + "_pred.gpkg"), overwrite=True)
+    timing.write += time.perf_counter() - t
+    total = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    # seams: truth slumps crossing a tile border; output polygons covering each (union vs box-NMS)
+    tile = bundle.tile_size
+    overlap = default_overlap(tile, bundle.config)
+    origins = tile_grid(sc.width, sc.height, tile, overlap)
+    cols = sorted({c for c, _ in origins} | {c + tile for c, _ in origins})
+    rows = sorted({r for _, r in origins} | {r + tile for _, r in origins})
+    T = sc.transform
+    lines = [LineString([apply(T, c, 0), apply(T, c, sc.height)]) for c in cols] + \
+            [LineString([apply(T, 0, r), apply(T, sc.width, r)]) for r in rows]
+    truth = gpd.read_file(scene.with_suffix(".gpkg"))
+    border = gpd.GeoSeries(lines, crs=truth.crs).union_all()
+    straddling = truth[truth.intersects(border)]
+    nms = merge_instances(raw, mode="nms", threshold=0.5)
+    pieces = {}
+    for name, polys in (("union", list(gdf.geometry)),
+                        ("box-nms", [m["geometry"] for m in nms if m["score"] >= opts.min_score])):
+        s = gpd.GeoSeries(polys, crs=truth.crs)
+        idx = s.sindex
+        split = found = 0
+        for g in straddling.geometry:
+            hits = [i for i in idx.query(g) if s.iloc[i].intersection(g).area >= 0.2 * min(s.iloc[i].area, g.area)]
+            found += bool(hits)
+            split += len(hits) > 1
+        pieces[name] = {"detected": found, "in_pieces": split}
+    km2 = sc.width * sc.height * abs(T.a * T.e) / 1e6
+    tm = timing.as_dict()
+    return {"size": f"{sc.width}x{sc.height}", "tiles": tm["tiles"], "skipped": tm["skipped_nodata_tiles"],
+            "seconds": round(total, 1), "tiles_per_s": round(tm["tiles"] / total, 2),
+            "km2_per_h": round(km2 / total * 3600, 1), "read_s": tm["read"], "model_s": tm["model"],
+            "merge_s": tm["merge"], "write_s": tm["write"],
+            "read_in_workers_s": round(tm.get("read_in_workers_s", 0), 1),
+            "peak_rss_mb": round(peak, 1), "polygons": len(gdf), "truth": len(truth),
+            "straddling": len(straddling), "seams": pieces, "overlap_px": overlap}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--sizes", default="2048,16384")
+    ap.add_argument("--out", default="bench_out/predict_scale")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(one(Path(args.one), Path(args.model), args.workers, args.batch_size)))
+        return
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for size in (int(s) for s in args.sizes.split(",")):
+        d = out / f"synth_{size}"
+        if not (d / "synth.yaml").exists():
+            subprocess.run([sys.executable, "-m", "rtscli", "synth", str(d), "--chips", "0", "--scenes", "1",
+                            "--scene-size", str(size), "--seed", "3", "--site", "herschel", "--overwrite"], check=True,
+                           stdout=subprocess.DEVNULL)
+        scene = next((d / "scenes").glob("*.tif"))
+        r = subprocess.run([sys.executable, __file__, "--model", args.model, "--one", str(scene), "--workers",
+                            str(args.workers), "--batch-size", str(args.batch_size)], check=True, capture_output=True,
+                           text=True)
+        rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    meta = dict(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), machine=platform.node(),
+                cpus=os.cpu_count(), model=args.model)
+    (out / "results.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
+    print(f"\n`rts predict` on synthetic scenes (3 m), {args.model}, {meta['cpus']} CPUs, {meta['date']}\n")
+    print("| scene | tiles | s | tiles/s | km²/h | read | model | merge+polygons | write | non-model share | "
+          "peak RSS MB | straddling slumps | in pieces: union / box-NMS |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        non = (r["read_s"] + r["merge_s"] + r["write_s"]) / max(r["seconds"], 1e-9)
+        print(f"| {r['size']} | {r['tiles']} | {r['seconds']} | {r['tiles_per_s']} | {r['km2_per_h']} | "
+              f"{r['read_s']:.1f} | {r['model_s']:.1f} | {r['merge_s']:.1f} | {r['write_s']:.1f} | {non:.1%} | "
+              f"{r['peak_rss_mb']} | {r['straddling']} ({r['seams']['union']['detected']} found) | "
+              f"{r['seams']['union']['in_pieces']} / {r['seams']['box-nms']['in_pieces']} |")
+    if len(rows) >= 2:
+        print(f"\npeak RSS ratio {rows[-1]['size']} / {rows[0]['size']}: "
+              f"{rows[-1]['peak_rss_mb'] / rows[0]['peak_rss_mb']:.2f}x (goal <= 1.3x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""``rts finetune``: fuse frozen unimodal backbones (the paper's phase 2) -> a fused model bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def finetune(
+    data: Annotated[Path, typer.Option(help="Dataset directory made by `rts prepare` (with every modality).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory; becomes the fused model bundle.")],
+    fusion: Annotated[str, typer.Option(help="residual-cross (the paper's), residual-stacked, residual-conv, cross-attn, stacked-attn, conv, or channel-stack.")] = "residual-cross",
+    modalities: Annotated[str, typer.Option(help="Modalities to fuse, e.g. rgb,ndvi,nir (must include the primary).")] = "rgb,ndvi,nir",
+    from_: Annotated[Optional[str], typer.Option("--from", help="Unimodal bundles from `rts pretrain`, comma-separated, one per modality (any order). Without: backbones start from --backbone-weights.")] = None,
+    freeze: Annotated[Optional[bool], typer.Option("--freeze/--no-freeze", help="Freeze the --from backbones (default when --from is given); --no-freeze trains everything.")] = None,
+    init_heads_from: Annotated[Optional[Path], typer.Option(help="Start RPN + box/mask heads from this bundle (e.g. the RGB one) instead of fresh.")] = None,
+    primary: Annotated[str, typer.Option(help="The modality that gives the attention queries.")] = "rgb",
+    preset: Annotated[Optional[str], typer.Option(help="Model preset when no --from is given (default cascade-mvitv2-b).")] = None,
+    window: Annotated[int, typer.Option(help="Attention window side in tokens (memory grows with its square).")] = 8,
+    heads: Annotated[int, typer.Option(help="Attention heads (at most; reduced to divide the FPN width).")] = 8,
+    epochs: Annotated[int, typer.Option(help="Epochs.")] = 36,
+    max_steps: Annotated[int, typer.Option(help="Stop after this many steps (overrides --epochs; for quick checks).")] = -1,
+    batch_size: Annotated[int, typer.Option(help="Tiles per step per device.")] = 2,
+    lr: Annotated[float, typer.Option(help="Learning rate at 16 tiles per step; scaled linearly with the total batch.")] = 1e-4,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.05,
+    warmup_steps: Annotated[int, typer.Option(help="Linear warmup steps.")] = 250,
+    schedule: Annotated[str, typer.Option(help="cosine or step decay after warmup.")] = "cosine",
+    grad_clip: Annotated[float, typer.Option(help="Gradient norm clipping.")] = 1.0,
+    anchors: Annotated[str, typer.Option(help="Without --from: auto, preset, or 5 sizes.")] = "auto",
+    backbone_weights: Annotated[Optional[str], typer.Option(help="Without --from: imagenet or a .safetensors file; default random.")] = None,
+    measure_memory: Annotated[bool, typer.Option(help="Measure peak training memory for one sample before training.")] = True,
+    devices: Annotated[str, typer.Option(help="Devices per node (number or 'auto').")] = "1",
+    num_nodes: Annotated[int, typer.Option(help="Nodes (multi-node DDP under torchrun/SLURM).")] = 1,
+    accelerator: Annotated[str, typer.Option(help="auto, cpu or gpu.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (bf16/fp16 mixed on GPU, fp32 on CPU) or a Lightning precision.")] = "auto",
+    workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = 2,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    val_every: Annotated[int, typer.Option(help="Validate every N epochs.")] = 1,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
+) -> None:
+    """Fuse per-modality backbones with a fusion module and train the decoder; write a fused bundle to OUT.
+
+    Prints the cost report (parameters, peak training memory for one sample) before training.
+    """
+    from rtscli.cli.pretrain import make_settings
+    from rtscli.console import console
+    from rtscli.data.modalities import parse_names
+    from rtscli.engine.finetune import finetune as run
+
+    settings = make_settings(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
+                             weight_decay=weight_decay, warmup_steps=warmup_steps, schedule=schedule,
+                             grad_clip=grad_clip, devices=devices, num_nodes=num_nodes, accelerator=accelerator,
+                             precision=precision, workers=workers, seed=seed, backbone_weights=backbone_weights,
+                             val_every=val_every)
+    sources = [Path(s.strip()) for s in from_.split(",") if s.strip()] if from_ else []
+    mods = parse_names(modalities)
+    cfg = run(data=data, fusion=fusion, modalities=mods, out=out, settings=settings, sources=sources, preset=preset,
+              primary=primary.lower(), freeze=freeze, init_heads_from=init_heads_from, heads=heads, window=window,
+              anchors=anchors, resume=resume, overwrite=overwrite, measure_memory=measure_memory)
+    m = cfg["metrics"]
+    what = "mask" if cfg["model"]["roi_heads"]["mask"] else "box"
+    console.print(f"bundle {out}: {cfg['model']['name']}, {fusion} over {'+'.join(mods)} "
+                  f"({'frozen' if cfg['training']['frozen_backbones'] else 'trained'} backbones), best validation "
+                  f"{what} AP50 {m[f'val_{what}_ap50_best']:.3f} (epoch {m['best_epoch']}), {m['steps_run']} steps")
+    console.print(f"  per-epoch metrics: {out}/metrics.csv, curves: {out}/curves.png; rts info {out}")

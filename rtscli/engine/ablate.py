@@ -1,0 +1,181 @@
+"""``rts ablate``: fusion strategies x modality sets, laid out like the paper's Tables 3-4.
+
+Layout of the output directory (every step is skipped when its result exists, so a crashed or
+interrupted ablation continues where it stopped; a half-trained cell resumes from its checkpoint)::
+
+    OUT/pretrain/<modality>/          unimodal bundles (unless given with --from)
+    OUT/baseline_eval.json            the primary modality alone (the tables' baseline row)
+    OUT/cells/<strategy>__<a+b+c>/    one fused bundle per cell, with eval_<split>.json
+    OUT/table.md, table.csv           AP50 per strategy per modality set
+    OUT/ablation.png                  grouped bar chart
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from itertools import combinations
+from pathlib import Path
+from typing import Callable
+
+from rtscli.errors import RtsError
+from rtscli.modeling.fusion import STRATEGIES
+
+log = logging.getLogger("rtscli")
+
+#: the paper's names for the strategies, in its tables' order
+LABELS = {
+    "channel-stack": "data-level channel expansion",
+    "conv": "convolutional fusion",
+    "stacked-attn": "stacked-modality attention",
+    "cross-attn": "cross-modality attention",
+    "residual-conv": "residual convolutional",
+    "residual-stacked": "residual stacked-modality attention",
+    "residual-cross": "residual cross-modality attention (proposed)",
+}
+
+
+def modality_sets(modalities: list[str], primary: str, sets: str | None = None) -> list[list[str]]:
+    """Every subset with the primary and at least one more modality (or the ``--sets`` given)."""
+    if sets:
+        out = []
+        for s in sets.split(","):
+            names = [n.strip().lower() for n in s.split("+") if n.strip()]
+            bad = [n for n in names if n not in modalities]
+            if bad or primary not in names or len(names) < 2:
+                raise RtsError(f"--sets: {s!r} must join two or more of {', '.join(modalities)} with '+', "
+                               f"including {primary}", fix="e.g. --sets rgb+ndvi,rgb+ndvi+nir")
+            out.append(names)
+        return out
+    aux = [m for m in modalities if m != primary]
+    return [[primary, *c] for k in range(1, len(aux) + 1) for c in combinations(aux, k)]
+
+
+def parse_fusions(text: str) -> list[str]:
+    if text == "all":
+        return list(STRATEGIES)
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [n for n in names if n not in STRATEGIES]
+    if bad or not names:
+        raise RtsError(f"unknown fusion {', '.join(bad) or text!r}", fix=f"use all or some of {', '.join(STRATEGIES)}")
+    return names
+
+
+def ablate(*, data: Path, modalities: list[str], fusions: list[str], out: Path, pretrain_settings,
+           finetune_settings, preset: str = "nano", primary: str = "rgb", sources: list[Path] | None = None,
+           sets: str | None = None, split: str = "test", init_heads: bool = True,
+           on_cell: Callable[[str], None] | None = None) -> dict:
+    from rtscli.data.dataset import DatasetInfo
+    from rtscli.engine.evaluate import evaluate_bundle
+    from rtscli.engine.finetune import check_sources, finetune
+    from rtscli.engine.pretrain import pretrain
+
+    if primary not in modalities:
+        raise RtsError(f"the primary modality {primary!r} is not in --modalities", fix=f"add {primary}")
+    info = DatasetInfo.open(data)
+    for m in modalities:
+        info.modality(m)
+    grid = modality_sets(modalities, primary, sets)
+    out.mkdir(parents=True, exist_ok=True)
+
+    # 1. one unimodal bundle per modality: given, or pretrained here (skipped when done)
+    given = check_sources(list(sources or []), modalities=modalities, info=info, data=data)
+    unimodal: dict[str, Path] = {m: b.path for m, b in given.items()}
+    for m in modalities:
+        if m in unimodal:
+            continue
+        run = out / "pretrain" / m
+        if not (run / "config.yaml").exists():
+            if on_cell:
+                on_cell(f"pretrain {m}")
+            resume = (run / "checkpoints" / "last.ckpt").exists()
+            pretrain(data=data, modality=m, preset=preset, out=run, settings=pretrain_settings, resume=resume,
+                     overwrite=not resume)
+        unimodal[m] = run
+
+    def scored(bundle: Path, report: Path) -> dict:
+        if not report.exists():
+            rep, _, _ = evaluate_bundle(bundle, data, split)
+            tmp = report.with_suffix(".tmp")
+            tmp.write_text(json.dumps(rep, indent=2))
+            tmp.replace(report)
+        return json.loads(report.read_text())
+
+    # 2. the baseline: the primary modality alone
+    base = scored(unimodal[primary], out / "baseline_eval.json")
+    rows = [{"strategy": f"{primary} alone", "modalities": primary, **_row(base, unimodal[primary])}]
+
+    # 3. the grid
+    for mods in grid:
+        for fusion in fusions:
+            key = f"{fusion}__{'+'.join(mods)}"
+            cell = out / "cells" / key
+            if not (cell / "config.yaml").exists():
+                if on_cell:
+                    on_cell(key)
+                resume = (cell / "checkpoints" / "last.ckpt").exists()
+                srcs = [unimodal[primary]] if fusion == "channel-stack" else [unimodal[m] for m in mods]
+                finetune(data=data, fusion=fusion, modalities=mods, out=cell, settings=finetune_settings,
+                         sources=srcs, primary=primary, init_heads_from=unimodal[primary] if init_heads else None,
+                         resume=resume, overwrite=not resume)
+            rows.append({"strategy": fusion, "modalities": "+".join(mods),
+                         **_row(scored(cell, cell / f"eval_{split}.json"), cell)})
+    write_tables(out, rows, [("+".join(m)) for m in grid], fusions, primary, split)
+    return {"rows": rows, "table": out / "table.md"}
+
+
+def _row(report: dict, bundle: Path) -> dict:
+    import yaml
+
+    cfg = yaml.safe_load((bundle / "config.yaml").read_text())
+    cost = cfg.get("cost") or {}
+    return {"mask_ap50": round(report["metrics"]["segm"]["AP50"], 4),
+            "box_ap50": round(report["metrics"]["bbox"]["AP50"], 4),
+            "params_total": cfg["parameters"]["total"], "params_trainable": cfg["parameters"]["trainable"],
+            "peak_train_mb": cost.get("peak_train_mb"), "bundle": str(bundle)}
+
+
+def write_tables(out: Path, rows: list[dict], sets: list[str], fusions: list[str], primary: str, split: str) -> None:
+    keys = ["strategy", "modalities", "mask_ap50", "box_ap50", "params_total", "params_trainable", "peak_train_mb",
+            "bundle"]
+    tmp = out / "table.csv.tmp"
+    with tmp.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(out / "table.csv")
+    ap = {(r["strategy"], r["modalities"]): r["mask_ap50"] for r in rows}
+    base = rows[0]["mask_ap50"]
+    lines = [f"Mask AP50 on the {split} split ({primary.upper()} alone: {100 * base:.2f}); "
+             "the paper's Tables 3-4 layout, in %.", "",
+             "| strategy | " + " | ".join(s.upper() for s in sets) + " |",
+             "|---|" + "---|" * len(sets)]
+    for f in [f for f in STRATEGIES if f in fusions]:
+        cells = [f"{100 * ap[(f, s)]:.2f}" if (f, s) in ap else "-" for s in sets]
+        lines.append(f"| {LABELS[f]} | " + " | ".join(cells) + " |")
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    _bar_chart(out / "ablation.png", ap, base, sets, [f for f in STRATEGIES if f in fusions], primary)
+
+
+def _bar_chart(path: Path, ap: dict, base: float, sets: list[str], fusions: list[str], primary: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(fusions)), 4))
+    width = 0.8 / max(1, len(sets))
+    x = np.arange(len(fusions))
+    for i, s in enumerate(sets):
+        ax.bar(x + i * width, [100 * ap.get((f, s), np.nan) for f in fusions], width, label=s.upper())
+    ax.axhline(100 * base, color="k", ls="--", lw=1, label=f"{primary.upper()} alone")
+    ax.set_xticks(x + width * (len(sets) - 1) / 2, fusions, rotation=20, ha="right")
+    ax.set_ylabel("mask AP50 (%)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(path)

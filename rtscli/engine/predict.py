@@ -1,0 +1,472 @@
+"""``rts predict``: streaming sliding-window inference over a scene -> one georeferenced polygon per slump.
+
+The pipeline, per scene:
+
+1. **Tiles.** The scene is cut into windows of the bundle's tile size, overlapping by ``overlap``
+   pixels (default: 25% of the tile), edge tiles padded (as nodata). A :class:`TileDataset` reads
+   each window with rasterio (never the whole raster; each DataLoader worker opens its own file
+   handles), builds the bundle's modalities with the bundle's band map and normalization, and
+   reports tiles with no valid pixel, which are skipped (never given to the model).
+2. **Model.** Tiles go to the model in batches; masks stay at RoI resolution (28 x 28).
+3. **Polygons.** Each mask is resampled into its box only (not a full tile), thresholded at 0.5
+   and polygonized with holes kept (``rasterio.features.shapes``) straight into map coordinates
+   through the window's transform (pixel edges, no half-pixel shift).
+4. **Seams.** Instances from different tiles that overlap in map coordinates by at least
+   ``match_threshold`` (intersection over the smaller, or IoU) are merged by union: a slump cut
+   by a tile border comes out as one polygon, with the highest member score. Touching slumps
+   (no shared area) stay apart. ``merge="nms"`` instead keeps the best-scoring box among
+   overlapping ones (what box-NMS tilers do), for comparison.
+5. **Output.** Attributes (score, area and perimeter in metres, flags) and an atomic write.
+
+Times spent reading, in the model, merging/polygonizing and writing are kept in ``timing``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from rtscli.errors import RtsError
+
+log = logging.getLogger("rtscli")
+
+RGB_LIKE = ("red", "green", "blue")
+
+
+@dataclass
+class Source:
+    """One input raster and which of its bands are which channel (1-based)."""
+
+    path: Path
+    bands: dict[str, int]
+
+
+@dataclass
+class Scene:
+    name: str
+    sources: list[Source]
+    width: int
+    height: int
+    transform: Any
+    crs: Any
+    nodata: float | None
+    resample: bool = False
+
+
+@dataclass
+class Timing:
+    read: float = 0.0
+    model: float = 0.0
+    merge: float = 0.0
+    write: float = 0.0
+    tiles: int = 0
+    skipped: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, float]:
+        d = {k: round(getattr(self, k), 3) for k in ("read", "model", "merge", "write")}
+        return d | {"tiles": self.tiles, "skipped_nodata_tiles": self.skipped} | self.extra
+
+
+def open_scene(sources: list[Source], *, resample: bool = False, name: str | None = None) -> Scene:
+    """Check the rasters (readable, CRS, same grid unless ``resample``) and describe the scene."""
+    from rtscli.io.raster import inspect
+
+    infos = [inspect(s.path) for s in sources]
+    ref = infos[0]
+    for s, inf in zip(sources, infos, strict=True):
+        top = max(s.bands.values())
+        if inf.count < top:
+            raise RtsError(f"the band map needs band {top}, the raster has {inf.count}", path=s.path,
+                           fix="pass --bands matching the raster (see `rts bands`)")
+        if inf is not ref and not ref.same_grid(inf):
+            if not resample:
+                raise RtsError(f"this raster is on another grid than {sources[0].path.name} "
+                               f"({inf.crs} {inf.width}x{inf.height} vs {ref.crs} {ref.width}x{ref.height})",
+                               path=s.path, fix="pass --resample to resample it onto the first raster's grid")
+            log.info("resampling %s onto the grid of %s (bilinear)", s.path, sources[0].path)
+    return Scene(name=name or sources[0].path.stem, sources=sources, width=ref.width, height=ref.height,
+                 transform=ref.transform, crs=ref.crs, nodata=ref.nodata, resample=resample)
+
+
+def tile_grid(width: int, height: int, tile: int, overlap: int) -> list[tuple[int, int]]:
+    """Top-left (col, row) of every tile; the last row/column of tiles ends at the scene's edge."""
+    if overlap < 0 or overlap >= tile:
+        raise RtsError(f"overlap {overlap} px must be in [0, tile size {tile})", fix="use e.g. --overlap 0.25")
+    step = tile - overlap
+
+    def starts(n: int) -> list[int]:
+        if n <= tile:
+            return [0]
+        s = list(range(0, n - tile, step))
+        return s + [n - tile]
+
+    return [(c, r) for r in starts(height) for c in starts(width)]
+
+
+class TileDataset(torch.utils.data.Dataset):
+    """Windows of a scene, composed into the bundle's modalities. Each worker opens its own handles."""
+
+    def __init__(self, scene: Scene, origins: list[tuple[int, int]], *, tile: int, modalities, stats,
+                 repeat_to: int | None, nodata: float | None) -> None:
+        self.scene, self.origins, self.tile = scene, origins, tile
+        self.modalities, self.stats, self.repeat_to, self.nodata = modalities, stats, repeat_to, nodata
+        self._handles: dict[int, list] = {}
+        names: dict[str, int] = {}
+        for s in scene.sources:
+            for n in s.bands:
+                names.setdefault(n, len(names) + 1)
+        from rtscli.data.bands import BandMap
+
+        self.band_map = BandMap.from_mapping(names)
+
+    def __len__(self) -> int:
+        return len(self.origins)
+
+    def _open(self) -> list:
+        pid = os.getpid()
+        if pid not in self._handles:
+            import rasterio
+            from rasterio.vrt import WarpedVRT
+
+            handles = []
+            for i, s in enumerate(self.scene.sources):
+                src = rasterio.open(s.path)
+                if i and self.scene.resample:
+                    from rasterio.enums import Resampling
+
+                    src = WarpedVRT(src, crs=self.scene.crs, transform=self.scene.transform,
+                                    width=self.scene.width, height=self.scene.height, resampling=Resampling.bilinear)
+                handles.append(src)
+            self._handles = {pid: handles}
+        return self._handles[pid]
+
+    def __getitem__(self, i: int):
+        from rasterio.windows import Window
+
+        from rtscli.data.modalities import compose
+        from rtscli.io.raster import read_window
+
+        t0 = time.perf_counter()
+        col, row = self.origins[i]
+        win = Window(col, row, self.tile, self.tile)
+        planes = []
+        fill = self.nodata if self.nodata is not None else 0
+        for src, s in zip(self._open(), self.scene.sources, strict=True):
+            data = read_window(src, win, indexes=list(s.bands.values()), fill=fill)
+            planes.append(data.astype(np.float32, copy=False))
+        raw = np.concatenate(planes, axis=0)
+        # pixels beyond the scene's edge are never valid, whatever their fill value
+        inside = np.zeros(raw.shape[1:], bool)
+        inside[: max(0, self.scene.height - row), : max(0, self.scene.width - col)] = True
+        arrays, valid = compose(raw, self.band_map, self.modalities, self.stats, nodata=self.nodata,
+                                repeat_to=self.repeat_to)
+        valid &= inside
+        if not valid.any():
+            return {"index": i, "empty": True, "seconds": time.perf_counter() - t0}
+        image = np.concatenate([arrays[m.name] for m in self.modalities], axis=0)
+        image[:, ~valid] = 0.0
+        return {"index": i, "empty": False, "image": torch.from_numpy(np.ascontiguousarray(image)),
+                "valid": torch.from_numpy(valid), "inside": torch.from_numpy(inside),
+                "seconds": time.perf_counter() - t0}
+
+
+def _collate(batch: list[dict]) -> list[dict]:
+    return batch
+
+
+@dataclass
+class Instance:
+    geometry: Any  # shapely polygon in the scene's CRS
+    score: float
+    tile: int
+    touches_nodata: bool
+    touches_edge: bool
+
+
+def mask_in_box(probs: np.ndarray, box: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, int, int]:
+    """Resample a (28, 28) RoI mask into its box on the tile grid. Returns (probabilities, col0, row0).
+
+    Pixel (c, r) of the tile takes the mask's value at its centre (c + 0.5, r + 0.5) in box
+    coordinates (bilinear), as torchvision's paste does, but only over the box's pixels.
+    """
+    import cv2
+
+    x0, y0, x1, y1 = (float(v) for v in box)
+    h, w = shape
+    c0, r0 = max(0, int(math.floor(x0))), max(0, int(math.floor(y0)))
+    c1, r1 = min(w, int(math.ceil(x1))), min(h, int(math.ceil(y1)))
+    if c1 <= c0 or r1 <= r0:
+        return np.zeros((0, 0), np.float32), c0, r0
+    m = probs.shape[-1]
+    cols = (np.arange(c0, c1, dtype=np.float32) + 0.5 - x0) / max(x1 - x0, 1e-6) * m - 0.5
+    rows = (np.arange(r0, r1, dtype=np.float32) + 0.5 - y0) / max(y1 - y0, 1e-6) * m - 0.5
+    mapx = np.broadcast_to(cols[None, :], (r1 - r0, c1 - c0)).astype(np.float32)
+    mapy = np.broadcast_to(rows[:, None], (r1 - r0, c1 - c0)).astype(np.float32)
+    out = cv2.remap(probs.astype(np.float32), mapx, mapy, interpolation=cv2.INTER_LINEAR,
+                    borderMode=cv2.BORDER_REPLICATE)
+    return out, c0, r0
+
+
+def polygonize(binary: np.ndarray, transform) -> Any | None:
+    """The largest polygon (holes kept) of a binary crop, in map coordinates via ``transform``."""
+    from rasterio.features import shapes
+    from shapely.geometry import shape
+
+    best, best_area = None, 0.0
+    for geom, val in shapes(binary.astype(np.uint8), mask=binary.astype(bool), transform=transform,
+                            connectivity=4):
+        if val != 1:
+            continue
+        poly = shape(geom)
+        if poly.area > best_area:
+            best, best_area = poly, poly.area
+    return best
+
+
+def instances_from_tile(pred: dict[str, torch.Tensor], *, origin: tuple[int, int], scene: Scene, tile: int,
+                        valid: np.ndarray, inside: np.ndarray, tile_index: int, min_score: float,
+                        threshold: float = 0.5) -> list[Instance]:
+    """Polygons of one tile's detections, in the scene's CRS."""
+    import cv2
+
+    from rtscli.io.raster import window_transform
+
+    col, row = origin
+    out = []
+    scores = pred["scores"].cpu().numpy()
+    boxes = pred["boxes"].cpu().numpy()
+    probs = pred.get("mask_probs")
+    probs = probs.cpu().numpy()[:, 0] if probs is not None else None
+    invalid_in_scene = inside & ~valid
+    for k in np.flatnonzero(scores >= min_score):
+        if probs is not None:
+            p, c0, r0 = mask_in_box(probs[k], boxes[k], (tile, tile))
+            binary = (p >= threshold) & valid[r0:r0 + p.shape[0], c0:c0 + p.shape[1]]
+        else:  # a detection-only model: the box is the polygon
+            x0, y0, x1, y1 = boxes[k]
+            c0, r0 = int(round(x0)), int(round(y0))
+            binary = np.ones((max(0, int(round(y1)) - r0), max(0, int(round(x1)) - c0)), bool)
+            binary &= valid[r0:r0 + binary.shape[0], c0:c0 + binary.shape[1]]
+        if not binary.any():
+            continue
+        geom = polygonize(binary, window_transform(scene.transform, col + c0, row + r0))
+        if geom is None or geom.is_empty:
+            continue
+        # flags: does the instance touch nodata (8-neighbourhood), or the scene's edge?
+        hh, ww = binary.shape
+        ra, rb, ca, cb = max(0, r0 - 1), min(tile, r0 + hh + 1), max(0, c0 - 1), min(tile, c0 + ww + 1)
+        ring = np.zeros((rb - ra, cb - ca), np.uint8)
+        ring[r0 - ra:r0 - ra + hh, c0 - ca:c0 - ca + ww] = binary
+        ring = cv2.dilate(ring, np.ones((3, 3), np.uint8)).astype(bool)
+        touches_nodata = bool((ring & invalid_in_scene[ra:rb, ca:cb]).any())
+        touches_edge = bool((row + r0 == 0 and binary[0].any()) or (col + c0 == 0 and binary[:, 0].any())
+                            or (row + r0 + hh >= scene.height and binary[-1].any())
+                            or (col + c0 + ww >= scene.width and binary[:, -1].any()))
+        out.append(Instance(geom, float(scores[k]), tile_index, touches_nodata, touches_edge))
+    return out
+
+
+def merge_instances(items: list[Instance], *, mode: str = "union", metric: str = "ios",
+                    threshold: float = 0.2) -> list[dict]:
+    """Merge instances across tiles. Returns dicts with geometry, score, tiles, flags.
+
+    ``union``: instances of different tiles whose overlap (``ios``: intersection over the smaller
+    area; ``iou``) reaches ``threshold`` are joined (transitively) and their union kept, with the
+    highest score. ``nms``: greedy non-maximum suppression on bounding boxes at IoU ``threshold``
+    (the box-NMS merging of tiling libraries), for comparison.
+    """
+    from shapely import STRtree
+    from shapely.ops import unary_union
+
+    if not items:
+        return []
+    geoms = [it.geometry for it in items]
+    tree = STRtree(geoms)
+    left, right = tree.query(geoms, predicate="intersects")
+    if mode == "nms":
+        from shapely.geometry import box as sbox
+
+        boxes = [sbox(*g.bounds) for g in geoms]
+        order = sorted(range(len(items)), key=lambda i: -items[i].score)
+        dropped = np.zeros(len(items), bool)
+        neighbours: dict[int, list[int]] = {}
+        for a, b in zip(left.tolist(), right.tolist(), strict=True):
+            if a != b:
+                neighbours.setdefault(a, []).append(b)
+        for i in order:
+            if dropped[i]:
+                continue
+            for j in neighbours.get(i, []):
+                if dropped[j] or items[j].score > items[i].score or j == i:
+                    continue
+                inter = boxes[i].intersection(boxes[j]).area
+                if inter / max(boxes[i].union(boxes[j]).area, 1e-12) >= threshold:
+                    dropped[j] = True
+        groups = [[i] for i in range(len(items)) if not dropped[i]]
+    else:
+        parent = list(range(len(items)))
+
+        def find(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        for a, b in zip(left.tolist(), right.tolist(), strict=True):
+            if a >= b or items[a].tile == items[b].tile:
+                continue
+            ga, gb = geoms[a], geoms[b]
+            inter = ga.intersection(gb).area
+            if inter <= 0:
+                continue
+            denom = min(ga.area, gb.area) if metric == "ios" else ga.union(gb).area
+            if inter / max(denom, 1e-12) >= threshold:
+                parent[find(a)] = find(b)
+        by_root: dict[int, list[int]] = {}
+        for i in range(len(items)):
+            by_root.setdefault(find(i), []).append(i)
+        groups = list(by_root.values())
+    out = []
+    for g in groups:
+        geom = geoms[g[0]] if len(g) == 1 else unary_union([geoms[i] for i in g])
+        if geom.geom_type == "MultiPolygon":  # pieces joined through a sliver: keep them together
+            geom = geom.buffer(0)
+        out.append({"geometry": geom, "score": max(items[i].score for i in g), "tiles": len({items[i].tile for i in g}),
+                    "touches_nodata": any(items[i].touches_nodata for i in g),
+                    "touches_edge": any(items[i].touches_edge for i in g)})
+    return out
+
+
+def metric_lengths(gdf) -> tuple[np.ndarray, np.ndarray]:
+    """(area_m2, perimeter_m) of every geometry: in the CRS's own metres when projected, else in a
+    Lambert azimuthal equal-area projection centred on the data."""
+    if len(gdf) == 0:
+        return np.zeros(0), np.zeros(0)
+    crs = gdf.crs
+    if crs is None:
+        raise RtsError("the scene has no CRS", fix="assign one (gdal_edit.py -a_srs EPSG:...)")
+    if crs.is_geographic:
+        c = gdf.geometry.union_all().centroid if hasattr(gdf.geometry, "union_all") else gdf.unary_union.centroid
+        laea = f"+proj=laea +lat_0={c.y} +lon_0={c.x} +datum=WGS84 +units=m +no_defs"
+        g = gdf.geometry.to_crs(laea)
+        return g.area.to_numpy(), g.length.to_numpy()
+    unit = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
+    return gdf.geometry.area.to_numpy() * unit**2, gdf.geometry.length.to_numpy() * unit
+
+
+def to_frame(merged: list[dict], *, scene: Scene, bundle, model_name: str, to_crs: Any = None,
+             min_area: float = 0.0, simplify: float = 0.0):
+    import geopandas as gpd
+
+    from rtscli.io.raster import parse_crs
+
+    cols = ["id", "score", "area_m2", "perimeter_m", "scene", "model", "modalities", "fusion", "tile_size",
+            "touches_nodata", "touches_edge", "tiles", "created"]
+    geoms = [m["geometry"] for m in merged]
+    if simplify > 0:
+        geoms = [g.simplify(simplify, preserve_topology=True) for g in geoms]
+    gdf = gpd.GeoDataFrame({"score": [m["score"] for m in merged]}, geometry=geoms, crs=scene.crs)
+    if to_crs:
+        gdf = gdf.to_crs(parse_crs(to_crs, "--to-crs"))
+    area, perim = metric_lengths(gdf)
+    gdf["area_m2"] = np.round(area, 3)
+    gdf["perimeter_m"] = np.round(perim, 3)
+    gdf["touches_nodata"] = [bool(m["touches_nodata"]) for m in merged]
+    gdf["touches_edge"] = [bool(m["touches_edge"]) for m in merged]
+    gdf["tiles"] = [int(m["tiles"]) for m in merged]
+    if min_area > 0:
+        gdf = gdf[gdf["area_m2"] >= min_area]
+    gdf = gdf.sort_values("score", ascending=False).reset_index(drop=True)
+    gdf["id"] = np.arange(1, len(gdf) + 1, dtype=np.int64)
+    fusion = (bundle.config.get("fusion") or {}).get("strategy", "none")
+    gdf["scene"] = scene.name
+    gdf["model"] = model_name
+    gdf["modalities"] = ",".join(m.name for m in bundle.modalities)
+    gdf["fusion"] = fusion
+    gdf["tile_size"] = int(bundle.tile_size)
+    gdf["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    gdf["score"] = gdf["score"].astype(float).round(4)
+    return gdf[cols + ["geometry"]]
+
+
+@dataclass
+class PredictOptions:
+    overlap: int | None = None  # pixels; None: 25% of the tile
+    batch_size: int = 4
+    workers: int = 2
+    min_score: float = 0.5
+    min_area: float = 0.0
+    simplify: float = 0.0
+    merge: str = "union"  # union | nms
+    match_metric: str = "ios"
+    match_threshold: float = 0.2
+    to_crs: str | None = None
+    device: str | None = None
+
+
+def predict_scene(model, bundle, scene: Scene, opts: PredictOptions, *,
+                  progress: Callable[[int, int], None] | None = None) -> tuple[Any, Timing, list[Instance]]:
+    """Run the model over a scene. Returns (GeoDataFrame, timing, raw per-tile instances)."""
+    tile = bundle.tile_size
+    overlap = opts.overlap if opts.overlap is not None else default_overlap(tile, bundle.config)
+    origins = tile_grid(scene.width, scene.height, tile, overlap)
+    ds = TileDataset(scene, origins, tile=tile, modalities=bundle.modalities, stats=bundle.stats,
+                     repeat_to=bundle.config.get("repeat_to", 3), nodata=scene.nodata)
+    device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = model.to(device).eval()
+    loader = torch.utils.data.DataLoader(ds, batch_size=opts.batch_size, shuffle=False, collate_fn=_collate,
+                                         num_workers=opts.workers, persistent_workers=False,
+                                         prefetch_factor=2 if opts.workers else None)
+    timing = Timing()
+    instances: list[Instance] = []
+    t_wait = time.perf_counter()
+    for batch in loader:
+        timing.read += time.perf_counter() - t_wait  # waiting for tiles (reading runs in the workers)
+        busy = sum(b["seconds"] for b in batch)
+        timing.extra["read_in_workers_s"] = timing.extra.get("read_in_workers_s", 0.0) + busy
+        full = [b for b in batch if not b["empty"]]
+        timing.skipped += len(batch) - len(full)
+        timing.tiles += len(batch)
+        if full:
+            t = time.perf_counter()
+            images = torch.stack([b["image"] for b in full]).to(device)
+            with torch.inference_mode():
+                preds = model.predict(images)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            timing.model += time.perf_counter() - t
+            t = time.perf_counter()
+            for b, p in zip(full, preds, strict=True):
+                instances += instances_from_tile(p, origin=origins[b["index"]], scene=scene, tile=tile,
+                                                 valid=b["valid"].numpy(), inside=b["inside"].numpy(),
+                                                 tile_index=b["index"], min_score=opts.min_score)
+            timing.merge += time.perf_counter() - t
+        if progress:
+            progress(len(batch), len(origins))
+        t_wait = time.perf_counter()
+    t = time.perf_counter()
+    merged = merge_instances(instances, mode=opts.merge, metric=opts.match_metric, threshold=opts.match_threshold)
+    gdf = to_frame(merged, scene=scene, bundle=bundle, model_name=bundle.path.name, to_crs=opts.to_crs,
+                   min_area=opts.min_area, simplify=opts.simplify)
+    timing.merge += time.perf_counter() - t
+    timing.extra["overlap_px"] = overlap
+    return gdf, timing, instances
+
+
+def default_overlap(tile: int, config: dict | None = None) -> int:
+    """At least 25% of the tile, more when the training slumps were large: the 75th percentile of
+    their box sides (recorded in the bundle), so that a typical slump lies whole in at least one
+    tile (seam merging joins the others); at most half the tile."""
+    sizes = ((config or {}).get("instance_sizes") or {}).get("box_side_px_percentiles") or {}
+    big = float(sizes.get("p75", 0.0) or 0.0)
+    return int(min(tile // 2, max(round(0.25 * tile), math.ceil(big))))

@@ -1,0 +1,312 @@
+"""What ``rts predict`` does around :mod:`rtscli.engine.predict`: inputs, outputs, many scenes, ranks."""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from rtscli.engine.predict import PredictOptions, Source, open_scene, predict_scene
+from rtscli.errors import RtsError
+
+log = logging.getLogger("rtscli")
+
+EXTS = (".gpkg", ".shp", ".geojson", ".parquet")
+RASTER_EXTS = (".tif", ".tiff", ".vrt", ".jp2", ".img")
+SHP_NAMES = {"perimeter_m": "perim_m", "touches_nodata": "touch_nd", "touches_edge": "touch_edge"}
+
+
+def scene_list(inputs: list[str]) -> list[Path]:
+    """Scenes from paths, folders, globs and .txt lists (one path per line)."""
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.suffix.lower() in RASTER_EXTS)
+            if not found:
+                raise RtsError("no rasters (.tif, .vrt, ...) in this folder", path=p, fix="check the folder")
+            out += found
+        elif p.suffix.lower() == ".txt" and p.exists():
+            lines = [s.strip() for s in p.read_text().splitlines() if s.strip() and not s.startswith("#")]
+            out += [(p.parent / s) if not Path(s).is_absolute() else Path(s) for s in lines]
+        elif any(c in item for c in "*?["):
+            found = sorted(Path(s) for s in glob.glob(item))
+            if not found:
+                raise RtsError(f"the pattern {item!r} matches no file", fix="check the pattern (quote it)")
+            out += found
+        else:
+            if not p.exists():
+                raise RtsError("scene not found", path=p, fix="check the path")
+            out.append(p)
+    return out
+
+
+def _sources(scene: Path | None, *, band_map, rgb, nir, ndvi, aux: list[str]) -> list[Source]:
+    if scene is not None:
+        return [Source(scene, {k: v for k, v in band_map.as_dict().items() if k != "mask"})]
+    srcs = []
+    if rgb:
+        srcs.append(Source(Path(rgb), {"red": 1, "green": 2, "blue": 3}))
+    if nir:
+        srcs.append(Source(Path(nir), {"nir": 1}))
+    if ndvi:
+        srcs.append(Source(Path(ndvi), {"ndvi": 1}))
+    for a in aux:
+        if "=" not in a:
+            raise RtsError(f"--aux {a!r}: expected NAME=PATH", fix="e.g. --aux dem=dem.tif")
+        name, path = a.split("=", 1)
+        srcs.append(Source(Path(path), {name.strip().lower(): 1}))
+    for s in srcs:
+        if not s.path.exists():
+            raise RtsError("raster not found", path=s.path, fix="check the path")
+    return srcs
+
+
+def check_modalities(bundle, sources: list[Source], where: str) -> None:
+    """Every channel the bundle's modalities need must come from the inputs (NDVI may be derived)."""
+    have = {n for s in sources for n in s.bands}
+    for mod in bundle.modalities:
+        for ch in mod.channels:
+            if ch in have or (ch == "ndvi" and {"red", "nir"} <= have):
+                continue
+            raise RtsError(f"the model needs modality {mod.name} (channel {ch!r}), which {where} lacks",
+                           fix=f"pass --bands naming {ch}, or an aligned raster (--{ch} PATH or --aux {ch}=PATH)")
+
+
+def _progress_bar():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+    from rich.text import Text
+
+    from rtscli.console import err_console
+
+    class Rate(ProgressColumn):
+        def render(self, task) -> Text:
+            speed = task.finished_speed or task.speed
+            if not speed:
+                return Text("")
+            km2 = task.fields.get("km2_per_tile", 0.0) * speed * 3600
+            return Text(f"{speed:.1f} tiles/s  {km2:,.0f} km²/h")
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(),
+                    TimeRemainingColumn(), console=err_console, transient=True, disable=not err_console.is_terminal)
+
+
+def _distributed():
+    """(rank, world size) under torchrun; the process group is set up through torch.distributed."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, None
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size(), dist
+
+
+def run_scene(model, bundle, sources: list[Source], out: Path, opts: PredictOptions, *, resample: bool,
+              overwrite: bool, raster: Path | None = None, quicklook: Path | None = None,
+              name: str | None = None, label: str = "") -> dict:
+    from rtscli.io.vector import write_vector
+
+    scene = open_scene(sources, resample=resample, name=name)
+    res = abs(scene.transform.a * scene.transform.e)
+    km2_per_tile = bundle.tile_size**2 * res / 1e6 if not (scene.crs and scene.crs.is_geographic) else 0.0
+    t0 = time.perf_counter()
+    with _progress_bar() as bar:
+        task = bar.add_task(f"{label}{scene.name}", total=None, km2_per_tile=km2_per_tile)
+        gdf, timing, _ = predict_scene(model, bundle, scene, opts,
+                                       progress=lambda k, n: bar.update(task, advance=k, total=n))
+    t = time.perf_counter()
+    if out.suffix.lower() == ".shp":  # Shapefile field names are at most 10 characters
+        gdf = gdf.rename(columns=SHP_NAMES)
+        log.info("Shapefile: fields renamed %s", ", ".join(f"{k}->{v}" for k, v in SHP_NAMES.items()))
+    write_vector(gdf, out, overwrite=overwrite)
+    if raster is not None:
+        write_instance_raster(gdf, scene, raster, overwrite=overwrite)
+    if quicklook is not None:
+        write_quicklook(gdf, scene, quicklook, overwrite=overwrite)
+    timing.write += time.perf_counter() - t
+    return {"scene": str(sources[0].path), "output": str(out), "polygons": len(gdf),
+            "seconds": round(time.perf_counter() - t0, 2), "timing": timing.as_dict()}
+
+
+def write_instance_raster(gdf, scene, path: Path, *, overwrite: bool, block: int = 1024) -> None:
+    """An instance-id GeoTIFF (uint32, 0 = background) on the scene's grid, written by windows."""
+    import rasterio
+    from rasterio.features import rasterize
+    from rasterio.windows import Window
+    from shapely import STRtree
+    from shapely.geometry import box
+
+    from rtscli.io.atomic import atomic_file
+    from rtscli.io.raster import apply, window_transform
+
+    geoms = list(gdf.to_crs(scene.crs).geometry) if len(gdf) else []
+    ids = list(gdf["id"]) if len(gdf) else []
+    tree = STRtree(geoms) if geoms else None
+    profile = dict(driver="GTiff", width=scene.width, height=scene.height, count=1, dtype="uint32", crs=scene.crs,
+                   transform=scene.transform, nodata=0, compress="deflate", tiled=True, blockxsize=256,
+                   blockysize=256, BIGTIFF="IF_SAFER")
+    with atomic_file(path, overwrite=overwrite) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        for r in range(0, scene.height, block):
+            for c in range(0, scene.width, block):
+                h, w = min(block, scene.height - r), min(block, scene.width - c)
+                t = window_transform(scene.transform, c, r)
+                x0, y0 = apply(t, 0, 0)
+                x1, y1 = apply(t, w, h)
+                arr = np.zeros((h, w), np.uint32)
+                if tree is not None:
+                    hits = tree.query(box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)))
+                    if len(hits):
+                        arr = rasterize(((geoms[i], int(ids[i])) for i in hits), out_shape=(h, w), transform=t,
+                                        fill=0, dtype="uint32")
+                dst.write(arr, 1, window=Window(c, r, w, h))
+
+
+def write_quicklook(gdf, scene, path: Path, *, overwrite: bool, max_side: int = 2048) -> None:
+    """Polygons over an RGB (or first band) rendering of the scene, read decimated (bounded memory)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import rasterio
+
+    from rtscli.io.atomic import atomic_file
+
+    names = {n: (s, i) for s in scene.sources for n, i in s.bands.items()}
+    picks = [names[n] for n in ("red", "green", "blue") if n in names] or [next(iter(names.values()))]
+    scale = max(1, int(np.ceil(max(scene.width, scene.height) / max_side)))
+    h, w = max(1, scene.height // scale), max(1, scene.width // scale)
+    planes = []
+    for s, i in picks:
+        with rasterio.open(s.path) as src:
+            planes.append(src.read(i, out_shape=(h, w), masked=True).astype(np.float32).filled(np.nan))
+    img = np.stack(planes, -1)
+    for k in range(img.shape[-1]):
+        x = img[..., k]
+        lo, hi = (np.nanpercentile(x, [2, 98]) if np.isfinite(x).any() else (0.0, 1.0))
+        img[..., k] = np.clip((x - lo) / max(hi - lo, 1e-6), 0, 1)
+    img = np.nan_to_num(img, nan=1.0)
+    if img.shape[-1] == 1:
+        img = np.repeat(img, 3, -1)
+    t = scene.transform
+    left, top = t.c, t.f
+    right, bottom = left + t.a * scene.width, top + t.e * scene.height
+    fig, ax = plt.subplots(figsize=(8, 8 * h / w if w else 8))
+    ax.imshow(img, extent=(left, right, bottom, top))
+    if len(gdf):
+        gdf.to_crs(scene.crs).boundary.plot(ax=ax, color="#ff2d55", linewidth=0.8)
+    ax.set_title(f"{scene.name}: {len(gdf)} slumps")
+    ax.set_axis_off()
+    fig.tight_layout()
+    with atomic_file(path, overwrite=overwrite) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def main(*, inputs: list[str], out: Path | None, model: Path | None, bands: str | None, rgb, nir, ndvi,
+         aux: list[str], resample: bool, overlap: float | None, min_score: float, min_area: float, simplify: float,
+         merge: str, match: str, match_threshold: float, to_crs: str | None, raster: Path | None,
+         quicklook: Path | None, batch_size: int, workers: int, device: str | None, overwrite: bool) -> None:
+    from rtscli.console import console
+    from rtscli.data.bands import BandMap
+    from rtscli.io.atomic import check_output
+    from rtscli.modeling.bundle import load_model, read_bundle
+
+    if merge not in ("union", "nms") or match not in ("ios", "iou"):
+        raise RtsError("--merge is union or nms, --match is ios or iou", fix="fix the option")
+    if out is None:
+        raise RtsError("no output given", fix="pass -o slumps.gpkg (or -o folder/ for many scenes)")
+    per_modality = any([rgb, nir, ndvi, aux])
+    if per_modality and inputs:
+        raise RtsError("give either scene(s) or per-modality rasters (--rgb/--nir/...), not both",
+                       fix="drop one of them")
+    if not per_modality and not inputs:
+        raise RtsError("no scene given", fix="rts predict scene.tif -o slumps.gpkg (or --rgb a.tif --nir b.tif)")
+    if model is None:
+        from rtscli.userconfig import default_model
+
+        model, origin = default_model()
+        console.print(f"model: {model} ({origin})")
+    bundle = read_bundle(model)
+    band_map = BandMap.parse(bands) if bands else bundle.band_map
+    tile = bundle.tile_size
+    ov = None if overlap is None else (int(round(overlap * tile)) if overlap < 1 else int(overlap))
+    opts = PredictOptions(overlap=ov, batch_size=batch_size, workers=workers, min_score=min_score, min_area=min_area,
+                          simplify=simplify, merge=merge, match_metric=match, match_threshold=match_threshold,
+                          to_crs=to_crs, device=device)
+    scenes = [] if per_modality else scene_list(inputs)
+    many = len(scenes) > 1 or (len(inputs) == 1 and Path(inputs[0]).is_dir()) or out.suffix.lower() not in EXTS
+    if not many:
+        if out.suffix.lower() not in EXTS:
+            raise RtsError(f"unknown output format {out.suffix!r}", path=out, fix=f"use one of {', '.join(EXTS)}")
+        check_output(out, overwrite)
+        for extra in (raster, quicklook):
+            if extra is not None:
+                check_output(extra, overwrite)
+        srcs = _sources(scenes[0] if scenes else None, band_map=band_map, rgb=rgb, nir=nir, ndvi=ndvi, aux=aux)
+        check_modalities(bundle, srcs, str(srcs[0].path) if scenes else "the given rasters")
+        net, _ = load_model(model)
+        rep = run_scene(net, bundle, srcs, out, opts, resample=resample, overwrite=overwrite, raster=raster,
+                        quicklook=quicklook)
+        tm = rep["timing"]
+        console.print(f"{rep['polygons']} slumps -> {out} ({rep['seconds']:.1f} s, {tm['tiles']} tiles, "
+                      f"{tm['skipped_nodata_tiles']} all-nodata tiles skipped)")
+        if quicklook:
+            console.print(f"quicklook: {quicklook}")
+        if raster:
+            console.print(f"instance raster: {raster}")
+        console.print("open it in QGIS: drag the file onto the map, over the scene")
+        return
+    # many scenes: one output per scene, resumable, shared out by rank under torchrun
+    if raster is not None or quicklook is not None:
+        raise RtsError("--raster and --quicklook take one scene", fix="run them per scene")
+    if out.exists() and not out.is_dir():
+        raise RtsError("for many scenes -o must be a folder", path=out, fix="pass -o a_folder/")
+    ext = ".gpkg"
+    rank, world, dist = _distributed()
+    out.mkdir(parents=True, exist_ok=True)
+    stems = [s.stem for s in scenes]
+    if len(set(stems)) != len(stems):
+        raise RtsError("two scenes have the same file name; their outputs would collide",
+                       fix="predict them into different folders")
+    for s in scenes:  # check every scene before the first is run
+        check_modalities(bundle, _sources(s, band_map=band_map, rgb=None, nir=None, ndvi=None, aux=[]), str(s))
+    net = None
+    reports = []
+    mine = scenes[rank::world]
+    for k, s in enumerate(mine):
+        target = out / f"{s.stem}{ext}"
+        if target.exists() and not overwrite:
+            reports.append({"scene": str(s), "output": str(target), "skipped": "done before"})
+            continue
+        if net is None:
+            import torch
+
+            dev = device or (f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+            opts.device = dev
+            net, _ = load_model(model)
+        srcs = _sources(s, band_map=band_map, rgb=None, nir=None, ndvi=None, aux=[])
+        rep = run_scene(net, bundle, srcs, target, opts, resample=resample, overwrite=True,
+                        label=f"[{k + 1}/{len(mine)}] ")
+        reports.append(rep)
+        console.print(f"{s.name}: {rep['polygons']} slumps -> {target} ({rep['seconds']:.1f} s)")
+    if dist is not None:
+        gathered: list = [None] * world
+        dist.all_gather_object(gathered, reports)
+        reports = [r for part in gathered for r in part]
+    if rank == 0:
+        manifest = {"model": str(Path(model).resolve()), "scenes": sorted(reports, key=lambda r: r["scene"]),
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        tmp = out / "manifest.json.tmp"
+        tmp.write_text(json.dumps(manifest, indent=2))
+        tmp.replace(out / "manifest.json")
+        done = sum(1 for r in reports if "skipped" not in r)
+        console.print(f"{len(reports)} scenes ({done} run, {len(reports) - done} done before) -> {out}/; "
+                      f"manifest: {out}/manifest.json")

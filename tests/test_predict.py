@@ -1,0 +1,326 @@
+"""`rts predict`: tiling, polygons in map coordinates, seam merging, outputs (CPU, offline).
+
+Geometry tests inject a fake model into the real tiler: it "detects" every object painted into
+the scene (pixels of one value = one object) in each tile it is shown, as Mask R-CNN would, with
+a box and a 28 x 28 RoI mask. Everything after the model (pasting, polygons, transforms, seam
+merging, attributes, writing) is the real code.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import torch
+import torch.nn.functional as F
+import yaml
+from affine import Affine
+
+from conftest import paper_sample, write_tif
+from rtscli.data.modalities import BandStats, Modality
+
+T = Affine(10.0, 0.0, 470000.0, 0.0, -10.0, 7550000.0)
+IDENTITY = BandStats(0.0, 1.0, -1e9, 1e9)
+
+
+class BlobModel:
+    """A stand-in detector: each distinct positive value in channel 0 is one object."""
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        self.seen, self.fail_after = 0, fail_after
+
+    def to(self, device):
+        return self
+
+    def eval(self):
+        return self
+
+    def predict(self, images: torch.Tensor) -> list[dict]:
+        out = []
+        for img in images:
+            self.seen += 1
+            if self.fail_after is not None and self.seen > self.fail_after:
+                raise KeyboardInterrupt
+            x = img[0]
+            boxes, masks = [], []
+            for v in sorted(set(torch.unique(x).tolist()) - {0.0}):
+                obj = x == v
+                rows, cols = torch.nonzero(obj.any(1)).flatten(), torch.nonzero(obj.any(0)).flatten()
+                r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+                boxes.append([c0, r0, c1, r1])
+                crop = obj[r0:r1, c0:c1].float()[None, None]
+                masks.append(F.interpolate(crop, size=(28, 28), mode="bilinear", align_corners=False)[0])
+            n = len(boxes)
+            out.append({"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                        "scores": torch.full((n,), 0.9), "labels": torch.ones(n, dtype=torch.int64),
+                        "mask_probs": torch.stack(masks) if n else torch.zeros(0, 1, 28, 28)})
+        return out
+
+
+def fake_bundle(tile: int = 64) -> SimpleNamespace:
+    return SimpleNamespace(tile_size=tile, modalities=[Modality("rgb", ("red", "green", "blue"))],
+                           stats={c: IDENTITY for c in ("red", "green", "blue")},
+                           config={"repeat_to": 3, "fusion": None}, path=Path("blob-model"))
+
+
+def scene_with(tmp_path, objects, shape=(200, 300), crs="EPSG:32608", transform=T, nodata=None, fill=None):
+    """A 3-band scene; ``objects`` are (value, row0, row1, col0, col1) rectangles (end-exclusive)."""
+    img = np.zeros((3,) + shape, np.float32)
+    if fill is not None:
+        img[:] = fill
+    for v, r0, r1, c0, c1 in objects:
+        img[:, r0:r1, c0:c1] = v
+    return write_tif(tmp_path / "scene.tif", img, crs=crs, transform=transform, nodata=nodata)
+
+
+def run(path, tile=64, **kw):
+    from rtscli.engine.predict import PredictOptions, Source, open_scene, predict_scene
+
+    scene = open_scene([Source(Path(path), {"red": 1, "green": 2, "blue": 3})])
+    model = BlobModel()
+    opts = PredictOptions(workers=0, batch_size=3, overlap=16, **kw)
+    gdf, timing, raw = predict_scene(model, fake_bundle(tile), scene, opts)
+    return gdf, timing, raw, model
+
+
+def test_square_lands_at_its_map_coordinates(tmp_path):
+    # rows 50-80, cols 100-140: cut by the tiles' borders (tile 64, overlap 16: starts 0, 48, 96, ...)
+    gdf, _, raw, _ = run(scene_with(tmp_path, [(1, 50, 80, 100, 140)]))
+    assert len(gdf) == 1 and len(raw) > 1  # several tiles saw it, one polygon came out
+    x0, y0, x1, y1 = gdf.geometry[0].bounds
+    assert (x0, y0, x1, y1) == pytest.approx((471000.0, 7549200.0, 471400.0, 7549500.0), abs=1e-6)
+    assert gdf.area_m2[0] == 30 * 40 * 100 and gdf.perimeter_m[0] == 2 * (300 + 400)
+    assert gdf.crs.to_epsg() == 32608 and not gdf.touches_nodata[0] and not gdf.touches_edge[0]
+    assert list(gdf.columns) == ["id", "score", "area_m2", "perimeter_m", "scene", "model", "modalities", "fusion",
+                                 "tile_size", "touches_nodata", "touches_edge", "tiles", "created", "geometry"]
+
+
+def test_area_in_a_geographic_crs_is_in_square_metres(tmp_path):
+    from pyproj import Geod
+
+    t = Affine(0.0005, 0.0, -133.0, 0.0, -0.0002, 69.5)  # ~19 m x 22 m pixels at 69.5 N
+    gdf, _, _, _ = run(scene_with(tmp_path, [(1, 40, 90, 30, 70)], crs="EPSG:4326", transform=t))
+    assert len(gdf) == 1
+    geod_area, geod_perim = Geod(ellps="WGS84").geometry_area_perimeter(gdf.geometry[0])
+    assert gdf.area_m2[0] == pytest.approx(abs(geod_area), rel=2e-3)
+    assert gdf.perimeter_m[0] == pytest.approx(geod_perim, rel=2e-3)
+
+
+def test_border_and_corner_slumps_come_out_whole_touching_ones_stay_apart(tmp_path):
+    objects = [(1, 10, 30, 40, 75),     # across the vertical border between tiles 0 and 1 (cols 48-64)
+               (2, 40, 70, 40, 70),     # across a tile corner (rows and cols 48-64)
+               (3, 120, 150, 150, 180),  # touches the next one ...
+               (4, 120, 150, 180, 210)]  # ... along col 180, across the tile border at 192
+    gdf, _, raw, _ = run(scene_with(tmp_path, objects))
+    assert len(gdf) == 4, gdf[["area_m2", "tiles"]]
+    assert sorted(gdf.area_m2) == sorted([20 * 35 * 100, 30 * 30 * 100, 30 * 30 * 100, 30 * 30 * 100])
+    assert max(gdf.tiles) >= 4  # the corner slump was seen in four tiles
+    # box-NMS merging (what SAHI-like tilers do) leaves pieces of the same slumps
+    nms, _, _, _ = run(scene_with(tmp_path, objects), merge="nms", match_threshold=0.5)
+    assert len(nms) > 4
+
+
+def test_all_nodata_tiles_are_skipped_and_empty_scenes_give_an_empty_layer(tmp_path):
+    from rtscli.io.vector import write_vector
+
+    img = np.full((3, 200, 300), 0, np.float32)
+    img[:, :, :150] = -9999  # the left half is nodata
+    path = write_tif(tmp_path / "scene.tif", img, nodata=-9999)
+    gdf, timing, _, model = run(path)
+    assert timing.skipped > 0 and model.seen == timing.tiles - timing.skipped
+    assert len(gdf) == 0
+    out = write_vector(gdf, tmp_path / "empty.gpkg")
+    back = gpd.read_file(out, layer="rts")
+    assert len(back) == 0 and {"score", "area_m2", "touches_nodata"} <= set(back.columns)
+
+
+def test_slump_at_nodata_and_scene_edge_is_flagged(tmp_path):
+    img = np.zeros((3, 200, 300), np.float32)
+    img[:, :, 200:] = -9999
+    img[:, 20:40, 180:200] = 1  # ends at the nodata margin
+    img[:, 150:200, 10:40] = 2  # ends at the scene's bottom edge
+    gdf, _, _, _ = run(write_tif(tmp_path / "scene.tif", img, nodata=-9999))
+    by_area = {round(a): (n, e) for a, n, e in zip(gdf.area_m2, gdf.touches_nodata, gdf.touches_edge, strict=True)}
+    assert by_area == {20 * 20 * 100: (True, False), 50 * 30 * 100: (False, True)}
+
+
+# ---------------------------------------------------------------- the command line
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    """A nano bundle trained for one step, and a copy that the blob model stands in for."""
+    from rtscli.cli import main
+
+    root = tmp_path_factory.mktemp("predict")
+    for k in range(4):
+        write_tif(root / "in" / "site" / f"x{k}.tif", paper_sample(shape=(64, 64), rects=[(8, 30, 10, 40)], seed=k))
+    assert main(["prepare", str(root / "in"), "-o", str(root / "ds"), "--bands", "paper",
+                 "--split", "0.5,0.25,0.25"]) == 0
+    nano = root / "nano"
+    assert main(["pretrain", "--modality", "rgb", "--data", str(root / "ds"), "-o", str(nano), "--preset", "nano",
+                 "--max-steps", "1", "--workers", "0", "--batch-size", "2"]) == 0
+    blob = root / "blob"
+    shutil.copytree(nano, blob, ignore=shutil.ignore_patterns("checkpoints", "logs"))
+    cfg = yaml.safe_load((blob / "config.yaml").read_text())
+    cfg["normalization"] = {c: IDENTITY.as_dict() for c in ("red", "green", "blue")}
+    cfg["model"]["tile_size"] = cfg["tile_size"] = 64
+    cfg["band_map"] = {"red": 1, "green": 2, "blue": 3}
+    (blob / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return {"nano": nano, "blob": blob}
+
+
+@pytest.fixture
+def blob(bundles, monkeypatch):
+    from rtscli.modeling import bundle as bmod
+
+    model = BlobModel()
+
+    def fake_load(path, device="cpu"):
+        return model, bmod.read_bundle(path)
+
+    monkeypatch.setattr(bmod, "load_model", fake_load)
+    return SimpleNamespace(path=bundles["blob"], model=model)
+
+
+OBJECTS = [(1, 50, 80, 100, 140), (2, 10, 30, 40, 75)]
+
+
+def test_every_format_has_the_same_features(tmp_path, rts, blob):
+    scene = scene_with(tmp_path, OBJECTS)
+    areas = None
+    for ext in (".gpkg", ".shp", ".geojson", ".parquet"):
+        out = tmp_path / f"slumps{ext}"
+        r = rts("predict", scene, "-o", out, "--model", blob.path, "--workers", 0, "--overlap", 16)
+        assert r.code == 0, r.err
+        gdf = gpd.read_parquet(out) if ext == ".parquet" else gpd.read_file(out)
+        assert len(gdf) == 2 and gdf.crs.to_epsg() == 32608
+        got = sorted(round(a) for a in gdf["area_m2"])
+        assert areas is None or got == areas
+        areas = got
+    assert areas == [20 * 35 * 100, 30 * 40 * 100]
+    assert gpd.list_layers(tmp_path / "slumps.gpkg")["name"].tolist() == ["rts"]
+
+
+def test_outputs_are_never_overwritten_by_accident_and_never_partial(tmp_path, rts, blob):
+    scene = scene_with(tmp_path, OBJECTS)
+    out = tmp_path / "slumps.gpkg"
+    args = ["predict", scene, "-o", out, "--model", blob.path, "--workers", 0, "--quicklook", tmp_path / "q.png",
+            "--raster", tmp_path / "ids.tif"]
+    assert rts(*args).code == 0
+    with rasterio.open(tmp_path / "ids.tif") as src:
+        ids = src.read(1)
+    assert ids[50:80, 100:140].min() > 0 and ids[0, 0] == 0 and len(np.unique(ids)) == 3
+    assert (tmp_path / "q.png").stat().st_size > 1000
+    before = out.stat().st_mtime_ns
+    r = rts(*args)
+    assert r.code == 2 and "--overwrite" in r.err and out.stat().st_mtime_ns == before
+    assert rts(*args, "--overwrite").code == 0
+    # interrupted half-way: nothing is left behind
+    blob.model.fail_after = 2
+    blob.model.seen = 0
+    out2 = tmp_path / "other.gpkg"
+    r = rts("predict", scene, "-o", out2, "--model", blob.path, "--workers", 0)
+    assert r.code == 130
+    assert not out2.exists() and not list(tmp_path.glob(".other*"))
+
+
+def test_many_scenes_resume_and_a_missing_modality_is_named(tmp_path, rts, blob):
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    for k in range(3):
+        shutil.copy(scene_with(tmp_path, OBJECTS[: k + 1] if k < 2 else []), scenes / f"s{k}.tif")
+    out = tmp_path / "out"
+    r = rts("predict", scenes, "-o", out, "--model", blob.path, "--workers", 0)
+    assert r.code == 0, r.err
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "s0.gpkg", "s1.gpkg", "s2.gpkg"]
+    assert [len(gpd.read_file(out / f"s{k}.gpkg")) for k in range(3)] == [1, 2, 0]
+    kept = (out / "s0.gpkg").stat().st_mtime_ns
+    (out / "s1.gpkg").unlink()
+    r = rts("predict", str(scenes / "*.tif"), "-o", out, "--model", blob.path, "--workers", 0)
+    assert r.code == 0, r.err
+    assert (out / "s1.gpkg").exists() and (out / "s0.gpkg").stat().st_mtime_ns == kept
+    assert "1 run, 2 done before" in r.out
+    # a single-band scene cannot give the RGB modality: a clear error, nothing written
+    one = write_tif(tmp_path / "one.tif", np.zeros((1, 50, 50), np.float32))
+    r = rts("predict", one, "-o", tmp_path / "x.gpkg", "--model", blob.path, "--bands", "nir=1")
+    assert r.code == 2 and "modality rgb" in r.err and not (tmp_path / "x.gpkg").exists()
+
+
+def test_default_model_from_settings_and_environment(tmp_path, rts, blob, monkeypatch):
+    monkeypatch.setenv("RTS_CONFIG_DIR", str(tmp_path / "cfg"))
+    monkeypatch.delenv("RTS_MODEL", raising=False)
+    scene = scene_with(tmp_path, OBJECTS)
+    r = rts("predict", scene, "-o", tmp_path / "a.gpkg")
+    assert r.code == 2 and "rts models use" in r.err and "rts demo" in r.err
+    assert rts("models", "use", blob.path).code == 0
+    r = rts("models", "list")
+    assert r.code == 0 and str(blob.path.resolve()) in r.out and "nano" in r.out
+    r = rts("predict", scene, "-o", tmp_path / "a.gpkg", "--workers", 0)
+    assert r.code == 0, r.err
+    monkeypatch.setenv("RTS_MODEL", str(tmp_path / "nowhere"))
+    r = rts("predict", scene, "-o", tmp_path / "b.gpkg")
+    assert r.code == 2 and "nowhere" in r.err
+
+
+def test_real_sentinel2_scene_with_a_nano_bundle(tmp_path, rts, bundles, data_dir):
+    scene = data_dir / "rts-digitization/Peel/S2_20210821T210019_20210821T210020_T08WMA.tif"
+    out = tmp_path / "peel.gpkg"
+    r = rts("predict", scene, "-o", out, "--model", bundles["nano"], "--bands", "sentinel2-7", "--min-score", 0.0,
+            "--workers", 1)
+    assert r.code == 0, r.err
+    gdf = gpd.read_file(out, layer="rts")
+    from shapely.geometry import box
+
+    with rasterio.open(scene) as src:
+        footprint = box(*src.bounds)
+    assert gdf.crs.to_epsg() == 32608 and len(gdf) > 0
+    assert gdf.geometry.is_valid.all() and gdf.geometry.within(footprint.buffer(1e-6)).all()
+
+
+def test_many_scenes_shared_out_by_rank_under_torchrun(tmp_path, bundles):
+    import subprocess
+    import sys
+
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    for k in range(3):
+        img = paper_sample(shape=(80, 90), rects=[(10, 30, 10, 40)], seed=k)[:5]
+        write_tif(scenes / f"s{k}.tif", img)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+           "-m", "rtscli", "predict", str(scenes), "-o", str(out), "--model", str(bundles["nano"]), "--workers", "0",
+           "--device", "cpu"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(p.name for p in out.glob("*.gpkg")) == ["s0.gpkg", "s1.gpkg", "s2.gpkg"]
+    import json
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(Path(s["scene"]).name for s in manifest["scenes"]) == ["s0.tif", "s1.tif", "s2.tif"]
+
+
+def test_one_raster_per_modality_and_grids_that_differ(tmp_path, rts, blob):
+    rgb = np.zeros((3, 120, 150), np.float32)
+    rgb[:, 20:50, 30:70] = 1
+    write_tif(tmp_path / "rgb.tif", rgb)
+    write_tif(tmp_path / "nir.tif", np.ones((1, 120, 150), np.float32))
+    r = rts("predict", "--rgb", tmp_path / "rgb.tif", "--nir", tmp_path / "nir.tif", "-o", tmp_path / "a.gpkg",
+            "--model", blob.path, "--workers", 0)
+    assert r.code == 0, r.err
+    gdf = gpd.read_file(tmp_path / "a.gpkg")
+    assert len(gdf) == 1 and gdf.area_m2[0] == 30 * 40 * 100
+    # a NIR raster on another grid (shifted by 5 pixels) is refused, or resampled on request
+    write_tif(tmp_path / "nir2.tif", np.ones((1, 120, 150), np.float32), transform=Affine(10.0, 0.0, 470050.0, 0.0, -10.0, 7550000.0))
+    args = ["predict", "--rgb", tmp_path / "rgb.tif", "--nir", tmp_path / "nir2.tif", "--model", blob.path,
+            "--workers", 0, "-o"]
+    r = rts(*args, tmp_path / "b.gpkg")
+    assert r.code == 2 and "another grid" in r.err and "--resample" in r.err and not (tmp_path / "b.gpkg").exists()
+    r = rts(*args, tmp_path / "b.gpkg", "--resample")
+    assert r.code == 0, r.err
+    assert len(gpd.read_file(tmp_path / "b.gpkg")) == 1
