@@ -238,14 +238,18 @@ def test_many_scenes_resume_and_a_missing_modality_is_named(tmp_path, rts, blob)
     out = tmp_path / "out"
     r = rts("predict", scenes, "-o", out, "--model", blob.path, "--workers", 0)
     assert r.code == 0, r.err
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "s0.gpkg", "s1.gpkg", "s2.gpkg"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "manifest.json", "s0.gpkg", "s1.gpkg", "s2.gpkg"]
     assert [len(gpd.read_file(out / f"s{k}.gpkg")) for k in range(3)] == [1, 2, 0]
     kept = (out / "s0.gpkg").stat().st_mtime_ns
     (out / "s1.gpkg").unlink()
     r = rts("predict", str(scenes / "*.tif"), "-o", out, "--model", blob.path, "--workers", 0)
     assert r.code == 0, r.err
     assert (out / "s1.gpkg").exists() and (out / "s0.gpkg").stat().st_mtime_ns == kept
-    assert "1 run, 2 done before" in r.out
+    assert "1 scene(s) run here, 2 done before" in r.out
+    # many scenes need a folder, not a file name
+    r = rts("predict", scenes, "-o", tmp_path / "all.gpkg", "--model", blob.path)
+    assert r.code == 2 and "must be a folder" in r.err and not (tmp_path / "all.gpkg").exists()
     # a single-band scene cannot give the RGB modality: a clear error, nothing written
     one = write_tif(tmp_path / "one.tif", np.zeros((1, 50, 50), np.float32))
     r = rts("predict", one, "-o", tmp_path / "x.gpkg", "--model", blob.path, "--bands", "nir=1")
@@ -316,7 +320,8 @@ def test_one_raster_per_modality_and_grids_that_differ(tmp_path, rts, blob):
     gdf = gpd.read_file(tmp_path / "a.gpkg")
     assert len(gdf) == 1 and gdf.area_m2[0] == 30 * 40 * 100
     # a NIR raster on another grid (shifted by 5 pixels) is refused, or resampled on request
-    write_tif(tmp_path / "nir2.tif", np.ones((1, 120, 150), np.float32), transform=Affine(10.0, 0.0, 470050.0, 0.0, -10.0, 7550000.0))
+    shifted = Affine(10.0, 0.0, 470050.0, 0.0, -10.0, 7550000.0)
+    write_tif(tmp_path / "nir2.tif", np.ones((1, 120, 150), np.float32), transform=shifted)
     args = ["predict", "--rgb", tmp_path / "rgb.tif", "--nir", tmp_path / "nir2.tif", "--model", blob.path,
             "--workers", 0, "-o"]
     r = rts(*args, tmp_path / "b.gpkg")

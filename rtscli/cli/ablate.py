@@ -15,7 +15,7 @@ def ablate(
     fusions: Annotated[str, typer.Option(help="'all' or a comma list of strategies (see `rts finetune --help`).")] = "all",
     sets: Annotated[Optional[str], typer.Option(help="Only these modality sets, e.g. rgb+ndvi,rgb+ndvi+nir.")] = None,
     from_: Annotated[Optional[str], typer.Option("--from", help="Unimodal bundles to reuse, comma-separated; the others are pretrained into OUT/pretrain.")] = None,
-    preset: Annotated[str, typer.Option(help="Model preset for the unimodal models pretrained here.")] = "cascade-mvitv2-b",
+    preset: Annotated[Optional[str], typer.Option(help="Model preset of the unimodal models pretrained here (default: that of the --from bundles, else cascade-mvitv2-b).")] = None,
     primary: Annotated[str, typer.Option(help="The primary modality (attention queries, baseline).")] = "rgb",
     split: Annotated[str, typer.Option(help="Split to score every cell on.")] = "test",
     pretrain_epochs: Annotated[int, typer.Option(help="Epochs of each unimodal pretraining.")] = 36,
@@ -25,14 +25,17 @@ def ablate(
     lr: Annotated[float, typer.Option(help="Learning rate at 16 tiles per step.")] = 1e-4,
     warmup_steps: Annotated[int, typer.Option(help="Linear warmup steps.")] = 250,
     fresh_heads: Annotated[bool, typer.Option(help="Start every cell's decoder fresh instead of from the primary's bundle.")] = False,
-    devices: Annotated[str, typer.Option(help="Devices per node (number or 'auto').")] = "1",
     accelerator: Annotated[str, typer.Option(help="auto, cpu or gpu.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto or a Lightning precision.")] = "auto",
     workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = 2,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     val_every: Annotated[int, typer.Option(help="Validate every N epochs.")] = 1,
 ) -> None:
-    """Run every fusion strategy on every modality set (resumable) and write OUT/table.md, table.csv, ablation.png."""
+    """Run every fusion strategy on every modality set (resumable) and write OUT/table.md, table.csv, ablation.png.
+
+    Cells run one after the other on one device each (for many GPUs, run `rts finetune` cells
+    under torchrun yourself).
+    """
     from rtscli.cli.pretrain import make_settings
     from rtscli.console import console
     from rtscli.data.modalities import parse_names
@@ -40,7 +43,7 @@ def ablate(
     from rtscli.engine.ablate import parse_fusions
 
     common = dict(max_steps=max_steps, batch_size=batch_size, lr=lr, weight_decay=0.05, warmup_steps=warmup_steps,
-                  schedule="cosine", grad_clip=1.0, devices=devices, num_nodes=1, accelerator=accelerator,
+                  schedule="cosine", grad_clip=1.0, devices="1", num_nodes=1, accelerator=accelerator,
                   precision=precision, workers=workers, seed=seed, backbone_weights=None, val_every=val_every)
     res = run(data=data, modalities=parse_names(modalities), fusions=parse_fusions(fusions), out=out,
               pretrain_settings=make_settings(epochs=pretrain_epochs, **common),

@@ -18,6 +18,7 @@ def predict(
     nir: Annotated[Optional[Path], typer.Option(help="An aligned NIR raster (band 1).")] = None,
     ndvi: Annotated[Optional[Path], typer.Option(help="An aligned NDVI raster (band 1); else NDVI is computed from red and NIR.")] = None,
     aux: Annotated[Optional[list[str]], typer.Option(help="Another aligned raster as NAME=PATH (band 1), e.g. dem=dem.tif.")] = None,
+    nodata: Annotated[Optional[float], typer.Option(help="Nodata value of the input rasters, when they do not tag one (overrides their tags).")] = None,
     resample: Annotated[bool, typer.Option(help="Resample rasters on other grids onto the first one (bilinear) instead of refusing them.")] = False,
     overlap: Annotated[Optional[float], typer.Option(help="Tile overlap: a fraction of the tile (<1) or pixels (default: 25% or the typical slump size).")] = None,
     min_score: Annotated[float, typer.Option(help="Keep detections scoring at least this.")] = 0.5,
@@ -46,4 +47,5 @@ def predict(
     run.main(inputs=inputs or [], out=out, model=model, bands=bands, rgb=rgb, nir=nir, ndvi=ndvi, aux=aux or [],
              resample=resample, overlap=overlap, min_score=min_score, min_area=min_area, simplify=simplify,
              merge=merge, match=match, match_threshold=match_threshold, to_crs=to_crs, raster=raster,
-             quicklook=quicklook, batch_size=batch_size, workers=workers, device=device, overwrite=overwrite)
+             quicklook=quicklook, batch_size=batch_size, workers=workers, device=device, overwrite=overwrite,
+             nodata=nodata)

@@ -63,7 +63,7 @@ def parse_fusions(text: str) -> list[str]:
 
 
 def ablate(*, data: Path, modalities: list[str], fusions: list[str], out: Path, pretrain_settings,
-           finetune_settings, preset: str = "nano", primary: str = "rgb", sources: list[Path] | None = None,
+           finetune_settings, preset: str | None = None, primary: str = "rgb", sources: list[Path] | None = None,
            sets: str | None = None, split: str = "test", init_heads: bool = True,
            on_cell: Callable[[str], None] | None = None) -> dict:
     from rtscli.data.dataset import DatasetInfo
@@ -82,6 +82,13 @@ def ablate(*, data: Path, modalities: list[str], fusions: list[str], out: Path, 
     # 1. one unimodal bundle per modality: given, or pretrained here (skipped when done)
     given = check_sources(list(sources or []), modalities=modalities, info=info, data=data)
     unimodal: dict[str, Path] = {m: b.path for m, b in given.items()}
+    if given:  # the missing modalities are pretrained like the given ones, or the cells could not fuse them
+        theirs = next(iter(given.values())).model_config.name
+        if preset and preset != theirs:
+            raise RtsError(f"--preset {preset} differs from the --from bundles' model {theirs}",
+                           fix="drop --preset: the missing modalities are then pretrained like the given ones")
+        preset = theirs
+    preset = preset or "cascade-mvitv2-b"
     for m in modalities:
         if m in unimodal:
             continue

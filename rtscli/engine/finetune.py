@@ -77,7 +77,9 @@ def check_sources(sources: list[Path], *, modalities: list[str], info: DatasetIn
                 raise RtsError(f"tile sizes differ: {first_name} {first.tile_size} px, {name} {b.tile_size} px",
                                path=b.path, fix="pretrain every modality with the same preset")
             mc, fc = b.model_config, first.model_config
-            if (mc.backbone.kind, mc.fpn.out_channels) != (fc.backbone.kind, fc.fpn.out_channels):
+            shape = (lambda c: {k: v for k, v in c.backbone.__dict__.items() if k != "in_channels"}  # noqa: E731
+                     | {"fpn": c.fpn.__dict__})
+            if shape(mc) != shape(fc):
                 raise RtsError(f"the backbones of {first_name} and {name} differ ({fc.backbone.kind}/"
                                f"{fc.fpn.out_channels} vs {mc.backbone.kind}/{mc.fpn.out_channels} FPN channels)",
                                path=b.path,
@@ -162,7 +164,6 @@ def finetune(*, data: Path, fusion: str, modalities: list[str], out: Path, setti
     if freeze and not bundles:
         raise RtsError("--freeze needs pretrained backbones", fix="pass --from with one bundle per modality")
     heads_bundle = read_bundle(init_heads_from) if init_heads_from else None
-    prepare_run_dir(out, resume=resume, overwrite=overwrite)
 
     import lightning as L
 
@@ -226,6 +227,8 @@ def finetune(*, data: Path, fusion: str, modalities: list[str], out: Path, setti
         heads_note = "fresh"
     spec["sources"] = origin
     spec["heads_from"] = heads_note
+    # every check and every weight is in place: only now is the run directory touched
+    prepare_run_dir(out, resume=resume, overwrite=overwrite)
 
     import os
 

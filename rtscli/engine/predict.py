@@ -48,6 +48,7 @@ class Source:
 
     path: Path
     bands: dict[str, int]
+    nodata: float | None = None  # filled in by open_scene (the raster's own, or --nodata)
 
 
 @dataclass
@@ -77,8 +78,13 @@ class Timing:
         return d | {"tiles": self.tiles, "skipped_nodata_tiles": self.skipped} | self.extra
 
 
-def open_scene(sources: list[Source], *, resample: bool = False, name: str | None = None) -> Scene:
-    """Check the rasters (readable, CRS, same grid unless ``resample``) and describe the scene."""
+def open_scene(sources: list[Source], *, resample: bool = False, name: str | None = None,
+               nodata: float | None = None) -> Scene:
+    """Check the rasters (readable, CRS, same grid unless ``resample``) and describe the scene.
+
+    Each source keeps its own nodata value (``nodata`` overrides them all, for rasters whose nodata
+    is not tagged).
+    """
     from rtscli.io.raster import inspect
 
     infos = [inspect(s.path) for s in sources]
@@ -94,8 +100,9 @@ def open_scene(sources: list[Source], *, resample: bool = False, name: str | Non
                                f"({inf.crs} {inf.width}x{inf.height} vs {ref.crs} {ref.width}x{ref.height})",
                                path=s.path, fix="pass --resample to resample it onto the first raster's grid")
             log.info("resampling %s onto the grid of %s (bilinear)", s.path, sources[0].path)
+        s.nodata = nodata if nodata is not None else inf.nodata
     return Scene(name=name or sources[0].path.stem, sources=sources, width=ref.width, height=ref.height,
-                 transform=ref.transform, crs=ref.crs, nodata=ref.nodata, resample=resample)
+                 transform=ref.transform, crs=ref.crs, nodata=sources[0].nodata, resample=resample)
 
 
 def tile_grid(width: int, height: int, tile: int, overlap: int) -> list[tuple[int, int]]:
@@ -117,9 +124,9 @@ class TileDataset(torch.utils.data.Dataset):
     """Windows of a scene, composed into the bundle's modalities. Each worker opens its own handles."""
 
     def __init__(self, scene: Scene, origins: list[tuple[int, int]], *, tile: int, modalities, stats,
-                 repeat_to: int | None, nodata: float | None) -> None:
+                 repeat_to: int | None) -> None:
         self.scene, self.origins, self.tile = scene, origins, tile
-        self.modalities, self.stats, self.repeat_to, self.nodata = modalities, stats, repeat_to, nodata
+        self.modalities, self.stats, self.repeat_to = modalities, stats, repeat_to
         self._handles: dict[int, list] = {}
         names: dict[str, int] = {}
         for s in scene.sources:
@@ -145,34 +152,48 @@ class TileDataset(torch.utils.data.Dataset):
                     from rasterio.enums import Resampling
 
                     src = WarpedVRT(src, crs=self.scene.crs, transform=self.scene.transform,
-                                    width=self.scene.width, height=self.scene.height, resampling=Resampling.bilinear)
+                                    width=self.scene.width, height=self.scene.height, resampling=Resampling.bilinear,
+                                    nodata=s.nodata)
                 handles.append(src)
             self._handles = {pid: handles}
         return self._handles[pid]
 
     def __getitem__(self, i: int):
+        try:
+            return self._load(i)
+        except RtsError as exc:
+            return {"index": i, "error": str(exc)}
+        except Exception as exc:  # a worker's traceback would be one huge line: report it cleanly
+            return {"index": i, "error": f"cannot read tile {i} of {self.scene.name}: "
+                                         f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}"}
+
+    def _load(self, i: int) -> dict:
         from rasterio.windows import Window
 
         from rtscli.data.modalities import compose
-        from rtscli.io.raster import read_window
 
         t0 = time.perf_counter()
         col, row = self.origins[i]
-        win = Window(col, row, self.tile, self.tile)
-        planes = []
-        fill = self.nodata if self.nodata is not None else 0
-        for src, s in zip(self._open(), self.scene.sources, strict=True):
-            data = read_window(src, win, indexes=list(s.bands.values()), fill=fill)
-            planes.append(data.astype(np.float32, copy=False))
-        raw = np.concatenate(planes, axis=0)
-        # pixels beyond the scene's edge are never valid, whatever their fill value
-        inside = np.zeros(raw.shape[1:], bool)
-        inside[: max(0, self.scene.height - row), : max(0, self.scene.width - col)] = True
-        arrays, valid = compose(raw, self.band_map, self.modalities, self.stats, nodata=self.nodata,
-                                repeat_to=self.repeat_to)
-        valid &= inside
+        t, sc = self.tile, self.scene
+        # the part of the tile inside the scene is read; the rest is padding (never valid)
+        h, w = max(0, min(t, sc.height - row)), max(0, min(t, sc.width - col))
+        raw = np.zeros((len(self.band_map.names), t, t), np.float32)
+        valid = np.zeros((t, t), bool)
+        valid[:h, :w] = True
+        k = 0
+        for src, s in zip(self._open(), sc.sources, strict=True):
+            data = src.read(list(s.bands.values()), window=Window(col, row, w, h)).astype(np.float32, copy=False)
+            n = data.shape[0]
+            raw[k:k + n, :h, :w] = data
+            if s.nodata is not None and not np.isnan(s.nodata):
+                valid[:h, :w] &= ~(data == np.float32(s.nodata)).all(axis=0)
+            valid[:h, :w] &= np.isfinite(data).all(axis=0)
+            k += n
+        inside = np.zeros((t, t), bool)
+        inside[:h, :w] = True
         if not valid.any():
             return {"index": i, "empty": True, "seconds": time.perf_counter() - t0}
+        arrays, _ = compose(raw, self.band_map, self.modalities, self.stats, nodata=None, repeat_to=self.repeat_to)
         image = np.concatenate([arrays[m.name] for m in self.modalities], axis=0)
         image[:, ~valid] = 0.0
         return {"index": i, "empty": False, "image": torch.from_numpy(np.ascontiguousarray(image)),
@@ -212,8 +233,9 @@ def mask_in_box(probs: np.ndarray, box: np.ndarray, shape: tuple[int, int]) -> t
     rows = (np.arange(r0, r1, dtype=np.float32) + 0.5 - y0) / max(y1 - y0, 1e-6) * m - 0.5
     mapx = np.broadcast_to(cols[None, :], (r1 - r0, c1 - c0)).astype(np.float32)
     mapy = np.broadcast_to(rows[:, None], (r1 - r0, c1 - c0)).astype(np.float32)
+    # beyond the mask's outer cells the value falls off to 0, as in torchvision's zero-padded paste
     out = cv2.remap(probs.astype(np.float32), mapx, mapy, interpolation=cv2.INTER_LINEAR,
-                    borderMode=cv2.BORDER_REPLICATE)
+                    borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
     return out, c0, r0
 
 
@@ -348,15 +370,20 @@ def merge_instances(items: list[Instance], *, mode: str = "union", metric: str =
 
 
 def metric_lengths(gdf) -> tuple[np.ndarray, np.ndarray]:
-    """(area_m2, perimeter_m) of every geometry: in the CRS's own metres when projected, else in a
-    Lambert azimuthal equal-area projection centred on the data."""
+    """(area_m2, perimeter_m) of every geometry: in the CRS's own metres when projected, else (and for
+    Mercator projections, whose scale grows fast toward the pole) in a Lambert azimuthal equal-area
+    projection centred on the data."""
     if len(gdf) == 0:
         return np.zeros(0), np.zeros(0)
     crs = gdf.crs
     if crs is None:
         raise RtsError("the scene has no CRS", fix="assign one (gdal_edit.py -a_srs EPSG:...)")
-    if crs.is_geographic:
-        c = gdf.geometry.union_all().centroid if hasattr(gdf.geometry, "union_all") else gdf.unary_union.centroid
+    from pyproj import CRS as PCRS
+
+    method = (PCRS.from_user_input(crs).coordinate_operation.method_name or "") if crs.is_projected else ""
+    mercator = "mercator" in method.lower() and "transverse" not in method.lower()
+    if crs.is_geographic or mercator:  # Web Mercator areas are ~8x too large at 70 N
+        c = gdf.geometry.to_crs(4326).union_all().centroid
         laea = f"+proj=laea +lat_0={c.y} +lon_0={c.x} +datum=WGS84 +units=m +no_defs"
         g = gdf.geometry.to_crs(laea)
         return g.area.to_numpy(), g.length.to_numpy()
@@ -381,9 +408,9 @@ def to_frame(merged: list[dict], *, scene: Scene, bundle, model_name: str, to_cr
     area, perim = metric_lengths(gdf)
     gdf["area_m2"] = np.round(area, 3)
     gdf["perimeter_m"] = np.round(perim, 3)
-    gdf["touches_nodata"] = [bool(m["touches_nodata"]) for m in merged]
-    gdf["touches_edge"] = [bool(m["touches_edge"]) for m in merged]
-    gdf["tiles"] = [int(m["tiles"]) for m in merged]
+    gdf["touches_nodata"] = np.array([bool(m["touches_nodata"]) for m in merged], dtype=bool)
+    gdf["touches_edge"] = np.array([bool(m["touches_edge"]) for m in merged], dtype=bool)
+    gdf["tiles"] = np.array([int(m["tiles"]) for m in merged], dtype=np.int64)
     if min_area > 0:
         gdf = gdf[gdf["area_m2"] >= min_area]
     gdf = gdf.sort_values("score", ascending=False).reset_index(drop=True)
@@ -393,7 +420,7 @@ def to_frame(merged: list[dict], *, scene: Scene, bundle, model_name: str, to_cr
     gdf["model"] = model_name
     gdf["modalities"] = ",".join(m.name for m in bundle.modalities)
     gdf["fusion"] = fusion
-    gdf["tile_size"] = int(bundle.tile_size)
+    gdf["tile_size"] = np.full(len(gdf), int(bundle.tile_size), dtype=np.int64)
     gdf["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     gdf["score"] = gdf["score"].astype(float).round(4)
     return gdf[cols + ["geometry"]]
@@ -421,7 +448,7 @@ def predict_scene(model, bundle, scene: Scene, opts: PredictOptions, *,
     overlap = opts.overlap if opts.overlap is not None else default_overlap(tile, bundle.config)
     origins = tile_grid(scene.width, scene.height, tile, overlap)
     ds = TileDataset(scene, origins, tile=tile, modalities=bundle.modalities, stats=bundle.stats,
-                     repeat_to=bundle.config.get("repeat_to", 3), nodata=scene.nodata)
+                     repeat_to=bundle.config.get("repeat_to", 3))
     device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device).eval()
     loader = torch.utils.data.DataLoader(ds, batch_size=opts.batch_size, shuffle=False, collate_fn=_collate,
@@ -432,6 +459,9 @@ def predict_scene(model, bundle, scene: Scene, opts: PredictOptions, *,
     t_wait = time.perf_counter()
     for batch in loader:
         timing.read += time.perf_counter() - t_wait  # waiting for tiles (reading runs in the workers)
+        bad = next((b for b in batch if "error" in b), None)
+        if bad is not None:
+            raise RtsError(bad["error"], fix="check the raster (gdalinfo -checksum); --workers 0 --debug shows more")
         busy = sum(b["seconds"] for b in batch)
         timing.extra["read_in_workers_s"] = timing.extra.get("read_in_workers_s", 0.0) + busy
         full = [b for b in batch if not b["empty"]]
@@ -443,7 +473,7 @@ def predict_scene(model, bundle, scene: Scene, opts: PredictOptions, *,
             with torch.inference_mode():
                 preds = model.predict(images)
             if device.startswith("cuda"):
-                torch.cuda.synchronize()
+                torch.cuda.synchronize(device)
             timing.model += time.perf_counter() - t
             t = time.perf_counter()
             for b, p in zip(full, preds, strict=True):

@@ -96,25 +96,37 @@ def _progress_bar():
                     TimeRemainingColumn(), console=err_console, transient=True, disable=not err_console.is_terminal)
 
 
-def _distributed():
-    """(rank, world size) under torchrun; the process group is set up through torch.distributed."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, None
+def _distributed(device: str | None):
+    """(rank, world size, device) under torchrun; rank and world come from torch.distributed.
+
+    Each rank takes its own GPU (LOCAL_RANK). No collective follows the set-up: every rank writes
+    its own part of the manifest, so a rank with nothing (left) to do never waits on the others.
+    """
     import torch
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda":
+        device = f"cuda:{local}"
+    if world <= 1:
+        return 0, 1, device
     import torch.distributed as dist
 
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size(), dist
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
 
 
 def run_scene(model, bundle, sources: list[Source], out: Path, opts: PredictOptions, *, resample: bool,
               overwrite: bool, raster: Path | None = None, quicklook: Path | None = None,
-              name: str | None = None, label: str = "") -> dict:
+              name: str | None = None, label: str = "", nodata: float | None = None) -> dict:
     from rtscli.io.vector import write_vector
 
-    scene = open_scene(sources, resample=resample, name=name)
+    scene = open_scene(sources, resample=resample, name=name, nodata=nodata)
     res = abs(scene.transform.a * scene.transform.e)
     km2_per_tile = bundle.tile_size**2 * res / 1e6 if not (scene.crs and scene.crs.is_geographic) else 0.0
     t0 = time.perf_counter()
@@ -210,17 +222,34 @@ def write_quicklook(gdf, scene, path: Path, *, overwrite: bool, max_side: int = 
     plt.close(fig)
 
 
+def _check_options(*, batch_size: int, workers: int, match_threshold: float, min_score: float, to_crs: str | None,
+                   merge: str, match: str, overlap: float | None) -> None:
+    if merge not in ("union", "nms") or match not in ("ios", "iou"):
+        raise RtsError("--merge is union or nms, --match is ios or iou", fix="fix the option")
+    if batch_size < 1 or workers < 0:
+        raise RtsError("--batch-size must be >= 1 and --workers >= 0", fix="e.g. --batch-size 4 --workers 2")
+    if not 0 < match_threshold <= 1 or not 0 <= min_score <= 1:
+        raise RtsError("--match-threshold must be in (0, 1] and --min-score in [0, 1]", fix="e.g. 0.2 and 0.5")
+    if overlap is not None and overlap < 0:
+        raise RtsError("--overlap must be >= 0", fix="a fraction of the tile (e.g. 0.25) or pixels (e.g. 64)")
+    if to_crs:
+        from rtscli.io.raster import parse_crs
+
+        parse_crs(to_crs, "--to-crs")
+
+
 def main(*, inputs: list[str], out: Path | None, model: Path | None, bands: str | None, rgb, nir, ndvi,
          aux: list[str], resample: bool, overlap: float | None, min_score: float, min_area: float, simplify: float,
          merge: str, match: str, match_threshold: float, to_crs: str | None, raster: Path | None,
-         quicklook: Path | None, batch_size: int, workers: int, device: str | None, overwrite: bool) -> None:
+         quicklook: Path | None, batch_size: int, workers: int, device: str | None, overwrite: bool,
+         nodata: float | None = None) -> None:
     from rtscli.console import console
     from rtscli.data.bands import BandMap
     from rtscli.io.atomic import check_output
     from rtscli.modeling.bundle import load_model, read_bundle
 
-    if merge not in ("union", "nms") or match not in ("ios", "iou"):
-        raise RtsError("--merge is union or nms, --match is ios or iou", fix="fix the option")
+    _check_options(batch_size=batch_size, workers=workers, match_threshold=match_threshold, min_score=min_score,
+                   to_crs=to_crs, merge=merge, match=match, overlap=overlap)
     if out is None:
         raise RtsError("no output given", fix="pass -o slumps.gpkg (or -o folder/ for many scenes)")
     per_modality = any([rgb, nir, ndvi, aux])
@@ -242,7 +271,9 @@ def main(*, inputs: list[str], out: Path | None, model: Path | None, bands: str 
                           simplify=simplify, merge=merge, match_metric=match, match_threshold=match_threshold,
                           to_crs=to_crs, device=device)
     scenes = [] if per_modality else scene_list(inputs)
-    many = len(scenes) > 1 or (len(inputs) == 1 and Path(inputs[0]).is_dir()) or out.suffix.lower() not in EXTS
+    is_dir_input = len(inputs) == 1 and Path(inputs[0]).is_dir()
+    many = len(scenes) > 1 or is_dir_input or bool(inputs and any(c in inputs[0] for c in "*?[")) \
+        or bool(inputs and inputs[0].endswith(".txt"))
     if not many:
         if out.suffix.lower() not in EXTS:
             raise RtsError(f"unknown output format {out.suffix!r}", path=out, fix=f"use one of {', '.join(EXTS)}")
@@ -252,9 +283,11 @@ def main(*, inputs: list[str], out: Path | None, model: Path | None, bands: str 
                 check_output(extra, overwrite)
         srcs = _sources(scenes[0] if scenes else None, band_map=band_map, rgb=rgb, nir=nir, ndvi=ndvi, aux=aux)
         check_modalities(bundle, srcs, str(srcs[0].path) if scenes else "the given rasters")
+        open_scene(srcs, resample=resample, nodata=nodata)  # every check before the model is loaded
+        _, _, opts.device = _distributed(device)
         net, _ = load_model(model)
         rep = run_scene(net, bundle, srcs, out, opts, resample=resample, overwrite=overwrite, raster=raster,
-                        quicklook=quicklook)
+                        quicklook=quicklook, nodata=nodata)
         tm = rep["timing"]
         console.print(f"{rep['polygons']} slumps -> {out} ({rep['seconds']:.1f} s, {tm['tiles']} tiles, "
                       f"{tm['skipped_nodata_tiles']} all-nodata tiles skipped)")
@@ -267,46 +300,45 @@ def main(*, inputs: list[str], out: Path | None, model: Path | None, bands: str 
     # many scenes: one output per scene, resumable, shared out by rank under torchrun
     if raster is not None or quicklook is not None:
         raise RtsError("--raster and --quicklook take one scene", fix="run them per scene")
-    if out.exists() and not out.is_dir():
-        raise RtsError("for many scenes -o must be a folder", path=out, fix="pass -o a_folder/")
+    if out.suffix.lower() in EXTS or (out.exists() and not out.is_dir()):
+        raise RtsError("for many scenes -o must be a folder (one .gpkg per scene goes in it)", path=out,
+                       fix="pass -o a_folder/")
     ext = ".gpkg"
-    rank, world, dist = _distributed()
-    out.mkdir(parents=True, exist_ok=True)
     stems = [s.stem for s in scenes]
     if len(set(stems)) != len(stems):
         raise RtsError("two scenes have the same file name; their outputs would collide",
                        fix="predict them into different folders")
-    for s in scenes:  # check every scene before the first is run
-        check_modalities(bundle, _sources(s, band_map=band_map, rgb=None, nir=None, ndvi=None, aux=[]), str(s))
+    for s in scenes:  # check every scene (metadata only) before the first is run
+        srcs = _sources(s, band_map=band_map, rgb=None, nir=None, ndvi=None, aux=[])
+        check_modalities(bundle, srcs, str(s))
+        open_scene(srcs, nodata=nodata)
+    rank, world, opts.device = _distributed(device)
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [s for s in scenes if overwrite or not (out / f"{s.stem}{ext}").exists()]
+    reports = [{"scene": str(s), "output": str(out / f"{s.stem}{ext}"), "skipped": "done before"}
+               for s in scenes if s not in todo] if rank == 0 else []
+    mine = todo[rank::world]  # shared out after the finished scenes are set aside
     net = None
-    reports = []
-    mine = scenes[rank::world]
     for k, s in enumerate(mine):
         target = out / f"{s.stem}{ext}"
-        if target.exists() and not overwrite:
-            reports.append({"scene": str(s), "output": str(target), "skipped": "done before"})
-            continue
         if net is None:
-            import torch
-
-            dev = device or (f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
-            opts.device = dev
             net, _ = load_model(model)
         srcs = _sources(s, band_map=band_map, rgb=None, nir=None, ndvi=None, aux=[])
         rep = run_scene(net, bundle, srcs, target, opts, resample=resample, overwrite=True,
-                        label=f"[{k + 1}/{len(mine)}] ")
+                        label=f"[{k + 1}/{len(mine)}] ", nodata=nodata)
         reports.append(rep)
         console.print(f"{s.name}: {rep['polygons']} slumps -> {target} ({rep['seconds']:.1f} s)")
-    if dist is not None:
-        gathered: list = [None] * world
-        dist.all_gather_object(gathered, reports)
-        reports = [r for part in gathered for r in part]
-    if rank == 0:
-        manifest = {"model": str(Path(model).resolve()), "scenes": sorted(reports, key=lambda r: r["scene"]),
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        tmp = out / "manifest.json.tmp"
-        tmp.write_text(json.dumps(manifest, indent=2))
-        tmp.replace(out / "manifest.json")
-        done = sum(1 for r in reports if "skipped" not in r)
-        console.print(f"{len(reports)} scenes ({done} run, {len(reports) - done} done before) -> {out}/; "
-                      f"manifest: {out}/manifest.json")
+    part = out / f".manifest-rank{rank}.json"
+    part.with_suffix(".tmp").write_text(json.dumps(reports))
+    part.with_suffix(".tmp").replace(part)
+    # every rank rebuilds the manifest from the parts it sees; the last to finish sees them all
+    files = sorted(out.glob(".manifest-rank*.json"), key=lambda f: f.stat().st_mtime_ns)
+    parts = [r for f in files for r in json.loads(f.read_text())]
+    by_scene = {r["scene"]: r for r in parts}
+    manifest = {"model": str(Path(model).resolve()), "scenes": [by_scene[k] for k in sorted(by_scene)],
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    tmp = out / f"manifest.json.tmp{rank}"
+    tmp.write_text(json.dumps(manifest, indent=2))
+    tmp.replace(out / "manifest.json")
+    console.print(f"{len(mine)} scene(s) run here, {len(scenes) - len(todo)} done before, "
+                  f"{len(todo)} to do over {world} process(es) -> {out}/; manifest: {out}/manifest.json")
