@@ -75,7 +75,7 @@ def test_finetune_keeps_frozen_backbones_bit_identical(world, tmp_path, rts):
         for k in keys:
             assert torch.equal(fused[f"backbone.backbones.{m}.{k[len('backbone.'):]}"], src[k]), k
         assert cfg["fusion"]["sources"][m]["sha256"]
-    # the decoder and the fusion module did train
+    # the decoder (started from the RGB bundle) did train
     heads = _weights(world["rgb"])
     assert any(not torch.equal(fused[k], heads[k]) for k in heads if k.startswith("roi_heads."))
     # the parameter counts of the report match the model

@@ -329,3 +329,37 @@ def test_one_raster_per_modality_and_grids_that_differ(tmp_path, rts, blob):
     r = rts(*args, tmp_path / "b.gpkg", "--resample")
     assert r.code == 0, r.err
     assert len(gpd.read_file(tmp_path / "b.gpkg")) == 1
+
+
+def test_web_mercator_areas_are_true_areas():
+    from pyproj import Geod
+    from shapely.geometry import box
+
+    from rtscli.engine.predict import metric_lengths
+
+    g = gpd.GeoDataFrame(geometry=[box(-14_800_000, 11_000_000, -14_797_000, 11_003_000)], crs=3857)  # ~70 N
+    area, perim = metric_lengths(g)
+    true_area, true_perim = Geod(ellps="WGS84").geometry_area_perimeter(g.to_crs(4326).geometry[0])
+    assert area[0] == pytest.approx(abs(true_area), rel=5e-3) and area[0] < 0.2 * g.area[0]
+    assert perim[0] == pytest.approx(true_perim, rel=5e-3)
+
+
+def test_a_scene_in_other_units_than_the_training_data_is_warned_about(tmp_path):
+    import logging
+
+    from rtscli.engine.predict import PredictOptions, Source, open_scene, predict_scene
+
+    seen: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: seen.append(record.getMessage())
+
+    bundle = fake_bundle()
+    bundle.stats = {c: BandStats(0.05, 0.02, 0.02, 0.11) for c in ("red", "green", "blue")}  # reflectance 0-1
+    scene = open_scene([Source(scene_with(tmp_path, [], fill=500.0), {"red": 1, "green": 2, "blue": 3})])  # x 10000
+    logger = logging.getLogger("rtscli")
+    logger.addHandler(handler)
+    try:
+        predict_scene(BlobModel(), bundle, scene, PredictOptions(workers=0, overlap=16))
+    finally:
+        logger.removeHandler(handler)
+    assert any("other units" in m for m in seen)

@@ -193,11 +193,17 @@ class TileDataset(torch.utils.data.Dataset):
         inside[:h, :w] = True
         if not valid.any():
             return {"index": i, "empty": True, "seconds": time.perf_counter() - t0}
+        # share of valid pixels clipped by the model's normalization range (units check)
+        clipped = 0.0
+        for name, st in self.stats.items():
+            if name in self.band_map:
+                x = raw[self.band_map[name] - 1][valid]
+                clipped = max(clipped, float(np.mean((x <= st.low) | (x >= st.high))))
         arrays, _ = compose(raw, self.band_map, self.modalities, self.stats, nodata=None, repeat_to=self.repeat_to)
         image = np.concatenate([arrays[m.name] for m in self.modalities], axis=0)
         image[:, ~valid] = 0.0
         return {"index": i, "empty": False, "image": torch.from_numpy(np.ascontiguousarray(image)),
-                "valid": torch.from_numpy(valid), "inside": torch.from_numpy(inside),
+                "valid": torch.from_numpy(valid), "inside": torch.from_numpy(inside), "clipped": clipped,
                 "seconds": time.perf_counter() - t0}
 
 
@@ -456,6 +462,7 @@ def predict_scene(model, bundle, scene: Scene, opts: PredictOptions, *,
                                          prefetch_factor=2 if opts.workers else None)
     timing = Timing()
     instances: list[Instance] = []
+    clipped: list[float] = []
     t_wait = time.perf_counter()
     for batch in loader:
         timing.read += time.perf_counter() - t_wait  # waiting for tiles (reading runs in the workers)
@@ -465,6 +472,7 @@ def predict_scene(model, bundle, scene: Scene, opts: PredictOptions, *,
         busy = sum(b["seconds"] for b in batch)
         timing.extra["read_in_workers_s"] = timing.extra.get("read_in_workers_s", 0.0) + busy
         full = [b for b in batch if not b["empty"]]
+        clipped += [b["clipped"] for b in full]
         timing.skipped += len(batch) - len(full)
         timing.tiles += len(batch)
         if full:
@@ -484,6 +492,11 @@ def predict_scene(model, bundle, scene: Scene, opts: PredictOptions, *,
         if progress:
             progress(len(batch), len(origins))
         t_wait = time.perf_counter()
+    if clipped and float(np.median(clipped)) > 0.9:
+        log.warning("%s: most pixels lie outside the value range the model was trained on (%s); the scene may be in "
+                    "other units (e.g. reflectance x 10000 vs 0-1) or another band order: check --bands and the "
+                    "training data", scene.name,
+                    ", ".join(f"{k} {v.low:g}..{v.high:g}" for k, v in bundle.stats.items()))
     t = time.perf_counter()
     merged = merge_instances(instances, mode=opts.merge, metric=opts.match_metric, threshold=opts.match_threshold)
     gdf = to_frame(merged, scene=scene, bundle=bundle, model_name=bundle.path.name, to_crs=opts.to_crs,
