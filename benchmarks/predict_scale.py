@@ -2,7 +2,8 @@
 
     python benchmarks/predict_scale.py --model BUNDLE [--sizes 2048,16384] [--out bench_out/predict_scale]
 
-BUNDLE: a nano bundle (e.g. from `rts demo` or benchmarks/fusion_synth.py). For each size an
+BUNDLE: a nano bundle (e.g. from `rts demo` or benchmarks/fusion_synth.py, with --scale 0.0001: those
+are trained on chips in reflectance 0-1, the scenes are in reflectance x 10000). For each size an
 `rts synth` scene (3 m pixels, PlanetScope band order, truth polygons beside it) is made once, then
 predicted in a fresh process (so its peak RSS is its own), with the real tiler and the default
 options; the run reports tiles/s, km^2/h, the time split read / model / merge+polygonize / write,
@@ -27,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 
-def one(scene: Path, model: Path, workers: int, batch: int) -> dict:
+def one(scene: Path, model: Path, workers: int, batch: int, scale: float) -> dict:
     import geopandas as gpd
     from shapely.geometry import LineString
 
@@ -42,7 +43,7 @@ def one(scene: Path, model: Path, workers: int, batch: int) -> dict:
     net, bundle = load_model(model)
     bands = BandMap.parse("planetscope4").as_dict()
     sc = open_scene([Source(scene, bands)])
-    opts = PredictOptions(workers=workers, batch_size=batch)
+    opts = PredictOptions(workers=workers, batch_size=batch, scale=scale)
     t0 = time.perf_counter()
     gdf, timing, raw = predict_scene(net, bundle, sc, opts)
     t = time.perf_counter()
@@ -93,10 +94,12 @@ def main() -> None:
     ap.add_argument("--out", default="bench_out/predict_scale")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--scale", type=float, default=1.0,
+                    help="rts predict --scale: 0.0001 for a bundle trained on `rts synth` chips (reflectance 0-1)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(one(Path(args.one), Path(args.model), args.workers, args.batch_size)))
+        print(json.dumps(one(Path(args.one), Path(args.model), args.workers, args.batch_size, args.scale)))
         return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -109,7 +112,8 @@ def main() -> None:
                            stdout=subprocess.DEVNULL)
         scene = next((d / "scenes").glob("*.tif"))
         r = subprocess.run([sys.executable, __file__, "--model", args.model, "--one", str(scene), "--workers",
-                            str(args.workers), "--batch-size", str(args.batch_size)], check=True, capture_output=True,
+                            str(args.workers), "--batch-size", str(args.batch_size), "--scale", str(args.scale)],
+                           check=True, capture_output=True,
                            text=True)
         rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)

@@ -19,6 +19,7 @@ def predict(
     ndvi: Annotated[Optional[Path], typer.Option(help="An aligned NDVI raster (band 1); else NDVI is computed from red and NIR.")] = None,
     aux: Annotated[Optional[list[str]], typer.Option(help="Another aligned raster as NAME=PATH (band 1), e.g. dem=dem.tif.")] = None,
     nodata: Annotated[Optional[float], typer.Option(help="Nodata value of the input rasters, when they do not tag one (overrides their tags).")] = None,
+    scale: Annotated[float, typer.Option(help="Multiply band values by this first, to match the training data's units (e.g. 0.0001: reflectance x 10000 -> 0-1).")] = 1.0,
     resample: Annotated[bool, typer.Option(help="Resample rasters on other grids onto the first one (bilinear) instead of refusing them.")] = False,
     overlap: Annotated[Optional[float], typer.Option(help="Tile overlap: a fraction of the tile (<1) or pixels (default: 25% or the typical slump size).")] = None,
     min_score: Annotated[float, typer.Option(help="Keep detections scoring at least this.")] = 0.5,
@@ -48,4 +49,4 @@ def predict(
              resample=resample, overlap=overlap, min_score=min_score, min_area=min_area, simplify=simplify,
              merge=merge, match=match, match_threshold=match_threshold, to_crs=to_crs, raster=raster,
              quicklook=quicklook, batch_size=batch_size, workers=workers, device=device, overwrite=overwrite,
-             nodata=nodata)
+             nodata=nodata, scale=scale)

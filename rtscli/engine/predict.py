@@ -40,6 +40,8 @@ from rtscli.errors import RtsError
 log = logging.getLogger("rtscli")
 
 RGB_LIKE = ("red", "green", "blue")
+#: two instances of one tile are one slump when this much of the smaller lies inside the larger
+SAME_TILE_IOS = 0.8
 
 
 @dataclass
@@ -124,8 +126,8 @@ class TileDataset(torch.utils.data.Dataset):
     """Windows of a scene, composed into the bundle's modalities. Each worker opens its own handles."""
 
     def __init__(self, scene: Scene, origins: list[tuple[int, int]], *, tile: int, modalities, stats,
-                 repeat_to: int | None) -> None:
-        self.scene, self.origins, self.tile = scene, origins, tile
+                 repeat_to: int | None, scale: float = 1.0) -> None:
+        self.scene, self.origins, self.tile, self.scale = scene, origins, tile, float(scale)
         self.modalities, self.stats, self.repeat_to = modalities, stats, repeat_to
         self._handles: dict[int, list] = {}
         names: dict[str, int] = {}
@@ -191,6 +193,8 @@ class TileDataset(torch.utils.data.Dataset):
             k += n
         inside = np.zeros((t, t), bool)
         inside[:h, :w] = True
+        if self.scale != 1.0:
+            raw *= np.float32(self.scale)
         if not valid.any():
             return {"index": i, "empty": True, "seconds": time.perf_counter() - t0}
         # share of valid pixels clipped by the model's normalization range (units check)
@@ -310,8 +314,10 @@ def merge_instances(items: list[Instance], *, mode: str = "union", metric: str =
 
     ``union``: instances of different tiles whose overlap (``ios``: intersection over the smaller
     area; ``iou``) reaches ``threshold`` are joined (transitively) and their union kept, with the
-    highest score. ``nms``: greedy non-maximum suppression on bounding boxes at IoU ``threshold``
-    (the box-NMS merging of tiling libraries), for comparison.
+    highest score. Within one tile only near-duplicates are joined (``SAME_TILE_IOS`` of the smaller
+    inside the larger), so that a partial mask nested in a whole one does not come out twice.
+    ``nms``: greedy non-maximum suppression on bounding boxes at IoU ``threshold`` (the box-NMS
+    merging of tiling libraries), for comparison.
     """
     from shapely import STRtree
     from shapely.ops import unary_union
@@ -351,11 +357,16 @@ def merge_instances(items: list[Instance], *, mode: str = "union", metric: str =
             return i
 
         for a, b in zip(left.tolist(), right.tolist(), strict=True):
-            if a >= b or items[a].tile == items[b].tile:
+            if a >= b:
                 continue
             ga, gb = geoms[a], geoms[b]
             inter = ga.intersection(gb).area
             if inter <= 0:
+                continue
+            if items[a].tile == items[b].tile:
+                # one tile, two instances: only a near-duplicate (one mostly inside the other) is joined
+                if inter / max(min(ga.area, gb.area), 1e-12) >= SAME_TILE_IOS:
+                    parent[find(a)] = find(b)
                 continue
             denom = min(ga.area, gb.area) if metric == "ios" else ga.union(gb).area
             if inter / max(denom, 1e-12) >= threshold:
@@ -445,6 +456,7 @@ class PredictOptions:
     match_threshold: float = 0.2
     to_crs: str | None = None
     device: str | None = None
+    scale: float = 1.0  # multiplies the band values before normalization (units of the training data)
 
 
 def predict_scene(model, bundle, scene: Scene, opts: PredictOptions, *,
@@ -454,7 +466,7 @@ def predict_scene(model, bundle, scene: Scene, opts: PredictOptions, *,
     overlap = opts.overlap if opts.overlap is not None else default_overlap(tile, bundle.config)
     origins = tile_grid(scene.width, scene.height, tile, overlap)
     ds = TileDataset(scene, origins, tile=tile, modalities=bundle.modalities, stats=bundle.stats,
-                     repeat_to=bundle.config.get("repeat_to", 3))
+                     repeat_to=bundle.config.get("repeat_to", 3), scale=opts.scale)
     device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device).eval()
     loader = torch.utils.data.DataLoader(ds, batch_size=opts.batch_size, shuffle=False, collate_fn=_collate,
@@ -494,8 +506,8 @@ def predict_scene(model, bundle, scene: Scene, opts: PredictOptions, *,
         t_wait = time.perf_counter()
     if clipped and float(np.median(clipped)) > 0.9:
         log.warning("%s: most pixels lie outside the value range the model was trained on (%s); the scene may be in "
-                    "other units (e.g. reflectance x 10000 vs 0-1) or another band order: check --bands and the "
-                    "training data", scene.name,
+                    "other units (e.g. reflectance x 10000 vs 0-1: --scale 0.0001) or another band order: check "
+                    "--bands and the training data", scene.name,
                     ", ".join(f"{k} {v.low:g}..{v.high:g}" for k, v in bundle.stats.items()))
     t = time.perf_counter()
     merged = merge_instances(instances, mode=opts.merge, metric=opts.match_metric, threshold=opts.match_threshold)

@@ -223,13 +223,15 @@ def write_quicklook(gdf, scene, path: Path, *, overwrite: bool, max_side: int = 
 
 
 def _check_options(*, batch_size: int, workers: int, match_threshold: float, min_score: float, to_crs: str | None,
-                   merge: str, match: str, overlap: float | None) -> None:
+                   merge: str, match: str, overlap: float | None, scale: float = 1.0) -> None:
     if merge not in ("union", "nms") or match not in ("ios", "iou"):
         raise RtsError("--merge is union or nms, --match is ios or iou", fix="fix the option")
     if batch_size < 1 or workers < 0:
         raise RtsError("--batch-size must be >= 1 and --workers >= 0", fix="e.g. --batch-size 4 --workers 2")
     if not 0 < match_threshold <= 1 or not 0 <= min_score <= 1:
         raise RtsError("--match-threshold must be in (0, 1] and --min-score in [0, 1]", fix="e.g. 0.2 and 0.5")
+    if not scale > 0:
+        raise RtsError("--scale must be positive", fix="e.g. --scale 0.0001 for reflectance x 10000")
     if overlap is not None and overlap < 0:
         raise RtsError("--overlap must be >= 0", fix="a fraction of the tile (e.g. 0.25) or pixels (e.g. 64)")
     if to_crs:
@@ -242,14 +244,14 @@ def main(*, inputs: list[str], out: Path | None, model: Path | None, bands: str 
          aux: list[str], resample: bool, overlap: float | None, min_score: float, min_area: float, simplify: float,
          merge: str, match: str, match_threshold: float, to_crs: str | None, raster: Path | None,
          quicklook: Path | None, batch_size: int, workers: int, device: str | None, overwrite: bool,
-         nodata: float | None = None) -> None:
+         nodata: float | None = None, scale: float = 1.0) -> None:
     from rtscli.console import console
     from rtscli.data.bands import BandMap
     from rtscli.io.atomic import check_output
     from rtscli.modeling.bundle import load_model, read_bundle
 
     _check_options(batch_size=batch_size, workers=workers, match_threshold=match_threshold, min_score=min_score,
-                   to_crs=to_crs, merge=merge, match=match, overlap=overlap)
+                   to_crs=to_crs, merge=merge, match=match, overlap=overlap, scale=scale)
     if out is None:
         raise RtsError("no output given", fix="pass -o slumps.gpkg (or -o folder/ for many scenes)")
     per_modality = any([rgb, nir, ndvi, aux])
@@ -269,7 +271,7 @@ def main(*, inputs: list[str], out: Path | None, model: Path | None, bands: str 
     ov = None if overlap is None else (int(round(overlap * tile)) if overlap < 1 else int(overlap))
     opts = PredictOptions(overlap=ov, batch_size=batch_size, workers=workers, min_score=min_score, min_area=min_area,
                           simplify=simplify, merge=merge, match_metric=match, match_threshold=match_threshold,
-                          to_crs=to_crs, device=device)
+                          to_crs=to_crs, device=device, scale=scale)
     scenes = [] if per_modality else scene_list(inputs)
     is_dir_input = len(inputs) == 1 and Path(inputs[0]).is_dir()
     many = len(scenes) > 1 or is_dir_input or bool(inputs and any(c in inputs[0] for c in "*?[")) \
