@@ -41,7 +41,7 @@ log = logging.getLogger("rtscli")
 
 RGB_LIKE = ("red", "green", "blue")
 #: two instances of one tile are one slump when this much of the smaller lies inside the larger
-SAME_TILE_IOS = 0.8
+SAME_TILE_IOS = 0.5
 
 
 @dataclass
