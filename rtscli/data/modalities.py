@@ -77,6 +77,15 @@ def resolve_all(names: Iterable[str], band_map: BandMap) -> list[Modality]:
     return mods
 
 
+def missing_channel(mod: Modality, have: Iterable[str]) -> str | None:
+    """The first channel of ``mod`` that bands named ``have`` cannot give (NDVI may be derived), or None."""
+    have = set(have)
+    for ch in mod.channels:
+        if ch not in have and not (ch == "ndvi" and set(DERIVED["ndvi"]) <= have):
+            return ch
+    return None
+
+
 def parse_names(text: str) -> list[str]:
     return [t.strip().lower() for t in text.split(",") if t.strip()]
 

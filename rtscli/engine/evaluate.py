@@ -229,10 +229,12 @@ def evaluate_bundle(bundle: Path, data: Path, split: str, *, batch_size: int = 4
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, b = load_model(bundle, device=device)
     info = DatasetInfo.open(data)
+    from rtscli.data.modalities import missing_channel
+
     for mod in b.modalities:
-        for ch in mod.channels:
-            if ch not in info.band_map and not (ch == "ndvi" and "red" in info.band_map and "nir" in info.band_map):
-                raise RtsError(f"the model needs channel {ch!r} (modality {mod.name}), which the dataset lacks",
+        ch = missing_channel(mod, info.band_map.names)
+        if ch is not None:
+            raise RtsError(f"the model needs channel {ch!r} (modality {mod.name}), which the dataset lacks",
                                path=data, fix="evaluate on a dataset prepared with the same bands")
     # the model's own normalization statistics, not the dataset's
     info.stats = b.stats | {k: v for k, v in info.stats.items() if k not in b.stats}

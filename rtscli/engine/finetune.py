@@ -13,7 +13,6 @@ always trained whole.
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 from pathlib import Path
 
@@ -28,16 +27,13 @@ from rtscli.modeling.fusion import STRATEGIES, is_feature_level
 log = logging.getLogger("rtscli")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _bands(d: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in d.items())
+
+
+def _architecture(cfg) -> dict:
+    """What two backbones (+FPN) must share to be fused: everything but the input channels."""
+    return {k: v for k, v in cfg.backbone.__dict__.items() if k != "in_channels"} | {"fpn": cfg.fpn.__dict__}
 
 
 def check_sources(sources: list[Path], *, modalities: list[str], info: DatasetInfo, data: Path) -> dict:
@@ -77,9 +73,7 @@ def check_sources(sources: list[Path], *, modalities: list[str], info: DatasetIn
                 raise RtsError(f"tile sizes differ: {first_name} {first.tile_size} px, {name} {b.tile_size} px",
                                path=b.path, fix="pretrain every modality with the same preset")
             mc, fc = b.model_config, first.model_config
-            shape = (lambda c: {k: v for k, v in c.backbone.__dict__.items() if k != "in_channels"}  # noqa: E731
-                     | {"fpn": c.fpn.__dict__})
-            if shape(mc) != shape(fc):
+            if _architecture(mc) != _architecture(fc):
                 raise RtsError(f"the backbones of {first_name} and {name} differ ({fc.backbone.kind}/"
                                f"{fc.fpn.out_channels} vs {mc.backbone.kind}/{mc.fpn.out_channels} FPN channels)",
                                path=b.path,
@@ -134,6 +128,7 @@ def finetune(*, data: Path, fusion: str, modalities: list[str], out: Path, setti
              measure_memory: bool = True) -> dict:
     from safetensors.torch import load_file
 
+    from rtscli.data.prepare import sha256
     from rtscli.modeling.backbone import load_backbone_weights
     from rtscli.modeling.bundle import WEIGHTS, read_bundle
     from rtscli.modeling.cost import cost_report, format_cost
@@ -208,7 +203,7 @@ def finetune(*, data: Path, fusion: str, modalities: list[str], out: Path, setti
             _load_part(model, state, "backbone.", "backbone.", what=f"backbone of {name}", path=b.path, adapt_stem=True)
         else:
             continue
-        origin[name] = {"path": str(b.path.resolve()), "sha256": _sha256(b.path / WEIGHTS),
+        origin[name] = {"path": str(b.path.resolve()), "sha256": sha256(b.path / WEIGHTS),
                         "val_ap50": next(iter(b.config.get("metrics", {}).values()), None)}
     if not bundles:
         notes = []

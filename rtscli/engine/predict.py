@@ -39,7 +39,6 @@ from rtscli.errors import RtsError
 
 log = logging.getLogger("rtscli")
 
-RGB_LIKE = ("red", "green", "blue")
 #: two instances of one tile are one slump when this much of the smaller lies inside the larger
 SAME_TILE_IOS = 0.5
 
@@ -61,7 +60,6 @@ class Scene:
     height: int
     transform: Any
     crs: Any
-    nodata: float | None
     resample: bool = False
 
 
@@ -104,7 +102,7 @@ def open_scene(sources: list[Source], *, resample: bool = False, name: str | Non
             log.info("resampling %s onto the grid of %s (bilinear)", s.path, sources[0].path)
         s.nodata = nodata if nodata is not None else inf.nodata
     return Scene(name=name or sources[0].path.stem, sources=sources, width=ref.width, height=ref.height,
-                 transform=ref.transform, crs=ref.crs, nodata=sources[0].nodata, resample=resample)
+                 transform=ref.transform, crs=ref.crs, resample=resample)
 
 
 def tile_grid(width: int, height: int, tile: int, overlap: int) -> list[tuple[int, int]]:

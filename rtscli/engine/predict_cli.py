@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtscli.engine.predict import PredictOptions, Source, open_scene, predict_scene
+from rtscli.engine.predict import PredictOptions, Scene, Source, open_scene, predict_scene
 from rtscli.errors import RtsError
 
 log = logging.getLogger("rtscli")
@@ -69,11 +69,12 @@ def _sources(scene: Path | None, *, band_map, rgb, nir, ndvi, aux: list[str]) ->
 
 def check_modalities(bundle, sources: list[Source], where: str) -> None:
     """Every channel the bundle's modalities need must come from the inputs (NDVI may be derived)."""
+    from rtscli.data.modalities import missing_channel
+
     have = {n for s in sources for n in s.bands}
     for mod in bundle.modalities:
-        for ch in mod.channels:
-            if ch in have or (ch == "ndvi" and {"red", "nir"} <= have):
-                continue
+        ch = missing_channel(mod, have)
+        if ch is not None:
             raise RtsError(f"the model needs modality {mod.name} (channel {ch!r}), which {where} lacks",
                            fix=f"pass --bands naming {ch}, or an aligned raster (--{ch} PATH or --aux {ch}=PATH)")
 
@@ -121,12 +122,11 @@ def _distributed(device: str | None):
     return dist.get_rank(), dist.get_world_size(), device
 
 
-def run_scene(model, bundle, sources: list[Source], out: Path, opts: PredictOptions, *, resample: bool,
-              overwrite: bool, raster: Path | None = None, quicklook: Path | None = None,
-              name: str | None = None, label: str = "", nodata: float | None = None) -> dict:
+def run_scene(model, bundle, scene: Scene, out: Path, opts: PredictOptions, *, overwrite: bool,
+              raster: Path | None = None, quicklook: Path | None = None, label: str = "") -> dict:
+    """Predict one scene (opened and checked by :func:`open_scene`) and write its outputs."""
     from rtscli.io.vector import write_vector
 
-    scene = open_scene(sources, resample=resample, name=name, nodata=nodata)
     res = abs(scene.transform.a * scene.transform.e)
     km2_per_tile = bundle.tile_size**2 * res / 1e6 if not (scene.crs and scene.crs.is_geographic) else 0.0
     t0 = time.perf_counter()
@@ -144,7 +144,7 @@ def run_scene(model, bundle, sources: list[Source], out: Path, opts: PredictOpti
     if quicklook is not None:
         write_quicklook(gdf, scene, quicklook, overwrite=overwrite)
     timing.write += time.perf_counter() - t
-    return {"scene": str(sources[0].path), "output": str(out), "polygons": len(gdf),
+    return {"scene": str(scene.sources[0].path), "output": str(out), "polygons": len(gdf),
             "seconds": round(time.perf_counter() - t0, 2), "timing": timing.as_dict()}
 
 
@@ -285,11 +285,10 @@ def main(*, inputs: list[str], out: Path | None, model: Path | None, bands: str 
                 check_output(extra, overwrite)
         srcs = _sources(scenes[0] if scenes else None, band_map=band_map, rgb=rgb, nir=nir, ndvi=ndvi, aux=aux)
         check_modalities(bundle, srcs, str(srcs[0].path) if scenes else "the given rasters")
-        open_scene(srcs, resample=resample, nodata=nodata)  # every check before the model is loaded
+        scene = open_scene(srcs, resample=resample, nodata=nodata)  # every check before the model is loaded
         _, _, opts.device = _distributed(device)
         net, _ = load_model(model)
-        rep = run_scene(net, bundle, srcs, out, opts, resample=resample, overwrite=overwrite, raster=raster,
-                        quicklook=quicklook, nodata=nodata)
+        rep = run_scene(net, bundle, scene, out, opts, overwrite=overwrite, raster=raster, quicklook=quicklook)
         tm = rep["timing"]
         console.print(f"{rep['polygons']} slumps -> {out} ({rep['seconds']:.1f} s, {tm['tiles']} tiles, "
                       f"{tm['skipped_nodata_tiles']} all-nodata tiles skipped)")
@@ -310,10 +309,11 @@ def main(*, inputs: list[str], out: Path | None, model: Path | None, bands: str 
     if len(set(stems)) != len(stems):
         raise RtsError("two scenes have the same file name; their outputs would collide",
                        fix="predict them into different folders")
+    opened = {}
     for s in scenes:  # check every scene (metadata only) before the first is run
         srcs = _sources(s, band_map=band_map, rgb=None, nir=None, ndvi=None, aux=[])
         check_modalities(bundle, srcs, str(s))
-        open_scene(srcs, nodata=nodata)
+        opened[s] = open_scene(srcs, nodata=nodata)
     rank, world, opts.device = _distributed(device)
     out.mkdir(parents=True, exist_ok=True)
     todo = [s for s in scenes if overwrite or not (out / f"{s.stem}{ext}").exists()]
@@ -325,9 +325,7 @@ def main(*, inputs: list[str], out: Path | None, model: Path | None, bands: str 
         target = out / f"{s.stem}{ext}"
         if net is None:
             net, _ = load_model(model)
-        srcs = _sources(s, band_map=band_map, rgb=None, nir=None, ndvi=None, aux=[])
-        rep = run_scene(net, bundle, srcs, target, opts, resample=resample, overwrite=True,
-                        label=f"[{k + 1}/{len(mine)}] ", nodata=nodata)
+        rep = run_scene(net, bundle, opened[s], target, opts, overwrite=True, label=f"[{k + 1}/{len(mine)}] ")
         reports.append(rep)
         console.print(f"{s.name}: {rep['polygons']} slumps -> {target} ({rep['seconds']:.1f} s)")
     part = out / f".manifest-rank{rank}.json"

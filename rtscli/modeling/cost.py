@@ -24,12 +24,6 @@ import torch
 from torch import nn
 
 
-def count_parameters(model: nn.Module) -> tuple[int, int]:
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return total, trainable
-
-
 def one_sample(tile: int, channels: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, list[dict]]:
     """A normalized random tile with one square object in it (a slump-sized box and its mask)."""
     g = torch.Generator().manual_seed(0)
@@ -40,6 +34,13 @@ def one_sample(tile: int, channels: int, device: torch.device | str = "cpu") -> 
     target = {"boxes": torch.tensor([[a, a, a + b, a + b]], dtype=torch.float32),
               "labels": torch.ones(1, dtype=torch.int64), "masks": masks}
     return image.to(device), [{k: v.to(device) for k, v in target.items()}]
+
+
+def _train_step(model: nn.Module, image: torch.Tensor, targets: list[dict]) -> float:
+    """One forward + backward pass (no optimizer step); returns its seconds."""
+    t = time.perf_counter()
+    sum(model.losses(image, targets).values()).backward()
+    return time.perf_counter() - t
 
 
 def training_memory(model: nn.Module, *, tile: int, channels: int,
@@ -53,12 +54,9 @@ def training_memory(model: nn.Module, *, tile: int, channels: int,
     try:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-        t = time.perf_counter()
-        loss = sum(model.losses(image, targets).values())
-        loss.backward()
+        seconds = _train_step(model, image, targets)
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device)
-        seconds = time.perf_counter() - t
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was)
@@ -92,10 +90,7 @@ def _measure_here(job: dict) -> dict[str, Any]:
     model.train()
     image, targets = one_sample(job["tile"], job["channels"])
     base = _rss_mb()
-    t = time.perf_counter()
-    loss = sum(model.losses(image, targets).values())
-    loss.backward()
-    seconds = time.perf_counter() - t
+    seconds = _train_step(model, image, targets)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
     return {"peak_train_mb": round(max(0.0, peak - base), 1), "device": "cpu",
             "method": "peak RSS increase over the step in a fresh process (weights excluded)",
@@ -105,6 +100,8 @@ def _measure_here(job: dict) -> dict[str, Any]:
 def cost_report(model: nn.Module, *, fusion: dict | None, tile: int, channels: int,
                 device: str | torch.device = "cpu", memory: bool = True) -> dict[str, Any]:
     """Parameters and (``memory``) peak training memory of ``model`` (built by ``build_model(model.cfg, fusion)``)."""
+    from rtscli.modeling.detector import count_parameters
+
     total, trainable = count_parameters(model)
     rep: dict[str, Any] = {"parameters_total": total, "parameters_trainable": trainable}
     if memory and torch.device(device).type == "cuda":
