@@ -23,6 +23,7 @@ import platform
 import resource
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,7 +35,7 @@ def one(scene: Path, model: Path, workers: int, batch: int, scale: float) -> dic
 
     from rtscli.data.bands import BandMap
     from rtscli.engine.predict import (
-        PredictOptions, Source, default_overlap, merge_instances, open_scene, predict_scene, tile_grid,
+        Instance, PredictOptions, Source, box_nms, default_overlap, open_scene, predict_scene, tile_grid,
     )
     from rtscli.io.raster import apply
     from rtscli.io.vector import write_vector
@@ -44,13 +45,48 @@ def one(scene: Path, model: Path, workers: int, batch: int, scale: float) -> dic
     bands = BandMap.parse("planetscope4").as_dict()
     sc = open_scene([Source(scene, bands)])
     opts = PredictOptions(workers=workers, batch_size=batch, scale=scale)
+    # every tile's raw instances go to a file (not memory), for the box-NMS comparison afterwards
+    raw_path = scene.with_name(scene.stem + "_raw.jsonl")
+    sink = raw_path.open("w")
+
+    def keep(items: list) -> None:
+        for it in items:
+            sink.write(json.dumps([it.geometry.wkb_hex, it.score, it.tile, it.touches_nodata, it.touches_edge,
+                                   list(it.bbox), it.cut]) + "\n")
+
+    # resident size sampled 5x a second: the peak while tiles run, at their end, and after (merge, write)
+    rss = {"tiles_peak": 0.0, "tiles_end": 0.0, "after_peak": 0.0}
+    phase = ["tiles"]
+    stop = threading.Event()
+
+    def resident_mb() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def sample() -> None:
+        while not stop.wait(0.2):
+            key = "tiles_peak" if phase[0] == "tiles" else "after_peak"
+            rss[key] = max(rss[key], resident_mb())
+
+    done = [0]
+
+    def progress(k: int, n: int) -> None:
+        done[0] += k
+        if done[0] >= n:
+            rss["tiles_end"] = resident_mb()
+            phase[0] = "after"
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     t0 = time.perf_counter()
-    gdf, timing, raw = predict_scene(net, bundle, sc, opts)
+    gdf, timing = predict_scene(net, bundle, sc, opts, on_tile=keep, progress=progress)
+    sink.close()
     t = time.perf_counter()
     write_vector(gdf, scene.with_name(scene.stem + "_pred.gpkg"), overwrite=True)
     timing.write += time.perf_counter() - t
     total = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    stop.set()
 
     # seams: truth slumps crossing a tile border; output polygons covering each (union vs box-NMS)
     tile = bundle.tile_size
@@ -64,7 +100,12 @@ def one(scene: Path, model: Path, workers: int, batch: int, scale: float) -> dic
     truth = gpd.read_file(scene.with_suffix(".gpkg"))
     border = gpd.GeoSeries(lines, crs=truth.crs).union_all()
     straddling = truth[truth.intersects(border)]
-    nms = merge_instances(raw, mode="nms", threshold=0.5)
+    from shapely import from_wkb
+
+    raw = [Instance(from_wkb(bytes.fromhex(r[0])), *r[1:5], tuple(r[5]), r[6])
+           for r in map(json.loads, raw_path.read_text().splitlines())]
+    raw_path.unlink()
+    nms = box_nms(raw, threshold=0.5)
     pieces = {}
     for name, polys in (("union", list(gdf.geometry)),
                         ("box-nms", [m["geometry"] for m in nms if m["score"] >= opts.min_score])):
@@ -77,7 +118,12 @@ def one(scene: Path, model: Path, workers: int, batch: int, scale: float) -> dic
             split += len(hits) > 1
             # pieces that overlap each other are a merging failure; disjoint pieces are the model's
             overlapping += any(s.iloc[a].intersection(s.iloc[b]).area > 0 for a in hits for b in hits if a < b)
-        pieces[name] = {"detected": found, "in_pieces": split, "in_overlapping_pieces": overlapping}
+        # precision: output polygons that cover (the same way) some truth slump
+        tidx = truth.sindex
+        hit = sum(any(p.intersection(truth.geometry.iloc[j]).area >= 0.2 * min(p.area, truth.geometry.iloc[j].area)
+                      for j in tidx.query(p)) for p in polys)
+        pieces[name] = {"detected": found, "in_pieces": split, "in_overlapping_pieces": overlapping,
+                        "polygons": len(polys), "polygons_on_a_slump": round(hit / max(len(polys), 1), 3)}
     km2 = sc.width * sc.height * abs(T.a * T.e) / 1e6
     tm = timing.as_dict()
     return {"size": f"{sc.width}x{sc.height}", "tiles": tm["tiles"], "skipped": tm["skipped_nodata_tiles"],
@@ -85,8 +131,10 @@ def one(scene: Path, model: Path, workers: int, batch: int, scale: float) -> dic
             "km2_per_h": round(km2 / total * 3600, 1), "read_s": tm["read"], "model_s": tm["model"],
             "merge_s": tm["merge"], "write_s": tm["write"],
             "read_in_workers_s": round(tm.get("read_in_workers_s", 0), 1),
-            "peak_rss_mb": round(peak, 1), "polygons": len(gdf), "truth": len(truth),
-            "straddling": len(straddling), "seams": pieces, "overlap_px": overlap}
+            "peak_rss_mb": round(peak, 1), "rss_sampled_mb": {k: round(v, 1) for k, v in rss.items()},
+            "polygons": len(gdf), "truth": len(truth),
+            "straddling": len(straddling), "seams": pieces, "overlap_px": overlap,
+            "fragments_dropped": tm.get("fragments_dropped", 0), "raw_instances": len(raw)}
 
 
 def main() -> None:
@@ -124,16 +172,21 @@ def main() -> None:
     (out / "results.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
     print(f"\n`rts predict` on synthetic scenes (3 m), {args.model}, {meta['cpus']} CPUs, {meta['date']}\n")
     print("| scene | tiles | s | tiles/s | km²/h | read | model | merge+polygons | write | non-model share | "
-          "peak RSS MB | straddling slumps | in pieces: union / box-NMS | of which overlapping: union / box-NMS |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "peak RSS MB | straddling slumps | in pieces: union / box-NMS | of which overlapping: union / box-NMS | "
+          "polygons on a slump: union / box-NMS | fragments dropped |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         non = (r["read_s"] + r["merge_s"] + r["write_s"]) / max(r["seconds"], 1e-9)
         print(f"| {r['size']} | {r['tiles']} | {r['seconds']} | {r['tiles_per_s']} | {r['km2_per_h']} | "
               f"{r['read_s']:.1f} | {r['model_s']:.1f} | {r['merge_s']:.1f} | {r['write_s']:.1f} | {non:.1%} | "
-              f"{r['peak_rss_mb']} | {r['straddling']} ({r['seams']['union']['detected']} found) | "
+              f"{r['peak_rss_mb']} | {r['straddling']} (found: {r['seams']['union']['detected']} / "
+              f"{r['seams']['box-nms']['detected']}) | "
               f"{r['seams']['union']['in_pieces']} / {r['seams']['box-nms']['in_pieces']} | "
               f"{r['seams']['union'].get('in_overlapping_pieces', '-')} / "
-              f"{r['seams']['box-nms'].get('in_overlapping_pieces', '-')} |")
+              f"{r['seams']['box-nms'].get('in_overlapping_pieces', '-')} | "
+              f"{r['seams']['union']['polygons_on_a_slump']:.1%} / "
+              f"{r['seams']['box-nms']['polygons_on_a_slump']:.1%} | "
+              f"{r['fragments_dropped']} of {r['raw_instances']} |")
     if len(rows) >= 2:
         print(f"\npeak RSS ratio {rows[-1]['size']} / {rows[0]['size']}: "
               f"{rows[-1]['peak_rss_mb'] / rows[0]['peak_rss_mb']:.2f}x (goal <= 1.3x)")

@@ -84,7 +84,8 @@ def run(path, tile=64, **kw):
     scene = open_scene([Source(Path(path), {"red": 1, "green": 2, "blue": 3})])
     model = BlobModel()
     opts = PredictOptions(workers=0, batch_size=3, overlap=16, **kw)
-    gdf, timing, raw = predict_scene(model, fake_bundle(tile), scene, opts)
+    raw = []
+    gdf, timing = predict_scene(model, fake_bundle(tile), scene, opts, on_tile=raw.extend)
     return gdf, timing, raw, model
 
 
@@ -123,6 +124,73 @@ def test_border_and_corner_slumps_come_out_whole_touching_ones_stay_apart(tmp_pa
     # box-NMS merging (what SAHI-like tilers do) leaves pieces of the same slumps
     nms, _, _, _ = run(scene_with(tmp_path, objects), merge="nms", match_threshold=0.5)
     assert len(nms) > 4
+
+
+def _piece(scene, origins, tile_index, r0, r1, c0, c1, tile=64):
+    """What the real polygon code makes of a detection covering scene pixels [r0, r1) x [c0, c1) in one tile."""
+    from rtscli.engine.predict import instances_from_tile
+
+    col, row = origins[tile_index]
+    pred = {"boxes": torch.tensor([[c0 - col, r0 - row, c1 - col, r1 - row]], dtype=torch.float32),
+            "scores": torch.tensor([0.9]), "mask_probs": torch.ones(1, 1, 28, 28)}
+    ones = np.ones((tile, tile), bool)
+    (inst,) = instances_from_tile(pred, origin=(col, row), scene=scene, tile=tile, valid=ones, inside=ones,
+                                  tile_index=tile_index, min_score=0.5)
+    return inst
+
+
+def _scene(width=300, height=200):
+    from rtscli.engine.predict import Scene
+
+    return Scene("s", [], width, height, T, "EPSG:32608")
+
+
+def test_a_border_sliver_beside_the_whole_view_is_joined_or_dropped():
+    from rtscli.engine.predict import Grid, SeamMerger, tile_grid
+
+    sc = _scene()
+    origins = tile_grid(sc.width, sc.height, 64, 16)  # cols 0 48 96 144 192 236, rows 0 48 96 136
+    whole = _piece(sc, origins, 8, 64, 90, 100, 140)  # tile (96, 48) sees the slump whole but misses its top rows ...
+    sliver = _piece(sc, origins, 2, 60, 64, 100, 140)  # ... which tile (96, 0) finds, cut by its bottom border
+    stray = _piece(sc, origins, 3, 56, 64, 170, 180)  # cut too, in a place tile (144, 48) saw whole and found nothing
+    big = _piece(sc, origins, 0, 30, 64, 20, 40)  # part of a slump taller than any tile's view: kept
+    assert sliver.cut and stray.cut and big.cut and not whole.cut
+    merger = SeamMerger(Grid.of(sc, 64, origins))
+    merger.add([big, sliver, stray, whole])
+    out = sorted(merger.finish(), key=lambda m: m["geometry"].area)
+    assert len(out) == 2 and merger.dropped == 1
+    assert out[0]["geometry"].equals(big.geometry)
+    joined = out[1]["geometry"]
+    assert joined.geom_type == "Polygon" and joined.area == 30 * 40 * 100 and out[1]["tiles"] == 2
+    assert joined.bounds == pytest.approx((471000.0, 7549100.0, 471400.0, 7549400.0), abs=1e-6)
+
+
+def test_seam_merging_streams_row_by_row_with_the_same_result():
+    from rtscli.engine.predict import Grid, SeamMerger, merge_instances, tile_grid
+
+    sc = _scene(width=64 + 48 * 4, height=64 + 48 * 61)  # 5 x 62 tiles, no shifted last row/column
+    origins = tile_grid(sc.width, sc.height, 64, 16)
+    per_row = len({c for c, _ in origins})
+    items = []
+    for i, (col, row) in enumerate(origins):  # one slump inside each tile, one across each horizontal seam
+        items.append([_piece(sc, origins, i, row + 20, row + 30, col + 20, col + 30)])
+        if row > 0:
+            items[-1].append(_piece(sc, origins, i, row, row + 10, col + 40, col + 50))
+            prev = origins.index((col, row - 48))
+            items[prev].append(_piece(sc, origins, prev, row - 5, row + 10, col + 40, col + 50))
+    merger, out, top, most = SeamMerger(Grid.of(sc, 64, origins)), [], 0, 0
+    for (_, row), tile_items in zip(origins, items, strict=True):
+        if row > top:
+            out += merger.finished(row)
+            top = row
+        merger.add(tile_items)
+        most = max(most, len(merger.pending))
+    out += merger.finish()
+    whole = merge_instances([it for t in items for it in t], Grid.of(sc, 64, origins))
+    key = sorted((m["geometry"].bounds, m["tiles"]) for m in whole)
+    assert sorted((m["geometry"].bounds, m["tiles"]) for m in out) == key
+    assert len(out) == 2 * len(origins) - per_row and merger.dropped == 0
+    assert most <= 3 * 2 * per_row  # about two rows of tiles pending, not the whole scene (62 rows)
 
 
 def test_all_nodata_tiles_are_skipped_and_empty_scenes_give_an_empty_layer(tmp_path):

@@ -132,7 +132,7 @@ def run_scene(model, bundle, scene: Scene, out: Path, opts: PredictOptions, *, o
     t0 = time.perf_counter()
     with _progress_bar() as bar:
         task = bar.add_task(f"{label}{scene.name}", total=None, km2_per_tile=km2_per_tile)
-        gdf, timing, _ = predict_scene(model, bundle, scene, opts,
+        gdf, timing = predict_scene(model, bundle, scene, opts,
                                        progress=lambda k, n: bar.update(task, advance=k, total=n))
     t = time.perf_counter()
     if out.suffix.lower() == ".shp":  # Shapefile field names are at most 10 characters
