@@ -165,6 +165,18 @@ def test_a_border_sliver_beside_the_whole_view_is_joined_or_dropped():
     assert joined.bounds == pytest.approx((471000.0, 7549100.0, 471400.0, 7549400.0), abs=1e-6)
 
 
+def test_partial_views_are_told_from_whole_ones_on_a_rotated_grid():
+    from rtscli.engine.predict import Scene, tile_grid
+
+    c, s = 10 * np.cos(np.radians(10)), 10 * np.sin(np.radians(10))  # 10 m pixels, grid rotated by 10 degrees
+    sc = Scene("r", [], 300, 200, Affine(c, -s, 470000.0, -s, -c, 7550000.0), "EPSG:32608")
+    origins = tile_grid(sc.width, sc.height, 64, 16)
+    near = _piece(sc, origins, 0, 10, 40, 20, 62)  # 2 px short of the tile's right border: whole
+    at = _piece(sc, origins, 0, 10, 40, 20, 64)  # up to the border: a partial view
+    assert near.bbox == (20, 10, 62, 40) and not near.cut
+    assert at.bbox == (20, 10, 64, 40) and at.cut
+
+
 def test_seam_merging_streams_row_by_row_with_the_same_result():
     from rtscli.engine.predict import Grid, SeamMerger, merge_instances, tile_grid
 

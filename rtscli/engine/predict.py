@@ -298,10 +298,10 @@ def instances_from_tile(pred: dict[str, torch.Tensor], *, origin: tuple[int, int
                             or (row + r0 + hh >= scene.height and binary[-1].any())
                             or (col + c0 + ww >= scene.width and binary[:, -1].any()))
         # the polygon's pixel box in the tile, and whether it touches a tile border inside the scene
-        x0, y0, x1, y1 = geom.bounds
-        xs, ys = zip(*(apply(inverse, x, y) for x, y in ((x0, y0), (x1, y1), (x0, y1), (x1, y0))), strict=True)
-        lc0, lc1 = round(min(xs)) - col, round(max(xs)) - col
-        lr0, lr1 = round(min(ys)) - row, round(max(ys)) - row
+        xy = np.asarray(geom.exterior.coords)
+        xs, ys = apply(inverse, xy[:, 0], xy[:, 1])  # the vertices back to pixels (exact for rotated grids too)
+        lc0, lc1 = round(float(xs.min())) - col, round(float(xs.max())) - col
+        lr0, lr1 = round(float(ys.min())) - row, round(float(ys.max())) - row
         cut = ((lc0 <= 0 and col > 0) or (lr0 <= 0 and row > 0) or (lc1 >= tile and col + tile < scene.width)
                or (lr1 >= tile and row + tile < scene.height))
         out.append(Instance(geom, float(scores[k]), tile_index, touches_nodata, touches_edge,
@@ -329,14 +329,21 @@ class Grid:
     tile: int
     cols: list[int]  # tile starts, as tile_grid makes them (row-major: index = row_index * len(cols) + col_index)
     rows: list[int]
-    pixel: float  # pixel size in map units (for the gap tolerance)
+    pixel: float  # the larger pixel side in map units: the gap tolerance is GAP_PX of these
+    row_height: float  # a pixel's height in map units
 
     @classmethod
     def of(cls, scene: Scene, tile: int, origins: list[tuple[int, int]]) -> Grid:
         cols = sorted({c for c, _ in origins})
         rows = sorted({r for _, r in origins})
         t = scene.transform
-        return cls(scene.width, scene.height, tile, cols, rows, float(max(math.hypot(t.a, t.d), math.hypot(t.b, t.e))))
+        width, height = math.hypot(t.a, t.d), math.hypot(t.b, t.e)
+        return cls(scene.width, scene.height, tile, cols, rows, float(max(width, height)), float(height))
+
+    @property
+    def margin_rows(self) -> int:
+        """Pixel rows between a finished slump and the next row of tiles: more than the gap tolerance."""
+        return math.ceil(GAP_PX * self.pixel / self.row_height) + 1
 
     def seeing_whole(self, bbox: tuple[int, int, int, int]) -> set[int]:
         """Tiles that contain the pixel box without touching any of their borders inside the scene."""
@@ -386,12 +393,12 @@ class SeamMerger:
         self.pending += items
 
     def finished(self, next_row: int) -> list[dict]:
-        """Merge and hand out the slumps that end at least 2 px above pixel row ``next_row`` (the top of
-        the next row of tiles); the others stay pending."""
+        """Merge and hand out the slumps that end more than the gap tolerance above pixel row
+        ``next_row`` (the top of the next row of tiles); the others stay pending."""
         if not self.pending:
             return []
         groups, dropped, ties = self._groups(self.pending)
-        limit = next_row - math.ceil(GAP_PX) - 1
+        limit = next_row - self.grid.margin_rows
         # a group is final when it, and every group whose fate it decides or that decides its fate
         # (a fragment and its neighbours), lie above the rows still to come
         open_ = {ties(i) for i in range(len(self.pending)) if self.pending[i].bbox[3] > limit}
@@ -485,7 +492,9 @@ class SeamMerger:
         from shapely.ops import unary_union
 
         geom = group[0].geometry if len(group) == 1 else unary_union([it.geometry for it in group])
-        if geom.geom_type == "MultiPolygon":  # a fragment a pixel away: close the gap (square joins keep pixel corners)
+        if geom.geom_type == "MultiPolygon":
+            # a fragment a pixel away: close the gap (square joins keep pixel corners; this also fills
+            # notches under 1.5 px). A diagonal gap does not close: the slump stays one MultiPolygon.
             d = 0.5 * GAP_PX * self.grid.pixel
             closed = geom.buffer(d, join_style="mitre").buffer(-d, join_style="mitre")
             geom = closed if closed.geom_type == "Polygon" else geom.buffer(0)
@@ -565,7 +574,7 @@ def to_frame(merged: list[dict], *, scene: Scene, bundle, model_name: str, to_cr
     gdf["tiles"] = np.array([int(m["tiles"]) for m in merged], dtype=np.int64)
     if min_area > 0:
         gdf = gdf[gdf["area_m2"] >= min_area]
-    gdf = gdf.sort_values("score", ascending=False).reset_index(drop=True)
+    gdf = gdf.sort_values("score", ascending=False, kind="mergesort").reset_index(drop=True)  # stable: same ids
     gdf["id"] = np.arange(1, len(gdf) + 1, dtype=np.int64)
     fusion = (bundle.config.get("fusion") or {}).get("strategy", "none")
     gdf["scene"] = scene.name
