@@ -70,6 +70,14 @@ def paper_sample(shape=(64, 64), rects=(), value=1000.0, seed=0) -> np.ndarray:
     return img
 
 
+def write_training_samples(folder: Path, n: int) -> None:
+    """``n`` 96 x 96 paper-layout samples of one site in ``folder``/site, each with two slumps."""
+    for k in range(n):
+        r0, c0 = 8 + 3 * k, 10 + 2 * k
+        write_tif(folder / "site" / f"x{k}.tif",
+                  paper_sample(shape=(96, 96), rects=[(r0, r0 + 30, c0, c0 + 25), (60, 80, 60, 90)], seed=k))
+
+
 @pytest.fixture
 def data_dir():
     return DATA

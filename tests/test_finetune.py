@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import paper_sample, write_tif
+from conftest import paper_sample, write_tif, write_training_samples
 
 RUN = ["--workers", "0", "--batch-size", "2", "--lr", "0.004", "--warmup-steps", "1"]
 MODS = ("rgb", "ndvi", "nir")
@@ -21,10 +21,7 @@ def world(tmp_path_factory):
     from rtscli.cli import main
 
     root = tmp_path_factory.mktemp("fuse")
-    for k in range(6):
-        r0, c0 = 8 + 3 * k, 10 + 2 * k
-        write_tif(root / "in" / "site" / f"x{k}.tif",
-                  paper_sample(shape=(96, 96), rects=[(r0, r0 + 30, c0, c0 + 25), (60, 80, 60, 90)], seed=k))
+    write_training_samples(root / "in", 6)
     ds = root / "ds"
     assert main(["prepare", str(root / "in"), "-o", str(ds), "--bands", "paper", "--split", "0.5,0.25,0.25"]) == 0
     for m in MODS:
@@ -95,9 +92,7 @@ def test_finetune_keeps_frozen_backbones_bit_identical(world, tmp_path, rts):
     assert r.code == 0, r.err
     assert json.loads((out / "eval_test.json").read_text())["images"] >= 1
     # rts predict takes it too, on a scene in the dataset's band layout
-    from conftest import write_tif as tif
-
-    scene = tif(tmp_path / "scene.tif", paper_sample(shape=(300, 280), rects=[(40, 90, 50, 120)], seed=9)[:5])
+    scene = write_tif(tmp_path / "scene.tif", paper_sample(shape=(300, 280), rects=[(40, 90, 50, 120)], seed=9)[:5])
     r = rts("predict", scene, "-o", tmp_path / "slumps.gpkg", "--model", out, "--min-score", 0.0, "--workers", 0)
     assert r.code == 0, r.err
     import geopandas as gpd

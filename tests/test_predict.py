@@ -178,7 +178,7 @@ def test_partial_views_are_told_from_whole_ones_on_a_rotated_grid():
 
 
 def test_seam_merging_streams_row_by_row_with_the_same_result():
-    from rtscli.engine.predict import Grid, SeamMerger, merge_instances, tile_grid
+    from rtscli.engine.predict import Grid, SeamMerger, tile_grid
 
     sc = _scene(width=64 + 48 * 4, height=64 + 48 * 61)  # 5 x 62 tiles, no shifted last row/column
     origins = tile_grid(sc.width, sc.height, 64, 16)
@@ -198,7 +198,9 @@ def test_seam_merging_streams_row_by_row_with_the_same_result():
         merger.add(tile_items)
         most = max(most, len(merger.pending))
     out += merger.finish()
-    whole = merge_instances([it for t in items for it in t], Grid.of(sc, 64, origins))
+    at_once = SeamMerger(Grid.of(sc, 64, origins))
+    at_once.add([it for t in items for it in t])
+    whole = at_once.finish()
     key = sorted((m["geometry"].bounds, m["tiles"]) for m in whole)
     assert sorted((m["geometry"].bounds, m["tiles"]) for m in out) == key
     assert len(out) == 2 * len(origins) - per_row and merger.dropped == 0

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import paper_sample, write_tif
+from conftest import paper_sample, write_tif, write_training_samples
 from rtscli.errors import RtsError
 
 RUN = ["--preset", "nano", "--workers", "0", "--batch-size", "2", "--lr", "0.004", "--warmup-steps", "2"]
@@ -24,10 +24,7 @@ def dataset(tmp_path_factory):
     from rtscli.cli import main
 
     root = tmp_path_factory.mktemp("train")
-    for k in range(8):
-        r0, c0 = 8 + 3 * k, 10 + 2 * k
-        write_tif(root / "in" / "site" / f"x{k}.tif",
-                  paper_sample(shape=(96, 96), rects=[(r0, r0 + 30, c0, c0 + 25), (60, 80, 60, 90)], seed=k))
+    write_training_samples(root / "in", 8)
     args = ["prepare", str(root / "in"), "-o", str(root / "ds"), "--bands", "paper", "--split", "0.5,0.25,0.25"]
     assert main(args) == 0
     return root / "ds"

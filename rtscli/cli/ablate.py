@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from rtscli.cli import options
+
 
 def ablate(
     data: Annotated[Path, typer.Option(help="Dataset directory made by `rts prepare` (with every modality).")],
@@ -21,15 +23,15 @@ def ablate(
     pretrain_epochs: Annotated[int, typer.Option(help="Epochs of each unimodal pretraining.")] = 36,
     epochs: Annotated[int, typer.Option(help="Epochs of each fusion cell.")] = 36,
     max_steps: Annotated[int, typer.Option(help="Steps per run (overrides the epochs; for quick checks).")] = -1,
-    batch_size: Annotated[int, typer.Option(help="Tiles per step per device.")] = 2,
-    lr: Annotated[float, typer.Option(help="Learning rate at 16 tiles per step.")] = 1e-4,
-    warmup_steps: Annotated[int, typer.Option(help="Linear warmup steps.")] = 250,
+    batch_size: options.BatchSize = 2,
+    lr: options.LearningRate = 1e-4,
+    warmup_steps: options.WarmupSteps = 250,
     fresh_heads: Annotated[bool, typer.Option(help="Start every cell's decoder fresh instead of from the primary's bundle.")] = False,
-    accelerator: Annotated[str, typer.Option(help="auto, cpu or gpu.")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto or a Lightning precision.")] = "auto",
-    workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = 2,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    val_every: Annotated[int, typer.Option(help="Validate every N epochs.")] = 1,
+    accelerator: options.Accelerator = "auto",
+    precision: options.Precision = "auto",
+    workers: options.Workers = 2,
+    seed: options.Seed = 0,
+    val_every: options.ValEvery = 1,
 ) -> None:
     """Run every fusion strategy on every modality set (resumable) and write OUT/table.md, table.csv, ablation.png.
 

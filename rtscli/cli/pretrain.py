@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from rtscli.cli import options
+
 
 def make_settings(*, lr: float, devices: str, schedule: str, **kw):
     """TrainSettings from the command-line options shared by pretrain and finetune."""
@@ -25,25 +27,25 @@ def pretrain(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory; becomes the model bundle.")],
     preset: Annotated[str, typer.Option(help="Model preset (see `rts models`): nano, cascade-mvitv2-b, ...")] = "cascade-mvitv2-b",
     epochs: Annotated[int, typer.Option(help="Epochs (the paper: 36).")] = 36,
-    max_steps: Annotated[int, typer.Option(help="Stop after this many steps (overrides --epochs; for quick checks).")] = -1,
-    batch_size: Annotated[int, typer.Option(help="Tiles per step per device.")] = 2,
-    lr: Annotated[float, typer.Option(help="Learning rate at 16 tiles per step; scaled linearly with the total batch.")] = 1e-4,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.05,
-    warmup_steps: Annotated[int, typer.Option(help="Linear warmup steps.")] = 250,
-    schedule: Annotated[str, typer.Option(help="cosine or step decay after warmup.")] = "cosine",
-    grad_clip: Annotated[float, typer.Option(help="Gradient norm clipping.")] = 1.0,
+    max_steps: options.MaxSteps = -1,
+    batch_size: options.BatchSize = 2,
+    lr: options.LearningRate = 1e-4,
+    weight_decay: options.WeightDecay = 0.05,
+    warmup_steps: options.WarmupSteps = 250,
+    schedule: options.Schedule = "cosine",
+    grad_clip: options.GradClip = 1.0,
     detection_only: Annotated[bool, typer.Option(help="No mask head: boxes only (the paper's GeoImageNet experiment).")] = False,
     anchors: Annotated[str, typer.Option(help="auto (from the training boxes), preset, or 5 sizes e.g. 16,32,64,128,256.")] = "auto",
     backbone_weights: Annotated[Optional[str], typer.Option(help="imagenet (downloads when possible) or a .safetensors file; default random.")] = None,
-    devices: Annotated[str, typer.Option(help="Devices per node (number or 'auto').")] = "1",
-    num_nodes: Annotated[int, typer.Option(help="Nodes (multi-node DDP under torchrun/SLURM).")] = 1,
-    accelerator: Annotated[str, typer.Option(help="auto, cpu or gpu.")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto (bf16/fp16 mixed on GPU, fp32 on CPU) or a Lightning precision.")] = "auto",
-    workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = 2,
-    seed: Annotated[int, typer.Option(help="Random seed (runs on the CPU are deterministic).")] = 0,
-    val_every: Annotated[int, typer.Option(help="Validate (mask AP50, best checkpoint) every N epochs.")] = 1,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
+    devices: options.Devices = "1",
+    num_nodes: options.NumNodes = 1,
+    accelerator: options.Accelerator = "auto",
+    precision: options.Precision = "auto",
+    workers: options.Workers = 2,
+    seed: options.Seed = 0,
+    val_every: options.ValEvery = 1,
+    resume: options.Resume = False,
+    overwrite: options.Overwrite = False,
 ) -> None:
     """Train one unimodal model (the paper's phase 1) and write a model bundle to OUT."""
     from rtscli.console import console

@@ -26,6 +26,7 @@ Times spent reading, in the model, merging/polygonizing and writing are kept in 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -181,8 +182,9 @@ class TileDataset(torch.utils.data.Dataset):
         # the part of the tile inside the scene is read; the rest is padding (never valid)
         h, w = max(0, min(t, sc.height - row)), max(0, min(t, sc.width - col))
         raw = np.zeros((len(self.band_map.names), t, t), np.float32)
-        valid = np.zeros((t, t), bool)
-        valid[:h, :w] = True
+        inside = np.zeros((t, t), bool)
+        inside[:h, :w] = True
+        valid = inside.copy()
         k = 0
         for src, s in zip(self._open(), sc.sources, strict=True):
             data = src.read(list(s.bands.values()), window=Window(col, row, w, h)).astype(np.float32, copy=False)
@@ -192,8 +194,6 @@ class TileDataset(torch.utils.data.Dataset):
                 valid[:h, :w] &= ~(data == np.float32(s.nodata)).all(axis=0)
             valid[:h, :w] &= np.isfinite(data).all(axis=0)
             k += n
-        inside = np.zeros((t, t), bool)
-        inside[:h, :w] = True
         if self.scale != 1.0:
             raw *= np.float32(self.scale)
         if not valid.any():
@@ -287,25 +287,23 @@ def instances_from_tile(pred: dict[str, torch.Tensor], *, origin: tuple[int, int
         geom = polygonize(binary, window_transform(scene.transform, col + c0, row + r0))
         if geom is None or geom.is_empty:
             continue
-        # flags: does the instance touch nodata (8-neighbourhood), or the scene's edge?
+        # does the instance touch nodata (8-neighbourhood)?
         hh, ww = binary.shape
         ra, rb, ca, cb = max(0, r0 - 1), min(tile, r0 + hh + 1), max(0, c0 - 1), min(tile, c0 + ww + 1)
         ring = np.zeros((rb - ra, cb - ca), np.uint8)
         ring[r0 - ra:r0 - ra + hh, c0 - ca:c0 - ca + ww] = binary
         ring = cv2.dilate(ring, np.ones((3, 3), np.uint8)).astype(bool)
         touches_nodata = bool((ring & invalid_in_scene[ra:rb, ca:cb]).any())
-        touches_edge = bool((row + r0 == 0 and binary[0].any()) or (col + c0 == 0 and binary[:, 0].any())
-                            or (row + r0 + hh >= scene.height and binary[-1].any())
-                            or (col + c0 + ww >= scene.width and binary[:, -1].any()))
-        # the polygon's pixel box in the tile, and whether it touches a tile border inside the scene
+        # the polygon's pixel box in the scene (its vertices back to pixels: exact for rotated grids too);
+        # it touches the scene's edge, or a border of its tile inside the scene (a partial view)
         xy = np.asarray(geom.exterior.coords)
-        xs, ys = apply(inverse, xy[:, 0], xy[:, 1])  # the vertices back to pixels (exact for rotated grids too)
-        lc0, lc1 = round(float(xs.min())) - col, round(float(xs.max())) - col
-        lr0, lr1 = round(float(ys.min())) - row, round(float(ys.max())) - row
-        cut = ((lc0 <= 0 and col > 0) or (lr0 <= 0 and row > 0) or (lc1 >= tile and col + tile < scene.width)
-               or (lr1 >= tile and row + tile < scene.height))
-        out.append(Instance(geom, float(scores[k]), tile_index, touches_nodata, touches_edge,
-                            (col + lc0, row + lr0, col + lc1, row + lr1), bool(cut)))
+        xs, ys = apply(inverse, xy[:, 0], xy[:, 1])
+        box = (round(float(xs.min())), round(float(ys.min())), round(float(xs.max())), round(float(ys.max())))
+        touches_edge = box[0] <= 0 or box[1] <= 0 or box[2] >= scene.width or box[3] >= scene.height
+        cut = ((box[0] <= col and col > 0) or (box[1] <= row and row > 0)
+               or (box[2] >= col + tile and col + tile < scene.width)
+               or (box[3] >= row + tile and row + tile < scene.height))
+        out.append(Instance(geom, float(scores[k]), tile_index, touches_nodata, bool(touches_edge), box, bool(cut)))
     return out
 
 
@@ -360,6 +358,14 @@ class Grid:
 GAP_PX = 1.5
 
 
+def _root(parent: list[int], i: int) -> int:
+    """Union-find: the root of ``i`` (with path halving)."""
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = parent[i]
+    return i
+
+
 class SeamMerger:
     """Joins the per-tile instances of a scene into one polygon per slump, as the tiles come in.
 
@@ -383,8 +389,6 @@ class SeamMerger:
     """
 
     def __init__(self, grid: Grid, *, metric: str = "ios", threshold: float = 0.2):
-        if metric not in ("ios", "iou"):
-            raise RtsError(f"unknown match metric {metric!r}", fix="use ios or iou")
         self.grid, self.metric, self.threshold = grid, metric, threshold
         self.pending: list[Instance] = []
         self.dropped = 0  # partial views contradicted by a tile that saw the place whole
@@ -428,10 +432,7 @@ class SeamMerger:
         parent = list(range(len(items)))
 
         def find(i: int) -> int:
-            while parent[i] != i:
-                parent[i] = parent[parent[i]]
-                i = parent[i]
-            return i
+            return _root(parent, i)
 
         left, right = tree.query(geoms, predicate="intersects")
         for a, b in zip(left.tolist(), right.tolist(), strict=True):
@@ -465,10 +466,7 @@ class SeamMerger:
         tie = parent.copy()  # groups, and each fragment with its neighbours (for streaming)
 
         def tied(i: int) -> int:
-            while tie[i] != i:
-                tie[i] = tie[tie[i]]
-                i = tie[i]
-            return i
+            return _root(tie, i)
 
         for g in contradicted:
             best = None
@@ -501,6 +499,22 @@ class SeamMerger:
         return {"geometry": geom, "score": max(it.score for it in group), "tiles": len({it.tile for it in group}),
                 "touches_nodata": any(it.touches_nodata for it in group),
                 "touches_edge": any(it.touches_edge for it in group)}
+
+
+class BoxNMS:
+    """``--merge nms``, with the merger's interface: box-NMS needs all of a scene's instances at once."""
+
+    def __init__(self, threshold: float = 0.5):
+        self.threshold, self.items, self.dropped = threshold, [], 0
+
+    def add(self, items: list[Instance]) -> None:
+        self.items += items
+
+    def finished(self, next_row: int) -> list[dict]:
+        return []
+
+    def finish(self) -> list[dict]:
+        return box_nms(self.items, self.threshold)
 
 
 def box_nms(items: list[Instance], threshold: float = 0.5) -> list[dict]:
@@ -622,10 +636,8 @@ def predict_scene(model, bundle, scene: Scene, opts: PredictOptions, *,
     loader = torch.utils.data.DataLoader(ds, batch_size=opts.batch_size, shuffle=False, collate_fn=_collate,
                                          num_workers=opts.workers, persistent_workers=False,
                                          prefetch_factor=2 if opts.workers else None)
-    if opts.merge not in ("union", "nms"):
-        raise RtsError(f"unknown merge mode {opts.merge!r}", fix="use --merge union or --merge nms")
-    merger = SeamMerger(Grid.of(scene, tile, origins), metric=opts.match_metric, threshold=opts.match_threshold)
-    kept: list[Instance] = []  # --merge nms: box-NMS needs all instances at once
+    merger = (BoxNMS(opts.match_threshold) if opts.merge == "nms" else
+              SeamMerger(Grid.of(scene, tile, origins), metric=opts.match_metric, threshold=opts.match_threshold))
     merged: list[dict] = []
     row = 0
     timing = Timing()
@@ -655,8 +667,7 @@ def predict_scene(model, bundle, scene: Scene, opts: PredictOptions, *,
         for b, p in zip(full, preds, strict=True):
             top = origins[b["index"]][1]
             if top > row:  # a new row of tiles: hand out what the rows above finished
-                if opts.merge == "union":
-                    merged += merger.finished(top)
+                merged += merger.finished(top)
                 release_freed_memory()
                 row = top
             items = instances_from_tile(p, origin=origins[b["index"]], scene=scene, tile=tile,
@@ -664,10 +675,7 @@ def predict_scene(model, bundle, scene: Scene, opts: PredictOptions, *,
                                         tile_index=b["index"], min_score=opts.min_score)
             if on_tile:
                 on_tile(items)
-            if opts.merge == "union":
-                merger.add(items)
-            else:
-                kept += items
+            merger.add(items)
         timing.merge += time.perf_counter() - t
         if progress:
             progress(len(batch), len(origins))
@@ -678,7 +686,7 @@ def predict_scene(model, bundle, scene: Scene, opts: PredictOptions, *,
                     "--bands and the training data", scene.name,
                     ", ".join(f"{k} {v.low:g}..{v.high:g}" for k, v in bundle.stats.items()))
     t = time.perf_counter()
-    merged += merger.finish() if opts.merge == "union" else box_nms(kept, opts.match_threshold)
+    merged += merger.finish()
     gdf = to_frame(merged, scene=scene, bundle=bundle, model_name=bundle.path.name, to_crs=opts.to_crs,
                    min_area=opts.min_area, simplify=opts.simplify)
     timing.merge += time.perf_counter() - t
@@ -694,33 +702,20 @@ def release_freed_memory() -> None:
     """Give the heap's freed pages back to the OS (glibc ``malloc_trim``). Without it, the resident
     size of a long run creeps up as the model's varying-size buffers fragment the heap; elsewhere
     a no-op. ``RTS_MALLOC_TRIM=0`` turns it off."""
-    global _LIBC
-    if os.environ.get("RTS_MALLOC_TRIM", "1") == "0":
-        return
-    if _LIBC is None:
-        import ctypes
-        import ctypes.util
-
-        try:
-            _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            _LIBC.malloc_trim  # noqa: B018 - glibc only
-        except (OSError, AttributeError):
-            _LIBC = False
-    if _LIBC:
-        _LIBC.malloc_trim(0)
+    trim = _malloc_trim()
+    if trim is not None and os.environ.get("RTS_MALLOC_TRIM", "1") != "0":
+        trim(0)
 
 
-_LIBC: Any = None
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    import ctypes
+    import ctypes.util
 
-
-def merge_instances(items: list[Instance], grid: Grid, *, mode: str = "union", metric: str = "ios",
-                    threshold: float = 0.2) -> list[dict]:
-    """All of a scene's instances at once (``union``, see :class:`SeamMerger`; or ``nms``, see :func:`box_nms`)."""
-    if mode == "nms":
-        return box_nms(items, threshold)
-    merger = SeamMerger(grid, metric=metric, threshold=threshold)
-    merger.add(items)
-    return merger.finish()
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
 
 
 def default_overlap(tile: int, config: dict | None = None) -> int:

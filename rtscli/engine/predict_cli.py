@@ -133,7 +133,7 @@ def run_scene(model, bundle, scene: Scene, out: Path, opts: PredictOptions, *, o
     with _progress_bar() as bar:
         task = bar.add_task(f"{label}{scene.name}", total=None, km2_per_tile=km2_per_tile)
         gdf, timing = predict_scene(model, bundle, scene, opts,
-                                       progress=lambda k, n: bar.update(task, advance=k, total=n))
+                                    progress=lambda k, n: bar.update(task, advance=k, total=n))
     t = time.perf_counter()
     if out.suffix.lower() == ".shp":  # Shapefile field names are at most 10 characters
         gdf = gdf.rename(columns=SHP_NAMES)
@@ -195,11 +195,15 @@ def write_quicklook(gdf, scene, path: Path, *, overwrite: bool, max_side: int = 
     picks = [names[n] for n in ("red", "green", "blue") if n in names] or [next(iter(names.values()))]
     scale = max(1, int(np.ceil(max(scene.width, scene.height) / max_side)))
     h, w = max(1, scene.height // scale), max(1, scene.width // scale)
-    planes = []
+    by_path: dict[Path, list[int]] = {}  # each raster read once, all of its picked bands together
     for s, i in picks:
-        with rasterio.open(s.path) as src:
-            planes.append(src.read(i, out_shape=(h, w), masked=True).astype(np.float32).filled(np.nan))
-    img = np.stack(planes, -1)
+        by_path.setdefault(s.path, []).append(i)
+    planes = {}
+    for p, bands in by_path.items():
+        with rasterio.open(p) as src:
+            data = src.read(bands, out_shape=(len(bands), h, w), masked=True).astype(np.float32).filled(np.nan)
+        planes |= {(p, i): x for i, x in zip(bands, data, strict=True)}
+    img = np.stack([planes[s.path, i] for s, i in picks], -1)
     for k in range(img.shape[-1]):
         x = img[..., k]
         lo, hi = (np.nanpercentile(x, [2, 98]) if np.isfinite(x).any() else (0.0, 1.0))
