@@ -2,8 +2,9 @@
 
     python benchmarks/predict_scale.py --model BUNDLE [--sizes 2048,16384] [--out bench_out/predict_scale]
 
-BUNDLE: a nano bundle (e.g. from `rts demo` or benchmarks/fusion_synth.py, with --scale 0.0001: those
-are trained on chips in reflectance 0-1, the scenes are in reflectance x 10000). For each size an
+BUNDLE: a nano bundle (e.g. from `rts demo` or benchmarks/fusion_synth.py; they are trained on chips in
+reflectance 0-1, and the scenes store reflectance x 10000 with a GDAL band scale of 0.0001, which rts
+applies; older scenes without it need --scale 0.0001). For each size an
 `rts synth` scene (3 m pixels, PlanetScope band order, truth polygons beside it) is made once, then
 predicted in a fresh process (so its peak RSS is its own), with the real tiler and the default
 options; the run reports tiles/s, km^2/h, the time split read / model / merge+polygonize / write,
@@ -29,22 +30,24 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 
-def one(scene: Path, model: Path, workers: int, batch: int, scale: float) -> dict:
+def one(scene: Path, model: Path, workers: int, batch: int, scale: float | None) -> dict:
     import geopandas as gpd
     from shapely.geometry import LineString
 
     from rtscli.data.bands import BandMap
-    from rtscli.engine.predict import (
-        Instance, PredictOptions, Source, box_nms, default_overlap, open_scene, predict_scene, tile_grid,
-    )
+    from rtscli.engine.predict import PredictOptions, Source, default_overlap, open_scene, predict_scene, tile_grid
+    from rtscli.geometry.footprint import window_footprint
+    from rtscli.geometry.measure import geodesic_area
+    from rtscli.geometry.seams import Instance, box_nms
     from rtscli.io.raster import apply
     from rtscli.io.vector import write_vector
     from rtscli.modeling.bundle import load_model
 
     net, bundle = load_model(model)
     bands = BandMap.parse("planetscope4").as_dict()
-    sc = open_scene([Source(scene, bands)])
-    opts = PredictOptions(workers=workers, batch_size=batch, scale=scale)
+    sc = open_scene([Source(scene, bands)], scale=scale, training=bundle.config.get("values"))
+    sc_footprint = window_footprint(sc.transform, 0, 0, sc.width, sc.height)
+    opts = PredictOptions(workers=workers, batch_size=batch)
     # every tile's raw instances go to a file (not memory), for the box-NMS comparison afterwards
     raw_path = scene.with_name(scene.stem + "_raw.jsonl")
     sink = raw_path.open("w")
@@ -124,7 +127,7 @@ def one(scene: Path, model: Path, workers: int, batch: int, scale: float) -> dic
                       for j in tidx.query(p)) for p in polys)
         pieces[name] = {"detected": found, "in_pieces": split, "in_overlapping_pieces": overlapping,
                         "polygons": len(polys), "polygons_on_a_slump": round(hit / max(len(polys), 1), 3)}
-    km2 = sc.width * sc.height * abs(T.a * T.e) / 1e6
+    km2 = geodesic_area(sc_footprint, sc.crs) / 1e6  # the scene's true area on the ellipsoid
     tm = timing.as_dict()
     return {"size": f"{sc.width}x{sc.height}", "tiles": tm["tiles"], "skipped": tm["skipped_nodata_tiles"],
             "seconds": round(total, 1), "tiles_per_s": round(tm["tiles"] / total, 2),
@@ -144,8 +147,8 @@ def main() -> None:
     ap.add_argument("--out", default="bench_out/predict_scale")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--scale", type=float, default=1.0,
-                    help="rts predict --scale: 0.0001 for a bundle trained on `rts synth` chips (reflectance 0-1)")
+    ap.add_argument("--scale", type=float, default=None,
+                    help="rts predict --scale (default: the scene's own band scale; `rts synth` scenes carry 0.0001)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -162,7 +165,8 @@ def main() -> None:
                            stdout=subprocess.DEVNULL)
         scene = next((d / "scenes").glob("*.tif"))
         r = subprocess.run([sys.executable, __file__, "--model", args.model, "--one", str(scene), "--workers",
-                            str(args.workers), "--batch-size", str(args.batch_size), "--scale", str(args.scale)],
+                            str(args.workers), "--batch-size", str(args.batch_size),
+                            *(["--scale", str(args.scale)] if args.scale is not None else [])],
                            check=True, capture_output=True,
                            text=True)
         rows.append(json.loads(r.stdout.strip().splitlines()[-1]))

@@ -9,19 +9,11 @@ err_console = Console(stderr=True)
 
 
 def progress(transient: bool = False):
-    """A Rich progress bar with count, rate and ETA (on stderr)."""
-    from rich.progress import (
-        BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
-    )
+    """Progress on stderr: a Rich bar with count, rate and ETA on a terminal; otherwise log lines at
+    an interval (:mod:`rtscli.progress`), so batch-job logs show progress too."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=transient,
-        disable=not err_console.is_terminal,
-    )
+    from rtscli.progress import bar
+
+    return bar(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("eta"), TimeRemainingColumn(), transient=transient)

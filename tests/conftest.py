@@ -70,12 +70,19 @@ def paper_sample(shape=(64, 64), rects=(), value=1000.0, seed=0) -> np.ndarray:
     return img
 
 
+def apart(k: int, res: float = 10.0) -> Affine:
+    """The transform of sample ``k`` of a test set: samples 5 km apart, so that none overlaps another on the
+    map (`rts prepare` keeps overlapping images in one split)."""
+    return Affine(res, 0.0, 470000.0 + 5000.0 * k, 0.0, -res, 7550000.0)
+
+
 def write_training_samples(folder: Path, n: int) -> None:
     """``n`` 96 x 96 paper-layout samples of one site in ``folder``/site, each with two slumps."""
     for k in range(n):
         r0, c0 = 8 + 3 * k, 10 + 2 * k
         write_tif(folder / "site" / f"x{k}.tif",
-                  paper_sample(shape=(96, 96), rects=[(r0, r0 + 30, c0, c0 + 25), (60, 80, 60, 90)], seed=k))
+                  paper_sample(shape=(96, 96), rects=[(r0, r0 + 30, c0, c0 + 25), (60, 80, 60, 90)], seed=k),
+                  transform=apart(k))
 
 
 @pytest.fixture

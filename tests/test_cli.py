@@ -74,3 +74,15 @@ def test_bands_command(rts):
     assert r.code == 0 and "nir=7" in r.out and "ndvi" in r.out
     r = rts("bands", "nonsense")
     assert r.code == 2 and "unknown band preset" in r.err
+
+
+def test_progress_lines_when_nobody_watches_a_terminal(tmp_path, rts, monkeypatch):
+    """`rts synth` and `rts prepare` in a batch job: progress lines in the log, not an invisible bar."""
+    monkeypatch.setenv("RTS_PROGRESS_SECONDS", "0")
+    r = rts("synth", tmp_path / "s", "--chips", 6, "--chip-size", 64, "--scenes", 0)
+    assert r.code == 0, r.err
+    assert "rts: chips: 6/6 chips (100%)" in r.err and "done in" in r.err
+    r = rts("prepare", tmp_path / "s" / "chips", "-o", tmp_path / "ds", "--bands", "paper")
+    assert r.code == 0, r.err
+    lines = [line for line in r.err.splitlines() if line.startswith("rts: preparing:")]
+    assert len(lines) == 6 and "ETA" in lines[0] and "(100%)" in lines[-1]

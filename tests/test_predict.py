@@ -21,11 +21,28 @@ import torch.nn.functional as F
 import yaml
 from affine import Affine
 
-from conftest import paper_sample, write_tif
+from conftest import apart, paper_sample, write_tif
 from rtscli.data.modalities import BandStats, Modality
 
 T = Affine(10.0, 0.0, 470000.0, 0.0, -10.0, 7550000.0)
 IDENTITY = BandStats(0.0, 1.0, -1e9, 1e9)
+
+
+def _true_pixel_area() -> float:
+    """The true area (m2) of one 10 m pixel of T's UTM grid where the test scenes lie (pyproj's projection
+    factors: the UTM plane's area over its areal scale), so that areas can be counted in pixels."""
+    from pyproj import Proj, Transformer
+
+    lon, lat = Transformer.from_crs(32608, 4326, always_xy=True).transform(471500.0, 7549000.0)
+    return 100.0 / Proj("EPSG:32608").get_factors(lon, lat).areal_scale
+
+
+PX_M2 = _true_pixel_area()
+
+
+def pixels(areas_m2) -> list[int]:
+    """Areas in m2 as whole pixels of the test grid."""
+    return [round(a / PX_M2) for a in areas_m2]
 
 
 class BlobModel:
@@ -95,7 +112,14 @@ def test_square_lands_at_its_map_coordinates(tmp_path):
     assert len(gdf) == 1 and len(raw) > 1  # several tiles saw it, one polygon came out
     x0, y0, x1, y1 = gdf.geometry[0].bounds
     assert (x0, y0, x1, y1) == pytest.approx((471000.0, 7549200.0, 471400.0, 7549500.0), abs=1e-6)
-    assert gdf.area_m2[0] == 30 * 40 * 100 and gdf.perimeter_m[0] == 2 * (300 + 400)
+    # true area on the ellipsoid: the UTM plane's area divided by the projection's areal scale there (UTM is
+    # conformal: lengths by its square root); pyproj's projection factors are an independent source
+    from pyproj import Proj, Transformer
+
+    lon, lat = Transformer.from_crs(32608, 4326, always_xy=True).transform(471200.0, 7549350.0)
+    k2 = Proj("EPSG:32608").get_factors(lon, lat).areal_scale
+    assert gdf.area_m2[0] == pytest.approx(30 * 40 * 100 / k2, rel=1e-6) and abs(k2 - 1) > 5e-4
+    assert gdf.perimeter_m[0] == pytest.approx(2 * (300 + 400) / k2**0.5, rel=1e-6)
     assert gdf.crs.to_epsg() == 32608 and not gdf.touches_nodata[0] and not gdf.touches_edge[0]
     assert list(gdf.columns) == ["id", "score", "area_m2", "perimeter_m", "scene", "model", "modalities", "fusion",
                                  "tile_size", "touches_nodata", "touches_edge", "tiles", "created", "geometry"]
@@ -119,7 +143,7 @@ def test_border_and_corner_slumps_come_out_whole_touching_ones_stay_apart(tmp_pa
                (4, 120, 150, 180, 210)]  # ... along col 180, across the tile border at 192
     gdf, _, raw, _ = run(scene_with(tmp_path, objects))
     assert len(gdf) == 4, gdf[["area_m2", "tiles"]]
-    assert sorted(gdf.area_m2) == sorted([20 * 35 * 100, 30 * 30 * 100, 30 * 30 * 100, 30 * 30 * 100])
+    assert sorted(pixels(gdf.area_m2)) == sorted([20 * 35, 30 * 30, 30 * 30, 30 * 30])
     assert max(gdf.tiles) >= 4  # the corner slump was seen in four tiles
     # box-NMS merging (what SAHI-like tilers do) leaves pieces of the same slumps
     nms, _, _, _ = run(scene_with(tmp_path, objects), merge="nms", match_threshold=0.5)
@@ -227,8 +251,8 @@ def test_slump_at_nodata_and_scene_edge_is_flagged(tmp_path):
     img[:, 20:40, 180:200] = 1  # ends at the nodata margin
     img[:, 150:200, 10:40] = 2  # ends at the scene's bottom edge
     gdf, _, _, _ = run(write_tif(tmp_path / "scene.tif", img, nodata=-9999))
-    by_area = {round(a): (n, e) for a, n, e in zip(gdf.area_m2, gdf.touches_nodata, gdf.touches_edge, strict=True)}
-    assert by_area == {20 * 20 * 100: (True, False), 50 * 30 * 100: (False, True)}
+    by_area = {a: (n, e) for a, n, e in zip(pixels(gdf.area_m2), gdf.touches_nodata, gdf.touches_edge, strict=True)}
+    assert by_area == {20 * 20: (True, False), 50 * 30: (False, True)}
 
 
 # ---------------------------------------------------------------- the command line
@@ -241,7 +265,8 @@ def bundles(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("predict")
     for k in range(4):
-        write_tif(root / "in" / "site" / f"x{k}.tif", paper_sample(shape=(64, 64), rects=[(8, 30, 10, 40)], seed=k))
+        write_tif(root / "in" / "site" / f"x{k}.tif", paper_sample(shape=(64, 64), rects=[(8, 30, 10, 40)], seed=k),
+                  transform=apart(k))
     assert main(["prepare", str(root / "in"), "-o", str(root / "ds"), "--bands", "paper",
                  "--split", "0.5,0.25,0.25"]) == 0
     nano = root / "nano"
@@ -282,10 +307,10 @@ def test_every_format_has_the_same_features(tmp_path, rts, blob):
         assert r.code == 0, r.err
         gdf = gpd.read_parquet(out) if ext == ".parquet" else gpd.read_file(out)
         assert len(gdf) == 2 and gdf.crs.to_epsg() == 32608
-        got = sorted(round(a) for a in gdf["area_m2"])
+        got = sorted(pixels(gdf["area_m2"]))
         assert areas is None or got == areas
         areas = got
-    assert areas == [20 * 35 * 100, 30 * 40 * 100]
+    assert areas == [20 * 35, 30 * 40]
     assert gpd.list_layers(tmp_path / "slumps.gpkg")["name"].tolist() == ["rts"]
 
 
@@ -310,6 +335,66 @@ def test_outputs_are_never_overwritten_by_accident_and_never_partial(tmp_path, r
     r = rts("predict", scene, "-o", out2, "--model", blob.path, "--workers", 0)
     assert r.code == 130
     assert not out2.exists() and not list(tmp_path.glob(".other*"))
+
+
+def test_a_project_geopackage_keeps_its_other_layers(tmp_path, rts, blob):
+    """Analysts keep QGIS projects in one GeoPackage: rts replaces its own layer, never the others."""
+    import sqlite3
+
+    from shapely.geometry import box
+
+    scene = scene_with(tmp_path, OBJECTS)
+    project = tmp_path / "project.gpkg"
+    aoi = gpd.GeoDataFrame({"name": ["study area"]}, geometry=[box(470000, 7548000, 473000, 7550000)], crs=32608)
+    aoi.to_file(project, layer="aoi")
+    with sqlite3.connect(project) as db:  # a non-spatial table too, as QGIS keeps styles and projects
+        db.execute("CREATE TABLE notes (text TEXT)")
+        db.execute("INSERT INTO notes VALUES ('field season 2026')")
+    args = ["predict", scene, "-o", project, "--model", blob.path, "--workers", 0]
+
+    def kept() -> bool:
+        with sqlite3.connect(project) as db:
+            notes = db.execute("SELECT text FROM notes").fetchall()
+        back = gpd.read_file(project, layer="aoi")
+        return notes == [("field season 2026",)] and back.geometry[0].equals(aoi.geometry[0])
+
+    r = rts(*args)  # a new layer: nothing is replaced, so no --overwrite is needed
+    assert r.code == 0, r.err
+    assert set(gpd.list_layers(project)["name"]) == {"aoi", "notes", "rts"} and kept()
+    assert len(gpd.read_file(project, layer="rts")) == 2
+    before = project.stat().st_mtime_ns
+    r = rts(*args)  # the layer exists: one line naming it and the fix, the file untouched
+    assert r.code == 2 and "layer 'rts'" in r.err and "--overwrite" in r.err and project.stat().st_mtime_ns == before
+    r = rts(*args, "--overwrite", "--layer", "rts")
+    assert r.code == 0, r.err
+    r = rts(*args, "--layer", "slumps_2026")
+    assert r.code == 0, r.err
+    assert set(gpd.list_layers(project)["name"]) == {"aoi", "notes", "rts", "slumps_2026"} and kept()
+    r = rts("predict", scene, "-o", tmp_path / "x.shp", "--model", blob.path, "--layer", "a")
+    assert r.code == 2 and "--layer" in r.err
+    # interrupted half-way: the project is as it was, and no temporary file is left
+    blob.model.fail_after, blob.model.seen = 2, 0
+    r = rts(*args, "--overwrite")
+    assert r.code == 130 and kept() and len(gpd.read_file(project, layer="rts")) == 2
+    assert not list(tmp_path.glob(".project*"))
+
+
+def test_evaluate_error_layers_go_into_a_project_geopackage(tmp_path):
+    from shapely.geometry import box
+
+    from rtscli.engine.evaluate import write_error_layers
+    from rtscli.errors import RtsError
+
+    project = tmp_path / "project.gpkg"
+    gpd.GeoDataFrame({"name": ["aoi"]}, geometry=[box(0, 0, 1, 1)], crs=32608).to_file(project, layer="aoi")
+    empty = gpd.GeoDataFrame({"score": []}, geometry=[], crs=32608)
+    layers = {"true_positives": empty, "false_positives": empty, "missed": empty}
+    write_error_layers(layers, project)
+    assert set(gpd.list_layers(project)["name"]) == {"aoi", "true_positives", "false_positives", "missed"}
+    with pytest.raises(RtsError, match="already has a layer"):
+        write_error_layers(layers, project)
+    write_error_layers(layers, project, overwrite=True)
+    assert len(gpd.read_file(project, layer="aoi")) == 1
 
 
 def test_many_scenes_resume_and_a_missing_modality_is_named(tmp_path, rts, blob):
@@ -400,7 +485,7 @@ def test_one_raster_per_modality_and_grids_that_differ(tmp_path, rts, blob):
             "--model", blob.path, "--workers", 0)
     assert r.code == 0, r.err
     gdf = gpd.read_file(tmp_path / "a.gpkg")
-    assert len(gdf) == 1 and gdf.area_m2[0] == 30 * 40 * 100
+    assert len(gdf) == 1 and pixels(gdf.area_m2) == [30 * 40]
     # a NIR raster on another grid (shifted by 5 pixels) is refused, or resampled on request
     shifted = Affine(10.0, 0.0, 470050.0, 0.0, -10.0, 7550000.0)
     write_tif(tmp_path / "nir2.tif", np.ones((1, 120, 150), np.float32), transform=shifted)
@@ -417,13 +502,14 @@ def test_web_mercator_areas_are_true_areas():
     from pyproj import Geod
     from shapely.geometry import box
 
-    from rtscli.engine.predict import metric_lengths
+    from rtscli.geometry.measure import geodesic_area_perimeter
 
     g = gpd.GeoDataFrame(geometry=[box(-14_800_000, 11_000_000, -14_797_000, 11_003_000)], crs=3857)  # ~70 N
-    area, perim = metric_lengths(g)
-    true_area, true_perim = Geod(ellps="WGS84").geometry_area_perimeter(g.to_crs(4326).geometry[0])
-    assert area[0] == pytest.approx(abs(true_area), rel=5e-3) and area[0] < 0.2 * g.area[0]
-    assert perim[0] == pytest.approx(true_perim, rel=5e-3)
+    area, perim = geodesic_area_perimeter(g.geometry, g.crs)
+    dense = g.geometry.segmentize(10.0).to_crs(4326).geometry[0]
+    true_area, true_perim = Geod(ellps="WGS84").geometry_area_perimeter(dense)
+    assert area[0] == pytest.approx(abs(true_area), rel=1e-6) and area[0] < 0.2 * g.area[0]
+    assert perim[0] == pytest.approx(true_perim, rel=1e-6)
 
 
 def test_a_scene_in_other_units_than_the_training_data_is_warned_about(tmp_path):
@@ -445,3 +531,112 @@ def test_a_scene_in_other_units_than_the_training_data_is_warned_about(tmp_path)
     finally:
         logger.removeHandler(handler)
     assert any("other units" in m for m in seen)
+
+
+def test_attributes_describe_the_polygon_that_is_written(tmp_path):
+    """A mask in two parts keeps its largest; the nodata flag and the box come from that part alone."""
+    img = np.zeros((3, 200, 300), np.float32)
+    img[:, :, 100:] = np.nan  # nodata (NaN in float32) from column 100: only the first tile has data
+    img[:, 10:50, 20:70] = 1  # the slump: 40 x 50 px, 30 px from any nodata
+    img[:, 10:22, 86:100] = 1  # a second part of the same detection, beside the nodata
+    path = write_tif(tmp_path / "scene.tif", img, nodata=float("nan"))
+    gdf, _, raw, _ = run(path, tile=128)
+    assert len(raw) == 1 and len(gdf) == 1 and abs(pixels(gdf.area_m2)[0] - 40 * 50) <= 4  # RoI-mask corners
+    assert gdf.geometry[0].geom_type == "Polygon" and not gdf.touches_nodata[0] and not gdf.touches_edge[0]
+    x0, y0, x1, y1 = gdf.geometry[0].bounds  # the slump's, not reaching the second part at column 86
+    assert (x0, y0, x1, y1) == pytest.approx((470200.0, 7549500.0, 470700.0, 7549900.0))
+    assert raw[0].bbox == (20, 10, 70, 50)
+
+
+class RoundingBlobModel(BlobModel):
+    """The stand-in detector on values rounded to 1e-3: float32 rounding of a unit conversion is not an object."""
+
+    def predict(self, images: torch.Tensor) -> list[dict]:
+        return super().predict(torch.round(images * 1000) / 1000)
+
+
+def _stored_three_ways(tmp_path):
+    """One scene stored as reflectance (float32), as reflectance x 10000 and as x 10000 + 1000 (uint16)."""
+    refl = np.full((3, 200, 300), 0.05, np.float32)
+    refl[:, 50:80, 100:140] = 0.25
+    refl[:, 10:30, 40:75] = 0.15
+    nodata = np.zeros((200, 300), bool)
+    nodata[:, 260:] = True  # stored 0 is nodata; the conversion comes after it is found
+    refl[:, 120:150, 240:260] = 0.01  # a dark slump beside the nodata
+    out = {}
+    f = refl.copy()
+    f[:, nodata] = -9999.0
+    out["reflectance"] = write_tif(tmp_path / "refl.tif", f, nodata=-9999.0)
+    x = np.rint(refl * 10000).astype(np.uint16)
+    x[:, nodata] = 0
+    out["x10000"] = write_tif(tmp_path / "x10000.tif", x, nodata=0)
+    y = (np.rint(refl * 10000) + 1000).astype(np.uint16)
+    y[:, nodata] = 0
+    out["x10000+1000"] = write_tif(tmp_path / "l2a.tif", y, nodata=0)
+    meta = write_tif(tmp_path / "l2a_meta.tif", y, nodata=0)
+    with rasterio.open(meta, "r+") as dst:  # the same, with GDAL's band scale/offset as real products carry
+        dst.scales, dst.offsets = (1e-4,) * 3, (-0.1,) * 3
+    out["x10000+1000 tagged"] = meta
+    return out
+
+
+def test_the_same_scene_in_three_value_conventions_gives_the_same_polygons(tmp_path):
+    from rtscli.engine.predict import PredictOptions, Source, open_scene, predict_scene
+
+    bundle = fake_bundle()
+    bundle.stats = {c: BandStats(0.05, 1.0, -1e9, 1e9) for c in ("red", "green", "blue")}
+    stored = _stored_three_ways(tmp_path)
+    flags = {"reflectance": {}, "x10000": {"scale": 1e-4}, "x10000+1000": {"scale": 1e-4, "offset": -0.1},
+             "x10000+1000 tagged": {}}
+    found = {}
+    for name, path in stored.items():
+        scene = open_scene([Source(path, {"red": 1, "green": 2, "blue": 3})], **flags[name])
+        gdf, _ = predict_scene(RoundingBlobModel(), bundle, scene, PredictOptions(workers=0, overlap=16))
+        found[name] = sorted((g.wkt, n) for g, n in zip(gdf.geometry, gdf.touches_nodata, strict=True))
+    assert len(found["reflectance"]) == 3 and any(n for _, n in found["reflectance"])
+    for name in stored:
+        assert found[name] == found["reflectance"], name
+    # no flags, no metadata: the conversion the model's training data went through, for a file stored like them
+    training = {"scale": {c: 1e-4 for c in ("red", "green", "blue")}, "offset": {c: -0.1 for c in ("red", "green",
+                                                                                                  "blue")},
+                "stored_dtype": "uint16"}
+    scene = open_scene([Source(stored["x10000+1000"], {"red": 1, "green": 2, "blue": 3})], training=training)
+    gdf, _ = predict_scene(RoundingBlobModel(), bundle, scene, PredictOptions(workers=0, overlap=16))
+    assert sorted((g.wkt, n) for g, n in zip(gdf.geometry, gdf.touches_nodata, strict=True)) == found["reflectance"]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_truncated_scene_in_predict_names_the_file(tmp_path, rts, blob, workers):
+    from test_messages import one_clean_error, truncated
+
+    scene = truncated(tmp_path / "cut.tif", levels=2)  # two values: the stand-in detector stays fast
+    r = rts("predict", scene, "-o", tmp_path / "out.gpkg", "--model", blob.path, "--bands", "red=1,green=2,blue=3",
+            "--workers", workers)
+    assert r.code == 2 and not (tmp_path / "out.gpkg").exists()
+    one_clean_error(r.err, scene)
+
+
+def test_a_truncated_chip_in_evaluate_names_the_chip(tmp_path, rts, bundles):
+    import json
+
+    from test_messages import one_clean_error
+
+    ds = tmp_path / "ds"
+    shutil.copytree(bundles["nano"].parent / "ds", ds)
+    chip = ds / json.loads((ds / "test.json").read_text())["images"][0]["file_name"]
+    chip.write_bytes(chip.read_bytes()[: chip.stat().st_size * 2 // 3])
+    r = rts("evaluate", bundles["nano"], "--data", ds, "--split", "test")
+    assert r.code == 2
+    one_clean_error(r.err, chip)
+
+
+def test_progress_lines_when_nobody_watches_a_terminal(tmp_path, rts, blob, monkeypatch):
+    """Under SLURM, nohup or a pipe (stderr is not a terminal): progress comes as log lines."""
+    monkeypatch.setenv("RTS_PROGRESS_SECONDS", "0")
+    r = rts("predict", scene_with(tmp_path, OBJECTS), "-o", tmp_path / "a.gpkg", "--model", blob.path,
+            "--workers", 0, "--overlap", 16)
+    assert r.code == 0, r.err
+    lines = [line for line in r.err.splitlines() if "tiles" in line and "scene" in line]
+    assert len(lines) >= 3, r.err  # one per batch, the last one says it is done
+    assert "ETA" in lines[0] and "tiles/s" in lines[0] and "km²/h" in lines[0]
+    assert "24/24 tiles (100%)" in lines[-1] and "done in" in lines[-1]

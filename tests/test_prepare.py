@@ -7,13 +7,14 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pytest
 import rasterio
 import yaml
 from pycocotools.coco import COCO
 from rasterio.transform import Affine
 from shapely.geometry import Polygon, box
 
-from conftest import paper_sample, write_tif
+from conftest import apart, paper_sample, write_tif
 from rtscli.io.raster import apply
 
 T0 = Affine(3.0, 0.0, 100000.0, 0.0, -3.0, 500000.0)
@@ -231,7 +232,8 @@ def test_labels_touching_nodata_lose_those_pixels(tmp_path, rts):
 def _many_samples(root: Path, n_per_site=10, sites=("s1", "s2")):
     for s in sites:
         for k in range(n_per_site):
-            write_tif(root / s / f"{s}_{k:02d}.tif", paper_sample(rects=[(5, 15, 5, 15)], seed=k))
+            write_tif(root / s / f"{s}_{k:02d}.tif", paper_sample(rects=[(5, 15, 5, 15)], seed=k),
+                      transform=apart(k + 100 * sites.index(s)))
 
 
 def test_split_is_within_site_and_deterministic(tmp_path, rts):
@@ -258,7 +260,7 @@ def test_split_file_and_stats_from_train_only(tmp_path, rts):
     root = tmp_path / "in"
     for k in range(4):
         value = 100.0 if k < 2 else 5000.0  # train images are dark, test images bright
-        write_tif(root / f"x{k}.tif", paper_sample(rects=[(5, 15, 5, 15)], value=value, seed=k))
+        write_tif(root / f"x{k}.tif", paper_sample(rects=[(5, 15, 5, 15)], value=value, seed=k), transform=apart(k))
     (tmp_path / "split.csv").write_text("name,split\nx0,train\nx1,train\nx2.tif,test\nx3,val\n")
     ds = tmp_path / "ds"
     r = rts("prepare", root, "-o", ds, "--bands", "paper", "--split-file", tmp_path / "split.csv")
@@ -409,7 +411,7 @@ def test_interrupted_run_leaves_nothing(tmp_path, rts, monkeypatch):
     import rtscli.data.prepare as prep
 
     calls = {"n": 0}
-    real = prep._write_chip
+    real = prep.write_chip
 
     def flaky(*a, **k):
         calls["n"] += 1
@@ -417,7 +419,7 @@ def test_interrupted_run_leaves_nothing(tmp_path, rts, monkeypatch):
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(prep, "_write_chip", flaky)
+    monkeypatch.setattr(prep, "write_chip", flaky)
     out = tmp_path / "ds"
     r = rts("prepare", tmp_path / "in", "-o", out, "--bands", "paper")
     assert r.code == 130 and "no partial output" in r.err
@@ -512,3 +514,167 @@ def test_bad_mixed_nodata_empty_labels_and_crashes(tmp_path, rts):
     _assert_clean_failure(r, tmp_path, tmp_path / "sy", "too small")
     r = rts("synth", tmp_path / "sy", "--crs", "foo")
     _assert_clean_failure(r, tmp_path, tmp_path / "sy", "foo")
+
+
+# ---------------------------------------------------------------------------------------------
+# no place in two splits, whatever file it comes from
+# ---------------------------------------------------------------------------------------------
+def _footprints(ds: Path) -> list[tuple[str, str, Polygon]]:
+    """(split, source file, map footprint) of every chip of a dataset."""
+    out = []
+    for split, doc in _coco_all(ds).items():
+        for im in doc["images"]:
+            t = Affine(*im["transform"])
+            corners = [apply(t, c, r) for c, r in ((0, 0), (im["width"], 0), (im["width"], im["height"]),
+                                                  (0, im["height"]))]
+            with rasterio.open(ds / im["file_name"]) as chip:  # the part that holds data
+                valid = chip.read_masks(1).any()
+            if valid:
+                out.append((split, im["source"], Polygon(corners)))
+    return out
+
+
+def _assert_no_shared_place(ds: Path) -> None:
+    fps = _footprints(ds)
+    for i, (sa, _, a) in enumerate(fps):
+        for sb, _, b in fps[i + 1:]:
+            if sa != sb:
+                assert a.intersection(b).area < 1.0, (sa, sb)
+
+
+def test_copies_of_one_chip_from_different_files_share_a_split(tmp_path, rts):
+    """Three files holding one place (copies, or dates) land in one split; the README's promise holds."""
+    chips = tmp_path / "chips"
+    data = np.full((4, 128, 128), 900, np.uint16)
+    for k in range(3):  # one place, three files
+        write_tif(chips / f"copy{k}.tif", data, crs="EPSG:32608", transform=apart(0, 3.0), nodata=0)
+    for k in range(1, 7):  # six other places
+        write_tif(chips / f"other{k}.tif", data, crs="EPSG:32608", transform=apart(k, 3.0), nodata=0)
+    slumps = [box(*apply(apart(k, 3.0), 30, 90), *apply(apart(k, 3.0), 70, 40)) for k in range(7)]
+    gpd.GeoDataFrame(geometry=slumps, crs="EPSG:32608").to_file(tmp_path / "l.gpkg")
+    for seed in range(4):  # whatever the draw
+        ds = tmp_path / f"ds{seed}"
+        r = rts("prepare", chips, "--labels", tmp_path / "l.gpkg", "-o", ds, "--bands", "planetscope4",
+                "--chip-size", 128, "--seed", seed)
+        assert r.code == 0, r.err
+        splits = {Path(src).name: s for s, src, _ in _footprints(ds)}
+        assert len(splits) == 9 and len({splits[f"copy{k}.tif"] for k in range(3)}) == 1
+        assert len(set(splits.values())) == 3
+        m = yaml.safe_load((ds / "manifest.yaml").read_text())
+        assert m["split"]["overlapping_pairs_across_files"] == 3 and m["dropped"]["overlapping_other_split"] == 0
+        _assert_no_shared_place(ds)
+
+
+def test_two_overlapping_scenes_share_no_place_between_splits(tmp_path, rts):
+    """Two acquisitions of one place, overlapping by 69%, on different grids: no pixel of one place in two splits."""
+    scenes = tmp_path / "scenes"
+    data = np.full((4, 512, 512), 900, np.uint16)
+    write_tif(scenes / "2019.tif", data, crs="EPSG:32608", transform=T0, nodata=0)
+    # 2021: shifted by 160 px (31%) and 1.5 px, as two real acquisitions would be
+    write_tif(scenes / "2021.tif", data, crs="EPSG:32608",
+              transform=Affine(3.0, 0.0, T0.c + 3.0 * 160.5, 0.0, -3.0, T0.f - 3.0 * 1.5), nodata=0)
+    gpd.GeoDataFrame(geometry=[_px(40 * i + 5, 45 * i + 5, 40 * i + 30, 45 * i + 25) for i in range(11)],
+                     crs="EPSG:32608").to_file(tmp_path / "l.gpkg")
+    ds = tmp_path / "ds"
+    r = rts("prepare", scenes, "--labels", tmp_path / "l.gpkg", "-o", ds, "--bands", "planetscope4",
+            "--chip-size", 128, "--split-block", 256)
+    assert r.code == 0, r.err
+    fps = _footprints(ds)
+    assert {s for s, _, _ in fps} == {"train", "val", "test"}
+    assert {Path(src).name for _, src, _ in fps} == {"2019.tif", "2021.tif"}
+    _assert_no_shared_place(ds)
+    # the same two scenes, each on its own, would share no pixel with the other's other splits either
+    m = yaml.safe_load((ds / "manifest.yaml").read_text())
+    assert m["dropped"]["overlapping_other_split"] > 0
+
+
+def test_overlapping_paper_samples_and_a_split_file_that_puts_one_place_in_two_splits(tmp_path, rts):
+    root = tmp_path / "in"
+    for k in range(6):
+        write_tif(root / f"x{k}.tif", paper_sample(rects=[(5, 15, 5, 15)], seed=k), transform=apart(k // 2 * 2))
+    ds = tmp_path / "ds"  # x0 = x1, x2 = x3, x4 = x5 on the map
+    r = rts("prepare", root, "-o", ds, "--bands", "paper")
+    assert r.code == 0, r.err
+    splits = {Path(src).name: s for s, src, _ in _footprints(ds)}
+    assert splits["x0.tif"] == splits["x1.tif"] and splits["x2.tif"] == splits["x3.tif"]
+    assert splits["x4.tif"] == splits["x5.tif"] and len(set(splits.values())) == 3
+    assert yaml.safe_load((ds / "manifest.yaml").read_text())["split"]["images_joined_across_files"] == 3
+    # a split file cannot put one place in two splits: the less strict copy is left out, with a warning
+    (tmp_path / "split.csv").write_text("x0,train\nx1,test\nx2,train\nx3,train\nx4,val\nx5,val\n")
+    r = rts("prepare", root, "-o", tmp_path / "ds2", "--bands", "paper", "--split-file", tmp_path / "split.csv")
+    assert r.code == 0, r.err
+    assert "overlap" in r.err and "two splits" in r.err
+    m = yaml.safe_load((tmp_path / "ds2" / "manifest.yaml").read_text())
+    assert m["dropped"]["overlapping_other_split"] == 1 and m["split"]["left_out_overlapping_other_file"] == 1
+    _assert_no_shared_place(tmp_path / "ds2")
+
+
+def test_duplicate_labels_are_counted_and_one_is_kept(tmp_path, rts):
+    scene = _scene(tmp_path, size=(128, 128))
+    a = _px(10, 10, 40, 40)
+    near = _px(10, 11, 40, 41)  # the same slump drawn again, a pixel lower (IoU 0.94)
+    other_date = _px(60, 60, 90, 90)
+    grown = _px(60, 60, 90, 105)  # the same slump at a later date (IoU 0.67): reported, kept
+    gpd.GeoDataFrame({"n": [1, 2, 3, 4, 5]}, geometry=[a, a, near, other_date, grown],
+                     crs="EPSG:32608").to_file(tmp_path / "l.gpkg")
+    args = ["prepare", scene, "--labels", tmp_path / "l.gpkg", "--bands", "planetscope4", "--chip-size", 128,
+            "--split", "1,0,0"]
+    r = rts(*args, "-o", tmp_path / "ds")
+    assert r.code == 0, r.err
+    err = " ".join(r.err.split())
+    assert "2 label polygon(s) repeat an earlier one" in err and "first of each was kept" in err
+    assert "1 pair(s) of label polygons overlap" in err
+    anns = json.loads((tmp_path / "ds" / "train.json").read_text())["annotations"]
+    assert sorted(a["source_id"] for a in anns) == [0, 3, 4]
+    m = yaml.safe_load((tmp_path / "ds" / "manifest.yaml").read_text())
+    assert m["labels"]["duplicates"] == 2 and m["labels"]["duplicates_dropped"] == 2
+    r = rts(*args, "-o", tmp_path / "all", "--keep-duplicate-labels")
+    assert r.code == 0, r.err
+    assert len(json.loads((tmp_path / "all" / "train.json").read_text())["annotations"]) == 5
+
+
+def test_the_same_scene_in_three_value_conventions_gives_the_same_dataset(tmp_path, rts):
+    """Reflectance, x 10000 and x 10000 + 1000 (Sentinel-2 L2A since 2022) with the right flags, or GDAL's band
+    scale/offset: the same chips, statistics and instances; NDVI from physical values."""
+    rng = np.random.default_rng(0)
+    refl = rng.uniform(0.02, 0.4, (4, 96, 128)).astype(np.float32)
+    refl[3] += 0.3  # NIR (band 4 of planetscope4) brighter than red: vegetation
+    nodata = np.zeros((96, 128), bool)
+    nodata[:, 110:] = True
+    gpd.GeoDataFrame(geometry=[_px(10, 10, 40, 30), _px(90, 50, 120, 80)], crs="EPSG:32608").to_file(
+        tmp_path / "l.gpkg")
+    stored = refl.copy()
+    stored[:, nodata] = -9999.0
+    variants = {"refl": (stored, -9999.0, [])}
+    for name, add, extra in (("x10000", 0, ["--scale", 1e-4]), ("l2a", 1000, ["--scale", 1e-4, "--offset", -0.1]),
+                             ("tagged", 1000, [])):
+        x = (np.rint(refl * 10000) + add).astype(np.uint16)
+        x[:, nodata] = 0
+        variants[name] = (x, 0, extra)
+    docs, chips, stats = {}, {}, {}
+    for name, (data, nd, extra) in variants.items():
+        path = write_tif(tmp_path / name / "scene.tif", data, crs="EPSG:32608", transform=T0, nodata=nd)
+        if name == "tagged":
+            with rasterio.open(path, "r+") as dst:
+                dst.scales, dst.offsets = (1e-4,) * 4, (-0.1,) * 4
+        ds = tmp_path / f"ds_{name}"
+        r = rts("prepare", path, "--labels", tmp_path / "l.gpkg", "-o", ds, "--bands", "planetscope4",
+                "--chip-size", 64, "--split", "1,0,0", *extra)
+        assert r.code == 0, r.err
+        m = yaml.safe_load((ds / "manifest.yaml").read_text())
+        stats[name] = m["normalization"]
+        doc = json.loads((ds / "train.json").read_text())
+        docs[name] = sorted((tuple(im["window"]), a["bbox"], a["area"]) for im in doc["images"]
+                            for a in doc["annotations"] if a["image_id"] == im["id"])
+        with rasterio.open(ds / doc["images"][-1]["file_name"]) as chip:
+            chips[name] = np.where(chip.read_masks(1) > 0, chip.read(), np.nan)
+        if name != "refl":
+            assert m["values"]["source"] == ("gdal-metadata" if name == "tagged" else "options")
+            assert m["values"]["scale"]["red"] == pytest.approx(1e-4) and m["values"]["stored_dtype"] == "uint16"
+            assert m["nodata"] == -9999.0  # stored 0 is nodata; physical 0 could be a value
+    for name in variants:
+        assert docs[name] == docs["refl"], name
+        np.testing.assert_allclose(chips[name], chips["refl"], atol=6e-5, err_msg=name)  # x 10000 rounding
+        for band, st in stats["refl"].items():
+            assert stats[name][band]["mean"] == pytest.approx(st["mean"], abs=1e-4), (name, band)
+    assert "ndvi" in stats["l2a"]  # compared above: NDVI of physical values, not of x 10000 + 1000

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import paper_sample, write_tif, write_training_samples
+from conftest import apart, paper_sample, write_tif, write_training_samples
 from rtscli.errors import RtsError
 
 RUN = ["--preset", "nano", "--workers", "0", "--batch-size", "2", "--lr", "0.004", "--warmup-steps", "2"]
@@ -136,30 +136,46 @@ def test_bundle_round_trip_gives_identical_outputs_and_checks_tensors(tmp_path):
         load_model(tmp_path / "b")
 
 
+class Killed(Exception):
+    """A job killed from outside (SLURM time limit, OOM killer): no hook of the run gets to save anything."""
+
+
+def _with_callbacks(monkeypatch, *extra):
+    """Add Lightning callbacks to every Trainer built inside the ``with`` block of ``monkeypatch.context()``."""
+    import lightning as L
+
+    init = L.Trainer.__init__
+
+    def patched(self, *a, **k):
+        init(self, *a, **{**k, "callbacks": list(k.get("callbacks") or []) + list(extra)})
+
+    monkeypatch.setattr(L.Trainer, "__init__", patched)
+
+
+def _ckpt(run: Path, name: str = "last") -> dict:
+    return torch.load(run / "checkpoints" / f"{name}.ckpt", map_location="cpu", weights_only=True)
+
+
 def _last_state(run: Path) -> dict:
-    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    return _ckpt(run)["state_dict"]
 
 
 def test_deterministic_and_resume_continues_exactly(dataset, tmp_path, rts, monkeypatch):
     import lightning as L
 
-    args = ["--modality", "rgb", "--data", dataset, "--seed", "3", "--epochs", "2", *RUN]
+    # interrupted after epoch 0, which does not validate (--val-every 2): its last.ckpt must still exist and be exact
+    args = ["--modality", "rgb", "--data", dataset, "--seed", "3", "--epochs", "2", "--val-every", "2", *RUN]
     for name in ("a", "b"):
         assert rts("pretrain", *args, "-o", tmp_path / name).code == 0
     a, b = _last_state(tmp_path / "a"), _last_state(tmp_path / "b")
     assert all(torch.equal(a[k], b[k]) for k in a)  # same seed, same weights (CPU)
 
-    class StopAfterFirstEpoch(L.Callback):  # the job is killed after epoch 1 (e.g. a SLURM time limit)
+    class StopAfterFirstEpoch(L.Callback):  # the job is stopped after epoch 0 (e.g. a SLURM time limit)
         def on_train_epoch_end(self, trainer, module):
             trainer.should_stop = True
 
-    init = L.Trainer.__init__
-
-    def interrupted(self, *a, **k):
-        init(self, *a, **{**k, "callbacks": list(k.get("callbacks") or []) + [StopAfterFirstEpoch()]})
-
     with monkeypatch.context() as m:
-        m.setattr(L.Trainer, "__init__", interrupted)
+        _with_callbacks(m, StopAfterFirstEpoch())
         assert rts("pretrain", *args, "-o", tmp_path / "c").code == 0
     partial = _last_state(tmp_path / "c")
     assert not all(torch.equal(a[k], partial[k]) for k in a)
@@ -169,6 +185,110 @@ def test_deterministic_and_resume_continues_exactly(dataset, tmp_path, rts, monk
     assert all(torch.equal(a[k], c[k]) for k in a)  # interrupted + resumed == uninterrupted
     r = rts("pretrain", *args, "-o", tmp_path / "d", "--resume")
     assert r.code == 2 and "nothing to resume" in r.err
+
+
+def test_last_checkpoint_is_the_latest_epoch_whatever_val_every(dataset, tmp_path, rts, monkeypatch):
+    """--val-every 3: a run killed as epoch 5 starts resumes at epoch 5, not at epoch 3 (the last validated + 1)."""
+    import lightning as L
+
+    args = ["pretrain", "--modality", "rgb", "--data", dataset, "--seed", "1", "--epochs", "6", "--val-every", "3",
+            *RUN]
+
+    class KillAtEpoch5(L.Callback):
+        def on_train_epoch_start(self, trainer, module):
+            if trainer.current_epoch == 5:
+                raise Killed("killed as epoch 5 started")
+
+    class Started(L.Callback):
+        def __init__(self) -> None:
+            self.epochs: list[int] = []
+
+        def on_train_epoch_start(self, trainer, module):
+            self.epochs.append(trainer.current_epoch)
+
+    run = tmp_path / "killed"
+    with monkeypatch.context() as m:
+        _with_callbacks(m, KillAtEpoch5())
+        r = rts(*args, "-o", run)
+    assert r.code == 1 and "killed as epoch 5 started" in r.err
+    last = _ckpt(run)
+    assert (last["epoch"], last["global_step"]) == (4, 10)  # epochs 0-4 done, 2 steps each; Lightning kept epoch 2
+    assert last["rts"]["best_epoch"] == 2  # the state of the validation at epoch 2 travels on
+    assert _ckpt(run, "best")["epoch"] == 2
+    assert not (run / "model.safetensors").exists()
+
+    started = Started()
+    with monkeypatch.context() as m:
+        _with_callbacks(m, started)
+        r = rts(*args, "-o", run, "--resume")
+    assert r.code == 0, r.err
+    assert started.epochs == [5]
+    assert (_ckpt(run)["epoch"], _ckpt(run)["global_step"]) == (5, 12)
+    # that a resume from an epoch without validation is exact: test_deterministic_and_resume_continues_exactly
+
+
+def _constant_ap50(monkeypatch, value: float) -> None:
+    """Every validation scores ``value`` (mask and box AP50)."""
+    import rtscli.engine.evaluate as evaluate
+
+    scores = {"AP": value, "AP50": value, "AP75": value}
+    monkeypatch.setattr(evaluate, "coco_metrics", lambda *a, **k: {"segm": dict(scores), "bbox": dict(scores)})
+
+
+def _bundle_state(run: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "model.safetensors"))
+
+
+def _same_weights(bundle: dict, ckpt: dict) -> bool:
+    return all(torch.equal(v, ckpt["state_dict"][f"model.{k}"]) for k, v in bundle.items())
+
+
+def test_ties_in_validation_ap_go_to_the_latest_epoch(dataset, tmp_path, rts, monkeypatch):
+    args = ["pretrain", "--modality", "rgb", "--data", dataset, *RUN]
+    _constant_ap50(monkeypatch, 0.25)
+    run = tmp_path / "tie"
+    r = rts(*args, "-o", run, "--epochs", "2")
+    assert r.code == 0, r.err
+    m = yaml.safe_load((run / "config.yaml").read_text())["metrics"]
+    assert (m["best_epoch"], m["bundle_epoch"], m["val_mask_ap50_best"]) == (1, 1, 0.25)
+    assert m["bundle_weights"] == "best validation mask AP50 0.250 at epoch 1 (ties go to the latest epoch)"
+    assert m["bundle_weights"] in r.out
+    assert _ckpt(run, "best")["epoch"] == 1 and _same_weights(_bundle_state(run), _ckpt(run, "best"))
+
+
+def test_validation_that_never_scores_keeps_the_last_epoch(dataset, tmp_path, rts, monkeypatch):
+    """AP50 0 at every validation: the bundle holds the last epoch (2), not the last validated one (1)."""
+    _constant_ap50(monkeypatch, 0.0)
+    run = tmp_path / "zero"
+    r = rts("pretrain", "--modality", "rgb", "--data", dataset, *RUN, "-o", run, "--epochs", "3", "--val-every", "2")
+    assert r.code == 0, r.err
+    m = yaml.safe_load((run / "config.yaml").read_text())["metrics"]
+    assert (m["best_epoch"], m["bundle_epoch"], m["val_mask_ap50_best"]) == (1, 2, 0.0)
+    assert m["bundle_weights"] == ("last epoch 2: validation mask AP50 was 0.000 at every validation, so it could "
+                                   "not pick a best epoch")
+    assert "weights of last epoch 2: validation mask AP50 was 0.000 at every validation" in r.out
+    bundle = _bundle_state(run)
+    assert _ckpt(run)["epoch"] == 2 and _same_weights(bundle, _ckpt(run))
+    assert not _same_weights(bundle, _ckpt(run, "best"))
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal(dataset, tmp_path, rts, monkeypatch):
+    """Under SLURM, nohup or a pipe (the test captures stderr) training logs progress lines instead of a bar."""
+    import re
+
+    monkeypatch.setenv("RTS_PROGRESS_SECONDS", "0")  # a line after every step
+    r = rts("pretrain", "--modality", "rgb", "--data", dataset, "-o", tmp_path / "p", "--max-steps", 3, *RUN)
+    assert r.code == 0, r.err
+    lines = [ln for ln in r.err.splitlines() if "training: epoch" in ln]
+    step = re.compile(r"rts: training: epoch 0/1, step 1/3 \(33%\), loss \d[\d.]*, [\d.]+ steps/s, ETA \d+ s$")
+    assert step.match(lines[0]), lines
+    assert re.search(r"epoch 0/1 done, step 2/3 \(67%\), mean loss \d[\d.]*, val mask AP50 0\.\d{3} "
+                     r"\(best 0\.\d{3} at epoch 0\), [\d.]+ steps/s, ETA", r.err)
+    assert re.search(r"epoch 1/1 done, step 3/3 \(100%\), mean loss \d[\d.]*, [\d.]+ steps/s, done in \d+ s",
+                     lines[-1])
+    assert len([ln for ln in lines if "done," not in ln]) == 3  # one line per step
 
 
 def test_nan_loss_stops_with_a_clear_message(dataset, tmp_path, rts, monkeypatch):
@@ -201,6 +321,8 @@ def test_ddp_with_two_cpu_processes(dataset, tmp_path):
     assert cfg["training"]["world_size"] == 2
     assert cfg["training"]["lr"] == pytest.approx(0.004 * 2 * 2 / 16)  # scaled with the total batch
     assert np.isfinite(cfg["metrics"]["val_mask_ap50_best"])
+    # one progress line per epoch (stderr is a pipe), from the first process only
+    assert r.stderr.count("training: epoch 0/1 done") == 1 and r.stderr.count("training: epoch 1/1 done") == 1
 
 
 def test_error_layers_land_on_the_map(dataset, tmp_path):
@@ -258,7 +380,8 @@ def test_evaluating_chips_larger_than_the_tile_is_refused(tmp_path, rts):
     from rtscli.modeling.detector import Detector
 
     for k in range(2):
-        write_tif(tmp_path / "in" / f"big{k}.tif", paper_sample(shape=(300, 300), rects=[(10, 40, 10, 40)], seed=k))
+        write_tif(tmp_path / "in" / f"big{k}.tif", paper_sample(shape=(300, 300), rects=[(10, 40, 10, 40)], seed=k),
+                  transform=apart(k))
     r = rts("prepare", tmp_path / "in", "-o", tmp_path / "ds", "--bands", "paper", "--split", "0.5,0,0.5")
     assert r.code == 0, r.err
     cfg = load_preset("nano")

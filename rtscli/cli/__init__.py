@@ -52,17 +52,9 @@ def _root(
 
 
 def _setup_logging(level: int) -> None:
-    from rich.logging import RichHandler
+    from rtscli.logs import setup
 
-    from rtscli.console import err_console
-
-    logger = logging.getLogger("rtscli")
-    logger.handlers.clear()
-    handler = RichHandler(console=err_console, show_time=False, show_path=False, markup=False)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger.addHandler(handler)
-    logger.setLevel(level)
-    logger.propagate = False
+    setup(level)
 
 
 # Commands: register lazily-importing wrappers from their modules.
@@ -93,8 +85,11 @@ app.command("bands")(_bands.bands)
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 failure, 2 bad input or usage, 130 interrupted)."""
+    from rtscli.logs import library_warnings
+
     try:
-        result = app(args=argv, prog_name="rts", standalone_mode=False)
+        with library_warnings():
+            result = app(args=argv, prog_name="rts", standalone_mode=False)
     except typer.Exit as exc:
         if exc.exit_code == 130:
             print("rts: interrupted; no partial output was kept", file=sys.stderr)
@@ -110,18 +105,32 @@ def main(argv: list[str] | None = None) -> int:
             import traceback
 
             traceback.print_exc()
-        print(f"rts: error: {exc}", file=sys.stderr)
+        print(f"rts: error: {_worker_message(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except Exception as exc:  # a bug, not a user error: keep the traceback available
         if _state["debug"]:
             raise
-        print(f"rts: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback"
+        from rtscli.logs import one_line
+
+        print(f"rts: internal error: {type(exc).__name__}: {one_line(str(exc))} (run with --debug for the traceback"
               " and please report it)", file=sys.stderr)
         return 1
     code = result if isinstance(result, int) else 0
     if code == 130:  # typer turns Ctrl-C into Exit(130) silently
         print("rts: interrupted; no partial output was kept", file=sys.stderr)
     return code
+
+
+def _worker_message(text: str) -> str:
+    """An error raised in a DataLoader worker comes back with the worker's traceback folded into its message
+    ("Caught RtsError in DataLoader worker process 0. Original Traceback ..."): keep the user's message."""
+    import re
+
+    if "in DataLoader worker process" in text:
+        found = re.findall(r"rtscli\.[\w.]+: (.*?)$", text)  # the traceback's last line: rtscli.errors.RtsError: ...
+        if found:
+            return found[-1].strip()
+    return text
 
 
 def entry() -> None:

@@ -42,7 +42,8 @@ def demo(
 
     syn, ds, runs = out / "synth", out / "dataset", out / "runs"
     step("1/7 synthetic data: 120 chips in the paper's layout (R,G,B,NDVI,NIR + mask; reflectance 0-1) and "
-         "a 1280 x 1024 scene to map (PlanetScope-like, reflectance x 10000, truth polygons beside it)",
+         "a 1280 x 1024 scene to map (PlanetScope-like, reflectance x 10000 with a band scale of 0.0001, truth "
+         "polygons beside it)",
          "synth", syn, "--chips", 120, "--chip-size", 256, "--scenes", 1, "--scene-size", "1280x1024",
          "--site", "herschel,banks,tuktoyaktuk,lena", "--weak-fraction", 0.5, "--weak-contrast", 0.3, "--seed", 5)
     step("2/7 prepare: GeoTIFF chips + mask band -> COCO instances (findContours), splits, statistics",
@@ -63,8 +64,8 @@ def demo(
     scene = next((syn / "scenes").glob("*.tif"))
     gpkg, png = out / "slumps.gpkg", out / "slumps.png"
     step("6/7 predict: map every slump of a 1280 x 1024 scene as its own polygon (its bands are in another "
-         "order and x 10000: --bands planetscope4 --scale 0.0001)",
-         "predict", scene, "-o", gpkg, "--model", fused, "--bands", "planetscope4", "--scale", 0.0001,
+         "order: --bands planetscope4; it stores reflectance x 10000 with a band scale of 0.0001, which rts applies)",
+         "predict", scene, "-o", gpkg, "--model", fused, "--bands", "planetscope4",
          "--min-score", min_score, "--quicklook", png)
     if set_default:
         step("7/7 make the demo model the default of `rts predict`", "models", "use", fused)

@@ -14,9 +14,9 @@ def evaluate(
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     report: Annotated[Optional[Path], typer.Option("--report", "-o", help="JSON report (default: BUNDLE/eval_SPLIT.json).")] = None,
     batch_size: Annotated[int, typer.Option(help="Tiles per forward pass.")] = 4,
-    errors: Annotated[Optional[Path], typer.Option(help="Write true positives, false positives and missed slumps (IoU 0.5) to this GeoPackage.")] = None,
+    errors: Annotated[Optional[Path], typer.Option(help="Write true positives, false positives and missed slumps (IoU 0.5) as layers of this GeoPackage (an existing one keeps its other layers).")] = None,
     min_score: Annotated[float, typer.Option(help="Score threshold for the --errors layers.")] = 0.5,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing --errors file.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace the error layers of an existing --errors GeoPackage.")] = False,
 ) -> None:
     """Score a model on a dataset split with pycocotools (the paper's metric: mask AP50)."""
     import json
@@ -30,13 +30,14 @@ def evaluate(
     if split not in ("train", "val", "test"):
         raise RtsError(f"unknown split {split!r}", fix="use train, val or test")
     if errors is not None:
-        from rtscli.io.atomic import check_output
+        from rtscli.engine.evaluate import ERROR_LAYERS
+        from rtscli.io.vector import check_vector_output
 
         if errors.suffix.lower() != ".gpkg":
             raise RtsError("--errors is written as a GeoPackage", path=errors, fix="use a .gpkg file name")
-        check_output(errors, overwrite)
+        check_vector_output(errors, overwrite, ERROR_LAYERS)
     with progress() as bar:
-        task = bar.add_task(f"evaluating {split}", total=None)
+        task = bar.add_task(f"evaluating {split}", total=None, unit="chips")
         out, gt, results = evaluate_bundle(bundle, data, split, batch_size=batch_size,
                                            progress=lambda k, n: bar.update(task, advance=k, total=n))
     metrics, sites = out["metrics"], out["per_site_mask_ap50"]

@@ -63,8 +63,7 @@ def finetune(
               primary=primary.lower(), freeze=freeze, init_heads_from=init_heads_from, heads=heads, window=window,
               anchors=anchors, resume=resume, overwrite=overwrite, measure_memory=measure_memory)
     m = cfg["metrics"]
-    what = "mask" if cfg["model"]["roi_heads"]["mask"] else "box"
     console.print(f"bundle {out}: {cfg['model']['name']}, {fusion} over {'+'.join(mods)} "
-                  f"({'frozen' if cfg['training']['frozen_backbones'] else 'trained'} backbones), best validation "
-                  f"{what} AP50 {m[f'val_{what}_ap50_best']:.3f} (epoch {m['best_epoch']}), {m['steps_run']} steps")
+                  f"({'frozen' if cfg['training']['frozen_backbones'] else 'trained'} backbones), "
+                  f"{m['steps_run']} steps; weights of {m['bundle_weights']}", markup=False, soft_wrap=True)
     console.print(f"  per-epoch metrics: {out}/metrics.csv, curves: {out}/curves.png; rts info {out}")

@@ -57,6 +57,12 @@ def info(
 
         console.print(f"  cost: {format_cost(cost)}")
     console.print(f"  band map: {', '.join(f'{k}={v}' for k, v in c['band_map'].items())}; nodata: {c.get('nodata')}")
+    vals = c.get("values")
+    if vals:
+        from rtscli.data.values import Conversion
+
+        conv = Conversion(vals.get("scale") or {}, vals.get("offset") or {}, vals.get("source", "none"))
+        console.print(f"  training values: {conv.describe()} ({vals.get('source')}; stored as {vals.get('stored_dtype')})")
     t = c.get("training", {})
     console.print(f"  training: {t.get('stage')}, backbone weights {t.get('backbone_weights')}, lr {t.get('lr')}, "
                   f"world size {t.get('world_size')}")

@@ -12,6 +12,7 @@ import typer
 def predict(
     inputs: Annotated[Optional[list[str]], typer.Argument(help="Scene GeoTIFF(s), a folder, a glob ('scenes/*.tif') or a .txt list of paths.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output .gpkg (layer rts), .shp, .geojson or .parquet; a folder for many scenes.")] = None,
+    layer: Annotated[Optional[str], typer.Option(help="Layer of the .gpkg output (default rts). An existing GeoPackage keeps its other layers; replacing this layer needs --overwrite.")] = None,
     model: Annotated[Optional[Path], typer.Option(help="Model bundle (default: `rts models use`, or $RTS_MODEL).")] = None,
     bands: Annotated[Optional[str], typer.Option(help="Band map of the scene(s): a preset (planetscope4, sentinel2-10, ...) or red=3,green=2,...; default: the bundle's.")] = None,
     rgb: Annotated[Optional[Path], typer.Option(help="Instead of one scene: an RGB raster (bands 1-3 = red, green, blue).")] = None,
@@ -19,7 +20,8 @@ def predict(
     ndvi: Annotated[Optional[Path], typer.Option(help="An aligned NDVI raster (band 1); else NDVI is computed from red and NIR.")] = None,
     aux: Annotated[Optional[list[str]], typer.Option(help="Another aligned raster as NAME=PATH (band 1), e.g. dem=dem.tif.")] = None,
     nodata: Annotated[Optional[float], typer.Option(help="Nodata value of the input rasters, when they do not tag one (overrides their tags).")] = None,
-    scale: Annotated[float, typer.Option(help="Multiply band values by this first, to match the training data's units (e.g. 0.0001: reflectance x 10000 -> 0-1).")] = 1.0,
+    scale: Annotated[Optional[float], typer.Option(help="Reflectance bands: physical = stored x scale + offset (e.g. 0.0001 for reflectance x 10000). Default: the band scale/offset stored in the raster (GDAL metadata), else the conversion of the model's training data for a raster stored like them.")] = None,
+    offset: Annotated[Optional[float], typer.Option(help="Added after --scale (e.g. -0.1 for Sentinel-2 L2A processed since 2022: x 10000 + 1000; -0.2 with --scale 2.75e-5 for Landsat Collection 2).")] = None,
     resample: Annotated[bool, typer.Option(help="Resample rasters on other grids onto the first one (bilinear) instead of refusing them.")] = False,
     overlap: Annotated[Optional[float], typer.Option(help="Tile overlap: a fraction of the tile (<1) or pixels (default: 25% or the typical slump size).")] = None,
     min_score: Annotated[float, typer.Option(help="Keep detections scoring at least this.")] = 0.5,
@@ -34,7 +36,7 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="Tiles per forward pass.")] = 4,
     workers: Annotated[int, typer.Option(help="Tile-reading worker processes.")] = 2,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when available).")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs (many scenes: re-do finished scenes).")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs (a .gpkg: only its --layer; many scenes: re-do finished scenes).")] = False,
 ) -> None:
     """Map every slump of a scene as its own polygon, in the scene's coordinates.
 
@@ -49,4 +51,4 @@ def predict(
              resample=resample, overlap=overlap, min_score=min_score, min_area=min_area, simplify=simplify,
              merge=merge, match=match, match_threshold=match_threshold, to_crs=to_crs, raster=raster,
              quicklook=quicklook, batch_size=batch_size, workers=workers, device=device, overwrite=overwrite,
-             nodata=nodata, scale=scale)
+             nodata=nodata, scale=scale, offset=offset, layer=layer)

@@ -13,6 +13,7 @@ def prepare(
     out: Annotated[Path, typer.Option("--out", "-o", help="Dataset directory to create.")],
     bands: Annotated[Optional[str], typer.Option(help="Band map or preset: planetscope4, sentinel2-10, paper, blue=1,green=2,red=3,nir=4 ... (default: the rasters' band names).")] = None,
     labels: Annotated[Optional[Path], typer.Option(help="Vector labels (GeoPackage, shapefile, GeoJSON) for large scenes.")] = None,
+    labels_layer: Annotated[Optional[str], typer.Option(help="The layer of --labels that holds the slumps, when the file has several (a project GeoPackage).")] = None,
     masks: Annotated[Optional[Path], typer.Option(help="Folder of binary mask GeoTIFFs matched to images by name.")] = None,
     mode: Annotated[str, typer.Option(help="auto, paper (mask band), masks, or vectors.")] = "auto",
     modalities: Annotated[Optional[str], typer.Option(help="Modalities to record, e.g. rgb,ndvi,nir,dem (default: all the bands allow of rgb,ndvi,nir).")] = None,
@@ -28,8 +29,11 @@ def prepare(
     site: Annotated[Optional[str], typer.Option(help="Site name for all inputs (default: first subfolder name).")] = None,
     assume_crs: Annotated[Optional[str], typer.Option(help="CRS for rasters that have none, e.g. EPSG:3413.")] = None,
     labels_crs: Annotated[Optional[str], typer.Option(help="CRS for a label file that has none.")] = None,
+    scale: Annotated[Optional[float], typer.Option(help="Reflectance bands: physical = stored x scale + offset (e.g. 0.0001 for reflectance x 10000). Default: the band scale/offset stored in each raster (GDAL metadata), else the values as stored.")] = None,
+    offset: Annotated[Optional[float], typer.Option(help="Added after --scale (e.g. -0.1 for Sentinel-2 L2A processed since 2022; -0.2 with --scale 2.75e-5 for Landsat Collection 2).")] = None,
     drop_empty: Annotated[bool, typer.Option("--drop-empty", help="Drop chips without slumps (kept as negatives by default).")] = False,
     repeat_to: Annotated[int, typer.Option(help="Repeat 1-channel modalities to this many channels (0 = no).")] = 3,
+    dedupe_labels: Annotated[bool, typer.Option("--dedupe-labels/--keep-duplicate-labels", help="Label polygons that repeat an earlier one (IoU >= 0.9: one slump drawn twice) are counted; keep only the first of each (default), or keep them all.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace the dataset directory if it exists.")] = False,
 ) -> None:
     """Turn imagery and labels into a training dataset: chips, COCO JSON per split, manifest.
@@ -63,6 +67,7 @@ def prepare(
         mode=mode,
         masks=masks,
         labels=labels,
+        labels_layer=labels_layer,
         labels_crs=parse_crs(labels_crs, "--labels-crs"),
         aux=aux_map,
         modalities=parse_names(modalities) if modalities else None,
@@ -76,13 +81,16 @@ def prepare(
         segmentation=segmentation,
         site=site,
         assume_crs=parse_crs(assume_crs),
+        scale=scale,
+        offset=offset,
         keep_empty=not drop_empty,
         repeat_to=repeat_to,
+        dedupe_labels=dedupe_labels,
         overwrite=overwrite,
     )
     with progress() as bar:
         def make(desc, total):
-            task = bar.add_task(desc, total=total)
+            task = bar.add_task(desc, total=total, unit="chips")
             return lambda k: bar.advance(task, k)
 
         result = run(opts, progress=make)
@@ -113,6 +121,12 @@ def prepare(
     lab = m.get("labels") or {}
     if lab.get("repaired_invalid"):
         notes.append(f"{lab['repaired_invalid']} invalid polygons repaired")
+    if lab.get("duplicates"):
+        notes.append(f"{lab['duplicates']} duplicate label polygons" + (" dropped (the first of each kept)"
+                                                                      if lab.get("duplicates_dropped") else " kept"))
+    if m["split"].get("left_out_overlapping_other_file"):
+        notes.append(f"{m['split']['left_out_overlapping_other_file']} items left out: they overlap an item of another "
+                     "file in another split")
     if lab.get("dropped_not_polygon") or lab.get("dropped_empty"):
         notes.append(f"{lab.get('dropped_not_polygon', 0) + lab.get('dropped_empty', 0)} non-polygon/empty features ignored")
     for n in notes:

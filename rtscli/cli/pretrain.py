@@ -59,7 +59,6 @@ def pretrain(
     cfg = run(data=data, modality=modality.lower(), preset=preset, out=out, settings=settings, anchors=anchors,
               resume=resume, overwrite=overwrite, masks=not detection_only)
     m = cfg["metrics"]
-    what = "mask" if cfg["model"]["roi_heads"]["mask"] else "box"
-    console.print(f"bundle {out}: {cfg['model']['name']}, modality {modality}, best validation {what} AP50 "
-                  f"{m[f'val_{what}_ap50_best']:.3f} (epoch {m['best_epoch']}), {m['steps_run']} steps")
+    console.print(f"bundle {out}: {cfg['model']['name']}, modality {modality}, {m['steps_run']} steps; "
+                  f"weights of {m['bundle_weights']}", markup=False, soft_wrap=True)
     console.print(f"  per-epoch metrics: {out}/metrics.csv, curves: {out}/curves.png")

@@ -73,7 +73,7 @@ def synth(
     written = {"chips": 0, "scenes": []}
     with atomic_dir(out, overwrite=overwrite) as tmp, progress() as bar:
         if chips:
-            task = bar.add_task("chips", total=chips)
+            task = bar.add_task("chips", total=chips, unit="chips")
             write_chips(tmp / "chips", chips, size=chip_size, seed=seed, sites=names, crs=crs,
                         resolution=resolution, negatives=negatives, nodata_fraction=nodata_fraction,
                         progress=lambda k: bar.advance(task, k))
@@ -81,7 +81,7 @@ def synth(
         for i in range(scenes):
             (tmp / "scenes").mkdir(exist_ok=True)
             name = names[i % len(names)]
-            task = bar.add_task(f"scene {i + 1}/{scenes} ({name})", total=height * width)
+            task = bar.add_task(f"scene {i + 1}/{scenes} ({name})", total=height * width, unit="pixels")
             tif, gpkg = write_scene(tmp / "scenes" / f"scene_{i:02d}_{name}.tif", height, width,
                                     seed=seed * 1000 + i, site_name=name, crs=crs, resolution=resolution,
                                     progress=lambda k, t=task: bar.advance(t, k), index=i)

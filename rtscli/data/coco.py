@@ -73,14 +73,11 @@ def _rings_of(geom) -> tuple[list[list[float]], bool]:
 
 def _crop_polygons(crop: np.ndarray, x0: int, y0: int):
     """Exact pixel-edge polygons of a cropped mask, in image pixel coordinates."""
-    from rasterio.features import shapes
     from rasterio.transform import Affine
-    from shapely.geometry import shape
-    from shapely.ops import unary_union
 
-    parts = [shape(g) for g, v in shapes(crop.astype(np.uint8), mask=crop, transform=Affine.translation(x0, y0))
-             if v == 1]
-    return unary_union(parts)
+    from rtscli.geometry.polygons import mask_to_polygon
+
+    return mask_to_polygon(crop, Affine.translation(x0, y0))
 
 
 def _make(crop, x0, y0, shape_hw, fmt, geom=None, source_id=None) -> Instance:

@@ -118,11 +118,18 @@ class ChipDataset(torch.utils.data.Dataset):
 
     def load(self, idx: int) -> tuple[np.ndarray, np.ndarray, list[dict], dict]:
         import rasterio
+        from rasterio.errors import RasterioIOError
+
+        from rtscli.io.raster import read_error
 
         img_id = self.ids[idx]
         entry = self.coco.loadImgs(img_id)[0]
-        with rasterio.open(self.info.root / entry["file_name"]) as src:
-            raw = src.read()
+        path = self.info.root / entry["file_name"]
+        try:
+            with rasterio.open(path) as src:
+                raw = src.read()
+        except RasterioIOError as exc:
+            raise read_error(path, exc) from None
         arrays, valid = compose(raw, self.info.band_map, self.modalities, self.info.stats,
                                 nodata=self.info.nodata, repeat_to=self.repeat_to)
         image = stack_modalities(arrays, [m.name for m in self.modalities])

@@ -20,31 +20,37 @@ so memory does not grow with scene size.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
-import re
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
-from rtscli.data import coco
+from rtscli.data import coco, values
 from rtscli.data.bands import BandMap
-from rtscli.data.modalities import channel, resolve, resolve_all, valid_mask
+from rtscli.data.chips import chip_transform, crs_text, iter_chips, write_chip
+from rtscli.data.inputs import (
+    MASK_SUFFIXES, Item, all_aux, aux_lookup, band_map_from_descriptions, find_rasters, sample_items, sha256,
+    vector_items,
+)
+from rtscli.data.modalities import channel, resolve, resolve_all
 from rtscli.data.split import SPLITS, assign, lookup, read_split_file
 from rtscli.data.stats import StatsSampler
 from rtscli.errors import RtsError
 from rtscli.io.raster import (
-    RASTER_SUFFIXES, RasterInfo, apply, gdal_env, inspect, read_window, window_transform,
+    RasterInfo, crs_name, gdal_env, inspect,
 )
 
 log = logging.getLogger("rtscli")
 
 MODES = ("auto", "paper", "masks", "vectors")
-MASK_SUFFIXES = ("", "_mask", "-mask", "_label", "_labels", "_gt")
+#: nodata of chips whose values were converted (--scale/--offset or GDAL band scale): the stored nodata (often 0)
+#: could be a real value after conversion
+CONVERTED_NODATA = -9999.0
 
 
 @dataclass
@@ -55,6 +61,7 @@ class PrepareOptions:
     mode: str = "auto"
     masks: Path | None = None
     labels: Path | None = None
+    labels_layer: str | None = None
     labels_crs: Any = None
     aux: dict[str, Path] = field(default_factory=dict)
     modalities: list[str] | None = None
@@ -68,23 +75,12 @@ class PrepareOptions:
     segmentation: str = "auto"
     site: str | None = None
     assume_crs: Any = None
+    scale: float | None = None  # reflectance bands: physical = stored * scale + offset (else GDAL metadata)
+    offset: float | None = None
     keep_empty: bool = True
     repeat_to: int = 3
+    dedupe_labels: bool = True
     overwrite: bool = False
-
-
-@dataclass
-class Item:
-    """One unit of work: an image (paper/masks) or one chip window of a scene (vectors)."""
-
-    key: str  # chip name, unique in the dataset
-    site: str
-    group: str
-    image: RasterInfo
-    mask: RasterInfo | None = None
-    window: tuple[int, int, int, int] | None = None  # col_off, row_off, width, height
-    aux: dict[str, RasterInfo] = field(default_factory=dict)
-    source_names: tuple[str, ...] = ()
 
 
 @dataclass
@@ -97,76 +93,6 @@ class Result:
 # ---------------------------------------------------------------------------------------------
 # discovery
 # ---------------------------------------------------------------------------------------------
-def find_rasters(inputs: list[Path], exclude: list[Path] = ()) -> list[tuple[Path, Path]]:
-    """All GeoTIFFs under the inputs, as (file, root it was found under).
-
-    Hidden files and folders (including rts's own temporary builds) and everything under
-    ``exclude`` (the output dataset, a mask folder) are left out.
-    """
-    out: list[tuple[Path, Path]] = []
-    ex = [e.resolve() for e in exclude]
-    for inp in inputs:
-        if not inp.exists():
-            raise RtsError("input not found", path=inp, fix="check the path")
-        if inp.is_dir():
-            files = []
-            for p in sorted(inp.rglob("*")):
-                if p.suffix.lower() not in RASTER_SUFFIXES or not p.is_file():
-                    continue
-                if any(part.startswith(".") for part in p.relative_to(inp).parts):
-                    continue
-                rp = p.resolve()
-                if any(e == rp or e in rp.parents for e in ex):
-                    continue
-                files.append(p)
-            if not files:
-                raise RtsError("no GeoTIFFs (*.tif, *.tiff) found in this directory", path=inp,
-                               fix="point to the folder that holds your images")
-            out.extend((p, inp) for p in files)
-        else:
-            out.append((inp, inp.parent))
-    return out
-
-
-def _site_of(path: Path, root: Path, forced: str | None) -> str:
-    if forced:
-        return forced
-    try:
-        rel = path.relative_to(root)
-    except ValueError:
-        return "default"
-    return rel.parts[0] if len(rel.parts) > 1 else "default"
-
-
-def band_map_from_descriptions(path: Path) -> BandMap | None:
-    """A band map from the raster's band descriptions when they are all known names."""
-    import rasterio
-
-    with gdal_env(), rasterio.open(path) as src:
-        desc = [d.strip().lower() if d else "" for d in src.descriptions]
-    if not desc or not all(re.fullmatch(r"[a-z][a-z0-9_]*", d or "-") for d in desc):
-        return None
-    if len(set(desc)) != len(desc):
-        return None
-    return BandMap(tuple((d, i + 1) for i, d in enumerate(desc)))
-
-
-def _match_by_name(image: Path, folder: Path, what: str, suffixes=MASK_SUFFIXES) -> Path:
-    stem = image.stem
-    tried = []
-    for suf in suffixes:
-        for ext in RASTER_SUFFIXES:
-            cand = folder / f"{stem}{suf}{ext}"
-            tried.append(cand.name)
-            if cand.exists() and cand.resolve() != image.resolve():
-                return cand
-    raise RtsError(
-        f"no {what} found for image {image.name} in {folder}",
-        path=image,
-        fix=f"name it like {', '.join(tried[:4])}",
-    )
-
-
 def detect_mode(opts: PrepareOptions, band_map: BandMap) -> str:
     if opts.mode != "auto":
         return opts.mode
@@ -183,32 +109,17 @@ def detect_mode(opts: PrepareOptions, band_map: BandMap) -> str:
     )
 
 
-def chip_positions(length: int, size: int, stride: int) -> list[int]:
-    """Offsets of chips along one axis; the last chip covers the remainder (shifted back)."""
-    if length <= size:
-        return [0]
-    pos = list(range(0, length - size + 1, stride))
-    if pos[-1] + size < length:
-        pos.append(length - size)
-    return pos
-
-
-def sha256(path: Path, block: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(block):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------
 # the run
 # ---------------------------------------------------------------------------------------------
 def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int], None]] | None = None) -> Result:
     """Build the dataset described by ``opts``; see the module docstring."""
+    from rtscli.geometry.measure import pixel_area_m2
     from rtscli.io.atomic import atomic_dir, check_output
 
     check_output(opts.out, opts.overwrite)
+    if opts.scale is not None and not opts.scale > 0:
+        raise RtsError("--scale must be positive", fix="e.g. --scale 0.0001 for reflectance x 10000")
     if opts.segmentation not in coco.SEGMENTATION_FORMATS:
         raise RtsError(f"unknown segmentation format {opts.segmentation!r}", fix="use auto, polygon or rle")
     if not 0 <= opts.overlap < 1:
@@ -266,22 +177,33 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
             path=infos[0][0].path.parent,
             fix="give them one nodata value first (gdal_edit.py -a_nodata VALUE file.tif)",
         )
-    aux_infos = {name: _aux_lookup(name, p) for name, p in opts.aux.items()}
+    aux_infos = {name: aux_lookup(name, p) for name, p in opts.aux.items()}
+    conversions = {info.path: values.resolve(info, image_bands.as_dict(), scale=opts.scale, offset=opts.offset)
+                   for info, _ in infos}
 
     split_map = read_split_file(opts.split_file) if opts.split_file else None
     labels = None
     label_meta: dict[str, Any] = {}
     if mode == "vectors":
-        items, labels, label_meta = _vector_items(opts, infos, aux_infos)
+        items, labels, label_meta = vector_items(opts, infos, aux_infos)
     else:
-        items = _sample_items(opts, infos, aux_infos, mode)
-    splits = _splits(items, opts, split_map)
+        items = sample_items(opts, infos, aux_infos, mode)
+    splits, split_report = _splits(items, opts, split_map)
 
-    dtypes = {np.dtype(info.dtype) for info, _ in infos} | {np.dtype(i.dtype) for i in _all_aux(items)}
+    for a in all_aux(items):
+        name = next(n for it in items for n, i in it.aux.items() if i.path == a.path)
+        conversions[a.path] = values.resolve(a, {name: 1}, scale=opts.scale, offset=opts.offset)
+    values.report(conversions)
+    converted = any(not c.identity for c in conversions.values())
+    dtypes = {np.dtype(info.dtype) for info, _ in infos} | {np.dtype(i.dtype) for i in all_aux(items)}
     chip_dtype = np.result_type(*dtypes)
-    if len(dtypes) > 1 and not np.issubdtype(chip_dtype, np.floating):
+    if (len(dtypes) > 1 or converted) and not np.issubdtype(chip_dtype, np.floating):
         chip_dtype = np.dtype("float32")
     nodata = infos[0][0].nodata
+    if converted and (nodata is None or nodata == nodata):
+        # a stored nodata value (e.g. 0) could be a physical value after conversion, and padding beyond a raster's
+        # edge must stay nodata: converted chips always carry one
+        nodata = CONVERTED_NODATA
 
     stat_names = list(chip_bands.names)
     can_ndvi = "ndvi" not in chip_bands and "red" in chip_bands and "nir" in chip_bands
@@ -295,13 +217,14 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
     items = [it for it in items if it.key in splits]
     sizes: list[float] = []
     ratios: list[float] = []
+    areas_m2: list[float] = []  # true areas of the training slumps (pixels x the chip's mean true pixel area)
     image_id = ann_id = 0
 
     advance = progress("preparing", len(items)) if progress else (lambda k: None)
     with atomic_dir(opts.out, overwrite=opts.overwrite) as tmp, gdal_env():
         docs = {s: coco.CocoWriter(tmp / f"{s}.json", f"rts dataset, split {s}") for s in SPLITS}
-        for item, image, valid, instances, specks, nclipped in _iter_chips(items, opts, mode, band_map,
-                                                                         image_bands, labels, chip_dtype):
+        for item, image, valid, instances, specks, nclipped in iter_chips(items, opts, mode, band_map, image_bands,
+                                                                         labels, chip_dtype, conversions, nodata):
             advance(1)
             dropped["specks_below_min_area"] += specks
             dropped["labels_clipped_below_min_area"] += nclipped
@@ -315,14 +238,14 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
             image_id += 1
             rel = Path("chips") / item.site / f"{item.key}.tif"
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            transform = _chip_transform(item)
-            _write_chip(tmp / rel, image, transform, item.image.crs, nodata, chip_band_names)
+            transform = chip_transform(item)
+            write_chip(tmp / rel, image, transform, item.image.crs, nodata, chip_band_names)
             entry = {
                 "id": image_id,
                 "file_name": rel.as_posix(),
                 "width": int(image.shape[2]),
                 "height": int(image.shape[1]),
-                "crs": _crs_text(item.image.crs),
+                "crs": crs_text(item.image.crs),
                 "transform": [transform.a, transform.b, transform.c, transform.d, transform.e, transform.f],
                 "site": item.site,
                 "source": str(item.image.path),
@@ -331,12 +254,15 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
             if item.window is not None:
                 entry["window"] = list(item.window)
             docs[split].add_image(entry)
+            px_m2 = pixel_area_m2(transform, entry["width"], entry["height"], item.image.crs) \
+                if split == "train" and instances else 0.0
             for inst in instances:
                 ann_id += 1
                 docs[split].add_annotation(coco.annotation(inst, ann_id, image_id))
                 if split == "train":
                     sizes.append(float(np.sqrt(inst.bbox[2] * inst.bbox[3])))
                     ratios.append(float(inst.bbox[3] / inst.bbox[2]))
+                    areas_m2.append(inst.area * px_m2)
             c = counts[item.site][split]
             c["images"] += 1
             c["instances"] += len(instances)
@@ -345,7 +271,7 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
                 chans = {n: channel(n, image, chip_bands, valid) for n in stat_names}
                 sampler.add(chans, valid)
 
-        split_warnings = _split_warnings(counts, opts.fractions, mode)
+        split_warnings = _split_warnings(counts, opts.fractions, mode, split_report)
         for w in split_warnings:
             log.warning(w)
         if sampler.count == 0:
@@ -355,12 +281,26 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
         for s in SPLITS:
             docs[s].close()
         manifest = _manifest(opts, mode, band_map, chip_bands, chip_dtype, nodata, modalities, stats, sampler,
-                             counts, dropped, label_meta, items, sizes, ratios, splits, split_map, infos)
+                             counts, dropped, label_meta, items, (sizes, ratios, areas_m2), splits, split_map,
+                             infos, split_report)
+        manifest["values"] = _values_record(conversions, infos)
         manifest["warnings"] = split_warnings
         import yaml
 
         (tmp / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
     return Result(opts.out, manifest, {k: dict(v) for k, v in counts.items()})
+
+
+def _values_record(conversions: dict, infos) -> dict:
+    """How the chips' values were made from the stored ones (the manifest's ``values``; bundles copy it so
+    that ``rts predict`` can check a scene and convert it the same way)."""
+    first = conversions[infos[0][0].path]
+    rec = first.record(str(infos[0][0].dtype))
+    kinds = {(conversions[i.path].source, conversions[i.path].describe()) for i, _ in infos}
+    if len(kinds) > 1:
+        rec["mixed"] = True
+        rec["per_source"] = {i.path.name: conversions[i.path].describe() for i, _ in infos}
+    return rec
 
 
 def _default_modalities(chip_bands: BandMap) -> list[str]:
@@ -377,166 +317,17 @@ def _default_modalities(chip_bands: BandMap) -> list[str]:
     return out
 
 
-def _aux_lookup(name: str, path: Path):
-    if not path.exists():
-        raise RtsError(f"aux raster for {name!r} not found", path=path, fix="check --aux NAME=PATH")
-    return path
+def _splits(items: list[Item], opts: PrepareOptions, split_map: dict[str, str] | None) -> tuple[dict[str, str], dict]:
+    """Each item's split, and a report. Items are grouped by where they lie on the map, across all
+    files (:func:`rtscli.data.split.spatial_groups`); items still sharing pixels with an item of another
+    split are left out (:func:`rtscli.data.split.drop_overlapping`)."""
+    from rtscli.data.split import drop_overlapping, spatial_groups
 
-
-def _all_aux(items: list[Item]) -> Iterator[RasterInfo]:
-    seen = set()
-    for it in items:
-        for info in it.aux.values():
-            if info.path not in seen:
-                seen.add(info.path)
-                yield info
-
-
-def _aux_for(image: RasterInfo, aux_paths: dict[str, Path], cache: dict, assume_crs) -> dict[str, RasterInfo]:
-    out = {}
-    for name, p in aux_paths.items():
-        path = _match_by_name(image.path, p, f"aux raster '{name}'", suffixes=("", f"_{name}", f"-{name}")) \
-            if p.is_dir() else p
-        if path not in cache:
-            cache[path] = inspect(path, assume_crs=assume_crs)
-        info = cache[path]
-        if not info.same_grid(image):
-            raise RtsError(
-                f"aux raster '{name}' is not on the grid of {image.path.name} "
-                f"({info.width}x{info.height} {info.crs} vs {image.width}x{image.height} {image.crs})",
-                path=path,
-                fix="resample it to the image grid first (gdalwarp -te ... -tr ... -t_srs ...)",
-            )
-        out[name] = info
-    return out
-
-
-def _sample_items(opts, infos, aux_paths, mode) -> list[Item]:
-    items: list[Item] = []
-    aux_cache: dict = {}
-    names_seen: dict[str, Path] = {}
-    for info, root in infos:
-        site = _site_of(info.path, root, opts.site)
-        key = info.path.stem
-        if key in names_seen:
-            key = f"{site}_{key}"
-        if key in names_seen:
-            raise RtsError(f"two inputs are both named {info.path.stem}", path=info.path,
-                           fix="give chips unique file names")
-        names_seen[key] = info.path
-        mask = None
-        if mode == "masks":
-            mpath = _match_by_name(info.path, opts.masks, "mask")
-            mask = inspect(mpath, need_crs=False)
-            from rasterio.transform import Affine
-
-            ungeoreferenced = mask.crs is None and mask.transform == Affine.identity()
-            if ungeoreferenced and mask.shape == info.shape:
-                log.info("mask %s has no georeference; using the grid of %s", mpath.name, info.path.name)
-            else:
-                diff = []
-                if mask.shape != info.shape:
-                    diff.append(f"size {mask.width}x{mask.height} vs {info.width}x{info.height}")
-                if not mask.transform.almost_equals(info.transform, 1e-6):
-                    diff.append(f"origin/pixel size {tuple(mask.transform)[:6]} vs {tuple(info.transform)[:6]}")
-                if mask.crs is not None and mask.crs != info.crs:
-                    diff.append(f"CRS {mask.crs} vs {info.crs}")
-                if diff:
-                    raise RtsError(f"mask is not on the grid of image {info.path.name} ({'; '.join(diff)})",
-                                   path=mpath, fix="masks must have the image's size, transform and CRS")
-        aux = _aux_for(info, aux_paths, aux_cache, opts.assume_crs)
-        names = (info.path.name, info.path.stem, key)
-        cs = opts.chip_size
-        if cs is None or (info.width <= cs and info.height <= cs):
-            items.append(Item(key, site, key, info, mask=mask, aux=aux, source_names=names))
-            continue
-        for c, r, group in _grid(info, opts):  # a large image: cut it like a scene
-            items.append(Item(f"{key}_r{r:06d}_c{c:06d}", site, group, info, mask=mask,
-                              window=(c, r, cs, cs), aux=aux, source_names=names))
-    return items
-
-
-def _grid(info: RasterInfo, opts: PrepareOptions) -> Iterator[tuple[int, int, str]]:
-    """Chip windows over one raster: (col_off, row_off, split group).
-
-    The split group is a spatial block of chips; a block spans at least two chips, so that some
-    chips stay whole on both sides of a block edge (see :func:`_buffer_splits`).
-    """
-    stride = max(1, int(round(opts.chip_size * (1 - opts.overlap))))
-    block = max(1, int(round(max(opts.split_block, 2 * opts.chip_size) / stride)))
-    rows = chip_positions(info.height, opts.chip_size, stride)
-    cols = chip_positions(info.width, opts.chip_size, stride)
-    for i, r in enumerate(rows):
-        for j, c in enumerate(cols):
-            yield c, r, f"{info.path.name}:{i // block}:{j // block}"
-
-
-def _vector_items(opts, infos, aux_paths):
-    from shapely.geometry import box
-
-    from rtscli.io.vector import read_polygons
-
-    labels_by_crs: dict[str, Any] = {}
-    reports = {}
-    items: list[Item] = []
-    aux_cache: dict = {}
-    overlaps_any = False
-    per_scene = {}
-    for info, root in infos:
-        ck = info.crs.to_wkt()
-        if ck not in labels_by_crs:
-            gdf, rep = read_polygons(opts.labels, info.crs, assume_crs=opts.labels_crs)
-            labels_by_crs[ck] = (gdf, gdf.sindex)
-            reports[ck] = rep
-        gdf, sindex = labels_by_crs[ck]
-        footprint = box(*info.bounds)
-        hits = sindex.query(footprint, predicate="intersects")
-        per_scene[info.path.name] = int(len(hits))
-        if len(hits):
-            overlaps_any = True
-        site = _site_of(info.path, root, opts.site)
-        aux = _aux_for(info, aux_paths, aux_cache, opts.assume_crs)
-        for c, r, group in _grid(info, opts):
-            key = f"{info.path.stem}_r{r:06d}_c{c:06d}"
-            items.append(Item(key, site, group, info, window=(c, r, opts.chip_size, opts.chip_size), aux=aux,
-                              source_names=(key, info.path.name, info.path.stem)))
-    if not overlaps_any:
-        gdf = next(iter(labels_by_crs.values()))[0]
-        lb = gdf.total_bounds if len(gdf) else None
-        raise RtsError(
-            f"no label polygon overlaps the raster(s) (labels bounds {_fmt_bounds(lb)} vs scene bounds "
-            f"{_fmt_bounds(infos[0][0].bounds)} in {infos[0][0].crs})",
-            path=opts.labels,
-            fix="check that the labels and the scenes cover the same area (and the labels' CRS)",
-        )
-    for name, n in per_scene.items():
-        if n == 0:
-            log.warning("no label intersects scene %s: its chips become negatives", name)
-    rep = next(iter(reports.values()))
-    meta = {
-        "file": str(opts.labels),
-        "features": rep.features,
-        "repaired_invalid": rep.repaired,
-        "dropped_empty": rep.empty,
-        "dropped_not_polygon": rep.not_polygon,
-        "reprojected_from": rep.reprojected_from,
-        "per_scene_intersecting": per_scene,
-    }
-    if rep.repaired:
-        log.info("repaired %d invalid label polygon(s) with make_valid", rep.repaired)
-    labels = {k: v for k, v in labels_by_crs.items()}
-    return items, labels, meta
-
-
-def _fmt_bounds(b) -> str:
-    if b is None:
-        return "(empty)"
-    return "(" + ", ".join(f"{v:.1f}" for v in b) + ")"
-
-
-def _splits(items: list[Item], opts: PrepareOptions, split_map: dict[str, str] | None) -> dict[str, str]:
+    units = _units(items)
+    block = max(opts.split_block, 2 * opts.chip_size) if opts.chip_size else opts.split_block
+    groups, report = spatial_groups(units, block)
     if split_map is None:
-        out = assign(((it.key, it.site, it.group) for it in items), opts.fractions, opts.seed)
+        out = assign(((it.key, *groups[it.key]) for it in items), opts.fractions, opts.seed)
     else:
         out, missing = {}, []
         for it in items:
@@ -556,17 +347,85 @@ def _splits(items: list[Item], opts: PrepareOptions, split_map: dict[str, str] |
         if unused:
             log.warning("the split file names %d input(s) that were not found, e.g. %s", len(unused),
                         ", ".join(unused[:3]))
-    return _buffer_splits(items, out)
+    if report["overlapping_pairs_across_files"]:
+        log.info("%d pair(s) of items from different files overlap on the map (copies, or several dates of one "
+                 "place): overlapping items are kept in one split, or left out",
+                 report["overlapping_pairs_across_files"])
+    drop, cross_file = drop_overlapping(units, out)
+    cross = len(cross_file)
+    if drop:
+        log.info("%d chip(s) overlapping chips of another split were left out (no shared pixels between splits)",
+                 len(drop))
+    if cross:
+        log.warning("%d item(s) overlap, on the map, an item of another file in a stricter split and were left out%s",
+                    cross, " (the split file puts one place in two splits)" if split_map else "")
+    report["left_out_overlapping_other_file"] = cross
+    return {k: v for k, v in out.items() if k not in drop}, report
 
 
-_RANK = {"train": 0, "val": 1, "test": 2}
+def _units(items: list[Item]):
+    """The items' footprints in one common CRS (the first input's; EPSG:4326 when some do not fit it)."""
+    import shapely
+    from pyproj import Transformer
+
+    from rtscli.data.split import Unit
+    from rtscli.geometry.footprint import window_footprint
+
+    def footprint(it: Item):
+        c, r, w, h = it.window or (0, 0, it.image.width, it.image.height)
+        w, h = max(1, min(w, it.image.width - c)), max(1, min(h, it.image.height - r))  # the part inside the raster
+        return window_footprint(it.image.transform, c, r, w, h), w * h
+
+    def build(common) -> list[Unit] | None:
+        cache: dict[str, Any] = {}
+        out = []
+        for it in items:
+            fp, n = footprint(it)
+            if it.image.crs != common:
+                key = it.image.crs.to_wkt()
+                if key not in cache:
+                    cache[key] = Transformer.from_crs(key, common.to_wkt(), always_xy=True)
+                t = cache[key]
+                dense = shapely.segmentize(fp, max(fp.length / 64, 1e-9))
+                fp = shapely.transform(dense, lambda xy, t=t: np.column_stack(t.transform(xy[:, 0], xy[:, 1])))
+                if not np.isfinite(fp.bounds).all() or not fp.is_valid:
+                    return None
+            out.append(Unit(it.key, it.site, str(it.image.path), fp, fp.area / n, it.window is not None))
+        return out
+
+    if not items:
+        return []
+    units = build(items[0].image.crs)
+    if units is None:  # e.g. UTM zones far apart: compare in an equal-area projection centred on the data
+        from rasterio.crs import CRS
+
+        lon, lat = Transformer.from_crs(items[0].image.crs.to_wkt(), "EPSG:4326", always_xy=True).transform(
+            *footprint(items[0])[0].centroid.coords[0])
+        laea = CRS.from_proj4(f"+proj=laea +lat_0={lat:.6f} +lon_0={lon:.6f} +datum=WGS84 +units=m +no_defs")
+        log.info("the inputs do not all fit the first one's CRS (%s): their footprints are compared in a "
+                 "Lambert azimuthal equal-area projection centred at %.3f, %.3f", crs_name(items[0].image.crs),
+                 lat, lon)
+        units = build(laea)
+    if units is None:
+        raise RtsError("the inputs' footprints cannot be brought into one CRS to check that no place is in two "
+                       "splits (they lie too far apart)", path=items[0].image.path,
+                       fix="prepare far-apart regions as separate datasets, or give a --split-file")
+    sides = [math.sqrt(u.pixel_area) for u in units]
+    if max(sides) > 2 * min(sides):
+        log.info("the inputs' pixels range from %.3g to %.3g map units: the spatial blocks of the split are sized "
+                 "for the coarsest (use --split-block to change them)", min(sides), max(sides))
+    return units
 
 
-def _split_warnings(counts, fractions, mode) -> list[str]:
+def _split_warnings(counts, fractions, mode, split_report=None) -> list[str]:
     totals = {s: sum(c[s]["images"] for c in counts.values()) for s in SPLITS}
     n = sum(totals.values())
     hint = ("use a smaller --split-block, more scenes, or a --split-file" if mode == "vectors"
             else "add images, or use a --split-file")
+    joined = (split_report or {}).get("images_joined_across_files", 0)
+    if joined:  # e.g. chips that all carry one placeholder georeference: one place, so one split
+        hint += (f" ({joined} pair(s) of images overlap on the map, so they share a split: check that the images "
+                 "carry their true georeference)")
     out = []
     for s, f in zip(SPLITS, fractions, strict=True):
         if f > 0 and totals[s] == 0:
@@ -576,163 +435,8 @@ def _split_warnings(counts, fractions, mode) -> list[str]:
     return out
 
 
-def _buffer_splits(items: list[Item], splits: dict[str, str]) -> dict[str, str]:
-    """Drop chips that share pixels with a chip of a stricter split (test > val > train).
-
-    Chips cut with overlap from one scene straddle the block edges of the spatial split; without
-    this, the same pixels would be in training and in evaluation.
-    """
-    import bisect
-
-    by_image: dict[Path, list[Item]] = defaultdict(list)
-    for it in items:
-        if it.window is not None:
-            by_image[it.image.path].append(it)
-    drop: set[str] = set()
-    for chips in by_image.values():
-        grid = {(it.window[1], it.window[0]): it for it in chips}
-        rows = sorted({r for r, _ in grid})
-        cols = sorted({c for _, c in grid})
-        for it in chips:
-            c, r, w, h = it.window
-            mine = _RANK[splits[it.key]]
-            for rr in rows[bisect.bisect_right(rows, r - h): bisect.bisect_left(rows, r + h)]:
-                for cc in cols[bisect.bisect_right(cols, c - w): bisect.bisect_left(cols, c + w)]:
-                    other = grid.get((rr, cc))
-                    if other is not None and other is not it and _RANK[splits[other.key]] > mine:
-                        drop.add(it.key)
-                        break
-                if it.key in drop:
-                    break
-    if drop:
-        log.info("%d chip(s) overlapping chips of another split were left out (no shared pixels between splits)",
-                 len(drop))
-    return {k: v for k, v in splits.items() if k not in drop}
-
-
-def _chip_transform(item: Item):
-    t = item.image.transform
-    if item.window is None:
-        return t
-    c, r, _, _ = item.window
-    return window_transform(t, c, r)
-
-
-def _crs_text(crs) -> str:
-    epsg = crs.to_epsg()
-    return f"EPSG:{epsg}" if epsg else crs.to_wkt()
-
-
-def _write_chip(path, image, transform, crs, nodata, names):
-    from rtscli.io.raster import write_geotiff
-
-    write_geotiff(path, image, transform=transform, crs=crs, nodata=nodata, band_names=names)
-
-
-def _check_binary(values: np.ndarray, path: Path) -> np.ndarray:
-    u = np.unique(values[np.isfinite(values)]) if np.issubdtype(values.dtype, np.floating) else np.unique(values)
-    if not (set(u.tolist()) <= {0, 1} or set(u.tolist()) <= {0, 255}):
-        shown = ", ".join(f"{v:g}" for v in u[:6]) + (", ..." if len(u) > 6 else "")
-        raise RtsError(
-            f"mask is not binary (values {shown})",
-            path=path,
-            fix="write 0 for background and 1 (or 255) for slumps, e.g. gdal_calc.py --calc 'A>0'",
-        )
-    return np.nan_to_num(values) > 0
-
-
-def _read_mask(src, win, band: int, path: Path) -> np.ndarray:
-    """A binary mask window; the file's nodata value counts as "no slump"."""
-    m = read_window(src, win, [band])[0]
-    if src.nodata is not None:
-        m = np.where(m == src.nodata, 0, m)
-    return _check_binary(m, path)
-
-
-def _iter_chips(items, opts, mode, band_map, image_bands, labels, chip_dtype):
-    """Yield (item, image, valid, instances, specks_dropped, clipped_dropped) per item."""
-    import rasterio
-    from rasterio.windows import Window
-
-    open_files: dict[Path, Any] = {}
-
-    def handle(path: Path):
-        if path not in open_files:
-            if len(open_files) > 16:
-                for f in open_files.values():
-                    f.close()
-                open_files.clear()
-            open_files[path] = rasterio.open(path)
-        return open_files[path]
-
-    idx = [image_bands[n] for n in image_bands.names]
-    try:
-        for item in items:
-            src = handle(item.image.path)
-            if item.window is None:
-                win = Window(0, 0, item.image.width, item.image.height)
-            else:
-                win = Window(*item.window)
-            data = read_window(src, win, idx)
-            planes = [data]
-            for info in item.aux.values():
-                planes.append(read_window(handle(info.path), win, [1]))
-            image = np.concatenate(planes, axis=0).astype(chip_dtype, copy=False) if len(planes) > 1 else \
-                data.astype(chip_dtype, copy=False)
-            chip_bm = BandMap(tuple((n, i + 1) for i, n in enumerate(image_bands.names + list(item.aux))))
-            valid = valid_mask(image, chip_bm, item.image.nodata, names=image_bands.names)
-            # padding beyond the raster's edge is never data, whatever the nodata setting
-            inside_h = max(0, min(int(win.height), item.image.height - int(win.row_off)))
-            inside_w = max(0, min(int(win.width), item.image.width - int(win.col_off)))
-            valid[inside_h:, :] = False
-            valid[:, inside_w:] = False
-            if not valid.any():
-                yield item, None, None, [], 0, 0
-                continue
-            specks = clipped = 0
-            if mode == "paper":
-                binary = _read_mask(src, win, band_map["mask"], item.image.path) & valid
-                instances, specks = coco.instances_from_mask(binary, min_area=opts.min_area, fmt=opts.segmentation)
-            elif mode == "masks":
-                binary = _read_mask(handle(item.mask.path), win, 1, item.mask.path) & valid
-                instances, specks = coco.instances_from_mask(binary, min_area=opts.min_area, fmt=opts.segmentation)
-            else:
-                instances, clipped = _instances_from_labels(item, labels, valid, opts)
-            yield item, image, valid, instances, specks, clipped
-    finally:
-        for f in open_files.values():
-            f.close()
-
-
-def _instances_from_labels(item: Item, labels, valid, opts):
-    from shapely.affinity import affine_transform
-    from shapely.geometry import box
-
-    gdf, sindex = labels[item.image.crs.to_wkt()]
-    c, r, w, h = item.window
-    t = window_transform(item.image.transform, c, r)
-    inv = ~t
-    x0, y0 = apply(t, 0, 0)
-    x1, y1 = apply(t, w, h)
-    win_box = box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
-    out, clipped = [], 0
-    geoms = gdf.geometry.values
-    for k in sorted(sindex.query(win_box, predicate="intersects")):
-        g = geoms[k].intersection(win_box)
-        if g.is_empty:
-            continue
-        gp = affine_transform(g, [inv.a, inv.b, inv.d, inv.e, inv.c, inv.f])
-        inst = coco.instance_from_polygon(gp, (h, w), valid=valid, min_area=opts.min_area,
-                                          fmt=opts.segmentation, source_id=int(gdf.index[k]))
-        if inst is None:
-            clipped += 1
-        else:
-            out.append(inst)
-    return out, clipped
-
-
 def _manifest(opts, mode, band_map, chip_bands, chip_dtype, nodata, modalities, stats, sampler, counts, dropped,
-              label_meta, items, sizes, ratios, splits, split_map, infos) -> dict:
+              label_meta, items, instance_sizes, splits, split_map, infos, split_report) -> dict:
     from rtscli import __version__
 
     sources = []
@@ -754,6 +458,7 @@ def _manifest(opts, mode, band_map, chip_bands, chip_dtype, nodata, modalities, 
         for s in SPLITS:
             for k in totals[s]:
                 totals[s][k] += site_counts[s][k]
+    sizes, ratios, areas_m2 = instance_sizes
     size_stats = {}
     if sizes:
         def pct(values, ps, digits):
@@ -762,6 +467,7 @@ def _manifest(opts, mode, band_map, chip_bands, chip_dtype, nodata, modalities, 
         size_stats = {
             "box_side_px_percentiles": pct(sizes, [5, 25, 50, 75, 95], 2),
             "box_aspect_h_over_w_percentiles": pct(ratios, [5, 50, 95], 3),
+            "area_m2_percentiles": pct(areas_m2, [5, 25, 50, 75, 95], 1),  # true areas, on the ellipsoid
             "instances": len(sizes),
         }
     m: dict[str, Any] = {
@@ -795,6 +501,8 @@ def _manifest(opts, mode, band_map, chip_bands, chip_dtype, nodata, modalities, 
             "seed": opts.seed,
             "unit": "spatial block of chips" if opts.chip_size else "image",
             "block_px": max(opts.split_block, 2 * opts.chip_size) if opts.chip_size else None,
+            "grouping": "by footprint on the map, across all input files",
+            **split_report,
         },
         "counts": {"per_site": {k: v for k, v in sorted(counts.items())}, "total": totals},
         "dropped": dropped,

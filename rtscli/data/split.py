@@ -2,7 +2,10 @@
 
 A *group* is the unit that is never divided between splits: an image for per-sample chips, a
 spatial block of chips for chips cut from a large scene (neighbouring chips overlap, so they go to
-the same split). An explicit split file overrides all of this.
+the same split). Groups are formed from the items' footprints on the map, across all input files
+(:func:`spatial_groups`): copies of one chip, or two dates of one place, share a split. Items that
+would still share pixels with an item of another split are left out (:func:`drop_overlapping`).
+An explicit split file overrides the draw, but not the guard.
 """
 
 from __future__ import annotations
@@ -10,8 +13,9 @@ from __future__ import annotations
 import csv
 import json
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Hashable, Iterable
+from typing import Any, Hashable, Iterable
 
 import numpy as np
 
@@ -122,3 +126,119 @@ def lookup(mapping: dict[str, str], *names: str) -> str | None:
         if n in mapping:
             return mapping[n]
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# spatial grouping: no place in two splits, whatever file it comes from
+# ---------------------------------------------------------------------------------------------
+_RANK = {"train": 0, "val": 1, "test": 2}
+
+
+@dataclass
+class Unit:
+    """One item to split, as the spatial guard sees it.
+
+    ``footprint`` is the item's outline in the common CRS of the run (a shapely polygon: all four
+    corners of its window, so rotated grids are right); ``pixel_area`` is one pixel's area in that
+    CRS's units; ``cut`` is True for a chip cut from a larger raster (grouped by spatial blocks),
+    False for a whole image (grouped with every image it overlaps).
+    """
+
+    key: str
+    site: str
+    source: str
+    footprint: Any
+    pixel_area: float
+    cut: bool
+
+
+def _overlaps(units: list[Unit]) -> tuple[Any, list[tuple[int, int]]]:
+    """Pairs (i < j) of units whose footprints share more than half a pixel of area."""
+    from shapely import STRtree
+
+    geoms = [u.footprint for u in units]
+    tree = STRtree(geoms)
+    left, right = tree.query(geoms, predicate="intersects")
+    pairs = []
+    for a, b in zip(left.tolist(), right.tolist(), strict=True):
+        if a >= b:
+            continue
+        tol = 0.5 * min(units[a].pixel_area, units[b].pixel_area)
+        if geoms[a].intersection(geoms[b]).area > tol:
+            pairs.append((a, b))
+    return tree, pairs
+
+
+def spatial_groups(units: list[Unit], block_px: int) -> tuple[dict[str, tuple[str, str]], dict[str, int]]:
+    """Split groups such that items at one place share a split, across all files.
+
+    * A chip cut from a raster belongs to the spatial block (``block_px`` pixels of the coarsest
+      cut raster, in the common CRS) that holds its centre: chips of two overlapping scenes (two
+      dates of one place, copies) at the same place fall in the same block.
+    * A whole image is grouped with every item of another file that it overlaps (union-find), so
+      copies of one chip or two acquisitions of one place land in one split.
+
+    Chips that straddle a block edge still overlap chips of the next block; :func:`drop_overlapping`
+    leaves those out. Returns ``({key: (site, group)}, report)``; the group's site is the first
+    (sorted) site among its members, so a group never spans two sites' draws.
+    """
+    import math
+
+    parent: dict[str, str] = {}
+
+    def find(g: str) -> str:
+        while parent.setdefault(g, g) != g:
+            parent[g] = parent[parent[g]]
+            g = parent[g]
+        return g
+
+    cut_px = [math.sqrt(u.pixel_area) for u in units if u.cut]
+    side = block_px * max(cut_px) if cut_px else 0.0
+    group: dict[str, str] = {}
+    for u in units:
+        if u.cut:
+            c = u.footprint.centroid
+            group[u.key] = f"block:{math.floor(c.x / side)}:{math.floor(c.y / side)}"
+        else:
+            group[u.key] = f"image:{u.key}"
+    joined = across = 0
+    _, pairs = _overlaps(units)
+    for a, b in pairs:
+        ua, ub = units[a], units[b]
+        across += ua.source != ub.source
+        if ua.source == ub.source or (ua.cut and ub.cut):
+            continue  # chips of one raster, or chips of two rasters: the blocks and the buffer handle them
+        ra, rb = find(group[ua.key]), find(group[ub.key])
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+            joined += 1
+    members: dict[str, list[Unit]] = defaultdict(list)
+    for u in units:
+        members[find(group[u.key])].append(u)
+    out: dict[str, tuple[str, str]] = {}
+    for root, us in members.items():
+        site = min(u.site for u in us)
+        for u in us:
+            out[u.key] = (site, root)
+    return out, {"overlapping_pairs_across_files": across, "images_joined_across_files": joined}
+
+
+def drop_overlapping(units: list[Unit], splits: dict[str, str]) -> tuple[set[str], set[str]]:
+    """The units that overlap a unit of a stricter split (test > val > train) by more than half a pixel,
+    whatever file each comes from: leaving them out keeps every place in one split only.
+
+    Returns ``(keys to leave out, those of them that overlap an item of another file)``.
+    """
+    kept = [u for u in units if u.key in splits]
+    _, pairs = _overlaps(kept)
+    drop: set[str] = set()
+    cross: set[str] = set()
+    for a, b in pairs:
+        ra, rb = _RANK[splits[kept[a].key]], _RANK[splits[kept[b].key]]
+        if ra == rb:
+            continue
+        loser = kept[a] if ra < rb else kept[b]
+        drop.add(loser.key)
+        if kept[a].source != kept[b].source:
+            cross.add(loser.key)
+    return drop, cross

@@ -110,15 +110,17 @@ def error_layers(gt: dict, results: list[dict], *, iou_thresh: float = 0.5, min_
     """Match predictions to ground truth per chip (greedy by score, mask IoU >= ``iou_thresh``).
 
     Returns ``{layer: GeoDataFrame}`` for true positives, false positives and missed slumps, as
-    polygons in map coordinates (each chip's transform; features of chips in other CRSs are
-    reprojected to the first chip's CRS). Predictions below ``min_score`` are ignored.
+    polygons in map coordinates (each chip's full affine transform, so rotated and sheared grids
+    are right; features of chips in other CRSs are reprojected to the first chip's CRS), with the
+    true area ``area_m2`` on the ellipsoid. Predictions below ``min_score`` are ignored.
     """
     import geopandas as gpd
     from pycocotools import mask as mask_utils
-    from rasterio.features import shapes
     from rasterio.transform import Affine
-    from shapely.geometry import MultiPolygon, shape
-    from shapely.ops import unary_union
+    from shapely.geometry import MultiPolygon
+
+    from rtscli.geometry.measure import geodesic_area_perimeter
+    from rtscli.geometry.polygons import mask_to_polygon
 
     images = {im["id"]: im for im in gt["images"]}
     gts: dict[int, list[dict]] = {}
@@ -138,9 +140,10 @@ def error_layers(gt: dict, results: list[dict], *, iou_thresh: float = 0.5, min_
         return {"size": seg["size"], "counts": counts.encode() if isinstance(counts, str) else counts}
 
     def polygon(rle, transform):
-        m = mask_utils.decode(rle).astype("uint8")
-        parts = [shape(g) for g, v in shapes(m, mask=m.astype(bool), transform=transform) if v == 1]
-        u = unary_union(parts)
+        # every part of the mask, through the chip's full affine transform (rotated grids too)
+        u = mask_to_polygon(mask_utils.decode(rle).astype(bool), transform)
+        if u is None:
+            return MultiPolygon()
         return u if isinstance(u, MultiPolygon) else MultiPolygon([u])
 
     rows: dict[str, list[dict]] = {k: [] for k in ERROR_LAYERS}
@@ -176,8 +179,9 @@ def error_layers(gt: dict, results: list[dict], *, iou_thresh: float = 0.5, min_
         parts = []
         for crs in sorted({r["crs"] for r in recs}):
             sub = gpd.GeoDataFrame([r for r in recs if r["crs"] == crs], geometry="geometry", crs=crs)
+            sub["area_m2"] = np.round(geodesic_area_perimeter(sub.geometry.values, crs)[0], 3)  # true area
             parts.append(sub.to_crs(target) if crs != target else sub)
-        cols = ["file", "site", "score", "iou", "gt_id", "geometry"]
+        cols = ["file", "site", "score", "iou", "gt_id", "area_m2", "geometry"]
         if parts:
             import pandas as pd
 
@@ -189,27 +193,15 @@ def error_layers(gt: dict, results: list[dict], *, iou_thresh: float = 0.5, min_
 
 
 def write_error_layers(layers: dict, path: Path, *, overwrite: bool = False) -> Path:
-    """One GeoPackage with a layer per kind of outcome, written under a temporary name first."""
-    import os
-    import uuid
-
+    """The error layers in one GeoPackage (one layer per kind of outcome), written atomically. An existing
+    GeoPackage keeps its other layers; replacing layers of these names needs ``overwrite``."""
     from rtscli.errors import RtsError
-    from rtscli.io.atomic import check_output
+    from rtscli.io.vector import write_layers
 
     path = Path(path)
     if path.suffix.lower() != ".gpkg":
         raise RtsError("the error layers are written as a GeoPackage", path=path, fix="use a .gpkg file name")
-    check_output(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}.gpkg")
-    try:
-        for layer, gdf in layers.items():
-            gdf.to_file(tmp, layer=layer, driver="GPKG", geometry_type="MultiPolygon")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_layers(layers, path, overwrite=overwrite, geometry_type="MultiPolygon")
 
 
 def evaluate_bundle(bundle: Path, data: Path, split: str, *, batch_size: int = 4,

@@ -36,6 +36,14 @@ def _architecture(cfg) -> dict:
     return {k: v for k, v in cfg.backbone.__dict__.items() if k != "in_channels"} | {"fpn": cfg.fpn.__dict__}
 
 
+def _source_ap50(metrics: dict) -> float | None:
+    """A source bundle's best validation AP50 (mask, or box for a detection-only model), by name."""
+    for key in ("val_mask_ap50_best", "val_box_ap50_best"):
+        if key in metrics:
+            return metrics[key]
+    return None
+
+
 def check_sources(sources: list[Path], *, modalities: list[str], info: DatasetInfo, data: Path) -> dict:
     """Read the ``--from`` bundles and check them against each other and the dataset.
 
@@ -128,7 +136,7 @@ def finetune(*, data: Path, fusion: str, modalities: list[str], out: Path, setti
              measure_memory: bool = True) -> dict:
     from safetensors.torch import load_file
 
-    from rtscli.data.prepare import sha256
+    from rtscli.data.inputs import sha256
     from rtscli.modeling.backbone import load_backbone_weights
     from rtscli.modeling.bundle import WEIGHTS, read_bundle
     from rtscli.modeling.cost import cost_report, format_cost
@@ -204,7 +212,7 @@ def finetune(*, data: Path, fusion: str, modalities: list[str], out: Path, setti
         else:
             continue
         origin[name] = {"path": str(b.path.resolve()), "sha256": sha256(b.path / WEIGHTS),
-                        "val_ap50": next(iter(b.config.get("metrics", {}).values()), None)}
+                        "val_ap50": _source_ap50(b.config.get("metrics") or {})}
     if not bundles:
         notes = []
         parts = model.backbone.backbones.values() if feature else [model.backbone]

@@ -80,10 +80,11 @@ def check_modalities(bundle, sources: list[Source], where: str) -> None:
 
 
 def _progress_bar():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+    """Tiles done, tiles/s, km²/h and time left: a Rich bar on a terminal, log lines otherwise."""
+    from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, TextColumn, TimeRemainingColumn
     from rich.text import Text
 
-    from rtscli.console import err_console
+    from rtscli.progress import bar
 
     class Rate(ProgressColumn):
         def render(self, task) -> Text:
@@ -93,8 +94,8 @@ def _progress_bar():
             km2 = task.fields.get("km2_per_tile", 0.0) * speed * 3600
             return Text(f"{speed:.1f} tiles/s  {km2:,.0f} km²/h")
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(),
-                    TimeRemainingColumn(), console=err_console, transient=True, disable=not err_console.is_terminal)
+    return bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(), TimeRemainingColumn(),
+               transient=True)
 
 
 def _distributed(device: str | None):
@@ -123,22 +124,23 @@ def _distributed(device: str | None):
 
 
 def run_scene(model, bundle, scene: Scene, out: Path, opts: PredictOptions, *, overwrite: bool,
-              raster: Path | None = None, quicklook: Path | None = None, label: str = "") -> dict:
+              raster: Path | None = None, quicklook: Path | None = None, label: str = "", layer: str = "rts") -> dict:
     """Predict one scene (opened and checked by :func:`open_scene`) and write its outputs."""
     from rtscli.io.vector import write_vector
 
-    res = abs(scene.transform.a * scene.transform.e)
-    km2_per_tile = bundle.tile_size**2 * res / 1e6 if not (scene.crs and scene.crs.is_geographic) else 0.0
+    from rtscli.geometry.measure import pixel_area_m2
+
+    km2_per_tile = bundle.tile_size**2 * pixel_area_m2(scene.transform, scene.width, scene.height, scene.crs) / 1e6
     t0 = time.perf_counter()
     with _progress_bar() as bar:
-        task = bar.add_task(f"{label}{scene.name}", total=None, km2_per_tile=km2_per_tile)
+        task = bar.add_task(f"{label}{scene.name}", total=None, km2_per_tile=km2_per_tile, unit="tiles")
         gdf, timing = predict_scene(model, bundle, scene, opts,
                                     progress=lambda k, n: bar.update(task, advance=k, total=n))
     t = time.perf_counter()
     if out.suffix.lower() == ".shp":  # Shapefile field names are at most 10 characters
         gdf = gdf.rename(columns=SHP_NAMES)
         log.info("Shapefile: fields renamed %s", ", ".join(f"{k}->{v}" for k, v in SHP_NAMES.items()))
-    write_vector(gdf, out, overwrite=overwrite)
+    write_vector(gdf, out, layer=layer, overwrite=overwrite)
     if raster is not None:
         write_instance_raster(gdf, scene, raster, overwrite=overwrite)
     if quicklook is not None:
@@ -154,10 +156,10 @@ def write_instance_raster(gdf, scene, path: Path, *, overwrite: bool, block: int
     from rasterio.features import rasterize
     from rasterio.windows import Window
     from shapely import STRtree
-    from shapely.geometry import box
 
+    from rtscli.geometry.footprint import window_footprint
     from rtscli.io.atomic import atomic_file
-    from rtscli.io.raster import apply, window_transform
+    from rtscli.io.raster import window_transform
 
     geoms = list(gdf.to_crs(scene.crs).geometry) if len(gdf) else []
     ids = list(gdf["id"]) if len(gdf) else []
@@ -170,11 +172,9 @@ def write_instance_raster(gdf, scene, path: Path, *, overwrite: bool, block: int
             for c in range(0, scene.width, block):
                 h, w = min(block, scene.height - r), min(block, scene.width - c)
                 t = window_transform(scene.transform, c, r)
-                x0, y0 = apply(t, 0, 0)
-                x1, y1 = apply(t, w, h)
                 arr = np.zeros((h, w), np.uint32)
-                if tree is not None:
-                    hits = tree.query(box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)))
+                if tree is not None:  # the block's true footprint (all four corners: rotated grids too)
+                    hits = tree.query(window_footprint(scene.transform, c, r, w, h), predicate="intersects")
                     if len(hits):
                         arr = rasterize(((geoms[i], int(ids[i])) for i in hits), out_shape=(h, w), transform=t,
                                         fill=0, dtype="uint32")
@@ -188,8 +188,10 @@ def write_quicklook(gdf, scene, path: Path, *, overwrite: bool, max_side: int = 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import rasterio
+    from rasterio.errors import RasterioIOError
 
     from rtscli.io.atomic import atomic_file
+    from rtscli.io.raster import read_error
 
     names = {n: (s, i) for s in scene.sources for n, i in s.bands.items()}
     picks = [names[n] for n in ("red", "green", "blue") if n in names] or [next(iter(names.values()))]
@@ -200,8 +202,11 @@ def write_quicklook(gdf, scene, path: Path, *, overwrite: bool, max_side: int = 
         by_path.setdefault(s.path, []).append(i)
     planes = {}
     for p, bands in by_path.items():
-        with rasterio.open(p) as src:
-            data = src.read(bands, out_shape=(len(bands), h, w), masked=True).astype(np.float32).filled(np.nan)
+        try:
+            with rasterio.open(p) as src, _on_scene_grid(src, scene, p) as grid:
+                data = grid.read(bands, out_shape=(len(bands), h, w), masked=True).astype(np.float32).filled(np.nan)
+        except RasterioIOError as exc:
+            raise read_error(p, exc) from None
         planes |= {(p, i): x for i, x in zip(bands, data, strict=True)}
     img = np.stack([planes[s.path, i] for s, i in picks], -1)
     for k in range(img.shape[-1]):
@@ -211,13 +216,18 @@ def write_quicklook(gdf, scene, path: Path, *, overwrite: bool, max_side: int = 
     img = np.nan_to_num(img, nan=1.0)
     if img.shape[-1] == 1:
         img = np.repeat(img, 3, -1)
-    t = scene.transform
-    left, top = t.c, t.f
-    right, bottom = left + t.a * scene.width, top + t.e * scene.height
+    # drawn in the scene's pixel space (polygons through the inverse transform): right on rotated grids too
     fig, ax = plt.subplots(figsize=(8, 8 * h / w if w else 8))
-    ax.imshow(img, extent=(left, right, bottom, top))
+    ax.imshow(img, extent=(0, scene.width, scene.height, 0))
     if len(gdf):
-        gdf.to_crs(scene.crs).boundary.plot(ax=ax, color="#ff2d55", linewidth=0.8)
+        import geopandas as gpd
+
+        from rtscli.geometry.footprint import to_pixels
+
+        pixels = [to_pixels(g, scene.transform) for g in gdf.to_crs(scene.crs).geometry]
+        gpd.GeoSeries(pixels).boundary.plot(ax=ax, color="#ff2d55", linewidth=0.8)
+    ax.set_xlim(0, scene.width)
+    ax.set_ylim(scene.height, 0)
     ax.set_title(f"{scene.name}: {len(gdf)} slumps")
     ax.set_axis_off()
     fig.tight_layout()
@@ -226,15 +236,28 @@ def write_quicklook(gdf, scene, path: Path, *, overwrite: bool, max_side: int = 
     plt.close(fig)
 
 
+def _on_scene_grid(src, scene, path: Path):
+    """``src`` itself, or (a source resampled with ``--resample``) a bilinear view of it on the scene's grid."""
+    import contextlib
+
+    if not scene.resample or path == scene.sources[0].path:
+        return contextlib.nullcontext(src)
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    return WarpedVRT(src, crs=scene.crs, transform=scene.transform, width=scene.width, height=scene.height,
+                     resampling=Resampling.bilinear)
+
+
 def _check_options(*, batch_size: int, workers: int, match_threshold: float, min_score: float, to_crs: str | None,
-                   merge: str, match: str, overlap: float | None, scale: float = 1.0) -> None:
+                   merge: str, match: str, overlap: float | None, scale: float | None = None) -> None:
     if merge not in ("union", "nms") or match not in ("ios", "iou"):
         raise RtsError("--merge is union or nms, --match is ios or iou", fix="fix the option")
     if batch_size < 1 or workers < 0:
         raise RtsError("--batch-size must be >= 1 and --workers >= 0", fix="e.g. --batch-size 4 --workers 2")
     if not 0 < match_threshold <= 1 or not 0 <= min_score <= 1:
         raise RtsError("--match-threshold must be in (0, 1] and --min-score in [0, 1]", fix="e.g. 0.2 and 0.5")
-    if not scale > 0:
+    if scale is not None and not scale > 0:
         raise RtsError("--scale must be positive", fix="e.g. --scale 0.0001 for reflectance x 10000")
     if overlap is not None and overlap < 0:
         raise RtsError("--overlap must be >= 0", fix="a fraction of the tile (e.g. 0.25) or pixels (e.g. 64)")
@@ -248,16 +271,24 @@ def main(*, inputs: list[str], out: Path | None, model: Path | None, bands: str 
          aux: list[str], resample: bool, overlap: float | None, min_score: float, min_area: float, simplify: float,
          merge: str, match: str, match_threshold: float, to_crs: str | None, raster: Path | None,
          quicklook: Path | None, batch_size: int, workers: int, device: str | None, overwrite: bool,
-         nodata: float | None = None, scale: float = 1.0) -> None:
+         layer: str | None = None,
+         nodata: float | None = None, scale: float | None = None, offset: float | None = None) -> None:
     from rtscli.console import console
     from rtscli.data.bands import BandMap
     from rtscli.io.atomic import check_output
+    from rtscli.io.vector import check_vector_output, gpkg_layers
     from rtscli.modeling.bundle import load_model, read_bundle
 
     _check_options(batch_size=batch_size, workers=workers, match_threshold=match_threshold, min_score=min_score,
                    to_crs=to_crs, merge=merge, match=match, overlap=overlap, scale=scale)
     if out is None:
         raise RtsError("no output given", fix="pass -o slumps.gpkg (or -o folder/ for many scenes)")
+    if layer is not None and out.suffix.lower() in EXTS and out.suffix.lower() != ".gpkg":
+        raise RtsError(f"--layer names a layer of a GeoPackage; a {out.suffix} file holds one layer", path=out,
+                       fix="write a .gpkg, or drop --layer")
+    layer = layer or "rts"
+    if not layer.strip() or any(c in layer for c in "\"'`;"):
+        raise RtsError(f"--layer {layer!r} is not a usable layer name", fix="use letters, digits and _ (e.g. slumps)")
     per_modality = any([rgb, nir, ndvi, aux])
     if per_modality and inputs:
         raise RtsError("give either scene(s) or per-modality rasters (--rgb/--nir/...), not both",
@@ -275,7 +306,8 @@ def main(*, inputs: list[str], out: Path | None, model: Path | None, bands: str 
     ov = None if overlap is None else (int(round(overlap * tile)) if overlap < 1 else int(overlap))
     opts = PredictOptions(overlap=ov, batch_size=batch_size, workers=workers, min_score=min_score, min_area=min_area,
                           simplify=simplify, merge=merge, match_metric=match, match_threshold=match_threshold,
-                          to_crs=to_crs, device=device, scale=scale)
+                          to_crs=to_crs, device=device)
+    units = dict(scale=scale, offset=offset, training=bundle.config.get("values"))
     scenes = [] if per_modality else scene_list(inputs)
     is_dir_input = len(inputs) == 1 and Path(inputs[0]).is_dir()
     many = len(scenes) > 1 or is_dir_input or bool(inputs and any(c in inputs[0] for c in "*?[")) \
@@ -283,16 +315,17 @@ def main(*, inputs: list[str], out: Path | None, model: Path | None, bands: str 
     if not many:
         if out.suffix.lower() not in EXTS:
             raise RtsError(f"unknown output format {out.suffix!r}", path=out, fix=f"use one of {', '.join(EXTS)}")
-        check_output(out, overwrite)
+        check_vector_output(out, overwrite, [layer])
         for extra in (raster, quicklook):
             if extra is not None:
                 check_output(extra, overwrite)
         srcs = _sources(scenes[0] if scenes else None, band_map=band_map, rgb=rgb, nir=nir, ndvi=ndvi, aux=aux)
         check_modalities(bundle, srcs, str(srcs[0].path) if scenes else "the given rasters")
-        scene = open_scene(srcs, resample=resample, nodata=nodata)  # every check before the model is loaded
+        scene = open_scene(srcs, resample=resample, nodata=nodata, **units)  # every check before the model loads
         _, _, opts.device = _distributed(device)
         net, _ = load_model(model)
-        rep = run_scene(net, bundle, scene, out, opts, overwrite=overwrite, raster=raster, quicklook=quicklook)
+        rep = run_scene(net, bundle, scene, out, opts, overwrite=overwrite, raster=raster, quicklook=quicklook,
+                        layer=layer)
         tm = rep["timing"]
         console.print(f"{rep['polygons']} slumps -> {out} ({rep['seconds']:.1f} s, {tm['tiles']} tiles, "
                       f"{tm['skipped_nodata_tiles']} all-nodata tiles skipped)")
@@ -317,10 +350,11 @@ def main(*, inputs: list[str], out: Path | None, model: Path | None, bands: str 
     for s in scenes:  # check every scene (metadata only) before the first is run
         srcs = _sources(s, band_map=band_map, rgb=None, nir=None, ndvi=None, aux=[])
         check_modalities(bundle, srcs, str(s))
-        opened[s] = open_scene(srcs, nodata=nodata)
+        opened[s] = open_scene(srcs, nodata=nodata, **units)
     rank, world, opts.device = _distributed(device)
     out.mkdir(parents=True, exist_ok=True)
-    todo = [s for s in scenes if overwrite or not (out / f"{s.stem}{ext}").exists()]
+    todo = [s for s in scenes if overwrite or not (out / f"{s.stem}{ext}").exists()
+            or layer not in gpkg_layers(out / f"{s.stem}{ext}")]
     reports = [{"scene": str(s), "output": str(out / f"{s.stem}{ext}"), "skipped": "done before"}
                for s in scenes if s not in todo] if rank == 0 else []
     mine = todo[rank::world]  # shared out after the finished scenes are set aside
@@ -329,7 +363,8 @@ def main(*, inputs: list[str], out: Path | None, model: Path | None, bands: str 
         target = out / f"{s.stem}{ext}"
         if net is None:
             net, _ = load_model(model)
-        rep = run_scene(net, bundle, opened[s], target, opts, overwrite=True, label=f"[{k + 1}/{len(mine)}] ")
+        rep = run_scene(net, bundle, opened[s], target, opts, overwrite=True, label=f"[{k + 1}/{len(mine)}] ",
+                        layer=layer)
         reports.append(rep)
         console.print(f"{s.name}: {rep['polygons']} slumps -> {target} ({rep['seconds']:.1f} s)")
     part = out / f".manifest-rank{rank}.json"

@@ -13,7 +13,8 @@ from rtscli.data.dataset import ChipDataset, DatasetInfo, collate
 from rtscli.data.modalities import Modality
 from rtscli.errors import RtsError
 from rtscli.engine.train import (
-    EpochSampler, TrainSettings, epoch_metrics, fit, make_module, plot_curves, settings_dict, write_epoch_csv,
+    EpochSampler, TrainSettings, bundle_weights, epoch_metrics, fit, make_module, plot_curves, settings_dict,
+    write_epoch_csv,
 )
 from rtscli.modeling.config import ModelConfig, load_preset
 
@@ -93,12 +94,19 @@ def bundle_config(*, cfg: ModelConfig, info: DatasetInfo, data: Path, mods: list
         "dataset": {"path": str(Path(data).resolve()), "checksum": info.checksum(),
                     "split_seed": info.manifest["split"]["seed"]},
         "instance_sizes": info.manifest.get("instance_sizes"),
+        # how the training rasters' stored values were turned into physical ones: rts predict reads scenes alike
+        "values": info.manifest.get("values"),
     }
 
 
 def train_and_save(model, *, config: dict, info: DatasetInfo, mods: list[Modality], repeat: int | None,
                    settings: TrainSettings, out: Path, resume: bool) -> dict:
-    """Train ``model`` on the dataset's train split (validating on val) and write the bundle to ``out``."""
+    """Train ``model`` on the dataset's train split (validating on val) and write the bundle to ``out``.
+
+    The bundle holds the best validated epoch's weights, or the last epoch's when no validation scored above 0
+    (:func:`rtscli.engine.train.bundle_weights`); its ``metrics`` say which (``bundle_epoch``, 0-based) and why
+    (``bundle_weights``), next to ``best_epoch`` and ``val_mask_ap50_best`` (``val_box_ap50_best`` without masks).
+    """
     import json
 
     from rtscli.modeling.bundle import save_bundle
@@ -128,9 +136,9 @@ def train_and_save(model, *, config: dict, info: DatasetInfo, mods: list[Modalit
     rows = epoch_metrics(out)
     write_epoch_csv(out, rows)
     plot_curves(out, rows)
-    state = module.best_state or {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state, chosen = bundle_weights(module, trainer, out)
     key = "val_mask_ap50_best" if cfg.roi_heads.mask else "val_box_ap50_best"
-    config["metrics"] = {key: round(max(module.best_ap50, 0.0), 4), "best_epoch": module.best_epoch,
+    config["metrics"] = {key: round(max(module.best_ap50, 0.0), 4), "best_epoch": module.best_epoch, **chosen,
                          "epochs_run": trainer.current_epoch, "steps_run": trainer.global_step}
     config["training"].update(world_size=trainer.world_size, lr=settings.lr(trainer.world_size))
     if trainer.is_global_zero:

@@ -1,9 +1,14 @@
 """Training on Lightning: AdamW, warmup then cosine (or step) decay, LR scaled with batch size.
 
 The loop Lightning runs gives DDP (``--devices``, ``--num-nodes``, torchrun/SLURM), mixed precision
-on GPU, gradient clipping, checkpoints (``last`` and ``best`` by validation mask AP50) and exact
-resume. Resume loads Lightning checkpoints with ``weights_only=True`` (no unpickling). The best
-weights are also kept in memory and written as a safetensors bundle at the end.
+on GPU, gradient clipping and exact resume. :func:`make_checkpoints` keeps ``checkpoints/last.ckpt``
+(the latest completed epoch, whatever ``--val-every`` says) and ``best.ckpt`` (the best validation
+AP50; ties go to the latest epoch). Resume loads them with ``weights_only=True`` (no unpickling).
+The best weights are also kept in memory; :func:`bundle_weights` picks what the bundle holds.
+When stderr is not a terminal, :func:`make_progress` logs progress lines instead of a bar.
+
+Epochs are numbered from 0 everywhere (checkpoints, ``metrics.csv``, the bundle's metrics, Lightning's
+progress bar and :class:`LogProgress`): ``epoch 6/6`` is the last of 7.
 """
 
 from __future__ import annotations
@@ -11,6 +16,10 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
+import shutil
+import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +27,7 @@ from typing import Any
 import torch
 
 from rtscli.errors import RtsError
+from rtscli.progress import duration, interval, is_terminal
 
 log = logging.getLogger("rtscli")
 
@@ -91,9 +101,11 @@ def make_module(model, *, settings: TrainSettings, val_gt: dict | None, tile: in
             self.val_gt = val_gt
             self.tile = tile
             self._val_results: list[dict] = []
-            self.best_ap50 = -1.0
-            self.best_state: dict[str, torch.Tensor] | None = None
-            self.best_epoch = -1
+            self.best_ap50 = -1.0  # the best validation AP50 so far (-1: no validation yet)
+            self.best_state: dict[str, torch.Tensor] | None = None  # its weights, when validated in this process
+            self.best_epoch = -1  # its epoch (0-based); the latest one on ties
+            self.last_val_ap50: float | None = None  # the latest validation, for LogProgress
+            self.last_val_epoch = -1
             self.total_steps = total_steps
 
         def training_step(self, batch, batch_idx):
@@ -155,7 +167,10 @@ def make_module(model, *, settings: TrainSettings, val_gt: dict | None, tile: in
             ap50 = m["segm"]["AP50"] if self.model.cfg.roi_heads.mask else m["bbox"]["AP50"]
             self.log("val_ap50", ap50, prog_bar=True, sync_dist=False)
             self.log("val_box_ap50", m["bbox"]["AP50"], sync_dist=False)
-            if ap50 > self.best_ap50 and not self.trainer.sanity_checking:
+            if self.trainer.sanity_checking:
+                return
+            self.last_val_ap50, self.last_val_epoch = ap50, self.current_epoch
+            if ap50 >= self.best_ap50:  # ties go to the latest epoch (it has trained longest)
                 self.best_ap50, self.best_epoch = ap50, self.current_epoch
                 self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
 
@@ -185,6 +200,134 @@ def make_module(model, *, settings: TrainSettings, val_gt: dict | None, tile: in
     return DetectionModule()
 
 
+def make_checkpoints(dirpath: Path):
+    """The callback that keeps ``dirpath/last.ckpt`` and ``dirpath/best.ckpt`` (see :func:`fit`)."""
+    from lightning.pytorch.callbacks import Checkpoint
+
+    class RunCheckpoints(Checkpoint):
+        """``last.ckpt`` at the end of every training epoch; ``best.ckpt`` after each epoch that set the best
+        validation AP50 (``>=``: ties go to the latest epoch, as the bundle's weights do).
+
+        Lightning's ModelCheckpoint(every_n_epochs=N) writes ``last`` only on validation epochs, so a resume
+        could lose up to N - 1 epochs. ``on_train_epoch_end`` comes after the epoch's validation (Lightning
+        runs it inside the training epoch), so a validation epoch's checkpoint carries its validation state
+        (best AP50 and epoch), and before the next epoch draws anything from the RNG, which the module stores.
+        Being a ``Checkpoint``, it runs after the other callbacks and Lightning adds no ModelCheckpoint of its own.
+        """
+
+        def __init__(self) -> None:
+            self.dirpath = Path(dirpath)
+
+        def on_train_epoch_end(self, trainer, module) -> None:
+            self.dirpath.mkdir(parents=True, exist_ok=True)
+            # written through .partial files and renamed, best before last: a job killed at any moment leaves a
+            # last.ckpt whose best epoch is the one best.ckpt holds. Every process calls save_checkpoint (DDP);
+            # the first one writes.
+            part = self.dirpath / "last.ckpt.partial"
+            trainer.save_checkpoint(part, weights_only=False)  # the whole training state: resume needs it
+            if not trainer.is_global_zero:
+                return
+            if module.best_epoch == trainer.current_epoch:
+                # this epoch's validation set the best: best.ckpt is the same file (a hard link, or a copy where
+                # the file system has none); last.ckpt becomes a new file next epoch
+                best = self.dirpath / "best.ckpt.partial"
+                best.unlink(missing_ok=True)
+                try:
+                    os.link(part, best)
+                except OSError:
+                    shutil.copyfile(part, best)
+                os.replace(best, self.dirpath / "best.ckpt")
+            os.replace(part, self.dirpath / "last.ckpt")
+
+    return RunCheckpoints()
+
+
+def make_progress(every: float | None = None):
+    """The callback that logs training progress as lines (see :class:`LogProgress` inside)."""
+    L = _lightning()
+
+    class LogProgress(L.Callback):
+        """Progress as log lines, for when stderr is not a terminal (SLURM, nohup, a pipe) and no bar is drawn.
+
+        One line at most every ``every`` seconds (default :func:`rtscli.progress.interval`: ``RTS_PROGRESS_SECONDS``,
+        30; 0 logs every step) and one at the end of every epoch, with the validation AP50 when it validated::
+
+            training: epoch 2/6, step 27/70 (39%), loss 1.234, 2.1 steps/s, ETA 20 s
+            training: epoch 2/6 done, step 30/70 (43%), mean loss 1.18, val mask AP50 0.412 (best 0.412 at epoch 2),
+            2.1 steps/s, ETA 19 s
+
+        Epochs count from 0 as in Lightning's bar and metrics.csv (``6/6`` is the last of 7). Steps are optimizer
+        steps (the global step; each DDP process runs all of them on its share of the data). The rate is over the
+        steps this process ran since it started (a resumed run counts from the resume) and includes validation
+        time, so the ETA does too. The loss is the first process's own (not averaged over processes). Only the
+        first process logs.
+        """
+
+        def __init__(self) -> None:
+            self.every = interval() if every is None else every  # seconds
+            self.started = self.last_line = 0.0  # time.monotonic() seconds
+            self.first_step = 0
+            self.total: int | None = None  # steps of the whole run, when known
+            self.last_epoch: int | None = None
+            self.loss_sum: torch.Tensor | float = 0.0  # this epoch's step losses (a device tensor: no sync per step)
+            self.loss_steps = 0
+            self.loss: torch.Tensor | None = None  # the latest step's loss
+
+        def on_train_start(self, trainer, module) -> None:
+            self.started = self.last_line = time.monotonic()
+            self.first_step = trainer.global_step
+            total = trainer.estimated_stepping_batches
+            self.total = int(total) if math.isfinite(total) and total > 0 else None
+            per_epoch = trainer.num_training_batches / max(1, trainer.accumulate_grad_batches)
+            if self.total and math.isfinite(per_epoch) and per_epoch > 0:
+                self.last_epoch = math.ceil(self.total / math.ceil(per_epoch)) - 1
+
+        def on_train_epoch_start(self, trainer, module) -> None:
+            self.loss_sum, self.loss_steps, self.loss = 0.0, 0, None
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+            if not trainer.is_global_zero:
+                return
+            loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+            if isinstance(loss, torch.Tensor):
+                self.loss = loss.detach().float()
+                self.loss_sum = self.loss_sum + self.loss
+                self.loss_steps += 1
+            if time.monotonic() - self.last_line >= self.every:
+                self._line(trainer, module, epoch_end=False)
+
+        def on_train_epoch_end(self, trainer, module) -> None:
+            if trainer.is_global_zero:
+                self._line(trainer, module, epoch_end=True)
+
+        def _line(self, trainer, module, *, epoch_end: bool) -> None:
+            now = time.monotonic()
+            self.last_line = now
+            step, total = trainer.global_step, self.total
+            epoch = f"epoch {trainer.current_epoch}" + (f"/{self.last_epoch}" if self.last_epoch is not None else "")
+            parts = [epoch + (" done" if epoch_end else "")]
+            parts.append(f"step {step}/{total} ({min(step / total, 1.0):.0%})" if total else f"step {step}")
+            if epoch_end and self.loss_steps:
+                parts.append(f"mean loss {float(self.loss_sum) / self.loss_steps:.4g}")
+            elif not epoch_end and self.loss is not None:
+                parts.append(f"loss {self.loss.item():.4g}")
+            if epoch_end and module.last_val_epoch == trainer.current_epoch:
+                what = "mask" if module.model.cfg.roi_heads.mask else "box"
+                parts.append(f"val {what} AP50 {module.last_val_ap50:.3f} "
+                             f"(best {max(module.best_ap50, 0.0):.3f} at epoch {module.best_epoch})")
+            elapsed = now - self.started
+            rate = (step - self.first_step) / elapsed if elapsed > 0 else 0.0
+            if rate > 0:
+                parts.append(f"{rate:.3g} steps/s")
+            if total and step >= total:
+                parts.append(f"done in {duration(elapsed)}")
+            elif total and rate > 0:
+                parts.append(f"ETA {duration((total - step) / rate)}")
+            log.info("training: %s", ", ".join(parts))
+
+    return LogProgress()
+
+
 def choose_precision(settings: TrainSettings) -> str:
     if settings.precision != "auto":
         return settings.precision
@@ -195,21 +338,27 @@ def choose_precision(settings: TrainSettings) -> str:
 
 def fit(module, train_loader, val_loader, *, settings: TrainSettings, run_dir: Path, resume: bool,
         steps_per_epoch: int) -> Any:
-    """Run Lightning's fit loop into ``run_dir``. Returns the trainer."""
+    """Run Lightning's fit loop into ``run_dir``. Returns the trainer.
+
+    ``run_dir/checkpoints/last.ckpt`` is the latest completed epoch and ``best.ckpt`` the best validated one
+    (:func:`make_checkpoints`). Progress shows as a Rich bar on a terminal, else as log lines (:func:`make_progress`).
+    """
     L = _lightning()
-    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
-    from rtscli.console import err_console
+    from rtscli.logs import adopt_lightning
+
+    adopt_lightning()  # Lightning's "GPU available" lines and tips: through rts's log (warnings only), not raw
 
     ckpt_dir = run_dir / "checkpoints"
-    callbacks = [ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_ap50", mode="max",
-                                 save_last=True, save_top_k=1, every_n_epochs=settings.val_every)]
-    show = err_console.is_terminal
+    callbacks = [make_checkpoints(ckpt_dir)]
+    show = is_terminal()
     if show:
         from lightning.pytorch.callbacks import RichProgressBar
 
         callbacks.append(RichProgressBar())
+    else:
+        callbacks.append(make_progress())
     strategy = "auto"
     devices = settings.devices
     if (isinstance(devices, int) and devices > 1) or settings.num_nodes > 1:
@@ -238,15 +387,45 @@ def fit(module, train_loader, val_loader, *, settings: TrainSettings, run_dir: P
 
     # frozen backbones are in eval mode on purpose (rts finetune); Lightning would warn about them
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+    # runs checkpointed before rts kept its own last/best files name Lightning's ModelCheckpoint: not needed to resume
+    warnings.filterwarnings("ignore", message=r".*callbacks used to create the checkpoint need to be provided.*")
     ckpt = ckpt_dir / "last.ckpt" if resume else None
     if resume and not ckpt.exists():
         raise RtsError("nothing to resume: no checkpoints/last.ckpt", path=run_dir, fix="start without --resume")
     trainer.fit(module, train_loader, val_loader, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
-    if module.best_state is None and (ckpt_dir / "best.ckpt").exists():
-        # resumed after the best epoch: take its weights from best.ckpt (tensors only, no unpickling)
-        best = torch.load(ckpt_dir / "best.ckpt", map_location="cpu", weights_only=True)
-        module.best_state = {k.removeprefix("model."): v for k, v in best["state_dict"].items()}
     return trainer
+
+
+def bundle_weights(module, trainer, run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The weights a bundle keeps after :func:`fit`, and which epoch they are and why.
+
+    Returns ``(state_dict, {"bundle_epoch": epoch, "bundle_weights": reason})`` with a 0-based epoch. The best
+    validated epoch when some validation AP50 was above 0 (ties go to the latest epoch; a resumed run reads it
+    from ``checkpoints/best.ckpt`` with ``weights_only=True``). Otherwise the last epoch: when every validation
+    measured 0 (or none ran) the scores cannot rank epochs, and the weights that trained longest are the bet.
+    """
+    what = "mask" if module.model.cfg.roi_heads.mask else "box"
+    last = max(trainer.current_epoch - 1, 0)  # current_epoch counts the completed epochs once fit returns
+    final = {k: v.detach().to("cpu", copy=True) for k, v in module.model.state_dict().items()}
+    if module.best_epoch < 0:
+        every = trainer.check_val_every_n_epoch
+        return final, {"bundle_epoch": last, "bundle_weights": f"last epoch {last}: no validation ran (it runs at "
+                       f"the end of every {every} epoch(s), --val-every {every}, and the run stopped before one, "
+                       "e.g. at --max-steps), so there was no best epoch to pick"}
+    if module.best_ap50 <= 0:
+        return final, {"bundle_epoch": last, "bundle_weights": f"last epoch {last}: validation {what} AP50 was "
+                       "0.000 at every validation, so it could not pick a best epoch"}
+    state, epoch = module.best_state, module.best_epoch
+    if state is None:  # resumed after the best epoch: its weights are in best.ckpt
+        path = run_dir / "checkpoints" / "best.ckpt"
+        if not path.exists():
+            return final, {"bundle_epoch": last, "bundle_weights": f"last epoch {last}: the best epoch's "
+                           f"weights (epoch {epoch}) were not kept, {path} is missing"}
+        best = torch.load(path, map_location="cpu", weights_only=True)
+        state = {k.removeprefix("model."): v for k, v in best["state_dict"].items()}
+        epoch = int(best.get("epoch", epoch))
+    return state, {"bundle_epoch": epoch, "bundle_weights": f"best validation {what} AP50 {module.best_ap50:.3f} "
+                   f"at epoch {epoch} (ties go to the latest epoch)"}
 
 
 def epoch_metrics(run_dir: Path) -> list[dict[str, float]]:

@@ -45,6 +45,35 @@ def window_transform(t: Affine, col_off: float, row_off: float) -> Affine:
     return Affine(t.a, t.b, x, t.d, t.e, y)
 
 
+def crs_name(crs: Any) -> str:
+    """A CRS as a user reads it: ``EPSG:3413``, ``EPSG:3413+5773`` (compound), ``ESRI:102001``, or its name;
+    never a page of WKT. ``None`` gives ``"no CRS"``."""
+    if crs is None:
+        return "no CRS"
+    from pyproj import CRS as PCRS
+
+    try:
+        c = PCRS.from_user_input(crs)
+    except Exception:  # pyproj raises CRSError; a CRS it cannot read is shown by its first words
+        return " ".join(str(crs).split())[:60]
+    code = c.to_epsg(min_confidence=90)
+    if code:
+        return f"EPSG:{code}"
+    if c.is_compound:
+        parts = [crs_name(sub) for sub in c.sub_crs_list]
+        if all(p.startswith("EPSG:") for p in parts):
+            return "EPSG:" + "+".join(p.removeprefix("EPSG:") for p in parts)
+        return " + ".join(parts)
+    auth = c.to_authority(min_confidence=90)
+    if auth:
+        return ":".join(auth)
+    if c.name and c.name.lower() != "unknown":
+        return c.name
+    method = c.coordinate_operation.method_name if c.coordinate_operation else "geographic"
+    datum = c.datum.name if c.datum else "unknown datum"
+    return f"custom {method} CRS ({datum})"
+
+
 def parse_crs(text: str | None, what: str = "--assume-crs") -> CRS | None:
     if text is None:
         return None
@@ -65,17 +94,24 @@ class RasterInfo:
     transform: Affine
     nodata: float | None
     crs_assumed: bool = False
+    scales: tuple[float, ...] = ()  # GDAL band scale / offset (physical = stored * scale + offset)
+    offsets: tuple[float, ...] = ()
 
     @property
     def shape(self) -> tuple[int, int]:
         return (self.height, self.width)
 
     @property
+    def footprint(self):
+        """The raster's true outline on the map (shapely polygon of its four corners; any affine grid)."""
+        from rtscli.geometry.footprint import window_footprint
+
+        return window_footprint(self.transform, 0, 0, self.width, self.height)
+
+    @property
     def bounds(self) -> tuple[float, float, float, float]:
-        t = self.transform
-        xs = [t.c, t.c + t.a * self.width + t.b * self.height]
-        ys = [t.f, t.f + t.d * self.width + t.e * self.height]
-        return (min(xs), min(ys), max(xs), max(ys))
+        """(xmin, ymin, xmax, ymax) of all four corners (map units): the box around a rotated grid too."""
+        return tuple(float(v) for v in self.footprint.bounds)  # type: ignore[return-value]
 
     def same_grid(self, other: "RasterInfo", tol: float = 1e-6) -> bool:
         return (
@@ -107,14 +143,16 @@ def inspect(path: str | Path, *, assume_crs: CRS | None = None, need_crs: bool =
                 dtype=src.dtypes[0],
                 transform=src.transform,
                 nodata=src.nodata,
+                scales=tuple(src.scales or ()),
+                offsets=tuple(src.offsets or ()),
             )
     except RasterioIOError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else "unknown reason"
+        first = gdal_detail(exc)
         if "not recognized as" in first or "not a supported file format" in first:
-            why = "not a raster GDAL can read"
+            why = "not a raster GDAL can read (or a truncated or corrupt file)"
         else:
-            why = f"cannot read raster ({first})"
-        raise RtsError(why, path=path, fix="pass a GeoTIFF (.tif)") from None
+            why = f"cannot read raster: the file may be corrupt or truncated (GDAL: {first})"
+        raise RtsError(why, path=path.resolve(), fix="pass a GeoTIFF (.tif); check it with `gdalinfo`") from None
     assumed = False
     if crs is None:
         if assume_crs is None and need_crs:
@@ -133,13 +171,43 @@ def inspect(path: str | Path, *, assume_crs: CRS | None = None, need_crs: bool =
     return RasterInfo(path=path, crs=crs, crs_assumed=assumed, **info)
 
 
+def gdal_detail(exc: BaseException) -> str:
+    """What GDAL said about a failed read, in one line: the first cause in the exception chain that names
+    something (rasterio's own text, "See previous exception for details", points at nothing the user sees)."""
+    chain, seen = [], set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        chain.append(" ".join(str(e).split()))
+        e = e.__cause__ or e.__context__
+    useful = [m for m in chain[1:] if m and "See previous exception" not in m] or \
+        [m.replace("See previous exception for details.", "").strip() for m in chain]
+    return useful[-1][:200] if useful else type(exc).__name__
+
+
+def read_error(path: str | Path, exc: BaseException, window: Window | None = None) -> RtsError:
+    """The user's error for pixels that cannot be read: names the file, says it is damaged, and what to do."""
+    where = ""
+    if window is not None:
+        where = (f" (the window of {int(window.width)} x {int(window.height)} px at column {int(window.col_off)}, "
+                 f"row {int(window.row_off)})")
+    full = Path(path).resolve() if Path(str(path)).exists() else path
+    return RtsError(f"cannot read its pixels{where}: the file is corrupt or truncated (GDAL: {gdal_detail(exc)})",
+                    path=full, fix="check it with `gdalinfo -checksum`, then copy, download or export it again")
+
+
 def read_window(
     src: rasterio.io.DatasetReader,
     window: Window,
     indexes: list[int] | None = None,
     fill: float | None = None,
+    path: str | Path | None = None,
 ) -> np.ndarray:
-    """Read a window; parts outside the raster are filled with ``fill`` (nodata or 0)."""
+    """Read a window (bands, rows, cols); parts outside the raster are filled with ``fill`` (nodata or 0).
+
+    A failed read (a truncated or corrupt file) raises :class:`RtsError` naming ``path`` (default: the
+    file ``src`` reads) and the window, not rasterio's "Read failed".
+    """
     if fill is None:
         fill = src.nodata if src.nodata is not None else 0
     inside = (
@@ -148,9 +216,12 @@ def read_window(
         and window.col_off + window.width <= src.width
         and window.row_off + window.height <= src.height
     )
-    if inside:
-        return src.read(indexes, window=window)
-    return src.read(indexes, window=window, boundless=True, fill_value=fill)
+    try:
+        if inside:
+            return src.read(indexes, window=window)
+        return src.read(indexes, window=window, boundless=True, fill_value=fill)
+    except RasterioIOError as exc:
+        raise read_error(path or src.name, exc, window) from None
 
 
 def write_geotiff(

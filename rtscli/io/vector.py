@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rtscli.errors import RtsError
 from rtscli.io.atomic import check_output
+from rtscli.io.raster import crs_name
 
 log = logging.getLogger("rtscli")
 
@@ -35,15 +36,53 @@ class LabelReport:
     empty: int = 0
     not_polygon: int = 0
     reprojected_from: str | None = None
+    duplicates: int = 0  # near-identical to an earlier feature (IoU >= DUPLICATE_IOU)
+    duplicates_dropped: int = 0
+    overlapping_pairs: int = 0  # pairs overlapping by OVERLAP_IOU <= IoU < DUPLICATE_IOU (several dates stacked?)
     notes: list[str] = field(default_factory=list)
 
 
-def read_polygons(path: str | Path, target_crs, *, assume_crs=None):
+#: two label polygons with at least this IoU are the same slump drawn twice
+DUPLICATE_IOU = 0.9
+#: pairs overlapping this much (but less than DUPLICATE_IOU) are reported: labels of several dates stacked?
+OVERLAP_IOU = 0.5
+
+
+def duplicate_labels(geoms) -> tuple[list[int], int]:
+    """Near-identical label polygons: returns (positions of the features that repeat an earlier one,
+    number of other pairs overlapping by IoU >= OVERLAP_IOU).
+
+    A feature whose IoU with an earlier kept feature reaches :data:`DUPLICATE_IOU` repeats it (the same
+    slump drawn twice, or the same outline at two dates); the first in file order is the one kept.
+    """
+    from shapely import STRtree
+
+    geoms = list(geoms)
+    if len(geoms) < 2:
+        return [], 0
+    left, right = STRtree(geoms).query(geoms, predicate="intersects")
+    dropped: set[int] = set()
+    overlapping = 0
+    for a, b in sorted((a, b) for a, b in zip(left.tolist(), right.tolist(), strict=True) if a < b):
+        inter = geoms[a].intersection(geoms[b]).area
+        if inter <= 0:
+            continue
+        iou = inter / max(geoms[a].area + geoms[b].area - inter, 1e-12)
+        if iou >= DUPLICATE_IOU:
+            if a not in dropped:
+                dropped.add(b)
+        elif iou >= OVERLAP_IOU:
+            overlapping += 1
+    return sorted(dropped), overlapping
+
+
+def read_polygons(path: str | Path, target_crs, *, assume_crs=None, dedupe: bool = True, layer: str | None = None):
     """Read polygon labels, repair invalid ones, reproject to ``target_crs``.
 
     Returns ``(GeoDataFrame, LabelReport)``. One row per feature; a multipolygon feature stays one
     label. Invalid geometries are repaired with ``make_valid`` and counted; non-polygon and empty
-    features are dropped and counted. Reprojection is explicit and logged.
+    features are dropped and counted. Near-identical features (:func:`duplicate_labels`) are counted,
+    and with ``dedupe`` only the first of them is kept. Reprojection is explicit and logged.
     """
     import geopandas as gpd
     import shapely
@@ -51,8 +90,15 @@ def read_polygons(path: str | Path, target_crs, *, assume_crs=None):
     path = Path(path)
     if not path.exists():
         raise RtsError("label file not found", path=path, fix="check the path")
+    layers = _layers(path)
+    if layer is not None and layers and layer not in layers:
+        raise RtsError(f"no layer {layer!r} in the label file (it has {', '.join(layers)})", path=path,
+                       fix="pass one of them to --labels-layer")
+    if layer is None and len(layers) > 1:  # pyogrio would read the first one with a warning: maybe the wrong one
+        raise RtsError(f"the label file has {len(layers)} layers ({', '.join(layers[:6])})", path=path,
+                       fix="pass --labels-layer NAME to say which holds the slumps")
     try:
-        gdf = gpd.read_file(path)
+        gdf = gpd.read_file(path, layer=layer) if layer is not None else gpd.read_file(path)
     except Exception as exc:  # pyogrio raises DataSourceError and friends
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise RtsError(
@@ -89,17 +135,30 @@ def read_polygons(path: str | Path, target_crs, *, assume_crs=None):
     rep.not_polygon = int(bad.sum())
     gdf = gdf.assign(geometry=polys)[~bad]
     gdf = gpd.GeoDataFrame(gdf, geometry="geometry", crs=gdf.crs)
+    repeats, rep.overlapping_pairs = duplicate_labels(gdf.geometry.values)
+    rep.duplicates = len(repeats)
+    if repeats and dedupe:
+        gdf = gdf.drop(index=gdf.index[repeats])
+        rep.duplicates_dropped = len(repeats)
     if target_crs is not None and gdf.crs != target_crs:
-        src = gdf.crs.to_string()
+        src = crs_name(gdf.crs)
         gdf = gdf.to_crs(target_crs)
         finite = np.isfinite(gdf.total_bounds).all() if len(gdf) else True
         if not finite:
-            raise RtsError(f"labels cannot be reprojected from {src} to the raster CRS (coordinates become "
-                           "infinite): their stated CRS is probably wrong", path=path,
+            raise RtsError(f"labels cannot be reprojected from {src} to the raster CRS {crs_name(target_crs)} "
+                           "(coordinates become infinite): their stated CRS is probably wrong", path=path,
                            fix="check the label file's CRS (or pass --labels-crs)")
         rep.reprojected_from = src
-        log.info("reprojecting labels %s from %s to the raster CRS %s", path.name, src, target_crs)
+        log.info("reprojecting labels %s from %s to the raster CRS %s", path.name, src, crs_name(target_crs))
     return gdf, rep
+
+
+def _layers(path: Path) -> list[str]:
+    """The layers of a vector file (empty when GDAL cannot list them: reading it then gives the error)."""
+    try:
+        return gpkg_layers(path)
+    except RtsError:
+        return []
 
 
 def polygonal(geom):
@@ -132,10 +191,84 @@ def driver_for(path: Path) -> str:
         ) from None
 
 
+def gpkg_layers(path: Path) -> list[str]:
+    """The layer names of an existing GeoPackage (or any vector file); a clear error when GDAL cannot read it."""
+    import pyogrio
+
+    try:
+        return [str(n) for n in pyogrio.list_layers(path)[:, 0]]
+    except Exception as exc:  # pyogrio raises DataSourceError for a file that is not a GeoPackage
+        raise RtsError(f"exists but is not a GeoPackage GDAL can read ({' '.join(str(exc).split())[:120]})",
+                       path=path, fix="choose another output, or move that file away") from None
+
+
+def check_vector_output(path: str | Path, overwrite: bool, layers: list[str] | tuple[str, ...] = ("rts",)) -> Path:
+    """Fail early (before any work) when writing ``layers`` to ``path`` would replace something without
+    ``overwrite``: an existing file, or, for a GeoPackage, an existing layer of one of those names (the
+    other layers of a GeoPackage are never touched, so adding a layer needs no ``overwrite``)."""
+    path = Path(path)
+    if driver_for(path) != "GPKG" or not path.exists():
+        return check_output(path, overwrite)
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:  # checked before anything opens the file
+        # SQLite keeps recent edits in the -wal file while the GeoPackage is open (QGIS): a copy would lose them
+        raise RtsError("the GeoPackage is open in another program (it has a -wal file with pages not yet in the "
+                       "file)", path=path,
+                       fix="close it in QGIS (or remove its layers from the project), then run again")
+    have = {n.casefold() for n in gpkg_layers(path)}  # GeoPackage layer names ignore case
+    taken = [name for name in layers if name.casefold() in have]
+    if taken and not overwrite:
+        raise RtsError(f"the GeoPackage already has a layer {', '.join(repr(t) for t in taken)}", path=path,
+                       fix="pass --overwrite to replace that layer (the GeoPackage's other layers are kept), "
+                           "or choose another --layer")
+    return path
+
+
+def write_layers(layers: dict, path: str | Path, *, overwrite: bool = False, geometry_type: str | None = None) -> Path:
+    """Write GeoDataFrames as layers ``{name: gdf}`` of a GeoPackage, atomically.
+
+    A new file is built under a temporary name and renamed. Into an existing GeoPackage, the layers are
+    written into a copy, which then replaces the file: only these layers change, every other layer (an
+    analyst's ``aoi``, QGIS styles and projects stored in the file) is kept, and an interrupted run leaves
+    the file as it was. Replacing a layer that exists needs ``overwrite``.
+    """
+    from pyogrio.errors import DataLayerError, DataSourceError, FieldError, GeometryError
+
+    path = Path(path)
+    check_vector_output(path, overwrite, list(layers))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
+    try:
+        if path.exists():
+            shutil.copy2(path, tmp)
+        have = {n.casefold(): n for n in gpkg_layers(tmp)} if tmp.exists() else {}
+        for name, gdf in layers.items():
+            kw = {"geometry_type": geometry_type} if geometry_type else {}
+            # an existing layer of this name (in any case) is replaced; GDAL would refuse a case-only clash
+            gdf.to_file(tmp, driver="GPKG", layer=have.get(name.casefold(), name), **kw)
+        os.replace(tmp, path)
+    except OSError as exc:  # disk full, no permission: one line naming the file
+        raise RtsError(f"cannot write the GeoPackage ({exc.strerror or exc})", path=path,
+                       fix="check the free space and the permissions of its folder") from None
+    except (DataSourceError, DataLayerError, FieldError, GeometryError) as exc:  # GDAL refused: one line
+        raise RtsError(f"cannot write layer(s) {', '.join(layers)} ({' '.join(str(exc).split())[:200]})",
+                       path=path, fix="check the file (ogrinfo) or write to a new .gpkg") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
 def write_vector(gdf, path: str | Path, *, layer: str = "rts", overwrite: bool = False) -> Path:
-    """Write a GeoDataFrame by extension, atomically (temporary name, then rename)."""
+    """Write a GeoDataFrame by extension, atomically (temporary name, then rename).
+
+    A GeoPackage gets the layer ``layer``; an existing GeoPackage keeps its other layers
+    (:func:`write_layers`). Other formats hold one layer: the file is replaced (with ``overwrite``).
+    """
     path = Path(path)
     driver = driver_for(path)
+    if driver == "GPKG":
+        return write_layers({layer: gdf}, path, overwrite=overwrite)
     check_output(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     tag = uuid.uuid4().hex[:8]
@@ -154,8 +287,6 @@ def write_vector(gdf, path: str | Path, *, layer: str = "rts", overwrite: bool =
     try:
         if driver == "Parquet":
             gdf.to_parquet(tmp)
-        elif driver == "GPKG":
-            gdf.to_file(tmp, driver=driver, layer=layer)
         else:
             gdf.to_file(tmp, driver=driver)
         os.replace(tmp, path)

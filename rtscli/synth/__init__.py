@@ -5,9 +5,10 @@ Two products:
 * :func:`write_chips`: per-sample chips in the paper's layout, one GeoTIFF each with bands
   red, green, blue (surface reflectance, 0..1), NDVI, NIR and a binary slump mask
   (float32, nodata -9999), in ``chips/<site>/``.
-* :func:`write_scene`: a large PlanetScope-like scene (uint16 surface reflectance x 10000, bands
-  blue, green, red, NIR, nodata 0), written window by window, with its ground-truth slump polygons
-  in a GeoPackage (layer ``rts``) and the look-alikes in ``*_distractors.gpkg``.
+* :func:`write_scene`: a large PlanetScope-like scene (uint16 surface reflectance x 10000 with a GDAL
+  band scale of 0.0001, so that it reads as reflectance 0-1 like the chips; bands blue, green, red,
+  NIR, nodata 0), written window by window, with its ground-truth slump polygons in a GeoPackage
+  (layer ``rts``) and the look-alikes in ``*_distractors.gpkg``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from rtscli.synth.sites import SITES, site
 
 CHIP_BANDS = ["red", "green", "blue", "ndvi", "nir", "mask"]
 SCENE_BANDS = ["blue", "green", "red", "nir"]
+SCENE_SCALE = 1e-4  # scenes store reflectance x 10000; their GDAL band scale turns it into reflectance 0-1
 CHIP_NODATA = -9999.0
 
 Progress = Callable[[int], None]
@@ -94,9 +96,11 @@ def write_chips(
 ) -> list[Path]:
     """Write ``n`` chips in the paper's layout under ``out_dir/<site>/``; also ``labels.gpkg``."""
     import geopandas as gpd
-    from shapely.affinity import affine_transform
+    from shapely.affinity import translate
     from shapely.geometry import box
 
+    from rtscli.geometry.footprint import to_map
+    from rtscli.geometry.measure import geodesic_area_perimeter
     from rtscli.io.raster import write_geotiff
     from rtscli.io.vector import write_vector
     from rtscli.synth import noise
@@ -152,23 +156,23 @@ def write_chips(
         write_geotiff(path, chip, transform=transform, crs=geo.crs, nodata=CHIP_NODATA,
                       band_names=CHIP_BANDS, tags={"RTS_SITE": name, "RTS_SYNTH_SEED": str(seed)})
         paths.append(path)
-        # truth polygons in map coordinates (pixel -> map through the chip transform)
+        # truth polygons in map coordinates: plan pixels -> chip pixels -> map, through the chip's full transform
         win = box(col0, row0, col0 + size, row0 + size)
         if plan.footprint is not None:
             win = win.intersection(plan.footprint)
-        t = transform
         for s in plan.slumps:
             g = s.geometry.intersection(win)
             if g.is_empty or g.area < 1:
                 continue
-            g = affine_transform(g, [t.a, t.b, t.d, t.e, t.c - col0 * t.a, t.f - row0 * t.e])
+            g = to_map(translate(g, -col0, -row0), transform)
             records.append(dict(chip=path.name, site=name, weak_rgb=s.weak, touching=s.touching,
-                                setting=s.setting, area_m2=float(g.area), geometry=g))
+                                setting=s.setting, geometry=g))
         if progress:
             progress(1)
     if records:
         # chips of different sites share one CRS, so one layer holds them all
         gdf = gpd.GeoDataFrame(records, geometry="geometry", crs=site_origin(names[0], crs, resolution).crs)
+        gdf.insert(len(gdf.columns) - 1, "area_m2", geodesic_area_perimeter(gdf.geometry.values, gdf.crs)[0])
         write_vector(gdf, out_dir / "labels.gpkg", overwrite=True)
     return paths
 
@@ -203,8 +207,9 @@ def write_scene(
     import geopandas as gpd
     import rasterio
     from rasterio.windows import Window
-    from shapely.affinity import affine_transform
 
+    from rtscli.geometry.footprint import to_map
+    from rtscli.geometry.measure import geodesic_area_perimeter
     from rtscli.io.raster import gdal_env
     from rtscli.io.vector import write_vector
 
@@ -221,6 +226,10 @@ def write_scene(
         with gdal_env(), rasterio.open(tmp, "w", **profile) as dst:
             for i, name in enumerate(SCENE_BANDS, start=1):
                 dst.set_band_description(i, name)
+            # stored as reflectance x 10000, as real products; GDAL's band scale says so (physical = x * 0.0001),
+            # so scenes and chips (reflectance 0-1) are in one convention once rts applies it
+            dst.scales = (SCENE_SCALE,) * len(SCENE_BANDS)
+            dst.offsets = (0.0,) * len(SCENE_BANDS)
             dst.update_tags(RTS_SITE=site_name, RTS_SYNTH_SEED=str(seed))
             for row0 in range(0, height, block):
                 for col0 in range(0, width, block):
@@ -234,22 +243,21 @@ def write_scene(
         if tmp.exists():
             tmp.unlink()
 
-    t = transform
-    coeffs = [t.a, t.b, t.d, t.e, t.c, t.f]
     rows = []
     for i, s in enumerate(plan.slumps):
-        g = affine_transform(s.geometry, coeffs)
         rows.append(dict(id=i + 1, site=site_name, weak_rgb=s.weak, touching=s.touching,
-                         setting=s.setting, area_m2=float(g.area), geometry=g))
+                         setting=s.setting, geometry=to_map(s.geometry, transform)))
     cols = ["id", "site", "weak_rgb", "touching", "setting", "area_m2", "geometry"]
-    truth = gpd.GeoDataFrame(rows, columns=cols, geometry="geometry", crs=geo.crs)
+    truth = gpd.GeoDataFrame(rows, columns=[c for c in cols if c != "area_m2"], geometry="geometry", crs=geo.crs)
+    truth["area_m2"] = geodesic_area_perimeter(truth.geometry.values, geo.crs)[0]  # true area on the ellipsoid
+    truth = truth[cols]
     gpkg = path.with_suffix(".gpkg")
     write_vector(truth, gpkg, layer="rts", overwrite=True)
     drows = []
     for kind, geoms in (("river_bar", plan.bars), ("road", plan.roads), ("dry_patch", plan.dry),
                         ("burnt_patch", plan.burnt)):
         for g in geoms:
-            drows.append(dict(kind=kind, geometry=affine_transform(g, coeffs)))
+            drows.append(dict(kind=kind, geometry=to_map(g, transform)))
     dist = gpd.GeoDataFrame(drows, columns=["kind", "geometry"], geometry="geometry", crs=geo.crs)
     write_vector(dist, path.with_name(path.stem + "_distractors.gpkg"), layer="distractors", overwrite=True)
     return path, gpkg

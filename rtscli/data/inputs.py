@@ -1,0 +1,306 @@
+"""What ``rts prepare`` reads: rasters found under the inputs, their sites, and the items to cut.
+
+An :class:`Item` is one unit of work: a whole image (per-sample chips, with a mask band or a mask
+file) or one chip window of a larger raster (scenes with vector labels, or large images). Items carry
+their raster's :class:`~rtscli.io.raster.RasterInfo`, their site, aligned ``--aux`` rasters and the
+names a split file may use for them. Nothing here reads pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from rtscli.data.bands import BandMap
+from rtscli.errors import RtsError
+from rtscli.io.raster import RASTER_SUFFIXES, RasterInfo, crs_name, gdal_env, inspect
+
+if TYPE_CHECKING:
+    from rtscli.data.prepare import PrepareOptions
+
+log = logging.getLogger("rtscli")
+
+MASK_SUFFIXES = ("", "_mask", "-mask", "_label", "_labels", "_gt")
+
+
+@dataclass
+class Item:
+    """One unit of work: an image (paper/masks) or one chip window of a scene (vectors)."""
+
+    key: str  # chip name, unique in the dataset
+    site: str
+    image: RasterInfo
+    mask: RasterInfo | None = None
+    window: tuple[int, int, int, int] | None = None  # col_off, row_off, width, height
+    aux: dict[str, RasterInfo] = field(default_factory=dict)
+    source_names: tuple[str, ...] = ()
+
+
+
+def find_rasters(inputs: list[Path], exclude: list[Path] = ()) -> list[tuple[Path, Path]]:
+    """All GeoTIFFs under the inputs, as (file, root it was found under).
+
+    Hidden files and folders (including rts's own temporary builds) and everything under
+    ``exclude`` (the output dataset, a mask folder) are left out.
+    """
+    out: list[tuple[Path, Path]] = []
+    ex = [e.resolve() for e in exclude]
+    for inp in inputs:
+        if not inp.exists():
+            raise RtsError("input not found", path=inp, fix="check the path")
+        if inp.is_dir():
+            files = []
+            for p in sorted(inp.rglob("*")):
+                if p.suffix.lower() not in RASTER_SUFFIXES or not p.is_file():
+                    continue
+                if any(part.startswith(".") for part in p.relative_to(inp).parts):
+                    continue
+                rp = p.resolve()
+                if any(e == rp or e in rp.parents for e in ex):
+                    continue
+                files.append(p)
+            if not files:
+                raise RtsError("no GeoTIFFs (*.tif, *.tiff) found in this directory", path=inp,
+                               fix="point to the folder that holds your images")
+            out.extend((p, inp) for p in files)
+        else:
+            out.append((inp, inp.parent))
+    return out
+
+
+def site_of(path: Path, root: Path, forced: str | None) -> str:
+    if forced:
+        return forced
+    try:
+        rel = path.relative_to(root)
+    except ValueError:
+        return "default"
+    return rel.parts[0] if len(rel.parts) > 1 else "default"
+
+
+def band_map_from_descriptions(path: Path) -> BandMap | None:
+    """A band map from the raster's band descriptions when they are all known names."""
+    import rasterio
+
+    with gdal_env(), rasterio.open(path) as src:
+        desc = [d.strip().lower() if d else "" for d in src.descriptions]
+    if not desc or not all(re.fullmatch(r"[a-z][a-z0-9_]*", d or "-") for d in desc):
+        return None
+    if len(set(desc)) != len(desc):
+        return None
+    return BandMap(tuple((d, i + 1) for i, d in enumerate(desc)))
+
+
+def match_by_name(image: Path, folder: Path, what: str, suffixes=MASK_SUFFIXES) -> Path:
+    stem = image.stem
+    tried = []
+    for suf in suffixes:
+        for ext in RASTER_SUFFIXES:
+            cand = folder / f"{stem}{suf}{ext}"
+            tried.append(cand.name)
+            if cand.exists() and cand.resolve() != image.resolve():
+                return cand
+    raise RtsError(
+        f"no {what} found for image {image.name} in {folder}",
+        path=image,
+        fix=f"name it like {', '.join(tried[:4])}",
+    )
+
+
+def chip_positions(length: int, size: int, stride: int) -> list[int]:
+    """Offsets of chips along one axis; the last chip covers the remainder (shifted back)."""
+    if length <= size:
+        return [0]
+    pos = list(range(0, length - size + 1, stride))
+    if pos[-1] + size < length:
+        pos.append(length - size)
+    return pos
+
+
+def sha256(path: Path, block: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def aux_lookup(name: str, path: Path):
+    if not path.exists():
+        raise RtsError(f"aux raster for {name!r} not found", path=path, fix="check --aux NAME=PATH")
+    return path
+
+
+def all_aux(items: list[Item]) -> Iterator[RasterInfo]:
+    seen = set()
+    for it in items:
+        for info in it.aux.values():
+            if info.path not in seen:
+                seen.add(info.path)
+                yield info
+
+
+def aux_for(image: RasterInfo, aux_paths: dict[str, Path], cache: dict, assume_crs) -> dict[str, RasterInfo]:
+    out = {}
+    for name, p in aux_paths.items():
+        path = match_by_name(image.path, p, f"aux raster '{name}'", suffixes=("", f"_{name}", f"-{name}")) \
+            if p.is_dir() else p
+        if path not in cache:
+            cache[path] = inspect(path, assume_crs=assume_crs)
+        info = cache[path]
+        if not info.same_grid(image):
+            raise RtsError(
+                f"aux raster '{name}' is not on the grid of {image.path.name} "
+                f"({info.width}x{info.height} {crs_name(info.crs)} vs "
+                f"{image.width}x{image.height} {crs_name(image.crs)})",
+                path=path,
+                fix="resample it to the image grid first (gdalwarp -te ... -tr ... -t_srs ...)",
+            )
+        out[name] = info
+    return out
+
+
+def sample_items(opts, infos, aux_paths, mode) -> list[Item]:
+    items: list[Item] = []
+    aux_cache: dict = {}
+    names_seen: dict[str, Path] = {}
+    for info, root in infos:
+        site = site_of(info.path, root, opts.site)
+        key = info.path.stem
+        if key in names_seen:
+            key = f"{site}_{key}"
+        if key in names_seen:
+            raise RtsError(f"two inputs are both named {info.path.stem}", path=info.path,
+                           fix="give chips unique file names")
+        names_seen[key] = info.path
+        mask = None
+        if mode == "masks":
+            mpath = match_by_name(info.path, opts.masks, "mask")
+            mask = inspect(mpath, need_crs=False)
+            from rasterio.transform import Affine
+
+            ungeoreferenced = mask.crs is None and mask.transform == Affine.identity()
+            if ungeoreferenced and mask.shape == info.shape:
+                log.info("mask %s has no georeference; using the grid of %s", mpath.name, info.path.name)
+            else:
+                diff = []
+                if mask.shape != info.shape:
+                    diff.append(f"size {mask.width}x{mask.height} vs {info.width}x{info.height}")
+                if not mask.transform.almost_equals(info.transform, 1e-6):
+                    diff.append(f"origin/pixel size {tuple(mask.transform)[:6]} vs {tuple(info.transform)[:6]}")
+                if mask.crs is not None and mask.crs != info.crs:
+                    diff.append(f"CRS {crs_name(mask.crs)} vs {crs_name(info.crs)}")
+                if diff:
+                    raise RtsError(f"mask is not on the grid of image {info.path.name} ({'; '.join(diff)})",
+                                   path=mpath, fix="masks must have the image's size, transform and CRS")
+        aux = aux_for(info, aux_paths, aux_cache, opts.assume_crs)
+        names = (info.path.name, info.path.stem, key)
+        cs = opts.chip_size
+        if cs is None or (info.width <= cs and info.height <= cs):
+            items.append(Item(key, site, info, mask=mask, aux=aux, source_names=names))
+            continue
+        for c, r in grid_windows(info, opts):  # a large image: cut it like a scene
+            items.append(Item(f"{key}_r{r:06d}_c{c:06d}", site, info, mask=mask,
+                              window=(c, r, cs, cs), aux=aux, source_names=names))
+    return items
+
+
+def grid_windows(info: RasterInfo, opts: PrepareOptions) -> Iterator[tuple[int, int]]:
+    """Chip windows over one raster: (col_off, row_off), pixels. Their split groups are spatial blocks on
+    the map (:func:`rtscli.data.split.spatial_groups`)."""
+    stride = max(1, int(round(opts.chip_size * (1 - opts.overlap))))
+    rows = chip_positions(info.height, opts.chip_size, stride)
+    cols = chip_positions(info.width, opts.chip_size, stride)
+    for r in rows:
+        for c in cols:
+            yield c, r
+
+
+def vector_items(opts, infos, aux_paths):
+    from rtscli.io.vector import read_polygons
+
+    labels_by_crs: dict[str, Any] = {}
+    reports = {}
+    items: list[Item] = []
+    aux_cache: dict = {}
+    overlaps_any = False
+    per_scene = {}
+    stems: dict[str, Path] = {}
+    for info, root in infos:
+        ck = info.crs.to_wkt()
+        if ck not in labels_by_crs:
+            gdf, rep = read_polygons(opts.labels, info.crs, assume_crs=opts.labels_crs, dedupe=opts.dedupe_labels,
+                                     layer=opts.labels_layer)
+            labels_by_crs[ck] = (gdf, gdf.sindex)
+            reports[ck] = rep
+        gdf, sindex = labels_by_crs[ck]
+        hits = sindex.query(info.footprint, predicate="intersects")  # the true outline (rotated grids too)
+        per_scene[info.path.name] = int(len(hits))
+        if len(hits):
+            overlaps_any = True
+        site = site_of(info.path, root, opts.site)
+        aux = aux_for(info, aux_paths, aux_cache, opts.assume_crs)
+        stem = info.path.stem
+        if stem in stems:  # one scene name in two site folders (e.g. a date): keys must stay unique
+            stem = f"{site}_{stem}"
+        if stem in stems:
+            raise RtsError(f"two scenes are both named {info.path.stem} (in {stems[stem]} and here)", path=info.path,
+                           fix="give the scenes unique file names")
+        stems[stem] = info.path.parent
+        for c, r in grid_windows(info, opts):
+            key = f"{stem}_r{r:06d}_c{c:06d}"
+            items.append(Item(key, site, info, window=(c, r, opts.chip_size, opts.chip_size), aux=aux,
+                              source_names=(key, info.path.name, info.path.stem)))
+    if not overlaps_any:
+        gdf = next(iter(labels_by_crs.values()))[0]
+        lb = gdf.total_bounds if len(gdf) else None
+        raise RtsError(
+            f"no label polygon overlaps the raster(s) (labels bounds {fmt_bounds(lb)} vs scene bounds "
+            f"{fmt_bounds(infos[0][0].bounds)} in {crs_name(infos[0][0].crs)})",
+            path=opts.labels,
+            fix="check that the labels and the scenes cover the same area (and the labels' CRS)",
+        )
+    for name, n in per_scene.items():
+        if n == 0:
+            log.warning("no label intersects scene %s: its chips become negatives", name)
+    rep = next(iter(reports.values()))
+    meta = {
+        "file": str(opts.labels),
+        "layer": opts.labels_layer,
+        "features": rep.features,
+        "repaired_invalid": rep.repaired,
+        "dropped_empty": rep.empty,
+        "dropped_not_polygon": rep.not_polygon,
+        "reprojected_from": rep.reprojected_from,
+        "duplicates": rep.duplicates,
+        "duplicates_dropped": rep.duplicates_dropped,
+        "overlapping_pairs": rep.overlapping_pairs,
+        "per_scene_intersecting": per_scene,
+    }
+    if rep.repaired:
+        log.info("repaired %d invalid label polygon(s) with make_valid", rep.repaired)
+    if rep.duplicates:
+        from rtscli.io.vector import DUPLICATE_IOU
+
+        log.warning("%d label polygon(s) repeat an earlier one (IoU >= %g: the same slump drawn twice, or one outline "
+                    "at several dates): %s", rep.duplicates, DUPLICATE_IOU,
+                    "the first of each was kept" if rep.duplicates_dropped else
+                    "all were kept (--keep-duplicate-labels), so they become stacked duplicate instances")
+    if rep.overlapping_pairs:
+        from rtscli.io.vector import OVERLAP_IOU
+
+        log.warning("%d pair(s) of label polygons overlap by IoU >= %g (labels of several dates stacked on one "
+                    "place?): they become overlapping instances; keep only the labels of the imagery's date (e.g. "
+                    "ogr2ogr -where)", rep.overlapping_pairs, OVERLAP_IOU)
+    labels = {k: v for k, v in labels_by_crs.items()}
+    return items, labels, meta
+
+
+def fmt_bounds(b) -> str:
+    if b is None:
+        return "(empty)"
+    return "(" + ", ".join(f"{v:.1f}" for v in b) + ")"

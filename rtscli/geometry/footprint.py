@@ -1,0 +1,38 @@
+"""Where a raster window lies on the map, for any affine grid (north-up, rotated, sheared, south-up).
+
+A window's footprint is the quadrilateral of its four corners mapped through the grid's affine
+transform (pixel edges: corner (col, row) -> ``transform * (col, row)``, no half-pixel shift). The
+axis-aligned box of two opposite corners is that footprint only on a north-up grid; on a rotated
+grid it cuts off two corners and adds two triangles outside, so nothing here uses it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rtscli.io.raster import apply
+
+
+def window_footprint(transform, col_off: float, row_off: float, width: float, height: float):
+    """The map-space polygon (shapely) of the window ``(col_off, row_off, width, height)`` (pixels)."""
+    from shapely.geometry import Polygon
+
+    corners = [(col_off, row_off), (col_off + width, row_off), (col_off + width, row_off + height),
+               (col_off, row_off + height)]
+    return Polygon([apply(transform, c, r) for c, r in corners])
+
+
+def to_pixels(geom: Any, transform) -> Any:
+    """A map-space geometry in the pixel coordinates (col, row) of the grid ``transform``."""
+    from shapely.affinity import affine_transform
+
+    inv = ~transform
+    return affine_transform(geom, [inv.a, inv.b, inv.d, inv.e, inv.c, inv.f])
+
+
+def to_map(geom: Any, transform) -> Any:
+    """A pixel-space geometry (col, row) in map coordinates through ``transform``."""
+    from shapely.affinity import affine_transform
+
+    t = transform
+    return affine_transform(geom, [t.a, t.b, t.d, t.e, t.c, t.f])

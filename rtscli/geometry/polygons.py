@@ -1,0 +1,44 @@
+"""Masks to polygons, in map (or pixel) coordinates, with holes kept.
+
+Polygons follow pixel edges: a mask pixel (col, row) is the square between corners (col, row) and
+(col + 1, row + 1) mapped through the affine ``transform`` (rasterio ``features.shapes``), so they
+are exact on rotated and sheared grids too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def largest_part(binary: np.ndarray, connectivity: int = 4) -> np.ndarray:
+    """The largest connected part (by pixel count) of a (H, W) boolean mask, as a boolean mask.
+
+    ``connectivity`` 4 or 8 (OpenCV ``connectedComponentsWithStats``). An empty mask gives an empty mask.
+    """
+    import cv2
+
+    m = np.ascontiguousarray(binary, dtype=np.uint8)
+    if not m.any():
+        return m.astype(bool)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=connectivity)
+    if n <= 2:  # background + one part
+        return m.astype(bool)
+    k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return labels == k
+
+
+def mask_to_polygon(binary: np.ndarray, transform, connectivity: int = 4) -> Any | None:
+    """All parts of a (H, W) boolean mask as one shapely (Multi)Polygon through ``transform``
+    (an ``affine.Affine``: pixel (col, row) -> map), holes kept; None when the mask is empty."""
+    from rasterio.features import shapes
+    from shapely.geometry import shape
+    from shapely.ops import unary_union
+
+    m = np.ascontiguousarray(binary, dtype=np.uint8)
+    if not m.any():
+        return None
+    parts = [shape(g) for g, v in shapes(m, mask=m.astype(bool), transform=transform, connectivity=connectivity)
+             if v == 1]
+    return parts[0] if len(parts) == 1 else unary_union(parts)
