@@ -293,9 +293,9 @@ def vector_items(opts, infos, aux_paths):
     if rep.overlapping_pairs:
         from rtscli.io.vector import OVERLAP_IOU
 
-        log.warning("%d pair(s) of label polygons overlap by IoU >= %g (labels of several dates stacked on one "
-                    "place?): they become overlapping instances; keep only the labels of the imagery's date (e.g. "
-                    "ogr2ogr -where)", rep.overlapping_pairs, OVERLAP_IOU)
+        log.warning("%d pair(s) of label polygons overlap by IoU >= %g (one slump labelled at several dates, or by "
+                    "several experts?): they become overlapping instances; keep one label per slump (the imagery's "
+                    "date, e.g. ogr2ogr -where, or a consensus of the experts)", rep.overlapping_pairs, OVERLAP_IOU)
     labels = {k: v for k, v in labels_by_crs.items()}
     return items, labels, meta
 
