@@ -86,3 +86,66 @@ def test_progress_lines_when_nobody_watches_a_terminal(tmp_path, rts, monkeypatc
     assert r.code == 0, r.err
     lines = [line for line in r.err.splitlines() if line.startswith("rts: preparing:")]
     assert len(lines) == 6 and "ETA" in lines[0] and "(100%)" in lines[-1]
+
+
+def _value_options():
+    """(command path, option) for every option of every command that takes one value."""
+    import typer.main
+    from typer.core import TyperOption
+
+    out = []
+
+    def walk(cmd, path):
+        for name, sub in getattr(cmd, "commands", {}).items():
+            walk(sub, path + [name])
+        for p in getattr(cmd, "params", []):
+            if isinstance(p, TyperOption) and not p.is_flag and not p.multiple and not p.count:
+                out.append((tuple(path), max(p.opts, key=len)))
+
+    walk(typer.main.get_command(app), [])
+    return out
+
+
+def test_no_option_given_twice_silently_drops_a_value(rts):
+    """Every option of every command that takes one value refuses to be given twice (click would keep the last)."""
+    options = _value_options()
+    assert len(options) > 60 and any(opt == "--bands" for _, opt in options)
+    for path, opt in options:
+        r = rts(*path, opt, "1", opt, "2")
+        assert r.code == 2 and f"{opt} is given 2 times" in r.err, (path, opt, r.err)
+    r = rts("prepare", "a.tif", "--bands=paper", "--bands", "paper", "-o", "x")
+    assert r.code == 2 and "--bands is given 2 times" in r.err
+
+
+def test_help_reads_like_a_command_line(rts):
+    """No Python types in help: flags are flags, values have metavars, --max-steps has no -1."""
+    for command in _commands():
+        r = rts(command, "--help")
+        assert r.code == 0
+        for raw in ("<bool>", "<list[", "<str>", "<Path>", "<int>", "<float>", "[default: -1]"):
+            assert raw not in r.out, (command, raw)
+    r = rts("pretrain", "--help")
+    assert "INTEGER" in r.out and "--max-steps" in r.out
+
+
+def test_old_min_area_of_prepare_still_works_with_a_note(tmp_path, rts):
+    from conftest import paper_sample, write_tif
+
+    write_tif(tmp_path / "in" / "x.tif", paper_sample(rects=[(5, 20, 5, 20), (40, 42, 40, 42)]))
+    r = rts("prepare", tmp_path / "in", "-o", tmp_path / "ds", "--bands", "paper", "--min-area", 5, "--split", "1,0,0")
+    assert r.code == 0, r.err
+    assert "--min-pixels" in r.err and "1 mask specks < 5 px dropped" in r.out
+
+
+def test_devices_this_machine_lacks_are_one_line_errors(rts, monkeypatch):
+    from rtscli.engine import devices
+
+    monkeypatch.setattr(devices, "has_cuda", lambda: False)
+    monkeypatch.setattr(devices, "has_mps", lambda: False)
+    for accel in ("mps", "gpu"):
+        r = rts("pretrain", "--modality", "rgb", "--data", "nowhere", "-o", "x", "--accelerator", accel)
+        assert r.code == 2 and f"--accelerator {accel}" in r.err and "--accelerator cpu" in r.err, r.err
+    assert devices.default_device() == "cpu"
+    monkeypatch.setattr(devices, "has_mps", lambda: True)
+    assert devices.default_device() == "mps" and devices.resolve_accelerator("mps") == "mps"
+    assert devices.training_device("auto") == "mps"

@@ -43,7 +43,7 @@ def test_labels_on_rotated_and_sheared_grids_become_their_own_pixels(tmp_path, r
     gpd.GeoDataFrame({"name": list("abcd")}, geometry=labels, crs="EPSG:32608").to_file(tmp_path / "l.gpkg")
     ds = tmp_path / "ds"
     r = rts("prepare", scene, "--labels", tmp_path / "l.gpkg", "-o", ds, "--bands", "planetscope4",
-            "--split", "1,0,0", "--min-area", 1)
+            "--split", "1,0,0", "--min-pixels", 1)
     assert r.code == 0, r.err
     coco = COCO(str(ds / "train.json"))
     checked = 0

@@ -23,6 +23,7 @@ from affine import Affine
 
 from conftest import apart, paper_sample, write_tif
 from rtscli.data.modalities import BandStats, Modality
+from rtscli.io.raster import apply
 
 T = Affine(10.0, 0.0, 470000.0, 0.0, -10.0, 7550000.0)
 IDENTITY = BandStats(0.0, 1.0, -1e9, 1e9)
@@ -277,7 +278,8 @@ def bundles(tmp_path_factory):
     cfg = yaml.safe_load((blob / "config.yaml").read_text())
     cfg["normalization"] = {c: IDENTITY.as_dict() for c in ("red", "green", "blue")}
     cfg["model"]["tile_size"] = cfg["tile_size"] = 64
-    cfg["band_map"] = {"red": 1, "green": 2, "blue": 3}
+    cfg["band_map"] = cfg["source_band_map"] = {"red": 1, "green": 2, "blue": 3}
+    cfg["source_bands"] = None  # any 3-band (or larger) scene
     (blob / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return {"nano": nano, "blob": blob}
 
@@ -421,6 +423,51 @@ def test_many_scenes_resume_and_a_missing_modality_is_named(tmp_path, rts, blob)
     one = write_tif(tmp_path / "one.tif", np.zeros((1, 50, 50), np.float32))
     r = rts("predict", one, "-o", tmp_path / "x.gpkg", "--model", blob.path, "--bands", "nir=1")
     assert r.code == 2 and "modality rgb" in r.err and not (tmp_path / "x.gpkg").exists()
+
+
+def test_outputs_match_the_model_and_options_that_made_them(tmp_path, rts, blob):
+    """A re-run into the same folder with another --min-score, or another model, does not keep the old maps."""
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    for k in range(2):
+        shutil.copy(scene_with(tmp_path, OBJECTS[: k + 1]), scenes / f"s{k}.tif")
+    out = tmp_path / "out"
+    args = ["predict", scenes, "-o", out, "--model", blob.path, "--workers", 0]
+    assert rts(*args).code == 0
+    gdf = gpd.read_file(out / "s0.gpkg")
+    import hashlib
+
+    digest = hashlib.sha256((blob.path / "model.safetensors").read_bytes()).hexdigest()
+    assert gdf.model[0] == f"blob@{digest[:8]}"  # the bundle's name and the start of its weights' SHA-256
+    made = {p.name: p.stat().st_mtime_ns for p in out.glob("*.gpkg")}
+    r = rts(*args, "--min-score", 0.3)
+    assert r.code == 2 and "--min-score 0.5; now 0.3" in r.err and "--overwrite" in r.err
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.gpkg")} == made
+    r = rts(*args)  # the same model and options: the maps are kept, nothing is redone
+    assert r.code == 0 and "0 scene(s) run here, 2 done before" in r.out
+    other = tmp_path / "other"
+    shutil.copytree(blob.path, other)
+    (other / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes() + b" ")
+    r = rts("predict", scenes, "-o", out, "--model", other, "--workers", 0)
+    assert r.code == 2 and "another model" in r.err
+    r = rts(*args, "--min-score", 0.3, "--overwrite")
+    assert r.code == 0 and "2 scene(s) run here" in r.out
+    import json
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {s["provenance"]["min_score"] for s in manifest["scenes"]} == {0.3}
+
+
+def test_zero_slumps_say_why(tmp_path, rts, blob):
+    scene = scene_with(tmp_path, OBJECTS)
+    r = rts("predict", scene, "-o", tmp_path / "a.gpkg", "--model", blob.path, "--workers", 0, "--min-score", 0.95)
+    assert r.code == 0, r.err
+    out = " ".join(r.out.split())
+    assert "0 slumps" in out and "scored below --min-score 0.95 (the highest 0.9000)" in out
+    assert "lower --min-score" in out
+    r = rts("predict", scene, "-o", tmp_path / "b.gpkg", "--model", blob.path, "--workers", 0, "--min-area", 1e6)
+    out = " ".join(r.out.split())
+    assert r.code == 0 and "0 slumps" in out and "2 slump(s) smaller than --min-area 1e+06 m2" in out
 
 
 def test_default_model_from_settings_and_environment(tmp_path, rts, blob, monkeypatch):
@@ -640,3 +687,47 @@ def test_progress_lines_when_nobody_watches_a_terminal(tmp_path, rts, blob, monk
     assert len(lines) >= 3, r.err  # one per batch, the last one says it is done
     assert "ETA" in lines[0] and "tiles/s" in lines[0] and "km²/h" in lines[0]
     assert "24/24 tiles (100%)" in lines[-1] and "done in" in lines[-1]
+
+
+def test_the_bundle_keeps_the_band_layout_of_its_training_scene(tmp_path, rts):
+    """Trained with nir=7 of a 7-band scene: the chips hold nir as band 4, but `rts predict` without --bands
+    reads band 7 of the scene, as with --bands; a scene laid out otherwise is refused with the fix."""
+    rng = np.random.default_rng(3)
+    data = rng.integers(800, 1200, (7, 160, 160)).astype(np.uint16)
+    data[3:6] = 5000  # red-edge bands: bright everywhere, so reading one as NIR changes everything
+    for r0, c0 in ((20, 20), (90, 100)):
+        data[:3, r0:r0 + 40, c0:c0 + 40] += 1500  # bright bare soil ...
+        data[6, r0:r0 + 40, c0:c0 + 40] = 300  # ... dark in NIR
+    names = ["B2", "B3", "B4", "B5", "B6", "B7", "B8"]
+    scene = write_tif(tmp_path / "s2.tif", data, crs="EPSG:32608", transform=T, nodata=0, descriptions=names)
+    from shapely.geometry import box
+
+    labels = [box(*apply(T, c0, r0 + 40), *apply(T, c0 + 40, r0)) for r0, c0 in ((20, 20), (90, 100))]
+    gpd.GeoDataFrame(geometry=labels, crs=32608).to_file(tmp_path / "l.gpkg")
+    bands = "blue=1,green=2,red=3,nir=7"
+    assert rts("prepare", scene, "--labels", tmp_path / "l.gpkg", "-o", tmp_path / "ds", "--bands", bands,
+               "--chip-size", 64, "--split", "1,0,0").code == 0
+    run = tmp_path / "nir"
+    r = rts("pretrain", "--modality", "nir", "--data", tmp_path / "ds", "-o", run, "--preset", "nano",
+            "--max-steps", 2, "--workers", 0, "--batch-size", 2)
+    assert r.code == 0, r.err
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["band_map"]["nir"] == 4 and cfg["source_band_map"]["nir"] == 7
+    found = {}
+    for name, extra in (("default", []), ("bands", ["--bands", bands]), ("wrong", ["--bands", "blue=1,green=2,"
+                                                                                  "red=3,nir=4"])):
+        out = tmp_path / f"{name}.gpkg"
+        r = rts("predict", scene, "-o", out, "--model", run, "--min-score", 0.0, "--workers", 0, *extra)
+        assert r.code == 0, r.err
+        gdf = gpd.read_file(out)
+        found[name] = sorted((round(s, 4), g.wkt) for s, g in zip(gdf.score, gdf.geometry, strict=True))
+    assert found["default"] and found["default"] == found["bands"]
+    assert found["wrong"] != found["default"]  # reading a red-edge band as NIR is another input
+    # a 4-band scene, or one whose band descriptions say otherwise: refused without --bands, with the fix
+    four = write_tif(tmp_path / "ps.tif", data[[0, 1, 2, 6]], crs="EPSG:32608", transform=T, nodata=0)
+    r = rts("predict", four, "-o", tmp_path / "x.gpkg", "--model", run)
+    assert r.code == 2 and "7-band rasters" in r.err and "--bands" in r.err and not (tmp_path / "x.gpkg").exists()
+    swapped = write_tif(tmp_path / "sw.tif", data, crs="EPSG:32608", transform=T, nodata=0,
+                        descriptions=["B2", "B3", "B4", "B8", "B5", "B6", "B7"])
+    r = rts("predict", swapped, "-o", tmp_path / "y.gpkg", "--model", run)
+    assert r.code == 2 and "band 7" in r.err and "'b7'" in r.err and "'b8'" in r.err

@@ -56,7 +56,7 @@ def test_paper_layout_exact_instances_and_georeference(tmp_path, rts):
         write_tif(src / name, paper_sample(rects=rs, seed=i), crs="EPSG:3413",
                   transform=Affine(3.0, 0, 1000.0 * i, 0, -3.0, 5000.0), nodata=-9999.0)
     ds = tmp_path / "ds"
-    r = rts("prepare", src, "-o", ds, "--bands", "paper", "--min-area", 5, "--split", "0.34,0.33,0.33")
+    r = rts("prepare", src, "-o", ds, "--bands", "paper", "--min-pixels", 5, "--split", "0.34,0.33,0.33")
     assert r.code == 0, r.err
     assert "siteA" in r.out and "siteB" in r.out and "1 mask specks" in r.out
 
@@ -151,7 +151,7 @@ def test_scene_with_vector_labels_in_another_crs(tmp_path, rts):
     gdf.to_crs("EPSG:4326").to_file(labels)  # analysts' labels often come in lon/lat
     ds = tmp_path / "ds"
     r = rts("prepare", scene, "--labels", labels, "-o", ds, "--bands", "planetscope4",
-            "--chip-size", 64, "--overlap", 0, "--min-area", 1, "--split", "1,0,0")
+            "--chip-size", 64, "--overlap", 0, "--min-pixels", 1, "--split", "1,0,0")
     assert r.code == 0, r.err
     err = " ".join(r.err.split())
     assert "reprojecting labels" in err and "EPSG:4326" in err  # the explicit log line
@@ -678,3 +678,69 @@ def test_the_same_scene_in_three_value_conventions_gives_the_same_dataset(tmp_pa
         for band, st in stats["refl"].items():
             assert stats[name][band]["mean"] == pytest.approx(st["mean"], abs=1e-4), (name, band)
     assert "ndvi" in stats["l2a"]  # compared above: NDVI of physical values, not of x 10000 + 1000
+
+
+def test_label_files_of_two_sites_in_two_utm_zones(tmp_path, rts):
+    """One label file per site, each in its own UTM zone: all are read, each reprojected (and logged)."""
+    from pyproj import Transformer
+
+    scenes = tmp_path / "scenes"
+    t7 = Affine(10.0, 0.0, 440000.0, 0.0, -10.0, 7600000.0)  # zone 7N (EPSG:32607), near 141 W
+    t8 = Affine(10.0, 0.0, 560000.0, 0.0, -10.0, 7560000.0)  # zone 8N (EPSG:32608), near 132 W
+    for name, crs, t in (("site7", "EPSG:32607", t7), ("site8", "EPSG:32608", t8)):
+        write_tif(scenes / name / f"{name}.tif", np.full((4, 128, 128), 900, np.uint16), crs=crs, transform=t,
+                  nodata=0)
+    # the labels of each site come in the other's zone (as a GIS project might hold them)
+    lab7 = box(*apply(t7, 20, 50), *apply(t7, 50, 20))
+    lab8 = box(*apply(t8, 60, 90), *apply(t8, 100, 60))
+    to8 = Transformer.from_crs(32607, 32608, always_xy=True)
+    import shapely
+
+    gpd.GeoDataFrame(geometry=[shapely.transform(shapely.segmentize(lab7, 10), lambda xy: np.column_stack(
+        to8.transform(xy[:, 0], xy[:, 1])))], crs=32608).to_file(tmp_path / "a.gpkg")
+    to7 = Transformer.from_crs(32608, 32607, always_xy=True)
+    gpd.GeoDataFrame(geometry=[shapely.transform(shapely.segmentize(lab8, 10), lambda xy: np.column_stack(
+        to7.transform(xy[:, 0], xy[:, 1])))], crs=32607).to_file(tmp_path / "b.gpkg")
+    r = rts("prepare", scenes, "--labels", tmp_path / "a.gpkg", "--labels", tmp_path / "b.gpkg", "-o",
+            tmp_path / "ds", "--bands", "planetscope4", "--chip-size", 128, "--split", "1,0,0")
+    assert r.code == 0, r.err
+    err = " ".join(r.err.split())
+    assert "reprojecting labels a.gpkg from EPSG:32608 to the raster CRS EPSG:32607" in err
+    assert "reprojecting labels b.gpkg from EPSG:32607 to the raster CRS EPSG:32608" in err
+    m = yaml.safe_load((tmp_path / "ds" / "manifest.yaml").read_text())
+    assert m["labels"]["files"] == [str(tmp_path / "a.gpkg"), str(tmp_path / "b.gpkg")]
+    assert m["labels"]["features_per_file"] == {"a.gpkg": 1, "b.gpkg": 1}
+    anns = json.loads((tmp_path / "ds" / "train.json").read_text())["annotations"]
+    assert sorted(a["area"] for a in anns) == [900.0, 1200.0]  # 30 x 30 px and 40 x 30 px, both found
+
+
+def test_splits_that_cannot_measure_anything_are_reported(tmp_path, rts):
+    # one small scene: one chip of 256 px -> the warning names --chip-size
+    write_tif(tmp_path / "one" / "s.tif", np.full((4, 200, 200), 900, np.uint16), crs="EPSG:32608", transform=T0,
+              nodata=0)
+    gpd.GeoDataFrame(geometry=[_px(10, 10, 40, 40)], crs="EPSG:32608").to_file(tmp_path / "l.gpkg")
+    r = rts("prepare", tmp_path / "one", "--labels", tmp_path / "l.gpkg", "-o", tmp_path / "ds1", "--bands",
+            "planetscope4")
+    err = " ".join(r.err.split())
+    assert r.code == 0 and "gives a single 256 px chip" in err and "--chip-size (e.g. 64)" in err
+    # a val split with chips but no slump: said, with what it means for rts pretrain
+    root = tmp_path / "in"
+    for k in range(6):
+        write_tif(root / f"x{k}.tif", paper_sample(rects=[(5, 15, 5, 15)] if k < 4 else [], seed=k),
+                  transform=apart(k))
+    (tmp_path / "split.csv").write_text("x0,train\nx1,train\nx2,train\nx3,test\nx4,val\nx5,val\n")
+    r = rts("prepare", root, "-o", tmp_path / "ds2", "--bands", "paper", "--split-file", tmp_path / "split.csv")
+    err = " ".join(r.err.split())
+    assert r.code == 0 and "the val split has 2 chip(s) and no slump" in err and "keeps the last weights" in err
+    assert "the test split has 1 chip(s) and only 1 slump(s)" in err
+
+
+def test_an_evaluation_only_dataset(tmp_path, rts):
+    """--split 0,0,1: a site kept for testing only; its statistics come from all its chips."""
+    _many_samples(tmp_path / "in", n_per_site=3, sites=("other",))
+    r = rts("prepare", tmp_path / "in", "-o", tmp_path / "ds", "--bands", "paper", "--split", "0,0,1")
+    assert r.code == 0, r.err
+    assert "empty" not in r.err and "evaluation-only" in r.err
+    m = yaml.safe_load((tmp_path / "ds" / "manifest.yaml").read_text())
+    assert m["counts"]["total"]["test"]["images"] == 3 and m["counts"]["total"]["train"]["images"] == 0
+    assert m["normalization"]["red"]["mean"] > 0

@@ -29,7 +29,7 @@ def test_real_scene_one_instance_per_intersecting_polygon(tmp_path, rts, data_di
     out = tmp_path / "ds"
     # one 256 px chip covers the whole 251 x 251 scene (padded with nodata)
     r = rts("prepare", scene, "--labels", labels, "-o", out, "--bands", "sentinel2-7", "--chip-size", 256,
-            "--min-area", 1, "--split", "1,0,0", "--site", "peel")
+            "--min-pixels", 1, "--split", "1,0,0", "--site", "peel")
     assert r.code == 0, r.err
     doc = json.loads((out / "train.json").read_text())
     assert len(doc["images"]) == 1 and len(doc["annotations"]) == expected

@@ -69,7 +69,9 @@ def test_pretrain_evaluate_info_from_the_command_line(dataset, tmp_path, rts):
     assert set(cfg["normalization"]) == {"red", "green", "blue"} and cfg["tile_size"] == 256
     assert cfg["dataset"]["checksum"] and cfg["training"]["lr"] == pytest.approx(0.004 * 2 / 16)
     assert (run / "metrics.csv").exists() and (run / "curves.png").exists()
-    assert (run / "checkpoints" / "last.ckpt").exists()
+    # the bundle is its weights and config: checkpoints pruned once complete, weights readable by others too
+    assert not (run / "checkpoints").exists()
+    assert (run / "model.safetensors").stat().st_mode & 0o044 == 0o044 & ~_umask()
     r = rts("evaluate", run, "--data", dataset, "--split", "test", "--errors", tmp_path / "errors.gpkg",
             "--min-score", 0.0)
     assert r.code == 0, r.err
@@ -83,11 +85,26 @@ def test_pretrain_evaluate_info_from_the_command_line(dataset, tmp_path, rts):
     assert set(rep["metrics"]) == {"segm", "bbox"} and "site" in rep["per_site_mask_ap50"]
     r = rts("info", run)
     assert r.code == 0 and "nano" in r.out and "rgb" in r.out
+    assert "test mask AP" in " ".join(r.out.split()) and f"{rep['metrics']['segm']['AP50']:.3f}" in r.out
     r = rts("info", "--preset", "cascade-mvitv2-b")
     assert r.code == 0 and "102.9" in r.out
     # an existing run is not overwritten by accident
     r = rts("pretrain", "--modality", "rgb", "--data", dataset, "-o", run, "--max-steps", 1, *RUN)
+    assert r.code == 2 and "--overwrite" in r.err and "--resume" not in r.err  # no checkpoint: nothing to resume
+    kept = tmp_path / "kept"
+    r = rts("pretrain", "--modality", "rgb", "--data", dataset, "-o", kept, "--max-steps", 1, "--keep-checkpoints",
+            *RUN)
+    assert r.code == 0 and (kept / "checkpoints" / "last.ckpt").exists()
+    r = rts("pretrain", "--modality", "rgb", "--data", dataset, "-o", kept, "--max-steps", 1, *RUN)
     assert r.code == 2 and "--resume" in r.err
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_detection_only_variant(dataset, tmp_path, rts):
@@ -164,7 +181,8 @@ def test_deterministic_and_resume_continues_exactly(dataset, tmp_path, rts, monk
     import lightning as L
 
     # interrupted after epoch 0, which does not validate (--val-every 2): its last.ckpt must still exist and be exact
-    args = ["--modality", "rgb", "--data", dataset, "--seed", "3", "--epochs", "2", "--val-every", "2", *RUN]
+    args = ["--modality", "rgb", "--data", dataset, "--seed", "3", "--epochs", "2", "--val-every", "2",
+            "--keep-checkpoints", *RUN]
     for name in ("a", "b"):
         assert rts("pretrain", *args, "-o", tmp_path / name).code == 0
     a, b = _last_state(tmp_path / "a"), _last_state(tmp_path / "b")
@@ -192,7 +210,7 @@ def test_last_checkpoint_is_the_latest_epoch_whatever_val_every(dataset, tmp_pat
     import lightning as L
 
     args = ["pretrain", "--modality", "rgb", "--data", dataset, "--seed", "1", "--epochs", "6", "--val-every", "3",
-            *RUN]
+            "--keep-checkpoints", *RUN]
 
     class KillAtEpoch5(L.Callback):
         def on_train_epoch_start(self, trainer, module):
@@ -246,7 +264,7 @@ def _same_weights(bundle: dict, ckpt: dict) -> bool:
 
 
 def test_ties_in_validation_ap_go_to_the_latest_epoch(dataset, tmp_path, rts, monkeypatch):
-    args = ["pretrain", "--modality", "rgb", "--data", dataset, *RUN]
+    args = ["pretrain", "--modality", "rgb", "--data", dataset, "--keep-checkpoints", *RUN]
     _constant_ap50(monkeypatch, 0.25)
     run = tmp_path / "tie"
     r = rts(*args, "-o", run, "--epochs", "2")
@@ -262,7 +280,8 @@ def test_validation_that_never_scores_keeps_the_last_epoch(dataset, tmp_path, rt
     """AP50 0 at every validation: the bundle holds the last epoch (2), not the last validated one (1)."""
     _constant_ap50(monkeypatch, 0.0)
     run = tmp_path / "zero"
-    r = rts("pretrain", "--modality", "rgb", "--data", dataset, *RUN, "-o", run, "--epochs", "3", "--val-every", "2")
+    r = rts("pretrain", "--modality", "rgb", "--data", dataset, *RUN, "-o", run, "--epochs", "3", "--val-every", "2",
+            "--keep-checkpoints")
     assert r.code == 0, r.err
     m = yaml.safe_load((run / "config.yaml").read_text())["metrics"]
     assert (m["best_epoch"], m["bundle_epoch"], m["val_mask_ap50_best"]) == (1, 2, 0.0)
@@ -391,3 +410,65 @@ def test_evaluating_chips_larger_than_the_tile_is_refused(tmp_path, rts):
     save_bundle(tmp_path / "b", Detector(cfg=cfg).state_dict(), meta)
     r = rts("evaluate", tmp_path / "b", "--data", tmp_path / "ds")
     assert r.code == 2 and "larger than the model's 256 px tile" in r.err and "--chip-size 256" in r.err
+
+
+def test_a_validation_split_without_slumps_keeps_the_last_weights_and_says_so(tmp_path, rts):
+    root = tmp_path / "in"
+    for k in range(5):
+        write_tif(root / f"x{k}.tif", paper_sample(shape=(96, 96), rects=[(10, 40, 10, 40)] if k < 3 else [], seed=k),
+                  transform=apart(k))
+    (tmp_path / "split.csv").write_text("x0,train\nx1,train\nx2,train\nx3,val\nx4,val\n")
+    assert rts("prepare", root, "-o", tmp_path / "ds", "--bands", "paper", "--split-file",
+               tmp_path / "split.csv").code == 0
+    r = rts("pretrain", "--modality", "rgb", "--data", tmp_path / "ds", "-o", tmp_path / "run", "--epochs", 2, *RUN)
+    assert r.code == 0, r.err
+    err, out = " ".join(r.err.split()), " ".join(r.out.split())
+    assert "the val split (2 chips) has no slump" in err and "last epoch's weights" in err
+    assert "weights of last epoch 1: the validation split has no slump" in out
+    cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert cfg["metrics"]["bundle_epoch"] == 1
+
+
+def test_datasets_work_with_spawned_workers(dataset, tmp_path):
+    """macOS and Windows start DataLoader workers by spawning (pickling the dataset): training chips and
+    prediction tiles must survive it."""
+    from rtscli.data.dataset import ChipDataset, DatasetInfo, collate
+    from rtscli.engine.predict import Source, TileDataset, _collate, open_scene, tile_grid
+
+    info = DatasetInfo.open(dataset)
+    chips = ChipDataset(info, "train", [info.modality("rgb")], 256, augment=True, seed=0)
+    loader = torch.utils.data.DataLoader(chips, batch_size=2, collate_fn=collate, num_workers=1,
+                                         multiprocessing_context="spawn")
+    images, targets, _ = next(iter(loader))
+    assert images.shape == (2, 3, 256, 256) and len(targets) == 2
+    scene = write_tif(tmp_path / "s.tif", paper_sample(shape=(100, 120), rects=[(10, 30, 10, 40)])[:5])
+    sc = open_scene([Source(scene, {"red": 1, "green": 2, "blue": 3})])
+    tiles = TileDataset(sc, tile_grid(120, 100, 64, 16), tile=64, modalities=[info.modality("rgb")],
+                        stats=info.stats, repeat_to=3)
+    batch = next(iter(torch.utils.data.DataLoader(tiles, batch_size=4, collate_fn=_collate, num_workers=1,
+                                                  multiprocessing_context="spawn")))
+    assert len(batch) == 4 and all("error" not in b for b in batch) and batch[0]["image"].shape == (3, 64, 64)
+
+
+def test_a_preset_too_big_for_the_machine_stops_before_anything_is_written(dataset, tmp_path, rts, monkeypatch):
+    """The README's first command on a 24 GB CPU: a one-line error naming --preset nano, no run folder left."""
+    from rtscli.modeling import memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda *a, **k: 22 * 2**30)
+    monkeypatch.delenv("RTS_SKIP_MEMORY_CHECK", raising=False)
+    run = tmp_path / "b"
+    r = rts("pretrain", "--modality", "rgb", "--data", dataset, "-o", run, "--batch-size", 2)
+    assert r.code == 2 and "cascade-mvitv2-b at 1024 px, batch 2" in r.err and "--preset nano" in r.err
+    assert sum(line.startswith("rts: error:") for line in r.err.splitlines()) == 1 and not run.exists()
+    r = rts("finetune", "--data", dataset, "--modalities", "rgb,nir", "-o", tmp_path / "f", "--batch-size", 2,
+            "--max-steps", 1)
+    assert r.code == 2 and "--preset nano" in r.err, r.err
+    assert not (tmp_path / "f").exists()
+
+
+def test_preset_training_defaults_fill_what_the_command_line_leaves_out(dataset, tmp_path, rts):
+    r = rts("pretrain", "--modality", "rgb", "--data", dataset, "-o", tmp_path / "n", "--preset", "nano",
+            "--max-steps", 1, "--workers", 0)
+    assert r.code == 0, r.err
+    s = yaml.safe_load((tmp_path / "n" / "config.yaml").read_text())["training"]["settings"]
+    assert (s["base_lr"], s["warmup_steps"], s["batch_size"], s["schedule"]) == (0.008, 20, 4, "cosine")

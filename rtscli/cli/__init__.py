@@ -85,11 +85,14 @@ app.command("bands")(_bands.bands)
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 failure, 2 bad input or usage, 130 interrupted)."""
+    from rtscli.cli.commandline import refuse_repeated_options
     from rtscli.logs import library_warnings
 
     try:
+        command = _command()
+        refuse_repeated_options(command, list(sys.argv[1:] if argv is None else argv))
         with library_warnings():
-            result = app(args=argv, prog_name="rts", standalone_mode=False)
+            result = command.main(args=argv, prog_name="rts", standalone_mode=False)
     except typer.Exit as exc:
         if exc.exit_code == 130:
             print("rts: interrupted; no partial output was kept", file=sys.stderr)
@@ -119,6 +122,19 @@ def main(argv: list[str] | None = None) -> int:
     if code == 130:  # typer turns Ctrl-C into Exit(130) silently
         print("rts: interrupted; no partial output was kept", file=sys.stderr)
     return code
+
+
+def _command():
+    """The click command of the app, with tidy help (built once per process)."""
+    global _COMMAND
+    if _COMMAND is None:
+        from rtscli.cli.commandline import tidy_help
+
+        _COMMAND = tidy_help(typer.main.get_command(app))
+    return _COMMAND
+
+
+_COMMAND = None
 
 
 def _worker_message(text: str) -> str:

@@ -20,12 +20,12 @@ def ablate(
     preset: Annotated[Optional[str], typer.Option(help="Model preset of the unimodal models pretrained here (default: that of the --from bundles, else cascade-mvitv2-b).")] = None,
     primary: Annotated[str, typer.Option(help="The primary modality (attention queries, baseline).")] = "rgb",
     split: Annotated[str, typer.Option(help="Split to score every cell on.")] = "test",
-    pretrain_epochs: Annotated[int, typer.Option(help="Epochs of each unimodal pretraining.")] = 36,
-    epochs: Annotated[int, typer.Option(help="Epochs of each fusion cell.")] = 36,
-    max_steps: Annotated[int, typer.Option(help="Steps per run (overrides the epochs; for quick checks).")] = -1,
-    batch_size: options.BatchSize = 2,
-    lr: options.LearningRate = 1e-4,
-    warmup_steps: options.WarmupSteps = 250,
+    pretrain_epochs: Annotated[Optional[int], typer.Option(help="Epochs of each unimodal pretraining. Default: the preset's.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs of each fusion cell. Default: the preset's.")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Steps per run (overrides the epochs; for quick checks). Default: run all the epochs.")] = None,
+    batch_size: options.BatchSize = None,
+    lr: options.LearningRate = None,
+    warmup_steps: options.WarmupSteps = None,
     fresh_heads: Annotated[bool, typer.Option(help="Start every cell's decoder fresh instead of from the primary's bundle.")] = False,
     accelerator: options.Accelerator = "auto",
     precision: options.Precision = "auto",
@@ -44,13 +44,17 @@ def ablate(
     from rtscli.engine.ablate import ablate as run
     from rtscli.engine.ablate import parse_fusions
 
-    common = dict(max_steps=max_steps, batch_size=batch_size, lr=lr, weight_decay=0.05, warmup_steps=warmup_steps,
-                  schedule="cosine", grad_clip=1.0, devices="1", num_nodes=1, accelerator=accelerator,
-                  precision=precision, workers=workers, seed=seed, backbone_weights=None, val_every=val_every)
+    from rtscli.cli.finetune import _defaults
+
+    sources = [Path(s.strip()) for s in from_.split(",") if s.strip()] if from_ else []
+    common = dict(defaults=_defaults(sources, preset), max_steps=max_steps, batch_size=batch_size, lr=lr,
+                  weight_decay=None, warmup_steps=warmup_steps, schedule=None, grad_clip=1.0, devices="1",
+                  num_nodes=1, accelerator=accelerator, precision=precision, workers=workers, seed=seed,
+                  backbone_weights=None, val_every=val_every)
     res = run(data=data, modalities=parse_names(modalities), fusions=parse_fusions(fusions), out=out,
               pretrain_settings=make_settings(epochs=pretrain_epochs, **common),
               finetune_settings=make_settings(epochs=epochs, **common), preset=preset, primary=primary.lower(),
-              sources=[Path(s.strip()) for s in from_.split(",") if s.strip()] if from_ else None, sets=sets,
+              sources=sources or None, sets=sets,
               split=split, init_heads=not fresh_heads,
               on_cell=lambda name: console.print(f"[bold]ablate[/]: {name}"))
     console.print(res["table"].read_text())

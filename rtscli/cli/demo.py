@@ -48,8 +48,8 @@ def demo(
          "--site", "herschel,banks,tuktoyaktuk,lena", "--weak-fraction", 0.5, "--weak-contrast", 0.3, "--seed", 5)
     step("2/7 prepare: GeoTIFF chips + mask band -> COCO instances (findContours), splits, statistics",
          "prepare", syn / "chips", "-o", ds, "--bands", "paper", "--modalities", "rgb,ndvi,nir")
-    train = ["--data", ds, "--preset", "nano", "--batch-size", 4, "--lr", 0.008, "--workers", 1, "--warmup-steps", 20,
-             "--val-every", 3]
+    # learning rate, warmup and batch: the nano preset's training defaults (models/nano.yaml)
+    train = ["--data", ds, "--preset", "nano", "--workers", 1, "--val-every", 3]
     for mod, n in (("rgb", steps), ("ndvi", max(1, steps * 4 // 3)), ("nir", max(1, steps * 4 // 3))):
         step(f"3/7 pretrain a {mod.upper()} model (nano, {n} steps)", "pretrain", "--modality", mod, *train,
              "-o", runs / mod, "--max-steps", n)

@@ -22,13 +22,13 @@ def finetune(
     preset: Annotated[Optional[str], typer.Option(help="Model preset when no --from is given (default cascade-mvitv2-b).")] = None,
     window: Annotated[int, typer.Option(help="Attention window side in tokens (memory grows with its square).")] = 8,
     heads: Annotated[int, typer.Option(help="Attention heads (at most; reduced to divide the FPN width).")] = 8,
-    epochs: Annotated[int, typer.Option(help="Epochs.")] = 36,
-    max_steps: options.MaxSteps = -1,
-    batch_size: options.BatchSize = 2,
-    lr: options.LearningRate = 1e-4,
-    weight_decay: options.WeightDecay = 0.05,
-    warmup_steps: options.WarmupSteps = 250,
-    schedule: options.Schedule = "cosine",
+    epochs: options.Epochs = None,
+    max_steps: options.MaxSteps = None,
+    batch_size: options.BatchSize = None,
+    lr: options.LearningRate = None,
+    weight_decay: options.WeightDecay = None,
+    warmup_steps: options.WarmupSteps = None,
+    schedule: options.Schedule = None,
     grad_clip: options.GradClip = 1.0,
     anchors: Annotated[str, typer.Option(help="Without --from: auto, preset, or 5 sizes.")] = "auto",
     backbone_weights: Annotated[Optional[str], typer.Option(help="Without --from: imagenet or a .safetensors file; default random.")] = None,
@@ -41,6 +41,7 @@ def finetune(
     seed: options.Seed = 0,
     val_every: options.ValEvery = 1,
     resume: options.Resume = False,
+    keep_checkpoints: options.KeepCheckpoints = False,
     overwrite: options.Overwrite = False,
 ) -> None:
     """Fuse per-modality backbones with a fusion module and train the decoder; write a fused bundle to OUT.
@@ -52,12 +53,12 @@ def finetune(
     from rtscli.data.modalities import parse_names
     from rtscli.engine.finetune import finetune as run
 
-    settings = make_settings(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
+    sources = [Path(s.strip()) for s in from_.split(",") if s.strip()] if from_ else []
+    settings = make_settings(defaults=_defaults(sources, preset), epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
                              weight_decay=weight_decay, warmup_steps=warmup_steps, schedule=schedule,
                              grad_clip=grad_clip, devices=devices, num_nodes=num_nodes, accelerator=accelerator,
                              precision=precision, workers=workers, seed=seed, backbone_weights=backbone_weights,
-                             val_every=val_every)
-    sources = [Path(s.strip()) for s in from_.split(",") if s.strip()] if from_ else []
+                             val_every=val_every, keep_checkpoints=keep_checkpoints)
     mods = parse_names(modalities)
     cfg = run(data=data, fusion=fusion, modalities=mods, out=out, settings=settings, sources=sources, preset=preset,
               primary=primary.lower(), freeze=freeze, init_heads_from=init_heads_from, heads=heads, window=window,
@@ -67,3 +68,13 @@ def finetune(
                   f"({'frozen' if cfg['training']['frozen_backbones'] else 'trained'} backbones), "
                   f"{m['steps_run']} steps; weights of {m['bundle_weights']}", markup=False, soft_wrap=True)
     console.print(f"  per-epoch metrics: {out}/metrics.csv, curves: {out}/curves.png; rts info {out}")
+
+
+def _defaults(sources: list[Path], preset: str | None):
+    """The training defaults of the model being fused: that of the --from bundles, else of --preset."""
+    from rtscli.modeling.bundle import read_bundle
+    from rtscli.modeling.config import training_defaults
+
+    if sources:
+        return training_defaults(read_bundle(sources[0]).model_config)
+    return training_defaults(preset or "cascade-mvitv2-b")

@@ -33,6 +33,16 @@ def info(
         console.print(f"  tile size: {cfg.tile_size} px; backbone: {cfg.backbone.kind} depths {list(cfg.backbone.depths)} "
                       f"dim {cfg.backbone.embed_dim}; box stages: {cfg.roi_heads.num_stages} "
                       f"(IoU {', '.join(map(str, cfg.roi_heads.iou_thresholds))}); masks: {cfg.roi_heads.mask}")
+        from rtscli.modeling.config import training_defaults
+        from rtscli.modeling.memory import estimate_step_memory
+
+        d = training_defaults(preset)
+        console.print(f"  training defaults: lr {d.lr:g} (at 16 tiles per step), warmup {d.warmup_steps} steps, batch "
+                      f"{d.batch_size}, weight decay {d.weight_decay:g}, {d.schedule} schedule, {d.epochs} epochs "
+                      f"({d.source})")
+        mem = estimate_step_memory(cfg, batch_size=d.batch_size, device="cpu")
+        console.print(f"  one training step at batch {d.batch_size} on a CPU: about {mem.total / 2**30:.1f} GiB "
+                      "(estimate; `rts pretrain` checks it against this machine's memory)")
         return
     from rtscli.modeling.bundle import read_bundle
 
@@ -68,4 +78,34 @@ def info(
                   f"world size {t.get('world_size')}")
     d = c.get("dataset", {})
     console.print(f"  dataset: {d.get('path')} (sha256 {str(d.get('checksum'))[:12]}...)")
-    console.print(f"  metrics: {c.get('metrics')}")
+    console.print(metrics_table(bundle, c.get("metrics") or {}))
+
+
+def metrics_table(bundle: Path, metrics: dict):
+    """The bundle's training metrics and every evaluation stored beside it (``eval_SPLIT.json`` of ``rts
+    evaluate``), as a Rich table."""
+    import json
+
+    from rich.table import Table
+
+    t = Table(title="metrics", title_justify="left")
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    for k, v in metrics.items():
+        if k == "bundle_weights":
+            continue
+        t.add_row(k.replace("_", " "), f"{v:.4f}" if isinstance(v, float) else str(v))
+    if metrics.get("bundle_weights"):
+        t.add_row("weights of", str(metrics["bundle_weights"]))
+    for path in sorted(Path(bundle).glob("eval_*.json")):
+        try:
+            rep = json.loads(path.read_text())
+        except (ValueError, OSError):
+            continue
+        split = rep.get("split", path.stem.removeprefix("eval_"))
+        for kind, name in (("segm", "mask"), ("bbox", "box")):
+            m = (rep.get("metrics") or {}).get(kind)
+            if m:
+                t.add_row(f"{split} {name} AP / AP50 / AP75 ({rep.get('images', '?')} chips)",
+                          f"{m['AP']:.3f} / {m['AP50']:.3f} / {m['AP75']:.3f}")
+    return t

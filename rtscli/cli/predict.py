@@ -32,10 +32,11 @@ def predict(
     match_threshold: Annotated[float, typer.Option(help="Merge pieces overlapping at least this much.")] = 0.2,
     to_crs: Annotated[Optional[str], typer.Option(help="Reproject the polygons, e.g. EPSG:4326 (default: the scene's CRS).")] = None,
     raster: Annotated[Optional[Path], typer.Option(help="Also write an instance-id GeoTIFF (0 = background), one scene only.")] = None,
+    truth: Annotated[Optional[Path], typer.Option(help="With --quicklook: reference outlines to draw beside the predictions (a .gpkg, .shp, .geojson, ... in any CRS; reprojected to the scene's).")] = None,
     quicklook: Annotated[Optional[Path], typer.Option(help="Also write a PNG of the polygons over the scene's RGB, one scene only.")] = None,
     batch_size: Annotated[int, typer.Option(help="Tiles per forward pass.")] = 4,
     workers: Annotated[int, typer.Option(help="Tile-reading worker processes.")] = 2,
-    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda when available).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:N or mps (default: a CUDA GPU when there is one, else Apple silicon's MPS, else the CPU).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs (a .gpkg: only its --layer; many scenes: re-do finished scenes).")] = False,
 ) -> None:
     """Map every slump of a scene as its own polygon, in the scene's coordinates.
@@ -51,4 +52,4 @@ def predict(
              resample=resample, overlap=overlap, min_score=min_score, min_area=min_area, simplify=simplify,
              merge=merge, match=match, match_threshold=match_threshold, to_crs=to_crs, raster=raster,
              quicklook=quicklook, batch_size=batch_size, workers=workers, device=device, overwrite=overwrite,
-             nodata=nodata, scale=scale, offset=offset, layer=layer)
+             nodata=nodata, scale=scale, offset=offset, layer=layer, truth=truth)

@@ -12,7 +12,7 @@ def prepare(
     inputs: Annotated[list[Path], typer.Argument(help="Image GeoTIFFs or folders of them (subfolders = sites).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Dataset directory to create.")],
     bands: Annotated[Optional[str], typer.Option(help="Band map or preset: planetscope4, sentinel2-10, paper, blue=1,green=2,red=3,nir=4 ... (default: the rasters' band names).")] = None,
-    labels: Annotated[Optional[Path], typer.Option(help="Vector labels (GeoPackage, shapefile, GeoJSON) for large scenes.")] = None,
+    labels: Annotated[Optional[list[Path]], typer.Option(help="Vector labels (GeoPackage, shapefile, GeoJSON) for large scenes; repeat it for one file per site (any CRS each).", metavar="FILE")] = None,
     labels_layer: Annotated[Optional[str], typer.Option(help="The layer of --labels that holds the slumps, when the file has several (a project GeoPackage).")] = None,
     masks: Annotated[Optional[Path], typer.Option(help="Folder of binary mask GeoTIFFs matched to images by name.")] = None,
     mode: Annotated[str, typer.Option(help="auto, paper (mask band), masks, or vectors.")] = "auto",
@@ -24,7 +24,8 @@ def prepare(
     split_file: Annotated[Optional[Path], typer.Option(help="CSV 'name,split' or JSON assigning each image/scene to a split.")] = None,
     split_block: Annotated[int, typer.Option(help="Scenes: chips within blocks of this many pixels share a split.")] = 512,
     seed: Annotated[int, typer.Option(help="Seed of the split.")] = 0,
-    min_area: Annotated[int, typer.Option(help="Drop instances smaller than this many pixels (counted).")] = 16,
+    min_pixels: Annotated[int, typer.Option(help="Drop instances smaller than this many pixels (counted). (`rts predict --min-area` is in m2.)")] = 16,
+    min_area_old: Annotated[Optional[int], typer.Option("--min-area", hidden=True, help="Old name of --min-pixels.")] = None,
     segmentation: Annotated[str, typer.Option(help="auto (polygons, RLE when holes), polygon or rle.")] = "auto",
     site: Annotated[Optional[str], typer.Option(help="Site name for all inputs (default: first subfolder name).")] = None,
     assume_crs: Annotated[Optional[str], typer.Option(help="CRS for rasters that have none, e.g. EPSG:3413.")] = None,
@@ -52,6 +53,12 @@ def prepare(
     from rtscli.errors import RtsError
     from rtscli.io.raster import parse_crs
 
+    if min_area_old is not None:  # one unit per option name: --min-area is m2 in rts predict
+        import logging
+
+        logging.getLogger("rtscli").warning("rts prepare --min-area is now --min-pixels (a count of pixels; "
+                                            "--min-area is m2 in rts predict)")
+        min_pixels = min_area_old
     if mode not in MODES:
         raise RtsError(f"unknown mode {mode!r}", fix=f"use one of {', '.join(MODES)}")
     aux_map: dict[str, Path] = {}
@@ -66,7 +73,7 @@ def prepare(
         bands=BandMap.parse(bands) if bands else None,
         mode=mode,
         masks=masks,
-        labels=labels,
+        labels=list(labels) if labels else None,
         labels_layer=labels_layer,
         labels_crs=parse_crs(labels_crs, "--labels-crs"),
         aux=aux_map,
@@ -77,7 +84,7 @@ def prepare(
         split_file=split_file,
         split_block=split_block,
         seed=seed,
-        min_area=min_area,
+        min_area=min_pixels,
         segmentation=segmentation,
         site=site,
         assume_crs=parse_crs(assume_crs),
@@ -111,9 +118,9 @@ def prepare(
     d = m["dropped"]
     notes = []
     if d["specks_below_min_area"]:
-        notes.append(f"{d['specks_below_min_area']} mask specks < {min_area} px dropped")
+        notes.append(f"{d['specks_below_min_area']} mask specks < {min_pixels} px dropped")
     if d["labels_clipped_below_min_area"]:
-        notes.append(f"{d['labels_clipped_below_min_area']} label pieces < {min_area} px at chip edges dropped")
+        notes.append(f"{d['labels_clipped_below_min_area']} label pieces < {min_pixels} px at chip edges dropped")
     if d["nodata_chips_skipped"]:
         notes.append(f"{d['nodata_chips_skipped']} all-nodata chips skipped")
     if d["empty_chips_dropped"]:

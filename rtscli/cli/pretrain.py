@@ -10,15 +10,28 @@ import typer
 from rtscli.cli import options
 
 
-def make_settings(*, lr: float, devices: str, schedule: str, **kw):
-    """TrainSettings from the command-line options shared by pretrain and finetune."""
+def make_settings(*, defaults=None, devices: str, **kw):
+    """TrainSettings from the command-line options shared by pretrain, finetune and ablate: every option
+    left out (None) takes the preset's training default (``defaults``: a
+    :class:`rtscli.modeling.config.TrainingDefaults`; the paper's recipe when None)."""
+    from rtscli.engine.devices import resolve_accelerator
     from rtscli.engine.train import TrainSettings
     from rtscli.errors import RtsError
+    from rtscli.modeling.config import TrainingDefaults
 
-    if schedule not in ("cosine", "step"):
-        raise RtsError(f"unknown --schedule {schedule!r}", fix="use cosine or step")
+    d = defaults or TrainingDefaults()
+    for key, value in (("lr", d.lr), ("warmup_steps", d.warmup_steps), ("batch_size", d.batch_size),
+                       ("weight_decay", d.weight_decay), ("schedule", d.schedule), ("epochs", d.epochs or 36)):
+        if kw.get(key) is None:
+            kw[key] = value
+    if kw["schedule"] not in ("cosine", "step"):
+        raise RtsError(f"unknown --schedule {kw['schedule']!r}", fix="use cosine or step")
     dev: int | str = int(devices) if devices.isdigit() else devices
-    return TrainSettings(base_lr=lr, devices=dev, schedule=schedule, **kw)
+    kw["accelerator"] = resolve_accelerator(kw.get("accelerator", "auto"))
+    if kw.get("max_steps") is None:
+        kw["max_steps"] = -1  # Lightning's "no limit": run all the epochs
+    kw["base_lr"] = kw.pop("lr")
+    return TrainSettings(devices=dev, **kw)
 
 
 def pretrain(
@@ -26,13 +39,13 @@ def pretrain(
     data: Annotated[Path, typer.Option(help="Dataset directory made by `rts prepare`.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory; becomes the model bundle.")],
     preset: Annotated[str, typer.Option(help="Model preset (see `rts models`): nano, cascade-mvitv2-b, ...")] = "cascade-mvitv2-b",
-    epochs: Annotated[int, typer.Option(help="Epochs (the paper: 36).")] = 36,
-    max_steps: options.MaxSteps = -1,
-    batch_size: options.BatchSize = 2,
-    lr: options.LearningRate = 1e-4,
-    weight_decay: options.WeightDecay = 0.05,
-    warmup_steps: options.WarmupSteps = 250,
-    schedule: options.Schedule = "cosine",
+    epochs: options.Epochs = None,
+    max_steps: options.MaxSteps = None,
+    batch_size: options.BatchSize = None,
+    lr: options.LearningRate = None,
+    weight_decay: options.WeightDecay = None,
+    warmup_steps: options.WarmupSteps = None,
+    schedule: options.Schedule = None,
     grad_clip: options.GradClip = 1.0,
     detection_only: Annotated[bool, typer.Option(help="No mask head: boxes only (the paper's GeoImageNet experiment).")] = False,
     anchors: Annotated[str, typer.Option(help="auto (from the training boxes), preset, or 5 sizes e.g. 16,32,64,128,256.")] = "auto",
@@ -45,17 +58,19 @@ def pretrain(
     seed: options.Seed = 0,
     val_every: options.ValEvery = 1,
     resume: options.Resume = False,
+    keep_checkpoints: options.KeepCheckpoints = False,
     overwrite: options.Overwrite = False,
 ) -> None:
     """Train one unimodal model (the paper's phase 1) and write a model bundle to OUT."""
     from rtscli.console import console
     from rtscli.engine.pretrain import pretrain as run
+    from rtscli.modeling.config import training_defaults
 
-    settings = make_settings(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
-                             weight_decay=weight_decay, warmup_steps=warmup_steps, schedule=schedule,
+    settings = make_settings(defaults=training_defaults(preset), epochs=epochs, max_steps=max_steps,
+                             batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, schedule=schedule,
                              grad_clip=grad_clip, devices=devices, num_nodes=num_nodes, accelerator=accelerator,
                              precision=precision, workers=workers, seed=seed, backbone_weights=backbone_weights,
-                             val_every=val_every)
+                             val_every=val_every, keep_checkpoints=keep_checkpoints)
     cfg = run(data=data, modality=modality.lower(), preset=preset, out=out, settings=settings, anchors=anchors,
               resume=resume, overwrite=overwrite, masks=not detection_only)
     m = cfg["metrics"]

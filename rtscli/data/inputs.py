@@ -220,8 +220,15 @@ def grid_windows(info: RasterInfo, opts: PrepareOptions) -> Iterator[tuple[int, 
             yield c, r
 
 
+def gdf_counts(labels_by_crs: dict) -> dict[str, int]:
+    """Label features kept per label file (after repairs and duplicates)."""
+    gdf = next(iter(labels_by_crs.values()))[0]
+    return {str(k): int(v) for k, v in gdf["label_file"].value_counts(sort=False).items()}
+
+
 def vector_items(opts, infos, aux_paths):
-    from rtscli.io.vector import read_polygons
+    """Chip windows of every scene, and the labels in each scene CRS (``opts.labels``: one or several files)."""
+    from rtscli.io.vector import read_labels
 
     labels_by_crs: dict[str, Any] = {}
     reports = {}
@@ -233,8 +240,8 @@ def vector_items(opts, infos, aux_paths):
     for info, root in infos:
         ck = info.crs.to_wkt()
         if ck not in labels_by_crs:
-            gdf, rep = read_polygons(opts.labels, info.crs, assume_crs=opts.labels_crs, dedupe=opts.dedupe_labels,
-                                     layer=opts.labels_layer)
+            gdf, rep = read_labels(opts.labels, info.crs, assume_crs=opts.labels_crs, dedupe=opts.dedupe_labels,
+                                   layer=opts.labels_layer)
             labels_by_crs[ck] = (gdf, gdf.sindex)
             reports[ck] = rep
         gdf, sindex = labels_by_crs[ck]
@@ -261,7 +268,7 @@ def vector_items(opts, infos, aux_paths):
         raise RtsError(
             f"no label polygon overlaps the raster(s) (labels bounds {fmt_bounds(lb)} vs scene bounds "
             f"{fmt_bounds(infos[0][0].bounds)} in {crs_name(infos[0][0].crs)})",
-            path=opts.labels,
+            path=", ".join(str(p) for p in opts.labels),
             fix="check that the labels and the scenes cover the same area (and the labels' CRS)",
         )
     for name, n in per_scene.items():
@@ -269,9 +276,10 @@ def vector_items(opts, infos, aux_paths):
             log.warning("no label intersects scene %s: its chips become negatives", name)
     rep = next(iter(reports.values()))
     meta = {
-        "file": str(opts.labels),
+        "files": [str(p) for p in opts.labels],
         "layer": opts.labels_layer,
         "features": rep.features,
+        "features_per_file": gdf_counts(labels_by_crs),
         "repaired_invalid": rep.repaired,
         "dropped_empty": rep.empty,
         "dropped_not_polygon": rep.not_polygon,

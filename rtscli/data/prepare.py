@@ -60,7 +60,7 @@ class PrepareOptions:
     bands: BandMap | None = None
     mode: str = "auto"
     masks: Path | None = None
-    labels: Path | None = None
+    labels: list[Path] | None = None  # one or several label files (e.g. one per site), any CRS each
     labels_layer: str | None = None
     labels_crs: Any = None
     aux: dict[str, Path] = field(default_factory=dict)
@@ -189,6 +189,12 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
     else:
         items = sample_items(opts, infos, aux_infos, mode)
     splits, split_report = _splits(items, opts, split_map)
+    # the splits asked for; an evaluation-only dataset (--split 0,0,1) takes its statistics from all chips
+    wanted = {s: f for s, f in zip(SPLITS, opts.fractions, strict=True)} if split_map is None else \
+        {s: float(s in split_map.values()) for s in SPLITS}
+    stats_from = "train" if wanted["train"] > 0 else "all"
+    if sum(f > 0 for f in wanted.values()) > 1:
+        _warn_single_chip_scenes(items, opts)
 
     for a in all_aux(items):
         name = next(n for it in items for n, i in it.aux.items() if i.path == a.path)
@@ -254,12 +260,13 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
             if item.window is not None:
                 entry["window"] = list(item.window)
             docs[split].add_image(entry)
+            learn = split == "train" or stats_from == "all"  # statistics come from the training chips only
             px_m2 = pixel_area_m2(transform, entry["width"], entry["height"], item.image.crs) \
-                if split == "train" and instances else 0.0
+                if learn and instances else 0.0
             for inst in instances:
                 ann_id += 1
                 docs[split].add_annotation(coco.annotation(inst, ann_id, image_id))
-                if split == "train":
+                if learn:
                     sizes.append(float(np.sqrt(inst.bbox[2] * inst.bbox[3])))
                     ratios.append(float(inst.bbox[3] / inst.bbox[2]))
                     areas_m2.append(inst.area * px_m2)
@@ -267,16 +274,20 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
             c["images"] += 1
             c["instances"] += len(instances)
             c["negatives"] += int(not instances)
-            if split == "train":
+            if learn:
                 chans = {n: channel(n, image, chip_bands, valid) for n in stat_names}
                 sampler.add(chans, valid)
 
-        split_warnings = _split_warnings(counts, opts.fractions, mode, split_report)
+        split_warnings = _split_warnings(counts, wanted, mode, split_report)
         for w in split_warnings:
             log.warning(w)
         if sampler.count == 0:
-            raise RtsError("the training split has no valid pixels",
+            raise RtsError("the training split has no valid pixels" if stats_from == "train" else
+                           "the dataset has no valid pixels",
                            fix="check nodata settings, add images, or change --split")
+        if stats_from == "all":
+            log.info("no training split (an evaluation-only dataset): normalization statistics from all chips; models "
+                     "evaluated on it use their own")
         stats = sampler.result()
         for s in SPLITS:
             docs[s].close()
@@ -284,11 +295,21 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
                              counts, dropped, label_meta, items, (sizes, ratios, areas_m2), splits, split_map,
                              infos, split_report)
         manifest["values"] = _values_record(conversions, infos)
+        manifest["normalization_method"]["split"] = "train" if stats_from == "train" else "all (no training split)"
         manifest["warnings"] = split_warnings
         import yaml
 
         (tmp / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
     return Result(opts.out, manifest, {k: dict(v) for k, v in counts.items()})
+
+
+def _source_bands(info: RasterInfo) -> dict:
+    """Band count and band descriptions (GDAL, empty strings where unnamed) of a training raster."""
+    import rasterio
+
+    with gdal_env(), rasterio.open(info.path) as src:
+        names = [d or "" for d in src.descriptions]
+    return {"count": info.count, "descriptions": names, "dtype": str(info.dtype)}
 
 
 def _values_record(conversions: dict, infos) -> dict:
@@ -417,21 +438,50 @@ def _units(items: list[Item]):
     return units
 
 
-def _split_warnings(counts, fractions, mode, split_report=None) -> list[str]:
+def _warn_single_chip_scenes(items: list[Item], opts: PrepareOptions) -> None:
+    """A raster cut into one chip cannot be shared between splits: say so, naming ``--chip-size``."""
+    chips: dict[Path, int] = defaultdict(int)
+    for it in items:
+        if it.window is not None:
+            chips[it.image.path] += 1
+    for it in {it.image.path: it for it in items if it.window is not None}.values():
+        if chips[it.image.path] == 1:
+            side = min(it.image.width, it.image.height)
+            smaller = max(32, 2 ** int(math.log2(max(side // 2, 1))))
+            log.warning("%s (%d x %d px) gives a single %d px chip, so it cannot be shared between the splits: use "
+                        "a smaller --chip-size (e.g. %d)", it.image.path.name, it.image.width, it.image.height,
+                        opts.chip_size, smaller)
+
+
+#: a validation or test split with fewer slumps than this measures AP50 too coarsely to choose or compare models
+FEW_SLUMPS = 5
+
+
+def _split_warnings(counts, wanted: dict[str, float], mode, split_report=None) -> list[str]:
+    """What is wrong with the splits that came out: empty, lopsided, or unable to measure anything.
+
+    ``wanted``: the share asked for each split (``--split``; with a split file, 1 for the splits it names).
+    """
     totals = {s: sum(c[s]["images"] for c in counts.values()) for s in SPLITS}
+    slumps = {s: sum(c[s]["instances"] for c in counts.values()) for s in SPLITS}
     n = sum(totals.values())
-    hint = ("use a smaller --split-block, more scenes, or a --split-file" if mode == "vectors"
+    hint = ("use a smaller --chip-size or --split-block, more scenes, or a --split-file" if mode == "vectors"
             else "add images, or use a --split-file")
     joined = (split_report or {}).get("images_joined_across_files", 0)
     if joined:  # e.g. chips that all carry one placeholder georeference: one place, so one split
         hint += (f" ({joined} pair(s) of images overlap on the map, so they share a split: check that the images "
                  "carry their true georeference)")
     out = []
-    for s, f in zip(SPLITS, fractions, strict=True):
+    for s, f in wanted.items():
         if f > 0 and totals[s] == 0:
             out.append(f"the {s} split is empty (asked for {f:.0%}): {hint}")
-        elif n and abs(totals[s] / n - f) > 0.15:
+        elif n and f < 1 and abs(totals[s] / n - f) > 0.15:
             out.append(f"the {s} split has {totals[s] / n:.0%} of the chips (asked for {f:.0%}): {hint}")
+        if s != "train" and totals[s] and slumps[s] < FEW_SLUMPS:
+            what = "no slump" if slumps[s] == 0 else f"only {slumps[s]} slump(s)"
+            out.append(f"the {s} split has {totals[s]} chip(s) and {what}: its AP50 cannot tell models apart"
+                       f"{' (rts pretrain keeps the last weights)' if s == 'val' and slumps[s] == 0 else ''}: "
+                       f"{hint}")
     return out
 
 
@@ -443,10 +493,10 @@ def _manifest(opts, mode, band_map, chip_bands, chip_dtype, nodata, modalities, 
     seen = set()
     paths = [i.path for i, _ in infos] + [it.mask.path for it in items if it.mask is not None]
     paths += [a.path for it in items for a in it.aux.values()]
-    if opts.labels is not None:
-        paths.append(opts.labels)
-        if opts.labels.suffix.lower() == ".shp":
-            sidecars = [opts.labels.with_suffix(s) for s in (".dbf", ".shx", ".prj")]
+    for lab in opts.labels or []:
+        paths.append(lab)
+        if lab.suffix.lower() == ".shp":
+            sidecars = [lab.with_suffix(s) for s in (".dbf", ".shx", ".prj")]
             paths += [p for p in sidecars if p.exists()]
     for p in paths:
         if p in seen:
@@ -479,6 +529,8 @@ def _manifest(opts, mode, band_map, chip_bands, chip_dtype, nodata, modalities, 
         "inputs": [str(p) for p in opts.inputs],
         "source_band_map": band_map.as_dict(),
         "source_band_preset": band_map.preset,
+        # the layout of the rasters the chips were cut from: models keep it, so rts predict reads scenes alike
+        "source_bands": _source_bands(infos[0][0]),
         "band_map": chip_bands.as_dict(),
         "aux": {k: str(v) for k, v in opts.aux.items()},
         "dtype": str(chip_dtype),

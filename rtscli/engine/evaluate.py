@@ -212,13 +212,14 @@ def evaluate_bundle(bundle: Path, data: Path, split: str, *, batch_size: int = 4
     """
     import json
 
-    import torch
 
     from rtscli.data.dataset import ChipDataset, DatasetInfo
     from rtscli.errors import RtsError
     from rtscli.modeling.bundle import load_model
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    from rtscli.engine.devices import default_device
+
+    device = default_device()
     model, b = load_model(bundle, device=device)
     info = DatasetInfo.open(data)
     from rtscli.data.modalities import missing_channel

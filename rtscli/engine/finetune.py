@@ -16,10 +16,9 @@ import copy
 import logging
 from pathlib import Path
 
-import torch
 
 from rtscli.data.dataset import DatasetInfo
-from rtscli.engine.pretrain import build_config, bundle_config, prepare_run_dir, train_and_save
+from rtscli.engine.pretrain import build_config, bundle_config, check_memory, prepare_run_dir, train_and_save
 from rtscli.engine.train import TrainSettings
 from rtscli.errors import RtsError
 from rtscli.modeling.fusion import STRATEGIES, is_feature_level
@@ -230,14 +229,20 @@ def finetune(*, data: Path, fusion: str, modalities: list[str], out: Path, setti
         heads_note = "fresh"
     spec["sources"] = origin
     spec["heads_from"] = heads_note
+    from rtscli.modeling.detector import count_parameters
+
+    total, trainable = count_parameters(model)
+    resident = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    check_memory(cfg, settings, what="rts finetune", trainable_params=trainable, total_params=total, fusion=spec,
+                 resident_bytes=resident)
     # every check and every weight is in place: only now is the run directory touched
     prepare_run_dir(out, resume=resume, overwrite=overwrite)
 
     import os
 
-    device = "cpu"
-    if torch.cuda.is_available() and settings.accelerator in ("auto", "gpu", "cuda"):
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    from rtscli.engine.devices import training_device
+
+    device = training_device(settings.accelerator, int(os.environ.get("LOCAL_RANK", 0)))
     first = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0"  # only rank 0 writes the bundle
     rep = cost_report(model, fusion=spec, tile=cfg.tile_size, channels=sum(channels), device=device,
                       memory=measure_memory and first)

@@ -313,7 +313,9 @@ def instances_from_tile(pred: dict[str, torch.Tensor], *, origin: tuple[int, int
 
 
 def to_frame(merged: list[dict], *, scene: Scene, bundle, model_name: str, to_crs: Any = None,
-             min_area: float = 0.0, simplify: float = 0.0):
+             simplify: float = 0.0):
+    """The output layer of merged slumps (one row each, ids 1..N by decreasing score): the columns of the
+    README's table, true areas (m2) and perimeters (m) on the ellipsoid, in the scene's CRS or ``to_crs``."""
     import geopandas as gpd
 
     from rtscli.geometry.measure import geodesic_area_perimeter
@@ -333,8 +335,6 @@ def to_frame(merged: list[dict], *, scene: Scene, bundle, model_name: str, to_cr
     gdf["touches_nodata"] = np.array([bool(m["touches_nodata"]) for m in merged], dtype=bool)
     gdf["touches_edge"] = np.array([bool(m["touches_edge"]) for m in merged], dtype=bool)
     gdf["tiles"] = np.array([int(m["tiles"]) for m in merged], dtype=np.int64)
-    if min_area > 0:
-        gdf = gdf[gdf["area_m2"] >= min_area]
     gdf = gdf.sort_values("score", ascending=False, kind="mergesort").reset_index(drop=True)  # stable: same ids
     gdf["id"] = np.arange(1, len(gdf) + 1, dtype=np.int64)
     fusion = (bundle.config.get("fusion") or {}).get("strategy", "none")
@@ -377,7 +377,9 @@ def predict_scene(model, bundle, scene: Scene, opts: PredictOptions, *,
     origins = tile_grid(scene.width, scene.height, tile, overlap)
     ds = TileDataset(scene, origins, tile=tile, modalities=bundle.modalities, stats=bundle.stats,
                      repeat_to=bundle.config.get("repeat_to", 3))
-    device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from rtscli.engine.devices import default_device
+
+    device = opts.device or default_device()
     model = model.to(device).eval()
     loader = torch.utils.data.DataLoader(ds, batch_size=opts.batch_size, shuffle=False, collate_fn=_collate,
                                          num_workers=opts.workers, persistent_workers=False,
@@ -416,6 +418,12 @@ def predict_scene(model, bundle, scene: Scene, opts: PredictOptions, *,
             timing.model += time.perf_counter() - t
         t = time.perf_counter()
         for b, p in zip(full, preds, strict=True):
+            scores = p["scores"].detach().cpu().numpy()
+            low = scores[scores < opts.min_score]
+            if low.size:  # what --min-score drops, so that "0 slumps" can say why
+                timing.extra["below_min_score"] = timing.extra.get("below_min_score", 0) + int(low.size)
+                timing.extra["best_below_min_score"] = max(timing.extra.get("best_below_min_score", 0.0),
+                                                           round(float(low.max()), 4))
             top = origins[b["index"]][1]
             if top > row:  # a new row of tiles: hand out what the rows above finished
                 merged += merger.finished(top)
@@ -442,8 +450,15 @@ def predict_scene(model, bundle, scene: Scene, opts: PredictOptions, *,
                     ", ".join(f"{k} {v.low:g}..{v.high:g}" for k, v in bundle.stats.items()), conv, hint)
     t = time.perf_counter()
     merged += merger.finish()
-    gdf = to_frame(merged, scene=scene, bundle=bundle, model_name=bundle.path.name, to_crs=opts.to_crs,
-                   min_area=opts.min_area, simplify=opts.simplify)
+    gdf = to_frame(merged, scene=scene, bundle=bundle, model_name=model_label(bundle), to_crs=opts.to_crs,
+                   simplify=opts.simplify)
+    if opts.min_area > 0:  # after the merge: a slump's true area, whatever the tiles that saw it
+        small = gdf["area_m2"] < opts.min_area
+        if small.any():
+            timing.extra["below_min_area"] = int(small.sum())
+            timing.extra["best_below_min_area"] = round(float(gdf.loc[small, "score"].max()), 4)
+            gdf = gdf[~small].reset_index(drop=True)
+            gdf["id"] = np.arange(1, len(gdf) + 1, dtype=np.int64)
     timing.merge += time.perf_counter() - t
     timing.extra["overlap_px"] = overlap
     timing.extra["fragments_dropped"] = merger.dropped
@@ -451,6 +466,39 @@ def predict_scene(model, bundle, scene: Scene, opts: PredictOptions, *,
         log.info("%s: %d partial detections along tile borders dropped (the tile that saw the place whole did not "
                  "find a slump there)", scene.name, merger.dropped)
     return gdf, timing
+
+
+def model_label(bundle) -> str:
+    """What the output's ``model`` field says: the bundle's folder name and the start of its weights' SHA-256
+    (``fused@3f2a9c1d``), so that maps made by two runs that share a folder name are told apart."""
+    from rtscli.modeling.bundle import WEIGHTS
+
+    weights = Path(bundle.path) / WEIGHTS
+    if not weights.exists():
+        return Path(bundle.path).name
+    return f"{Path(bundle.path).name}@{weights_sha256(weights)[:8]}"
+
+
+@functools.lru_cache(maxsize=8)
+def weights_sha256(path: Path) -> str:
+    """SHA-256 of a bundle's weights (cached per process: many scenes, one model)."""
+    from rtscli.data.inputs import sha256
+
+    return sha256(Path(path))
+
+
+def dropped_note(timing: Timing, opts: PredictOptions) -> str | None:
+    """Why detections are missing from the output: how many ``--min-score`` and ``--min-area`` dropped, with the
+    highest score among them, and the option to change; None when nothing was dropped."""
+    ex = timing.extra
+    parts = []
+    if ex.get("below_min_score"):
+        parts.append(f"{ex['below_min_score']} raw detections scored below --min-score {opts.min_score:g} (the highest "
+                     f"{ex['best_below_min_score']:.4f}): lower --min-score to keep them")
+    if ex.get("below_min_area"):
+        parts.append(f"{ex['below_min_area']} slump(s) smaller than --min-area {opts.min_area:g} m2 were dropped "
+                     f"(the best scored {ex['best_below_min_area']:.4f}): lower --min-area to keep them")
+    return "; ".join(parts) or None
 
 
 def release_freed_memory() -> None:

@@ -9,9 +9,8 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 
-from rtscli.engine.predict import PredictOptions, Scene, Source, open_scene, predict_scene
+from rtscli.engine.predict import PredictOptions, Scene, Source, dropped_note, open_scene, predict_scene
 from rtscli.errors import RtsError
 
 log = logging.getLogger("rtscli")
@@ -67,6 +66,92 @@ def _sources(scene: Path | None, *, band_map, rgb, nir, ndvi, aux: list[str]) ->
     return srcs
 
 
+def scene_key(path: Path) -> str:
+    """How a scene is named in the manifest: its absolute path."""
+    return str(Path(path).resolve())
+
+
+def provenance(model: Path, opts: PredictOptions, **given) -> dict:
+    """What decides an output's polygons: the model (path and SHA-256 of its weights) and the options."""
+    from rtscli.engine.predict import weights_sha256
+    from rtscli.modeling.bundle import WEIGHTS
+
+    bm = given.pop("band_map")
+    return {"model": scene_key(Path(model)), "model_sha256": weights_sha256(Path(model) / WEIGHTS),
+            "bands": bm.as_dict() if bm is not None else None, "overlap_px": opts.overlap,
+            "min_score": opts.min_score, "min_area": opts.min_area, "simplify": opts.simplify, "merge": opts.merge,
+            "match": opts.match_metric, "match_threshold": opts.match_threshold, "to_crs": opts.to_crs, **given}
+
+
+def difference(before: dict | None, now: dict) -> str:
+    """The first way ``before`` (an earlier run's provenance) differs from ``now``, in words."""
+    if not before:
+        return "by a run that left no record of its model and options"
+    if before.get("model_sha256") != now.get("model_sha256"):
+        return f"with another model ({before.get('model')}; now {now.get('model')})"
+    for k, v in now.items():
+        if before.get(k) != v:
+            return f"with other options (--{k.replace('_', '-')} {before.get(k)}; now {v})"
+    return "with other options"
+
+
+def earlier_records(out: Path) -> dict[str, dict]:
+    """Per-scene records of earlier runs into ``out``: manifest.json, then the ranks' parts (newer win)."""
+    records: dict[str, dict] = {}
+    files = [out / "manifest.json"] + sorted(out.glob(".manifest-rank*.json"), key=lambda f: f.stat().st_mtime_ns)
+    for f in files:
+        if not f.exists():
+            continue
+        try:
+            data = json.loads(f.read_text())
+        except (ValueError, OSError):  # a damaged record: its scenes count as unrecorded
+            log.warning("cannot read %s: the scenes it recorded will count as made by an unknown run", f)
+            continue
+        for r in data.get("scenes", []) if isinstance(data, dict) else data:
+            if isinstance(r, dict) and "scene" in r:
+                records[scene_key(Path(r["scene"]))] = r
+    return records
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)
+
+
+def check_band_layout(bundle, scene: Path) -> None:
+    """Without ``--bands`` a scene is read with the band layout of the model's training rasters: refuse, with the
+    fix, a scene whose band count or band descriptions (GDAL) say it is laid out otherwise."""
+    import rasterio
+
+    from rtscli.io.raster import gdal_env, inspect
+
+    layout = bundle.config.get("source_bands")
+    bm = bundle.source_band_map or bundle.band_map
+    text = ", ".join(f"{k}={v}" for k, v in bm.as_dict().items())
+    fix = "pass --bands naming this scene's bands (see `rts bands`), e.g. --bands sentinel2-10"
+    if not layout:  # a bundle made before rts recorded its training rasters' layout: only the count can be checked
+        return
+    info = inspect(scene)
+    counts = {layout["count"]}
+    mask = (bundle.config.get("source_band_map") or {}).get("mask")
+    if mask == layout["count"]:  # the label band of the paper's layout: a scene to map has none
+        counts.add(layout["count"] - 1)
+    if info.count not in counts:
+        raise RtsError(f"the model was trained on {layout['count']}-band rasters ({text}) and this scene has "
+                       f"{info.count} bands", path=scene, fix=fix)
+    with gdal_env(), rasterio.open(scene) as src:
+        mine = [(d or "").strip().lower() for d in src.descriptions]
+    theirs = [(d or "").strip().lower() for d in layout.get("descriptions") or []]
+    used = sorted(set(bm.as_dict().values()))
+    differ = [i for i in used if i <= len(mine) and i <= len(theirs) and mine[i - 1] and theirs[i - 1]
+              and mine[i - 1] != theirs[i - 1]]
+    if differ:
+        i = differ[0]
+        raise RtsError(f"band {i} of this scene is described as {mine[i - 1]!r} but the model's training rasters "
+                       f"had {theirs[i - 1]!r} there ({text})", path=scene, fix=fix)
+
+
 def check_modalities(bundle, sources: list[Source], where: str) -> None:
     """Every channel the bundle's modalities need must come from the inputs (NDVI may be derived)."""
     from rtscli.data.modalities import missing_channel
@@ -108,10 +193,19 @@ def _distributed(device: str | None):
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
+    from rtscli.engine.devices import default_device, has_cuda, has_mps
+
     if device is None:
-        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+        device = default_device(local)
     elif device == "cuda":
         device = f"cuda:{local}"
+    if device.startswith("cuda") and not has_cuda():
+        raise RtsError(f"--device {device}: this machine has no CUDA GPU that PyTorch can use",
+                       fix="use --device cpu (or mps on Apple silicon)")
+    if device == "mps" and not has_mps():
+        raise RtsError("--device mps: Apple's MPS GPU is not available here", fix="use --device cpu")
+    if not (device == "cpu" or device == "mps" or device.startswith("cuda")):
+        raise RtsError(f"unknown --device {device!r}", fix="use cpu, cuda, cuda:N or mps")
     if world <= 1:
         return 0, 1, device
     import torch.distributed as dist
@@ -124,13 +218,21 @@ def _distributed(device: str | None):
 
 
 def run_scene(model, bundle, scene: Scene, out: Path, opts: PredictOptions, *, overwrite: bool,
-              raster: Path | None = None, quicklook: Path | None = None, label: str = "", layer: str = "rts") -> dict:
+              raster: Path | None = None, quicklook: Path | None = None, label: str = "", layer: str = "rts",
+              truth: Path | None = None) -> dict:
     """Predict one scene (opened and checked by :func:`open_scene`) and write its outputs."""
+    from rtscli.engine.maps import write_instance_raster, write_quicklook
     from rtscli.io.vector import write_vector
 
-    from rtscli.geometry.measure import pixel_area_m2
+    from rtscli.engine.predict import default_overlap, tile_grid
+    from rtscli.geometry.footprint import window_footprint
+    from rtscli.geometry.measure import geodesic_area
 
-    km2_per_tile = bundle.tile_size**2 * pixel_area_m2(scene.transform, scene.width, scene.height, scene.crs) / 1e6
+    # the rate shows the scene's area mapped per hour (tiles overlap: counting tile areas would inflate it)
+    overlap = opts.overlap if opts.overlap is not None else default_overlap(bundle.tile_size, bundle.config)
+    tiles = len(tile_grid(scene.width, scene.height, bundle.tile_size, overlap))
+    area = geodesic_area(window_footprint(scene.transform, 0, 0, scene.width, scene.height), scene.crs)
+    km2_per_tile = area / max(tiles, 1) / 1e6
     t0 = time.perf_counter()
     with _progress_bar() as bar:
         task = bar.add_task(f"{label}{scene.name}", total=None, km2_per_tile=km2_per_tile, unit="tiles")
@@ -144,109 +246,11 @@ def run_scene(model, bundle, scene: Scene, out: Path, opts: PredictOptions, *, o
     if raster is not None:
         write_instance_raster(gdf, scene, raster, overwrite=overwrite)
     if quicklook is not None:
-        write_quicklook(gdf, scene, quicklook, overwrite=overwrite)
+        write_quicklook(gdf, scene, quicklook, overwrite=overwrite, truth=truth)
     timing.write += time.perf_counter() - t
-    return {"scene": str(scene.sources[0].path), "output": str(out), "polygons": len(gdf),
-            "seconds": round(time.perf_counter() - t0, 2), "timing": timing.as_dict()}
-
-
-def write_instance_raster(gdf, scene, path: Path, *, overwrite: bool, block: int = 1024) -> None:
-    """An instance-id GeoTIFF (uint32, 0 = background) on the scene's grid, written by windows."""
-    import rasterio
-    from rasterio.features import rasterize
-    from rasterio.windows import Window
-    from shapely import STRtree
-
-    from rtscli.geometry.footprint import window_footprint
-    from rtscli.io.atomic import atomic_file
-    from rtscli.io.raster import window_transform
-
-    geoms = list(gdf.to_crs(scene.crs).geometry) if len(gdf) else []
-    ids = list(gdf["id"]) if len(gdf) else []
-    tree = STRtree(geoms) if geoms else None
-    profile = dict(driver="GTiff", width=scene.width, height=scene.height, count=1, dtype="uint32", crs=scene.crs,
-                   transform=scene.transform, nodata=0, compress="deflate", tiled=True, blockxsize=256,
-                   blockysize=256, BIGTIFF="IF_SAFER")
-    with atomic_file(path, overwrite=overwrite) as tmp, rasterio.open(tmp, "w", **profile) as dst:
-        for r in range(0, scene.height, block):
-            for c in range(0, scene.width, block):
-                h, w = min(block, scene.height - r), min(block, scene.width - c)
-                t = window_transform(scene.transform, c, r)
-                arr = np.zeros((h, w), np.uint32)
-                if tree is not None:  # the block's true footprint (all four corners: rotated grids too)
-                    hits = tree.query(window_footprint(scene.transform, c, r, w, h), predicate="intersects")
-                    if len(hits):
-                        arr = rasterize(((geoms[i], int(ids[i])) for i in hits), out_shape=(h, w), transform=t,
-                                        fill=0, dtype="uint32")
-                dst.write(arr, 1, window=Window(c, r, w, h))
-
-
-def write_quicklook(gdf, scene, path: Path, *, overwrite: bool, max_side: int = 2048) -> None:
-    """Polygons over an RGB (or first band) rendering of the scene, read decimated (bounded memory)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import rasterio
-    from rasterio.errors import RasterioIOError
-
-    from rtscli.io.atomic import atomic_file
-    from rtscli.io.raster import read_error
-
-    names = {n: (s, i) for s in scene.sources for n, i in s.bands.items()}
-    picks = [names[n] for n in ("red", "green", "blue") if n in names] or [next(iter(names.values()))]
-    scale = max(1, int(np.ceil(max(scene.width, scene.height) / max_side)))
-    h, w = max(1, scene.height // scale), max(1, scene.width // scale)
-    by_path: dict[Path, list[int]] = {}  # each raster read once, all of its picked bands together
-    for s, i in picks:
-        by_path.setdefault(s.path, []).append(i)
-    planes = {}
-    for p, bands in by_path.items():
-        try:
-            with rasterio.open(p) as src, _on_scene_grid(src, scene, p) as grid:
-                data = grid.read(bands, out_shape=(len(bands), h, w), masked=True).astype(np.float32).filled(np.nan)
-        except RasterioIOError as exc:
-            raise read_error(p, exc) from None
-        planes |= {(p, i): x for i, x in zip(bands, data, strict=True)}
-    img = np.stack([planes[s.path, i] for s, i in picks], -1)
-    for k in range(img.shape[-1]):
-        x = img[..., k]
-        lo, hi = (np.nanpercentile(x, [2, 98]) if np.isfinite(x).any() else (0.0, 1.0))
-        img[..., k] = np.clip((x - lo) / max(hi - lo, 1e-6), 0, 1)
-    img = np.nan_to_num(img, nan=1.0)
-    if img.shape[-1] == 1:
-        img = np.repeat(img, 3, -1)
-    # drawn in the scene's pixel space (polygons through the inverse transform): right on rotated grids too
-    fig, ax = plt.subplots(figsize=(8, 8 * h / w if w else 8))
-    ax.imshow(img, extent=(0, scene.width, scene.height, 0))
-    if len(gdf):
-        import geopandas as gpd
-
-        from rtscli.geometry.footprint import to_pixels
-
-        pixels = [to_pixels(g, scene.transform) for g in gdf.to_crs(scene.crs).geometry]
-        gpd.GeoSeries(pixels).boundary.plot(ax=ax, color="#ff2d55", linewidth=0.8)
-    ax.set_xlim(0, scene.width)
-    ax.set_ylim(scene.height, 0)
-    ax.set_title(f"{scene.name}: {len(gdf)} slumps")
-    ax.set_axis_off()
-    fig.tight_layout()
-    with atomic_file(path, overwrite=overwrite) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-
-
-def _on_scene_grid(src, scene, path: Path):
-    """``src`` itself, or (a source resampled with ``--resample``) a bilinear view of it on the scene's grid."""
-    import contextlib
-
-    if not scene.resample or path == scene.sources[0].path:
-        return contextlib.nullcontext(src)
-    from rasterio.enums import Resampling
-    from rasterio.vrt import WarpedVRT
-
-    return WarpedVRT(src, crs=scene.crs, transform=scene.transform, width=scene.width, height=scene.height,
-                     resampling=Resampling.bilinear)
+    return {"scene": scene_key(scene.sources[0].path), "output": str(out), "polygons": len(gdf),
+            "seconds": round(time.perf_counter() - t0, 2), "timing": timing.as_dict(),
+            "dropped": dropped_note(timing, opts)}
 
 
 def _check_options(*, batch_size: int, workers: int, match_threshold: float, min_score: float, to_crs: str | None,
@@ -272,7 +276,8 @@ def main(*, inputs: list[str], out: Path | None, model: Path | None, bands: str 
          merge: str, match: str, match_threshold: float, to_crs: str | None, raster: Path | None,
          quicklook: Path | None, batch_size: int, workers: int, device: str | None, overwrite: bool,
          layer: str | None = None,
-         nodata: float | None = None, scale: float | None = None, offset: float | None = None) -> None:
+         nodata: float | None = None, scale: float | None = None, offset: float | None = None,
+         truth: Path | None = None) -> None:
     from rtscli.console import console
     from rtscli.data.bands import BandMap
     from rtscli.io.atomic import check_output
@@ -281,6 +286,9 @@ def main(*, inputs: list[str], out: Path | None, model: Path | None, bands: str 
 
     _check_options(batch_size=batch_size, workers=workers, match_threshold=match_threshold, min_score=min_score,
                    to_crs=to_crs, merge=merge, match=match, overlap=overlap, scale=scale)
+    if truth is not None and quicklook is None:
+        raise RtsError("--truth draws reference outlines on the quicklook, and no --quicklook was given",
+                       fix="add --quicklook q.png, or drop --truth")
     if out is None:
         raise RtsError("no output given", fix="pass -o slumps.gpkg (or -o folder/ for many scenes)")
     if layer is not None and out.suffix.lower() in EXTS and out.suffix.lower() != ".gpkg":
@@ -301,7 +309,7 @@ def main(*, inputs: list[str], out: Path | None, model: Path | None, bands: str 
         model, origin = default_model()
         console.print(f"model: {model} ({origin})")
     bundle = read_bundle(model)
-    band_map = BandMap.parse(bands) if bands else bundle.band_map
+    band_map = BandMap.parse(bands) if bands else (bundle.source_band_map or bundle.band_map)
     tile = bundle.tile_size
     ov = None if overlap is None else (int(round(overlap * tile)) if overlap < 1 else int(overlap))
     opts = PredictOptions(overlap=ov, batch_size=batch_size, workers=workers, min_score=min_score, min_area=min_area,
@@ -320,15 +328,24 @@ def main(*, inputs: list[str], out: Path | None, model: Path | None, bands: str 
             if extra is not None:
                 check_output(extra, overwrite)
         srcs = _sources(scenes[0] if scenes else None, band_map=band_map, rgb=rgb, nir=nir, ndvi=ndvi, aux=aux)
+        if scenes and not bands:
+            check_band_layout(bundle, scenes[0])
         check_modalities(bundle, srcs, str(srcs[0].path) if scenes else "the given rasters")
         scene = open_scene(srcs, resample=resample, nodata=nodata, **units)  # every check before the model loads
+        if truth is not None:
+            from rtscli.engine.maps import truth_outlines
+
+            truth_outlines(truth, scene)  # a bad --truth file fails here, before the model loads
         _, _, opts.device = _distributed(device)
         net, _ = load_model(model)
         rep = run_scene(net, bundle, scene, out, opts, overwrite=overwrite, raster=raster, quicklook=quicklook,
-                        layer=layer)
+                        layer=layer, truth=truth)
         tm = rep["timing"]
         console.print(f"{rep['polygons']} slumps -> {out} ({rep['seconds']:.1f} s, {tm['tiles']} tiles, "
                       f"{tm['skipped_nodata_tiles']} all-nodata tiles skipped)")
+        note = rep.get("dropped")
+        if note:
+            console.print(note)
         if quicklook:
             console.print(f"quicklook: {quicklook}")
         if raster:
@@ -346,35 +363,51 @@ def main(*, inputs: list[str], out: Path | None, model: Path | None, bands: str 
     if len(set(stems)) != len(stems):
         raise RtsError("two scenes have the same file name; their outputs would collide",
                        fix="predict them into different folders")
+    # what made each output: a re-run with another model or other options must not keep the old maps silently
+    prov = provenance(model, opts, band_map=band_map, scale=scale, offset=offset, nodata=nodata, layer=layer)
+    old = earlier_records(out)
+    done = [s for s in scenes if not overwrite and (out / f"{s.stem}.gpkg").exists()
+            and layer in gpkg_layers(out / f"{s.stem}.gpkg")]
+    stale = [s for s in done if (old.get(scene_key(s)) or {}).get("provenance") != prov]
+    if stale:
+        why = difference((old.get(scene_key(stale[0])) or {}).get("provenance"), prov)
+        raise RtsError(f"{len(stale)} scene(s) already mapped in this folder (e.g. {stale[0].stem}.gpkg) were made "
+                       f"{why}", path=out, fix="pass --overwrite to map them again with this model and these options, "
+                       "or choose another -o")
     opened = {}
     for s in scenes:  # check every scene (metadata only) before the first is run
         srcs = _sources(s, band_map=band_map, rgb=None, nir=None, ndvi=None, aux=[])
+        if not bands:
+            check_band_layout(bundle, s)
         check_modalities(bundle, srcs, str(s))
         opened[s] = open_scene(srcs, nodata=nodata, **units)
     rank, world, opts.device = _distributed(device)
     out.mkdir(parents=True, exist_ok=True)
-    todo = [s for s in scenes if overwrite or not (out / f"{s.stem}{ext}").exists()
-            or layer not in gpkg_layers(out / f"{s.stem}{ext}")]
-    reports = [{"scene": str(s), "output": str(out / f"{s.stem}{ext}"), "skipped": "done before"}
-               for s in scenes if s not in todo] if rank == 0 else []
+    todo = [s for s in scenes if s not in done]
+    reports = [old[scene_key(s)] | {"skipped": "done before"} for s in done] if rank == 0 else []
     mine = todo[rank::world]  # shared out after the finished scenes are set aside
     net = None
+    part = out / f".manifest-rank{rank}.json"
     for k, s in enumerate(mine):
         target = out / f"{s.stem}{ext}"
         if net is None:
             net, _ = load_model(model)
         rep = run_scene(net, bundle, opened[s], target, opts, overwrite=True, label=f"[{k + 1}/{len(mine)}] ",
                         layer=layer)
+        rep["provenance"] = prov
         reports.append(rep)
+        _write_json(part, reports)  # after every scene: an interrupted run keeps the record of what it made
         console.print(f"{s.name}: {rep['polygons']} slumps -> {target} ({rep['seconds']:.1f} s)")
-    part = out / f".manifest-rank{rank}.json"
-    part.with_suffix(".tmp").write_text(json.dumps(reports))
-    part.with_suffix(".tmp").replace(part)
+        note = rep.get("dropped")
+        if note:
+            console.print(f"  {note}")
+    _write_json(part, reports)
     # every rank rebuilds the manifest from the parts it sees; the last to finish sees them all
     files = sorted(out.glob(".manifest-rank*.json"), key=lambda f: f.stat().st_mtime_ns)
     parts = [r for f in files for r in json.loads(f.read_text())]
     by_scene = {r["scene"]: r for r in parts}
-    manifest = {"model": str(Path(model).resolve()), "scenes": [by_scene[k] for k in sorted(by_scene)],
+    manifest = {"model": str(Path(model).resolve()), "provenance": prov,
+                "scenes": [by_scene[k] for k in sorted(by_scene)],
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     tmp = out / f"manifest.json.tmp{rank}"
     tmp.write_text(json.dumps(manifest, indent=2))

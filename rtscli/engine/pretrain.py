@@ -12,8 +12,9 @@ import torch
 from rtscli.data.dataset import ChipDataset, DatasetInfo, collate
 from rtscli.data.modalities import Modality
 from rtscli.errors import RtsError
+from rtscli.engine.curves import plot_curves
 from rtscli.engine.train import (
-    EpochSampler, TrainSettings, bundle_weights, epoch_metrics, fit, make_module, plot_curves, settings_dict,
+    EpochSampler, TrainSettings, bundle_weights, epoch_metrics, fit, make_module, settings_dict,
     write_epoch_csv,
 )
 from rtscli.modeling.config import ModelConfig, load_preset
@@ -53,6 +54,21 @@ def build_config(preset: str, *, in_channels: int, anchors: str, info: DatasetIn
     return cfg
 
 
+def check_memory(cfg: ModelConfig, settings: TrainSettings, *, what: str, **kw) -> None:
+    """Refuse, before anything is written, a run whose training step cannot fit in this machine's memory
+    (:func:`rtscli.modeling.memory.check_fits`: an estimate for the preset, tile, batch and device)."""
+    import os
+
+    from rtscli.engine.devices import training_device
+    from rtscli.engine.train import choose_precision
+    from rtscli.modeling.memory import check_fits
+
+    device = training_device(settings.accelerator, int(os.environ.get("LOCAL_RANK", 0)))
+    devices = settings.devices if isinstance(settings.devices, int) else 1
+    check_fits(cfg, batch_size=settings.batch_size, device=device, precision=choose_precision(settings),
+               processes=devices if device == "cpu" else 1, what=what, **kw)
+
+
 def prepare_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
     """Check, clear or create the run directory (only the first process does, under DDP)."""
     import os
@@ -62,7 +78,10 @@ def prepare_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
     # all): only the first one checks, clears or creates the run directory.
     first = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0"
     if first and out.exists() and not (resume or overwrite):
-        raise RtsError("output exists", path=out, fix="pass --resume to continue it or --overwrite to replace it")
+        if (out / "checkpoints" / "last.ckpt").exists():
+            raise RtsError("output exists", path=out, fix="pass --resume to continue it or --overwrite to replace it")
+        raise RtsError("output exists (with no checkpoint to resume from)", path=out,
+                       fix="pass --overwrite to replace it, or choose another -o")
     if first and out.exists() and overwrite and not resume:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -84,7 +103,10 @@ def bundle_config(*, cfg: ModelConfig, info: DatasetInfo, data: Path, mods: list
         "modalities": [{"name": m.name, "channels": list(m.channels)} for m in mods],
         "repeat_to": repeat,
         "fusion": fusion,
-        "band_map": info.band_map.as_dict(),
+        "band_map": info.band_map.as_dict(),  # the chips' layout: what the model's channels are made of
+        # the layout of the rasters the training chips were cut from: rts predict reads scenes with it
+        "source_band_map": info.manifest.get("source_band_map"),
+        "source_bands": info.manifest.get("source_bands"),
         "normalization": {k: v.as_dict() for k, v in info.stats.items() if k in used},
         "nodata": info.nodata,
         "classes": ["rts"],
@@ -118,7 +140,8 @@ def train_and_save(model, *, config: dict, info: DatasetInfo, mods: list[Modalit
         raise RtsError("the training split is empty", path=info.root,
                        fix="re-run `rts prepare` with more data or another --split")
     if len(val_ds) == 0:
-        log.warning("the validation split is empty: validating on the training split (best = last)")
+        log.warning("the validation split is empty: validating on the training chips, so the best epoch is the one "
+                    "that fits them best, not the one that generalizes best (re-run `rts prepare` with a val split)")
         val_ds = ChipDataset(info, "train", mods, cfg.tile_size, repeat_to=repeat, augment=False)
     train_loader = torch.utils.data.DataLoader(
         train_ds, batch_size=settings.batch_size, sampler=EpochSampler(len(train_ds), settings.seed),
@@ -129,21 +152,45 @@ def train_and_save(model, *, config: dict, info: DatasetInfo, mods: list[Modalit
     steps_per_epoch = max(1, len(train_loader))
     total_steps = settings.max_steps if settings.max_steps > 0 else settings.epochs * steps_per_epoch
     val_gt = json.loads(Path(val_ds.info.root / f"{val_ds.split}.json").read_text())
+    if not val_gt["annotations"]:
+        log.warning("the %s split (%d chips) has no slump: AP50 cannot be measured on it, so no best epoch can be "
+                    "chosen and the bundle will hold the last epoch's weights (re-run `rts prepare` so that val "
+                    "holds slumps: a smaller --chip-size or --split-block, or a --split-file)", val_ds.split,
+                    len(val_ds))
     module = make_module(model, settings=settings, val_gt=val_gt, tile=cfg.tile_size, total_steps=total_steps)
     trainer = fit(module, train_loader, val_loader, settings=settings, run_dir=out, resume=resume,
                   steps_per_epoch=steps_per_epoch)
 
     rows = epoch_metrics(out)
     write_epoch_csv(out, rows)
-    plot_curves(out, rows)
-    state, chosen = bundle_weights(module, trainer, out)
+    state, chosen = bundle_weights(module, trainer, out, val_slumps=len(val_gt["annotations"]))
     key = "val_mask_ap50_best" if cfg.roi_heads.mask else "val_box_ap50_best"
-    config["metrics"] = {key: round(max(module.best_ap50, 0.0), 4), "best_epoch": module.best_epoch, **chosen,
+    best_epoch = module.best_epoch if module.best_epoch >= 0 else None  # None: no validation ran
+    config["metrics"] = {key: round(max(module.best_ap50, 0.0), 4), "best_epoch": best_epoch, **chosen,
                          "epochs_run": trainer.current_epoch, "steps_run": trainer.global_step}
     config["training"].update(world_size=trainer.world_size, lr=settings.lr(trainer.world_size))
     if trainer.is_global_zero:
         save_bundle(out, state, config)
+        plot_curves(out, rows, bundle_epoch=chosen["bundle_epoch"], title=f"{out.resolve().name} ({cfg.name})")
+        prune_checkpoints(out, keep=settings.keep_checkpoints)
     return config
+
+
+def prune_checkpoints(run_dir: Path, *, keep: bool) -> None:
+    """Once the bundle is written, its training checkpoints (Lightning files with the optimizer state, larger
+    than the model) are removed, so the bundle is the size of its weights; ``--keep-checkpoints`` keeps them
+    (to continue training later with ``--resume``)."""
+    import shutil
+
+    ckpt = run_dir / "checkpoints"
+    if not ckpt.is_dir():
+        return
+    size = sum(f.stat().st_size for f in ckpt.iterdir() if f.is_file())
+    if keep:
+        log.info("training checkpoints kept in %s (%.0f MB; delete the folder to prune them)", ckpt, size / 2**20)
+        return
+    shutil.rmtree(ckpt, ignore_errors=True)
+    log.info("training checkpoints removed (%.0f MB): the run is complete; --keep-checkpoints keeps them", size / 2**20)
 
 
 def pretrain(*, data: Path, modality: str, preset: str, out: Path, settings: TrainSettings, anchors: str = "auto",
@@ -156,13 +203,14 @@ def pretrain(*, data: Path, modality: str, preset: str, out: Path, settings: Tra
     mod = info.modality(modality)
     repeat = info.manifest.get("repeat_to", 3) if repeat_to is None else repeat_to
     channels = repeat if (mod.num_channels == 1 and repeat and repeat > 1) else mod.num_channels
+    cfg = build_config(preset, in_channels=channels, anchors=anchors, info=info)
+    cfg.roi_heads.mask = cfg.roi_heads.mask and masks
+    check_memory(cfg, settings, what="rts pretrain")  # before the run directory or the model exists
     prepare_run_dir(out, resume=resume, overwrite=overwrite)
 
     import lightning as L
 
     L.seed_everything(settings.seed, workers=True, verbose=False)
-    cfg = build_config(preset, in_channels=channels, anchors=anchors, info=info)
-    cfg.roi_heads.mask = cfg.roi_heads.mask and masks
     model = Detector(cfg=cfg)
     weights_note = load_backbone_weights(model.backbone, settings.backbone_weights, timm_name=cfg.backbone.timm_name)
     total, trainable = count_parameters(model)

@@ -52,6 +52,7 @@ class TrainSettings:
     workers: int = 2
     seed: int = 0
     val_every: int = 1
+    keep_checkpoints: bool = False  # keep checkpoints/ in the run directory once the bundle is written
     backbone_weights: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -116,7 +117,8 @@ def make_module(model, *, settings: TrainSettings, val_gt: dict | None, tile: in
                 raise NonFiniteLoss(
                     f"the training loss became {loss.item()} at step {self.global_step} "
                     f"({', '.join(k for k, v in losses.items() if not torch.isfinite(v))})",
-                    fix="the last good checkpoint is kept in checkpoints/last.ckpt; lower --lr and --resume")
+                    fix="start again with a lower --lr (and --overwrite): --resume would continue with the "
+                        "checkpoint's own learning rate (the last good epoch is in checkpoints/last.ckpt)")
             bs = len(images)
             self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs, sync_dist=True)
             for k, v in losses.items():
@@ -346,6 +348,7 @@ def fit(module, train_loader, val_loader, *, settings: TrainSettings, run_dir: P
     L = _lightning()
     from lightning.pytorch.loggers import CSVLogger
 
+    from rtscli.engine.devices import training_device
     from rtscli.logs import adopt_lightning
 
     adopt_lightning()  # Lightning's "GPU available" lines and tips: through rts's log (warnings only), not raw
@@ -380,7 +383,7 @@ def fit(module, train_loader, val_loader, *, settings: TrainSettings, run_dir: P
         num_sanity_val_steps=0,
         enable_progress_bar=show,
         enable_model_summary=False,
-        deterministic=not torch.cuda.is_available(),
+        deterministic=training_device(settings.accelerator) == "cpu",  # CUDA/MPS kernels are not all deterministic
         benchmark=False,
     )
     import warnings
@@ -396,17 +399,22 @@ def fit(module, train_loader, val_loader, *, settings: TrainSettings, run_dir: P
     return trainer
 
 
-def bundle_weights(module, trainer, run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def bundle_weights(module, trainer, run_dir: Path,
+                   val_slumps: int | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The weights a bundle keeps after :func:`fit`, and which epoch they are and why.
 
     Returns ``(state_dict, {"bundle_epoch": epoch, "bundle_weights": reason})`` with a 0-based epoch. The best
     validated epoch when some validation AP50 was above 0 (ties go to the latest epoch; a resumed run reads it
     from ``checkpoints/best.ckpt`` with ``weights_only=True``). Otherwise the last epoch: when every validation
     measured 0 (or none ran) the scores cannot rank epochs, and the weights that trained longest are the bet.
+    ``val_slumps``: the slumps in the validation split; with none, nothing can be measured, whatever the scores.
     """
     what = "mask" if module.model.cfg.roi_heads.mask else "box"
     last = max(trainer.current_epoch - 1, 0)  # current_epoch counts the completed epochs once fit returns
     final = {k: v.detach().to("cpu", copy=True) for k, v in module.model.state_dict().items()}
+    if val_slumps == 0:
+        return final, {"bundle_epoch": last, "bundle_weights": f"last epoch {last}: the validation split has no "
+                       "slump, so it cannot measure anything to pick a best epoch"}
     if module.best_epoch < 0:
         every = trainer.check_val_every_n_epoch
         return final, {"bundle_epoch": last, "bundle_weights": f"last epoch {last}: no validation ran (it runs at "
@@ -454,30 +462,6 @@ def write_epoch_csv(run_dir: Path, rows: list[dict[str, float]]) -> Path:
         w.writeheader()
         for r in rows:
             w.writerow(r)
-    return path
-
-
-def plot_curves(run_dir: Path, rows: list[dict[str, float]]) -> Path | None:
-    if not rows:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ep = [r["epoch"] for r in rows]
-    fig, ax1 = plt.subplots(figsize=(7, 4))
-    ax1.plot(ep, [r.get("train_loss", float("nan")) for r in rows], "b-o", label="train loss")
-    ax1.set_xlabel("epoch")
-    ax1.set_ylabel("loss", color="b")
-    ax2 = ax1.twinx()
-    ax2.plot(ep, [r.get("val_ap50", float("nan")) for r in rows], "r-s", label="val mask AP50")
-    ax2.set_ylabel("val AP50", color="r")
-    ax2.set_ylim(0, 1)
-    fig.tight_layout()
-    path = run_dir / "curves.png"
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
     return path
 
 

@@ -153,6 +153,38 @@ def read_polygons(path: str | Path, target_crs, *, assume_crs=None, dedupe: bool
     return gdf, rep
 
 
+def read_labels(paths: list[Path], target_crs, *, assume_crs=None, dedupe: bool = True, layer: str | None = None):
+    """Read one or several label files (one per site, in any CRS each) as one layer in ``target_crs``.
+
+    Each file is read by :func:`read_polygons` (repaired, reprojected explicitly and logged); the features get
+    one running index (``source_id`` of the instances) in file order, and a ``label_file`` column.
+    Near-identical features are found across all files (:func:`duplicate_labels`). Returns
+    ``(GeoDataFrame, LabelReport)`` with the counts of all files (``reprojected_from``: one entry per file).
+    """
+    import geopandas as gpd
+    import pandas as pd
+
+    frames, total = [], LabelReport()
+    sources = []
+    for path in paths:
+        gdf, rep = read_polygons(path, target_crs, assume_crs=assume_crs, dedupe=False, layer=layer)
+        frames.append(gdf.assign(label_file=Path(path).name)[["label_file", "geometry"]])
+        total.features += rep.features
+        total.repaired += rep.repaired
+        total.empty += rep.empty
+        total.not_polygon += rep.not_polygon
+        total.notes += rep.notes
+        sources.append(rep.reprojected_from)
+    gdf = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), geometry="geometry", crs=frames[0].crs)
+    total.reprojected_from = sources[0] if len(paths) == 1 else ", ".join(str(s) for s in sources)
+    repeats, total.overlapping_pairs = duplicate_labels(gdf.geometry.values)
+    total.duplicates = len(repeats)
+    if repeats and dedupe:
+        gdf = gdf.drop(index=gdf.index[repeats])
+        total.duplicates_dropped = len(repeats)
+    return gdf, total
+
+
 def _layers(path: Path) -> list[str]:
     """The layers of a vector file (empty when GDAL cannot list them: reading it then gives the error)."""
     try:

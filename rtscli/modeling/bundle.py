@@ -41,6 +41,15 @@ class Bundle:
         return BandMap.from_mapping(self.config["band_map"])
 
     @property
+    def source_band_map(self) -> BandMap | None:
+        """The band layout of the rasters the training chips were cut from (without the mask band), or None
+        for bundles made before rts recorded it. ``band_map`` is the chips' own layout."""
+        src = self.config.get("source_band_map")
+        if not src:
+            return None
+        return BandMap.from_mapping({k: v for k, v in src.items() if k != "mask"})
+
+    @property
     def stats(self) -> dict[str, BandStats]:
         return {k: BandStats.from_dict(v) for k, v in self.config["normalization"].items()}
 
@@ -60,6 +69,7 @@ def save_bundle(path: str | Path, state_dict: dict, config: dict[str, Any]) -> P
     try:
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "rts-model"})
+        os.chmod(tmp / WEIGHTS, 0o666 & ~_umask())  # safetensors writes owner-only; a bundle is shared like any file
         (tmp / CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
         if path.is_dir():  # a run directory (checkpoints, metrics) that becomes a bundle
             os.replace(tmp / WEIGHTS, path / WEIGHTS)
@@ -69,6 +79,12 @@ def save_bundle(path: str | Path, state_dict: dict, config: dict[str, Any]) -> P
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_bundle(path: str | Path) -> Bundle:

@@ -1,7 +1,9 @@
 """Typed model configuration. A preset YAML in ``models/`` maps 1:1 onto :class:`ModelConfig`.
 
 Every model part is built from keyword-only constructors that take these objects; there is no
-global config and no registry.
+global config and no registry. A preset's ``training:`` block (:class:`TrainingDefaults`) holds the
+settings the preset is meant to be trained with; :func:`training_defaults` finds them for a preset
+name, a YAML file or a config (a bundle's included).
 """
 
 from __future__ import annotations
@@ -70,6 +72,68 @@ class ROIHeadsConfig:
         return len(self.iou_thresholds)
 
 
+#: the training schedules the engine knows (``--schedule``)
+SCHEDULES = ("cosine", "step")
+
+
+@dataclass
+class TrainingDefaults:
+    """The training settings a preset is meant to be trained with: the ``training:`` block of ``models/*.yaml``.
+
+    The training commands use them wherever the command line gives no value. The class defaults are the
+    paper's recipe as detectron2's MViTv2 configurations state it (the paper trained with detectron2 and
+    says only "AdamW, 36 epochs, learning rate scaled linearly with the batch"): AdamW at 1.6e-4 for 64
+    images per step, i.e. 4e-5 at 16, weight decay 0.1, 250 warmup iterations, step decay, 36 epochs.
+
+    * ``lr``: AdamW learning rate at 16 tiles per step (``--lr``); the engine scales it linearly with the
+      total batch (tiles per step per device x devices x nodes).
+    * ``warmup_steps``: linear warmup, in optimizer steps (the engine caps it at a fifth of the run).
+    * ``batch_size``: tiles per step per device (``--batch-size``).
+    * ``weight_decay``: AdamW weight decay (``--weight-decay``).
+    * ``schedule``: ``cosine`` or ``step`` decay after warmup (``--schedule``).
+    * ``epochs``: epochs (``--epochs``); None leaves it to the command's default.
+    * ``source``: where the values come from and whether they were measured (one line, for people).
+
+    Raises :class:`RtsError` for values that cannot work (a learning rate <= 0, a batch < 1, ...).
+    """
+
+    lr: float = 4.0e-5
+    warmup_steps: int = 250
+    batch_size: int = 2
+    weight_decay: float = 0.1
+    schedule: str = "step"
+    epochs: int | None = 36
+    source: str = "the paper's recipe (detectron2's MViTv2 configs); not measured here"
+
+    def __post_init__(self) -> None:
+        def whole(v):
+            if isinstance(v, bool) or float(v) != int(float(v)):
+                raise ValueError(v)
+            return int(float(v))
+
+        try:
+            self.lr = float(self.lr)  # YAML reads 4e-5 (no dot) as a string
+            self.weight_decay = float(self.weight_decay)
+            self.warmup_steps = whole(self.warmup_steps)
+            self.batch_size = whole(self.batch_size)
+            self.epochs = None if self.epochs is None else whole(self.epochs)
+        except (TypeError, ValueError):
+            raise RtsError(f"training defaults: cannot read lr {self.lr!r}, weight_decay {self.weight_decay!r}, "
+                           f"warmup_steps {self.warmup_steps!r}, batch_size {self.batch_size!r}, "
+                           f"epochs {self.epochs!r}",
+                           fix="lr and weight_decay are numbers; warmup_steps, batch_size and epochs whole numbers"
+                           ) from None
+        if not self.lr > 0 or self.weight_decay < 0:
+            raise RtsError(f"training defaults: lr {self.lr} must be > 0 and weight_decay {self.weight_decay} >= 0",
+                           fix="fix the preset's training block")
+        if self.warmup_steps < 0 or self.batch_size < 1 or (self.epochs is not None and self.epochs < 1):
+            raise RtsError("training defaults: warmup_steps must be >= 0, batch_size and epochs >= 1",
+                           fix="fix the preset's training block")
+        if self.schedule not in SCHEDULES:
+            raise RtsError(f"training defaults: unknown schedule {self.schedule!r}",
+                           fix=f"use one of {', '.join(SCHEDULES)}")
+
+
 @dataclass
 class ModelConfig:
     name: str = "cascade-mvitv2-b"
@@ -80,6 +144,8 @@ class ModelConfig:
     fpn: FPNConfig = field(default_factory=FPNConfig)
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi_heads: ROIHeadsConfig = field(default_factory=ROIHeadsConfig)
+    # the preset's training defaults; None in bundles written before presets had them (see training_defaults)
+    training: TrainingDefaults | None = None
 
     def __post_init__(self) -> None:
         r = self.roi_heads
@@ -120,13 +186,20 @@ def _build(cls, d: dict[str, Any], source: str):
     for name, value in d.items():
         ftype = fields[name].type
         sub = {"BackboneConfig": BackboneConfig, "FPNConfig": FPNConfig, "RPNConfig": RPNConfig,
-               "ROIHeadsConfig": ROIHeadsConfig}.get(str(ftype))
-        if sub is not None:
+               "ROIHeadsConfig": ROIHeadsConfig, "TrainingDefaults | None": TrainingDefaults}.get(str(ftype))
+        if sub is not None and value is None and str(ftype).endswith("| None"):
+            kwargs[name] = None
+        elif sub is not None:
             kwargs[name] = _build(sub, value, source)
         elif isinstance(value, list):
             kwargs[name] = tuple(tuple(v) if isinstance(v, list) else v for v in value)
         else:
             kwargs[name] = value
+    if cls is TrainingDefaults:
+        try:
+            return cls(**kwargs)
+        except RtsError as exc:
+            raise RtsError(f"{source}: {exc}") from None
     return cls(**kwargs)
 
 
@@ -160,3 +233,24 @@ def load_preset(name: str) -> ModelConfig:
         raise RtsError(f"unknown model preset {name!r}", fix=f"use one of {', '.join(presets) or '(none found)'}")
     data = yaml.safe_load(src.read_text()) or {}
     return ModelConfig.from_dict(data, source=str(src))
+
+
+def training_defaults(preset: "str | Path | ModelConfig") -> TrainingDefaults:
+    """The training settings for a preset name, a preset YAML file, or a config (a bundle's ``model_config``).
+
+    A config's own ``training`` block wins; a config without one (a bundle written before presets had
+    training blocks) gets the block of the shipped preset of the same name; anything else (a custom YAML
+    without a ``training:`` block, an unknown name in a bundle) gets :class:`TrainingDefaults`'s defaults,
+    the paper's recipe. Raises :class:`RtsError` for an unknown preset name given as a string.
+    """
+    if isinstance(preset, ModelConfig):
+        if preset.training is not None:
+            return preset.training
+        if preset.name in list_presets():
+            preset = preset.name
+        else:
+            return TrainingDefaults(source=f"no training block for model {preset.name!r}: the paper's recipe")
+    cfg = load_preset(str(preset))
+    if cfg.training is not None:
+        return cfg.training
+    return TrainingDefaults(source=f"no training block in preset {preset}: the paper's recipe")

@@ -1,0 +1,95 @@
+"""The parsed command line: no value silently dropped, and help that reads like a command line.
+
+* :func:`refuse_repeated_options`: click keeps the last value of an option given twice
+  (``--labels a.gpkg --labels b.gpkg`` would read only ``b.gpkg``). Every option that takes one
+  value is refused when it appears more than once; options that take several values say so
+  (``multiple``) and keep them all.
+* :func:`tidy_help`: Typer shows Python types in help (``<list[Path]>``, ``<bool>`` beside on/off
+  flags). Flags show as flags, values by a metavar (``PATH``, ``TEXT``, ``INTEGER``, ``FLOAT``), and
+  arguments by their name only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rtscli.errors import RtsError
+
+_METAVARS = {"Path": "PATH", "str": "TEXT", "int": "INTEGER", "float": "FLOAT", "bool": "BOOLEAN"}
+
+
+def _metavar(annotation) -> str:
+    """``PATH``, ``TEXT``, ``INTEGER`` or ``FLOAT`` for an option's annotation (``Optional[...]``, ``list[...]`` too)."""
+    import typing
+
+    while typing.get_origin(annotation) is not None:  # Optional[X], list[X], Union[X, None]
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if not args:
+            break
+        annotation = args[0]
+    return _METAVARS.get(getattr(annotation, "__name__", ""), "VALUE")
+
+
+def _option_class():
+    """The option class of the commands: Typer's own (Typer vendors click, so ``click.Option`` is not its base)."""
+    from typer.core import TyperOption
+
+    return TyperOption
+
+
+def _subcommand(group, argv: list[str]) -> tuple[Any, list[str]]:
+    """The command ``argv`` runs (descending into groups such as ``rts models``) and the arguments after it."""
+    cmd, rest = group, list(argv)
+    while hasattr(cmd, "commands"):
+        i = next((k for k, tok in enumerate(rest) if not tok.startswith("-")), None)
+        if i is None or rest[i] not in cmd.commands:
+            return None, []
+        cmd, rest = cmd.commands[rest[i]], rest[i + 1:]
+    return cmd, rest
+
+
+def refuse_repeated_options(group, argv: list[str]) -> None:
+    """Raise :class:`RtsError` when an option that takes one value is given more than once in ``argv``."""
+    cmd, rest = _subcommand(group, argv)
+    if cmd is None:
+        return
+    option = _option_class()
+    single = {name: p for p in cmd.params if isinstance(p, option) and not p.is_flag and not p.multiple
+              and not p.count for name in p.opts}
+    seen: dict[str, list[str]] = {}
+    for tok in rest:
+        if tok == "--":
+            break
+        name = tok.split("=", 1)[0] if tok.startswith("--") else tok
+        if name in single:
+            seen.setdefault(single[name].name, []).append(name)
+    for given in seen.values():
+        if len(given) > 1:
+            shown = max(given, key=len)
+            raise RtsError(f"{shown} is given {len(given)} times, but it takes one value (all but one would be "
+                           "dropped)", fix=f"give {shown} once")
+
+
+def tidy_help(command) -> Any:
+    """Metavars instead of Python types in the help of ``command`` and all its subcommands (in place)."""
+    option = _option_class()
+    for sub in getattr(command, "commands", {}).values():
+        tidy_help(sub)
+    for p in getattr(command, "params", []):
+        if isinstance(p, option):
+            if p.is_flag or p.count:
+                p.metavar = ""
+            elif p.metavar is None:
+                p.metavar = _metavar(getattr(getattr(p, "type_descriptor", None), "annotation", None))
+        elif hasattr(p, "display_type_rich"):  # an argument: its name says what it is
+            p.display_type_rich = lambda ctx: None
+    original = command.get_help_option
+
+    def help_option(ctx):
+        opt = original(ctx)
+        if opt is not None:
+            opt.metavar = ""
+        return opt
+
+    command.get_help_option = help_option
+    return command
