@@ -115,12 +115,18 @@ def test_no_option_given_twice_silently_drops_a_value(rts):
         assert r.code == 2 and f"{opt} is given 2 times" in r.err, (path, opt, r.err)
     r = rts("prepare", "a.tif", "--bands=paper", "--bands", "paper", "-o", "x")
     assert r.code == 2 and "--bands is given 2 times" in r.err
+    r = rts("prepare", "a.tif", "-oa", "-o", "b", "--bands", "paper")  # a short option with its value attached
+    assert r.code == 2 and "--out is given 2 times" in r.err
+    r = rts("prepare", "a.tif", "-o", "x", "--min-pixels", 10, "--min-area", 5)  # an old name and its new one
+    assert r.code == 2 and "--min-pixels" in r.err
+    r = rts("-q", "prepare", "missing.tif", "-o", "x", "--bands", "paper", "--labels", "a.gpkg", "--labels", "b.gpkg")
+    assert r.code == 2 and "given" not in r.err and "missing.tif" in r.err  # several --labels are welcome
 
 
 def test_help_reads_like_a_command_line(rts):
     """No Python types in help: flags are flags, values have metavars, --max-steps has no -1."""
-    for command in _commands():
-        r = rts(command, "--help")
+    for command in [[c] for c in _commands()] + [["models", "list"], ["models", "use"]]:
+        r = rts(*command, "--help")
         assert r.code == 0
         for raw in ("<bool>", "<list[", "<str>", "<Path>", "<int>", "<float>", "[default: -1]"):
             assert raw not in r.out, (command, raw)

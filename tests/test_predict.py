@@ -456,6 +456,17 @@ def test_outputs_match_the_model_and_options_that_made_them(tmp_path, rts, blob)
 
     manifest = json.loads((out / "manifest.json").read_text())
     assert {s["provenance"]["min_score"] for s in manifest["scenes"]} == {0.3}
+    # a moved bundle with the same weights, NaN nodata, a second layer in the same GeoPackages: no false refusal
+    r = rts("predict", scenes, "-o", out, "--model", other, "--workers", 0, "--layer", "v2", "--nodata", "nan")
+    assert r.code == 0 and "2 scene(s) run here" in r.out, r.err
+    r = rts("predict", scenes, "-o", out, "--model", other, "--workers", 0, "--layer", "v2", "--nodata", "nan")
+    assert r.code == 0 and "0 scene(s) run here, 2 done before" in r.out, r.err
+    moved = tmp_path / "moved"
+    shutil.copytree(blob.path, moved)
+    r = rts(*args, "--min-score", 0.3, "--model", moved)
+    assert r.code == 2  # --model given twice (args already has one)
+    r = rts("predict", scenes, "-o", out, "--model", moved, "--workers", 0, "--min-score", 0.3)
+    assert r.code == 0 and "0 scene(s) run here, 2 done before" in r.out, r.err
 
 
 def test_zero_slumps_say_why(tmp_path, rts, blob):
@@ -731,3 +742,25 @@ def test_the_bundle_keeps_the_band_layout_of_its_training_scene(tmp_path, rts):
                         descriptions=["B2", "B3", "B4", "B8", "B5", "B6", "B7"])
     r = rts("predict", swapped, "-o", tmp_path / "y.gpkg", "--model", run)
     assert r.code == 2 and "band 7" in r.err and "'b7'" in r.err and "'b8'" in r.err
+
+
+def test_band_descriptions_named_differently_are_not_a_contradiction(tmp_path, rts, bundles):
+    """B02 and B2 name one band: only bands of the training rasters found in another order are refused."""
+    cfg_path = bundles["blob"] / "config.yaml"
+    import yaml as _yaml
+
+    run = tmp_path / "b"
+    shutil.copytree(bundles["blob"], run)
+    cfg = _yaml.safe_load(cfg_path.read_text())
+    cfg["source_bands"] = {"count": 3, "descriptions": ["B4", "B3", "B2"], "dtype": "float32"}
+    (run / "config.yaml").write_text(_yaml.safe_dump(cfg, sort_keys=False))
+    from rtscli.engine.predict_cli import check_band_layout
+    from rtscli.errors import RtsError
+    from rtscli.modeling.bundle import read_bundle
+
+    img = np.zeros((3, 20, 20), np.float32)
+    bundle = read_bundle(run)
+    check_band_layout(bundle, write_tif(tmp_path / "a.tif", img, descriptions=["B04", "B03", "B02"]))
+    check_band_layout(bundle, write_tif(tmp_path / "c.tif", img, descriptions=["red", "green", "blue"]))  # warned
+    with pytest.raises(RtsError, match="band 1 of this scene is described as 'b2'"):
+        check_band_layout(bundle, write_tif(tmp_path / "d.tif", img, descriptions=["B2", "B3", "B4"]))

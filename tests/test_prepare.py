@@ -709,7 +709,9 @@ def test_label_files_of_two_sites_in_two_utm_zones(tmp_path, rts):
     assert "reprojecting labels b.gpkg from EPSG:32607 to the raster CRS EPSG:32608" in err
     m = yaml.safe_load((tmp_path / "ds" / "manifest.yaml").read_text())
     assert m["labels"]["files"] == [str(tmp_path / "a.gpkg"), str(tmp_path / "b.gpkg")]
-    assert m["labels"]["features_per_file"] == {"a.gpkg": 1, "b.gpkg": 1}
+    assert m["labels"]["features_per_file"] == {str(tmp_path / "a.gpkg"): 1, str(tmp_path / "b.gpkg"): 1}
+    assert sorted(a["source_id"] for a in json.loads((tmp_path / "ds" / "train.json").read_text())["annotations"]) \
+        == ["a.gpkg#0", "b.gpkg#0"]
     anns = json.loads((tmp_path / "ds" / "train.json").read_text())["annotations"]
     assert sorted(a["area"] for a in anns) == [900.0, 1200.0]  # 30 x 30 px and 40 x 30 px, both found
 
@@ -744,3 +746,19 @@ def test_an_evaluation_only_dataset(tmp_path, rts):
     m = yaml.safe_load((tmp_path / "ds" / "manifest.yaml").read_text())
     assert m["counts"]["total"]["test"]["images"] == 3 and m["counts"]["total"]["train"]["images"] == 0
     assert m["normalization"]["red"]["mean"] > 0
+
+
+def test_source_ids_are_the_rows_of_the_label_file(tmp_path, rts):
+    """An annotation's source_id leads back to its feature in the label file, even after features were dropped."""
+    from shapely.geometry import Point
+
+    scene = _scene(tmp_path, size=(128, 128))
+    feats = [Point(*apply(T0, 5, 5)), Polygon(), _px(10, 10, 40, 40), _px(60, 60, 90, 90)]  # rows 0 and 1 dropped
+    gpd.GeoDataFrame({"name": ["point", "empty", "a", "b"]}, geometry=feats, crs="EPSG:32608").to_file(
+        tmp_path / "l.gpkg")
+    r = rts("prepare", scene, "--labels", tmp_path / "l.gpkg", "-o", tmp_path / "ds", "--bands", "planetscope4",
+            "--chip-size", 128, "--split", "1,0,0")
+    assert r.code == 0, r.err
+    anns = json.loads((tmp_path / "ds" / "train.json").read_text())["annotations"]
+    back = gpd.read_file(tmp_path / "l.gpkg")
+    assert {a["source_id"]: back.name[a["source_id"]] for a in anns} == {2: "a", 3: "b"}

@@ -60,12 +60,18 @@ def refuse_repeated_options(group, argv: list[str]) -> None:
     for tok in rest:
         if tok == "--":
             break
-        name = tok.split("=", 1)[0] if tok.startswith("--") else tok
+        if tok.startswith("--"):
+            name = tok.split("=", 1)[0]
+        elif tok.startswith("-") and len(tok) > 2 and tok[:2] in single:  # a short option with its value: -oFILE
+            name = tok[:2]
+        else:
+            name = tok
         if name in single:
             seen.setdefault(single[name].name, []).append(name)
-    for given in seen.values():
+    for pname, given in seen.items():
         if len(given) > 1:
-            shown = max(given, key=len)
+            param = next(p for p in single.values() if p.name == pname)
+            shown = max(param.opts, key=len)  # the long name, however it was written
             raise RtsError(f"{shown} is given {len(given)} times, but it takes one value (all but one would be "
                            "dropped)", fix=f"give {shown} once")
 

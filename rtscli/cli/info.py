@@ -66,7 +66,12 @@ def info(
         from rtscli.modeling.cost import format_cost
 
         console.print(f"  cost: {format_cost(cost)}")
-    console.print(f"  band map: {', '.join(f'{k}={v}' for k, v in c['band_map'].items())}; nodata: {c.get('nodata')}")
+    src = c.get("source_band_map")
+    if src:
+        console.print(f"  scene bands (what `rts predict` reads without --bands): "
+                      f"{', '.join(f'{k}={v}' for k, v in src.items() if k != 'mask')}")
+    console.print(f"  channels of the training chips: {', '.join(f'{k}={v}' for k, v in c['band_map'].items())}; "
+                  f"nodata: {c.get('nodata')}")
     vals = c.get("values")
     if vals:
         from rtscli.data.values import Conversion

@@ -24,7 +24,7 @@ def prepare(
     split_file: Annotated[Optional[Path], typer.Option(help="CSV 'name,split' or JSON assigning each image/scene to a split.")] = None,
     split_block: Annotated[int, typer.Option(help="Scenes: chips within blocks of this many pixels share a split.")] = 512,
     seed: Annotated[int, typer.Option(help="Seed of the split.")] = 0,
-    min_pixels: Annotated[int, typer.Option(help="Drop instances smaller than this many pixels (counted). (`rts predict --min-area` is in m2.)")] = 16,
+    min_pixels: Annotated[Optional[int], typer.Option(help="Drop instances smaller than this many pixels (counted); default 16. (`rts predict --min-area` is in m2.)")] = None,
     min_area_old: Annotated[Optional[int], typer.Option("--min-area", hidden=True, help="Old name of --min-pixels.")] = None,
     segmentation: Annotated[str, typer.Option(help="auto (polygons, RLE when holes), polygon or rle.")] = "auto",
     site: Annotated[Optional[str], typer.Option(help="Site name for all inputs (default: first subfolder name).")] = None,
@@ -53,6 +53,10 @@ def prepare(
     from rtscli.errors import RtsError
     from rtscli.io.raster import parse_crs
 
+    if min_area_old is not None and min_pixels is not None:
+        raise RtsError("--min-area is the old name of --min-pixels: give one of them", fix="use --min-pixels")
+    if min_pixels is None and min_area_old is None:
+        min_pixels = 16
     if min_area_old is not None:  # one unit per option name: --min-area is m2 in rts predict
         import logging
 

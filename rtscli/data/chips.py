@@ -139,9 +139,10 @@ def instances_from_labels(item: Item, labels, valid, opts):
     t = window_transform(item.image.transform, c, r)
     out, clipped = [], 0
     geoms = gdf.geometry.values
+    ids = gdf["source_id"].tolist()  # each label's row in its file (plain ints or "NAME#ROW")
     for k in sorted(sindex.query(window_footprint(item.image.transform, c, r, w, h), predicate="intersects")):
         inst = coco.instance_from_polygon(to_pixels(geoms[k], t), (h, w), valid=valid, min_area=opts.min_area,
-                                          fmt=opts.segmentation, source_id=int(gdf.index[k]))
+                                          fmt=opts.segmentation, source_id=ids[k])
         if inst is None:
             clipped += 1
         else:

@@ -193,7 +193,7 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
     wanted = {s: f for s, f in zip(SPLITS, opts.fractions, strict=True)} if split_map is None else \
         {s: float(s in split_map.values()) for s in SPLITS}
     stats_from = "train" if wanted["train"] > 0 else "all"
-    if sum(f > 0 for f in wanted.values()) > 1:
+    if split_map is None and sum(f > 0 for f in wanted.values()) > 1:  # a split file assigns whole scenes
         _warn_single_chip_scenes(items, opts)
 
     for a in all_aux(items):
@@ -447,7 +447,7 @@ def _warn_single_chip_scenes(items: list[Item], opts: PrepareOptions) -> None:
     for it in {it.image.path: it for it in items if it.window is not None}.values():
         if chips[it.image.path] == 1:
             side = min(it.image.width, it.image.height)
-            smaller = max(32, 2 ** int(math.log2(max(side // 2, 1))))
+            smaller = max(16, min(opts.chip_size // 2, 2 ** int(math.log2(max(side // 2, 1)))))
             log.warning("%s (%d x %d px) gives a single %d px chip, so it cannot be shared between the splits: use "
                         "a smaller --chip-size (e.g. %d)", it.image.path.name, it.image.width, it.image.height,
                         opts.chip_size, smaller)
@@ -474,7 +474,8 @@ def _split_warnings(counts, wanted: dict[str, float], mode, split_report=None) -
     out = []
     for s, f in wanted.items():
         if f > 0 and totals[s] == 0:
-            out.append(f"the {s} split is empty (asked for {f:.0%}): {hint}")
+            asked = "the split file names it" if f == 1 and sum(wanted.values()) > 1 else f"asked for {f:.0%}"
+            out.append(f"the {s} split is empty ({asked}): {hint}")
         elif n and f < 1 and abs(totals[s] / n - f) > 0.15:
             out.append(f"the {s} split has {totals[s] / n:.0%} of the chips (asked for {f:.0%}): {hint}")
         if s != "train" and totals[s] and slumps[s] < FEW_SLUMPS:

@@ -232,9 +232,9 @@ def finetune(*, data: Path, fusion: str, modalities: list[str], out: Path, setti
     from rtscli.modeling.detector import count_parameters
 
     total, trainable = count_parameters(model)
-    resident = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    resident = sum(t.numel() * t.element_size() for t in model.state_dict().values())  # built on the CPU
     check_memory(cfg, settings, what="rts finetune", trainable_params=trainable, total_params=total, fusion=spec,
-                 resident_bytes=resident)
+                 resident_bytes=resident, resident_on_cpu=True)
     # every check and every weight is in place: only now is the run directory touched
     prepare_run_dir(out, resume=resume, overwrite=overwrite)
 

@@ -479,9 +479,14 @@ def model_label(bundle) -> str:
     return f"{Path(bundle.path).name}@{weights_sha256(weights)[:8]}"
 
 
-@functools.lru_cache(maxsize=8)
 def weights_sha256(path: Path) -> str:
-    """SHA-256 of a bundle's weights (cached per process: many scenes, one model)."""
+    """SHA-256 of a bundle's weights (cached per process and file version: many scenes, one model)."""
+    st = Path(path).stat()
+    return _sha256_of(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256_of(path: str, mtime_ns: int, size: int) -> str:
     from rtscli.data.inputs import sha256
 
     return sha256(Path(path))

@@ -77,10 +77,20 @@ def provenance(model: Path, opts: PredictOptions, **given) -> dict:
     from rtscli.modeling.bundle import WEIGHTS
 
     bm = given.pop("band_map")
+    nd = given.get("nodata")
+    if nd is not None:
+        given["nodata"] = "nan" if nd != nd else float(nd)  # NaN never equals itself, and is not JSON
     return {"model": scene_key(Path(model)), "model_sha256": weights_sha256(Path(model) / WEIGHTS),
             "bands": bm.as_dict() if bm is not None else None, "overlap_px": opts.overlap,
             "min_score": opts.min_score, "min_area": opts.min_area, "simplify": opts.simplify, "merge": opts.merge,
             "match": opts.match_metric, "match_threshold": opts.match_threshold, "to_crs": opts.to_crs, **given}
+
+
+def same_provenance(before: dict | None, now: dict) -> bool:
+    """The same model (by its weights' hash, wherever the bundle now lies) and the same options."""
+    if not before:
+        return False
+    return {k: v for k, v in before.items() if k != "model"} == {k: v for k, v in now.items() if k != "model"}
 
 
 def difference(before: dict | None, now: dict) -> str:
@@ -90,7 +100,7 @@ def difference(before: dict | None, now: dict) -> str:
     if before.get("model_sha256") != now.get("model_sha256"):
         return f"with another model ({before.get('model')}; now {now.get('model')})"
     for k, v in now.items():
-        if before.get(k) != v:
+        if k != "model" and before.get(k) != v:
             return f"with other options (--{k.replace('_', '-')} {before.get(k)}; now {v})"
     return "with other options"
 
@@ -109,14 +119,30 @@ def earlier_records(out: Path) -> dict[str, dict]:
             continue
         for r in data.get("scenes", []) if isinstance(data, dict) else data:
             if isinstance(r, dict) and "scene" in r:
-                records[scene_key(Path(r["scene"]))] = r
+                layer = (r.get("provenance") or {}).get("layer", "rts")
+                records[record_key(Path(r["scene"]), layer)] = r
     return records
+
+
+def record_key(scene: Path, layer: str) -> str:
+    """Records are per scene and output layer (one GeoPackage can hold the maps of several runs)."""
+    return f"{scene_key(scene)}::{layer}"
 
 
 def _write_json(path: Path, data) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data))
     tmp.replace(path)
+
+
+def _band_label(description: str | None) -> str:
+    """A band description made comparable: lower case, and Sentinel-2/Landsat names without leading zeros
+    (``B02`` = ``b2``, ``SR_B4`` = ``b4``, ``B8A`` = ``b8a``)."""
+    import re
+
+    text = (description or "").strip().lower()
+    m = re.fullmatch(r"(?:sr_|st_)?b0*(\d+a?)", text)
+    return f"b{m.group(1)}" if m else text
 
 
 def check_band_layout(bundle, scene: Path) -> None:
@@ -129,8 +155,11 @@ def check_band_layout(bundle, scene: Path) -> None:
     layout = bundle.config.get("source_bands")
     bm = bundle.source_band_map or bundle.band_map
     text = ", ".join(f"{k}={v}" for k, v in bm.as_dict().items())
-    fix = "pass --bands naming this scene's bands (see `rts bands`), e.g. --bands sentinel2-10"
-    if not layout:  # a bundle made before rts recorded its training rasters' layout: only the count can be checked
+    fix = "pass --bands naming this scene's bands (`rts bands` lists the presets)"
+    if bundle.source_band_map is None:
+        log.warning("%s predates band-layout records: %s is read with the band map of its training chips (%s); pass "
+                    "--bands if the scene is laid out otherwise", bundle.path, scene.name, text)
+    if not layout:
         return
     info = inspect(scene)
     counts = {layout["count"]}
@@ -141,15 +170,18 @@ def check_band_layout(bundle, scene: Path) -> None:
         raise RtsError(f"the model was trained on {layout['count']}-band rasters ({text}) and this scene has "
                        f"{info.count} bands", path=scene, fix=fix)
     with gdal_env(), rasterio.open(scene) as src:
-        mine = [(d or "").strip().lower() for d in src.descriptions]
-    theirs = [(d or "").strip().lower() for d in layout.get("descriptions") or []]
+        mine = [_band_label(d) for d in src.descriptions]
+    theirs = [_band_label(d) for d in layout.get("descriptions") or []]
     used = sorted(set(bm.as_dict().values()))
-    differ = [i for i in used if i <= len(mine) and i <= len(theirs) and mine[i - 1] and theirs[i - 1]
-              and mine[i - 1] != theirs[i - 1]]
-    if differ:
-        i = differ[0]
-        raise RtsError(f"band {i} of this scene is described as {mine[i - 1]!r} but the model's training rasters "
-                       f"had {theirs[i - 1]!r} there ({text})", path=scene, fix=fix)
+    for i in used:
+        if i > len(mine) or i > len(theirs) or not mine[i - 1] or not theirs[i - 1] or mine[i - 1] == theirs[i - 1]:
+            continue
+        if mine[i - 1] in theirs:  # the scene holds the training rasters' bands in another order: a contradiction
+            raise RtsError(f"band {i} of this scene is described as {mine[i - 1]!r} but the model's training rasters "
+                           f"had {theirs[i - 1]!r} there ({text})", path=scene, fix=fix)
+        log.warning("%s: band %d is described as %r, the training rasters' as %r; reading it as %s (pass --bands if "
+                    "that is wrong)", scene.name, i, mine[i - 1], theirs[i - 1],
+                    next(k for k, v in bm.as_dict().items() if v == i))
 
 
 def check_modalities(bundle, sources: list[Source], where: str) -> None:
@@ -368,12 +400,13 @@ def main(*, inputs: list[str], out: Path | None, model: Path | None, bands: str 
     old = earlier_records(out)
     done = [s for s in scenes if not overwrite and (out / f"{s.stem}.gpkg").exists()
             and layer in gpkg_layers(out / f"{s.stem}.gpkg")]
-    stale = [s for s in done if (old.get(scene_key(s)) or {}).get("provenance") != prov]
+    stale = [s for s in done if not same_provenance((old.get(record_key(s, layer)) or {}).get("provenance"), prov)]
     if stale:
-        why = difference((old.get(scene_key(stale[0])) or {}).get("provenance"), prov)
-        raise RtsError(f"{len(stale)} scene(s) already mapped in this folder (e.g. {stale[0].stem}.gpkg) were made "
-                       f"{why}", path=out, fix="pass --overwrite to map them again with this model and these options, "
-                       "or choose another -o")
+        why = difference((old.get(record_key(stale[0], layer)) or {}).get("provenance"), prov)
+        names = ", ".join(f"{s.stem}.gpkg" for s in stale[:3]) + (", ..." if len(stale) > 3 else "")
+        raise RtsError(f"{len(stale)} scene(s) already mapped in this folder ({names}) were made {why}", path=out,
+                       fix="pass --overwrite to map every scene again with this model and these options, delete those "
+                       "outputs to redo only them, or choose another -o")
     opened = {}
     for s in scenes:  # check every scene (metadata only) before the first is run
         srcs = _sources(s, band_map=band_map, rgb=None, nir=None, ndvi=None, aux=[])
@@ -384,10 +417,13 @@ def main(*, inputs: list[str], out: Path | None, model: Path | None, bands: str 
     rank, world, opts.device = _distributed(device)
     out.mkdir(parents=True, exist_ok=True)
     todo = [s for s in scenes if s not in done]
-    reports = [old[scene_key(s)] | {"skipped": "done before"} for s in done] if rank == 0 else []
+    # every rank carries the records of the scenes done before, and writes them before any work: a rank that
+    # replaces its old part can never lose a record, however the run ends
+    reports = [old[record_key(s, layer)] | {"skipped": "done before"} for s in done]
     mine = todo[rank::world]  # shared out after the finished scenes are set aside
     net = None
     part = out / f".manifest-rank{rank}.json"
+    _write_json(part, reports)
     for k, s in enumerate(mine):
         target = out / f"{s.stem}{ext}"
         if net is None:
@@ -405,7 +441,8 @@ def main(*, inputs: list[str], out: Path | None, model: Path | None, bands: str 
     # every rank rebuilds the manifest from the parts it sees; the last to finish sees them all
     files = sorted(out.glob(".manifest-rank*.json"), key=lambda f: f.stat().st_mtime_ns)
     parts = [r for f in files for r in json.loads(f.read_text())]
-    by_scene = {r["scene"]: r for r in parts}
+    by_scene = dict(old)  # earlier records (other layers, other scenes) stay; this run's replace theirs
+    by_scene.update({record_key(Path(r["scene"]), (r.get("provenance") or {}).get("layer", "rts")): r for r in parts})
     manifest = {"model": str(Path(model).resolve()), "provenance": prov,
                 "scenes": [by_scene[k] for k in sorted(by_scene)],
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

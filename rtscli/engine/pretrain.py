@@ -54,16 +54,28 @@ def build_config(preset: str, *, in_channels: int, anchors: str, info: DatasetIn
     return cfg
 
 
-def check_memory(cfg: ModelConfig, settings: TrainSettings, *, what: str, **kw) -> None:
+def check_memory(cfg: ModelConfig, settings: TrainSettings, *, what: str, resident_on_cpu: bool = False,
+                 **kw) -> None:
     """Refuse, before anything is written, a run whose training step cannot fit in this machine's memory
-    (:func:`rtscli.modeling.memory.check_fits`: an estimate for the preset, tile, batch and device)."""
+    (:func:`rtscli.modeling.memory.check_fits`: an estimate for the preset, tile, batch and device).
+
+    One process per machine checks (local rank 0, which is also the process that starts Lightning's own
+    DDP processes): on a CPU it counts the memory of all ``--devices`` processes at once, and later ranks would
+    see what the earlier ones already took. ``resident_bytes`` (in ``kw``) counts only against a CPU run when
+    ``resident_on_cpu`` (the model was built in CPU memory).
+    """
     import os
 
     from rtscli.engine.devices import training_device
     from rtscli.engine.train import choose_precision
     from rtscli.modeling.memory import check_fits
 
-    device = training_device(settings.accelerator, int(os.environ.get("LOCAL_RANK", 0)))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if local != 0:
+        return
+    device = training_device(settings.accelerator, local)
+    if resident_on_cpu and device != "cpu":
+        kw["resident_bytes"] = 0
     devices = settings.devices if isinstance(settings.devices, int) else 1
     check_fits(cfg, batch_size=settings.batch_size, device=device, precision=choose_precision(settings),
                processes=devices if device == "cpu" else 1, what=what, **kw)
@@ -172,6 +184,8 @@ def train_and_save(model, *, config: dict, info: DatasetInfo, mods: list[Modalit
     if trainer.is_global_zero:
         save_bundle(out, state, config)
         plot_curves(out, rows, bundle_epoch=chosen["bundle_epoch"], title=f"{out.resolve().name} ({cfg.name})")
+    trainer.strategy.barrier()  # every rank is done with best.ckpt before it goes
+    if trainer.is_global_zero:
         prune_checkpoints(out, keep=settings.keep_checkpoints)
     return config
 

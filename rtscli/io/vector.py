@@ -156,8 +156,10 @@ def read_polygons(path: str | Path, target_crs, *, assume_crs=None, dedupe: bool
 def read_labels(paths: list[Path], target_crs, *, assume_crs=None, dedupe: bool = True, layer: str | None = None):
     """Read one or several label files (one per site, in any CRS each) as one layer in ``target_crs``.
 
-    Each file is read by :func:`read_polygons` (repaired, reprojected explicitly and logged); the features get
-    one running index (``source_id`` of the instances) in file order, and a ``label_file`` column.
+    Each file is read by :func:`read_polygons` (repaired, reprojected explicitly and logged). Every feature keeps
+    where it came from: ``label_file`` (the file's path) and ``source_id`` (its row in its file, counted from 0
+    as GIS software does; ``"NAME#ROW"`` when there are several files), which the instances carry.
+    ``layer`` applies to the files that have several layers.
     Near-identical features are found across all files (:func:`duplicate_labels`). Returns
     ``(GeoDataFrame, LabelReport)`` with the counts of all files (``reprojected_from``: one entry per file).
     """
@@ -167,8 +169,11 @@ def read_labels(paths: list[Path], target_crs, *, assume_crs=None, dedupe: bool 
     frames, total = [], LabelReport()
     sources = []
     for path in paths:
-        gdf, rep = read_polygons(path, target_crs, assume_crs=assume_crs, dedupe=False, layer=layer)
-        frames.append(gdf.assign(label_file=Path(path).name)[["label_file", "geometry"]])
+        this_layer = layer if layer is None or len(paths) == 1 or len(_layers(Path(path))) > 1 else None
+        gdf, rep = read_polygons(path, target_crs, assume_crs=assume_crs, dedupe=False, layer=this_layer)
+        rows = [int(i) for i in gdf.index]  # the file's own row numbers (dropped features leave gaps)
+        ids = rows if len(paths) == 1 else [f"{Path(path).name}#{i}" for i in rows]
+        frames.append(gdf.assign(label_file=str(path), source_id=ids)[["label_file", "source_id", "geometry"]])
         total.features += rep.features
         total.repaired += rep.repaired
         total.empty += rep.empty
