@@ -301,6 +301,8 @@ def test_progress_lines_when_stderr_is_not_a_terminal(dataset, tmp_path, rts, mo
     r = rts("pretrain", "--modality", "rgb", "--data", dataset, "-o", tmp_path / "p", "--max-steps", 3, *RUN)
     assert r.code == 0, r.err
     lines = [ln for ln in r.err.splitlines() if "training: epoch" in ln]
+    assert all(ln.startswith("rts: ") for ln in r.err.splitlines()), r.err  # no raw library output ...
+    assert "GPU available" not in r.err and "Tip" not in r.err  # ... nor Lightning's banners and tips
     step = re.compile(r"rts: training: epoch 0/1, step 1/3 \(33%\), loss \d[\d.]*, [\d.]+ steps/s, ETA \d+ s$")
     assert step.match(lines[0]), lines
     assert re.search(r"epoch 0/1 done, step 2/3 \(67%\), mean loss \d[\d.]*, val mask AP50 0\.\d{3} "
