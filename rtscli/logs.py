@@ -65,20 +65,22 @@ class _OncePerMessage(logging.Filter):
         return True
 
 
-class _Plain(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        msg = one_line(record.getMessage(), limit=2000)
-        if not record.name.startswith("rtscli"):
-            msg = f"{_origin(record.name)}: {msg}"
-        if record.levelno >= logging.WARNING:
-            return f"rts: {record.levelname.lower()}: {msg}"
-        return f"rts: {msg}"
-
-
 class _Rich(logging.Formatter):
+    """A record as one line, a library's prefixed with where it comes from (``GDAL: ...``)."""
+
     def format(self, record: logging.LogRecord) -> str:
         msg = one_line(record.getMessage(), limit=2000)
         return msg if record.name.startswith("rtscli") else f"{_origin(record.name)}: {msg}"
+
+
+class _Plain(_Rich):
+    """:class:`_Rich`'s line for logs that are not a terminal: ``rts: ...``, ``rts: warning: ...``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = super().format(record)
+        if record.levelno >= logging.WARNING:
+            return f"rts: {record.levelname.lower()}: {msg}"
+        return f"rts: {msg}"
 
 
 def _origin(name: str) -> str:

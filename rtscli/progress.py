@@ -63,7 +63,7 @@ class LineProgress:
     """Progress as log lines (stderr is not a terminal). Drop-in for the Rich ``Progress`` calls rts makes.
 
     Fields a task may carry: ``unit`` (what is counted: ``tiles``, ``chips``...; default ``items``)
-    and ``km2_per_tile`` (adds an area rate in km²/h, for ``rts predict``).
+    and ``area_km2`` (the area the whole task covers, km²: adds an area rate in km²/h, for ``rts predict``).
     """
 
     def __init__(self, every: float | None = None) -> None:
@@ -107,14 +107,14 @@ class LineProgress:
 
 
 def describe(what: str, done: float, total: float | None, elapsed: float, *, unit: str = "items",
-             km2_per_tile: float = 0.0, **_: Any) -> str:
+             area_km2: float = 0.0, **_: Any) -> str:
     """One progress line: ``what: done/total unit (pct), rate, [km²/h,] ETA`` (or elapsed when done)."""
     parts = [f"{int(done)}/{int(total)} {unit} ({done / total:.0%})" if total else f"{int(done)} {unit}"]
     rate = done / elapsed if elapsed > 0 else 0.0
     if rate > 0:
         parts.append(f"{rate:.3g} {unit}/s")
-        if km2_per_tile:
-            parts.append(f"{km2_per_tile * rate * 3600:,.0f} km²/h")
+        if area_km2 and total:
+            parts.append(f"{area_km2 * rate / total * 3600:,.0f} km²/h")
     if total and done >= total:
         parts.append(f"done in {duration(elapsed)}")
     elif total and rate > 0:

@@ -764,3 +764,11 @@ def test_band_descriptions_named_differently_are_not_a_contradiction(tmp_path, r
     check_band_layout(bundle, write_tif(tmp_path / "c.tif", img, descriptions=["red", "green", "blue"]))  # warned
     with pytest.raises(RtsError, match="band 1 of this scene is described as 'b2'"):
         check_band_layout(bundle, write_tif(tmp_path / "d.tif", img, descriptions=["B2", "B3", "B4"]))
+
+
+def test_the_area_rate_counts_the_scene_not_overlapping_tiles():
+    """km²/h: the scene's area times the share of its tiles done per hour, whatever the tiles' overlap."""
+    from rtscli.progress import describe
+
+    line = describe("scene", 50, 100, 10.0, unit="tiles", area_km2=200.0)  # 5 tiles/s, a 200 km² scene in 20 s
+    assert "5 tiles/s" in line and "36,000 km²/h" in line and "ETA 10 s" in line

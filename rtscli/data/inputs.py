@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from rtscli.data.bands import BandMap
 from rtscli.errors import RtsError
-from rtscli.io.raster import RASTER_SUFFIXES, RasterInfo, crs_name, gdal_env, inspect
+from rtscli.io.raster import RASTER_SUFFIXES, RasterInfo, crs_name, inspect
 
 if TYPE_CHECKING:
     from rtscli.data.prepare import PrepareOptions
@@ -82,12 +82,9 @@ def site_of(path: Path, root: Path, forced: str | None) -> str:
     return rel.parts[0] if len(rel.parts) > 1 else "default"
 
 
-def band_map_from_descriptions(path: Path) -> BandMap | None:
+def band_map_from_descriptions(info: RasterInfo) -> BandMap | None:
     """A band map from the raster's band descriptions when they are all known names."""
-    import rasterio
-
-    with gdal_env(), rasterio.open(path) as src:
-        desc = [d.strip().lower() if d else "" for d in src.descriptions]
+    desc = [d.strip().lower() for d in info.descriptions]
     if not desc or not all(re.fullmatch(r"[a-z][a-z0-9_]*", d or "-") for d in desc):
         return None
     if len(set(desc)) != len(desc):

@@ -137,8 +137,8 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
         # when images and masks share a folder, the masks are not images
         rasters = [(p, r) for p, r in rasters
                    if not any(p.stem.endswith(s) for s in MASK_SUFFIXES if s)]
-    inspect(rasters[0][0], assume_crs=opts.assume_crs)  # a clear error if the first file is not a raster
-    band_map = opts.bands or band_map_from_descriptions(rasters[0][0])
+    first = inspect(rasters[0][0], assume_crs=opts.assume_crs)  # a clear error if the first file is not a raster
+    band_map = opts.bands or band_map_from_descriptions(first)
     if band_map is None:
         raise RtsError("no band map given and the raster's bands are not named", path=rasters[0][0],
                        fix="pass --bands (e.g. planetscope4, sentinel2-10, paper or blue=1,green=2,red=3,nir=4)")
@@ -305,11 +305,7 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
 
 def _source_bands(info: RasterInfo) -> dict:
     """Band count and band descriptions (GDAL, empty strings where unnamed) of a training raster."""
-    import rasterio
-
-    with gdal_env(), rasterio.open(info.path) as src:
-        names = [d or "" for d in src.descriptions]
-    return {"count": info.count, "descriptions": names, "dtype": str(info.dtype)}
+    return {"count": info.count, "descriptions": list(info.descriptions), "dtype": str(info.dtype)}
 
 
 def _values_record(conversions: dict, infos) -> dict:
@@ -342,11 +338,12 @@ def _splits(items: list[Item], opts: PrepareOptions, split_map: dict[str, str] |
     """Each item's split, and a report. Items are grouped by where they lie on the map, across all
     files (:func:`rtscli.data.split.spatial_groups`); items still sharing pixels with an item of another
     split are left out (:func:`rtscli.data.split.drop_overlapping`)."""
-    from rtscli.data.split import drop_overlapping, spatial_groups
+    from rtscli.data.split import drop_overlapping, overlapping_pairs, spatial_groups
 
     units = _units(items)
+    pairs = overlapping_pairs(units)  # once: grouping and the guard both need them
     block = max(opts.split_block, 2 * opts.chip_size) if opts.chip_size else opts.split_block
-    groups, report = spatial_groups(units, block)
+    groups, report = spatial_groups(units, block, pairs)
     if split_map is None:
         out = assign(((it.key, *groups[it.key]) for it in items), opts.fractions, opts.seed)
     else:
@@ -372,7 +369,7 @@ def _splits(items: list[Item], opts: PrepareOptions, split_map: dict[str, str] |
         log.info("%d pair(s) of items from different files overlap on the map (copies, or several dates of one "
                  "place): overlapping items are kept in one split, or left out",
                  report["overlapping_pairs_across_files"])
-    drop, cross_file = drop_overlapping(units, out)
+    drop, cross_file = drop_overlapping(units, out, pairs)
     cross = len(cross_file)
     if drop:
         log.info("%d chip(s) overlapping chips of another split were left out (no shared pixels between splits)",
@@ -385,12 +382,12 @@ def _splits(items: list[Item], opts: PrepareOptions, split_map: dict[str, str] |
 
 
 def _units(items: list[Item]):
-    """The items' footprints in one common CRS (the first input's; EPSG:4326 when some do not fit it)."""
-    import shapely
+    """The items' footprints in one common CRS: the first input's, or, when some do not fit it, a Lambert
+    azimuthal equal-area projection centred on the data."""
     from pyproj import Transformer
 
     from rtscli.data.split import Unit
-    from rtscli.geometry.footprint import window_footprint
+    from rtscli.geometry.footprint import reproject, window_footprint
 
     def footprint(it: Item):
         c, r, w, h = it.window or (0, 0, it.image.width, it.image.height)
@@ -406,9 +403,7 @@ def _units(items: list[Item]):
                 key = it.image.crs.to_wkt()
                 if key not in cache:
                     cache[key] = Transformer.from_crs(key, common.to_wkt(), always_xy=True)
-                t = cache[key]
-                dense = shapely.segmentize(fp, max(fp.length / 64, 1e-9))
-                fp = shapely.transform(dense, lambda xy, t=t: np.column_stack(t.transform(xy[:, 0], xy[:, 1])))
+                fp = reproject(fp, cache[key], max(fp.length / 64, 1e-9))
                 if not np.isfinite(fp.bounds).all() or not fp.is_valid:
                     return None
             out.append(Unit(it.key, it.site, str(it.image.path), fp, fp.area / n, it.window is not None))

@@ -152,13 +152,12 @@ class Unit:
     cut: bool
 
 
-def _overlaps(units: list[Unit]) -> tuple[Any, list[tuple[int, int]]]:
-    """Pairs (i < j) of units whose footprints share more than half a pixel of area."""
+def overlapping_pairs(units: list[Unit]) -> list[tuple[int, int]]:
+    """Pairs (i < j) of units whose footprints share more than half a pixel of area (positions in ``units``)."""
     from shapely import STRtree
 
     geoms = [u.footprint for u in units]
-    tree = STRtree(geoms)
-    left, right = tree.query(geoms, predicate="intersects")
+    left, right = STRtree(geoms).query(geoms, predicate="intersects")
     pairs = []
     for a, b in zip(left.tolist(), right.tolist(), strict=True):
         if a >= b:
@@ -166,10 +165,11 @@ def _overlaps(units: list[Unit]) -> tuple[Any, list[tuple[int, int]]]:
         tol = 0.5 * min(units[a].pixel_area, units[b].pixel_area)
         if geoms[a].intersection(geoms[b]).area > tol:
             pairs.append((a, b))
-    return tree, pairs
+    return pairs
 
 
-def spatial_groups(units: list[Unit], block_px: int) -> tuple[dict[str, tuple[str, str]], dict[str, int]]:
+def spatial_groups(units: list[Unit], block_px: int,
+                   pairs: list[tuple[int, int]]) -> tuple[dict[str, tuple[str, str]], dict[str, int]]:
     """Split groups such that items at one place share a split, across all files.
 
     * A chip cut from a raster belongs to the spatial block (``block_px`` pixels of the coarsest
@@ -178,67 +178,61 @@ def spatial_groups(units: list[Unit], block_px: int) -> tuple[dict[str, tuple[st
     * A whole image is grouped with every item of another file that it overlaps (union-find), so
       copies of one chip or two acquisitions of one place land in one split.
 
-    Chips that straddle a block edge still overlap chips of the next block; :func:`drop_overlapping`
-    leaves those out. Returns ``({key: (site, group)}, report)``; the group's site is the first
-    (sorted) site among its members, so a group never spans two sites' draws.
+    ``pairs``: :func:`overlapping_pairs` of ``units``. Chips that straddle a block edge still overlap chips of
+    the next block; :func:`drop_overlapping` leaves those out. Returns ``({key: (site, group)}, report)``; the
+    group's site is the first (sorted) site among its members, so a group never spans two sites' draws.
     """
     import math
 
-    parent: dict[str, str] = {}
-
-    def find(g: str) -> str:
-        while parent.setdefault(g, g) != g:
-            parent[g] = parent[parent[g]]
-            g = parent[g]
-        return g
+    from rtscli.geometry.seams import union_root
 
     cut_px = [math.sqrt(u.pixel_area) for u in units if u.cut]
     side = block_px * max(cut_px) if cut_px else 0.0
-    group: dict[str, str] = {}
-    for u in units:
-        if u.cut:
-            c = u.footprint.centroid
-            group[u.key] = f"block:{math.floor(c.x / side)}:{math.floor(c.y / side)}"
-        else:
-            group[u.key] = f"image:{u.key}"
+    names = [f"block:{math.floor(u.footprint.centroid.x / side)}:{math.floor(u.footprint.centroid.y / side)}"
+             if u.cut else f"image:{u.key}" for u in units]
+    index = {name: i for i, name in enumerate(sorted(set(names)))}  # groups, numbered in a stable order
+    parent = list(range(len(index)))
     joined = across = 0
-    _, pairs = _overlaps(units)
     for a, b in pairs:
         ua, ub = units[a], units[b]
         across += ua.source != ub.source
         if ua.source == ub.source or (ua.cut and ub.cut):
             continue  # chips of one raster, or chips of two rasters: the blocks and the buffer handle them
-        ra, rb = find(group[ua.key]), find(group[ub.key])
+        ra, rb = union_root(parent, index[names[a]]), union_root(parent, index[names[b]])
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)
             joined += 1
-    members: dict[str, list[Unit]] = defaultdict(list)
-    for u in units:
-        members[find(group[u.key])].append(u)
+    label = sorted(index, key=index.get)
+    members: dict[int, list[Unit]] = defaultdict(list)
+    for u, name in zip(units, names, strict=True):
+        members[union_root(parent, index[name])].append(u)
     out: dict[str, tuple[str, str]] = {}
     for root, us in members.items():
         site = min(u.site for u in us)
         for u in us:
-            out[u.key] = (site, root)
+            out[u.key] = (site, label[root])
     return out, {"overlapping_pairs_across_files": across, "images_joined_across_files": joined}
 
 
-def drop_overlapping(units: list[Unit], splits: dict[str, str]) -> tuple[set[str], set[str]]:
+def drop_overlapping(units: list[Unit], splits: dict[str, str],
+                     pairs: list[tuple[int, int]]) -> tuple[set[str], set[str]]:
     """The units that overlap a unit of a stricter split (test > val > train) by more than half a pixel,
     whatever file each comes from: leaving them out keeps every place in one split only.
 
-    Returns ``(keys to leave out, those of them that overlap an item of another file)``.
+    ``pairs``: :func:`overlapping_pairs` of ``units``; units without a split are ignored. Returns ``(keys to
+    leave out, those of them that overlap an item of another file)``.
     """
-    kept = [u for u in units if u.key in splits]
-    _, pairs = _overlaps(kept)
     drop: set[str] = set()
     cross: set[str] = set()
     for a, b in pairs:
-        ra, rb = _RANK[splits[kept[a].key]], _RANK[splits[kept[b].key]]
+        ua, ub = units[a], units[b]
+        if ua.key not in splits or ub.key not in splits:
+            continue
+        ra, rb = _RANK[splits[ua.key]], _RANK[splits[ub.key]]
         if ra == rb:
             continue
-        loser = kept[a] if ra < rb else kept[b]
+        loser = ua if ra < rb else ub
         drop.add(loser.key)
-        if kept[a].source != kept[b].source:
+        if ua.source != ub.source:
             cross.add(loser.key)
     return drop, cross

@@ -96,31 +96,10 @@ def truth_outlines(path: Path, scene) -> list:
     them). An empty layer gives ``[]``. Raises :class:`RtsError` for a missing or unreadable file, a file
     with several layers, or one without a CRS.
     """
-    import pyogrio
-
     from rtscli.geometry.footprint import to_pixels
-    from rtscli.io.vector import read_polygons
+    from rtscli.io.vector import TRUTH, read_polygons
 
-    path = Path(path)
-    if not path.exists():
-        raise RtsError("--truth file not found", path=path,
-                       fix="check the path (a vector file of reference outlines: .gpkg, .shp, .geojson)")
-    try:
-        layers = [str(n) for n in pyogrio.list_layers(path)[:, 0]]
-        info = pyogrio.read_info(path, force_feature_count=True) if len(layers) == 1 else None
-    except Exception:  # pyogrio's DataSourceError and friends: read_polygons below says why, in one line
-        layers, info = [], None
-    if len(layers) > 1:
-        raise RtsError(f"the --truth file has {len(layers)} layers ({', '.join(layers[:6])}), which one holds the "
-                       "reference outlines is not known", path=path,
-                       fix=f"save that layer as a file of its own (ogr2ogr truth.gpkg {path.name} LAYER)")
-    if info is not None and info.get("features") == 0:
-        log.info("--truth %s has no features: no reference outlines drawn", path.name)
-        return []
-    if info is not None and info.get("crs") is None:
-        raise RtsError("the --truth file has no CRS, so its outlines cannot be placed on the scene", path=path,
-                       fix=f"save it with its CRS (ogr2ogr -a_srs EPSG:XXXX truth.gpkg {path.name})")
-    gdf, _ = read_polygons(path, scene.crs, dedupe=False)
+    gdf, _ = read_polygons(Path(path), scene.crs, role=TRUTH)
     return [to_pixels(g, scene.transform) for g in gdf.geometry]
 
 

@@ -129,9 +129,10 @@ def record_key(scene: Path, layer: str) -> str:
     return f"{scene_key(scene)}::{layer}"
 
 
-def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data))
+def _write_json(path: Path, data, tag: str = "", indent: int | None = None) -> None:
+    """``data`` as JSON at ``path``, through a temporary file (``tag``: writers that share ``path`` use their own)."""
+    tmp = path.with_name(f"{path.name}.tmp{tag}")
+    tmp.write_text(json.dumps(data, indent=indent))
     tmp.replace(path)
 
 
@@ -148,9 +149,8 @@ def _band_label(description: str | None) -> str:
 def check_band_layout(bundle, scene: Path) -> None:
     """Without ``--bands`` a scene is read with the band layout of the model's training rasters: refuse, with the
     fix, a scene whose band count or band descriptions (GDAL) say it is laid out otherwise."""
-    import rasterio
 
-    from rtscli.io.raster import gdal_env, inspect
+    from rtscli.io.raster import inspect
 
     layout = bundle.config.get("source_bands")
     bm = bundle.source_band_map or bundle.band_map
@@ -169,8 +169,7 @@ def check_band_layout(bundle, scene: Path) -> None:
     if info.count not in counts:
         raise RtsError(f"the model was trained on {layout['count']}-band rasters ({text}) and this scene has "
                        f"{info.count} bands", path=scene, fix=fix)
-    with gdal_env(), rasterio.open(scene) as src:
-        mine = [_band_label(d) for d in src.descriptions]
+    mine = [_band_label(d) for d in info.descriptions]
     theirs = [_band_label(d) for d in layout.get("descriptions") or []]
     used = sorted(set(bm.as_dict().values()))
     for i in used:
@@ -208,7 +207,7 @@ def _progress_bar():
             speed = task.finished_speed or task.speed
             if not speed:
                 return Text("")
-            km2 = task.fields.get("km2_per_tile", 0.0) * speed * 3600
+            km2 = task.fields.get("area_km2", 0.0) * speed / task.total * 3600 if task.total else 0.0
             return Text(f"{speed:.1f} tiles/s  {km2:,.0f} km²/h")
 
     return bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(), TimeRemainingColumn(),
@@ -256,18 +255,15 @@ def run_scene(model, bundle, scene: Scene, out: Path, opts: PredictOptions, *, o
     from rtscli.engine.maps import write_instance_raster, write_quicklook
     from rtscli.io.vector import write_vector
 
-    from rtscli.engine.predict import default_overlap, tile_grid
     from rtscli.geometry.footprint import window_footprint
     from rtscli.geometry.measure import geodesic_area
 
-    # the rate shows the scene's area mapped per hour (tiles overlap: counting tile areas would inflate it)
-    overlap = opts.overlap if opts.overlap is not None else default_overlap(bundle.tile_size, bundle.config)
-    tiles = len(tile_grid(scene.width, scene.height, bundle.tile_size, overlap))
-    area = geodesic_area(window_footprint(scene.transform, 0, 0, scene.width, scene.height), scene.crs)
-    km2_per_tile = area / max(tiles, 1) / 1e6
+    # the rate is the scene's true area mapped per hour: its share done is tiles done / tiles (tiles overlap,
+    # so counting tile areas would inflate it)
+    area_km2 = geodesic_area(window_footprint(scene.transform, 0, 0, scene.width, scene.height), scene.crs) / 1e6
     t0 = time.perf_counter()
     with _progress_bar() as bar:
-        task = bar.add_task(f"{label}{scene.name}", total=None, km2_per_tile=km2_per_tile, unit="tiles")
+        task = bar.add_task(f"{label}{scene.name}", total=None, area_km2=area_km2, unit="tiles")
         gdf, timing = predict_scene(model, bundle, scene, opts,
                                     progress=lambda k, n: bar.update(task, advance=k, total=n))
     t = time.perf_counter()
@@ -446,8 +442,6 @@ def main(*, inputs: list[str], out: Path | None, model: Path | None, bands: str 
     manifest = {"model": str(Path(model).resolve()), "provenance": prov,
                 "scenes": [by_scene[k] for k in sorted(by_scene)],
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    tmp = out / f"manifest.json.tmp{rank}"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    tmp.replace(out / "manifest.json")
+    _write_json(out / "manifest.json", manifest, tag=str(rank), indent=2)
     console.print(f"{len(mine)} scene(s) run here, {len(scenes) - len(todo)} done before, "
                   f"{len(todo)} to do over {world} process(es) -> {out}/; manifest: {out}/manifest.json")

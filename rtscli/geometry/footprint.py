@@ -36,3 +36,16 @@ def to_map(geom: Any, transform) -> Any:
 
     t = transform
     return affine_transform(geom, [t.a, t.b, t.d, t.e, t.c, t.f])
+
+
+def reproject(geoms: Any, transformer, max_segment: float) -> Any:
+    """Geometries (one, or a numpy array of them) through a pyproj ``Transformer`` (``always_xy``), their edges
+    first cut to at most ``max_segment`` (source units) so that they follow the target's curves."""
+    import numpy as np
+    import shapely
+
+    def move(xy):
+        x, y = transformer.transform(xy[:, 0], xy[:, 1])
+        return np.column_stack([x, y])
+
+    return shapely.transform(shapely.segmentize(geoms, max_segment), move)

@@ -63,7 +63,7 @@ def geodesic_area_perimeter(geoms: Iterable[Any], crs: Any) -> tuple[np.ndarray,
     their rings added to the perimeter. Raises :class:`RtsError` when the CRS is missing or has no
     datum. Source: pyproj ``Geod.polygon_area_perimeter`` per ring (Karney 2013).
     """
-    import shapely
+    from rtscli.geometry.footprint import reproject
 
     geoms = list(geoms)
     area = np.zeros(len(geoms))
@@ -75,13 +75,7 @@ def geodesic_area_perimeter(geoms: Iterable[Any], crs: Any) -> tuple[np.ndarray,
     present = np.array([g is not None and not g.is_empty for g in geoms], dtype=bool)
     if not present.any():
         return area, perim
-    dense = shapely.segmentize(arr[present], max_edge)
-
-    def lonlat(xy: np.ndarray) -> np.ndarray:
-        x, y = to_lonlat.transform(xy[:, 0], xy[:, 1])
-        return np.column_stack([x, y])
-
-    lonlat_geoms = shapely.transform(dense, lonlat)
+    lonlat_geoms = reproject(arr[present], to_lonlat, max_edge)
 
     def ring(coords) -> tuple[float, float]:
         xy = np.asarray(coords)

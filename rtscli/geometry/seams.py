@@ -73,7 +73,7 @@ class Grid:
 GAP_PX = 1.5
 
 
-def _root(parent: list[int], i: int) -> int:
+def union_root(parent: list[int], i: int) -> int:
     """Union-find: the root of ``i`` (with path halving)."""
     while parent[i] != i:
         parent[i] = parent[parent[i]]
@@ -147,7 +147,7 @@ class SeamMerger:
         parent = list(range(len(items)))
 
         def find(i: int) -> int:
-            return _root(parent, i)
+            return union_root(parent, i)
 
         left, right = tree.query(geoms, predicate="intersects")
         for a, b in zip(left.tolist(), right.tolist(), strict=True):
@@ -181,7 +181,7 @@ class SeamMerger:
         tie = parent.copy()  # groups, and each fragment with its neighbours (for streaming)
 
         def tied(i: int) -> int:
-            return _root(tie, i)
+            return union_root(tie, i)
 
         for g in contradicted:
             best = None

@@ -96,6 +96,7 @@ class RasterInfo:
     crs_assumed: bool = False
     scales: tuple[float, ...] = ()  # GDAL band scale / offset (physical = stored * scale + offset)
     offsets: tuple[float, ...] = ()
+    descriptions: tuple[str, ...] = ()  # GDAL band descriptions ("" where a band has none)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -145,6 +146,7 @@ def inspect(path: str | Path, *, assume_crs: CRS | None = None, need_crs: bool =
                 nodata=src.nodata,
                 scales=tuple(src.scales or ()),
                 offsets=tuple(src.offsets or ()),
+                descriptions=tuple(d or "" for d in src.descriptions),
             )
     except RasterioIOError as exc:
         first = gdal_detail(exc)

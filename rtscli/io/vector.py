@@ -76,27 +76,45 @@ def duplicate_labels(geoms) -> tuple[list[int], int]:
     return sorted(dropped), overlapping
 
 
-def read_polygons(path: str | Path, target_crs, *, assume_crs=None, dedupe: bool = True, layer: str | None = None):
+@dataclass(frozen=True)
+class VectorRole:
+    """What a vector file is to the command that reads it, for its messages: its name, the fixes for a file
+    with several layers or without a CRS, and whether an empty file is fine."""
+
+    what: str
+    layer_fix: str
+    crs_fix: str
+    empty_ok: bool = False
+
+
+LABELS = VectorRole("label file", "pass --labels-layer NAME to say which holds the slumps",
+                    "pass --labels-crs EPSG:XXXX, or save the file with its CRS")
+TRUTH = VectorRole("--truth file", "save that layer as a file of its own (ogr2ogr truth.gpkg FILE LAYER)",
+                   "save it with its CRS (ogr2ogr -a_srs EPSG:XXXX truth.gpkg FILE)", empty_ok=True)
+
+
+def read_polygons(path: str | Path, target_crs, *, assume_crs=None, layer: str | None = None,
+                  role: VectorRole = LABELS):
     """Read polygon labels, repair invalid ones, reproject to ``target_crs``.
 
     Returns ``(GeoDataFrame, LabelReport)``. One row per feature; a multipolygon feature stays one
     label. Invalid geometries are repaired with ``make_valid`` and counted; non-polygon and empty
-    features are dropped and counted. Near-identical features (:func:`duplicate_labels`) are counted,
-    and with ``dedupe`` only the first of them is kept. Reprojection is explicit and logged.
+    features are dropped and counted (near-identical ones are :func:`read_labels`' business). Reprojection is
+    explicit and logged. ``role`` words the errors (a missing file, several layers, no CRS, no features).
     """
     import geopandas as gpd
     import shapely
 
     path = Path(path)
     if not path.exists():
-        raise RtsError("label file not found", path=path, fix="check the path")
+        raise RtsError(f"{role.what} not found", path=path, fix="check the path")
     layers = _layers(path)
     if layer is not None and layers and layer not in layers:
-        raise RtsError(f"no layer {layer!r} in the label file (it has {', '.join(layers)})", path=path,
+        raise RtsError(f"no layer {layer!r} in the {role.what} (it has {', '.join(layers)})", path=path,
                        fix="pass one of them to --labels-layer")
     if layer is None and len(layers) > 1:  # pyogrio would read the first one with a warning: maybe the wrong one
-        raise RtsError(f"the label file has {len(layers)} layers ({', '.join(layers[:6])})", path=path,
-                       fix="pass --labels-layer NAME to say which holds the slumps")
+        raise RtsError(f"the {role.what} has {len(layers)} layers ({', '.join(layers[:6])})", path=path,
+                       fix=role.layer_fix.replace("FILE", path.name))
     try:
         gdf = gpd.read_file(path, layer=layer) if layer is not None else gpd.read_file(path)
     except Exception as exc:  # pyogrio raises DataSourceError and friends
@@ -106,16 +124,15 @@ def read_polygons(path: str | Path, target_crs, *, assume_crs=None, dedupe: bool
             path=path,
             fix="pass a GeoPackage, shapefile or GeoJSON",
         ) from None
-    if not isinstance(gdf, gpd.GeoDataFrame) or len(gdf) == 0:
-        raise RtsError("label file has no features", path=path, fix="check that it is the right file and layer")
+    if not isinstance(gdf, gpd.GeoDataFrame) or (len(gdf) == 0 and not role.empty_ok):
+        raise RtsError(f"{role.what} has no features", path=path, fix="check that it is the right file and layer")
     rep = LabelReport(features=len(gdf))
+    if len(gdf) == 0:
+        log.info("%s %s has no features", role.what, path.name)
+        return gdf, rep
     if gdf.crs is None:
         if assume_crs is None:
-            raise RtsError(
-                "label file has no CRS",
-                path=path,
-                fix="pass --labels-crs EPSG:XXXX, or save the file with its CRS",
-            )
+            raise RtsError(f"{role.what} has no CRS", path=path, fix=role.crs_fix.replace("FILE", path.name))
         gdf = gdf.set_crs(assume_crs)
     # QGIS often digitizes PolygonZ: drop Z, or x,y,z triples would be read as x,y pairs
     if shapely.has_z(gdf.geometry.values).any():
@@ -135,11 +152,6 @@ def read_polygons(path: str | Path, target_crs, *, assume_crs=None, dedupe: bool
     rep.not_polygon = int(bad.sum())
     gdf = gdf.assign(geometry=polys)[~bad]
     gdf = gpd.GeoDataFrame(gdf, geometry="geometry", crs=gdf.crs)
-    repeats, rep.overlapping_pairs = duplicate_labels(gdf.geometry.values)
-    rep.duplicates = len(repeats)
-    if repeats and dedupe:
-        gdf = gdf.drop(index=gdf.index[repeats])
-        rep.duplicates_dropped = len(repeats)
     if target_crs is not None and gdf.crs != target_crs:
         src = crs_name(gdf.crs)
         gdf = gdf.to_crs(target_crs)
@@ -170,7 +182,7 @@ def read_labels(paths: list[Path], target_crs, *, assume_crs=None, dedupe: bool 
     sources = []
     for path in paths:
         this_layer = layer if layer is None or len(paths) == 1 or len(_layers(Path(path))) > 1 else None
-        gdf, rep = read_polygons(path, target_crs, assume_crs=assume_crs, dedupe=False, layer=this_layer)
+        gdf, rep = read_polygons(path, target_crs, assume_crs=assume_crs, layer=this_layer)
         rows = [int(i) for i in gdf.index]  # the file's own row numbers (dropped features leave gaps)
         ids = rows if len(paths) == 1 else [f"{Path(path).name}#{i}" for i in rows]
         frames.append(gdf.assign(label_file=str(path), source_id=ids)[["label_file", "source_id", "geometry"]])
