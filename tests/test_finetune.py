@@ -204,3 +204,22 @@ def test_ablate_writes_the_table_and_resumes(world, tmp_path, rts):
     assert r.code == 0, r.err
     assert {p: p.stat().st_mtime_ns for p in out.glob("cells/*/model.safetensors")} == done
     assert "cost:" not in r.err
+
+
+def test_finetune_moves_pretrained_backbones_to_another_tile_size(world, tmp_path, rts):
+    """Backbones pretrained at 256 px fused at --tile-size 320: relative-position tables interpolated, every other
+    backbone tensor as pretrained, and the bundle records the new tile."""
+    out = tmp_path / "fused320"
+    r = rts("finetune", "--data", world["ds"], "-o", out, "--fusion", "residual-cross", "--modalities", "rgb,ndvi",
+            "--from", f"{world['rgb']},{world['ndvi']}", "--tile-size", 320, "--max-steps", 1, *RUN)
+    assert r.code == 0, r.err
+    assert yaml.safe_load((out / "config.yaml").read_text())["model"]["tile_size"] == 320
+    fused, src = _weights(out), _weights(world["rgb"])
+    resized = [k for k in src if k.endswith(("rel_pos_h", "rel_pos_w"))]
+    assert resized
+    for k in (k for k in src if k.startswith("backbone.")):
+        mine = fused[f"backbone.backbones.rgb.{k[len('backbone.'):]}"]
+        if k in resized:
+            assert mine.shape[0] > src[k].shape[0] and mine.shape[1:] == src[k].shape[1:]
+        else:
+            assert torch.equal(mine, src[k]), k

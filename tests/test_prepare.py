@@ -363,12 +363,13 @@ def test_bad_band_index(tmp_path, rts):
     _assert_clean_failure(r, tmp_path, out, "x.tif", "band", "has 4 bands", "--bands")
 
 
-def test_bad_non_binary_mask(tmp_path, rts):
+def test_bad_mask_neither_binary_nor_ids(tmp_path, rts):
+    """Fractions (a probability map) are neither a binary mask nor instance ids: refused, naming the fix."""
     write_tif(tmp_path / "img" / "s.tif", np.ones((4, 32, 32), np.uint16))
-    write_tif(tmp_path / "msk" / "s.tif", np.arange(32 * 32, dtype=np.uint8).reshape(32, 32) % 4)
+    write_tif(tmp_path / "msk" / "s.tif", (np.arange(32 * 32).reshape(32, 32) % 4 / 4).astype(np.float32))
     out = tmp_path / "ds"
     r = rts("prepare", tmp_path / "img", "--masks", tmp_path / "msk", "-o", out, "--bands", "planetscope4")
-    _assert_clean_failure(r, tmp_path, out, "s.tif", "not binary")
+    _assert_clean_failure(r, tmp_path, out, "s.tif", "neither 0/1", "1..N")
 
 
 def test_bad_labels_do_not_overlap(tmp_path, rts):
@@ -383,7 +384,7 @@ def test_bad_empty_directory(tmp_path, rts):
     (tmp_path / "empty").mkdir()
     out = tmp_path / "ds"
     r = rts("prepare", tmp_path / "empty", "-o", out, "--bands", "paper")
-    _assert_clean_failure(r, tmp_path, out, "empty", "no GeoTIFFs")
+    _assert_clean_failure(r, tmp_path, out, "empty", "no images (*.tif")
 
 
 def test_bad_labels_file_unreadable(tmp_path, rts):

@@ -62,6 +62,7 @@ from rtscli.cli import ablate as _ablate  # noqa: E402
 from rtscli.cli import bands as _bands  # noqa: E402
 from rtscli.cli import demo as _demo  # noqa: E402
 from rtscli.cli import evaluate as _evaluate  # noqa: E402
+from rtscli.cli import export_coco as _export_coco  # noqa: E402
 from rtscli.cli import finetune as _finetune  # noqa: E402
 from rtscli.cli import info as _info  # noqa: E402
 from rtscli.cli import models as _models  # noqa: E402
@@ -78,6 +79,7 @@ app.command("finetune")(_finetune.finetune)
 app.command("ablate")(_ablate.ablate)
 app.command("evaluate")(_evaluate.evaluate)
 app.command("predict")(_predict.predict)
+app.command("export-coco")(_export_coco.export_coco)
 app.add_typer(_models.app, name="models")
 app.command("info")(_info.info)
 app.command("bands")(_bands.bands)

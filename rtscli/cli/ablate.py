@@ -19,6 +19,7 @@ def ablate(
     from_: Annotated[Optional[str], typer.Option("--from", help="Unimodal bundles to reuse, comma-separated; the others are pretrained into OUT/pretrain.")] = None,
     preset: Annotated[Optional[str], typer.Option(help="Model preset of the unimodal models pretrained here (default: that of the --from bundles, else cascade-mvitv2-b).")] = None,
     primary: Annotated[str, typer.Option(help="The primary modality (attention queries, baseline).")] = "rgb",
+    tile_size: options.TileSize = None,
     split: Annotated[str, typer.Option(help="Split to score every cell on.")] = "test",
     pretrain_epochs: Annotated[Optional[int], typer.Option(help="Epochs of each unimodal pretraining. Default: the preset's.")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Epochs of each fusion cell. Default: the preset's.")] = None,
@@ -55,7 +56,7 @@ def ablate(
               pretrain_settings=make_settings(epochs=pretrain_epochs, **common),
               finetune_settings=make_settings(epochs=epochs, **common), preset=preset, primary=primary.lower(),
               sources=sources or None, sets=sets,
-              split=split, init_heads=not fresh_heads,
+              split=split, init_heads=not fresh_heads, tile_size=tile_size,
               on_cell=lambda name: console.print(f"[bold]ablate[/]: {name}"))
     console.print(res["table"].read_text())
     console.print(f"table: {out}/table.md, {out}/table.csv; chart: {out}/ablation.png")

@@ -36,6 +36,11 @@ def evaluate(
         if errors.suffix.lower() != ".gpkg":
             raise RtsError("--errors is written as a GeoPackage", path=errors, fix="use a .gpkg file name")
         check_vector_output(errors, overwrite, ERROR_LAYERS)
+        split_json = Path(data) / f"{split}.json"
+        if split_json.exists() and any(im.get("crs") is None for im in json.loads(split_json.read_text())["images"]):
+            raise RtsError("--errors writes map layers, but the chips of this split have no georeference (images "
+                           "without CRS were prepared on a pixel grid)", path=data,
+                           fix="drop --errors (AP is measured all the same), or prepare georeferenced images")
     with progress() as bar:
         task = bar.add_task(f"evaluating {split}", total=None, unit="chips")
         out, gt, results = evaluate_bundle(bundle, data, split, batch_size=batch_size,
@@ -43,7 +48,7 @@ def evaluate(
     metrics, sites = out["metrics"], out["per_site_mask_ap50"]
     path = report or Path(bundle) / f"eval_{split}.json"
     path.write_text(json.dumps(out, indent=2))
-    t = Table(title=f"{bundle} on {data} ({split}: {out['images']} chips, {len(gt['annotations'])} slumps)")
+    t = Table(title=f"{bundle} on {data} ({split}: {out['images']} chips, {out['instances']} slumps)")
     for c in ("", "AP", "AP50", "AP75"):
         t.add_column(c, justify="right")
     for k in ("segm", "bbox"):

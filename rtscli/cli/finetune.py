@@ -31,6 +31,7 @@ def finetune(
     schedule: options.Schedule = None,
     grad_clip: options.GradClip = 1.0,
     anchors: Annotated[str, typer.Option(help="Without --from: auto, preset, or 5 sizes.")] = "auto",
+    tile_size: options.TileSize = None,
     backbone_weights: Annotated[Optional[str], typer.Option(help="Without --from: imagenet or a .safetensors file; default random.")] = None,
     measure_memory: Annotated[bool, typer.Option(help="Measure peak training memory for one sample before training.")] = True,
     devices: options.Devices = "1",
@@ -62,7 +63,7 @@ def finetune(
     mods = parse_names(modalities)
     cfg = run(data=data, fusion=fusion, modalities=mods, out=out, settings=settings, sources=sources, preset=preset,
               primary=primary.lower(), freeze=freeze, init_heads_from=init_heads_from, heads=heads, window=window,
-              anchors=anchors, resume=resume, overwrite=overwrite, measure_memory=measure_memory)
+              anchors=anchors, resume=resume, overwrite=overwrite, measure_memory=measure_memory, tile_size=tile_size)
     m = cfg["metrics"]
     console.print(f"bundle {out}: {cfg['model']['name']}, {fusion} over {'+'.join(mods)} "
                   f"({'frozen' if cfg['training']['frozen_backbones'] else 'trained'} backbones), "

@@ -23,4 +23,5 @@ Seed = Annotated[int, typer.Option(help="Random seed (runs on the CPU are determ
 ValEvery = Annotated[int, typer.Option(help="Validate (mask AP50, best checkpoint) every N epochs.")]
 Resume = Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace an existing run directory.")]
+TileSize = Annotated[Optional[int], typer.Option(help="The model's square input tile in pixels, a multiple of 32 (the backbone's total stride). Default: the preset's (nano 256, MViTv2 1024). Chips up to the tile are used whole (smaller ones padded); training crops larger chips at random, evaluation refuses them: make it at least your chip size (rts prepare --chip-size). Slumps should fit well inside it: rts predict cuts scenes into tiles and merges slumps cut by tile borders, but one much wider than about half a tile is seen only in pieces.", show_default=False)]
 KeepCheckpoints = Annotated[bool, typer.Option("--keep-checkpoints", help="Keep checkpoints/ (optimizer state, larger than the model) in the bundle after a complete run, e.g. to continue it with more --epochs and --resume.")]

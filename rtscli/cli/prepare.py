@@ -1,4 +1,4 @@
-"""``rts prepare``: GeoTIFFs + masks or polygons -> chips, COCO instances and a manifest."""
+"""``rts prepare``: images + masks, polygons or COCO instances -> chips, COCO instances and a manifest."""
 
 from __future__ import annotations
 
@@ -9,16 +9,21 @@ import typer
 
 
 def prepare(
-    inputs: Annotated[list[Path], typer.Argument(help="Image GeoTIFFs or folders of them (subfolders = sites).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Dataset directory to create.")],
+    inputs: Annotated[Optional[list[Path]], typer.Argument(help="Images (GeoTIFF, JPEG, PNG, JP2 ...) or folders of them (subfolders = sites); a folder holding COCO JSON is read as a COCO dataset.", show_default=False)] = None,
     bands: Annotated[Optional[str], typer.Option(help="Band map or preset: planetscope4, sentinel2-10, paper, blue=1,green=2,red=3,nir=4 ... (default: the rasters' band names).")] = None,
     labels: Annotated[Optional[list[Path]], typer.Option(help="Vector labels (GeoPackage, shapefile, GeoJSON) for large scenes; repeat it for one file per site (any CRS each).", metavar="FILE")] = None,
     labels_layer: Annotated[Optional[str], typer.Option(help="The layer of --labels that holds the slumps, when the file has several (a project GeoPackage).")] = None,
-    masks: Annotated[Optional[Path], typer.Option(help="Folder of binary mask GeoTIFFs matched to images by name.")] = None,
-    mode: Annotated[str, typer.Option(help="auto, paper (mask band), masks, or vectors.")] = "auto",
+    masks: Annotated[Optional[Path], typer.Option(help="Folder of mask images (any format the images may have) matched to images by name: binary (0/1, 0/255) or instance ids (0 = background, 1..N = one slump each).")] = None,
+    mask_kind: Annotated[str, typer.Option(help="How masks (and mask bands) are read: auto (0/1 or 0/255 binary, near-0/near-255 JPEG noise thresholded, other whole numbers instance ids), binary, or instances.")] = "auto",
+    coco: Annotated[Optional[list[Path]], typer.Option(help="COCO instances JSON (polygons or RLE); repeat it for one file per split (named *train*, *val*, *test*).", metavar="FILE")] = None,
+    coco_split: Annotated[Optional[str], typer.Option(help="The split of each --coco file when their names do not say it: train=a.json,val=b.json,test=c.json.")] = None,
+    images: Annotated[Optional[Path], typer.Option(help="Folder of the --coco files' images (default: the input folders, or beside the JSON).")] = None,
+    category: Annotated[Optional[str], typer.Option(help="The COCO category of the slumps when the files have several (default: the only one, or 'rts').")] = None,
+    mode: Annotated[str, typer.Option(help="auto, paper (mask band), masks, vectors or coco.")] = "auto",
     modalities: Annotated[Optional[str], typer.Option(help="Modalities to record, e.g. rgb,ndvi,nir,dem (default: all the bands allow of rgb,ndvi,nir).")] = None,
     aux: Annotated[Optional[list[str]], typer.Option(help="Extra aligned raster as a band: NAME=PATH (file or folder). Repeatable.")] = None,
-    chip_size: Annotated[Optional[int], typer.Option(help="Chip side in pixels. Scenes with vector labels: default 256. Per-sample images larger than this are cut too (default: kept whole).")] = None,
+    chip_size: Annotated[Optional[int], typer.Option(help="Chip side in pixels. Scenes with vector labels: default 256. Per-sample and COCO images larger than this are cut too, their annotations clipped (default: kept whole; smaller ones are padded to the model's tile when trained).")] = None,
     overlap: Annotated[float, typer.Option(help="Chip overlap as a fraction of the chip side.")] = 0.25,
     split: Annotated[str, typer.Option(help="train,val,test fractions, applied within each site.")] = "0.7,0.15,0.15",
     split_file: Annotated[Optional[Path], typer.Option(help="CSV 'name,split' or JSON assigning each image/scene to a split.")] = None,
@@ -39,14 +44,17 @@ def prepare(
 ) -> None:
     """Turn imagery and labels into a training dataset: chips, COCO JSON per split, manifest.
 
-    Three kinds of input: per-sample GeoTIFFs with a mask band (--bands paper), images plus
-    mask GeoTIFFs (--masks DIR), or large scenes plus vector labels (--labels FILE), which are cut
-    into chips of --chip-size with --overlap.
+    Four kinds of input: per-sample GeoTIFFs with a mask band (--bands paper), images plus
+    mask images (--masks DIR), large scenes plus vector labels (--labels FILE), which are cut
+    into chips of --chip-size with --overlap, or a COCO instance dataset (--coco FILE --images DIR).
+    Images may be GeoTIFF, JPEG, PNG or any format GDAL reads; those without georeference get a
+    pixel grid (trained on and scored, not mapped by rts predict).
     """
     from rich.table import Table
 
     from rtscli.console import console, progress
     from rtscli.data.bands import BandMap
+    from rtscli.data.coco_import import parse_coco_split
     from rtscli.data.modalities import parse_names
     from rtscli.data.prepare import MODES, PrepareOptions, prepare as run
     from rtscli.data.split import SPLITS, parse_fractions
@@ -63,6 +71,11 @@ def prepare(
         logging.getLogger("rtscli").warning("rts prepare --min-area is now --min-pixels (a count of pixels; "
                                             "--min-area is m2 in rts predict)")
         min_pixels = min_area_old
+    split_files = parse_coco_split(coco_split) if coco_split else None
+    if split_files and not coco:
+        coco = list(split_files)
+    if not inputs and not coco:
+        raise RtsError("no input given", fix="pass image files or folders, or --coco FILE --images DIR")
     if mode not in MODES:
         raise RtsError(f"unknown mode {mode!r}", fix=f"use one of {', '.join(MODES)}")
     aux_map: dict[str, Path] = {}
@@ -72,7 +85,7 @@ def prepare(
             raise RtsError(f"cannot read --aux {spec!r}", fix="write NAME=PATH, e.g. --aux dem=dem.tif")
         aux_map[name.strip().lower()] = Path(path.strip())
     opts = PrepareOptions(
-        inputs=list(inputs),
+        inputs=list(inputs or []),
         out=out,
         bands=BandMap.parse(bands) if bands else None,
         mode=mode,
@@ -98,6 +111,11 @@ def prepare(
         repeat_to=repeat_to,
         dedupe_labels=dedupe_labels,
         overwrite=overwrite,
+        mask_kind=mask_kind,
+        coco=list(coco) if coco else None,
+        coco_split=split_files,
+        images=images,
+        category=category,
     )
     with progress() as bar:
         def make(desc, total):
@@ -138,6 +156,10 @@ def prepare(
     if m["split"].get("left_out_overlapping_other_file"):
         notes.append(f"{m['split']['left_out_overlapping_other_file']} items left out: they overlap an item of another "
                      "file in another split")
+    if (m.get("coco") or {}).get("crowd_regions_kept"):
+        notes.append(f"{m['coco']['crowd_regions_kept']} crowd regions kept as crowd (ignored by AP, not trained on)")
+    if m.get("pixel_grid_images"):
+        notes.append(f"{m['pixel_grid_images']} images without georeference: pixel grid, no CRS")
     if lab.get("dropped_not_polygon") or lab.get("dropped_empty"):
         notes.append(f"{lab.get('dropped_not_polygon', 0) + lab.get('dropped_empty', 0)} non-polygon/empty features ignored")
     for n in notes:

@@ -48,6 +48,7 @@ def pretrain(
     schedule: options.Schedule = None,
     grad_clip: options.GradClip = 1.0,
     detection_only: Annotated[bool, typer.Option(help="No mask head: boxes only (the paper's GeoImageNet experiment).")] = False,
+    tile_size: options.TileSize = None,
     anchors: Annotated[str, typer.Option(help="auto (from the training boxes), preset, or 5 sizes e.g. 16,32,64,128,256.")] = "auto",
     backbone_weights: Annotated[Optional[str], typer.Option(help="imagenet (downloads when possible) or a .safetensors file; default random.")] = None,
     devices: options.Devices = "1",
@@ -61,7 +62,14 @@ def pretrain(
     keep_checkpoints: options.KeepCheckpoints = False,
     overwrite: options.Overwrite = False,
 ) -> None:
-    """Train one unimodal model (the paper's phase 1) and write a model bundle to OUT."""
+    """Train one unimodal model (the paper's phase 1) and write a model bundle to OUT.
+
+    Tile size and chip size: the model sees square tiles of --tile-size pixels (default the
+    preset's). Prepare chips no larger than the tile (rts prepare --chip-size), or pick a tile at
+    least as large as your chips (e.g. --tile-size 320 for 300 px chips); and let the tile be a few
+    times the size of the largest slumps, so that each is seen whole with its surroundings. The
+    bundle records the tile size; rts predict and rts evaluate use it.
+    """
     from rtscli.console import console
     from rtscli.engine.pretrain import pretrain as run
     from rtscli.modeling.config import training_defaults
@@ -72,7 +80,7 @@ def pretrain(
                              precision=precision, workers=workers, seed=seed, backbone_weights=backbone_weights,
                              val_every=val_every, keep_checkpoints=keep_checkpoints)
     cfg = run(data=data, modality=modality.lower(), preset=preset, out=out, settings=settings, anchors=anchors,
-              resume=resume, overwrite=overwrite, masks=not detection_only)
+              resume=resume, overwrite=overwrite, masks=not detection_only, tile_size=tile_size)
     m = cfg["metrics"]
     console.print(f"bundle {out}: {cfg['model']['name']}, modality {modality}, {m['steps_run']} steps; "
                   f"weights of {m['bundle_weights']}", markup=False, soft_wrap=True)

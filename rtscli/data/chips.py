@@ -22,14 +22,19 @@ from rtscli.io.raster import read_window, window_transform
 
 
 def chip_transform(item: Item):
+    """The chip's geotransform: its window's on the raster's grid; the identity (its own pixels) for an image
+    without georeference, whose chips carry none either."""
     t = item.image.transform
-    if item.window is None:
+    if item.window is None or item.image.pixel_grid:
         return t
     c, r, _, _ = item.window
     return window_transform(t, c, r)
 
 
-def crs_text(crs) -> str:
+def crs_text(crs) -> str | None:
+    """``EPSG:n`` or WKT; None for an image without georeference (a pixel grid)."""
+    if crs is None:
+        return None
     epsg = crs.to_epsg()
     return f"EPSG:{epsg}" if epsg else crs.to_wkt()
 
@@ -40,34 +45,134 @@ def write_chip(path, image, transform, crs, nodata, names):
     write_geotiff(path, image, transform=transform, crs=crs, nodata=nodata, band_names=names)
 
 
-def check_binary(values: np.ndarray, path: Path) -> np.ndarray:
-    u = np.unique(values[np.isfinite(values)]) if np.issubdtype(values.dtype, np.floating) else np.unique(values)
-    if not (set(u.tolist()) <= {0, 1} or set(u.tolist()) <= {0, 255}):
-        shown = ", ".join(f"{v:g}" for v in u[:6]) + (", ..." if len(u) > 6 else "")
-        raise RtsError(
-            f"mask is not binary (values {shown})",
-            path=path,
-            fix="write 0 for background and 1 (or 255) for slumps, e.g. gdal_calc.py --calc 'A>0'",
-        )
-    return np.nan_to_num(values) > 0
+MASK_KINDS = ("auto", "binary", "instances")
+#: a noisy binary mask (JPEG): values below LOW are background, from HIGH up slump, between them "mid" values;
+#: it is thresholded at the midpoint when mid values are at most MID_SHARE of the non-background pixels (or
+#: MID_FLOOR pixels), else refused
+LOW, HIGH, MID_SHARE, MID_FLOOR = 64, 192, 0.02, 16
 
 
-def read_mask(src, win, band: int, path: Path) -> np.ndarray:
-    """A binary mask window; the file's nodata value counts as "no slump"."""
-    m = read_window(src, win, [band])[0]
+class MaskReader:
+    """Masks as instances: binary masks (one instance per 8-connected component, the paper's method) or
+    instance-id masks (0 = background, 1..N = one slump each, as CVAT, Label Studio and many labelling tools
+    export: touching slumps stay apart). ``kind`` is ``auto``, ``binary`` or ``instances``
+    (``rts prepare --mask-kind``); what was decided per file is kept for one note per kind at the end
+    (:meth:`notes`).
+
+    ``auto``: values 0/1 or 0/255 are binary; values near 0 and near 255 with few in between (JPEG compression
+    noise, e.g. 0-6 and 248-255) are thresholded at 128; other whole numbers in a lossless file are instance
+    ids; anything else (many mid values in a JPEG, fractions) is refused with the fix.
+    """
+
+    def __init__(self, kind: str = "auto") -> None:
+        if kind not in MASK_KINDS:
+            raise RtsError(f"unknown mask kind {kind!r}", fix=f"use one of {', '.join(MASK_KINDS)}")
+        self.kind = kind
+        self.thresholded: set[Path] = set()
+        self.as_ids: set[Path] = set()
+        self.nonzero_binary: set[Path] = set()
+
+    def labels(self, values: np.ndarray, path: Path, *, lossy: bool = False) -> tuple[np.ndarray, bool]:
+        """(labels, is_ids): an int32 label image (H, W) from a mask window (H, W) of stored values (nodata
+        already 0, NaN counts as 0) and whether its values are instance ids (else 0/1 binary).
+        Raises :class:`RtsError` naming ``path`` for a mask that is neither."""
+        v = np.nan_to_num(values.astype(np.float64, copy=False)) if np.issubdtype(values.dtype, np.floating) \
+            else values
+        u = np.unique(v)
+        vals = set(u.tolist())
+        if self.kind != "instances" and (vals <= {0, 1} or vals <= {0, 255}):
+            return (v > 0).astype(np.int32), False
+        whole = not np.issubdtype(u.dtype, np.floating) or bool(np.all(u == np.round(u)))
+        if u.min() < 0 or not whole:
+            shown = ", ".join(f"{x:g}" for x in u[:6]) + (", ..." if len(u) > 6 else "")
+            raise RtsError(f"mask holds values that are neither 0/1, 0/255 nor instance ids ({shown})", path=path,
+                           fix="write 0 for background and 1 (or 255) for slumps, or 1..N for N slumps "
+                               "(e.g. gdal_calc.py --calc 'A>0.5')")
+        if self.kind == "instances":
+            if lossy:
+                raise RtsError("instance ids do not survive lossy (JPEG) compression", path=path,
+                               fix="export the instance masks as PNG or GeoTIFF, or use --mask-kind binary")
+            self.as_ids.add(path)
+            return v.astype(np.int32), True
+        top = float(u.max())
+        near = self._near_binary(v, top) if top <= 255 else None
+        if near is not None:
+            self.thresholded.add(path)
+            return near, False
+        if lossy and top <= 3:  # a 0/1 mask saved as JPEG: noise of a few grey levels
+            self.thresholded.add(path)
+            return (v >= 0.5 * max(top, 1)).astype(np.int32) if top > 1 else (v > 0).astype(np.int32), False
+        if self.kind == "binary":
+            self.nonzero_binary.add(path)
+            return (v > 0).astype(np.int32), False
+        if lossy:
+            mid = int(((v >= LOW) & (v < HIGH)).sum())
+            raise RtsError(f"mask is not binary: {mid} pixel(s) lie between {LOW} and {HIGH - 1} (a greyscale "
+                           "image, or a JPEG mask compressed too hard?)", path=path,
+                           fix="save masks losslessly (PNG or GeoTIFF) with 0 for background and 255 (or 1) for "
+                               "slumps, or 1..N for N slumps")
+        self.as_ids.add(path)
+        return v.astype(np.int32), True
+
+    @staticmethod
+    def _near_binary(v: np.ndarray, top: float) -> np.ndarray | None:
+        """Threshold at 128 a 0/255 mask with compression noise, or None when it is not one."""
+        if top < HIGH:
+            return None
+        high = int((v >= HIGH).sum())
+        mid = int(((v >= LOW) & (v < HIGH)).sum())
+        if mid > max(MID_SHARE * (high + mid), MID_FLOOR):
+            return None
+        return (v >= 128).astype(np.int32)
+
+    def instances(self, values: np.ndarray, path: Path, valid: np.ndarray, *, lossy: bool, min_area: int,
+                  fmt: str) -> tuple[list, int]:
+        """(instances, specks dropped) of one mask window; pixels outside ``valid`` are background."""
+        labels, ids = self.labels(values, path, lossy=lossy)
+        labels[~valid] = 0
+        if ids:
+            return coco.instances_from_ids(labels, min_area=min_area, fmt=fmt)
+        return coco.instances_from_mask(labels > 0, min_area=min_area, fmt=fmt)
+
+    def notes(self) -> list[str]:
+        """One line per kind of decision, naming a file of each (for the log and the manifest)."""
+        out = []
+        for files, text in ((self.thresholded, "held values near 0 and near 255 (compression noise) and were "
+                             "thresholded at the midpoint"),
+                            (self.as_ids, "hold instance ids (0 = background, 1..N = one slump each): one instance "
+                             "per id (--mask-kind binary reads every non-zero pixel as slump instead)"),
+                            (self.nonzero_binary, "hold several values; read as binary (--mask-kind binary): every "
+                             "non-zero pixel is slump")):
+            if files:
+                first = sorted(files)[0].name
+                out.append(f"{len(files)} mask file(s) {text} (e.g. {first})")
+        return out
+
+
+def read_mask(src, win, band: int, path: Path, reader: MaskReader, valid: np.ndarray, *, lossy: bool,
+              min_area: int, fmt: str) -> tuple[list, int]:
+    """The instances of a mask window (binary or instance ids: :class:`MaskReader`); the file's nodata value
+    counts as "no slump"."""
+    m = read_window(src, win, [band], fill=0)[0]
     if src.nodata is not None:
         m = np.where(m == src.nodata, 0, m)
-    return check_binary(m, path)
+    return reader.instances(m, path, valid, lossy=lossy, min_area=min_area, fmt=fmt)
 
 
-def iter_chips(items, opts, mode, band_map, image_bands, labels, chip_dtype, conversions, chip_nodata):
+def iter_chips(items, opts, mode, band_map, image_bands, labels, chip_dtype, conversions, chip_nodata,
+               masks: MaskReader | None = None):
     """Yield (item, image, valid, instances, specks_dropped, clipped_dropped) per item.
 
     ``image`` is (bands, rows, cols) in ``chip_dtype``: the stored values turned into physical ones by
     ``conversions`` (per file); nodata is decided on the stored values, and when values were converted
-    the invalid pixels are set to ``chip_nodata``.
+    the invalid pixels are set to ``chip_nodata``. ``masks`` reads mask bands and mask files (binary or
+    instance ids).
     """
+    masks = masks or MaskReader()
+    import warnings
+
     import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
     from rasterio.windows import Window
 
     open_files: dict[Path, Any] = {}
@@ -78,7 +183,9 @@ def iter_chips(items, opts, mode, band_map, image_bands, labels, chip_dtype, con
                 for f in open_files.values():
                     f.close()
                 open_files.clear()
-            open_files[path] = rasterio.open(path)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)  # images on a pixel grid (plain JPEG/PNG)
+                open_files[path] = rasterio.open(path)
         return open_files[path]
 
     idx = [image_bands[n] for n in image_bands.names]
@@ -112,11 +219,15 @@ def iter_chips(items, opts, mode, band_map, image_bands, labels, chip_dtype, con
                 continue
             specks = clipped = 0
             if mode == "paper":
-                binary = read_mask(src, win, band_map["mask"], item.image.path) & valid
-                instances, specks = coco.instances_from_mask(binary, min_area=opts.min_area, fmt=opts.segmentation)
+                instances, specks = read_mask(src, win, band_map["mask"], item.image.path, masks, valid,
+                                              lossy=item.image.lossy, min_area=opts.min_area, fmt=opts.segmentation)
             elif mode == "masks":
-                binary = read_mask(handle(item.mask.path), win, 1, item.mask.path) & valid
-                instances, specks = coco.instances_from_mask(binary, min_area=opts.min_area, fmt=opts.segmentation)
+                instances, specks = read_mask(handle(item.mask.path), win, 1, item.mask.path, masks, valid,
+                                              lossy=item.mask.lossy, min_area=opts.min_area, fmt=opts.segmentation)
+            elif mode == "coco":
+                from rtscli.data.coco_import import instances_from_coco
+
+                instances, clipped = instances_from_coco(item, valid, opts)
             else:
                 instances, clipped = instances_from_labels(item, labels, valid, opts)
             yield item, image, valid, instances, specks, clipped

@@ -35,6 +35,7 @@ class Instance:
     segmentation: Any
     has_holes: bool
     source_id: Any = None
+    iscrowd: int = 0  # 1: a crowd region (COCO), ignored by AP and not trained on
 
     def full_mask(self) -> np.ndarray:
         m = np.zeros(self.shape, dtype=bool)
@@ -132,6 +133,33 @@ def instances_from_mask(mask: np.ndarray, *, min_area: int = 1, fmt: str = "auto
     return out, dropped
 
 
+def instances_from_ids(labels: np.ndarray, *, min_area: int = 1, fmt: str = "auto") -> tuple[list[Instance], int]:
+    """One instance per id of an instance-id mask (H, W) of whole numbers: 0 is background, every other value
+    one slump, so slumps that touch stay apart (an id in several pieces is one instance). Returns
+    (instances in id order, ids below ``min_area`` pixels dropped). Work scales with the labelled pixels."""
+    lab = np.asarray(labels)
+    rows, cols = np.nonzero(lab)
+    if not len(rows):
+        return [], 0
+    ids = lab[rows, cols]
+    order = np.argsort(ids, kind="stable")
+    ids, rows, cols = ids[order], rows[order], cols[order]
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    ends = np.r_[starts[1:], len(ids)]
+    out: list[Instance] = []
+    dropped = 0
+    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+        if b - a < min_area:
+            dropped += 1
+            continue
+        r, c = rows[a:b], cols[a:b]
+        y0, x0 = int(r.min()), int(c.min())
+        crop = np.zeros((int(r.max()) - y0 + 1, int(c.max()) - x0 + 1), dtype=bool)
+        crop[r - y0, c - x0] = True
+        out.append(_make(crop, x0, y0, lab.shape, fmt))
+    return out, dropped
+
+
 def instance_from_polygon(
     geom, shape: tuple[int, int], *, valid: np.ndarray | None = None, min_area: int = 1,
     fmt: str = "auto", source_id: Any = None,
@@ -169,7 +197,7 @@ def annotation(inst: Instance, ann_id: int, image_id: int) -> dict:
         "segmentation": inst.segmentation,
         "area": float(inst.area),
         "bbox": inst.bbox,
-        "iscrowd": 0,
+        "iscrowd": int(inst.iscrowd),
     }
     if inst.source_id is not None:
         ann["source_id"] = inst.source_id

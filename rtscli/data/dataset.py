@@ -96,10 +96,13 @@ class ChipDataset(torch.utils.data.Dataset):
         if not augment:  # scoring a crop of a larger chip would be wrong (masks and truth differ in size)
             big = [im for im in self.coco.dataset["images"] if max(im["width"], im["height"]) > tile_size]
             if big:
+                side = max(max(im["width"], im["height"]) for im in big)
+                fit = -(-side // 32) * 32
                 raise RtsError(
                     f"{len(big)} chip(s) of the {split} split are larger than the model's {tile_size} px tile "
                     f"(e.g. {big[0]['file_name']}, {big[0]['width']}x{big[0]['height']})",
-                    path=info.root, fix=f"re-run `rts prepare ... --chip-size {tile_size}`")
+                    path=info.root, fix=f"train a model with --tile-size {fit} (the largest chip is {side} px), or "
+                                        f"re-run `rts prepare ... --chip-size {tile_size}`")
         self.seed = seed
         self.epoch = 0
         flags: list[bool] = []  # per channel of the stacked image: may brightness/contrast touch it?
@@ -117,8 +120,10 @@ class ChipDataset(torch.utils.data.Dataset):
         self.epoch = epoch
 
     def load(self, idx: int) -> tuple[np.ndarray, np.ndarray, list[dict], dict]:
+        import warnings
+
         import rasterio
-        from rasterio.errors import RasterioIOError
+        from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
         from rtscli.io.raster import read_error
 
@@ -126,14 +131,17 @@ class ChipDataset(torch.utils.data.Dataset):
         entry = self.coco.loadImgs(img_id)[0]
         path = self.info.root / entry["file_name"]
         try:
-            with rasterio.open(path) as src:
-                raw = src.read()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)  # chips of images without georeference
+                with rasterio.open(path) as src:
+                    raw = src.read()
         except RasterioIOError as exc:
             raise read_error(path, exc) from None
         arrays, valid = compose(raw, self.info.band_map, self.modalities, self.info.stats,
                                 nodata=self.info.nodata, repeat_to=self.repeat_to)
         image = stack_modalities(arrays, [m.name for m in self.modalities])
-        anns = self.coco.loadAnns(self.coco.getAnnIds(imgIds=img_id))
+        # crowd regions (COCO iscrowd) are not slumps to learn: AP ignores detections on them, training skips them
+        anns = self.coco.loadAnns(self.coco.getAnnIds(imgIds=img_id, iscrowd=False))
         return image, valid, anns, entry
 
     def __getitem__(self, index):

@@ -38,11 +38,13 @@ class Item:
     window: tuple[int, int, int, int] | None = None  # col_off, row_off, width, height
     aux: dict[str, RasterInfo] = field(default_factory=dict)
     source_names: tuple[str, ...] = ()
+    coco: Any = None  # rtscli.data.coco_import.CocoImage: the image's COCO entry and annotations (--coco)
 
 
 
 def find_rasters(inputs: list[Path], exclude: list[Path] = ()) -> list[tuple[Path, Path]]:
-    """All GeoTIFFs under the inputs, as (file, root it was found under).
+    """All images under the inputs (GeoTIFF, JPEG, PNG, JP2 ...: :data:`rtscli.io.raster.RASTER_SUFFIXES`), as
+    (file, root it was found under).
 
     Hidden files and folders (including rts's own temporary builds) and everything under
     ``exclude`` (the output dataset, a mask folder) are left out.
@@ -64,8 +66,9 @@ def find_rasters(inputs: list[Path], exclude: list[Path] = ()) -> list[tuple[Pat
                     continue
                 files.append(p)
             if not files:
-                raise RtsError("no GeoTIFFs (*.tif, *.tiff) found in this directory", path=inp,
-                               fix="point to the folder that holds your images")
+                raise RtsError(f"no images ({', '.join('*' + x for x in RASTER_SUFFIXES)}) found in this directory",
+                               path=inp, fix="point to the folder that holds your images (or its COCO JSON with "
+                               "--coco FILE)")
             out.extend((p, inp) for p in files)
         else:
             out.append((inp, inp.parent))
@@ -83,13 +86,17 @@ def site_of(path: Path, root: Path, forced: str | None) -> str:
 
 
 def band_map_from_descriptions(info: RasterInfo) -> BandMap | None:
-    """A band map from the raster's band descriptions when they are all known names."""
+    """A band map from the raster's band descriptions when they are all names, else from GDAL's colour
+    interpretation when it says red, green and blue (an RGB JPEG or PNG, an RGB GeoTIFF: an alpha band is
+    left out), else None."""
     desc = [d.strip().lower() for d in info.descriptions]
-    if not desc or not all(re.fullmatch(r"[a-z][a-z0-9_]*", d or "-") for d in desc):
-        return None
-    if len(set(desc)) != len(desc):
-        return None
-    return BandMap(tuple((d, i + 1) for i, d in enumerate(desc)))
+    if desc and all(re.fullmatch(r"[a-z][a-z0-9_]*", d or "-") for d in desc) and len(set(desc)) == len(desc):
+        return BandMap(tuple((d, i + 1) for i, d in enumerate(desc)))
+    colours = [c.lower() for c in info.colorinterp]
+    rgb = {c: colours.index(c) + 1 for c in ("red", "green", "blue") if colours.count(c) == 1}
+    if len(rgb) == 3 and all(c in ("red", "green", "blue", "alpha") for c in colours):
+        return BandMap(tuple(rgb.items()))
+    return None
 
 
 def match_by_name(image: Path, folder: Path, what: str, suffixes=MASK_SUFFIXES) -> Path:
@@ -147,7 +154,7 @@ def aux_for(image: RasterInfo, aux_paths: dict[str, Path], cache: dict, assume_c
         path = match_by_name(image.path, p, f"aux raster '{name}'", suffixes=("", f"_{name}", f"-{name}")) \
             if p.is_dir() else p
         if path not in cache:
-            cache[path] = inspect(path, assume_crs=assume_crs)
+            cache[path] = inspect(path, assume_crs=assume_crs, pixel_grid_ok=image.pixel_grid)
         info = cache[path]
         if not info.same_grid(image):
             raise RtsError(

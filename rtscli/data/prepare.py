@@ -1,11 +1,17 @@
 """``rts prepare``: from what analysts have to a training dataset (chips + COCO + manifest).
 
-Three kinds of input, detected from the options or chosen with ``mode``:
+Four kinds of input, detected from the options or chosen with ``mode``:
 
 ``paper``   per-sample GeoTIFFs whose band map has a ``mask`` band (the paper's layout);
-``masks``   image GeoTIFFs + separate mask GeoTIFFs matched by name (``--masks DIR``);
+``masks``   images + separate mask images matched by name (``--masks DIR``): binary masks (one instance
+            per connected part) or instance-id masks (one per id), any format GDAL reads;
 ``vectors`` large scenes + vector labels (``--labels FILE``) cut into chips of a given size and
-            overlap, one instance per label polygon.
+            overlap, one instance per label polygon;
+``coco``    an existing COCO instance dataset (``--coco FILE``, or COCO JSON in the input folder):
+            :mod:`rtscli.data.coco_import`.
+
+Images may be GeoTIFF, JPEG, PNG or any format GDAL reads. Images without georeference (plain JPEG/PNG
+chips) get a pixel grid: each is its own place for the split, and their chips carry no CRS.
 
 The dataset directory::
 
@@ -47,7 +53,7 @@ from rtscli.io.raster import (
 
 log = logging.getLogger("rtscli")
 
-MODES = ("auto", "paper", "masks", "vectors")
+MODES = ("auto", "paper", "masks", "vectors", "coco")
 #: nodata of chips whose values were converted (--scale/--offset or GDAL band scale): the stored nodata (often 0)
 #: could be a real value after conversion
 CONVERTED_NODATA = -9999.0
@@ -81,6 +87,11 @@ class PrepareOptions:
     repeat_to: int = 3
     dedupe_labels: bool = True
     overwrite: bool = False
+    mask_kind: str = "auto"  # masks and mask bands: auto, binary or instances (ids)
+    coco: list[Path] | None = None  # COCO instance files
+    coco_split: dict[Path, str] | None = None  # {file: split}; default: from the file names
+    images: Path | None = None  # where the COCO files' images are
+    category: str | None = None  # the COCO category of the slumps
 
 
 @dataclass
@@ -100,6 +111,8 @@ def detect_mode(opts: PrepareOptions, band_map: BandMap) -> str:
         return "vectors"
     if opts.masks is not None:
         return "masks"
+    if opts.coco is not None:
+        return "coco"
     if "mask" in band_map:
         return "paper"
     raise RtsError(
@@ -127,18 +140,37 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
     if opts.chip_size is not None and opts.chip_size < 16:
         raise RtsError("--chip-size must be at least 16 pixels", fix="use e.g. 256")
 
+    from rtscli.data.chips import MaskReader
+
+    mask_reader = MaskReader(opts.mask_kind)
+    opts = _with_coco(opts)
+    coco_records: dict = {}
+    coco_meta: dict = {}
     exclude = [opts.out]  # an output folder inside the input folder is not input
     if opts.masks is not None and all(opts.masks.resolve() != i.resolve() for i in opts.inputs if i.is_dir()):
         exclude.append(opts.masks)
-    rasters = find_rasters(opts.inputs, exclude=exclude)
+    if opts.coco is not None:
+        from rtscli.data.coco_import import read_sources
+
+        rasters, coco_records, coco_meta = read_sources(opts.coco, split_map=opts.coco_split, images=opts.images,
+                                                        inputs=opts.inputs, category=opts.category,
+                                                        site=opts.site)
+    else:
+        rasters = find_rasters(opts.inputs, exclude=exclude)
+    # per-sample images (not scenes with vector labels) may come without georeference: they get a pixel grid
+    pixel_ok = opts.mode != "vectors" and opts.labels is None
+    if not pixel_ok:
+        rasters = _georeferenced(rasters, opts)
     if opts.masks is not None:
         if not opts.masks.is_dir():
             raise RtsError("mask folder not found", path=opts.masks, fix="pass the folder that holds the masks")
         # when images and masks share a folder, the masks are not images
         rasters = [(p, r) for p, r in rasters
                    if not any(p.stem.endswith(s) for s in MASK_SUFFIXES if s)]
-    first = inspect(rasters[0][0], assume_crs=opts.assume_crs)  # a clear error if the first file is not a raster
+    first = inspect(rasters[0][0], assume_crs=opts.assume_crs, pixel_grid_ok=pixel_ok)  # a clear error if not a raster
     band_map = opts.bands or band_map_from_descriptions(first)
+    if opts.bands is None and band_map is not None and not any(first.descriptions):
+        log.info("band map from the images' colour interpretation: %s", band_map)
     if band_map is None:
         raise RtsError("no band map given and the raster's bands are not named", path=rasters[0][0],
                        fix="pass --bands (e.g. planetscope4, sentinel2-10, paper or blue=1,green=2,red=3,nir=4)")
@@ -151,7 +183,13 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
     if mode == "vectors" and opts.labels is None:
         raise RtsError("mode 'vectors' needs --labels FILE", fix="pass the label GeoPackage/shapefile/GeoJSON")
     if mode == "masks" and opts.masks is None:
-        raise RtsError("mode 'masks' needs --masks DIR", fix="pass the folder of mask GeoTIFFs")
+        raise RtsError("mode 'masks' needs --masks DIR", fix="pass the folder of mask images")
+    if mode == "coco" and opts.coco is None:
+        raise RtsError("mode 'coco' needs --coco FILE (or COCO JSON files in the input folder)",
+                       fix="pass the COCO instances JSON of each split with --coco")
+    if mode == "coco" and opts.split_file is not None:
+        raise RtsError("--split-file and --coco both give the splits", path=opts.split_file,
+                       fix="drop --split-file (the COCO files give the splits), or use --coco-split")
 
     image_bands = band_map.without(["mask"])
     aux_names = list(opts.aux)
@@ -166,9 +204,14 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
     # inspect every input once (clear errors before any work)
     infos: list[tuple[RasterInfo, Path]] = []
     for path, root in rasters:
-        info = inspect(path, assume_crs=opts.assume_crs)
+        info = inspect(path, assume_crs=opts.assume_crs, pixel_grid_ok=pixel_ok)
         band_map.check_against(info.count, path)
         infos.append((info, root))
+    pixel_grids = [i.path for i, _ in infos if i.pixel_grid]
+    if pixel_grids:
+        log.info("%d image(s) have no georeference (e.g. %s): they get a pixel grid, each image its own place in the "
+                 "split; their chips carry no CRS, so rts predict cannot map them (rts evaluate scores them)",
+                 len(pixel_grids), pixel_grids[0].name)
     nodatas = {("nan" if v is not None and v != v else v) for v in (i.nodata for i, _ in infos)}
     if len(nodatas) > 1:
         ex = {str(i.nodata): i.path.name for i, _ in infos}
@@ -186,15 +229,22 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
     label_meta: dict[str, Any] = {}
     if mode == "vectors":
         items, labels, label_meta = vector_items(opts, infos, aux_infos)
+    elif mode == "coco":
+        from rtscli.data.coco_import import coco_items
+
+        items = coco_items(opts, infos, coco_records, aux_infos)
     else:
         items = sample_items(opts, infos, aux_infos, mode)
     splits, split_report = _splits(items, opts, split_map)
     # the splits asked for; an evaluation-only dataset (--split 0,0,1) takes its statistics from all chips
     wanted = {s: f for s, f in zip(SPLITS, opts.fractions, strict=True)} if split_map is None else \
         {s: float(s in split_map.values()) for s in SPLITS}
+    if mode == "coco" and any(it.coco.split for it in items):  # the COCO files give the splits
+        given = {it.coco.split for it in items}
+        wanted = {s: float(s in given or (s == "val" and bool(split_report.get("val_drawn")))) for s in SPLITS}
     stats_from = "train" if wanted["train"] > 0 else "all"
-    if split_map is None and sum(f > 0 for f in wanted.values()) > 1:  # a split file assigns whole scenes
-        _warn_single_chip_scenes(items, opts)
+    if split_map is None and sum(f > 0 for f in wanted.values()) > 1 and mode != "coco":
+        _warn_single_chip_scenes(items, opts)  # a split file assigns whole scenes
 
     for a in all_aux(items):
         name = next(n for it in items for n, i in it.aux.items() if i.path == a.path)
@@ -224,13 +274,14 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
     sizes: list[float] = []
     ratios: list[float] = []
     areas_m2: list[float] = []  # true areas of the training slumps (pixels x the chip's mean true pixel area)
-    image_id = ann_id = 0
+    image_id = ann_id = crowd = 0
 
     advance = progress("preparing", len(items)) if progress else (lambda k: None)
     with atomic_dir(opts.out, overwrite=opts.overwrite) as tmp, gdal_env():
         docs = {s: coco.CocoWriter(tmp / f"{s}.json", f"rts dataset, split {s}") for s in SPLITS}
         for item, image, valid, instances, specks, nclipped in iter_chips(items, opts, mode, band_map, image_bands,
-                                                                         labels, chip_dtype, conversions, nodata):
+                                                                         labels, chip_dtype, conversions, nodata,
+                                                                         mask_reader):
             advance(1)
             dropped["specks_below_min_area"] += specks
             dropped["labels_clipped_below_min_area"] += nclipped
@@ -259,21 +310,28 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
             }
             if item.window is not None:
                 entry["window"] = list(item.window)
+            if item.coco is not None:  # where it came from in the COCO file it was read from
+                entry["source_image_id"] = item.coco.id
+                entry["source_file"] = item.coco.json.name
             docs[split].add_image(entry)
             learn = split == "train" or stats_from == "all"  # statistics come from the training chips only
             px_m2 = pixel_area_m2(transform, entry["width"], entry["height"], item.image.crs) \
-                if learn and instances else 0.0
+                if learn and instances and item.image.crs is not None else float("nan")
             for inst in instances:
                 ann_id += 1
                 docs[split].add_annotation(coco.annotation(inst, ann_id, image_id))
+                if inst.iscrowd:
+                    crowd += 1
+                    continue
                 if learn:
                     sizes.append(float(np.sqrt(inst.bbox[2] * inst.bbox[3])))
                     ratios.append(float(inst.bbox[3] / inst.bbox[2]))
-                    areas_m2.append(inst.area * px_m2)
+                    if px_m2 == px_m2:  # images without georeference have no true area
+                        areas_m2.append(inst.area * px_m2)
             c = counts[item.site][split]
             c["images"] += 1
-            c["instances"] += len(instances)
-            c["negatives"] += int(not instances)
+            c["instances"] += sum(not i.iscrowd for i in instances)
+            c["negatives"] += int(not any(not i.iscrowd for i in instances))
             if learn:
                 chans = {n: channel(n, image, chip_bands, valid) for n in stat_names}
                 sampler.add(chans, valid)
@@ -281,6 +339,9 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
         split_warnings = _split_warnings(counts, wanted, mode, split_report)
         for w in split_warnings:
             log.warning(w)
+        mask_notes = mask_reader.notes()
+        for n in mask_notes:
+            log.info(n)
         if sampler.count == 0:
             raise RtsError("the training split has no valid pixels" if stats_from == "train" else
                            "the dataset has no valid pixels",
@@ -297,10 +358,52 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
         manifest["values"] = _values_record(conversions, infos)
         manifest["normalization_method"]["split"] = "train" if stats_from == "train" else "all (no training split)"
         manifest["warnings"] = split_warnings
+        if mask_notes:
+            manifest["masks"] = {"kind": opts.mask_kind, "notes": mask_notes}
+        if coco_meta:
+            manifest["coco"] = {**coco_meta, "crowd_regions_kept": crowd}
+        manifest["pixel_grid_images"] = len(pixel_grids)
         import yaml
 
         (tmp / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
     return Result(opts.out, manifest, {k: dict(v) for k, v in counts.items()})
+
+
+def _georeferenced(rasters: list[tuple[Path, Path]], opts: PrepareOptions) -> list[tuple[Path, Path]]:
+    """Scenes for vector labels: JPEG/PNG files found in a scene folder without any georeference (a preview, a
+    quicklook) are left out with a note; any other file is kept (and refused by ``inspect`` if it has none)."""
+    keep, skipped = [], []
+    given = {p.resolve() for p in opts.inputs}
+    for path, root in rasters:
+        if path.suffix.lower() in (".jpg", ".jpeg", ".png") and path.resolve() not in given and \
+                inspect(path, assume_crs=opts.assume_crs, pixel_grid_ok=True).pixel_grid:
+            skipped.append(path)
+        else:
+            keep.append((path, root))
+    if skipped:
+        log.info("%d JPEG/PNG file(s) without georeference in the scene folder(s) left out (e.g. %s)", len(skipped),
+                 skipped[0].name)
+    if not keep:
+        raise RtsError("no georeferenced image found for the vector labels", path=rasters[0][1],
+                       fix="point to the folder of the scenes (GeoTIFF), or georeference the images")
+    return keep
+
+
+def _with_coco(opts: PrepareOptions) -> PrepareOptions:
+    """``opts`` with ``coco`` set to the COCO files found in the input folders, when no other labels are given
+    (auto-detection); the files found are logged with the split each stands for."""
+    from rtscli.data.coco_import import find_coco_files, split_of
+
+    if opts.coco is not None or opts.mode not in ("auto", "coco") or opts.labels or opts.masks:
+        return opts
+    if opts.bands is not None and "mask" in opts.bands and opts.mode == "auto":
+        return opts  # the paper's layout: masks in the images
+    found = find_coco_files(opts.inputs)
+    if not found:
+        return opts
+    log.info("COCO instances found: %s", ", ".join(
+        f"{p.name} ({(opts.coco_split or {}).get(p) or split_of(p) or 'split by --split'})" for p in found))
+    return dataclasses.replace(opts, coco=found)
 
 
 def _source_bands(info: RasterInfo) -> dict:
@@ -344,7 +447,9 @@ def _splits(items: list[Item], opts: PrepareOptions, split_map: dict[str, str] |
     pairs = overlapping_pairs(units)  # once: grouping and the guard both need them
     block = max(opts.split_block, 2 * opts.chip_size) if opts.chip_size else opts.split_block
     groups, report = spatial_groups(units, block, pairs)
-    if split_map is None:
+    if split_map is None and any(it.coco is not None and it.coco.split for it in items):
+        out = _coco_splits(items, groups, opts, report)
+    elif split_map is None:
         out = assign(((it.key, *groups[it.key]) for it in items), opts.fractions, opts.seed)
     else:
         out, missing = {}, []
@@ -381,9 +486,27 @@ def _splits(items: list[Item], opts: PrepareOptions, split_map: dict[str, str] |
     return {k: v for k, v in out.items() if k not in drop}, report
 
 
+def _coco_splits(items: list[Item], groups: dict, opts: PrepareOptions, report: dict) -> dict[str, str]:
+    """Splits from the COCO files: each image's file says it; without a val file, val is drawn from the train
+    file's images (by group, as ``--split`` asks: e.g. 0.7,0.15,0.15 -> 15/85 of them)."""
+    out = {it.key: it.coco.split for it in items if it.coco.split in ("val", "test")}
+    train = [it for it in items if it.coco.split == "train"]
+    ft, fv, _ = opts.fractions
+    if any(it.coco.split == "val" for it in items) or fv == 0 or ft == 0:
+        out.update({it.key: "train" for it in train})
+        return out
+    drawn = assign(((it.key, *groups[it.key]) for it in train), (ft / (ft + fv), fv / (ft + fv), 0.0), opts.seed)
+    out.update(drawn)
+    report["val_drawn"] = sum(s == "val" for s in drawn.values())
+    log.info("no val COCO file: %d of the %d train item(s) drawn for val (--split %.2f,%.2f)", report["val_drawn"],
+             len(train), ft, fv)
+    return out
+
+
 def _units(items: list[Item]):
-    """The items' footprints in one common CRS: the first input's, or, when some do not fit it, a Lambert
-    azimuthal equal-area projection centred on the data."""
+    """The items' footprints in one common CRS: the first georeferenced input's, or, when some do not fit it, a
+    Lambert azimuthal equal-area projection centred on the data. Images without georeference (a pixel grid)
+    stay in their own pixel frame each: they never overlap another file's items."""
     from pyproj import Transformer
 
     from rtscli.data.split import Unit
@@ -397,7 +520,7 @@ def _units(items: list[Item]):
     def build(common) -> list[Unit] | None:
         cache: dict[str, Any] = {}
         out = []
-        for it in items:
+        for it in mapped:
             fp, n = footprint(it)
             if it.image.crs != common:
                 key = it.image.crs.to_wkt()
@@ -409,28 +532,31 @@ def _units(items: list[Item]):
             out.append(Unit(it.key, it.site, str(it.image.path), fp, fp.area / n, it.window is not None))
         return out
 
-    if not items:
-        return []
-    units = build(items[0].image.crs)
+    pixels = [Unit(it.key, it.site, str(it.image.path), footprint(it)[0], 1.0, it.window is not None,
+                   frame=f"pixels:{it.image.path}") for it in items if it.image.crs is None]
+    mapped = [it for it in items if it.image.crs is not None]
+    if not mapped:
+        return pixels
+    units = build(mapped[0].image.crs)
     if units is None:  # e.g. UTM zones far apart: compare in an equal-area projection centred on the data
         from rasterio.crs import CRS
 
-        lon, lat = Transformer.from_crs(items[0].image.crs.to_wkt(), "EPSG:4326", always_xy=True).transform(
-            *footprint(items[0])[0].centroid.coords[0])
+        lon, lat = Transformer.from_crs(mapped[0].image.crs.to_wkt(), "EPSG:4326", always_xy=True).transform(
+            *footprint(mapped[0])[0].centroid.coords[0])
         laea = CRS.from_proj4(f"+proj=laea +lat_0={lat:.6f} +lon_0={lon:.6f} +datum=WGS84 +units=m +no_defs")
         log.info("the inputs do not all fit the first one's CRS (%s): their footprints are compared in a "
-                 "Lambert azimuthal equal-area projection centred at %.3f, %.3f", crs_name(items[0].image.crs),
+                 "Lambert azimuthal equal-area projection centred at %.3f, %.3f", crs_name(mapped[0].image.crs),
                  lat, lon)
         units = build(laea)
     if units is None:
         raise RtsError("the inputs' footprints cannot be brought into one CRS to check that no place is in two "
-                       "splits (they lie too far apart)", path=items[0].image.path,
+                       "splits (they lie too far apart)", path=mapped[0].image.path,
                        fix="prepare far-apart regions as separate datasets, or give a --split-file")
     sides = [math.sqrt(u.pixel_area) for u in units]
     if max(sides) > 2 * min(sides):
         log.info("the inputs' pixels range from %.3g to %.3g map units: the spatial blocks of the split are sized "
                  "for the coarsest (use --split-block to change them)", min(sides), max(sides))
-    return units
+    return units + pixels
 
 
 def _warn_single_chip_scenes(items: list[Item], opts: PrepareOptions) -> None:
@@ -460,10 +586,11 @@ def _split_warnings(counts, wanted: dict[str, float], mode, split_report=None) -
     totals = {s: sum(c[s]["images"] for c in counts.values()) for s in SPLITS}
     slumps = {s: sum(c[s]["instances"] for c in counts.values()) for s in SPLITS}
     n = sum(totals.values())
-    hint = ("use a smaller --chip-size or --split-block, more scenes, or a --split-file" if mode == "vectors"
-            else "add images, or use a --split-file")
+    hint = {"vectors": "use a smaller --chip-size or --split-block, more scenes, or a --split-file",
+            "coco": "add images, give a COCO file for that split, or change --split"}.get(
+        mode, "add images, or use a --split-file")
     joined = (split_report or {}).get("images_joined_across_files", 0)
-    if joined:  # e.g. chips that all carry one placeholder georeference: one place, so one split
+    if joined and mode != "coco":  # e.g. chips that all carry one placeholder georeference: one place, one split
         hint += (f" ({joined} pair(s) of images overlap on the map, so they share a split: check that the images "
                  "carry their true georeference)")
     out = []
@@ -513,7 +640,8 @@ def _manifest(opts, mode, band_map, chip_bands, chip_dtype, nodata, modalities, 
         size_stats = {
             "box_side_px_percentiles": pct(sizes, [5, 25, 50, 75, 95], 2),
             "box_aspect_h_over_w_percentiles": pct(ratios, [5, 50, 95], 3),
-            "area_m2_percentiles": pct(areas_m2, [5, 25, 50, 75, 95], 1),  # true areas, on the ellipsoid
+            # true areas, on the ellipsoid (none for images without georeference)
+            **({"area_m2_percentiles": pct(areas_m2, [5, 25, 50, 75, 95], 1)} if areas_m2 else {}),
             "instances": len(sizes),
         }
     m: dict[str, Any] = {

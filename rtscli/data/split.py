@@ -141,7 +141,7 @@ class Unit:
     ``footprint`` is the item's outline in the common CRS of the run (a shapely polygon: all four
     corners of its window, so rotated grids are right); ``pixel_area`` is one pixel's area in that
     CRS's units; ``cut`` is True for a chip cut from a larger raster (grouped by spatial blocks),
-    False for a whole image (grouped with every image it overlaps).
+    False for a whole image (grouped with every image it overlaps). Units of different ``frame`` never overlap.
     """
 
     key: str
@@ -150,22 +150,31 @@ class Unit:
     footprint: Any
     pixel_area: float
     cut: bool
+    frame: str = "map"  # "map": the common CRS; "pixels:FILE": an image without georeference, its own frame
 
 
 def overlapping_pairs(units: list[Unit]) -> list[tuple[int, int]]:
-    """Pairs (i < j) of units whose footprints share more than half a pixel of area (positions in ``units``)."""
+    """Pairs (i < j) of units whose footprints share more than half a pixel of area (positions in ``units``).
+
+    Only units of one frame are compared (one spatial index per frame): images without georeference, each in
+    its own pixel frame, all lie at the same coordinates and are never paired."""
     from shapely import STRtree
 
-    geoms = [u.footprint for u in units]
-    left, right = STRtree(geoms).query(geoms, predicate="intersects")
+    frames: dict[str, list[int]] = defaultdict(list)
+    for i, u in enumerate(units):
+        frames[u.frame].append(i)
     pairs = []
-    for a, b in zip(left.tolist(), right.tolist(), strict=True):
-        if a >= b:
-            continue
-        tol = 0.5 * min(units[a].pixel_area, units[b].pixel_area)
-        if geoms[a].intersection(geoms[b]).area > tol:
-            pairs.append((a, b))
-    return pairs
+    for members in frames.values():
+        geoms = [units[i].footprint for i in members]
+        left, right = STRtree(geoms).query(geoms, predicate="intersects")
+        for la, lb in zip(left.tolist(), right.tolist(), strict=True):
+            if la >= lb:
+                continue
+            a, b = members[la], members[lb]
+            tol = 0.5 * min(units[a].pixel_area, units[b].pixel_area)
+            if geoms[la].intersection(geoms[lb]).area > tol:
+                pairs.append((a, b) if a < b else (b, a))
+    return sorted(pairs)
 
 
 def spatial_groups(units: list[Unit], block_px: int,
@@ -186,10 +195,13 @@ def spatial_groups(units: list[Unit], block_px: int,
 
     from rtscli.geometry.seams import union_root
 
-    cut_px = [math.sqrt(u.pixel_area) for u in units if u.cut]
-    side = block_px * max(cut_px) if cut_px else 0.0
-    names = [f"block:{math.floor(u.footprint.centroid.x / side)}:{math.floor(u.footprint.centroid.y / side)}"
-             if u.cut else f"image:{u.key}" for u in units]
+    cut_px: dict[str, float] = {}
+    for u in units:
+        if u.cut:
+            cut_px[u.frame] = max(cut_px.get(u.frame, 0.0), math.sqrt(u.pixel_area))
+    side = {f: block_px * px for f, px in cut_px.items()}  # per frame: the map, or one image's own pixels
+    names = [f"block:{'' if u.frame == 'map' else u.frame + ':'}{math.floor(u.footprint.centroid.x / side[u.frame])}:"
+             f"{math.floor(u.footprint.centroid.y / side[u.frame])}" if u.cut else f"image:{u.key}" for u in units]
     index = {name: i for i, name in enumerate(sorted(set(names)))}  # groups, numbered in a stable order
     parent = list(range(len(index)))
     joined = across = 0

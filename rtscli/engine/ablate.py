@@ -65,7 +65,7 @@ def parse_fusions(text: str) -> list[str]:
 def ablate(*, data: Path, modalities: list[str], fusions: list[str], out: Path, pretrain_settings,
            finetune_settings, preset: str | None = None, primary: str = "rgb", sources: list[Path] | None = None,
            sets: str | None = None, split: str = "test", init_heads: bool = True,
-           on_cell: Callable[[str], None] | None = None) -> dict:
+           on_cell: Callable[[str], None] | None = None, tile_size: int | None = None) -> dict:
     from rtscli.data.dataset import DatasetInfo
     from rtscli.engine.evaluate import evaluate_bundle
     from rtscli.engine.finetune import check_sources, finetune
@@ -88,6 +88,10 @@ def ablate(*, data: Path, modalities: list[str], fusions: list[str], out: Path, 
             raise RtsError(f"--preset {preset} differs from the --from bundles' model {theirs}",
                            fix="drop --preset: the missing modalities are then pretrained like the given ones")
         preset = theirs
+        tile = next(iter(given.values())).tile_size
+        if tile_size is not None and tile_size != tile:
+            raise RtsError(f"--tile-size {tile_size} differs from the --from bundles' {tile} px",
+                           fix="drop --tile-size: the missing modalities are then pretrained like the given ones")
     preset = preset or "cascade-mvitv2-b"
     for m in modalities:
         if m in unimodal:
@@ -98,7 +102,7 @@ def ablate(*, data: Path, modalities: list[str], fusions: list[str], out: Path, 
                 on_cell(f"pretrain {m}")
             resume = (run / "checkpoints" / "last.ckpt").exists()
             pretrain(data=data, modality=m, preset=preset, out=run, settings=pretrain_settings, resume=resume,
-                     overwrite=not resume)
+                     overwrite=not resume, tile_size=tile_size)
         unimodal[m] = run
 
     def scored(bundle: Path, report: Path) -> dict:
@@ -125,7 +129,7 @@ def ablate(*, data: Path, modalities: list[str], fusions: list[str], out: Path, 
                 srcs = [unimodal[primary]] if fusion == "channel-stack" else [unimodal[m] for m in mods]
                 finetune(data=data, fusion=fusion, modalities=mods, out=cell, settings=finetune_settings,
                          sources=srcs, primary=primary, init_heads_from=unimodal[primary] if init_heads else None,
-                         resume=resume, overwrite=not resume)
+                         resume=resume, overwrite=not resume, tile_size=tile_size)
             rows.append({"strategy": fusion, "modalities": "+".join(mods),
                          **_row(scored(cell, cell / f"eval_{split}.json"), cell)})
     write_tables(out, rows, [("+".join(m)) for m in grid], fusions, primary, split)

@@ -125,7 +125,8 @@ def error_layers(gt: dict, results: list[dict], *, iou_thresh: float = 0.5, min_
     images = {im["id"]: im for im in gt["images"]}
     gts: dict[int, list[dict]] = {}
     for a in gt["annotations"]:
-        gts.setdefault(a["image_id"], []).append(a)
+        if not a.get("iscrowd"):  # crowd regions are neither found nor missed (pycocotools ignores them too)
+            gts.setdefault(a["image_id"], []).append(a)
     dts: dict[int, list[dict]] = {}
     for r in results:
         if r["score"] >= min_score and "segmentation" in r:
@@ -236,6 +237,7 @@ def evaluate_bundle(bundle: Path, data: Path, split: str, *, batch_size: int = 4
                             progress=(lambda k: progress(k, len(ds))) if progress else None)
     gt = json.loads((info.root / f"{split}.json").read_text())
     out = {"bundle": str(bundle), "dataset": str(data), "split": split, "images": len(ds),
-           "instances": len(gt["annotations"]), "detections": len(results), "metrics": coco_metrics(gt, results),
+           "instances": sum(not a.get("iscrowd") for a in gt["annotations"]),  # crowd regions are not slumps
+           "detections": len(results), "metrics": coco_metrics(gt, results),
            "per_site_mask_ap50": per_site_ap50(gt, results)}
     return out, gt, results

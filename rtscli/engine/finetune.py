@@ -99,7 +99,7 @@ def check_sources(sources: list[Path], *, modalities: list[str], info: DatasetIn
 def _load_part(model, state: dict, src_prefix: str, dst_prefix: str, *, what: str, path: Path,
                adapt_stem: bool = False) -> int:
     """Copy tensors ``src_prefix*`` of ``state`` into ``dst_prefix*`` of ``model``; shapes must match."""
-    from rtscli.modeling.backbone import adapt_stem_weight
+    from rtscli.modeling.backbone import adapt_stem_weight, is_rel_pos, resize_rel_pos
 
     own = model.state_dict()
     picked = {}
@@ -110,6 +110,8 @@ def _load_part(model, state: dict, src_prefix: str, dst_prefix: str, *, what: st
         if dst not in own:
             raise RtsError(f"{what}: tensor {k} has no place in the new model", path=path,
                            fix="use bundles made with the same preset")
+        if own[dst].shape != v.shape and is_rel_pos(dst) and own[dst].shape[1:] == v.shape[1:]:
+            v = resize_rel_pos(v, own[dst].shape[0])  # a backbone trained at another tile size
         if own[dst].shape != v.shape:
             if adapt_stem and v.ndim == 4 and own[dst].shape[0] == v.shape[0] and own[dst].shape[2:] == v.shape[2:]:
                 v = adapt_stem_weight(v, own[dst].shape[1])
@@ -132,7 +134,7 @@ def finetune(*, data: Path, fusion: str, modalities: list[str], out: Path, setti
              sources: list[Path] | None = None, preset: str | None = None, primary: str = "rgb",
              freeze: bool | None = None, init_heads_from: Path | None = None, heads: int = 8, window: int = 8,
              anchors: str = "auto", resume: bool = False, overwrite: bool = False,
-             measure_memory: bool = True) -> dict:
+             measure_memory: bool = True, tile_size: int | None = None) -> dict:
     from safetensors.torch import load_file
 
     from rtscli.data.inputs import sha256
@@ -177,13 +179,20 @@ def finetune(*, data: Path, fusion: str, modalities: list[str], out: Path, setti
             raise RtsError(f"--preset {preset} differs from the --from bundles' model {cfg.name}",
                            fix="drop --preset: the bundles decide the architecture")
         repeat = ref.config.get("repeat_to")
+        if tile_size is not None and tile_size != cfg.tile_size:
+            from rtscli.modeling.config import check_tile_size
+
+            # the backbones' relative-position tables are interpolated to the new tile (_load_part)
+            log.info("tile size %d px (the --from bundles were trained at %d px)", tile_size, cfg.tile_size)
+            cfg.tile_size = check_tile_size(tile_size)
     else:
         repeat = info.manifest.get("repeat_to", 3)
-        cfg = build_config(preset or "cascade-mvitv2-b", in_channels=3, anchors=anchors, info=info)
+        cfg = build_config(preset or "cascade-mvitv2-b", in_channels=3, anchors=anchors, info=info,
+                           tile_size=tile_size)
     if heads_bundle is not None:
         hc = heads_bundle.model_config
-        if heads_bundle.tile_size != cfg.tile_size or hc.fpn.out_channels != cfg.fpn.out_channels:
-            raise RtsError("--init-heads-from has another tile size or FPN width than the backbones",
+        if hc.fpn.out_channels != cfg.fpn.out_channels:
+            raise RtsError("--init-heads-from has another FPN width than the backbones",
                            path=heads_bundle.path, fix="use a bundle made with the same preset")
         cfg.rpn = copy.deepcopy(heads_bundle.model_config.rpn)
         cfg.roi_heads = copy.deepcopy(heads_bundle.model_config.roi_heads)

@@ -37,9 +37,16 @@ def auto_anchors(info: DatasetInfo, tile: int) -> tuple[int, ...]:
     return tuple(int(min(first * 2**k, 2 * tile)) for k in range(5))
 
 
-def build_config(preset: str, *, in_channels: int, anchors: str, info: DatasetInfo) -> ModelConfig:
+def build_config(preset: str, *, in_channels: int, anchors: str, info: DatasetInfo,
+                 tile_size: int | None = None) -> ModelConfig:
+    """The model config of a new model: the preset's, with ``in_channels``, the anchors and ``tile_size``
+    (pixels, a multiple of 32: :func:`rtscli.modeling.config.check_tile_size`; default the preset's)."""
+    from rtscli.modeling.config import check_tile_size
+
     cfg = load_preset(preset)
     cfg.backbone.in_channels = in_channels
+    if tile_size is not None:
+        cfg.tile_size = check_tile_size(tile_size)
     if anchors == "auto":
         cfg.rpn.anchor_sizes = auto_anchors(info, cfg.tile_size)
         log.info("anchor sizes from the training boxes: %s", ", ".join(map(str, cfg.rpn.anchor_sizes)))
@@ -164,7 +171,7 @@ def train_and_save(model, *, config: dict, info: DatasetInfo, mods: list[Modalit
     steps_per_epoch = max(1, len(train_loader))
     total_steps = settings.max_steps if settings.max_steps > 0 else settings.epochs * steps_per_epoch
     val_gt = json.loads(Path(val_ds.info.root / f"{val_ds.split}.json").read_text())
-    if not val_gt["annotations"]:
+    if not any(not a.get("iscrowd") for a in val_gt["annotations"]):
         log.warning("the %s split (%d chips) has no slump: AP50 cannot be measured on it, so no best epoch can be "
                     "chosen and the bundle will hold the last epoch's weights (re-run `rts prepare` so that val "
                     "holds slumps: a smaller --chip-size or --split-block, or a --split-file)", val_ds.split,
@@ -175,7 +182,8 @@ def train_and_save(model, *, config: dict, info: DatasetInfo, mods: list[Modalit
 
     rows = epoch_metrics(out)
     write_epoch_csv(out, rows)
-    state, chosen = bundle_weights(module, trainer, out, val_slumps=len(val_gt["annotations"]))
+    val_slumps = sum(not a.get("iscrowd") for a in val_gt["annotations"])
+    state, chosen = bundle_weights(module, trainer, out, val_slumps=val_slumps)
     key = "val_mask_ap50_best" if cfg.roi_heads.mask else "val_box_ap50_best"
     best_epoch = module.best_epoch if module.best_epoch >= 0 else None  # None: no validation ran
     config["metrics"] = {key: round(max(module.best_ap50, 0.0), 4), "best_epoch": best_epoch, **chosen,
@@ -209,7 +217,7 @@ def prune_checkpoints(run_dir: Path, *, keep: bool) -> None:
 
 def pretrain(*, data: Path, modality: str, preset: str, out: Path, settings: TrainSettings, anchors: str = "auto",
              resume: bool = False, overwrite: bool = False, repeat_to: int | None = None,
-             masks: bool = True) -> dict:
+             masks: bool = True, tile_size: int | None = None) -> dict:
     from rtscli.modeling.backbone import load_backbone_weights
     from rtscli.modeling.detector import Detector, count_parameters
 
@@ -217,7 +225,7 @@ def pretrain(*, data: Path, modality: str, preset: str, out: Path, settings: Tra
     mod = info.modality(modality)
     repeat = info.manifest.get("repeat_to", 3) if repeat_to is None else repeat_to
     channels = repeat if (mod.num_channels == 1 and repeat and repeat > 1) else mod.num_channels
-    cfg = build_config(preset, in_channels=channels, anchors=anchors, info=info)
+    cfg = build_config(preset, in_channels=channels, anchors=anchors, info=info, tile_size=tile_size)
     cfg.roi_heads.mask = cfg.roi_heads.mask and masks
     check_memory(cfg, settings, what="rts pretrain")  # before the run directory or the model exists
     prepare_run_dir(out, resume=resume, overwrite=overwrite)

@@ -19,7 +19,11 @@ from rasterio.windows import Window
 
 from rtscli.errors import RtsError
 
-RASTER_SUFFIXES = (".tif", ".tiff")
+#: image files ``rts prepare`` finds in a folder: GeoTIFF first, then the formats image chips and labelling tools
+#: use (any GDAL driver reads them; JPEG and PNG carry a georeference only in a world file or .aux.xml)
+RASTER_SUFFIXES = (".tif", ".tiff", ".jpg", ".jpeg", ".png", ".jp2", ".vrt", ".img")
+#: formats whose pixels are changed by lossy compression: a mask stored in them is thresholded, never read as ids
+LOSSY_DRIVERS = ("JPEG", "JP2OpenJPEG", "JPEG2000", "WEBP")
 
 #: GDAL block cache in MB. Small on purpose: reads are by window, mostly once.
 GDAL_CACHE_MB = 96
@@ -97,6 +101,19 @@ class RasterInfo:
     scales: tuple[float, ...] = ()  # GDAL band scale / offset (physical = stored * scale + offset)
     offsets: tuple[float, ...] = ()
     descriptions: tuple[str, ...] = ()  # GDAL band descriptions ("" where a band has none)
+    colorinterp: tuple[str, ...] = ()  # GDAL colour interpretation per band: "red", "green", "blue", "alpha", "gray"..
+    driver: str = ""  # GDAL driver short name: GTiff, JPEG, PNG, ...
+
+    @property
+    def pixel_grid(self) -> bool:
+        """True for an image without georeference (no CRS, identity geotransform, e.g. a JPEG chip): its
+        coordinates are pixels (x = column, y = row), not a place on the map."""
+        return self.crs is None and self.transform == Affine.identity()
+
+    @property
+    def lossy(self) -> bool:
+        """True when the file's format compresses lossily (JPEG): exact values such as instance ids do not survive."""
+        return self.driver in LOSSY_DRIVERS
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -122,8 +139,15 @@ class RasterInfo:
         )
 
 
-def inspect(path: str | Path, *, assume_crs: CRS | None = None, need_crs: bool = True) -> RasterInfo:
-    """Open ``path`` once and return its grid, with user-facing errors for the common mistakes."""
+def inspect(path: str | Path, *, assume_crs: CRS | None = None, need_crs: bool = True,
+            pixel_grid_ok: bool = False) -> RasterInfo:
+    """Open ``path`` once and return its grid, with user-facing errors for the common mistakes.
+
+    Any format GDAL reads (GeoTIFF, JPEG, PNG, JP2, VRT ...). ``pixel_grid_ok``: an image without any
+    georeference (no CRS and an identity geotransform, e.g. a JPEG chip of a COCO dataset) is returned with
+    ``crs=None`` (:attr:`RasterInfo.pixel_grid`) instead of refused; one with a geotransform but no CRS still
+    needs ``assume_crs``. Raises :class:`RtsError` for a missing, unreadable or ungeoreferenced file.
+    """
     path = Path(path)
     if not path.exists():
         raise RtsError("file not found", path=path, fix="check the path")
@@ -134,28 +158,41 @@ def inspect(path: str | Path, *, assume_crs: CRS | None = None, need_crs: bool =
     from rasterio.errors import NotGeoreferencedWarning
 
     try:
-        with warnings.catch_warnings(), gdal_env(), rasterio.open(path) as src:
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)  # reported as an error below
-            crs = src.crs
-            info = dict(
-                width=src.width,
-                height=src.height,
-                count=src.count,
-                dtype=src.dtypes[0],
-                transform=src.transform,
-                nodata=src.nodata,
-                scales=tuple(src.scales or ()),
-                offsets=tuple(src.offsets or ()),
-                descriptions=tuple(d or "" for d in src.descriptions),
-            )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)  # reported as an error below, or a pixel grid
+            with gdal_env(), rasterio.open(path) as src:
+                crs = src.crs
+                info = dict(
+                    width=src.width,
+                    height=src.height,
+                    count=src.count,
+                    dtype=src.dtypes[0],
+                    transform=src.transform,
+                    nodata=src.nodata,
+                    scales=tuple(src.scales or ()),
+                    offsets=tuple(src.offsets or ()),
+                    descriptions=tuple(d or "" for d in src.descriptions),
+                    colorinterp=tuple(c.name for c in src.colorinterp),
+                    driver=src.driver,
+                )
     except RasterioIOError as exc:
         first = gdal_detail(exc)
         if "not recognized as" in first or "not a supported file format" in first:
             why = "not a raster GDAL can read (or a truncated or corrupt file)"
         else:
             why = f"cannot read raster: the file may be corrupt or truncated (GDAL: {first})"
-        raise RtsError(why, path=path.resolve(), fix="pass a GeoTIFF (.tif); check it with `gdalinfo`") from None
+        raise RtsError(why, path=path.resolve(),
+                       fix="pass a GeoTIFF, JPEG or PNG image; check it with `gdalinfo`") from None
     assumed = False
+    if crs is None and assume_crs is None and pixel_grid_ok and info["transform"] == Affine.identity():
+        return RasterInfo(path=path, crs=None, **info)
+    if crs is None and assume_crs is None and need_crs and info["transform"] == Affine.identity():
+        raise RtsError(
+            "image has no georeference (no CRS and no geotransform: a plain JPEG/PNG chip?)",
+            path=path,
+            fix="georeference it first (gdal_translate -a_srs EPSG:XXXX -a_ullr ULX ULY LRX LRY, or a world file "
+                "beside it); chips without georeference can be prepared (rts prepare) and scored (rts evaluate)",
+        )
     if crs is None:
         if assume_crs is None and need_crs:
             raise RtsError(
@@ -231,7 +268,7 @@ def write_geotiff(
     data: np.ndarray,
     *,
     transform: Affine,
-    crs: CRS,
+    crs: CRS | None,
     nodata: float | None = None,
     band_names: list[str] | None = None,
     compress: str = "deflate",
@@ -252,13 +289,22 @@ def write_geotiff(
         nodata=nodata,
         compress=compress,
     )
+    if crs is None and transform == Affine.identity():
+        del profile["crs"], profile["transform"]  # an image without georeference: its pixels are its grid
     if compress == "deflate":
         # level 1: ~3x faster than the default for ~2% more bytes on imagery chips
         profile["zlevel"] = 1
         profile["predictor"] = 3 if np.issubdtype(data.dtype, np.floating) else 2
     if h >= 256 and w >= 256 and h % 16 == 0 and w % 16 == 0:
         profile.update(tiled=True, blockxsize=256, blockysize=256)
-    with rasterio.open(path, "w", **profile) as dst:
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # asked for: an image on its own pixel grid
+        dst = rasterio.open(path, "w", **profile)
+    with dst:
         dst.write(data)
         if band_names:
             for i, name in enumerate(band_names, start=1):

@@ -126,6 +126,20 @@ def adapt_stem_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     return w * (c / in_channels)
 
 
+def is_rel_pos(key: str) -> bool:
+    """Whether a state-dict key is one of MViTv2's relative-position tables (sized by the input tile)."""
+    return key.endswith(("rel_pos_h", "rel_pos_w"))
+
+
+def resize_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:
+    """A (L, C) relative-position table linearly interpolated to (length, C): MViTv2 weights learned at one tile
+    size used at another (as detectron2's MViTv2 ``get_rel_pos`` interpolates; Li et al. 2022)."""
+    if table.shape[0] == length:
+        return table
+    t = nn.functional.interpolate(table.float().T[None], size=length, mode="linear", align_corners=False)
+    return t[0].T.to(table.dtype).contiguous()
+
+
 def load_backbone_weights(backbone: nn.Module, spec: str | None, *, timm_name: str | None) -> str:
     """Load ImageNet or file weights into a backbone body. Returns what happened, for the record.
 
@@ -170,6 +184,9 @@ def load_backbone_weights(backbone: nn.Module, spec: str | None, *, timm_name: s
         want = body.state_dict()[stem_key].shape[1]
         state[stem_key] = adapt_stem_weight(state[stem_key], want)
     own = body.state_dict()
+    for k in [k for k in state if is_rel_pos(k) and k in own]:  # learned at another input size (224 px, a tile)
+        if state[k].shape != own[k].shape and state[k].shape[1:] == own[k].shape[1:]:
+            state[k] = resize_rel_pos(state[k], own[k].shape[0])
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     skipped = sorted(k for k in state if k in own and own[k].shape != state[k].shape)
     body.load_state_dict(usable, strict=False)

@@ -1,0 +1,378 @@
+"""Existing COCO instance datasets as input of ``rts prepare`` (``--coco FILE``, or COCO JSON in the input folder).
+
+What is read, per the COCO format (https://cocodataset.org/#format-data):
+
+* ``images`` (``id``, ``file_name``, ``width``, ``height``), found under ``--images DIR``, the input folders,
+  or beside the JSON (also ``images/`` beside or above it); any format GDAL reads. Georeferenced images keep
+  their transform and CRS; images without georeference get a pixel grid (:attr:`RasterInfo.pixel_grid`).
+* ``annotations`` of one category (``--category NAME``; by default the only one, or the one named ``rts``):
+  polygons, RLE (compressed or not) and ``iscrowd`` regions, kept as crowd (pycocotools ignores them in AP;
+  rts does not train on them). Masks are decoded with pycocotools, so they are the pixels any COCO tool sees.
+* the split of each image from the JSON it is in: the file name (``*train*``, ``*val*``, ``*test*``) or
+  ``--coco-split train=a.json,test=b.json``; without a val JSON, val is drawn from train by ``--split``.
+
+An image kept whole keeps its annotations as they are (segmentation, area, bbox); an image larger than
+``--chip-size`` is cut into chips and its annotations clipped to each (pieces below ``--min-pixels`` dropped
+and counted).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rtscli.data import coco
+from rtscli.data.inputs import Item, aux_for, grid_windows
+from rtscli.errors import RtsError
+
+log = logging.getLogger("rtscli")
+
+#: words in a COCO file's name that say its split (tokens of letters: instances_val2017 -> "val")
+SPLIT_WORDS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+               "test": "test", "testing": "test"}
+
+
+@dataclass
+class CocoImage:
+    """One image of a COCO file, with its annotations of the chosen category."""
+
+    json: Path
+    split: str | None  # the split its file stands for; None: drawn by --split
+    id: Any
+    file_name: str
+    width: int | None
+    height: int | None
+    site: str | None
+    annotations: list[dict] = field(default_factory=list)
+    source_id_prefix: str = ""  # "NAME.json#" when several files are read, so that ids stay unique
+
+
+def split_of(path: Path) -> str | None:
+    """The split a COCO file's name says (``instances_train2017.json`` -> train), or None."""
+    found = {SPLIT_WORDS[t] for t in re.split(r"[^a-z]+", path.stem.lower()) if t in SPLIT_WORDS}
+    return found.pop() if len(found) == 1 else None
+
+
+def parse_coco_split(text: str) -> dict[Path, str]:
+    """``train=a.json,test=b.json`` -> {path: split} (``--coco-split``)."""
+    out: dict[Path, str] = {}
+    for part in text.split(","):
+        name, sep, path = part.partition("=")
+        split = SPLIT_WORDS.get(name.strip().lower())
+        if not sep or split is None or not path.strip():
+            raise RtsError(f"cannot read --coco-split {text!r}", fix="write SPLIT=FILE pairs, e.g. "
+                           "--coco-split train=a.json,val=b.json,test=c.json")
+        out[Path(path.strip())] = split
+    return out
+
+
+def read_coco(path: Path) -> dict:
+    """A COCO instances document, checked for the keys rts needs. Raises :class:`RtsError` naming the file."""
+    if not path.is_file():
+        raise RtsError("COCO file not found", path=path, fix="check --coco")
+    try:
+        doc = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RtsError(f"not a JSON file ({str(exc)[:80]})", path=path,
+                       fix="pass a COCO instances JSON (with images, annotations and categories)") from None
+    missing = [k for k in ("images", "annotations") if not isinstance(doc, dict) or not isinstance(doc.get(k), list)]
+    if missing:
+        raise RtsError(f"not a COCO instances file (no {' and no '.join(missing)} list)", path=path,
+                       fix="pass a COCO instances JSON (with images, annotations and categories)")
+    for key, need in (("images", ("id", "file_name")), ("annotations", ("id", "image_id"))):
+        for k, entry in enumerate(doc[key]):
+            if not isinstance(entry, dict) or any(n not in entry for n in need):
+                raise RtsError(f"{key}[{k}] lacks {' or '.join(need)}", path=path,
+                               fix=f"every COCO {key[:-1]} needs {', '.join(need)}")
+    return doc
+
+
+def is_coco(path: Path) -> bool:
+    """Whether ``path`` is a JSON file that looks like COCO instances (a cheap look at its first 1 MB)."""
+    if path.suffix.lower() != ".json" or not path.is_file():
+        return False
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 20).decode("utf-8", "ignore")
+    return '"annotations"' in head and '"images"' in head
+
+
+def find_coco_files(inputs: list[Path]) -> list[Path]:
+    """COCO JSON files at the top of the input folders (or their ``annotations/``): auto-detection."""
+    out = []
+    for inp in inputs:
+        if inp.is_file() and is_coco(inp):
+            out.append(inp)
+        elif inp.is_dir():
+            for d in (inp, inp / "annotations"):
+                if d.is_dir():
+                    out.extend(p for p in sorted(d.glob("*.json")) if is_coco(p))
+    return out
+
+
+def choose_category(docs: dict[Path, dict], name: str | None) -> tuple[str, dict[Path, set]]:
+    """The category to train on and its id(s) in each file (ids may differ between files).
+
+    ``name`` (``--category``) picks one by name (case-insensitive); without it the only category, or the one
+    named ``rts``. Raises :class:`RtsError` listing the names when the choice is ambiguous or absent.
+    """
+    names: dict[str, str] = {}
+    for doc in docs.values():
+        for c in doc.get("categories") or []:
+            names.setdefault(str(c.get("name", c.get("id"))).lower(), str(c.get("name", c.get("id"))))
+    if name is not None:
+        pick = name.lower()
+        if pick not in names:
+            have = ", ".join(names.values()) or "none"
+            raise RtsError(f"no category {name!r} in the COCO file(s) (they have: {have})", path=next(iter(docs)),
+                           fix="pass --category with one of those names")
+    elif len(names) == 1:
+        pick = next(iter(names))
+    elif "rts" in names:
+        pick = "rts"
+    elif not names:  # no categories list: every annotation is a slump
+        return "rts", {p: set() for p in docs}
+    else:
+        raise RtsError(f"the COCO file(s) have {len(names)} categories ({', '.join(names.values())}) and none is "
+                       "named rts", path=next(iter(docs)), fix="pass --category NAME (the thaw slumps' category)")
+    ids = {p: {c["id"] for c in doc.get("categories") or [] if str(c.get("name", c.get("id"))).lower() == pick}
+           for p, doc in docs.items()}
+    for p, doc in docs.items():
+        if doc.get("categories") and not ids[p]:  # its annotations would all be left out without a word
+            theirs = ", ".join(str(c.get("name", c.get("id"))) for c in doc["categories"])
+            raise RtsError(f"this COCO file has no category {names[pick]!r} (it has: {theirs})", path=p,
+                           fix="pass --category with the slumps' category, or give every file the same categories")
+    return names[pick], ids
+
+
+def locate(file_name: str, roots: list[Path]) -> Path | None:
+    """The image ``file_name`` under one of ``roots`` (as given, then by its base name)."""
+    rel = Path(file_name)
+    for root in roots:
+        for cand in (root / rel, root / rel.name):
+            if cand.is_file():
+                return cand
+    return None
+
+
+def read_sources(files: list[Path], *, split_map: dict[Path, str] | None, images: Path | None,
+                 inputs: list[Path], category: str | None, site: str | None
+                 ) -> tuple[list[tuple[Path, Path]], dict[Path, CocoImage], dict]:
+    """The images of the COCO files: ``([(image path, root)], {resolved image path: CocoImage}, meta)``.
+
+    Raises :class:`RtsError` for unreadable files, a split that cannot be told from a file's name, images
+    that cannot be found, and an image in two files.
+    """
+    splits: dict[Path, str | None] = {}
+    given = {p.resolve(): s for p, s in (split_map or {}).items()}
+    for p in files:
+        s = given.get(p.resolve(), split_of(p) if split_map is None else None)
+        if s is None and (len(files) > 1 or split_map is not None):
+            raise RtsError("cannot tell the split of this COCO file from its name", path=p,
+                           fix="name it *train*, *val* or *test*, or pass --coco-split train=a.json,test=b.json")
+        splits[p] = s
+    docs = {p: read_coco(p) for p in files}
+    cat_name, cat_ids = choose_category(docs, category)
+    seen: dict[Path, Path] = {}
+    records: dict[Path, CocoImage] = {}
+    rasters: list[tuple[Path, Path]] = []
+    counts: Counter = Counter()
+    missing: list[str] = []
+    per_file: dict[str, dict] = {}
+    for p, doc in docs.items():
+        roots = ([images] if images else []) + [i for i in inputs if i.is_dir()] + \
+            [p.parent, p.parent / "images", p.parent.parent, p.parent.parent / "images"]
+        prefix = f"{p.name}#" if len(files) > 1 else ""
+        by_id: dict[Any, CocoImage] = {}
+        for im in doc["images"]:
+            path = locate(str(im["file_name"]), roots)
+            if path is None:
+                missing.append(str(im["file_name"]))
+                continue
+            key = path.resolve()
+            if key in seen:
+                raise RtsError(f"image {im['file_name']} is listed twice ({seen[key].name} and {p.name})", path=p,
+                               fix="list every image in one COCO file only (one split)")
+            seen[key] = p
+            rec = CocoImage(p, splits[p], im["id"], str(im["file_name"]), im.get("width"), im.get("height"),
+                            site or im.get("site"), source_id_prefix=prefix)
+            by_id[im["id"]] = rec
+            records[key] = rec
+            rasters.append((path, path.parent))
+        wanted = cat_ids[p]
+        n_file = Counter()
+        for ann in doc["annotations"]:
+            if wanted and ann.get("category_id") not in wanted:
+                counts["other_categories_ignored"] += 1
+                continue
+            rec = by_id.get(ann["image_id"])
+            if rec is None:
+                counts["annotations_of_missing_images"] += 1
+                continue
+            seg = ann.get("segmentation")
+            if not seg:
+                counts["without_segmentation"] += 1  # a box only: rts learns masks
+                continue
+            rec.annotations.append(ann)
+            n_file["crowd" if ann.get("iscrowd") else "annotations"] += 1
+        per_file[str(p)] = {"split": splits[p] or "drawn by --split", "images": len(by_id), **n_file}
+    if missing:
+        raise RtsError(f"{len(missing)} image(s) of the COCO file(s) not found, e.g. {missing[0]}",
+                       path=images or files[0].parent,
+                       fix="pass the folder that holds them with --images DIR")
+    if not records:
+        raise RtsError("the COCO file(s) list no images", path=files[0], fix="check the COCO file")
+    if counts["without_segmentation"]:
+        log.warning("%d annotation(s) have no segmentation (boxes only) and were left out: rts learns instance "
+                    "masks", counts["without_segmentation"])
+    if counts["other_categories_ignored"]:
+        log.info("%d annotation(s) of other categories than %r left out", counts["other_categories_ignored"],
+                 cat_name)
+    if counts["annotations_of_missing_images"]:
+        log.warning("%d annotation(s) refer to image ids that the file does not list; left out",
+                    counts["annotations_of_missing_images"])
+    meta = {"files": per_file, "category": cat_name, **{k: int(v) for k, v in counts.items()}}
+    return rasters, records, meta
+
+
+def coco_items(opts, infos, records: dict[Path, CocoImage], aux_paths) -> list[Item]:
+    """Items of the COCO images: whole, or chip windows of ``opts.chip_size`` for larger ones. Raises
+    :class:`RtsError` when an image's size differs from its COCO entry (its annotations would be misplaced)."""
+    items: list[Item] = []
+    aux_cache: dict = {}
+    keys: set[str] = set()
+    for info, _ in infos:
+        rec = records[info.path.resolve()]
+        if (rec.width, rec.height) != (None, None) and (rec.width, rec.height) != (info.width, info.height):
+            raise RtsError(f"the image is {info.width} x {info.height} px but its COCO entry says {rec.width} x "
+                           f"{rec.height}", path=info.path,
+                           fix=f"fix width/height of image {rec.id} in {rec.json.name}, or give the image it was "
+                               "labelled on")
+        key = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(rec.file_name).stem)  # the image's name, else its path
+        if key in keys:
+            key = re.sub(r"[^A-Za-z0-9._-]+", "_", str(Path(rec.file_name).with_suffix("")).strip("/"))
+        if key in keys:
+            key = f"{rec.json.stem}_{key}"
+        keys.add(key)
+        site = rec.site or "default"  # --site, else the entry's own "site" (datasets rts exported)
+        aux = aux_for(info, aux_paths, aux_cache, opts.assume_crs)
+        names = (rec.file_name, info.path.name, info.path.stem, key)
+        cs = opts.chip_size
+        if cs is None or (info.width <= cs and info.height <= cs):
+            items.append(Item(key, site, info, aux=aux, source_names=names, coco=rec))
+            continue
+        for c, r in grid_windows(info, opts):
+            items.append(Item(f"{key}_r{r:06d}_c{c:06d}", site, info, window=(c, r, cs, cs), aux=aux,
+                              source_names=names, coco=rec))
+    return items
+
+
+def to_rle(seg, h: int, w: int) -> dict:
+    """A COCO segmentation (polygons, uncompressed or compressed RLE) as compressed RLE (pycocotools)."""
+    from pycocotools import mask as mask_utils
+
+    if isinstance(seg, list):
+        rings = [r for r in seg if isinstance(r, list) and len(r) >= 6 and len(r) % 2 == 0]
+        if not rings:
+            raise ValueError("no polygon with 3 or more points")
+        return mask_utils.merge(mask_utils.frPyObjects(rings, h, w))
+    if isinstance(seg, dict) and isinstance(seg.get("counts"), list):
+        return mask_utils.frPyObjects(seg, h, w)
+    if isinstance(seg, dict) and "counts" in seg:
+        counts = seg["counts"]
+        return {"size": list(seg["size"]), "counts": counts.encode() if isinstance(counts, str) else counts}
+    raise ValueError("neither polygons nor RLE")
+
+
+class _Decoded:
+    """The decoded annotations of the image being cut (its items come one after another): per annotation its
+    mask cropped to its bounding box, so memory scales with the slumps, not the image."""
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+        self.masks: list[tuple[dict, np.ndarray, int, int] | None] = []
+
+    def of(self, item: Item) -> list:
+        from pycocotools import mask as mask_utils
+
+        if self.path != item.image.path:
+            h, w = item.image.height, item.image.width
+            self.masks = []
+            for ann in item.coco.annotations:
+                try:
+                    m = mask_utils.decode(to_rle(ann["segmentation"], h, w)).astype(bool)
+                except (ValueError, TypeError, KeyError) as exc:
+                    raise RtsError(f"annotation {ann['id']} has an unreadable segmentation ({exc})",
+                                   path=item.coco.json, fix="fix or remove that annotation") from None
+                if not m.any():
+                    self.masks.append(None)
+                    continue
+                x0, y0, x1, y1 = coco._crop_box(m)
+                self.masks.append((ann, m[y0:y1, x0:x1], x0, y0))
+            self.path = item.image.path
+        return self.masks
+
+
+_decoded = _Decoded()
+
+
+def instances_from_coco(item: Item, valid: np.ndarray, opts) -> tuple[list[coco.Instance], int]:
+    """The instances of one item: ``(instances, pieces dropped at chip edges)``.
+
+    A whole image keeps each annotation's segmentation, area and bbox as the source has them (area and bbox
+    computed by pycocotools where missing); a chip window gets each annotation's mask clipped to it (its
+    ``valid`` pixels only), encoded by ``opts.segmentation``. Crowd regions stay crowd (RLE).
+    """
+    rec = item.coco
+    out: list[coco.Instance] = []
+    clipped = 0
+    for entry in _decoded.of(item):
+        if entry is None:
+            continue
+        ann, crop, x0, y0 = entry
+        crowd = int(bool(ann.get("iscrowd")))
+        sid = f"{rec.source_id_prefix}{ann['id']}" if rec.source_id_prefix else ann["id"]
+        if item.window is None:
+            out.append(_whole(ann, crop, x0, y0, item.image.height, item.image.width, crowd, sid))
+            continue
+        c, r, w, h = item.window
+        cx0, cy0 = max(x0, c), max(y0, r)
+        cx1, cy1 = min(x0 + crop.shape[1], c + w), min(y0 + crop.shape[0], r + h)
+        if cx1 <= cx0 or cy1 <= cy0:
+            continue
+        piece = crop[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0] & valid[cy0 - r:cy1 - r, cx0 - c:cx1 - c]
+        if not piece.any():
+            continue
+        if piece.sum() < opts.min_area and not crowd:
+            clipped += 1
+            continue
+        rows, cols = np.flatnonzero(piece.any(1)), np.flatnonzero(piece.any(0))
+        piece = piece[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        inst = coco._make(piece, cx0 - c + int(cols[0]), cy0 - r + int(rows[0]), (h, w),
+                          "rle" if crowd else opts.segmentation, source_id=sid)
+        inst.iscrowd = crowd
+        out.append(inst)
+    return out, clipped
+
+
+def _whole(ann: dict, crop: np.ndarray, x0: int, y0: int, h: int, w: int, crowd: int, sid) -> coco.Instance:
+    """An annotation of an image kept whole, as the source has it."""
+    from pycocotools import mask as mask_utils
+
+    seg = ann["segmentation"]
+    area = ann.get("area")
+    bbox = ann.get("bbox")
+    if area is None or not (isinstance(bbox, list) and len(bbox) == 4):
+        rle = to_rle(seg, h, w)
+        area = float(mask_utils.area(rle)) if area is None else area
+        if not (isinstance(bbox, list) and len(bbox) == 4):
+            bbox = [float(v) for v in mask_utils.toBbox(rle)]
+    if isinstance(seg, dict) and isinstance(seg.get("counts"), bytes):
+        seg = {**seg, "counts": seg["counts"].decode("ascii")}
+    return coco.Instance(crop, x0, y0, (h, w), [float(v) for v in bbox], float(area), seg, False, sid, crowd)
