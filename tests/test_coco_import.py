@@ -416,3 +416,71 @@ def test_a_preview_png_beside_the_scenes_is_left_out_for_vector_labels(tmp_path,
     r = rts("prepare", scenes, "--labels", labels, "--bands", "planetscope4", "--chip-size", 128, "-o", tmp_path / "d")
     assert r.code == 0, r.err
     assert "1 JPEG/PNG file(s) without georeference in the scene folder(s) left out (e.g. a_preview.png)" in r.err
+
+
+def test_a_roboflow_export_keeps_its_three_splits_and_every_image(tmp_path, rts):
+    """Roboflow: train/, valid/, test/ each with _annotations.coco.json and images of the same names."""
+    root = tmp_path / "rf"
+    for split, n in (("train", 6), ("valid", 3), ("test", 3)):
+        sub = root / split
+        docs = write_coco(tmp_path / f"tmp_{split}", n=n, size=96, seed=n + len(split))
+        sub.mkdir(parents=True)
+        merged = {"images": [], "annotations": [], "categories": [{"id": 0, "name": "rts-objects"},
+                                                                  {"id": 7, "name": "rts"}]}
+        for d in docs.values():
+            merged["images"] += d["images"]
+            merged["annotations"] += d["annotations"]
+        (sub / "_annotations.coco.json").write_text(json.dumps(merged))
+        for f in (tmp_path / f"tmp_{split}" / "images").iterdir():
+            f.rename(sub / f.name)
+    bad = json.loads((root / "test" / "_annotations.coco.json").read_text())
+    bad["annotations"].append({"id": 900, "image_id": 0, "category_id": 7, "segmentation": [[1, 1, 5, 5]],
+                               "bbox": [1, 1, 4, 4], "area": 0, "iscrowd": 0})  # a two-point "polygon"
+    (root / "test" / "_annotations.coco.json").write_text(json.dumps(bad))
+    out = tmp_path / "ds"
+    r = rts("prepare", root, "-o", out)
+    assert r.code == 0, r.err
+    assert "1 annotation(s) with an unreadable or empty segmentation were left out" in r.err and "id 900" in r.err
+    got = _anns(out)
+    assert [len(got[s]["images"]) for s in ("train", "val", "test")] == [6, 3, 3]  # no image lost or merged
+    names = [im["file_name"] for d in got.values() for im in d["images"]]
+    assert len(set(names)) == 12
+    for d in got.values():
+        per_image = {}
+        for a in d["annotations"]:
+            per_image[a["image_id"]] = per_image.get(a["image_id"], 0) + 1
+        assert all(per_image.get(im["id"], 0) in (2, 3) for im in d["images"])  # its own annotations only
+
+
+def test_min_pixels_applies_to_coco_annotations_kept_whole(coco_set, rts, tmp_path):
+    root, docs = coco_set
+    out = tmp_path / "ds"
+    r = rts("prepare", root, "-o", out, "--min-pixels", 1000)
+    assert r.code == 0, r.err
+    m = yaml.safe_load((out / "manifest.yaml").read_text())
+    small = sum(1 for d in docs.values() for a in d["annotations"] if not a["iscrowd"] and a["area"] < 1000)
+    assert small and m["dropped"]["specks_below_min_area"] == small
+    assert sum(len(d["annotations"]) for d in _anns(out).values()) == 25 - small
+
+
+def test_a_world_file_georeferences_a_jpeg(tmp_path, rts):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "msk").mkdir()
+    for i in range(3):
+        _image(tmp_path / "img" / f"c{i}.jpg", seed=i)
+        (tmp_path / "img" / f"c{i}.jgw").write_text(f"3\n0\n0\n-3\n{500001.5 + 1000 * i}\n6999998.5\n")
+        cv2.imwrite(str(tmp_path / "msk" / f"c{i}.png"), _disk((96, 96), 40, 50, 15) * 255)
+    out = tmp_path / "ds"
+    r = rts("prepare", tmp_path / "img", "--masks", tmp_path / "msk", "--assume-crs", "EPSG:32606", "-o", out)
+    assert r.code == 0, r.err
+    ims = {Path(im["file_name"]).stem: im for d in _anns(out).values() for im in d["images"]}
+    assert ims["c1"]["crs"] == "EPSG:32606" and ims["c1"]["transform"] == [3, 0, 501000, 0, -3, 7000000]
+
+
+def test_a_refused_training_run_leaves_no_folder_behind(coco_set, rts, tmp_path):
+    root, _ = coco_set
+    ds = tmp_path / "ds"
+    assert rts("prepare", root, "-o", ds).code == 0
+    run = tmp_path / "run"
+    r = rts("pretrain", "--modality", "rgb", "--data", ds, "-o", run, "--max-steps", 1, *RUN)  # 300 px > 256
+    assert r.code == 2 and "--tile-size 320" in r.err and not run.exists()

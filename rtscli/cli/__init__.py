@@ -69,11 +69,13 @@ from rtscli.cli import models as _models  # noqa: E402
 from rtscli.cli import predict as _predict  # noqa: E402
 from rtscli.cli import prepare as _prepare  # noqa: E402
 from rtscli.cli import pretrain as _pretrain  # noqa: E402
+from rtscli.cli import ssl as _ssl  # noqa: E402
 from rtscli.cli import synth as _synth  # noqa: E402
 
 app.command("demo")(_demo.demo)
 app.command("synth")(_synth.synth)
 app.command("prepare")(_prepare.prepare)
+app.command("ssl")(_ssl.ssl)
 app.command("pretrain")(_pretrain.pretrain)
 app.command("finetune")(_finetune.finetune)
 app.command("ablate")(_ablate.ablate)

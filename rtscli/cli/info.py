@@ -44,6 +44,12 @@ def info(
         console.print(f"  one training step at batch {d.batch_size} on a CPU: about {mem.total / 2**30:.1f} GiB "
                       "(estimate; `rts pretrain` checks it against this machine's memory)")
         return
+    from rtscli.modeling.backbone_bundle import describe, is_backbone_bundle, read_backbone_bundle
+
+    if is_backbone_bundle(bundle):  # a backbone of rts ssl, not a model
+        for line in describe(read_backbone_bundle(bundle)):
+            console.print(line, markup=False, soft_wrap=True)
+        return
     from rtscli.modeling.bundle import read_bundle
 
     b = read_bundle(bundle)

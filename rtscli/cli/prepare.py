@@ -165,5 +165,6 @@ def prepare(
     for n in notes:
         console.print(f"  note: {n}")
     console.print(f"modalities: {', '.join(m['modalities'])}; bands: {', '.join(m['band_map'])}; "
-                  f"normalization from {m['normalization_method']['sampled_pixels']} training pixels")
+                  f"normalization from {m['normalization_method']['sampled_pixels']} "
+                  f"{'training ' if m['normalization_method']['split'] == 'train' else ''}pixels")
     console.print(f"wrote {out}/manifest.yaml, {', '.join(f'{s}.json' for s in SPLITS)} and chips/")

@@ -227,7 +227,7 @@ def iter_chips(items, opts, mode, band_map, image_bands, labels, chip_dtype, con
             elif mode == "coco":
                 from rtscli.data.coco_import import instances_from_coco
 
-                instances, clipped = instances_from_coco(item, valid, opts)
+                instances, specks, clipped = instances_from_coco(item, valid, opts)
             else:
                 instances, clipped = instances_from_labels(item, labels, valid, opts)
             yield item, image, valid, instances, specks, clipped

@@ -12,8 +12,9 @@ What is read, per the COCO format (https://cocodataset.org/#format-data):
   ``--coco-split train=a.json,test=b.json``; without a val JSON, val is drawn from train by ``--split``.
 
 An image kept whole keeps its annotations as they are (segmentation, area, bbox); an image larger than
-``--chip-size`` is cut into chips and its annotations clipped to each (pieces below ``--min-pixels`` dropped
-and counted).
+``--chip-size`` is cut into chips and its annotations clipped to each. Annotations and pieces below
+``--min-pixels`` are dropped and counted (crowd regions are kept whatever their size); unreadable
+segmentations are counted and left out, with one warning naming a few.
 """
 
 from __future__ import annotations
@@ -55,9 +56,12 @@ class CocoImage:
 
 
 def split_of(path: Path) -> str | None:
-    """The split a COCO file's name says (``instances_train2017.json`` -> train), or None."""
+    """The split a COCO file's name says (``instances_train2017.json`` -> train), else its folder's (Roboflow's
+    ``valid/_annotations.coco.json`` -> val), or None."""
     found = {SPLIT_WORDS[t] for t in re.split(r"[^a-z]+", path.stem.lower()) if t in SPLIT_WORDS}
-    return found.pop() if len(found) == 1 else None
+    if found:
+        return found.pop() if len(found) == 1 else None
+    return SPLIT_WORDS.get(path.parent.name.lower())  # the folder only when its whole name is a split
 
 
 def parse_coco_split(text: str) -> dict[Path, str]:
@@ -104,15 +108,19 @@ def is_coco(path: Path) -> bool:
 
 
 def find_coco_files(inputs: list[Path]) -> list[Path]:
-    """COCO JSON files at the top of the input folders (or their ``annotations/``): auto-detection."""
+    """COCO JSON files at the top of the input folders, in their ``annotations/``, or, when neither has any, one
+    folder down (Roboflow: ``train/``, ``valid/``, ``test/`` each with its ``_annotations.coco.json``)."""
     out = []
     for inp in inputs:
         if inp.is_file() and is_coco(inp):
             out.append(inp)
         elif inp.is_dir():
-            for d in (inp, inp / "annotations"):
-                if d.is_dir():
-                    out.extend(p for p in sorted(d.glob("*.json")) if is_coco(p))
+            tops = [d for d in (inp, inp / "annotations") if d.is_dir()]
+            found = [p for d in tops for p in sorted(d.glob("*.json")) if is_coco(p)]
+            if not found:
+                found = [p for d in sorted(inp.iterdir()) if d.is_dir() and not d.name.startswith(".")
+                         for p in sorted(d.glob("*.json")) if is_coco(p)]
+            out.extend(found)
     return out
 
 
@@ -152,8 +160,8 @@ def choose_category(docs: dict[Path, dict], name: str | None) -> tuple[str, dict
 
 
 def locate(file_name: str, roots: list[Path]) -> Path | None:
-    """The image ``file_name`` under one of ``roots`` (as given, then by its base name)."""
-    rel = Path(file_name)
+    """The image ``file_name`` under one of ``roots`` (as given, then by its base name; Windows separators too)."""
+    rel = Path(file_name.replace("\\", "/"))
     for root in roots:
         for cand in (root / rel, root / rel.name):
             if cand.is_file():
@@ -171,6 +179,10 @@ def read_sources(files: list[Path], *, split_map: dict[Path, str] | None, images
     """
     splits: dict[Path, str | None] = {}
     given = {p.resolve(): s for p, s in (split_map or {}).items()}
+    strays = sorted(set(given) - {p.resolve() for p in files})
+    if strays:
+        raise RtsError("--coco-split names a file that is not among the --coco files", path=strays[0],
+                       fix="give it with --coco too, or fix the name in --coco-split")
     for p in files:
         s = given.get(p.resolve(), split_of(p) if split_map is None else None)
         if s is None and (len(files) > 1 or split_map is not None):
@@ -196,8 +208,11 @@ def read_sources(files: list[Path], *, split_map: dict[Path, str] | None, images
                 missing.append(str(im["file_name"]))
                 continue
             key = path.resolve()
+            if key in seen and seen[key] == p:
+                raise RtsError(f"image {im['file_name']} is listed twice in this file", path=p,
+                               fix="keep one entry per image (merge their annotations under one image id)")
             if key in seen:
-                raise RtsError(f"image {im['file_name']} is listed twice ({seen[key].name} and {p.name})", path=p,
+                raise RtsError(f"image {im['file_name']} is listed in two files ({seen[key]} and {p})", path=p,
                                fix="list every image in one COCO file only (one split)")
             seen[key] = p
             rec = CocoImage(p, splits[p], im["id"], str(im["file_name"]), im.get("width"), im.get("height"),
@@ -254,12 +269,7 @@ def coco_items(opts, infos, records: dict[Path, CocoImage], aux_paths) -> list[I
                            f"{rec.height}", path=info.path,
                            fix=f"fix width/height of image {rec.id} in {rec.json.name}, or give the image it was "
                                "labelled on")
-        key = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(rec.file_name).stem)  # the image's name, else its path
-        if key in keys:
-            key = re.sub(r"[^A-Za-z0-9._-]+", "_", str(Path(rec.file_name).with_suffix("")).strip("/"))
-        if key in keys:
-            key = f"{rec.json.stem}_{key}"
-        keys.add(key)
+        key = _unique_key(rec, keys)
         site = rec.site or "default"  # --site, else the entry's own "site" (datasets rts exported)
         aux = aux_for(info, aux_paths, aux_cache, opts.assume_crs)
         names = (rec.file_name, info.path.name, info.path.stem, key)
@@ -273,6 +283,25 @@ def coco_items(opts, infos, records: dict[Path, CocoImage], aux_paths) -> list[I
     return items
 
 
+def _unique_key(rec: CocoImage, keys: set[str]) -> str:
+    """A chip name unique in the dataset: the image's name, else its path, else with its COCO file's folder and
+    name (Roboflow repeats image names across train/valid/test, each with an ``_annotations.coco.json``)."""
+    def clean(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
+
+    fn = Path(rec.file_name.replace("\\", "/"))
+    stem = clean(fn.stem)
+    for key in (stem, clean(str(fn.with_suffix(""))), clean(f"{rec.json.parent.name}_{rec.json.stem}_{stem}")):
+        if key not in keys:
+            keys.add(key)
+            return key
+    k = 2
+    while f"{stem}_{k}" in keys:
+        k += 1
+    keys.add(f"{stem}_{k}")
+    return f"{stem}_{k}"
+
+
 def to_rle(seg, h: int, w: int) -> dict:
     """A COCO segmentation (polygons, uncompressed or compressed RLE) as compressed RLE (pycocotools)."""
     from pycocotools import mask as mask_utils
@@ -280,7 +309,9 @@ def to_rle(seg, h: int, w: int) -> dict:
     if isinstance(seg, list):
         rings = [r for r in seg if isinstance(r, list) and len(r) >= 6 and len(r) % 2 == 0]
         if not rings:
-            raise ValueError("no polygon with 3 or more points")
+            odd = any(isinstance(r, list) and len(r) % 2 for r in seg)
+            raise ValueError("a polygon with an odd number of coordinates" if odd else
+                             "no polygon with 3 or more points")
         return mask_utils.merge(mask_utils.frPyObjects(rings, h, w))
     if isinstance(seg, dict) and isinstance(seg.get("counts"), list):
         return mask_utils.frPyObjects(seg, h, w)
@@ -292,11 +323,14 @@ def to_rle(seg, h: int, w: int) -> dict:
 
 class _Decoded:
     """The decoded annotations of the image being cut (its items come one after another): per annotation its
-    mask cropped to its bounding box, so memory scales with the slumps, not the image."""
+    mask cropped to its bounding box, so memory scales with the slumps, not the image. Unreadable
+    segmentations (a two-point polygon, an odd number of coordinates) and empty ones are left out and kept in
+    ``bad`` (``(file, annotation id, why)``) for one warning at the end."""
 
     def __init__(self) -> None:
         self.path: Path | None = None
         self.masks: list[tuple[dict, np.ndarray, int, int] | None] = []
+        self.bad: list[tuple[str, Any, str]] = []
 
     def of(self, item: Item) -> list:
         from pycocotools import mask as mask_utils
@@ -307,10 +341,12 @@ class _Decoded:
             for ann in item.coco.annotations:
                 try:
                     m = mask_utils.decode(to_rle(ann["segmentation"], h, w)).astype(bool)
-                except (ValueError, TypeError, KeyError) as exc:
-                    raise RtsError(f"annotation {ann['id']} has an unreadable segmentation ({exc})",
-                                   path=item.coco.json, fix="fix or remove that annotation") from None
+                except (ValueError, TypeError, KeyError, IndexError) as exc:
+                    self.bad.append((item.coco.json.name, ann["id"], str(exc)))
+                    self.masks.append(None)
+                    continue
                 if not m.any():
+                    self.bad.append((item.coco.json.name, ann["id"], "no pixel inside the image"))
                     self.masks.append(None)
                     continue
                 x0, y0, x1, y1 = coco._crop_box(m)
@@ -322,8 +358,20 @@ class _Decoded:
 _decoded = _Decoded()
 
 
-def instances_from_coco(item: Item, valid: np.ndarray, opts) -> tuple[list[coco.Instance], int]:
-    """The instances of one item: ``(instances, pieces dropped at chip edges)``.
+def bad_segmentations() -> list[tuple[str, Any, str]]:
+    """The annotations left out because their segmentation could not be read, since the last :func:`reset`."""
+    return list(_decoded.bad)
+
+
+def reset() -> None:
+    """Forget the decoded annotations (at the start of a run)."""
+    global _decoded
+    _decoded = _Decoded()
+
+
+def instances_from_coco(item: Item, valid: np.ndarray, opts) -> tuple[list[coco.Instance], int, int]:
+    """The instances of one item: ``(instances, annotations below --min-pixels dropped, pieces dropped at chip
+    edges)``.
 
     A whole image keeps each annotation's segmentation, area and bbox as the source has them (area and bbox
     computed by pycocotools where missing); a chip window gets each annotation's mask clipped to it (its
@@ -331,7 +379,7 @@ def instances_from_coco(item: Item, valid: np.ndarray, opts) -> tuple[list[coco.
     """
     rec = item.coco
     out: list[coco.Instance] = []
-    clipped = 0
+    clipped = specks = 0
     for entry in _decoded.of(item):
         if entry is None:
             continue
@@ -339,6 +387,9 @@ def instances_from_coco(item: Item, valid: np.ndarray, opts) -> tuple[list[coco.
         crowd = int(bool(ann.get("iscrowd")))
         sid = f"{rec.source_id_prefix}{ann['id']}" if rec.source_id_prefix else ann["id"]
         if item.window is None:
+            if not crowd and crop.sum() < opts.min_area:  # --min-pixels, as for masks
+                specks += 1
+                continue
             out.append(_whole(ann, crop, x0, y0, item.image.height, item.image.width, crowd, sid))
             continue
         c, r, w, h = item.window
@@ -358,7 +409,7 @@ def instances_from_coco(item: Item, valid: np.ndarray, opts) -> tuple[list[coco.
                           "rle" if crowd else opts.segmentation, source_id=sid)
         inst.iscrowd = crowd
         out.append(inst)
-    return out, clipped
+    return out, specks, clipped
 
 
 def _whole(ann: dict, crop: np.ndarray, x0: int, y0: int, h: int, w: int, crowd: int, sid) -> coco.Instance:

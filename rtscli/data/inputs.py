@@ -169,7 +169,10 @@ def aux_for(image: RasterInfo, aux_paths: dict[str, Path], cache: dict, assume_c
 
 
 def sample_items(opts, infos, aux_paths, mode) -> list[Item]:
+    """One item per image (per-sample chips), or its chip windows when larger than ``opts.chip_size``; in
+    ``masks`` mode each with its mask, checked to lie on the image's grid."""
     items: list[Item] = []
+    bare_masks: list[str] = []
     aux_cache: dict = {}
     names_seen: dict[str, Path] = {}
     for info, root in infos:
@@ -189,7 +192,8 @@ def sample_items(opts, infos, aux_paths, mode) -> list[Item]:
 
             ungeoreferenced = mask.crs is None and mask.transform == Affine.identity()
             if ungeoreferenced and mask.shape == info.shape:
-                log.info("mask %s has no georeference; using the grid of %s", mpath.name, info.path.name)
+                if not info.pixel_grid:  # one note for all of them, below
+                    bare_masks.append(mpath.name)
             else:
                 diff = []
                 if mask.shape != info.shape:
@@ -210,6 +214,9 @@ def sample_items(opts, infos, aux_paths, mode) -> list[Item]:
         for c, r in grid_windows(info, opts):  # a large image: cut it like a scene
             items.append(Item(f"{key}_r{r:06d}_c{c:06d}", site, info, mask=mask,
                               window=(c, r, cs, cs), aux=aux, source_names=names))
+    if bare_masks:
+        log.info("%d mask(s) have no georeference (e.g. %s): each uses the grid of its image", len(bare_masks),
+                 bare_masks[0])
     return items
 
 

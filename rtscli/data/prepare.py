@@ -117,8 +117,8 @@ def detect_mode(opts: PrepareOptions, band_map: BandMap) -> str:
         return "paper"
     raise RtsError(
         "no labels given",
-        fix="pass --labels FILE (vector labels), --masks DIR (mask rasters), or a band map with a "
-        "mask band (e.g. --bands paper)",
+        fix="pass --labels FILE (vector labels), --masks DIR (mask images), --coco FILE (COCO instances), or a "
+        "band map with a mask band (e.g. --bands paper)",
     )
 
 
@@ -150,8 +150,9 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
     if opts.masks is not None and all(opts.masks.resolve() != i.resolve() for i in opts.inputs if i.is_dir()):
         exclude.append(opts.masks)
     if opts.coco is not None:
-        from rtscli.data.coco_import import read_sources
+        from rtscli.data.coco_import import read_sources, reset
 
+        reset()
         rasters, coco_records, coco_meta = read_sources(opts.coco, split_map=opts.coco_split, images=opts.images,
                                                         inputs=opts.inputs, category=opts.category,
                                                         site=opts.site)
@@ -342,6 +343,14 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
         mask_notes = mask_reader.notes()
         for n in mask_notes:
             log.info(n)
+        if coco_meta:
+            from rtscli.data.coco_import import bad_segmentations
+
+            bad = bad_segmentations()
+            coco_meta["unreadable_segmentations_left_out"] = len(bad)
+            if bad:
+                log.warning("%d annotation(s) with an unreadable or empty segmentation were left out (e.g. %s)",
+                            len(bad), "; ".join(f"{f} id {i}: {why}" for f, i, why in bad[:3]))
         if sampler.count == 0:
             raise RtsError("the training split has no valid pixels" if stats_from == "train" else
                            "the dataset has no valid pixels",
@@ -480,8 +489,10 @@ def _splits(items: list[Item], opts: PrepareOptions, split_map: dict[str, str] |
         log.info("%d chip(s) overlapping chips of another split were left out (no shared pixels between splits)",
                  len(drop))
     if cross:
-        log.warning("%d item(s) overlap, on the map, an item of another file in a stricter split and were left out%s",
-                    cross, " (the split file puts one place in two splits)" if split_map else "")
+        log.warning("%d item(s) overlap, on the map, an item of another file in a stricter split and were left out%s "
+                    "(e.g. %s)", cross, " (the split file puts one place in two splits)" if split_map else "",
+                    ", ".join(sorted(cross_file)[:3]))
+    report["left_out_items"] = sorted(drop)[:100]  # the manifest names them (the first 100)
     report["left_out_overlapping_other_file"] = cross
     return {k: v for k, v in out.items() if k not in drop}, report
 

@@ -18,7 +18,10 @@ from pathlib import Path
 
 
 from rtscli.data.dataset import DatasetInfo
-from rtscli.engine.pretrain import build_config, bundle_config, check_memory, prepare_run_dir, train_and_save
+from rtscli.data.modalities import Modality
+from rtscli.engine.pretrain import (
+    adopt_backbone_stats, build_config, bundle_config, check_memory, open_splits, prepare_run_dir, train_and_save,
+)
 from rtscli.engine.train import TrainSettings
 from rtscli.errors import RtsError
 from rtscli.modeling.fusion import STRATEGIES, is_feature_level
@@ -93,6 +96,23 @@ def check_sources(sources: list[Path], *, modalities: list[str], info: DatasetIn
                 if any(own[c].as_dict() != info.stats[c].as_dict() for c in own if c in info.stats):
                     log.warning("%s was trained with other normalization statistics than %s; the fused model "
                                 "uses the dataset's", b.path, data)
+    return out
+
+
+def backbone_specs(spec: str | None, names: list[str]) -> dict[str, str | None]:
+    """``--backbone-weights`` of rts finetune per backbone: one spec for all (imagenet, a file), or
+    ``MOD=PATH,MOD=PATH`` (one ``rts ssl`` bundle per modality; modalities left out start at random)."""
+    if not spec:
+        return {n: None for n in names}
+    if "=" not in spec or Path(spec).exists():
+        return {n: spec for n in names}
+    out: dict[str, str | None] = {n: None for n in names}
+    for part in spec.split(","):
+        name, sep, path = part.partition("=")
+        if not sep or name.strip().lower() not in out:
+            raise RtsError(f"cannot read --backbone-weights {spec!r}: {name.strip()!r} is not one of the "
+                           f"backbones ({', '.join(names)})", fix="write MOD=PATH pairs, e.g. rgb=ssl_rgb,nir=ssl_nir")
+        out[name.strip().lower()] = path.strip()
     return out
 
 
@@ -223,10 +243,15 @@ def finetune(*, data: Path, fusion: str, modalities: list[str], out: Path, setti
                         "val_ap50": _source_ap50(b.config.get("metrics") or {})}
     if not bundles:
         notes = []
-        parts = model.backbone.backbones.values() if feature else [model.backbone]
-        for bb in parts:
-            notes.append(load_backbone_weights(bb, settings.backbone_weights, timm_name=cfg.backbone.timm_name))
-        weights_note = notes[0]
+        specs = backbone_specs(settings.backbone_weights, modalities if feature else ["+".join(modalities)])
+        parts = dict(model.backbone.backbones.items()) if feature else {"+".join(modalities): model.backbone}
+        for name, bb in parts.items():
+            if specs.get(name):
+                mod = next((m for m in mods if m.name == name), None) or \
+                    Modality(name, tuple(c for m in mods for c in m.channels))
+                adopt_backbone_stats(specs[name], cfg, mod, info, what=f"rts finetune ({name})")
+            notes.append(load_backbone_weights(bb, specs.get(name), timm_name=cfg.backbone.timm_name))
+        weights_note = "; ".join(f"{n}: {w}" for n, w in zip(parts, notes, strict=True)) if feature else notes[0]
     else:
         weights_note = "from bundles: " + ", ".join(f"{k} {v['path']}" for k, v in origin.items())
     if heads_bundle is not None:
@@ -244,6 +269,7 @@ def finetune(*, data: Path, fusion: str, modalities: list[str], out: Path, setti
     resident = sum(t.numel() * t.element_size() for t in model.state_dict().values())  # built on the CPU
     check_memory(cfg, settings, what="rts finetune", trainable_params=trainable, total_params=total, fusion=spec,
                  resident_bytes=resident, resident_on_cpu=True)
+    splits = open_splits(info, mods, cfg.tile_size, repeat, settings.seed)
     # every check and every weight is in place: only now is the run directory touched
     prepare_run_dir(out, resume=resume, overwrite=overwrite)
 
@@ -267,4 +293,4 @@ def finetune(*, data: Path, fusion: str, modalities: list[str], out: Path, setti
     config["training"]["frozen_backbones"] = bool(freeze)
     config["cost"] = rep
     return train_and_save(model, config=config, info=info, mods=mods, repeat=repeat, settings=settings, out=out,
-                          resume=resume)
+                          resume=resume, splits=splits)

@@ -183,14 +183,15 @@ class TileDataset(torch.utils.data.Dataset):
                                          f"{self.origins[i][1]}) of {self.scene.sources[0].path.resolve()}: "
                                          f"{exc.__class__.__name__}: {' '.join(str(exc).split())[:200]}"}
 
-    def _load(self, i: int) -> dict:
+    def read_raw(self, col: int, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The tile whose top-left pixel is (col, row): ``(raw, valid, inside)``, with ``raw`` (bands, T, T)
+        float32 in the model's units (stored values converted; band order of :attr:`band_map`), ``valid``
+        (T, T) bool (inside the scene, not nodata, finite) and ``inside`` (T, T) bool (inside the scene).
+        Only the window is read."""
         from rasterio.windows import Window
 
-        from rtscli.data.modalities import compose
         from rtscli.io.raster import read_window
 
-        t0 = time.perf_counter()
-        col, row = self.origins[i]
         t, sc = self.tile, self.scene
         # the part of the tile inside the scene is read; the rest is padding (never valid)
         h, w = max(0, min(t, sc.height - row)), max(0, min(t, sc.width - col))
@@ -208,6 +209,13 @@ class TileDataset(torch.utils.data.Dataset):
             valid[:h, :w] &= np.isfinite(data).all(axis=0)
             raw[k:k + n, :h, :w] = s.conversion.apply(data, list(s.bands))
             k += n
+        return raw, valid, inside
+
+    def _load(self, i: int) -> dict:
+        from rtscli.data.modalities import compose
+
+        t0 = time.perf_counter()
+        raw, valid, inside = self.read_raw(*self.origins[i])
         if not valid.any():
             return {"index": i, "empty": True, "seconds": time.perf_counter() - t0}
         # share of valid pixels clipped by the model's normalization range, and medians (units check)

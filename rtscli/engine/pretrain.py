@@ -140,8 +140,41 @@ def bundle_config(*, cfg: ModelConfig, info: DatasetInfo, data: Path, mods: list
     }
 
 
+def adopt_backbone_stats(spec: str | None, cfg: ModelConfig, mod: Modality, info: DatasetInfo, *, what: str) -> None:
+    """With a backbone bundle of ``rts ssl`` as ``--backbone-weights``: check that it fits the run
+    (:func:`rtscli.modeling.backbone_bundle.check_fits`: modality, preset, tile size, value range) and
+    normalize the modality's channels with the bundle's statistics, as its backbone learned them (the model
+    bundle records them, so rts evaluate and rts predict use them too). Anything else: nothing to do."""
+    from rtscli.modeling.backbone_bundle import check_fits, is_backbone_bundle, read_backbone_bundle
+
+    if not spec or not is_backbone_bundle(spec):
+        return
+    bb = read_backbone_bundle(spec)
+    check_fits(bb, model_config=cfg, modality=mod, stats=info.stats, what=what)
+    info.stats = info.stats | {k: v for k, v in bb.stats.items() if k in mod.channels}
+    log.info("normalizing %s with the statistics of the backbone bundle %s", ", ".join(mod.channels), spec)
+
+
+def open_splits(info: DatasetInfo, mods: list[Modality], tile: int, repeat: int | None,
+                seed: int) -> tuple[ChipDataset, ChipDataset]:
+    """The training and validation chips, checked before a run directory exists (an empty training split, or
+    validation chips larger than the tile, are refused with their fix and leave nothing behind). An empty
+    validation split falls back to the training chips, with a warning."""
+    train_ds = ChipDataset(info, "train", mods, tile, repeat_to=repeat, augment=True, seed=seed)
+    val_ds = ChipDataset(info, "val", mods, tile, repeat_to=repeat, augment=False)
+    if len(train_ds) == 0:
+        raise RtsError("the training split is empty", path=info.root,
+                       fix="re-run `rts prepare` with more data or another --split")
+    if len(val_ds) == 0:
+        log.warning("the validation split is empty: validating on the training chips, so the best epoch is the one "
+                    "that fits them best, not the one that generalizes best (re-run `rts prepare` with a val split)")
+        val_ds = ChipDataset(info, "train", mods, tile, repeat_to=repeat, augment=False)
+    return train_ds, val_ds
+
+
 def train_and_save(model, *, config: dict, info: DatasetInfo, mods: list[Modality], repeat: int | None,
-                   settings: TrainSettings, out: Path, resume: bool) -> dict:
+                   settings: TrainSettings, out: Path, resume: bool,
+                   splits: tuple[ChipDataset, ChipDataset] | None = None) -> dict:
     """Train ``model`` on the dataset's train split (validating on val) and write the bundle to ``out``.
 
     The bundle holds the best validated epoch's weights, or the last epoch's when no validation scored above 0
@@ -153,15 +186,7 @@ def train_and_save(model, *, config: dict, info: DatasetInfo, mods: list[Modalit
     from rtscli.modeling.bundle import save_bundle
 
     cfg = model.cfg
-    train_ds = ChipDataset(info, "train", mods, cfg.tile_size, repeat_to=repeat, augment=True, seed=settings.seed)
-    val_ds = ChipDataset(info, "val", mods, cfg.tile_size, repeat_to=repeat, augment=False)
-    if len(train_ds) == 0:
-        raise RtsError("the training split is empty", path=info.root,
-                       fix="re-run `rts prepare` with more data or another --split")
-    if len(val_ds) == 0:
-        log.warning("the validation split is empty: validating on the training chips, so the best epoch is the one "
-                    "that fits them best, not the one that generalizes best (re-run `rts prepare` with a val split)")
-        val_ds = ChipDataset(info, "train", mods, cfg.tile_size, repeat_to=repeat, augment=False)
+    train_ds, val_ds = splits or open_splits(info, mods, cfg.tile_size, repeat, settings.seed)
     train_loader = torch.utils.data.DataLoader(
         train_ds, batch_size=settings.batch_size, sampler=EpochSampler(len(train_ds), settings.seed),
         collate_fn=collate, num_workers=settings.workers, drop_last=len(train_ds) > settings.batch_size,
@@ -227,7 +252,9 @@ def pretrain(*, data: Path, modality: str, preset: str, out: Path, settings: Tra
     channels = repeat if (mod.num_channels == 1 and repeat and repeat > 1) else mod.num_channels
     cfg = build_config(preset, in_channels=channels, anchors=anchors, info=info, tile_size=tile_size)
     cfg.roi_heads.mask = cfg.roi_heads.mask and masks
+    adopt_backbone_stats(settings.backbone_weights, cfg, mod, info, what="rts pretrain")
     check_memory(cfg, settings, what="rts pretrain")  # before the run directory or the model exists
+    splits = open_splits(info, [mod], cfg.tile_size, repeat, settings.seed)  # its errors leave nothing behind
     prepare_run_dir(out, resume=resume, overwrite=overwrite)
 
     import lightning as L
@@ -241,4 +268,4 @@ def pretrain(*, data: Path, modality: str, preset: str, out: Path, settings: Tra
     config = bundle_config(cfg=cfg, info=info, data=data, mods=[mod], repeat=repeat, fusion=None, stage="pretrain",
                            settings=settings, weights_note=weights_note, parameters=(total, trainable))
     return train_and_save(model, config=config, info=info, mods=[mod], repeat=repeat, settings=settings, out=out,
-                          resume=resume)
+                          resume=resume, splits=splits)

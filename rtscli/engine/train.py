@@ -177,29 +177,36 @@ def make_module(model, *, settings: TrainSettings, val_gt: dict | None, tile: in
                 self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
 
         def configure_optimizers(self):
-            params = [p for p in self.model.parameters() if p.requires_grad]
-            world = self.trainer.world_size if self.trainer else 1
-            lr = settings.lr(world)
-            opt = torch.optim.AdamW(params, lr=lr, weight_decay=settings.weight_decay)
-            try:  # the steps each process really runs (DDP splits the data), or --max-steps
-                steps = int(self.trainer.estimated_stepping_batches)
-            except Exception:  # no trainer attached (unit use)
-                steps = self.total_steps
-            warm = max(1, min(settings.warmup_steps, steps // 5))
-            total = max(steps, warm + 1)
-
-            def factor(step: int) -> float:
-                if step < warm:
-                    return 0.001 + (1 - 0.001) * step / warm
-                t = (step - warm) / max(1, total - warm)
-                if settings.schedule == "step":
-                    return 0.1 ** sum(t >= b for b in (0.75, 0.92))
-                return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+            return optimizer_and_schedule(self, settings, self.total_steps)
 
     return DetectionModule()
+
+
+def optimizer_and_schedule(module, settings: TrainSettings, total_steps: int) -> dict:
+    """AdamW over the module's trainable parameters at ``settings.lr(world size)``, with linear warmup
+    (``warmup_steps``, at most a fifth of the run) then cosine or step decay, per optimizer step (Lightning's
+    ``configure_optimizers`` return value). ``total_steps`` is used when no trainer is attached."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    trainer = module._trainer
+    world = trainer.world_size if trainer else 1
+    opt = torch.optim.AdamW(params, lr=settings.lr(world), weight_decay=settings.weight_decay)
+    try:  # the steps each process really runs (DDP splits the data), or --max-steps
+        steps = int(trainer.estimated_stepping_batches)
+    except Exception:  # no trainer attached (unit use)
+        steps = total_steps
+    warm = max(1, min(settings.warmup_steps, steps // 5))
+    total = max(steps, warm + 1)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return 0.001 + (1 - 0.001) * step / warm
+        t = (step - warm) / max(1, total - warm)
+        if settings.schedule == "step":
+            return 0.1 ** sum(t >= b for b in (0.75, 0.92))
+        return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
 def make_checkpoints(dirpath: Path):

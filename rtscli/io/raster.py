@@ -30,7 +30,9 @@ GDAL_CACHE_MB = 96
 
 
 def gdal_env(**options: Any) -> rasterio.Env:
-    opts = {"GDAL_CACHEMAX": GDAL_CACHE_MB, "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+    # TRUE: no listing of the folder on open (fast in folders of many files), but sidecar files are still looked
+    # for by name: a world file (.jgw, .pgw, .tfw, .wld) or .aux.xml carries the georeference of a JPEG/PNG
+    opts = {"GDAL_CACHEMAX": GDAL_CACHE_MB, "GDAL_DISABLE_READDIR_ON_OPEN": "TRUE"}
     opts.update(options)
     return rasterio.Env(**opts)
 

@@ -140,11 +140,32 @@ def resize_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:
     return t[0].T.to(table.dtype).contiguous()
 
 
+#: prefixes that training frameworks put before a backbone's own tensor names
+PREFIXES = ("module.", "model.", "encoder.", "backbone.body.", "backbone.", "body.")
+
+
+def strip_prefix(state: dict, own: set[str]) -> dict:
+    """``state`` with a framework prefix removed (``module.``, ``backbone.`` ...) when that makes more of its keys
+    match ``own``, the backbone's own names (DDP, MMPretrain and Lightning checkpoints add them)."""
+    best, hits = state, sum(k in own for k in state)
+    for _ in range(3):  # prefixes can stack: module.backbone.
+        for p in PREFIXES:
+            cand = {k[len(p):] if k.startswith(p) else k: v for k, v in best.items()}
+            n = sum(k in own for k in cand)
+            if n > hits:
+                best, hits = cand, n
+    return best
+
+
 def load_backbone_weights(backbone: nn.Module, spec: str | None, *, timm_name: str | None) -> str:
     """Load ImageNet or file weights into a backbone body. Returns what happened, for the record.
 
     ``spec``: None (random init), ``"imagenet"`` (timm/torchvision weights, when this machine can
-    download them), or a path to a ``.safetensors`` file (a state dict of the body).
+    download them), a path to a ``.safetensors`` file (a state dict of the body: timm's MViTv2 or
+    torchvision's ResNet50 key names; a ``module.``, ``model.``, ``encoder.`` or ``backbone.`` prefix is
+    removed), or a backbone bundle of ``rts ssl`` (a folder; check it with
+    :func:`rtscli.modeling.backbone_bundle.check_fits` first). Raises :class:`RtsError` when the file is missing,
+    not safetensors, or none of its tensors fits the backbone.
     """
     if not spec:
         return "random"
@@ -170,7 +191,11 @@ def load_backbone_weights(backbone: nn.Module, spec: str | None, *, timm_name: s
     else:
         from pathlib import Path
 
+        from rtscli.modeling.backbone_bundle import is_backbone_bundle
+
         path = Path(spec)
+        if is_backbone_bundle(path):
+            path = path / "model.safetensors"
         if not path.exists():
             raise RtsError("backbone weights file not found", path=path, fix="check --backbone-weights")
         if path.suffix != ".safetensors":
@@ -178,8 +203,8 @@ def load_backbone_weights(backbone: nn.Module, spec: str | None, *, timm_name: s
                            fix="convert it with safetensors.torch.save_file(state_dict, 'x.safetensors')")
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
-        source = str(path)
+        state = strip_prefix(load_file(str(path)), set(body.state_dict()))
+        source = str(Path(spec))
     if stem_key in state:
         want = body.state_dict()[stem_key].shape[1]
         state[stem_key] = adapt_stem_weight(state[stem_key], want)
@@ -189,6 +214,10 @@ def load_backbone_weights(backbone: nn.Module, spec: str | None, *, timm_name: s
             state[k] = resize_rel_pos(state[k], own[k].shape[0])
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     skipped = sorted(k for k in state if k in own and own[k].shape != state[k].shape)
+    if not usable:
+        raise RtsError(f"none of the {len(state)} tensors of the weights fits the {type(backbone).__name__} backbone "
+                       f"(e.g. {next(iter(state), 'none')}; it needs e.g. {next(iter(own))})", path=spec,
+                       fix="pass a state dict of the same architecture (timm MViTv2 / torchvision ResNet50 names)")
     body.load_state_dict(usable, strict=False)
     missing = sorted(set(own) - set(usable))
     log.info("backbone weights from %s: %d tensors loaded, %d missing, %d with other shapes", source,

@@ -96,6 +96,9 @@ def read_bundle(path: str | Path) -> Bundle:
         raise RtsError(f"not a model bundle (needs {WEIGHTS} and {CONFIG})", path=path,
                        fix="pass a folder made by `rts pretrain` or `rts finetune`")
     cfg = yaml.safe_load((path / CONFIG).read_text())
+    if isinstance(cfg, dict) and cfg.get("kind") == "rts-ssl-backbone":
+        raise RtsError("this is a backbone bundle of `rts ssl`, not a model", path=path,
+                       fix="train a model from it: rts pretrain --backbone-weights " + str(path))
     if not isinstance(cfg, dict) or cfg.get("kind") != "rts-model":
         raise RtsError("config.yaml is not an rts model config", path=path / CONFIG, fix="use a bundle made by rts")
     return Bundle(path, cfg, ModelConfig.from_dict(cfg["model"], source=str(path / CONFIG)))

@@ -1,0 +1,84 @@
+"""``rts ssl``: self-supervised (masked image modelling) pretraining of one modality's backbone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from rtscli.cli import options
+
+
+def ssl(
+    scenes: Annotated[list[str], typer.Argument(help="Unlabeled scenes: files, folders, globs (quoted), .txt lists or VRT mosaics; read by random windows, never whole.")],
+    modality: Annotated[str, typer.Option(help="Modality whose backbone to pretrain: rgb, nir, ndvi, or a band the band map names.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory; becomes the backbone bundle.")],
+    bands: Annotated[Optional[str], typer.Option(help="Band map or preset of the scenes (see `rts bands`); default: the rasters' band names.")] = None,
+    preset: Annotated[str, typer.Option(help="Model preset whose backbone is pretrained (see `rts models`).")] = "cascade-mvitv2-b",
+    tile_size: options.TileSize = None,
+    aux: Annotated[Optional[list[str]], typer.Option(help="Extra aligned raster as a band: NAME=PATH (one scene only).")] = None,
+    scale: Annotated[Optional[float], typer.Option(help="Reflectance bands: physical = stored x scale + offset (as rts prepare). Default: the rasters' GDAL band scale/offset, else the values as stored.")] = None,
+    offset: Annotated[Optional[float], typer.Option(help="Added after --scale.")] = None,
+    nodata: Annotated[Optional[float], typer.Option(help="Nodata value of the scenes when they do not tag one.")] = None,
+    windows: Annotated[int, typer.Option(help="Random windows per epoch.")] = 1000,
+    mask_ratio: Annotated[float, typer.Option(help="Share of 32 px blocks hidden (SimMIM: 0.6).")] = 0.6,
+    stats_windows: Annotated[int, typer.Option(help="Windows sampled for the normalization statistics.")] = 64,
+    repeat_to: Annotated[int, typer.Option(help="Repeat 1-channel modalities to this many channels (0 = no), as rts prepare.")] = 3,
+    epochs: Annotated[int, typer.Option(help="Epochs of --windows windows each.")] = 10,
+    max_steps: options.MaxSteps = None,
+    batch_size: options.BatchSize = None,
+    lr: options.LearningRate = None,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay (SimMIM: 0.05).")] = 0.05,
+    warmup_steps: options.WarmupSteps = None,
+    backbone_weights: Annotated[Optional[str], typer.Option(help="Start from imagenet or a .safetensors file instead of random weights.")] = None,
+    devices: options.Devices = "1",
+    num_nodes: options.NumNodes = 1,
+    accelerator: options.Accelerator = "auto",
+    precision: options.Precision = "auto",
+    workers: options.Workers = 2,
+    seed: options.Seed = 0,
+    resume: options.Resume = False,
+    keep_checkpoints: options.KeepCheckpoints = False,
+    overwrite: options.Overwrite = False,
+) -> None:
+    """Pretrain one modality's backbone on unlabeled scenes by masked image modelling (SimMIM).
+
+    Random windows of the scenes are masked (60% of 32 px blocks) and the backbone learns to
+    reconstruct them. The run directory becomes a backbone bundle: use it with
+    `rts pretrain --backbone-weights RUN` (the same modality, preset and tile size).
+    """
+    from rtscli.cli.pretrain import make_settings
+    from rtscli.console import console
+    from rtscli.data.bands import BandMap
+    from rtscli.engine.ssl import ssl as run
+    from rtscli.errors import RtsError
+    from rtscli.modeling.config import training_defaults
+
+    band_map = BandMap.parse(bands) if bands else None
+    if band_map is None:
+        from rtscli.data.inputs import band_map_from_descriptions
+        from rtscli.engine.predict_cli import scene_list
+        from rtscli.io.raster import inspect
+
+        band_map = band_map_from_descriptions(inspect(scene_list(list(scenes))[0]))
+        if band_map is None:
+            raise RtsError("no band map given and the scenes' bands are not named",
+                           fix="pass --bands (e.g. planetscope4, sentinel2-10 or blue=1,green=2,red=3,nir=4)")
+    d = training_defaults(preset)
+    settings = make_settings(defaults=d, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+                             lr=lr, weight_decay=weight_decay,
+                             warmup_steps=warmup_steps, schedule="cosine", grad_clip=5.0, devices=devices,
+                             num_nodes=num_nodes, accelerator=accelerator, precision=precision, workers=workers,
+                             seed=seed, backbone_weights=backbone_weights, val_every=1,
+                             keep_checkpoints=keep_checkpoints)
+    cfg = run(inputs=list(scenes), modality=modality.lower(), band_map=band_map, out=out, preset=preset,
+              settings=settings, tile_size=tile_size, aux=aux, scale=scale, offset=offset, nodata=nodata,
+              windows=windows, mask_ratio=mask_ratio, stats_windows=stats_windows, repeat_to=repeat_to,
+              resume=resume, overwrite=overwrite)
+    m = cfg["metrics"]
+    console.print(f"backbone bundle {out}: {cfg['preset']}, modality {cfg['modality']['name']}, {m['steps_run']} "
+                  f"steps, reconstruction loss {m['loss_first']} -> {m['loss_last']}", markup=False, soft_wrap=True)
+    console.print(f"  use it: rts pretrain --modality {cfg['modality']['name']} --preset {cfg['preset']} "
+                  f"--backbone-weights {out} ...; curves: {out}/curves.png, {out}/reconstructions.png",
+                  markup=False, soft_wrap=True)

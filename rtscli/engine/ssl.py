@@ -1,0 +1,227 @@
+"""``rts ssl``: self-supervised pretraining of one modality's backbone on unlabeled scenes (SimMIM).
+
+Random windows of the scenes (:mod:`rtscli.data.windows`) train the preset's backbone by masked
+image modelling (:mod:`rtscli.modeling.mim`) with the engine of ``rts pretrain``: Lightning, mixed
+precision on a GPU, DDP, exact ``--resume``, progress bars or log lines, ``metrics.csv`` and
+``curves.png``. The run directory becomes a backbone bundle (:mod:`rtscli.modeling.backbone_bundle`)
+with ``reconstructions.png``: a few masked windows next to what the backbone made of them.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rtscli.engine.train import TrainSettings
+from rtscli.errors import RtsError
+
+log = logging.getLogger("rtscli")
+
+
+def open_scenes(inputs: list[str], band_map, *, aux: list[str], scale, offset, nodata) -> list:
+    """The unlabeled scenes (files, folders, globs, .txt lists, VRT mosaics) as :class:`Scene` objects, each
+    with its ``--aux`` rasters (NAME=PATH; only with one scene, on its grid)."""
+    from rtscli.engine.predict import Source, open_scene
+    from rtscli.engine.predict_cli import scene_list
+
+    paths = scene_list(inputs)
+    extra = []
+    for a in aux:
+        name, sep, path = a.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise RtsError(f"cannot read --aux {a!r}", fix="write NAME=PATH, e.g. --aux dem=dem.tif")
+        extra.append((name.strip().lower(), Path(path.strip())))
+    if extra and len(paths) > 1:
+        raise RtsError(f"--aux rasters go with one scene, {len(paths)} were given",
+                       fix="run rts ssl on one scene with its aux rasters, or build a VRT mosaic of each")
+    bands = {k: v for k, v in band_map.as_dict().items() if k != "mask"}
+    scenes = []
+    for p in paths:
+        sources = [Source(p, bands)] + [Source(q, {n: 1}) for n, q in extra]
+        scenes.append(open_scene(sources, nodata=nodata, scale=scale, offset=offset))
+    return scenes
+
+
+def make_ssl_module(model, *, settings: TrainSettings, total_steps: int):
+    import lightning as L
+
+    from rtscli.engine.train import NonFiniteLoss, optimizer_and_schedule
+
+    class SslModule(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+            self.total_steps = total_steps
+            # what the checkpoint and progress callbacks of rts pretrain look at: no validation here
+            self.best_epoch, self.best_ap50, self.last_val_epoch, self.last_val_ap50 = -1, -1.0, -1, None
+
+        def training_step(self, batch, batch_idx):
+            images, valid, mask = batch
+            loss, _ = self.model(images, valid, mask)
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(f"the reconstruction loss became {loss.item()} at step {self.global_step}",
+                                    fix="start again with a lower --lr (and --overwrite)")
+            self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(images),
+                     sync_dist=True)
+            return loss
+
+        def on_save_checkpoint(self, checkpoint: dict) -> None:
+            checkpoint["rts"] = {"torch_rng": torch.get_rng_state()}
+
+        def on_load_checkpoint(self, checkpoint: dict) -> None:
+            state = checkpoint.get("rts") or {}
+            if "torch_rng" in state:
+                torch.set_rng_state(state["torch_rng"])
+
+        def configure_optimizers(self):
+            return optimizer_and_schedule(self, settings, self.total_steps)
+
+    return SslModule()
+
+
+def ssl(*, inputs: list[str], modality: str, band_map, out: Path, preset: str, settings: TrainSettings,
+        tile_size: int | None = None, aux: list[str] | None = None, scale: float | None = None,
+        offset: float | None = None, nodata: float | None = None, windows: int = 1000, mask_ratio: float = 0.6,
+        stats_windows: int = 64, repeat_to: int = 3, resume: bool = False, overwrite: bool = False) -> dict:
+    """Pretrain ``modality``'s backbone on random windows of the scenes; write the backbone bundle to ``out``.
+
+    ``windows``: windows per epoch; ``mask_ratio``: share of 32 px blocks hidden (SimMIM: 0.6);
+    ``stats_windows``: windows sampled for the normalization statistics. Returns the bundle's config.
+    Raises :class:`RtsError` for unreadable scenes, a modality the band map cannot make, a bad tile size,
+    or an existing ``out`` without ``resume``/``overwrite``.
+    """
+    from rtscli.data.bands import BandMap
+    from rtscli.data.modalities import resolve
+    from rtscli.data.windows import RandomWindows, sample_stats
+    from rtscli.engine.curves import plot_curves
+    from rtscli.engine.pretrain import prepare_run_dir, prune_checkpoints
+    from rtscli.engine.train import EpochSampler, epoch_metrics, fit, settings_dict, write_epoch_csv
+    from rtscli.modeling.backbone import build_backbone, load_backbone_weights
+    from rtscli.modeling.backbone_bundle import KIND
+    from rtscli.modeling.bundle import save_bundle
+    from rtscli.modeling.config import check_tile_size, load_preset
+    from rtscli.io.raster import inspect
+    from rtscli.modeling.mim import MASK_BLOCK, MaskedImageModel
+
+    if windows < 1 or stats_windows < 1:
+        raise RtsError("--windows and --stats-windows must be at least 1", fix="e.g. --windows 1000")
+    if not 0.05 <= mask_ratio <= 0.95:
+        raise RtsError(f"--mask-ratio {mask_ratio} must be in [0.05, 0.95]", fix="SimMIM uses 0.6")
+    cfg = load_preset(preset)
+    if tile_size is not None:
+        cfg.tile_size = check_tile_size(tile_size)
+    scenes = open_scenes(inputs, band_map, aux=list(aux or []), scale=scale, offset=offset, nodata=nodata)
+    names = dict.fromkeys(n for s in scenes[0].sources for n in s.bands)
+    chip_bands = BandMap(tuple((n, i + 1) for i, n in enumerate(names)))
+    mod = resolve(modality, chip_bands)
+    repeat = repeat_to if repeat_to and repeat_to > 1 else None
+    channels = repeat if (mod.num_channels == 1 and repeat) else mod.num_channels
+    cfg.backbone.in_channels = channels
+    prepare_run_dir(out, resume=resume, overwrite=overwrite)
+
+    import lightning as L
+
+    L.seed_everything(settings.seed, workers=True, verbose=False)
+    probe = RandomWindows(scenes, tile=cfg.tile_size, modality=mod, stats=None, repeat_to=repeat, n=stats_windows,
+                          seed=settings.seed, mask_ratio=mask_ratio)
+    stats, sampled = sample_stats(probe, stats_windows, settings.seed)
+    log.info("normalization of %s from %d valid pixels of %d windows", ", ".join(stats), sampled, stats_windows)
+    data = RandomWindows(scenes, tile=cfg.tile_size, modality=mod, stats=stats, repeat_to=repeat, n=windows,
+                         seed=settings.seed, mask_ratio=mask_ratio)
+    loader = torch.utils.data.DataLoader(data, batch_size=settings.batch_size,
+                                         sampler=EpochSampler(len(data), settings.seed),
+                                         num_workers=settings.workers, drop_last=len(data) > settings.batch_size,
+                                         persistent_workers=settings.workers > 0)
+    backbone = build_backbone(cfg=cfg.backbone, fpn=cfg.fpn, tile_size=cfg.tile_size)
+    start = load_backbone_weights(backbone, settings.backbone_weights, timm_name=cfg.backbone.timm_name)
+    model = MaskedImageModel(backbone, channels)
+    steps_per_epoch = max(1, len(loader))
+    total = settings.max_steps if settings.max_steps > 0 else settings.epochs * steps_per_epoch
+    module = make_ssl_module(model, settings=settings, total_steps=total)
+    log.info("rts ssl: %s backbone of %s, modality %s (%d channels), %d px tiles, %d windows per epoch, %.0f%% of "
+             "%d px blocks hidden; start: %s", cfg.backbone.kind, cfg.name, mod.name, channels, cfg.tile_size,
+             windows, 100 * mask_ratio, MASK_BLOCK, start)
+    trainer = fit(module, loader, None, settings=settings, run_dir=out, resume=resume,
+                  steps_per_epoch=steps_per_epoch)
+    rows = epoch_metrics(out)
+    write_epoch_csv(out, rows)
+    losses = [r["train_loss"] for r in rows if "train_loss" in r]
+    from rtscli import __version__
+    from rtscli.data.inputs import sha256
+
+    config: dict[str, Any] = {
+        "kind": KIND,
+        "format_version": 1,
+        "rts_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "method": f"SimMIM (Xie et al. 2022): {mask_ratio:.0%} of {MASK_BLOCK} px blocks hidden, L1 on normalized "
+                  "values of the hidden pixels",
+        "preset": cfg.name,
+        "backbone": {**cfg.backbone.__dict__, "depths": list(cfg.backbone.depths)},
+        "tile_size": cfg.tile_size,
+        "modality": {"name": mod.name, "channels": list(mod.channels)},
+        "repeat_to": repeat,
+        "band_map": chip_bands.as_dict(),
+        "normalization": {k: v.as_dict() for k, v in stats.items()},
+        # how stored values were made physical (rts pretrain compares value ranges through the statistics)
+        "values": scenes[0].sources[0].conversion.record(str(inspect(scenes[0].sources[0].path).dtype)),
+        "scenes": [{"path": str(s.sources[0].path.resolve()), "width": s.width, "height": s.height,
+                    "sha256": sha256(s.sources[0].path)} for s in scenes],
+        "training": {"settings": settings_dict(settings), "start": start, "windows_per_epoch": windows,
+                     "world_size": trainer.world_size, "lr": settings.lr(trainer.world_size)},
+        "metrics": {"steps_run": trainer.global_step, "epochs_run": trainer.current_epoch,
+                    "windows_seen": trainer.global_step * settings.batch_size * trainer.world_size,
+                    "loss_first": round(losses[0], 5) if losses else None,
+                    "loss_last": round(losses[-1], 5) if losses else None},
+    }
+    if trainer.is_global_zero:
+        state = {k: v.detach().cpu() for k, v in model.backbone.body.state_dict().items()}
+        save_bundle(out, state, config)
+        plot_curves(out, rows, title=f"{out.resolve().name} (rts ssl {mod.name}, {cfg.name})")
+        write_reconstructions(out / "reconstructions.png", model, data, count=4)
+    trainer.strategy.barrier()
+    if trainer.is_global_zero:
+        prune_checkpoints(out, keep=settings.keep_checkpoints)
+    return config
+
+
+def write_reconstructions(path: Path, model, data, *, count: int = 4) -> Path:
+    """A PNG of ``count`` windows: the input, what the backbone saw (hidden blocks grey) and its reconstruction
+    of the hidden blocks pasted into the visible ones. Channels shown: the first three, or the first as grey."""
+    from matplotlib.figure import Figure
+
+    from rtscli.io.atomic import atomic_file
+
+    model.eval()
+    fig = Figure(figsize=(7.5, 2.5 * count))
+    axes = fig.subplots(count, 3, squeeze=False)
+    for i in range(count):
+        image, valid, mask = data[(i, 0, 2)]  # stream 2: windows not used in training or statistics
+        with torch.no_grad():
+            _, recon = model(image[None].float(), valid[None], mask[None])
+        hidden = mask.repeat_interleave(model.block, 0).repeat_interleave(model.block, 1).numpy()
+        x = image.numpy()
+        r = np.where(hidden[None], recon[0].numpy(), x)
+        seen = np.where(hidden[None], np.nan, x)
+        for j, (img, title) in enumerate(((x, "input"), (seen, "masked (what it saw)"), (r, "reconstruction"))):
+            axes[i][j].imshow(_display(img), cmap="gray" if img.shape[0] < 3 else None, interpolation="nearest")
+            axes[i][j].set_axis_off()
+            if i == 0:
+                axes[i][j].set_title(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_file(path, overwrite=True) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
+    return path
+
+
+def _display(img: np.ndarray) -> np.ndarray:
+    """Normalized channels (C, H, W) as an image in [0, 1] (-2..2 standard deviations; NaN grey)."""
+    x = img[:3] if img.shape[0] >= 3 else img[:1]
+    y = np.clip((x + 2) / 4, 0, 1)
+    y = np.where(np.isnan(y), 0.5, y)
+    return y.transpose(1, 2, 0) if y.shape[0] == 3 else y[0]

@@ -1,0 +1,237 @@
+"""rts ssl: masked image modelling of one modality's backbone on unlabeled scenes (nano, CPU, offline)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from conftest import write_tif
+
+FAST = ["--preset", "nano", "--workers", "0", "--batch-size", "2", "--stats-windows", "4"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """One synthetic scene (no labels used by rts ssl), a dataset prepared from it, and a 4-step SSL bundle."""
+    from rtscli.cli import main
+
+    root = tmp_path_factory.mktemp("ssl")
+    assert main(["synth", str(root / "syn"), "--chips", "0", "--scenes", "1", "--scene-size", "600"]) == 0
+    scene = next((root / "syn" / "scenes").glob("*.tif"))
+    labels = [p for p in scene.parent.glob("*.gpkg") if "distractors" not in p.name][0]
+    assert main(["prepare", str(scene), "--labels", str(labels), "--bands", "planetscope4", "--chip-size", "256",
+                 "--split-block", "256", "-o", str(root / "ds")]) == 0
+    assert main(["ssl", str(scene), "--modality", "nir", "--bands", "planetscope4", "-o", str(root / "ssl_nir"),
+                 "--windows", "4", "--epochs", "2", *FAST]) == 0
+    return {"root": root, "scene": scene, "ds": root / "ds", "ssl": root / "ssl_nir"}
+
+
+def test_ssl_writes_a_backbone_bundle_with_its_record_and_pictures(world, rts):
+    out = world["ssl"]
+    for name in ("model.safetensors", "config.yaml", "metrics.csv", "curves.png", "reconstructions.png"):
+        assert (out / name).exists(), name
+    assert not (out / "checkpoints").exists()
+    c = yaml.safe_load((out / "config.yaml").read_text())
+    assert c["kind"] == "rts-ssl-backbone" and c["modality"] == {"name": "nir", "channels": ["nir"]}
+    assert c["preset"] == "nano" and c["tile_size"] == 256 and set(c["normalization"]) == {"nir"}
+    assert c["scenes"][0]["sha256"] and c["metrics"]["steps_run"] == 4 and c["values"]["source"] == "gdal-metadata"
+    r = rts("info", out)
+    assert r.code == 0 and "backbone bundle (rts ssl" in r.out and "modality nir" in r.out
+    r = rts("evaluate", out, "--data", world["ds"])  # not a model: says what it is
+    assert r.code == 2 and "backbone bundle of `rts ssl`" in r.err
+
+
+def _windows(world, tile=256, **kw):
+    from rtscli.data.bands import BandMap
+    from rtscli.data.modalities import resolve
+    from rtscli.data.windows import RandomWindows, sample_stats
+    from rtscli.engine.ssl import open_scenes
+
+    bm = BandMap.parse("planetscope4")
+    scenes = open_scenes([str(world["scene"])], bm, aux=[], scale=None, offset=None, nodata=None)
+    mod = resolve("nir", bm)
+    probe = RandomWindows(scenes, tile=tile, modality=mod, stats=None, repeat_to=3, n=4, **kw)
+    stats, _ = sample_stats(probe, 4, 0)
+    return RandomWindows(scenes, tile=tile, modality=mod, stats=stats, repeat_to=3, n=8, **kw)
+
+
+def _mim(tile=256):
+    from rtscli.modeling.backbone import build_backbone
+    from rtscli.modeling.config import load_preset
+    from rtscli.modeling.mim import MaskedImageModel
+
+    cfg = load_preset("nano")
+    torch.manual_seed(0)
+    return MaskedImageModel(build_backbone(cfg=cfg.backbone, fpn=cfg.fpn, tile_size=tile), 3)
+
+
+def test_a_few_steps_lower_the_reconstruction_loss(world):
+    data = _windows(world)
+    batch = [data[(i, 0)] for i in range(4)]
+    x, valid, mask = (torch.stack(t) for t in zip(*batch, strict=True))
+    model = _mim()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(12):
+        loss, _ = model(x, valid, mask)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_only_hidden_valid_pixels_enter_the_loss(world):
+    data = _windows(world)
+    x, valid, mask = data[(0, 0)]
+    x, valid, mask = x[None], valid[None].clone(), mask[None]
+    model = _mim().eval()
+    hidden = mask.repeat_interleave(32, 1).repeat_interleave(32, 2)
+    with torch.no_grad():
+        base, _ = model(x, valid, mask, target=x)
+        seen = x.clone()
+        seen[:, :, ~hidden[0]] += 5.0  # change the target where the model sees the input: no effect
+        same, _ = model(x, valid, mask, target=seen)
+        hid = x.clone()
+        hid[:, :, hidden[0]] += 5.0  # change it where it is hidden: the loss changes
+        other, _ = model(x, valid, mask, target=hid)
+        valid[:, :, :128] = False  # nodata pixels never count, hidden or not
+        hid_nodata = x.clone()
+        hid_nodata[:, :, :, :128] += 5.0
+        a, _ = model(x, valid, mask, target=x)
+        b, _ = model(x, valid, mask, target=hid_nodata)
+    assert torch.equal(base, same) and not torch.allclose(base, other)
+    assert torch.allclose(a, b)
+
+
+def test_mostly_nodata_windows_are_redrawn(tmp_path):
+    from rtscli.data.bands import BandMap
+    from rtscli.data.modalities import resolve
+    from rtscli.data.windows import RandomWindows
+    from rtscli.engine.ssl import open_scenes
+
+    data = np.full((4, 512, 512), 0, np.uint16)
+    data[:, :, 128:] = np.random.default_rng(0).integers(100, 3000, (4, 512, 384))  # the left quarter is nodata
+    scene = write_tif(tmp_path / "s.tif", data, nodata=0)
+    bm = BandMap.parse("planetscope4")
+    scenes = open_scenes([str(scene)], bm, aux=[], scale=None, offset=None, nodata=None)
+    w = RandomWindows(scenes, tile=128, modality=resolve("nir", bm), stats=None, repeat_to=3, n=16, seed=1)
+    shares = [w[(i, 0)][1].float().mean().item() for i in range(16)]
+    assert min(shares) >= 0.5 and w.redrawn > 0
+
+
+def test_an_ssl_bundle_starts_rts_pretrain_with_every_backbone_tensor(world, rts, tmp_path):
+    from rtscli.modeling.backbone import load_backbone_weights
+    from rtscli.modeling.config import load_preset
+    from rtscli.modeling.detector import Detector
+
+    saved = load_file(str(world["ssl"] / "model.safetensors"))
+    cfg = load_preset("nano")
+    model = Detector(cfg=cfg)
+    note = load_backbone_weights(model.backbone, str(world["ssl"]), timm_name=None)
+    body = model.backbone.body.state_dict()
+    assert set(saved) == set(body) and all(torch.equal(saved[k], body[k]) for k in saved), note
+    run = tmp_path / "run"
+    r = rts("pretrain", "--modality", "nir", "--data", world["ds"], "-o", run, "--preset", "nano",
+            "--backbone-weights", world["ssl"], "--max-steps", 1, "--workers", 0, "--batch-size", 2)
+    assert r.code == 0, r.err
+    c = yaml.safe_load((run / "config.yaml").read_text())
+    ssl_stats = yaml.safe_load((world["ssl"] / "config.yaml").read_text())["normalization"]["nir"]
+    assert c["normalization"]["nir"] == ssl_stats  # the backbone's own normalization travels into the model
+    assert f"{len(saved)}/{len(saved)} tensors" in c["training"]["backbone_weights"]
+
+
+@pytest.mark.parametrize("case", ["modality", "tile", "units"])
+def test_a_backbone_bundle_that_does_not_fit_exits_2_naming_the_mismatch(world, rts, tmp_path, case):
+    args = ["pretrain", "--modality", "nir", "--data", world["ds"], "-o", tmp_path / "run", "--preset", "nano",
+            "--backbone-weights", world["ssl"], "--max-steps", 1, "--workers", 0]
+    if case == "modality":
+        args[2] = "rgb"
+        needles = ["modality nir", "trains rgb"]
+    elif case == "tile":
+        args += ["--tile-size", 320]
+        needles = ["256 px tiles", "--tile-size 256"]
+    else:  # the same scene prepared as stored integers: reflectance x 10000
+        ds = tmp_path / "dn"
+        scene = world["scene"]
+        labels = [p for p in scene.parent.glob("*.gpkg") if "distractors" not in p.name][0]
+        assert rts("prepare", scene, "--labels", labels, "--bands", "planetscope4", "--chip-size", 256,
+                   "--scale", 1, "-o", ds).code == 0
+        args[4] = ds
+        needles = ["channel nir", "other units"]
+    r = rts(*args)
+    assert r.code == 2, r.err
+    assert len(r.err.strip().splitlines()[-1:]) == 1 and "Traceback" not in r.err
+    for n in needles:
+        assert n in r.err, r.err
+    assert not (tmp_path / "run").exists()
+
+
+def test_ssl_resume_is_exact(world, rts, tmp_path, monkeypatch):
+    import lightning as L
+
+    args = ["ssl", world["scene"], "--modality", "nir", "--bands", "planetscope4", "--windows", 4, "--epochs", 2,
+            "--seed", 5, "--keep-checkpoints", *FAST]
+    assert rts(*args, "-o", tmp_path / "a").code == 0
+
+    class StopAfterFirstEpoch(L.Callback):
+        def on_train_epoch_end(self, trainer, module):
+            trainer.should_stop = True
+
+    init = L.Trainer.__init__
+    with monkeypatch.context() as m:
+        m.setattr(L.Trainer, "__init__", lambda self, *a, **k: init(
+            self, *a, **{**k, "callbacks": list(k.get("callbacks") or []) + [StopAfterFirstEpoch()]}))
+        assert rts(*args, "-o", tmp_path / "b").code == 0
+    half = load_file(str(tmp_path / "b" / "model.safetensors"))
+    r = rts(*args, "-o", tmp_path / "b", "--resume")
+    assert r.code == 0, r.err
+    a = load_file(str(tmp_path / "a" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert not all(torch.equal(a[k], half[k]) for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # interrupted + resumed == uninterrupted
+
+
+def test_timm_and_torchvision_state_dicts_load_by_their_own_names(tmp_path):
+    """--backbone-weights FILE: a timm MViTv2 or torchvision ResNet50 state dict (e.g. ImageNet or remote-sensing
+    weights downloaded elsewhere), also behind a framework prefix."""
+    import timm
+    from torchvision.models import resnet50
+
+    from rtscli.modeling.backbone import build_backbone, load_backbone_weights
+    from rtscli.modeling.config import load_preset
+
+    cfg = load_preset("cascade-mvitv2-t")
+    ref = timm.create_model("mvitv2_tiny", pretrained=False, num_classes=0)
+    path = tmp_path / "timm.safetensors"
+    save_file({f"module.{k}": v.contiguous() for k, v in ref.state_dict().items()}, str(path))
+    bb = build_backbone(cfg=cfg.backbone, fpn=cfg.fpn, tile_size=cfg.tile_size)
+    note = load_backbone_weights(bb, str(path), timm_name=None)
+    own = bb.body.state_dict()
+    for k, v in ref.state_dict().items():
+        if k in own and own[k].shape == v.shape:
+            assert torch.equal(own[k], v), k
+    rel = [k for k in own if k.endswith("rel_pos_h")]
+    assert rel and all(own[k].shape[0] != ref.state_dict()[k].shape[0] for k in rel)  # 224 px -> 1024 px tables
+    n = len(own)
+    assert note.endswith(f"({n}/{n} tensors)"), note
+
+    cfg = load_preset("maskrcnn-resnet50-fpn")
+    tv = resnet50(weights=None)
+    path = tmp_path / "tv.safetensors"
+    save_file({k: v.contiguous() for k, v in tv.state_dict().items()}, str(path))
+    bb = build_backbone(cfg=cfg.backbone, fpn=cfg.fpn, tile_size=cfg.tile_size)
+    load_backbone_weights(bb, str(path), timm_name=None)
+    own = bb.body.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in tv.state_dict().items() if k in own and "fc." not in k)
+    bad = tmp_path / "bad.safetensors"
+    save_file({"foo.weight": torch.zeros(2)}, str(bad))
+    from rtscli.errors import RtsError
+
+    with pytest.raises(RtsError, match="none of the 1 tensors"):
+        load_backbone_weights(bb, str(bad), timm_name=None)
