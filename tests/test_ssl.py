@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -235,3 +234,36 @@ def test_timm_and_torchvision_state_dicts_load_by_their_own_names(tmp_path):
 
     with pytest.raises(RtsError, match="none of the 1 tensors"):
         load_backbone_weights(bb, str(bad), timm_name=None)
+
+
+def test_the_resnet50_baseline_is_pretrained_the_same_way():
+    from rtscli.modeling.backbone import build_backbone
+    from rtscli.modeling.config import load_preset
+    from rtscli.modeling.mim import MaskedImageModel, block_mask
+
+    cfg = load_preset("maskrcnn-resnet50-fpn")
+    torch.manual_seed(0)
+    model = MaskedImageModel(build_backbone(cfg=cfg.backbone, fpn=cfg.fpn, tile_size=128), 3)
+    x = torch.randn(2, 3, 128, 128)
+    valid = torch.ones(2, 128, 128, dtype=torch.bool)
+    mask = torch.from_numpy(np.stack([block_mask(128, np.random.default_rng(i)) for i in range(2)]))
+    loss, recon = model(x, valid, mask)
+    loss.backward()
+    assert recon.shape == x.shape and torch.isfinite(loss)
+    assert model.mask_token.grad is not None and model.mask_token.grad.abs().sum() > 0  # the token is learned
+
+
+def test_finetune_takes_one_ssl_bundle_per_modality(world, rts, tmp_path):
+    out = tmp_path / "fused"
+    r = rts("finetune", "--data", world["ds"], "-o", out, "--fusion", "residual-cross", "--modalities", "rgb,nir",
+            "--preset", "nano", "--backbone-weights", f"nir={world['ssl']}", "--max-steps", 1, "--workers", 0,
+            "--batch-size", 2)
+    assert r.code == 0, r.err
+    c = yaml.safe_load((out / "config.yaml").read_text())
+    assert "rgb: random" in c["training"]["backbone_weights"] and "nir: " + str(world["ssl"]) in \
+        c["training"]["backbone_weights"]
+    ssl_stats = yaml.safe_load((world["ssl"] / "config.yaml").read_text())["normalization"]["nir"]
+    assert c["normalization"]["nir"] == ssl_stats
+    r = rts("finetune", "--data", world["ds"], "-o", tmp_path / "bad", "--fusion", "residual-cross", "--modalities",
+            "rgb,nir", "--preset", "nano", "--backbone-weights", f"rgb={world['ssl']}", "--max-steps", 1)
+    assert r.code == 2 and "modality nir" in r.err and not (tmp_path / "bad").exists()

@@ -32,7 +32,7 @@ def finetune(
     grad_clip: options.GradClip = 1.0,
     anchors: Annotated[str, typer.Option(help="Without --from: auto, preset, or 5 sizes.")] = "auto",
     tile_size: options.TileSize = None,
-    backbone_weights: Annotated[Optional[str], typer.Option(help="Without --from: imagenet or a .safetensors file; default random.")] = None,
+    backbone_weights: Annotated[Optional[str], typer.Option(help="Without --from: imagenet, a .safetensors file, or one `rts ssl` bundle per modality (rgb=runs/ssl_rgb,nir=runs/ssl_nir); default random.")] = None,
     measure_memory: Annotated[bool, typer.Option(help="Measure peak training memory for one sample before training.")] = True,
     devices: options.Devices = "1",
     num_nodes: options.NumNodes = 1,

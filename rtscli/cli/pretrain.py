@@ -50,7 +50,7 @@ def pretrain(
     detection_only: Annotated[bool, typer.Option(help="No mask head: boxes only (the paper's GeoImageNet experiment).")] = False,
     tile_size: options.TileSize = None,
     anchors: Annotated[str, typer.Option(help="auto (from the training boxes), preset, or 5 sizes e.g. 16,32,64,128,256.")] = "auto",
-    backbone_weights: Annotated[Optional[str], typer.Option(help="imagenet (downloads when possible) or a .safetensors file; default random.")] = None,
+    backbone_weights: Annotated[Optional[str], typer.Option(help="imagenet (downloads when possible), a .safetensors state dict (timm MViTv2 / torchvision ResNet50 names), or a backbone bundle of `rts ssl` (its statistics normalize the data); default random.")] = None,
     devices: options.Devices = "1",
     num_nodes: options.NumNodes = 1,
     accelerator: options.Accelerator = "auto",

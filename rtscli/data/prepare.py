@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,15 +38,16 @@ from rtscli.data import coco, values
 from rtscli.data.bands import BandMap
 from rtscli.data.chips import chip_transform, crs_text, iter_chips, write_chip
 from rtscli.data.inputs import (
-    MASK_SUFFIXES, Item, all_aux, aux_lookup, band_map_from_descriptions, find_rasters, sample_items, sha256,
-    vector_items,
+    MASK_SUFFIXES, all_aux, aux_lookup, band_map_from_descriptions, find_rasters, sample_items, vector_items,
 )
 from rtscli.data.modalities import channel, resolve, resolve_all
-from rtscli.data.split import SPLITS, assign, lookup, read_split_file
+from rtscli.data.manifest import build_manifest, values_record
+from rtscli.data.split import SPLITS, read_split_file
+from rtscli.data.split_items import plan_splits, split_warnings, warn_single_chip_scenes
 from rtscli.data.stats import StatsSampler
 from rtscli.errors import RtsError
 from rtscli.io.raster import (
-    RasterInfo, crs_name, gdal_env, inspect,
+    RasterInfo, gdal_env, inspect,
 )
 
 log = logging.getLogger("rtscli")
@@ -236,7 +235,7 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
         items = coco_items(opts, infos, coco_records, aux_infos)
     else:
         items = sample_items(opts, infos, aux_infos, mode)
-    splits, split_report = _splits(items, opts, split_map)
+    splits, split_report = plan_splits(items, opts, split_map)
     # the splits asked for; an evaluation-only dataset (--split 0,0,1) takes its statistics from all chips
     wanted = {s: f for s, f in zip(SPLITS, opts.fractions, strict=True)} if split_map is None else \
         {s: float(s in split_map.values()) for s in SPLITS}
@@ -245,7 +244,7 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
         wanted = {s: float(s in given or (s == "val" and bool(split_report.get("val_drawn")))) for s in SPLITS}
     stats_from = "train" if wanted["train"] > 0 else "all"
     if split_map is None and sum(f > 0 for f in wanted.values()) > 1 and mode != "coco":
-        _warn_single_chip_scenes(items, opts)  # a split file assigns whole scenes
+        warn_single_chip_scenes(items, opts)  # a split file assigns whole scenes
 
     for a in all_aux(items):
         name = next(n for it in items for n, i in it.aux.items() if i.path == a.path)
@@ -337,8 +336,8 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
                 chans = {n: channel(n, image, chip_bands, valid) for n in stat_names}
                 sampler.add(chans, valid)
 
-        split_warnings = _split_warnings(counts, wanted, mode, split_report)
-        for w in split_warnings:
+        warnings = split_warnings(counts, wanted, mode, split_report)
+        for w in warnings:
             log.warning(w)
         mask_notes = mask_reader.notes()
         for n in mask_notes:
@@ -361,12 +360,12 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
         stats = sampler.result()
         for s in SPLITS:
             docs[s].close()
-        manifest = _manifest(opts, mode, band_map, chip_bands, chip_dtype, nodata, modalities, stats, sampler,
+        manifest = build_manifest(opts, mode, band_map, chip_bands, chip_dtype, nodata, modalities, stats, sampler,
                              counts, dropped, label_meta, items, (sizes, ratios, areas_m2), splits, split_map,
                              infos, split_report)
-        manifest["values"] = _values_record(conversions, infos)
+        manifest["values"] = values_record(conversions, infos)
         manifest["normalization_method"]["split"] = "train" if stats_from == "train" else "all (no training split)"
-        manifest["warnings"] = split_warnings
+        manifest["warnings"] = warnings
         if mask_notes:
             manifest["masks"] = {"kind": opts.mask_kind, "notes": mask_notes}
         if coco_meta:
@@ -415,23 +414,6 @@ def _with_coco(opts: PrepareOptions) -> PrepareOptions:
     return dataclasses.replace(opts, coco=found)
 
 
-def _source_bands(info: RasterInfo) -> dict:
-    """Band count and band descriptions (GDAL, empty strings where unnamed) of a training raster."""
-    return {"count": info.count, "descriptions": list(info.descriptions), "dtype": str(info.dtype)}
-
-
-def _values_record(conversions: dict, infos) -> dict:
-    """How the chips' values were made from the stored ones (the manifest's ``values``; bundles copy it so
-    that ``rts predict`` can check a scene and convert it the same way)."""
-    first = conversions[infos[0][0].path]
-    rec = first.record(str(infos[0][0].dtype))
-    kinds = {(conversions[i.path].source, conversions[i.path].describe()) for i, _ in infos}
-    if len(kinds) > 1:
-        rec["mixed"] = True
-        rec["per_source"] = {i.path.name: conversions[i.path].describe() for i, _ in infos}
-    return rec
-
-
 def _default_modalities(chip_bands: BandMap) -> list[str]:
     out = []
     for name in ["rgb", "ndvi", "nir"]:
@@ -446,255 +428,3 @@ def _default_modalities(chip_bands: BandMap) -> list[str]:
     return out
 
 
-def _splits(items: list[Item], opts: PrepareOptions, split_map: dict[str, str] | None) -> tuple[dict[str, str], dict]:
-    """Each item's split, and a report. Items are grouped by where they lie on the map, across all
-    files (:func:`rtscli.data.split.spatial_groups`); items still sharing pixels with an item of another
-    split are left out (:func:`rtscli.data.split.drop_overlapping`)."""
-    from rtscli.data.split import drop_overlapping, overlapping_pairs, spatial_groups
-
-    units = _units(items)
-    pairs = overlapping_pairs(units)  # once: grouping and the guard both need them
-    block = max(opts.split_block, 2 * opts.chip_size) if opts.chip_size else opts.split_block
-    groups, report = spatial_groups(units, block, pairs)
-    if split_map is None and any(it.coco is not None and it.coco.split for it in items):
-        out = _coco_splits(items, groups, opts, report)
-    elif split_map is None:
-        out = assign(((it.key, *groups[it.key]) for it in items), opts.fractions, opts.seed)
-    else:
-        out, missing = {}, []
-        for it in items:
-            s = lookup(split_map, *it.source_names)
-            if s is None:
-                missing.append(it.source_names[0])
-            else:
-                out[it.key] = s
-        if missing:
-            raise RtsError(
-                f"the split file does not list {len(missing)} input(s), e.g. {', '.join(missing[:3])}",
-                path=opts.split_file,
-                fix="list every image (or scene) name with its split",
-            )
-        known = {n for it in items for n in it.source_names}
-        unused = sorted(set(split_map) - known)
-        if unused:
-            log.warning("the split file names %d input(s) that were not found, e.g. %s", len(unused),
-                        ", ".join(unused[:3]))
-    if report["overlapping_pairs_across_files"]:
-        log.info("%d pair(s) of items from different files overlap on the map (copies, or several dates of one "
-                 "place): overlapping items are kept in one split, or left out",
-                 report["overlapping_pairs_across_files"])
-    drop, cross_file = drop_overlapping(units, out, pairs)
-    cross = len(cross_file)
-    if drop:
-        log.info("%d chip(s) overlapping chips of another split were left out (no shared pixels between splits)",
-                 len(drop))
-    if cross:
-        log.warning("%d item(s) overlap, on the map, an item of another file in a stricter split and were left out%s "
-                    "(e.g. %s)", cross, " (the split file puts one place in two splits)" if split_map else "",
-                    ", ".join(sorted(cross_file)[:3]))
-    report["left_out_items"] = sorted(drop)[:100]  # the manifest names them (the first 100)
-    report["left_out_overlapping_other_file"] = cross
-    return {k: v for k, v in out.items() if k not in drop}, report
-
-
-def _coco_splits(items: list[Item], groups: dict, opts: PrepareOptions, report: dict) -> dict[str, str]:
-    """Splits from the COCO files: each image's file says it; without a val file, val is drawn from the train
-    file's images (by group, as ``--split`` asks: e.g. 0.7,0.15,0.15 -> 15/85 of them)."""
-    out = {it.key: it.coco.split for it in items if it.coco.split in ("val", "test")}
-    train = [it for it in items if it.coco.split == "train"]
-    ft, fv, _ = opts.fractions
-    if any(it.coco.split == "val" for it in items) or fv == 0 or ft == 0:
-        out.update({it.key: "train" for it in train})
-        return out
-    drawn = assign(((it.key, *groups[it.key]) for it in train), (ft / (ft + fv), fv / (ft + fv), 0.0), opts.seed)
-    out.update(drawn)
-    report["val_drawn"] = sum(s == "val" for s in drawn.values())
-    log.info("no val COCO file: %d of the %d train item(s) drawn for val (--split %.2f,%.2f)", report["val_drawn"],
-             len(train), ft, fv)
-    return out
-
-
-def _units(items: list[Item]):
-    """The items' footprints in one common CRS: the first georeferenced input's, or, when some do not fit it, a
-    Lambert azimuthal equal-area projection centred on the data. Images without georeference (a pixel grid)
-    stay in their own pixel frame each: they never overlap another file's items."""
-    from pyproj import Transformer
-
-    from rtscli.data.split import Unit
-    from rtscli.geometry.footprint import reproject, window_footprint
-
-    def footprint(it: Item):
-        c, r, w, h = it.window or (0, 0, it.image.width, it.image.height)
-        w, h = max(1, min(w, it.image.width - c)), max(1, min(h, it.image.height - r))  # the part inside the raster
-        return window_footprint(it.image.transform, c, r, w, h), w * h
-
-    def build(common) -> list[Unit] | None:
-        cache: dict[str, Any] = {}
-        out = []
-        for it in mapped:
-            fp, n = footprint(it)
-            if it.image.crs != common:
-                key = it.image.crs.to_wkt()
-                if key not in cache:
-                    cache[key] = Transformer.from_crs(key, common.to_wkt(), always_xy=True)
-                fp = reproject(fp, cache[key], max(fp.length / 64, 1e-9))
-                if not np.isfinite(fp.bounds).all() or not fp.is_valid:
-                    return None
-            out.append(Unit(it.key, it.site, str(it.image.path), fp, fp.area / n, it.window is not None))
-        return out
-
-    pixels = [Unit(it.key, it.site, str(it.image.path), footprint(it)[0], 1.0, it.window is not None,
-                   frame=f"pixels:{it.image.path}") for it in items if it.image.crs is None]
-    mapped = [it for it in items if it.image.crs is not None]
-    if not mapped:
-        return pixels
-    units = build(mapped[0].image.crs)
-    if units is None:  # e.g. UTM zones far apart: compare in an equal-area projection centred on the data
-        from rasterio.crs import CRS
-
-        lon, lat = Transformer.from_crs(mapped[0].image.crs.to_wkt(), "EPSG:4326", always_xy=True).transform(
-            *footprint(mapped[0])[0].centroid.coords[0])
-        laea = CRS.from_proj4(f"+proj=laea +lat_0={lat:.6f} +lon_0={lon:.6f} +datum=WGS84 +units=m +no_defs")
-        log.info("the inputs do not all fit the first one's CRS (%s): their footprints are compared in a "
-                 "Lambert azimuthal equal-area projection centred at %.3f, %.3f", crs_name(mapped[0].image.crs),
-                 lat, lon)
-        units = build(laea)
-    if units is None:
-        raise RtsError("the inputs' footprints cannot be brought into one CRS to check that no place is in two "
-                       "splits (they lie too far apart)", path=mapped[0].image.path,
-                       fix="prepare far-apart regions as separate datasets, or give a --split-file")
-    sides = [math.sqrt(u.pixel_area) for u in units]
-    if max(sides) > 2 * min(sides):
-        log.info("the inputs' pixels range from %.3g to %.3g map units: the spatial blocks of the split are sized "
-                 "for the coarsest (use --split-block to change them)", min(sides), max(sides))
-    return units + pixels
-
-
-def _warn_single_chip_scenes(items: list[Item], opts: PrepareOptions) -> None:
-    """A raster cut into one chip cannot be shared between splits: say so, naming ``--chip-size``."""
-    chips: dict[Path, int] = defaultdict(int)
-    for it in items:
-        if it.window is not None:
-            chips[it.image.path] += 1
-    for it in {it.image.path: it for it in items if it.window is not None}.values():
-        if chips[it.image.path] == 1:
-            side = min(it.image.width, it.image.height)
-            smaller = max(16, min(opts.chip_size // 2, 2 ** int(math.log2(max(side // 2, 1)))))
-            log.warning("%s (%d x %d px) gives a single %d px chip, so it cannot be shared between the splits: use "
-                        "a smaller --chip-size (e.g. %d)", it.image.path.name, it.image.width, it.image.height,
-                        opts.chip_size, smaller)
-
-
-#: a validation or test split with fewer slumps than this measures AP50 too coarsely to choose or compare models
-FEW_SLUMPS = 5
-
-
-def _split_warnings(counts, wanted: dict[str, float], mode, split_report=None) -> list[str]:
-    """What is wrong with the splits that came out: empty, lopsided, or unable to measure anything.
-
-    ``wanted``: the share asked for each split (``--split``; with a split file, 1 for the splits it names).
-    """
-    totals = {s: sum(c[s]["images"] for c in counts.values()) for s in SPLITS}
-    slumps = {s: sum(c[s]["instances"] for c in counts.values()) for s in SPLITS}
-    n = sum(totals.values())
-    hint = {"vectors": "use a smaller --chip-size or --split-block, more scenes, or a --split-file",
-            "coco": "add images, give a COCO file for that split, or change --split"}.get(
-        mode, "add images, or use a --split-file")
-    joined = (split_report or {}).get("images_joined_across_files", 0)
-    if joined and mode != "coco":  # e.g. chips that all carry one placeholder georeference: one place, one split
-        hint += (f" ({joined} pair(s) of images overlap on the map, so they share a split: check that the images "
-                 "carry their true georeference)")
-    out = []
-    for s, f in wanted.items():
-        if f > 0 and totals[s] == 0:
-            asked = "the split file names it" if f == 1 and sum(wanted.values()) > 1 else f"asked for {f:.0%}"
-            out.append(f"the {s} split is empty ({asked}): {hint}")
-        elif n and f < 1 and abs(totals[s] / n - f) > 0.15:
-            out.append(f"the {s} split has {totals[s] / n:.0%} of the chips (asked for {f:.0%}): {hint}")
-        if s != "train" and totals[s] and slumps[s] < FEW_SLUMPS:
-            what = "no slump" if slumps[s] == 0 else f"only {slumps[s]} slump(s)"
-            out.append(f"the {s} split has {totals[s]} chip(s) and {what}: its AP50 cannot tell models apart"
-                       f"{' (rts pretrain keeps the last weights)' if s == 'val' and slumps[s] == 0 else ''}: "
-                       f"{hint}")
-    return out
-
-
-def _manifest(opts, mode, band_map, chip_bands, chip_dtype, nodata, modalities, stats, sampler, counts, dropped,
-              label_meta, items, instance_sizes, splits, split_map, infos, split_report) -> dict:
-    from rtscli import __version__
-
-    sources = []
-    seen = set()
-    paths = [i.path for i, _ in infos] + [it.mask.path for it in items if it.mask is not None]
-    paths += [a.path for it in items for a in it.aux.values()]
-    for lab in opts.labels or []:
-        paths.append(lab)
-        if lab.suffix.lower() == ".shp":
-            sidecars = [lab.with_suffix(s) for s in (".dbf", ".shx", ".prj")]
-            paths += [p for p in sidecars if p.exists()]
-    for p in paths:
-        if p in seen:
-            continue
-        seen.add(p)
-        sources.append({"path": str(p), "bytes": p.stat().st_size, "sha256": sha256(p)})
-    totals = {s: {"images": 0, "instances": 0, "negatives": 0} for s in SPLITS}
-    for site_counts in counts.values():
-        for s in SPLITS:
-            for k in totals[s]:
-                totals[s][k] += site_counts[s][k]
-    sizes, ratios, areas_m2 = instance_sizes
-    size_stats = {}
-    if sizes:
-        def pct(values, ps, digits):
-            return {f"p{p}": round(float(v), digits) for p, v in zip(ps, np.percentile(values, ps), strict=True)}
-
-        size_stats = {
-            "box_side_px_percentiles": pct(sizes, [5, 25, 50, 75, 95], 2),
-            "box_aspect_h_over_w_percentiles": pct(ratios, [5, 50, 95], 3),
-            # true areas, on the ellipsoid (none for images without georeference)
-            **({"area_m2_percentiles": pct(areas_m2, [5, 25, 50, 75, 95], 1)} if areas_m2 else {}),
-            "instances": len(sizes),
-        }
-    m: dict[str, Any] = {
-        "kind": "rts-dataset",
-        "format_version": 1,
-        "rts_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "mode": mode,
-        "inputs": [str(p) for p in opts.inputs],
-        "source_band_map": band_map.as_dict(),
-        "source_band_preset": band_map.preset,
-        # the layout of the rasters the chips were cut from: models keep it, so rts predict reads scenes alike
-        "source_bands": _source_bands(infos[0][0]),
-        "band_map": chip_bands.as_dict(),
-        "aux": {k: str(v) for k, v in opts.aux.items()},
-        "dtype": str(chip_dtype),
-        "nodata": None if nodata is None else float(nodata),
-        "modalities": {m.name: list(m.channels) for m in modalities},
-        "repeat_to": opts.repeat_to,
-        "normalization": {k: {kk: round(vv, 6) for kk, vv in v.as_dict().items()} for k, v in stats.items()},
-        "normalization_method": {
-            "split": "train", "clip_percentiles": [sampler.p_low, sampler.p_high],
-            "sampled_pixels": sampler.count, "formula": "(clip(x, low, high) - mean) / std",
-        },
-        "chips": {"size": opts.chip_size,
-                  "overlap": opts.overlap if opts.chip_size else None,
-                  "min_area_px": opts.min_area, "segmentation": opts.segmentation,
-                  "keep_empty": opts.keep_empty},
-        "split": {
-            "method": "file" if split_map else "within-site",
-            "file": str(opts.split_file) if opts.split_file else None,
-            "fractions": dict(zip(SPLITS, [round(f, 6) for f in opts.fractions], strict=True)),
-            "seed": opts.seed,
-            "unit": "spatial block of chips" if opts.chip_size else "image",
-            "block_px": max(opts.split_block, 2 * opts.chip_size) if opts.chip_size else None,
-            "grouping": "by footprint on the map, across all input files",
-            **split_report,
-        },
-        "counts": {"per_site": {k: v for k, v in sorted(counts.items())}, "total": totals},
-        "dropped": dropped,
-        "instance_sizes": size_stats,
-        "labels": label_meta or None,
-        "sources": sources,
-    }
-    return m

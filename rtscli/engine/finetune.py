@@ -251,7 +251,8 @@ def finetune(*, data: Path, fusion: str, modalities: list[str], out: Path, setti
                     Modality(name, tuple(c for m in mods for c in m.channels))
                 adopt_backbone_stats(specs[name], cfg, mod, info, what=f"rts finetune ({name})")
             notes.append(load_backbone_weights(bb, specs.get(name), timm_name=cfg.backbone.timm_name))
-        weights_note = "; ".join(f"{n}: {w}" for n, w in zip(parts, notes, strict=True)) if feature else notes[0]
+        weights_note = notes[0] if len(set(notes)) == 1 else \
+            "; ".join(f"{n}: {w}" for n, w in zip(parts, notes, strict=True))
     else:
         weights_note = "from bundles: " + ", ".join(f"{k} {v['path']}" for k, v in origin.items())
     if heads_bundle is not None:
