@@ -55,6 +55,7 @@ def prepare(
     from rtscli.console import console, progress
     from rtscli.data.bands import BandMap
     from rtscli.data.coco_import import parse_coco_split
+    from rtscli.data.inputs import parse_aux
     from rtscli.data.modalities import parse_names
     from rtscli.data.prepare import MODES, PrepareOptions, prepare as run
     from rtscli.data.split import SPLITS, parse_fractions
@@ -78,12 +79,7 @@ def prepare(
         raise RtsError("no input given", fix="pass image files or folders, or --coco FILE --images DIR")
     if mode not in MODES:
         raise RtsError(f"unknown mode {mode!r}", fix=f"use one of {', '.join(MODES)}")
-    aux_map: dict[str, Path] = {}
-    for spec in aux or []:
-        name, sep, path = spec.partition("=")
-        if not sep or not name.strip() or not path.strip():
-            raise RtsError(f"cannot read --aux {spec!r}", fix="write NAME=PATH, e.g. --aux dem=dem.tif")
-        aux_map[name.strip().lower()] = Path(path.strip())
+    aux_map = parse_aux(aux)
     opts = PrepareOptions(
         inputs=list(inputs or []),
         out=out,

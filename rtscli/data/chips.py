@@ -101,7 +101,7 @@ class MaskReader:
             return near, False
         if lossy and top <= 3:  # a 0/1 mask saved as JPEG: noise of a few grey levels
             self.thresholded.add(path)
-            return (v >= 0.5 * max(top, 1)).astype(np.int32) if top > 1 else (v > 0).astype(np.int32), False
+            return (v >= 0.5 * top).astype(np.int32), False
         if self.kind == "binary":
             self.nonzero_binary.add(path)
             return (v > 0).astype(np.int32), False
@@ -160,20 +160,22 @@ def read_mask(src, win, band: int, path: Path, reader: MaskReader, valid: np.nda
 
 
 def iter_chips(items, opts, mode, band_map, image_bands, labels, chip_dtype, conversions, chip_nodata,
-               masks: MaskReader | None = None):
+               masks: MaskReader | None = None, annotations=None):
     """Yield (item, image, valid, instances, specks_dropped, clipped_dropped) per item.
 
     ``image`` is (bands, rows, cols) in ``chip_dtype``: the stored values turned into physical ones by
     ``conversions`` (per file); nodata is decided on the stored values, and when values were converted
     the invalid pixels are set to ``chip_nodata``. ``masks`` reads mask bands and mask files (binary or
-    instance ids).
+    instance ids); ``annotations`` (a :class:`rtscli.data.coco_import.CocoReader`) the COCO items' annotations.
     """
     masks = masks or MaskReader()
-    import warnings
+    if mode == "coco" and annotations is None:
+        from rtscli.data.coco_import import CocoReader
 
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning
+        annotations = CocoReader()
     from rasterio.windows import Window
+
+    from rtscli.io.raster import open_raster
 
     open_files: dict[Path, Any] = {}
 
@@ -183,9 +185,7 @@ def iter_chips(items, opts, mode, band_map, image_bands, labels, chip_dtype, con
                 for f in open_files.values():
                     f.close()
                 open_files.clear()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)  # images on a pixel grid (plain JPEG/PNG)
-                open_files[path] = rasterio.open(path)
+            open_files[path] = open_raster(path)  # images on a pixel grid (plain JPEG/PNG) too
         return open_files[path]
 
     idx = [image_bands[n] for n in image_bands.names]
@@ -225,9 +225,7 @@ def iter_chips(items, opts, mode, band_map, image_bands, labels, chip_dtype, con
                 instances, specks = read_mask(handle(item.mask.path), win, 1, item.mask.path, masks, valid,
                                               lossy=item.mask.lossy, min_area=opts.min_area, fmt=opts.segmentation)
             elif mode == "coco":
-                from rtscli.data.coco_import import instances_from_coco
-
-                instances, specks, clipped = instances_from_coco(item, valid, opts)
+                instances, specks, clipped = annotations.instances(item, valid, opts)
             else:
                 instances, clipped = instances_from_labels(item, labels, valid, opts)
             yield item, image, valid, instances, specks, clipped

@@ -103,14 +103,11 @@ def _write_rgb(src: Path, dst: Path, driver: str, bands: list[int], stats, nodat
     """An 8-bit RGB copy of a chip: each band stretched from its clip low..high to 0..255 (nodata black)."""
     import warnings
 
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning
+    from rtscli.io.raster import open_raster
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(src) as s:
-            data = s.read(bands).astype(np.float64)
-            crs, transform = s.crs, s.transform
+    with open_raster(src) as s:
+        data = s.read(bands).astype(np.float64)
+        crs, transform = s.crs, s.transform
     out = np.zeros(data.shape, np.uint8)
     for i, st in enumerate(stats):
         x = data[i]
@@ -125,7 +122,6 @@ def _write_rgb(src: Path, dst: Path, driver: str, bands: list[int], stats, nodat
     if driver == "JPEG":
         profile["quality"] = 95
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
         warnings.simplefilter("ignore", UserWarning)  # GDAL's "driver does not support creation" goes via a copy
-        with rasterio.open(dst, "w", **profile) as d:
+        with open_raster(dst, "w", **profile) as d:
             d.write(out)

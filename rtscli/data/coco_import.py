@@ -14,7 +14,7 @@ What is read, per the COCO format (https://cocodataset.org/#format-data):
 An image kept whole keeps its annotations as they are (segmentation, area, bbox); an image larger than
 ``--chip-size`` is cut into chips and its annotations clipped to each. Annotations and pieces below
 ``--min-pixels`` are dropped and counted (crowd regions are kept whatever their size); unreadable
-segmentations are counted and left out, with one warning naming a few.
+segmentations are counted and left out, with one warning naming a few (:class:`CocoReader`).
 """
 
 from __future__ import annotations
@@ -321,18 +321,21 @@ def to_rle(seg, h: int, w: int) -> dict:
     raise ValueError("neither polygons nor RLE")
 
 
-class _Decoded:
-    """The decoded annotations of the image being cut (its items come one after another): per annotation its
-    mask cropped to its bounding box, so memory scales with the slumps, not the image. Unreadable
-    segmentations (a two-point polygon, an odd number of coordinates) and empty ones are left out and kept in
-    ``bad`` (``(file, annotation id, why)``) for one warning at the end."""
+class CocoReader:
+    """The instances of COCO items (:meth:`instances`), for :func:`rtscli.data.chips.iter_chips`.
+
+    The decoded annotations of the image being read are kept while its items come (one after another when it
+    is cut into chips): per annotation its mask cropped to its bounding box, so memory scales with the slumps,
+    not the image. Unreadable segmentations (a two-point polygon, an odd number of coordinates) and empty ones
+    are left out and kept in ``bad`` (``(file, annotation id, why)``) for one warning at the end.
+    """
 
     def __init__(self) -> None:
         self.path: Path | None = None
         self.masks: list[tuple[dict, np.ndarray, int, int] | None] = []
         self.bad: list[tuple[str, Any, str]] = []
 
-    def of(self, item: Item) -> list:
+    def _decoded(self, item: Item) -> list:
         from pycocotools import mask as mask_utils
 
         if self.path != item.image.path:
@@ -354,76 +357,58 @@ class _Decoded:
             self.path = item.image.path
         return self.masks
 
+    def instances(self, item: Item, valid: np.ndarray, opts) -> tuple[list[coco.Instance], int, int]:
+        """The instances of one item: ``(instances, annotations below --min-pixels dropped, pieces dropped at
+        chip edges)``.
 
-_decoded = _Decoded()
-
-
-def bad_segmentations() -> list[tuple[str, Any, str]]:
-    """The annotations left out because their segmentation could not be read, since the last :func:`reset`."""
-    return list(_decoded.bad)
-
-
-def reset() -> None:
-    """Forget the decoded annotations (at the start of a run)."""
-    global _decoded
-    _decoded = _Decoded()
-
-
-def instances_from_coco(item: Item, valid: np.ndarray, opts) -> tuple[list[coco.Instance], int, int]:
-    """The instances of one item: ``(instances, annotations below --min-pixels dropped, pieces dropped at chip
-    edges)``.
-
-    A whole image keeps each annotation's segmentation, area and bbox as the source has them (area and bbox
-    computed by pycocotools where missing); a chip window gets each annotation's mask clipped to it (its
-    ``valid`` pixels only), encoded by ``opts.segmentation``. Crowd regions stay crowd (RLE).
-    """
-    rec = item.coco
-    out: list[coco.Instance] = []
-    clipped = specks = 0
-    for entry in _decoded.of(item):
-        if entry is None:
-            continue
-        ann, crop, x0, y0 = entry
-        crowd = int(bool(ann.get("iscrowd")))
-        sid = f"{rec.source_id_prefix}{ann['id']}" if rec.source_id_prefix else ann["id"]
-        if item.window is None:
-            if not crowd and crop.sum() < opts.min_area:  # --min-pixels, as for masks
-                specks += 1
+        A whole image keeps each annotation's segmentation, area and bbox as the source has them (area and bbox
+        of the decoded mask where missing); a chip window gets each annotation's mask clipped to it (its
+        ``valid`` pixels only), encoded by ``opts.segmentation``. Crowd regions stay crowd (RLE).
+        """
+        rec = item.coco
+        out: list[coco.Instance] = []
+        clipped = specks = 0
+        for entry in self._decoded(item):
+            if entry is None:
                 continue
-            out.append(_whole(ann, crop, x0, y0, item.image.height, item.image.width, crowd, sid))
-            continue
-        c, r, w, h = item.window
-        cx0, cy0 = max(x0, c), max(y0, r)
-        cx1, cy1 = min(x0 + crop.shape[1], c + w), min(y0 + crop.shape[0], r + h)
-        if cx1 <= cx0 or cy1 <= cy0:
-            continue
-        piece = crop[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0] & valid[cy0 - r:cy1 - r, cx0 - c:cx1 - c]
-        if not piece.any():
-            continue
-        if piece.sum() < opts.min_area and not crowd:
-            clipped += 1
-            continue
-        rows, cols = np.flatnonzero(piece.any(1)), np.flatnonzero(piece.any(0))
-        piece = piece[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-        inst = coco._make(piece, cx0 - c + int(cols[0]), cy0 - r + int(rows[0]), (h, w),
-                          "rle" if crowd else opts.segmentation, source_id=sid)
-        inst.iscrowd = crowd
-        out.append(inst)
-    return out, specks, clipped
+            ann, crop, x0, y0 = entry
+            crowd = int(bool(ann.get("iscrowd")))
+            sid = f"{rec.source_id_prefix}{ann['id']}" if rec.source_id_prefix else ann["id"]
+            if item.window is None:
+                if not crowd and crop.sum() < opts.min_area:  # --min-pixels, as for masks
+                    specks += 1
+                    continue
+                out.append(_whole(ann, crop, x0, y0, item.image.height, item.image.width, crowd, sid))
+                continue
+            c, r, w, h = item.window
+            cx0, cy0 = max(x0, c), max(y0, r)
+            cx1, cy1 = min(x0 + crop.shape[1], c + w), min(y0 + crop.shape[0], r + h)
+            if cx1 <= cx0 or cy1 <= cy0:
+                continue
+            piece = crop[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0] & valid[cy0 - r:cy1 - r, cx0 - c:cx1 - c]
+            if not piece.any():
+                continue
+            if piece.sum() < opts.min_area and not crowd:
+                clipped += 1
+                continue
+            px0, py0, px1, py1 = coco._crop_box(piece)
+            inst = coco._make(piece[py0:py1, px0:px1], cx0 - c + px0, cy0 - r + py0, (h, w),
+                              "rle" if crowd else opts.segmentation, source_id=sid)
+            inst.iscrowd = crowd
+            out.append(inst)
+        return out, specks, clipped
 
 
 def _whole(ann: dict, crop: np.ndarray, x0: int, y0: int, h: int, w: int, crowd: int, sid) -> coco.Instance:
-    """An annotation of an image kept whole, as the source has it."""
-    from pycocotools import mask as mask_utils
-
+    """An annotation of an image kept whole, as the source has it; a missing area or bbox is that of its
+    decoded mask (``crop`` at ``x0, y0``: what pycocotools' ``area`` and ``toBbox`` give)."""
     seg = ann["segmentation"]
     area = ann.get("area")
     bbox = ann.get("bbox")
-    if area is None or not (isinstance(bbox, list) and len(bbox) == 4):
-        rle = to_rle(seg, h, w)
-        area = float(mask_utils.area(rle)) if area is None else area
-        if not (isinstance(bbox, list) and len(bbox) == 4):
-            bbox = [float(v) for v in mask_utils.toBbox(rle)]
+    if area is None:
+        area = float(crop.sum())
+    if not (isinstance(bbox, list) and len(bbox) == 4):
+        bbox = [float(x0), float(y0), float(crop.shape[1]), float(crop.shape[0])]
     if isinstance(seg, dict) and isinstance(seg.get("counts"), bytes):
         seg = {**seg, "counts": seg["counts"].decode("ascii")}
     return coco.Instance(crop, x0, y0, (h, w), [float(v) for v in bbox], float(area), seg, False, sid, crowd)

@@ -97,7 +97,9 @@ class ChipDataset(torch.utils.data.Dataset):
             big = [im for im in self.coco.dataset["images"] if max(im["width"], im["height"]) > tile_size]
             if big:
                 side = max(max(im["width"], im["height"]) for im in big)
-                fit = -(-side // 32) * 32
+                from rtscli.modeling.config import TOTAL_STRIDE
+
+                fit = -(-side // TOTAL_STRIDE) * TOTAL_STRIDE  # the smallest tile that holds them
                 raise RtsError(
                     f"{len(big)} chip(s) of the {split} split are larger than the model's {tile_size} px tile "
                     f"(e.g. {big[0]['file_name']}, {big[0]['width']}x{big[0]['height']})",
@@ -120,21 +122,16 @@ class ChipDataset(torch.utils.data.Dataset):
         self.epoch = epoch
 
     def load(self, idx: int) -> tuple[np.ndarray, np.ndarray, list[dict], dict]:
-        import warnings
+        from rasterio.errors import RasterioIOError
 
-        import rasterio
-        from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
-
-        from rtscli.io.raster import read_error
+        from rtscli.io.raster import open_raster, read_error
 
         img_id = self.ids[idx]
         entry = self.coco.loadImgs(img_id)[0]
         path = self.info.root / entry["file_name"]
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)  # chips of images without georeference
-                with rasterio.open(path) as src:
-                    raw = src.read()
+            with open_raster(path) as src:  # chips of images without georeference too
+                raw = src.read()
         except RasterioIOError as exc:
             raise read_error(path, exc) from None
         arrays, valid = compose(raw, self.info.band_map, self.modalities, self.info.stats,

@@ -133,6 +133,18 @@ def sha256(path: Path, block: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def parse_aux(specs: list[str] | None) -> dict[str, Path]:
+    """``--aux NAME=PATH`` options (rts prepare, rts predict, rts ssl) as ``{name (lower case): path}``. Raises
+    :class:`RtsError` for one without a name or a path."""
+    out: dict[str, Path] = {}
+    for spec in specs or []:
+        name, sep, path = spec.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise RtsError(f"cannot read --aux {spec!r}", fix="write NAME=PATH, e.g. --aux dem=dem.tif")
+        out[name.strip().lower()] = Path(path.strip())
+    return out
+
+
 def aux_lookup(name: str, path: Path):
     if not path.exists():
         raise RtsError(f"aux raster for {name!r} not found", path=path, fix="check --aux NAME=PATH")
@@ -188,10 +200,7 @@ def sample_items(opts, infos, aux_paths, mode) -> list[Item]:
         if mode == "masks":
             mpath = match_by_name(info.path, opts.masks, "mask")
             mask = inspect(mpath, need_crs=False)
-            from rasterio.transform import Affine
-
-            ungeoreferenced = mask.crs is None and mask.transform == Affine.identity()
-            if ungeoreferenced and mask.shape == info.shape:
+            if mask.pixel_grid and mask.shape == info.shape:
                 if not info.pixel_grid:  # one note for all of them, below
                     bare_masks.append(mpath.name)
             else:

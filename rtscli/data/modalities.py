@@ -35,6 +35,11 @@ class Modality:
     def num_channels(self) -> int:
         return len(self.channels)
 
+    def input_channels(self, repeat_to: int | None) -> int:
+        """The channels a backbone sees: a 1-channel modality repeated to ``repeat_to`` (as the paper duplicates
+        NDVI and NIR to three), any other as it is."""
+        return repeat_to if self.num_channels == 1 and repeat_to and repeat_to > 1 else self.num_channels
+
 
 def resolve(name: str, band_map: BandMap) -> Modality:
     """The channels of modality ``name`` under ``band_map``; a clear error when a band is missing."""

@@ -148,10 +148,11 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
     exclude = [opts.out]  # an output folder inside the input folder is not input
     if opts.masks is not None and all(opts.masks.resolve() != i.resolve() for i in opts.inputs if i.is_dir()):
         exclude.append(opts.masks)
+    coco_reader = None
     if opts.coco is not None:
-        from rtscli.data.coco_import import read_sources, reset
+        from rtscli.data.coco_import import CocoReader, read_sources
 
-        reset()
+        coco_reader = CocoReader()
         rasters, coco_records, coco_meta = read_sources(opts.coco, split_map=opts.coco_split, images=opts.images,
                                                         inputs=opts.inputs, category=opts.category,
                                                         site=opts.site)
@@ -281,7 +282,7 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
         docs = {s: coco.CocoWriter(tmp / f"{s}.json", f"rts dataset, split {s}") for s in SPLITS}
         for item, image, valid, instances, specks, nclipped in iter_chips(items, opts, mode, band_map, image_bands,
                                                                          labels, chip_dtype, conversions, nodata,
-                                                                         mask_reader):
+                                                                         mask_reader, coco_reader):
             advance(1)
             dropped["specks_below_min_area"] += specks
             dropped["labels_clipped_below_min_area"] += nclipped
@@ -328,10 +329,11 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
                     ratios.append(float(inst.bbox[3] / inst.bbox[2]))
                     if px_m2 == px_m2:  # images without georeference have no true area
                         areas_m2.append(inst.area * px_m2)
+            slumps = sum(not i.iscrowd for i in instances)  # crowd regions are not slumps
             c = counts[item.site][split]
             c["images"] += 1
-            c["instances"] += sum(not i.iscrowd for i in instances)
-            c["negatives"] += int(not any(not i.iscrowd for i in instances))
+            c["instances"] += slumps
+            c["negatives"] += int(not slumps)
             if learn:
                 chans = {n: channel(n, image, chip_bands, valid) for n in stat_names}
                 sampler.add(chans, valid)
@@ -342,10 +344,8 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
         mask_notes = mask_reader.notes()
         for n in mask_notes:
             log.info(n)
-        if coco_meta:
-            from rtscli.data.coco_import import bad_segmentations
-
-            bad = bad_segmentations()
+        if coco_reader is not None:
+            bad = coco_reader.bad
             coco_meta["unreadable_segmentations_left_out"] = len(bad)
             if bad:
                 log.warning("%d annotation(s) with an unreadable or empty segmentation were left out (e.g. %s)",

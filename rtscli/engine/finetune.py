@@ -119,7 +119,7 @@ def backbone_specs(spec: str | None, names: list[str]) -> dict[str, str | None]:
 def _load_part(model, state: dict, src_prefix: str, dst_prefix: str, *, what: str, path: Path,
                adapt_stem: bool = False) -> int:
     """Copy tensors ``src_prefix*`` of ``state`` into ``dst_prefix*`` of ``model``; shapes must match."""
-    from rtscli.modeling.backbone import adapt_stem_weight, is_rel_pos, resize_rel_pos
+    from rtscli.modeling.backbone import adapt_stem_weight, fit_rel_pos
 
     own = model.state_dict()
     picked = {}
@@ -130,8 +130,7 @@ def _load_part(model, state: dict, src_prefix: str, dst_prefix: str, *, what: st
         if dst not in own:
             raise RtsError(f"{what}: tensor {k} has no place in the new model", path=path,
                            fix="use bundles made with the same preset")
-        if own[dst].shape != v.shape and is_rel_pos(dst) and own[dst].shape[1:] == v.shape[1:]:
-            v = resize_rel_pos(v, own[dst].shape[0])  # a backbone trained at another tile size
+        v = fit_rel_pos(dst, v, own[dst].shape)  # a backbone trained at another tile size
         if own[dst].shape != v.shape:
             if adapt_stem and v.ndim == 4 and own[dst].shape[0] == v.shape[0] and own[dst].shape[2:] == v.shape[2:]:
                 v = adapt_stem_weight(v, own[dst].shape[1])
@@ -218,7 +217,7 @@ def finetune(*, data: Path, fusion: str, modalities: list[str], out: Path, setti
         cfg.roi_heads = copy.deepcopy(heads_bundle.model_config.roi_heads)
     if not feature:
         repeat = 1  # stacked channels as they are: rgb 3 + ndvi 1 + nir 1
-    channels = [repeat if (m.num_channels == 1 and repeat and repeat > 1) else m.num_channels for m in mods]
+    channels = [m.input_channels(repeat) for m in mods]
     if feature:
         spec = fusion_spec(fusion, modalities, channels, primary=primary,
                            heads=fusion_heads(cfg.fpn.out_channels, heads), window=window, frozen=freeze)

@@ -55,11 +55,10 @@ def _sources(scene: Path | None, *, band_map, rgb, nir, ndvi, aux: list[str]) ->
         srcs.append(Source(Path(nir), {"nir": 1}))
     if ndvi:
         srcs.append(Source(Path(ndvi), {"ndvi": 1}))
-    for a in aux:
-        if "=" not in a:
-            raise RtsError(f"--aux {a!r}: expected NAME=PATH", fix="e.g. --aux dem=dem.tif")
-        name, path = a.split("=", 1)
-        srcs.append(Source(Path(path), {name.strip().lower(): 1}))
+    from rtscli.data.inputs import parse_aux
+
+    for name, path in parse_aux(aux).items():
+        srcs.append(Source(path, {name: 1}))
     for s in srcs:
         if not s.path.exists():
             raise RtsError("raster not found", path=s.path, fix="check the path")

@@ -249,7 +249,7 @@ def pretrain(*, data: Path, modality: str, preset: str, out: Path, settings: Tra
     info = DatasetInfo.open(data)
     mod = info.modality(modality)
     repeat = info.manifest.get("repeat_to", 3) if repeat_to is None else repeat_to
-    channels = repeat if (mod.num_channels == 1 and repeat and repeat > 1) else mod.num_channels
+    channels = mod.input_channels(repeat)
     cfg = build_config(preset, in_channels=channels, anchors=anchors, info=info, tile_size=tile_size)
     cfg.roi_heads.mask = cfg.roi_heads.mask and masks
     adopt_backbone_stats(settings.backbone_weights, cfg, mod, info, what="rts pretrain")

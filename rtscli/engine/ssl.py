@@ -29,20 +29,17 @@ def open_scenes(inputs: list[str], band_map, *, aux: list[str], scale, offset, n
     from rtscli.engine.predict import Source, open_scene
     from rtscli.engine.predict_cli import scene_list
 
+    from rtscli.data.inputs import parse_aux
+
     paths = scene_list(inputs)
-    extra = []
-    for a in aux:
-        name, sep, path = a.partition("=")
-        if not sep or not name.strip() or not path.strip():
-            raise RtsError(f"cannot read --aux {a!r}", fix="write NAME=PATH, e.g. --aux dem=dem.tif")
-        extra.append((name.strip().lower(), Path(path.strip())))
+    extra = parse_aux(aux)
     if extra and len(paths) > 1:
         raise RtsError(f"--aux rasters go with one scene, {len(paths)} were given",
                        fix="run rts ssl on one scene with its aux rasters, or build a VRT mosaic of each")
     bands = {k: v for k, v in band_map.as_dict().items() if k != "mask"}
     scenes = []
     for p in paths:
-        sources = [Source(p, bands)] + [Source(q, {n: 1}) for n, q in extra]
+        sources = [Source(p, bands)] + [Source(q, {n: 1}) for n, q in extra.items()]
         scenes.append(open_scene(sources, nodata=nodata, scale=scale, offset=offset))
     return scenes
 
@@ -120,7 +117,7 @@ def ssl(*, inputs: list[str], modality: str, band_map, out: Path, preset: str, s
     chip_bands = BandMap(tuple((n, i + 1) for i, n in enumerate(names)))
     mod = resolve(modality, chip_bands)
     repeat = repeat_to if repeat_to and repeat_to > 1 else None
-    channels = repeat if (mod.num_channels == 1 and repeat) else mod.num_channels
+    channels = mod.input_channels(repeat)
     cfg.backbone.in_channels = channels
     prepare_run_dir(out, resume=resume, overwrite=overwrite)
 

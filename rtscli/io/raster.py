@@ -37,6 +37,19 @@ def gdal_env(**options: Any) -> rasterio.Env:
     return rasterio.Env(**opts)
 
 
+def open_raster(path: str | Path, mode: str = "r", **profile: Any):
+    """``rasterio.open`` without rasterio's NotGeoreferencedWarning: an image without georeference (a plain
+    JPEG/PNG chip, or a chip written on its own pixel grid) is expected here, and callers that need a
+    georeference check it themselves (:func:`inspect`). Returns the open dataset (use it in ``with``)."""
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return rasterio.open(path, mode, **profile)
+
+
 def apply(t: Affine, x: float, y: float) -> tuple[float, float]:
     """``t * (x, y)`` written out: pixel (col, row) -> map (x, y), no half-pixel shift.
 
@@ -155,28 +168,22 @@ def inspect(path: str | Path, *, assume_crs: CRS | None = None, need_crs: bool =
         raise RtsError("file not found", path=path, fix="check the path")
     if path.is_dir():
         raise RtsError("is a directory, not a raster", path=path, fix="pass a GeoTIFF file")
-    import warnings
-
-    from rasterio.errors import NotGeoreferencedWarning
-
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)  # reported as an error below, or a pixel grid
-            with gdal_env(), rasterio.open(path) as src:
-                crs = src.crs
-                info = dict(
-                    width=src.width,
-                    height=src.height,
-                    count=src.count,
-                    dtype=src.dtypes[0],
-                    transform=src.transform,
-                    nodata=src.nodata,
-                    scales=tuple(src.scales or ()),
-                    offsets=tuple(src.offsets or ()),
-                    descriptions=tuple(d or "" for d in src.descriptions),
-                    colorinterp=tuple(c.name for c in src.colorinterp),
-                    driver=src.driver,
-                )
+        with gdal_env(), open_raster(path) as src:  # no georeference: refused below, or a pixel grid
+            crs = src.crs
+            info = dict(
+                width=src.width,
+                height=src.height,
+                count=src.count,
+                dtype=src.dtypes[0],
+                transform=src.transform,
+                nodata=src.nodata,
+                scales=tuple(src.scales or ()),
+                offsets=tuple(src.offsets or ()),
+                descriptions=tuple(d or "" for d in src.descriptions),
+                colorinterp=tuple(c.name for c in src.colorinterp),
+                driver=src.driver,
+            )
     except RasterioIOError as exc:
         first = gdal_detail(exc)
         if "not recognized as" in first or "not a supported file format" in first:
@@ -299,14 +306,7 @@ def write_geotiff(
         profile["predictor"] = 3 if np.issubdtype(data.dtype, np.floating) else 2
     if h >= 256 and w >= 256 and h % 16 == 0 and w % 16 == 0:
         profile.update(tiled=True, blockxsize=256, blockysize=256)
-    import warnings
-
-    from rasterio.errors import NotGeoreferencedWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # asked for: an image on its own pixel grid
-        dst = rasterio.open(path, "w", **profile)
-    with dst:
+    with open_raster(path, "w", **profile) as dst:  # without crs and transform: an image on its own pixel grid
         dst.write(data)
         if band_names:
             for i, name in enumerate(band_names, start=1):

@@ -140,6 +140,14 @@ def resize_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:
     return t[0].T.to(table.dtype).contiguous()
 
 
+def fit_rel_pos(key: str, tensor: torch.Tensor, shape) -> torch.Tensor:
+    """``tensor`` for a place of ``shape``: a relative-position table (``key``) whose length alone differs is
+    interpolated to it (:func:`resize_rel_pos`); anything else is returned as it is."""
+    if is_rel_pos(key) and tuple(tensor.shape) != tuple(shape) and tuple(tensor.shape[1:]) == tuple(shape[1:]):
+        return resize_rel_pos(tensor, shape[0])
+    return tensor
+
+
 #: prefixes that training frameworks put before a backbone's own tensor names
 PREFIXES = ("module.", "model.", "encoder.", "backbone.body.", "backbone.", "body.")
 
@@ -209,9 +217,8 @@ def load_backbone_weights(backbone: nn.Module, spec: str | None, *, timm_name: s
         want = body.state_dict()[stem_key].shape[1]
         state[stem_key] = adapt_stem_weight(state[stem_key], want)
     own = body.state_dict()
-    for k in [k for k in state if is_rel_pos(k) and k in own]:  # learned at another input size (224 px, a tile)
-        if state[k].shape != own[k].shape and state[k].shape[1:] == own[k].shape[1:]:
-            state[k] = resize_rel_pos(state[k], own[k].shape[0])
+    # learned at another input size (ImageNet's 224 px, another tile): relative-position tables interpolated
+    state = {k: fit_rel_pos(k, v, own[k].shape) if k in own else v for k, v in state.items()}
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     skipped = sorted(k for k in state if k in own and own[k].shape != state[k].shape)
     if not usable:
