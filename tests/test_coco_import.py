@@ -203,14 +203,20 @@ def test_category_and_explicit_splits(coco_set, rts, tmp_path):
     assert all(a["source_id"] != "a.json#999" for d in got.values() for a in d["annotations"])  # gully left out
 
 
-def test_rts_dataset_round_trips_through_coco(tmp_path, rts):
-    """rts synth -> rts prepare -> rts export-coco -> rts prepare: the same chips, georeference and instances."""
-    r = rts("synth", tmp_path / "syn", "--chips", 0, "--scenes", 1, "--scene-size", 600)
+def _synth_dataset(tmp_path, rts, *, size: int, chip: int, block: int = 512) -> tuple[Path, Path]:
+    """One `rts synth` scene of ``size`` px and the dataset `rts prepare` cuts from it with its labels."""
+    r = rts("synth", tmp_path / "syn", "--chips", 0, "--scenes", 1, "--scene-size", size)
     assert r.code == 0, r.err
     scene = next((tmp_path / "syn" / "scenes").glob("*.tif"))
-    first = tmp_path / "ds"
+    ds = tmp_path / "ds"
     assert rts("prepare", scene, "--labels", scene.with_suffix(".gpkg"), "--bands", "planetscope4",
-               "--chip-size", 128, "-o", first).code == 0
+               "--chip-size", chip, "--split-block", block, "-o", ds).code == 0
+    return scene, ds
+
+
+def test_rts_dataset_round_trips_through_coco(tmp_path, rts):
+    """rts synth -> rts prepare -> rts export-coco -> rts prepare: the same chips, georeference and instances."""
+    scene, first = _synth_dataset(tmp_path, rts, size=600, chip=128)
     exported = tmp_path / "exp"
     r = rts("export-coco", first, "-o", exported)
     assert r.code == 0, r.err
@@ -365,12 +371,7 @@ def test_predict_refuses_an_image_without_georeference_with_the_fix(tmp_path, rt
 # any tile size
 # ---------------------------------------------------------------------------------------------
 def test_a_320_px_tile_trains_saves_evaluates_and_predicts(tmp_path, rts):
-    r = rts("synth", tmp_path / "syn", "--chips", 0, "--scenes", 1, "--scene-size", 700)
-    assert r.code == 0, r.err
-    scene = next((tmp_path / "syn" / "scenes").glob("*.tif"))
-    ds = tmp_path / "ds"
-    assert rts("prepare", scene, "--labels", scene.with_suffix(".gpkg"), "--bands", "planetscope4",
-               "--chip-size", 320, "--split-block", 320, "-o", ds).code == 0
+    scene, ds = _synth_dataset(tmp_path, rts, size=700, chip=320, block=320)
     run = tmp_path / "run"
     r = rts("pretrain", "--modality", "rgb", "--data", ds, "-o", run, "--max-steps", 2, "--tile-size", 320, *RUN)
     assert r.code == 0, r.err
