@@ -18,6 +18,7 @@ import pytest
 import rasterio
 import torch
 import torch.nn.functional as F
+from shapely.geometry import box
 import yaml
 from affine import Affine
 
@@ -313,7 +314,10 @@ def test_every_format_has_the_same_features(tmp_path, rts, blob):
         assert areas is None or got == areas
         areas = got
     assert areas == [20 * 35, 30 * 40]
-    assert gpd.list_layers(tmp_path / "slumps.gpkg")["name"].tolist() == ["rts"]
+    assert gpd.list_layers(tmp_path / "slumps.gpkg")["name"].tolist() == ["rts", "rts_footprint"]
+    fp = gpd.read_file(tmp_path / "slumps.gpkg", layer="rts_footprint")  # where the map looked, for rts track
+    with rasterio.open(scene) as src:
+        assert fp.geometry[0].equals(box(*src.bounds)) and fp.crs == src.crs
 
 
 def test_outputs_are_never_overwritten_by_accident_and_never_partial(tmp_path, rts, blob):
@@ -362,7 +366,7 @@ def test_a_project_geopackage_keeps_its_other_layers(tmp_path, rts, blob):
 
     r = rts(*args)  # a new layer: nothing is replaced, so no --overwrite is needed
     assert r.code == 0, r.err
-    assert set(gpd.list_layers(project)["name"]) == {"aoi", "notes", "rts"} and kept()
+    assert set(gpd.list_layers(project)["name"]) == {"aoi", "notes", "rts", "rts_footprint"} and kept()
     assert len(gpd.read_file(project, layer="rts")) == 2
     before = project.stat().st_mtime_ns
     r = rts(*args)  # the layer exists: one line naming it and the fix, the file untouched
@@ -371,7 +375,8 @@ def test_a_project_geopackage_keeps_its_other_layers(tmp_path, rts, blob):
     assert r.code == 0, r.err
     r = rts(*args, "--layer", "slumps_2026")
     assert r.code == 0, r.err
-    assert set(gpd.list_layers(project)["name"]) == {"aoi", "notes", "rts", "slumps_2026"} and kept()
+    assert set(gpd.list_layers(project)["name"]) == {"aoi", "notes", "rts", "rts_footprint", "slumps_2026",
+                                                       "slumps_2026_footprint"} and kept()
     r = rts("predict", scene, "-o", tmp_path / "x.shp", "--model", blob.path, "--layer", "a")
     assert r.code == 2 and "--layer" in r.err
     # interrupted half-way: the project is as it was, and no temporary file is left

@@ -62,6 +62,7 @@ from rtscli.cli import ablate as _ablate  # noqa: E402
 from rtscli.cli import bands as _bands  # noqa: E402
 from rtscli.cli import demo as _demo  # noqa: E402
 from rtscli.cli import evaluate as _evaluate  # noqa: E402
+from rtscli.cli import export as _export  # noqa: E402
 from rtscli.cli import export_coco as _export_coco  # noqa: E402
 from rtscli.cli import finetune as _finetune  # noqa: E402
 from rtscli.cli import info as _info  # noqa: E402
@@ -71,6 +72,7 @@ from rtscli.cli import prepare as _prepare  # noqa: E402
 from rtscli.cli import pretrain as _pretrain  # noqa: E402
 from rtscli.cli import ssl as _ssl  # noqa: E402
 from rtscli.cli import synth as _synth  # noqa: E402
+from rtscli.cli import track as _track  # noqa: E402
 
 app.command("demo")(_demo.demo)
 app.command("synth")(_synth.synth)
@@ -81,6 +83,8 @@ app.command("finetune")(_finetune.finetune)
 app.command("ablate")(_ablate.ablate)
 app.command("evaluate")(_evaluate.evaluate)
 app.command("predict")(_predict.predict)
+app.command("track")(_track.track)
+app.command("export")(_export.export)
 app.command("export-coco")(_export_coco.export_coco)
 app.add_typer(_models.app, name="models")
 app.command("info")(_info.info)

@@ -35,6 +35,7 @@ def synth(
     nodata_fraction: Annotated[float, typer.Option(help="Share of chips with a nodata margin.")] = 0.15,
     weak_fraction: Annotated[Optional[float], typer.Option(help="Share of slumps with weak RGB contrast that NDVI/NIR show (default: per site, 0.25-0.35).")] = None,
     weak_contrast: Annotated[float, typer.Option(help="Scale of the weak slumps' RGB contrast: 1 default, 0 invisible in RGB.")] = 1.0,
+    years: Annotated[int, typer.Option(help="Write each scene at this many dates one year apart (from 2019-07-15), its slumps growing along their headwalls, two merging, one appearing and one stabilizing each year, with the truth of each date (for rts track).")] = 1,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Write synthetic thaw-slump data: chips in the paper's layout and large scenes with truth.
@@ -64,6 +65,8 @@ def synth(
     from rtscli.io.raster import parse_crs
 
     parse_crs(crs, "--crs")
+    if years < 1:
+        raise RtsError("--years must be at least 1", fix="e.g. --years 3")
     if resolution <= 0:
         raise RtsError("--resolution must be positive", fix="use e.g. 3")
     if (weak_fraction is not None and not 0 <= weak_fraction <= 1) or not 0 <= weak_contrast <= 2:
@@ -81,7 +84,15 @@ def synth(
         for i in range(scenes):
             (tmp / "scenes").mkdir(exist_ok=True)
             name = names[i % len(names)]
-            task = bar.add_task(f"scene {i + 1}/{scenes} ({name})", total=height * width, unit="pixels")
+            task = bar.add_task(f"scene {i + 1}/{scenes} ({name})", total=height * width * years, unit="pixels")
+            if years > 1:
+                from rtscli.synth.series import write_series
+
+                pairs = write_series(tmp / "scenes", f"scene_{i:02d}_{name}", height, width, years,
+                                     seed=seed * 1000 + i, site_name=name, crs=crs, resolution=resolution, index=i,
+                                     progress=lambda k, t=task: bar.advance(t, k))
+                written["scenes"] += [tif.name for tif, _ in pairs]
+                continue
             tif, gpkg = write_scene(tmp / "scenes" / f"scene_{i:02d}_{name}.tif", height, width,
                                     seed=seed * 1000 + i, site_name=name, crs=crs, resolution=resolution,
                                     progress=lambda k, t=task: bar.advance(t, k), index=i)
@@ -90,7 +101,7 @@ def synth(
                     weak_fraction=weak_fraction, weak_contrast=weak_contrast,
                     chips=dict(count=chips, size=chip_size, bands=["red", "green", "blue", "ndvi", "nir", "mask"],
                                band_preset="paper", negatives=negatives),
-                    scenes=dict(files=written["scenes"], height=height, width=width,
+                    scenes=dict(files=written["scenes"], height=height, width=width, years=years,
                                 bands=["blue", "green", "red", "nir"], band_preset="planetscope4"))
         (tmp / "synth.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
     console.print(f"wrote {written['chips']} chips and {len(written['scenes'])} scene(s) to {out}")

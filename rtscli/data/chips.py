@@ -235,7 +235,8 @@ def iter_chips(items, opts, mode, band_map, image_bands, labels, chip_dtype, con
 
 
 def instances_from_labels(item: Item, labels, valid, opts):
-    """One instance per label polygon that reaches the chip, rasterized on the chip's own grid.
+    """One instance per slump label polygon that reaches the chip, rasterized on the chip's own grid (background
+    areas, ARTS ``TrainClass = Negative``, are left out: their chips are negatives).
 
     The labels are found by the chip's true footprint (all four corners) and taken into chip pixels
     through the inverse of the chip's affine transform, then clipped to the chip in pixel space: right on
@@ -249,7 +250,10 @@ def instances_from_labels(item: Item, labels, valid, opts):
     out, clipped = [], 0
     geoms = gdf.geometry.values
     ids = gdf["source_id"].tolist()  # each label's row in its file (plain ints or "NAME#ROW")
+    negative = gdf["negative"].to_numpy(bool) if "negative" in gdf.columns else np.zeros(len(gdf), bool)
     for k in sorted(sindex.query(window_footprint(item.image.transform, c, r, w, h), predicate="intersects")):
+        if negative[k]:  # a background area (ARTS TrainClass Negative): never a slump
+            continue
         inst = coco.instance_from_polygon(to_pixels(geoms[k], t), (h, w), valid=valid, min_area=opts.min_area,
                                           fmt=opts.segmentation, source_id=ids[k])
         if inst is None:

@@ -39,6 +39,7 @@ class Item:
     aux: dict[str, RasterInfo] = field(default_factory=dict)
     source_names: tuple[str, ...] = ()
     coco: Any = None  # rtscli.data.coco_import.CocoImage: the image's COCO entry and annotations (--coco)
+    negative_area: bool = False  # the window reaches a background area of the labels (ARTS TrainClass Negative)
 
 
 
@@ -246,6 +247,15 @@ def gdf_counts(labels_by_crs: dict) -> dict[str, int]:
     return {str(k): int(v) for k, v in gdf["label_file"].value_counts(sort=False).items()}
 
 
+def _reaches(gdf, sindex, negatives, info, c: int, r: int, size: int) -> bool:
+    """Whether the chip window (c, r, size) shares area with a background (negative) label area."""
+    from rtscli.geometry.footprint import window_footprint
+
+    fp = window_footprint(info.transform, c, r, size, size)
+    return any(negatives[k] and gdf.geometry.values[k].intersection(fp).area > 0
+               for k in sindex.query(fp, predicate="intersects"))
+
+
 def vector_items(opts, infos, aux_paths):
     """Chip windows of every scene, and the labels in each scene CRS (``opts.labels``: one or several files)."""
     from rtscli.io.vector import read_labels
@@ -278,10 +288,13 @@ def vector_items(opts, infos, aux_paths):
             raise RtsError(f"two scenes are both named {info.path.stem} (in {stems[stem]} and here)", path=info.path,
                            fix="give the scenes unique file names")
         stems[stem] = info.path.parent
+        negatives = gdf["negative"].to_numpy(bool)
         for c, r in grid_windows(info, opts):
             key = f"{stem}_r{r:06d}_c{c:06d}"
             items.append(Item(key, site, info, window=(c, r, opts.chip_size, opts.chip_size), aux=aux,
-                              source_names=(key, info.path.name, info.path.stem)))
+                              source_names=(key, info.path.name, info.path.stem),
+                              negative_area=negatives.any() and _reaches(gdf, sindex, negatives, info, c, r,
+                                                                         opts.chip_size)))
     if not overlaps_any:
         gdf = next(iter(labels_by_crs.values()))[0]
         lb = gdf.total_bounds if len(gdf) else None
@@ -304,11 +317,15 @@ def vector_items(opts, infos, aux_paths):
         "dropped_empty": rep.empty,
         "dropped_not_polygon": rep.not_polygon,
         "reprojected_from": rep.reprojected_from,
+        "negative_areas": rep.negatives,
         "duplicates": rep.duplicates,
         "duplicates_dropped": rep.duplicates_dropped,
         "overlapping_pairs": rep.overlapping_pairs,
         "per_scene_intersecting": per_scene,
     }
+    if rep.negatives:
+        log.info("%d background area(s) in the labels (ARTS TrainClass Negative): never slumps; the chips that reach "
+                 "them are kept as negatives (also with --drop-empty)", rep.negatives)
     if rep.repaired:
         log.info("repaired %d invalid label polygon(s) with make_valid", rep.repaired)
     if rep.duplicates:

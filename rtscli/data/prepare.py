@@ -289,7 +289,7 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
             if image is None:
                 dropped["nodata_chips_skipped"] += 1
                 continue
-            if not instances and not opts.keep_empty:
+            if not instances and not opts.keep_empty and not item.negative_area:  # labelled background stays
                 dropped["empty_chips_dropped"] += 1
                 continue
             split = splits[item.key]

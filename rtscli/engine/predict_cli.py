@@ -269,7 +269,12 @@ def run_scene(model, bundle, scene: Scene, out: Path, opts: PredictOptions, *, o
     if out.suffix.lower() == ".shp":  # Shapefile field names are at most 10 characters
         gdf = gdf.rename(columns=SHP_NAMES)
         log.info("Shapefile: fields renamed %s", ", ".join(f"{k}->{v}" for k, v in SHP_NAMES.items()))
-    write_vector(gdf, out, layer=layer, overwrite=overwrite)
+    if out.suffix.lower() == ".gpkg":  # with where the map looked, for rts track (a slump outside is not gone)
+        from rtscli.io.vector import write_layers
+
+        write_layers({layer: gdf, footprint_layer(layer): footprint_frame(scene, gdf.crs)}, out, overwrite=overwrite)
+    else:
+        write_vector(gdf, out, layer=layer, overwrite=overwrite)
     if raster is not None:
         write_instance_raster(gdf, scene, raster, overwrite=overwrite)
     if quicklook is not None:
@@ -278,6 +283,27 @@ def run_scene(model, bundle, scene: Scene, out: Path, opts: PredictOptions, *, o
     return {"scene": scene_key(scene.sources[0].path), "output": str(out), "polygons": len(gdf),
             "seconds": round(time.perf_counter() - t0, 2), "timing": timing.as_dict(),
             "dropped": dropped_note(timing, opts)}
+
+
+def footprint_layer(layer: str) -> str:
+    """The name of the layer that holds a map's scene footprint (``rts_footprint`` beside ``rts``)."""
+    from rtscli.track.maps import FOOTPRINT_SUFFIX
+
+    return f"{layer}{FOOTPRINT_SUFFIX}"
+
+
+def footprint_frame(scene: Scene, crs):
+    """The scene's true footprint (all four corners: rotated grids too) as a one-row layer in ``crs``: where
+    the map looked. Its edges are densified before reprojection, so that they follow the target's curves."""
+    import geopandas as gpd
+
+    from rtscli.geometry.footprint import window_footprint
+    from rtscli.track.maps import to_crs
+
+    fp = window_footprint(scene.transform, 0, 0, scene.width, scene.height)
+    geom = to_crs([fp], scene.crs, crs)[0] if crs is not None and not scene.crs == crs else fp
+    return gpd.GeoDataFrame({"scene": [scene.name], "width_px": [scene.width], "height_px": [scene.height]},
+                            geometry=[geom], crs=crs or scene.crs)
 
 
 def _check_options(*, batch_size: int, workers: int, match_threshold: float, min_score: float, to_crs: str | None,
@@ -350,7 +376,7 @@ def main(*, inputs: list[str], out: Path | None, model: Path | None, bands: str 
     if not many:
         if out.suffix.lower() not in EXTS:
             raise RtsError(f"unknown output format {out.suffix!r}", path=out, fix=f"use one of {', '.join(EXTS)}")
-        check_vector_output(out, overwrite, [layer])
+        check_vector_output(out, overwrite, [layer, footprint_layer(layer)])
         for extra in (raster, quicklook):
             if extra is not None:
                 check_output(extra, overwrite)

@@ -38,6 +38,7 @@ class LabelReport:
     reprojected_from: str | None = None
     duplicates: int = 0  # near-identical to an earlier feature (IoU >= DUPLICATE_IOU)
     duplicates_dropped: int = 0
+    negatives: int = 0  # ARTS TrainClass = Negative: background areas, not slumps
     overlapping_pairs: int = 0  # pairs overlapping by OVERLAP_IOU <= IoU < DUPLICATE_IOU (several dates stacked?)
     notes: list[str] = field(default_factory=list)
 
@@ -172,7 +173,9 @@ def read_labels(paths: list[Path], target_crs, *, assume_crs=None, dedupe: bool 
     where it came from: ``label_file`` (the file's path) and ``source_id`` (its row in its file, counted from 0
     as GIS software does; ``"NAME#ROW"`` when there are several files), which the instances carry.
     ``layer`` applies to the files that have several layers.
-    Near-identical features are found across all files (:func:`duplicate_labels`). Returns
+    A file with an ARTS ``TrainClass`` field gives its ``Negative`` features as background areas: column
+    ``negative`` true (chips there are kept as negatives; they never become slumps).
+    Near-identical slump features are found across all files (:func:`duplicate_labels`). Returns
     ``(GeoDataFrame, LabelReport)`` with the counts of all files (``reprojected_from``: one entry per file).
     """
     import geopandas as gpd
@@ -185,7 +188,13 @@ def read_labels(paths: list[Path], target_crs, *, assume_crs=None, dedupe: bool 
         gdf, rep = read_polygons(path, target_crs, assume_crs=assume_crs, layer=this_layer)
         rows = [int(i) for i in gdf.index]  # the file's own row numbers (dropped features leave gaps)
         ids = rows if len(paths) == 1 else [f"{Path(path).name}#{i}" for i in rows]
-        frames.append(gdf.assign(label_file=str(path), source_id=ids)[["label_file", "source_id", "geometry"]])
+        from rtscli.track.arts import train_classes
+
+        neg = train_classes(gdf, Path(path))
+        neg = np.zeros(len(gdf), bool) if neg is None else neg
+        total.negatives += int(neg.sum())
+        frames.append(gdf.assign(label_file=str(path), source_id=ids, negative=neg)[
+            ["label_file", "source_id", "negative", "geometry"]])
         total.features += rep.features
         total.repaired += rep.repaired
         total.empty += rep.empty
@@ -194,7 +203,9 @@ def read_labels(paths: list[Path], target_crs, *, assume_crs=None, dedupe: bool 
         sources.append(rep.reprojected_from)
     gdf = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), geometry="geometry", crs=frames[0].crs)
     total.reprojected_from = sources[0] if len(paths) == 1 else ", ".join(str(s) for s in sources)
-    repeats, total.overlapping_pairs = duplicate_labels(gdf.geometry.values)
+    slumps = np.flatnonzero(~gdf["negative"].to_numpy(bool))  # background areas are not slumps drawn twice
+    found, total.overlapping_pairs = duplicate_labels(gdf.geometry.values[slumps])
+    repeats = [int(slumps[k]) for k in found]
     total.duplicates = len(repeats)
     if repeats and dedupe:
         gdf = gdf.drop(index=gdf.index[repeats])
@@ -336,8 +347,8 @@ def write_vector(gdf, path: str | Path, *, layer: str = "rts", overwrite: bool =
     try:
         if driver == "Parquet":
             gdf.to_parquet(tmp)
-        else:
-            gdf.to_file(tmp, driver=driver)
+        else:  # the layer (GeoJSON's "name") is the file's own name, not the temporary one
+            gdf.to_file(tmp, driver=driver, layer=path.stem)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

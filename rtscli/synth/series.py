@@ -1,0 +1,220 @@
+"""One synthetic scene at several dates, with slumps that change as real ones do, and the truth of it.
+
+Between one year and the next (:func:`evolve`):
+
+* every active slump **grows along its headwall**: its outline is joined with itself moved upslope
+  (against its downslope direction) by 5-15 m, the headwall moves with it, water and neighbours cut
+  it (touching slumps keep touching, never overlap);
+* at the first step two **touching slumps merge** into one (a pair is made if the scene has none);
+* a slump **appears** (placed as in :func:`rtscli.synth.scene.make_plan`);
+* a slump **stabilizes**: it leaves the map of active slumps, and its scar, revegetating, is drawn as
+  a dry patch (a look-alike), so a model must learn to leave it out.
+
+The truth of each date is a GeoPackage beside its scene: layer ``rts`` (the active slumps: ``track``,
+the truth track; ``relation`` as ``rts track`` names them; ``related``, the truth tracks it came from)
+and layer ``gone`` (slumps that stabilized since the date before). :func:`relation_recovery` scores
+the output of ``rts track`` against it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+from shapely.affinity import translate
+from shapely.ops import unary_union
+
+from rtscli.synth.scene import Plan, Slump, _Grid, _largest, _neighbour, _place_slump
+
+#: headwall retreat per year of a synthetic slump, metres (retreat of active slumps: a few to 20+ m/yr)
+GROWTH_M = (5.0, 15.0)
+FIRST_DATE = date(2019, 7, 15)
+
+
+@dataclass
+class Active:
+    track: str
+    slump: Slump
+    relation: str
+    related: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Year:
+    date: date
+    plan: Plan
+    active: list[Active]
+    gone: list[Active] = field(default_factory=list)  # stabilized since the year before (their last polygon)
+
+
+def _grow(s: Slump, d_px: float, others, water) -> Slump:
+    ux, uy = s.direction
+    moved = translate(s.geometry, -ux * d_px, -uy * d_px)
+    g = unary_union([s.geometry, moved])
+    if others is not None and not others.is_empty:
+        g = g.difference(others)
+    if water is not None and not water.is_empty:
+        g = g.difference(water)
+    g = _largest(g.buffer(0))
+    head = translate(s.headwall, -ux * d_px, -uy * d_px).intersection(g)
+    return dataclasses.replace(s, geometry=g, headwall=_poly(head), tongue=_poly(s.tongue.intersection(g)))
+
+
+def _poly(g):
+    from rtscli.synth.scene import _poly as p
+
+    return p(g)
+
+
+def evolve(plan: Plan, years: int, seed: int, first: date = FIRST_DATE) -> list[Year]:
+    """The plan at ``years`` dates one year apart (see the module docstring). Deterministic in ``seed``."""
+    from rtscli.synth import noise
+
+    rng = np.random.default_rng(noise.key_of("series", seed, plan.seed))
+    water = _Grid()
+    for g in plan.water():
+        water.add(g)
+    water_all = unary_union(plan.water()) if plan.water() else None
+    slumps = list(plan.slumps)
+    if years > 1 and not any(s.touching for s in slumps):  # the merge needs a touching pair
+        taken = _Grid()
+        for s in slumps:
+            taken.add(s.geometry)
+        for s in slumps:
+            t = _neighbour(plan, rng, s, water, taken)
+            if t is not None:
+                s.touching = t.touching = True
+                slumps.append(t)
+                break
+    plan = dataclasses.replace(plan, slumps=slumps)
+    active = [Active(f"s{i:03d}", s, "first") for i, s in enumerate(slumps)]
+    out = [Year(first, plan, active)]
+    n = len(active)
+    for k in range(1, years):
+        prev = out[-1]
+        dry = list(prev.plan.dry)
+        now: list[Active] = []
+        gone: list[Active] = []
+        pool = list(prev.active)
+        # merge: the first touching pair (at the first step)
+        if k == 1:
+            pairs = [(a, b) for i, a in enumerate(pool) for b in pool[i + 1:]
+                     if a.slump.touching and b.slump.touching and a.slump.geometry.distance(b.slump.geometry) < 1e-6]
+            if pairs:
+                a, b = pairs[0]
+                g = _largest(unary_union([a.slump.geometry, b.slump.geometry]).buffer(1).buffer(-1))
+                merged = dataclasses.replace(a.slump, geometry=g, touching=False,
+                                             tongue=_poly(unary_union([a.slump.tongue, b.slump.tongue])),
+                                             headwall=_poly(unary_union([a.slump.headwall, b.slump.headwall])))
+                now.append(Active(f"s{n:03d}", merged, "merged", [a.track, b.track]))
+                n += 1
+                pool = [p for p in pool if p is not a and p is not b]
+        # stabilize one (not one of a touching pair, so the merge and the neighbours stay readable)
+        calm = [p for p in pool if not p.slump.touching]
+        if calm:
+            s = calm[int(rng.integers(0, len(calm)))]
+            gone.append(dataclasses.replace(s, relation="stabilized"))
+            dry.append(s.slump.geometry)
+            pool = [p for p in pool if p is not s]
+        # grow the rest along their headwalls, each cut by the others
+        for p in pool:
+            others = unary_union([q.slump.geometry for q in pool + now if q is not p])
+            d_px = rng.uniform(*GROWTH_M) / plan.resolution
+            now.append(Active(p.track, _grow(p.slump, d_px, others, water_all), "continued"))
+        # a new one, clear of the others and of the scars
+        taken = _Grid()
+        for q in now:
+            taken.add(q.slump.geometry)
+        for g in dry:
+            taken.add(g)
+        for _ in range(50):
+            s = _place_slump(prev.plan, rng, water, taken)
+            if s is not None:
+                now.append(Active(f"s{n:03d}", s, "new"))
+                n += 1
+                break
+        year_plan = dataclasses.replace(prev.plan, slumps=[a.slump for a in now], dry=dry)
+        out.append(Year(first.replace(year=first.year + k), year_plan, now, gone))
+    return out
+
+
+def write_series(folder: Path, stem: str, height: int, width: int, years: int, *, seed: int, site_name: str,
+                 crs: str, resolution: float, index: int = 0, progress=None) -> list[tuple[Path, Path]]:
+    """Write the scene of each date (``<stem>_<YYYY-MM-DD>.tif``) and its truth GeoPackage; returns the pairs."""
+    import geopandas as gpd
+
+    from rtscli.geometry.footprint import to_map
+    from rtscli.geometry.measure import geodesic_area_perimeter
+    from rtscli.io.vector import write_layers
+    from rtscli.synth import scene_plan, site_origin, write_scene
+
+    base = scene_plan(height, width, seed=seed, site_name=site_name, resolution=resolution, nodata_margin=False)
+    transform = site_origin(site_name, crs, resolution, index=index).transform()
+    out = []
+    for y in evolve(base, years, seed):
+        tif, gpkg = write_scene(folder / f"{stem}_{y.date.isoformat()}.tif", height, width, seed=seed,
+                                site_name=site_name, crs=crs, resolution=resolution, plan=y.plan, index=index,
+                                progress=progress)
+        crs_obj = gpd.read_file(gpkg, layer="rts").crs
+
+        def frame(rows, crs_obj=crs_obj):
+            g = gpd.GeoDataFrame(
+                {"track": [a.track for a in rows], "relation": [a.relation for a in rows],
+                 "related": [",".join(a.related) for a in rows], "weak_rgb": [a.slump.weak for a in rows],
+                 "touching": [a.slump.touching for a in rows]},
+                geometry=[to_map(a.slump.geometry, transform) for a in rows], crs=crs_obj)
+            g["area_m2"] = geodesic_area_perimeter(g.geometry.values, crs_obj)[0] if len(g) else []
+            return g
+
+        write_layers({"rts": frame(y.active), "gone": frame(y.gone)}, gpkg, overwrite=True)
+        out.append((tif, gpkg))
+    return out
+
+
+# --- scoring --------------------------------------------------------------------------------------------------
+
+
+def relation_recovery(truth: list[Path], observations, *, min_overlap: float = 0.5) -> dict:
+    """How many truth relations (``continued``, ``merged``, ``new``, ``stabilized``) of a series ``rts track``
+    recovered. ``truth``: the truth GeoPackages of the dates after the first, in date order; ``observations``: the
+    ``observations`` layer of ``rts track`` (any CRS). A truth slump is found when an observation of its date
+    overlaps it by intersection over the smaller of at least ``min_overlap``; its relation is recovered when that
+    observation has the same relation (for ``merged``, also as many parents). Returns counts per relation:
+    ``{"continued": [recovered, total], ...}`` and ``share``.
+    """
+    import geopandas as gpd
+
+    from rtscli.track.maps import overlap
+    from rtscli.track.dates import find_date
+
+    score: dict[str, list[int]] = {}
+    for path in truth:
+        d = find_date(Path(path).stem)[0].isoformat()
+        obs = observations[observations["date"] == d]
+        for layer in ("rts", "gone"):
+            t = gpd.read_file(path, layer=layer)
+            if not len(t):
+                continue
+            o = obs.to_crs(t.crs)
+            o = o[o["present"] == (layer == "rts")]
+            for _, row in t.iterrows():
+                rel = row["relation"]
+                s = score.setdefault(rel, [0, 0])
+                s[1] += 1
+                best = max(((overlap(row.geometry, g, "ios"), i) for i, g in zip(o.index, o.geometry, strict=True)
+                            if g.intersects(row.geometry)), default=(0.0, None))
+                if best[0] < min_overlap:
+                    continue
+                got = o.loc[best[1]]
+                ok = got["relation"] == rel
+                if ok and rel == "merged":
+                    ok = len([x for x in str(got["related"]).split(",") if x]) == len(row["related"].split(","))
+                s[0] += int(ok)
+    rec = sum(v[0] for v in score.values())
+    tot = sum(v[1] for v in score.values())
+    return {**score, "share": rec / tot if tot else float("nan")}
+
+

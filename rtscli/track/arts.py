@@ -1,0 +1,250 @@
+"""The ARTS data set's schema: slump maps and ``rts track`` changes as ARTS features, and ARTS negatives.
+
+ARTS, the Arctic Retrogressive Thaw Slumps data set (Yang et al. 2023; github.com/whrc/ARTS,
+``Metadata_Format_Summary.csv`` and ``Tutorial/dataformatting.py``), fixes the fields of a contribution:
+
+* required: ``CentroidLat``/``CentroidLon`` (the polygon's centroid in EPSG:4326, decimal degrees
+  rounded to 5 places; computed as ARTS does, as the centroid of the polygon taken to EPSG:4326),
+  ``RegionName``, ``CreatorLab``, ``BaseMapDate`` (``YYYY-MM-DD``, a range as two dates separated by a
+  comma), ``BaseMapSource``, ``BaseMapResolution`` (m), ``TrainClass`` (``Positive``/``Negative``),
+  ``LabelType`` (``Polygon``);
+* generated: the change relations ``MergedRTS``, ``SplitRTS``, ``NewRTS``, ``StabilizedRTS``,
+  ``UnknownRelationship`` (comma-separated UIDs), ``ContributionDate`` and ``UID``: a UUID5 in the DNS
+  namespace of the required fields' values concatenated as text (latitude and longitude rounded to 5
+  places, the resolution without ``.0`` when whole). A slump seen again at a later date keeps the UID of
+  its first entry (the tutorial's ``RepeatRTS`` rule), so a track has one UID;
+* optional: ``BaseMapID`` (the image's id), ``Area`` (m2; here the true area on the ellipsoid), ``Notes``.
+
+Geometries are MultiPolygons in EPSG:3413 (NSIDC polar stereographic north), the CRS of the main file.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+from rtscli.errors import RtsError
+
+log = logging.getLogger("rtscli")
+
+ARTS_CRS = "EPSG:3413"
+REQUIRED = ["CentroidLat", "CentroidLon", "RegionName", "CreatorLab", "BaseMapDate", "BaseMapSource",
+            "BaseMapResolution", "TrainClass", "LabelType"]
+RELATIONS = ["MergedRTS", "SplitRTS", "NewRTS", "StabilizedRTS", "UnknownRelationship"]
+FIELDS = REQUIRED + RELATIONS + ["ContributionDate", "UID", "BaseMapID", "Area", "Notes"]
+#: the options that give the required fields rts cannot derive
+OPTION_OF = {"RegionName": "--region NAME", "CreatorLab": '--creator "NAME, ORGANIZATION"',
+             "BaseMapSource": "--basemap-source SENSOR (e.g. PlanetScope)",
+             "BaseMapResolution": "--basemap-resolution M",
+             "BaseMapDate": "--basemap-date YYYY-MM-DD (or a range YYYY-MM-DD,YYYY-MM-DD)"}
+#: Shapefile field names (at most 10 characters), as the ARTS tutorial abbreviates them
+SHP_NAMES = {"CentroidLat": "CntrdLt", "CentroidLon": "CntrdLn", "RegionName": "ReginNm", "CreatorLab": "CretrLb",
+             "BaseMapDate": "BasMpDt", "BaseMapSource": "BsMpSrc", "BaseMapResolution": "BsMpRsl",
+             "TrainClass": "TrnClss", "LabelType": "LablTyp", "MergedRTS": "MrgdRTS", "StabilizedRTS": "StblRTS",
+             "ContributionDate": "ContrDt", "BaseMapID": "BsMpID", "UnknownRelationship": "UnknwnRl"}
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def resolution_text(r: float) -> str:
+    """``BaseMapResolution`` as the UID seed writes it: ``3`` for 3.0, ``3.125`` otherwise."""
+    return str(int(r)) if float(r) == int(r) else str(float(r))
+
+
+def arts_uid(values: dict) -> str:
+    """The ARTS UID of a feature: ``uuid5(NAMESPACE_DNS, seed)``, the seed being the required fields' values
+    as text, in the order of :data:`REQUIRED` (ARTS ``dataformatting.seed_gen``)."""
+    parts = []
+    for f in REQUIRED:
+        v = values[f]
+        if f in ("CentroidLat", "CentroidLon"):
+            v = str(round(float(v), 5))
+        elif f == "BaseMapResolution":
+            v = resolution_text(v)
+        parts.append(str(v))
+    return str(uuid.uuid5(uuid.NAMESPACE_DNS, "".join(parts)))
+
+
+def check_basemap_date(text: str) -> str:
+    """A ``BaseMapDate`` value checked: one ``YYYY-MM-DD`` or two separated by a comma. Raises RtsError."""
+    parts = [p.strip() for p in str(text).split(",")]
+    ok = 1 <= len(parts) <= 2 and all(_DAY.match(p) for p in parts)
+    if ok:
+        try:
+            [date.fromisoformat(p) for p in parts]
+        except ValueError:
+            ok = False
+    if not ok:
+        raise RtsError(f"--basemap-date {text!r} is not an ARTS BaseMapDate",
+                       fix="use YYYY-MM-DD or YYYY-MM-DD,YYYY-MM-DD")
+    return ",".join(parts)
+
+
+def centroids_lonlat(geoms, crs) -> tuple[np.ndarray, np.ndarray]:
+    """(lon, lat) of each polygon's centroid as ARTS computes it: the polygon taken to EPSG:4326, then its
+    centroid in degrees (``gdf.to_crs(4326).centroid``)."""
+    import shapely
+
+    from rtscli.track.maps import to_crs
+
+    ll = to_crs(geoms, crs, "EPSG:4326")
+    c = shapely.centroid(np.asarray(ll, dtype=object))
+    return shapely.get_x(c), shapely.get_y(c)
+
+
+def is_negative(values) -> np.ndarray:
+    """Which ``TrainClass`` values say ``Negative`` (background: no slump), case and spaces ignored."""
+    import pandas as pd
+
+    return pd.Series(values).astype(str).str.strip().str.lower().eq("negative").to_numpy()
+
+
+def train_classes(gdf, path: Path) -> np.ndarray | None:
+    """The negative features of an ARTS label layer (a ``TrainClass`` field, or ``TrnClss``), else None.
+    Raises RtsError for a value that is neither Positive nor Negative."""
+    from rtscli.track.maps import TRAIN_CLASS, column
+
+    c = column(gdf, TRAIN_CLASS)
+    if c is None:
+        return None
+    v = gdf[c].astype(str).str.strip().str.lower()
+    bad = sorted(set(v) - {"positive", "negative"})
+    if bad:
+        raise RtsError(f"field {c} holds {bad[0]!r}; ARTS uses Positive and Negative", path=path,
+                       fix="fix those features' TrainClass")
+    return v.eq("negative").to_numpy()
+
+
+# --- export ------------------------------------------------------------------------------------------------------
+
+
+def export_arts(src: Path, out: Path, *, region: str | None, creator: str | None, basemap_source: str | None,
+                basemap_resolution: float | None, basemap_date: str | None = None, basemap_id: str | None = None,
+                contribution_date: str | None = None, notes: str | None = None, layer: str | None = None,
+                overwrite: bool = False) -> dict:
+    """Write ``src`` (a slump map, or the GeoPackage of ``rts track`` with its change relations) as ARTS
+    features at ``out`` (GeoJSON, GeoPackage, Shapefile with ARTS's short names, or GeoParquet).
+
+    Values rts cannot derive are arguments; a missing one raises RtsError naming the ARTS field and its
+    option. ``BaseMapDate`` comes from ``basemap_date``, else the dates of ``rts track``'s observations, else
+    the date in the scene name (``rts predict``) or the file name. Returns counts.
+    """
+    import geopandas as gpd
+
+    from rtscli.geometry.measure import geodesic_area_perimeter
+    from rtscli.io.atomic import check_output
+    from rtscli.io.vector import check_vector_output, driver_for, gpkg_layers, write_vector
+
+    missing = [f for f, v in (("RegionName", region), ("CreatorLab", creator), ("BaseMapSource", basemap_source),
+                              ("BaseMapResolution", basemap_resolution)) if v is None or not str(v).strip()]
+    if missing:
+        raise RtsError(f"ARTS field{'s' if len(missing) > 1 else ''} {', '.join(missing)} cannot be derived from the "
+                       "map", fix="pass " + " ".join(OPTION_OF[f] for f in missing))
+    if not float(basemap_resolution) > 0:
+        raise RtsError("--basemap-resolution must be positive (metres)", fix="e.g. --basemap-resolution 3")
+    if basemap_date is not None:
+        basemap_date = check_basemap_date(basemap_date)
+    contribution = contribution_date or date.today().isoformat()
+    check_basemap_date(contribution)
+    driver = driver_for(out)
+    if driver == "GPKG":
+        check_vector_output(out, overwrite, ["arts"])
+    else:
+        check_output(out, overwrite)
+    if not Path(src).exists():
+        raise RtsError("map not found", path=src, fix="check the path")
+    tracked = Path(src).suffix.lower() == ".gpkg" and "observations" in gpkg_layers(Path(src)) and layer is None
+    if tracked:
+        obs = gpd.read_file(src, layer="observations")
+        obs = obs[obs["present"].astype(bool)].reset_index(drop=True)
+        dates = [basemap_date or d for d in obs["date"]]
+        scene = [None] * len(obs)
+        gdf = obs
+    else:
+        gdf, dates = _plain_map(Path(src), basemap_date, layer)
+        scene = list(gdf["scene"]) if "scene" in gdf.columns else [None] * len(gdf)
+    gdf = gdf.to_crs(ARTS_CRS) if len(gdf) else gdf.set_crs(ARTS_CRS, allow_override=True)
+    lon, lat = centroids_lonlat(gdf.geometry.values, ARTS_CRS) if len(gdf) else (np.zeros(0), np.zeros(0))
+    area = geodesic_area_perimeter(gdf.geometry.values, ARTS_CRS)[0] if len(gdf) else np.zeros(0)
+    rows = []
+    for i in range(len(gdf)):
+        r = {"CentroidLat": round(float(lat[i]), 5), "CentroidLon": round(float(lon[i]), 5), "RegionName": region,
+             "CreatorLab": creator, "BaseMapDate": dates[i], "BaseMapSource": basemap_source,
+             "BaseMapResolution": float(basemap_resolution), "TrainClass": "Positive", "LabelType": "Polygon"}
+        r.update({k: None for k in RELATIONS})
+        r.update(ContributionDate=contribution, UID=arts_uid(r), BaseMapID=basemap_id or scene[i],
+                 Area=round(float(area[i]), 2), Notes=notes)
+        rows.append(r)
+    if tracked:
+        _relations(rows, gdf)
+    from shapely.geometry import MultiPolygon
+
+    geoms = [g if g.geom_type == "MultiPolygon" else MultiPolygon([g]) for g in gdf.geometry]
+    res = gpd.GeoDataFrame(rows, columns=FIELDS, geometry=geoms, crs=ARTS_CRS)
+    if driver == "ESRI Shapefile":
+        res = res.rename(columns=SHP_NAMES)
+    write_vector(res, out, layer="arts", overwrite=overwrite)
+    counts = {"features": len(res), "tracked": tracked,
+              "with_relations": int(sum(any(r[k] for k in RELATIONS) for r in rows))}
+    if tracked:
+        counts["uids"] = len({r["UID"] for r in rows})
+    return counts
+
+
+def _plain_map(src: Path, basemap_date: str | None, layer: str | None):
+    """A slump map's polygons (ARTS negatives left out) and each one's BaseMapDate."""
+    from rtscli.track.maps import read_map
+
+    try:
+        m = read_map(src, given=date(1900, 1, 1) if basemap_date else None, layer=layer)
+    except RtsError as exc:
+        if "imagery date" in str(exc) or "no date" in str(exc):
+            raise RtsError("ARTS field BaseMapDate cannot be derived (no date in the map's scene or file name)",
+                           path=src, fix="pass " + OPTION_OF["BaseMapDate"]) from None
+        raise
+    gdf = m.gdf
+    import geopandas as gpd
+
+    from rtscli.track.maps import pick_layer
+
+    full = gpd.read_file(src, layer=pick_layer(src, layer)) if src.suffix.lower() == ".gpkg" else gpd.read_file(src)
+    if "scene" in full.columns and len(full) == len(gdf):
+        gdf = gdf.assign(scene=full["scene"].to_numpy())
+    dates = [basemap_date] * len(gdf) if basemap_date else [d.isoformat() for d in gdf["date"]]
+    return gdf, dates
+
+
+def _relations(rows: list[dict], obs) -> None:
+    """Fill the ARTS change fields and the one-UID-per-track rule from ``rts track``'s observations."""
+    track = list(obs["track_id"])
+    first: dict[str, str] = {}
+    for i in sorted(range(len(rows)), key=lambda i: (obs["date"].iloc[i], i)):
+        first.setdefault(track[i], rows[i]["UID"])
+    formed_here: dict[str, list[str]] = {}
+    for i in range(len(rows)):
+        for s in _ids(obs["formed_on"].iloc[i]):
+            formed_here.setdefault(s, []).append(track[i])
+
+    def uids(ids) -> str | None:
+        got = [first[t] for t in ids if t in first]
+        return ",".join(dict.fromkeys(got)) or None
+
+    for i, r in enumerate(rows):
+        rel, related = obs["relation"].iloc[i], _ids(obs["related"].iloc[i])
+        r["UID"] = first[track[i]]
+        if rel == "merged":
+            r["MergedRTS"] = uids(related)
+        elif rel == "split":
+            r["SplitRTS"] = uids(related)
+        elif rel == "unknown":
+            r["UnknownRelationship"] = uids(related)
+        r["StabilizedRTS"] = uids(_ids(obs["formed_on"].iloc[i]))
+        r["NewRTS"] = uids(formed_here.get(track[i], []))
+
+
+def _ids(v) -> list[str]:
+    return [t for t in str(v or "").split(",") if t and t != "nan" and t != "None"]

@@ -1,0 +1,297 @@
+"""Slumps followed through time: the overlap graph between dates, relations, stable ids and growth.
+
+Between each date and the next, every slump still followed (its last polygon) and every polygon of
+the new date are the nodes of a graph; two are joined when their polygons overlap by ``metric``
+(``ios``: intersection over the smaller area, robust to growth; or ``iou``) of at least ``threshold``.
+Polygons that only touch share no area and are never joined. Each connected part of the graph says
+what happened (the words of the ARTS data set's change fields in brackets; Yang et al. 2023, ARTS
+metadata description, github.com/whrc/ARTS):
+
+* one earlier, one now: ``continued`` (the same slump: ARTS keeps its UID, "RepeatRTS");
+* several earlier, one now: ``merged`` (MergedRTS); the earlier slumps' tracks end ``merged``;
+* one earlier, several now: ``split`` (SplitRTS); the earlier track ends ``split``;
+* several and several: ``unknown`` (UnknownRelationship);
+* none earlier, one now: ``new`` when the previous date's map covered the place (NewRTS; a new slump
+  on the scar of a stabilized one lists it, StabilizedRTS), ``first`` when it did not (or at the first date);
+* one earlier, none now, the place covered by the new date's map: the track ends ``disappeared``, or
+  ``stabilized`` when a ``stabilized`` polygon marks its place or the rule ``gone_as="stabilized"`` says so
+  (a map of active slumps no longer shows a slump whose scar has revegetated). A row at the new date,
+  ``present`` false, holds the last polygon. A place the new date's maps did not cover is not news: the
+  slump stays followed, and is matched again at the next date that sees it.
+
+Merged and split slumps start new tracks (their parents are listed), as ARTS gives them new UIDs. A track's
+id is a UUID5 of its first date and the centroid (EPSG:4326, 1e-6 degree) of its first polygon, so the same
+maps give the same ids in any CRS and order. Per observation: the true area (m2 on the ellipsoid), its change
+since the previous date (m2 and m2/year; for a merged slump against its parents' union), the boundary
+advance (the largest distance from the previous polygon to any point of the new one, m and m/year: the
+headwall retreat of a growing slump) and the centroid shift (geodesic m). An observation (or the end of a
+track) is ``uncertain`` when it or the polygons it is compared with touch a scene edge or nodata
+(``rts predict``'s flags): a slump cut by the edge of the imagery seems to grow or shrink as the cut moves.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+import numpy as np
+
+from rtscli.track.dates import years_between
+from rtscli.track.maps import DateFrame, overlap
+
+log = logging.getLogger("rtscli")
+
+#: the namespace of track ids (uuid5 of the URL of this project's track definition)
+TRACK_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://rts.invalid/track/v1")
+#: how an observation relates to the date before
+RELATIONS = ("first", "new", "continued", "merged", "split", "unknown", "disappeared", "stabilized")
+#: a followed slump counts as looked at by a date's maps when this share of its polygon lies in their coverage
+COVERED_SHARE = 0.5
+
+
+@dataclass
+class TrackOptions:
+    """How ``rts track`` matches and names (see the module docstring)."""
+
+    metric: str = "ios"
+    threshold: float = 0.3
+    gone_as: str = "disappeared"  # or "stabilized"
+    stabilized: list = field(default_factory=list)  # polygons (working CRS) of known stabilized scars
+
+    def check(self) -> None:
+        from rtscli.errors import RtsError
+
+        if self.metric not in ("ios", "iou"):
+            raise RtsError(f"--match {self.metric!r} is not a metric", fix="use ios or iou")
+        if not 0 < self.threshold <= 1:
+            raise RtsError("--match-threshold must be in (0, 1]", fix="e.g. 0.3")
+        if self.gone_as not in ("disappeared", "stabilized"):
+            raise RtsError(f"--gone {self.gone_as!r} is not a relation", fix="use disappeared or stabilized")
+
+
+@dataclass
+class Obs:
+    """One slump at one date (or, ``present`` false, the date its track ended)."""
+
+    track: str
+    date: date
+    geometry: Any
+    relation: str
+    present: bool = True
+    related: list[str] = field(default_factory=list)  # track ids: parents (merged, split, unknown)
+    on_scar: list[str] = field(default_factory=list)  # tracks of stabilized scars a new slump formed on
+    area_m2: float = float("nan")
+    prev_date: date | None = None
+    prev_area_m2: float = float("nan")
+    advance_m: float = float("nan")
+    centroid_shift_m: float = float("nan")
+    touches_edge: bool = False
+    touches_nodata: bool = False
+    uncertain: bool = False
+    source: str = ""
+
+    @property
+    def years(self) -> float:
+        return years_between(self.prev_date, self.date) if self.prev_date else float("nan")
+
+
+@dataclass
+class Track:
+    id: str
+    start: str
+    obs: list[Obs] = field(default_factory=list)
+    parents: list[str] = field(default_factory=list)
+    children: list[str] = field(default_factory=list)
+    end: str = "open"
+    end_date: date | None = None
+
+
+def directed_advance(new, old) -> float:
+    """The largest distance (CRS units) from ``old`` to a point of ``new``: how far the outline advanced.
+
+    Measured on the outline of ``new - old`` densified to 1/2000 of its length (at least 0.01 units), where
+    the distance to a polygon is largest (points inside ``old`` are at 0). Source: the directed Hausdorff
+    distance h(new, old) = max_{p in new} min_{q in old} |p - q|.
+    """
+    import shapely
+
+    diff = new.difference(old)
+    if diff.is_empty or diff.area <= 0:
+        return 0.0
+    step = max(diff.length / 2000.0, 0.01)
+    ring = shapely.segmentize(diff.boundary, step)
+    pts = shapely.points(shapely.get_coordinates(ring))
+    return float(np.max(shapely.distance(pts, old))) if len(pts) else 0.0
+
+
+class Tracker:
+    """Follows the slumps of :class:`DateFrame` s (sorted by date, one working CRS ``crs``)."""
+
+    def __init__(self, crs, opts: TrackOptions):
+        from pyproj import Transformer
+
+        from rtscli.geometry.measure import geodesic_area_perimeter
+
+        self.crs = crs
+        self.opts = opts
+        self.tracks: dict[str, Track] = {}
+        self.active: dict[str, Obs] = {}  # followed slumps: their last present observation
+        self.scars: list[tuple[str, Any]] = []  # (track, polygon) of stabilized slumps
+        self._to_ll = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+        self._area = lambda gs: geodesic_area_perimeter(gs, crs)[0]
+        from pyproj import Geod
+
+        self._geod = Geod(ellps="WGS84")
+
+    # --- ids and measures ------------------------------------------------------------------------------------
+
+    def _lonlat(self, geom) -> tuple[float, float]:
+        c = geom.centroid
+        lon, lat = self._to_ll.transform(c.x, c.y)
+        return float(lon), float(lat)
+
+    def _new_track(self, first: Obs, start: str, parents: list[str] | None = None) -> Track:
+        lon, lat = self._lonlat(first.geometry)
+        name = f"{first.date.isoformat()} {lat:.6f} {lon:.6f}"
+        tid = str(uuid.uuid5(TRACK_NAMESPACE, name))
+        k = 1
+        while tid in self.tracks:  # two first polygons at one place and date: never in a valid map, but keep ids unique
+            k += 1
+            tid = str(uuid.uuid5(TRACK_NAMESPACE, f"{name} #{k}"))
+        first.track = tid
+        t = Track(tid, start, [first], parents=list(parents or []))
+        self.tracks[tid] = t
+        for p in t.parents:
+            self.tracks[p].children.append(tid)
+        return t
+
+    def _compare(self, o: Obs, before: list[Obs]) -> None:
+        """Fill ``o``'s change figures against the union of ``before`` (its previous polygons)."""
+        from shapely import union_all
+
+        prev = union_all([b.geometry for b in before]) if len(before) > 1 else before[0].geometry
+        o.prev_date = max(b.date for b in before)
+        o.prev_area_m2 = float(self._area([prev])[0])
+        o.advance_m = directed_advance(o.geometry, prev)
+        (lon1, lat1), (lon2, lat2) = self._lonlat(prev), self._lonlat(o.geometry)
+        o.centroid_shift_m = float(self._geod.inv(lon1, lat1, lon2, lat2)[2])
+        o.uncertain = o.uncertain or any(b.touches_edge or b.touches_nodata for b in before)
+
+    # --- one date ----------------------------------------------------------------------------------------------
+
+    def step(self, frame: DateFrame, previous: DateFrame | None) -> None:
+        """Match ``frame`` against the followed slumps (``previous``: the date before, for 'new' vs 'first')."""
+        from shapely import STRtree
+
+        areas = self._area(frame.geoms) if frame.geoms else np.zeros(0)
+        cur = [Obs("", frame.date, g, "first", area_m2=float(a), touches_edge=e, touches_nodata=n,
+                   uncertain=bool(e or n), source=s)
+               for g, a, e, n, s in zip(frame.geoms, areas, frame.touches_edge, frame.touches_nodata, frame.sources,
+                                        strict=True)]
+        prev_ids = list(self.active)
+        prev = [self.active[t] for t in prev_ids]
+        parent = list(range(len(prev) + len(cur)))  # union-find: earlier nodes 0..P-1, new ones P..
+
+        def root(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        if prev and cur:
+            tree = STRtree([o.geometry for o in cur])
+            left, right = tree.query([o.geometry for o in prev], predicate="intersects")
+            for i, j in zip(left.tolist(), right.tolist(), strict=True):
+                if overlap(prev[i].geometry, cur[j].geometry, self.opts.metric) >= self.opts.threshold:
+                    parent[root(len(prev) + j)] = root(i)
+        groups: dict[int, tuple[list[int], list[int]]] = {}
+        for i in range(len(prev)):
+            groups.setdefault(root(i), ([], []))[0].append(i)
+        for j in range(len(cur)):
+            groups.setdefault(root(len(prev) + j), ([], []))[1].append(j)
+        for ps, cs in sorted(groups.values(), key=lambda g: (g[1][:1] or [len(cur)], g[0][:1])):
+            before = [prev[i] for i in ps]
+            now = [cur[j] for j in cs]
+            if not now:
+                self._gone(before[0], frame)
+            elif not before:
+                self._appeared(now[0], frame, previous)
+            elif len(before) == 1 and len(now) == 1:
+                o = now[0]
+                o.relation, o.track = "continued", before[0].track
+                self._compare(o, before)
+                self.tracks[o.track].obs.append(o)
+                self.active[o.track] = o
+            else:
+                relation = "merged" if len(now) == 1 else "split" if len(before) == 1 else "unknown"
+                for b in before:
+                    t = self.tracks[b.track]
+                    t.end, t.end_date = relation, frame.date
+                    del self.active[b.track]
+                for o in now:
+                    o.relation = relation
+                    o.related = [b.track for b in before]
+                    if relation == "merged":
+                        self._compare(o, before)
+                    else:
+                        o.prev_date = max(b.date for b in before)
+                        o.uncertain = o.uncertain or any(b.touches_edge or b.touches_nodata for b in before)
+                    self._new_track(o, relation, parents=o.related)
+                    self.active[o.track] = o
+
+    def _appeared(self, o: Obs, frame: DateFrame, previous: DateFrame | None) -> None:
+        looked = previous is not None and _covered(o.geometry, previous.coverage)
+        o.relation = "new" if looked else "first"
+        o.on_scar = [t for t, g in self.scars if g.intersects(o.geometry) and g.intersection(o.geometry).area > 0]
+        self._new_track(o, o.relation)
+        self.active[o.track] = o
+
+    def _gone(self, last: Obs, frame: DateFrame) -> None:
+        share = _share_covered(last.geometry, frame.coverage)
+        if share < COVERED_SHARE:
+            return  # not looked at: still followed
+        marked = any(g.intersects(last.geometry) and g.intersection(last.geometry).area > 0
+                     for g in self.opts.stabilized)
+        relation = "stabilized" if marked or self.opts.gone_as == "stabilized" else "disappeared"
+        t = self.tracks[last.track]
+        t.end, t.end_date = relation, frame.date
+        row = Obs(last.track, frame.date, last.geometry, relation, present=False, prev_date=last.date,
+                  prev_area_m2=last.area_m2, touches_edge=last.touches_edge, touches_nodata=last.touches_nodata,
+                  uncertain=bool(last.touches_edge or last.touches_nodata or share < 1.0), source=last.source)
+        t.obs.append(row)
+        del self.active[last.track]
+        if relation == "stabilized":
+            self.scars.append((last.track, last.geometry))
+
+    def run(self, frames: list[DateFrame], progress=None) -> None:
+        """Follow the slumps through ``frames`` (sorted by date)."""
+        for k, f in enumerate(frames):
+            if k == 0:
+                for g, a, e, n, s in zip(f.geoms, self._area(f.geoms) if f.geoms else [], f.touches_edge,
+                                         f.touches_nodata, f.sources, strict=True):
+                    o = Obs("", f.date, g, "first", area_m2=float(a), touches_edge=e, touches_nodata=n,
+                            uncertain=bool(e or n), source=s)
+                    self._new_track(o, "first")
+                    self.active[o.track] = o
+            else:
+                self.step(f, frames[k - 1])
+            if progress:
+                progress(1)
+
+    def observations(self) -> list[Obs]:
+        return sorted((o for t in self.tracks.values() for o in t.obs), key=lambda o: (o.date, o.track))
+
+
+def _share_covered(geom, coverage) -> float:
+    """The share of ``geom``'s area inside ``coverage`` (1 when the coverage is unknown)."""
+    if coverage is None:
+        return 1.0
+    a = geom.area
+    return coverage.intersection(geom).area / a if a > 0 else float(coverage.intersects(geom))
+
+
+def _covered(geom, coverage) -> bool:
+    return _share_covered(geom, coverage) >= COVERED_SHARE

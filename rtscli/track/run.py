@@ -1,0 +1,153 @@
+"""``rts track``: slump maps of several dates in, change out (see :mod:`rtscli.track.change`)."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rtscli.errors import RtsError
+from rtscli.track.change import TrackOptions, Tracker
+
+log = logging.getLogger("rtscli")
+
+LAYERS = ("observations", "tracks")
+MAP_SUFFIXES = (".gpkg", ".shp", ".geojson", ".json", ".parquet", ".geoparquet")
+
+
+@dataclass
+class TrackRequest:
+    maps: list[Path]
+    out: Path
+    dates: list | None = None  # one date per map
+    date_field: str | None = None
+    layer: str | None = None
+    min_area: float = 0.0
+    options: TrackOptions = field(default_factory=TrackOptions)
+    stabilized: Path | None = None
+    to_crs: str | None = None
+    plot: Path | None = None
+    plot_top: int = 10
+    plot_by: str = "rate"
+    quicklook: Path | None = None
+    overwrite: bool = False
+
+
+def expand(inputs: list[Path]) -> list[Path]:
+    """Map files, with folders replaced by the vector files in them (sorted)."""
+    out: list[Path] = []
+    for p in inputs:
+        p = Path(p)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.suffix.lower() in MAP_SUFFIXES and not f.name.startswith("."))
+            if not found:
+                raise RtsError("no map (.gpkg, .shp, .geojson, .parquet) in the folder", path=p,
+                               fix="pass the folder of rts predict outputs, or the map files")
+            out += found
+        elif not p.exists():
+            raise RtsError("map not found", path=p, fix="check the path")
+        else:
+            out.append(p)
+    return out
+
+
+def parse_dates(text: str | None, n: int) -> list | None:
+    """``--dates`` as one date per map (``YYYY-MM-DD`` or a year), or None."""
+    from rtscli.track.dates import parse_date
+
+    if text is None:
+        return None
+    parts = [t.strip() for t in text.split(",")]
+    if len(parts) != n:
+        raise RtsError(f"--dates gives {len(parts)} date(s) for {n} map(s)", fix="give one date per map, in order")
+    out = []
+    for t in parts:
+        try:
+            d = parse_date(t)
+        except ValueError:
+            d = None
+        if d is None:
+            raise RtsError(f"--dates: cannot read {t!r} as a date", fix="use YYYY-MM-DD (or a year), e.g. 2019-07-15")
+        out.append(d)
+    return out
+
+
+def check(req: TrackRequest) -> None:
+    """Every check that needs no map read: options, and outputs that would be replaced."""
+    from rtscli.io.atomic import check_output
+    from rtscli.io.vector import check_vector_output, driver_for
+
+    req.options.check()
+    if driver_for(req.out) != "GPKG":
+        raise RtsError("rts track writes a GeoPackage (layers observations and tracks)", path=req.out,
+                       fix="use -o changes.gpkg")
+    if req.min_area < 0 or req.plot_top < 1 or req.plot_by not in ("rate", "area"):
+        raise RtsError("--min-area must be >= 0, --plot-top >= 1 and --plot-by rate or area", fix="fix the option")
+    if req.dates is not None and req.date_field is not None:
+        raise RtsError("--dates and --date-field both give the dates", fix="drop one of them")
+    check_vector_output(req.out, req.overwrite, list(LAYERS))
+    for p in (req.plot, req.quicklook):
+        if p is not None:
+            if p.suffix.lower() != ".png":
+                raise RtsError("the figures are PNG", path=p, fix="give a .png path")
+            check_output(p, req.overwrite)
+    if req.to_crs:
+        from rtscli.io.raster import parse_crs
+
+        parse_crs(req.to_crs, "--to-crs")
+
+
+def run(req: TrackRequest, progress=None) -> dict:
+    """Read, follow, write. Returns a summary (counts of relations and ends, the fastest-growing tracks)."""
+    from rtscli.io.vector import write_layers
+    from rtscli.track.maps import load_maps, read_map, to_crs
+    from rtscli.track.tables import layers
+
+    check(req)
+    maps = []
+    for i, p in enumerate(req.maps):
+        maps.append(read_map(p, given=req.dates[i] if req.dates else None, date_field=req.date_field,
+                             layer=req.layer))
+        log.info("%s: %d slump(s), dated by %s%s", p.name, len(maps[-1].gdf), maps[-1].date_from,
+                 "" if maps[-1].coverage is not None else " (no footprint layer: taken to cover everything)")
+        if progress:
+            progress(1)
+    frames, crs, report = load_maps(maps, min_area=req.min_area, metric=req.options.metric,
+                                    threshold=req.options.threshold)
+    if len(frames) < 2:
+        raise RtsError(f"the maps hold {len(frames)} date(s); change needs at least two",
+                       fix="pass maps of different dates (check --dates / --date-field)")
+    if req.stabilized is not None:
+        from rtscli.io.vector import VectorRole, read_polygons
+
+        role = VectorRole("--stabilized file", "save that layer as a file of its own",
+                          "save it with its CRS (ogr2ogr -a_srs EPSG:XXXX ...)", empty_ok=True)
+        sg, _ = read_polygons(req.stabilized, None, role=role)
+        req.options.stabilized = to_crs(sg.geometry.values, sg.crs, crs) if len(sg) else []
+    tracker = Tracker(crs, req.options)
+    tracker.run(frames)
+    out_crs = req.to_crs or next((m.gdf.crs for m in maps if m.gdf.crs is not None), None)
+    if req.to_crs:
+        from rtscli.io.raster import parse_crs
+
+        out_crs = parse_crs(req.to_crs, "--to-crs")
+    result = layers(tracker, out_crs)
+    write_layers(result, req.out, overwrite=req.overwrite)
+    obs, tracks = result["observations"], result["tracks"]
+    if req.plot is not None or req.quicklook is not None:
+        from rtscli.track.figures import growth_figure, pick_tracks, span_title, tracks_figure, write_png
+
+        title = span_title(obs)
+        if req.plot is not None:
+            ids = pick_tracks(tracks, req.plot_top, req.plot_by)
+            what = "fastest-growing" if req.plot_by == "rate" else "largest"
+            write_png(growth_figure(obs, tracks, ids, title=f"{title}: the {len(ids)} {what}"), req.plot,
+                      overwrite=req.overwrite)
+        if req.quicklook is not None:
+            write_png(tracks_figure(obs, tracks, title=title), req.quicklook, overwrite=req.overwrite)
+    return {"dates": [f.date.isoformat() for f in frames], "maps": len(maps), "tracks": len(tracks),
+            "relations": dict(Counter(obs["relation"])), "ends": dict(Counter(tracks["end"])),
+            "uncertain": int(obs["uncertain"].sum()), "report": report,
+            "fastest": tracks[tracks["growth_rate_m2_yr"] > 0].nlargest(3, "growth_rate_m2_yr")[
+                ["track_id", "growth_rate_m2_yr", "last_area_m2"]].to_dict("records")}
