@@ -8,6 +8,7 @@ merging, attributes, writing) is the real code.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -309,6 +310,8 @@ def test_every_format_has_the_same_features(tmp_path, rts, blob):
         r = rts("predict", scene, "-o", out, "--model", blob.path, "--workers", 0, "--overlap", 16)
         assert r.code == 0, r.err
         gdf = gpd.read_parquet(out) if ext == ".parquet" else gpd.read_file(out)
+        if ext == ".geojson":  # the layer's name is the file's, never the temporary one it was written as
+            assert json.loads(out.read_text())["name"] == "slumps"
         assert len(gdf) == 2 and gdf.crs.to_epsg() == 32608
         got = sorted(pixels(gdf["area_m2"]))
         assert areas is None or got == areas
@@ -777,3 +780,25 @@ def test_the_area_rate_counts_the_scene_not_overlapping_tiles():
 
     line = describe("scene", 50, 100, 10.0, unit="tiles", area_km2=200.0)  # 5 tiles/s, a 200 km² scene in 20 s
     assert "5 tiles/s" in line and "36,000 km²/h" in line and "ETA 10 s" in line
+
+
+def test_predicted_maps_of_two_dates_are_tracked(tmp_path, rts, blob):
+    """rts predict's outputs carry what rts track needs: the date (scene name) and where the map looked."""
+    first = scene_with(tmp_path, OBJECTS)
+    grown = OBJECTS[:1] + [(2, 10, 30, 40, 85)]  # the second slump grew 10 px (100 m) eastwards
+    shutil.move(first, tmp_path / "S2_20190715_T08.tif")
+    shutil.move(scene_with(tmp_path, grown), tmp_path / "S2_20200715_T08.tif")
+    maps = tmp_path / "maps"
+    r = rts("predict", tmp_path / "S2_20190715_T08.tif", tmp_path / "S2_20200715_T08.tif", "-o", maps,
+            "--model", blob.path, "--workers", 0, "--overlap", 16)
+    assert r.code == 0, r.err
+    out = tmp_path / "changes.gpkg"
+    r = rts("track", maps, "-o", out)
+    assert r.code == 0, r.err
+    assert "dated by scene name" in " ".join(r.err.split()) and "taken to cover everything" not in r.err
+    obs = gpd.read_file(out, layer="observations")
+    later = obs[obs["date"] == "2020-07-15"].sort_values("area_change_m2")
+    assert list(later["relation"]) == ["continued", "continued"]
+    # 10 px x 20 rows of 100 m2 (the true area: UTM's plane is 0.08 % off here)
+    assert later["area_change_m2"].tolist() == pytest.approx([0, 20 * 10 * 100], rel=1e-3, abs=1e-6)
+    assert later["advance_m"].tolist() == pytest.approx([0, 100], rel=1e-3, abs=1e-6)  # true m: 100 / UTM's 0.9996

@@ -15,7 +15,7 @@ def demo(
     set_default: Annotated[bool, typer.Option(help="Make the demo's fused model the default of `rts predict`.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
-    """synth -> prepare -> pretrain rgb, ndvi, nir -> finetune residual-cross -> evaluate -> predict a scene.
+    """synth -> prepare -> pretrain rgb, ndvi, nir -> finetune residual-cross -> evaluate -> predict a scene -> track its slumps over three years.
 
     Tiny models trained for minutes: the figures show the tool working, not what it can reach.
     """
@@ -41,40 +41,49 @@ def demo(
             raise RtsError(f"the demo stopped at: {title}", fix="see the message above")
 
     syn, ds, runs = out / "synth", out / "dataset", out / "runs"
-    step("1/7 synthetic data: 120 chips in the paper's layout (R,G,B,NDVI,NIR + mask; reflectance 0-1) and "
-         "a 1280 x 1024 scene to map (PlanetScope-like, reflectance x 10000 with a band scale of 0.0001, truth "
-         "polygons beside it)",
-         "synth", syn, "--chips", 120, "--chip-size", 256, "--scenes", 1, "--scene-size", "1280x1024",
+    step("1/8 synthetic data: 120 chips in the paper's layout (R,G,B,NDVI,NIR + mask; reflectance 0-1) and "
+         "a 1280 x 1024 scene to map at three dates a year apart (PlanetScope-like, reflectance x 10000 with a band "
+         "scale of 0.0001, truth polygons beside each)",
+         "synth", syn, "--chips", 120, "--chip-size", 256, "--scenes", 1, "--scene-size", "1280x1024", "--years", 3,
          "--site", "herschel,banks,tuktoyaktuk,lena", "--weak-fraction", 0.5, "--weak-contrast", 0.3, "--seed", 5)
-    step("2/7 prepare: GeoTIFF chips + mask band -> COCO instances (findContours), splits, statistics",
+    step("2/8 prepare: GeoTIFF chips + mask band -> COCO instances (findContours), splits, statistics",
          "prepare", syn / "chips", "-o", ds, "--bands", "paper", "--modalities", "rgb,ndvi,nir")
     # learning rate, warmup and batch: the nano preset's training defaults (models/nano.yaml)
     train = ["--data", ds, "--preset", "nano", "--workers", 1, "--val-every", 3]
     for mod, n in (("rgb", steps), ("ndvi", max(1, steps * 4 // 3)), ("nir", max(1, steps * 4 // 3))):
-        step(f"3/7 pretrain a {mod.upper()} model (nano, {n} steps)", "pretrain", "--modality", mod, *train,
+        step(f"3/8 pretrain a {mod.upper()} model (nano, {n} steps)", "pretrain", "--modality", mod, *train,
              "-o", runs / mod, "--max-steps", n)
     fused = runs / "fused"
-    step("4/7 finetune: frozen RGB, NDVI and NIR backbones + residual cross-modality attention",
+    step("4/8 finetune: frozen RGB, NDVI and NIR backbones + residual cross-modality attention",
          "finetune", "--fusion", "residual-cross", "--modalities", "rgb,ndvi,nir",
          "--from", ",".join(str(runs / m) for m in ("rgb", "ndvi", "nir")), "--init-heads-from", runs / "rgb",
          *train, "--max-steps", steps, "-o", fused)
     for name in ("rgb", "fused"):
-        step(f"5/7 evaluate the {name} model on the held-out test chips (mask AP50)",
+        step(f"5/8 evaluate the {name} model on the held-out test chips (mask AP50)",
              "evaluate", runs / name, "--data", ds, "--split", "test")
-    scene = next((syn / "scenes").glob("*.tif"))
+    scenes = sorted((syn / "scenes").glob("*.tif"))
+    scene = scenes[0]
     gpkg, png = out / "slumps.gpkg", out / "slumps.png"
-    step("6/7 predict: map every slump of a 1280 x 1024 scene as its own polygon (its bands are in another "
+    step("6/8 predict: map every slump of a 1280 x 1024 scene as its own polygon (its bands are in another "
          "order: --bands planetscope4; it stores reflectance x 10000 with a band scale of 0.0001, which rts applies)",
          "predict", scene, "-o", gpkg, "--model", fused, "--bands", "planetscope4",
          "--min-score", min_score, "--quicklook", png)
+    maps, changes, growth = out / "maps", out / "changes.gpkg", out / "growth.png"
+    step("7/8 track: map the scene's next two years, then follow every slump through the three dates (growth, "
+         "headwall retreat, merged, new, stabilized)",
+         "predict", *scenes[1:], "-o", maps, "--model", fused, "--bands", "planetscope4", "--min-score", min_score)
+    step("7/8 track (continued)", "track", gpkg, maps, "-o", changes, "--gone", "stabilized", "--plot", growth,
+         "--quicklook", out / "tracks.png")
     if set_default:
-        step("7/7 make the demo model the default of `rts predict`", "models", "use", fused)
+        step("8/8 make the demo model the default of `rts predict`", "models", "use", fused)
     ap = {n: json.loads((runs / n / "eval_test.json").read_text())["metrics"] for n in ("rgb", "fused")}
     console.rule("[bold]demo done")
     console.print(f"test mask AP50: RGB alone {ap['rgb']['segm']['AP50']:.3f}, residual-cross RGB+NDVI+NIR "
                   f"{ap['fused']['segm']['AP50']:.3f} (box AP50 {ap['rgb']['bbox']['AP50']:.3f} / "
                   f"{ap['fused']['bbox']['AP50']:.3f})")
     console.print(f"polygons: {gpkg} (layer rts)   quicklook: {png}   truth: {scene.with_suffix('.gpkg')}")
+    console.print(f"change: {changes} (layers observations, tracks)   growth plot: {growth}   map: "
+                  f"{out / 'tracks.png'}")
     console.print(f"In QGIS: Layer > Add Layer > Add Raster Layer: {scene}; then drag {gpkg.name} and "
                   f"{scene.with_suffix('.gpkg').name} onto the map (both EPSG:3413).")
     console.print(f"The demo models are nano models trained for {steps}-{steps * 4 // 3} steps on 120 synthetic chips in "

@@ -193,7 +193,7 @@ def spatial_groups(units: list[Unit], block_px: int,
     """
     import math
 
-    from rtscli.geometry.seams import union_root
+    from rtscli.geometry.polygons import union_root
 
     cut_px: dict[str, float] = {}
     for u in units:

@@ -298,7 +298,7 @@ def footprint_frame(scene: Scene, crs):
     import geopandas as gpd
 
     from rtscli.geometry.footprint import window_footprint
-    from rtscli.track.maps import to_crs
+    from rtscli.geometry.footprint import to_crs
 
     fp = window_footprint(scene.transform, 0, 0, scene.width, scene.height)
     geom = to_crs([fp], scene.crs, crs)[0] if crs is not None and not scene.crs == crs else fp

@@ -49,3 +49,20 @@ def reproject(geoms: Any, transformer, max_segment: float) -> Any:
         return np.column_stack([x, y])
 
     return shapely.transform(shapely.segmentize(geoms, max_segment), move)
+
+
+def to_crs(geoms, src, dst) -> list:
+    """Geometries from ``src`` to ``dst``, their edges first cut to 1 km (0.01 degree) so that they follow the
+    target's curves (:func:`reproject`). ``src``, ``dst``: anything pyproj reads. Returns a list of shapely
+    geometries."""
+    import numpy as np
+    from pyproj import CRS, Transformer
+
+    from rtscli.geometry.measure import MAX_EDGE_DEG, MAX_EDGE_M
+
+    geoms = np.asarray(list(geoms), dtype=object)
+    if not len(geoms):
+        return []
+    src = CRS.from_user_input(src)
+    t = Transformer.from_crs(src, CRS.from_user_input(dst), always_xy=True)
+    return list(reproject(geoms, t, MAX_EDGE_DEG if src.is_geographic else MAX_EDGE_M))

@@ -12,6 +12,25 @@ from typing import Any
 import numpy as np
 
 
+def overlap(a, b, metric: str = "ios") -> float:
+    """How much two polygons overlap: ``ios`` (intersection over the smaller area: robust to one growing) or
+    ``iou`` (intersection over union); 0 when they only touch. Units cancel: any CRS, but the same for both."""
+    inter = a.intersection(b).area
+    if inter <= 0:
+        return 0.0
+    if metric == "iou":
+        return inter / max(a.area + b.area - inter, 1e-12)
+    return inter / max(min(a.area, b.area), 1e-12)
+
+
+def union_root(parent: list[int], i: int) -> int:
+    """Union-find: the root of ``i`` (with path halving)."""
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = parent[i]
+    return i
+
+
 def largest_part(binary: np.ndarray, connectivity: int = 4) -> np.ndarray:
     """The largest connected part (by pixel count) of a (H, W) boolean mask, as a boolean mask.
 

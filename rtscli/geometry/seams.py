@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from rtscli.geometry.polygons import union_root
+
 #: two instances of one tile are one slump when this much of the smaller lies inside the larger
 SAME_TILE_IOS = 0.5
 
@@ -71,14 +73,6 @@ class Grid:
 
 #: pieces closer than this many pixels can be one slump (a mask's edge is uncertain by about a pixel)
 GAP_PX = 1.5
-
-
-def union_root(parent: list[int], i: int) -> int:
-    """Union-find: the root of ``i`` (with path halving)."""
-    while parent[i] != i:
-        parent[i] = parent[parent[i]]
-        i = parent[i]
-    return i
 
 
 class SeamMerger:

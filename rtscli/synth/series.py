@@ -187,7 +187,7 @@ def relation_recovery(truth: list[Path], observations, *, min_overlap: float = 0
     """
     import geopandas as gpd
 
-    from rtscli.track.maps import overlap
+    from rtscli.geometry.polygons import overlap
     from rtscli.track.dates import find_date
 
     score: dict[str, list[int]] = {}

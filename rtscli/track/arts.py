@@ -89,7 +89,7 @@ def centroids_lonlat(geoms, crs) -> tuple[np.ndarray, np.ndarray]:
     centroid in degrees (``gdf.to_crs(4326).centroid``)."""
     import shapely
 
-    from rtscli.track.maps import to_crs
+    from rtscli.geometry.footprint import to_crs
 
     ll = to_crs(geoms, crs, "EPSG:4326")
     c = shapely.centroid(np.asarray(ll, dtype=object))

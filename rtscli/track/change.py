@@ -40,7 +40,8 @@ from typing import Any
 import numpy as np
 
 from rtscli.track.dates import years_between
-from rtscli.track.maps import DateFrame, overlap
+from rtscli.geometry.polygons import overlap, union_root
+from rtscli.track.maps import DateFrame
 
 log = logging.getLogger("rtscli")
 
@@ -196,10 +197,7 @@ class Tracker:
         parent = list(range(len(prev) + len(cur)))  # union-find: earlier nodes 0..P-1, new ones P..
 
         def root(i: int) -> int:
-            while parent[i] != i:
-                parent[i] = parent[parent[i]]
-                i = parent[i]
-            return i
+            return union_root(parent, i)
 
         if prev and cur:
             tree = STRtree([o.geometry for o in cur])

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 
 from rtscli.errors import RtsError
+from rtscli.geometry.footprint import to_crs
+from rtscli.geometry.polygons import overlap, union_root
 from rtscli.track.dates import find_date, parse_date
 
 log = logging.getLogger("rtscli")
@@ -224,22 +226,6 @@ def working_crs(maps: list[SlumpMap]):
                           "+no_defs")
 
 
-def to_crs(geoms, src, dst) -> list:
-    """Geometries from ``src`` to ``dst``, their edges first cut to 1 km (0.01 degree) so that they follow the
-    target's curves (:func:`rtscli.geometry.footprint.reproject`)."""
-    from pyproj import CRS, Transformer
-
-    from rtscli.geometry.footprint import reproject
-    from rtscli.geometry.measure import MAX_EDGE_DEG, MAX_EDGE_M
-
-    geoms = np.asarray(list(geoms), dtype=object)
-    if not len(geoms):
-        return []
-    src = CRS.from_user_input(src)
-    t = Transformer.from_crs(src, CRS.from_user_input(dst), always_xy=True)
-    return list(reproject(geoms, t, MAX_EDGE_DEG if src.is_geographic else MAX_EDGE_M))
-
-
 def load_maps(maps: list[SlumpMap], *, min_area: float = 0.0, metric: str = "ios",
               threshold: float = 0.3) -> tuple[list[DateFrame], Any, dict]:
     """Every map in one equal-area CRS, grouped by date (sorted). Returns ``(frames, crs, report)``.
@@ -292,16 +278,6 @@ def load_maps(maps: list[SlumpMap], *, min_area: float = 0.0, metric: str = "ios
     return frames, crs, report
 
 
-def overlap(a, b, metric: str) -> float:
-    """Overlap of two polygons: ``ios`` (intersection over the smaller area) or ``iou``; 0 when they only touch."""
-    inter = a.intersection(b).area
-    if inter <= 0:
-        return 0.0
-    if metric == "iou":
-        return inter / max(a.area + b.area - inter, 1e-12)
-    return inter / max(min(a.area, b.area), 1e-12)
-
-
 def _join_across_files(rows: list, metric: str, threshold: float) -> tuple[list, int]:
     """Join polygons of one date that come from different files and overlap by ``threshold`` or more."""
     from shapely import STRtree, union_all
@@ -311,20 +287,13 @@ def _join_across_files(rows: list, metric: str, threshold: float) -> tuple[list,
         return rows, 0
     geoms = [r[0] for r in rows]
     parent = list(range(len(rows)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
     left, right = STRtree(geoms).query(geoms, predicate="intersects")
     for a, b in zip(left.tolist(), right.tolist(), strict=True):
         if a < b and rows[a][4] != rows[b][4] and overlap(geoms[a], geoms[b], metric) >= threshold:
-            parent[root(b)] = root(a)
+            parent[union_root(parent, b)] = union_root(parent, a)
     groups: dict[int, list[int]] = {}
     for i in range(len(rows)):
-        groups.setdefault(root(i), []).append(i)
+        groups.setdefault(union_root(parent, i), []).append(i)
     out = []
     for members in groups.values():
         if len(members) == 1:

@@ -13,7 +13,7 @@ from rtscli.track.change import TrackOptions, Tracker
 log = logging.getLogger("rtscli")
 
 LAYERS = ("observations", "tracks")
-MAP_SUFFIXES = (".gpkg", ".shp", ".geojson", ".json", ".parquet", ".geoparquet")
+MAP_SUFFIXES = (".gpkg", ".shp", ".geojson", ".parquet", ".geoparquet")  # in folders (not .json: manifests)
 
 
 @dataclass
@@ -101,7 +101,8 @@ def check(req: TrackRequest) -> None:
 def run(req: TrackRequest, progress=None) -> dict:
     """Read, follow, write. Returns a summary (counts of relations and ends, the fastest-growing tracks)."""
     from rtscli.io.vector import write_layers
-    from rtscli.track.maps import load_maps, read_map, to_crs
+    from rtscli.geometry.footprint import to_crs
+    from rtscli.track.maps import load_maps, read_map
     from rtscli.track.tables import layers
 
     check(req)
