@@ -259,3 +259,20 @@ def test_a_synthetic_series_and_its_truth_relations(rts, tmp_path):
     assert score["share"] == 1.0 and score["merged"] == [1, 1] and score["stabilized"] == [2, 2]
     cont = obs[obs["relation"] == "continued"]
     assert (cont["area_change_m2"] > 0).all() and (cont["advance_m"] >= 5 - 1e-6).all()
+
+
+def test_maps_in_every_vector_format(rts, tmp_path):
+    """GeoPackage, Shapefile, GeoJSON and GeoParquet maps (GeoParquet through pyarrow: GDAL's own Parquet driver
+    may lack its libraries) give the same tracks."""
+    paths = []
+    for d, ext in zip(MAPS, (".parquet", ".shp", ".geojson"), strict=True):
+        g = gpd.GeoDataFrame(geometry=[box(*b) for b in MAPS[d]], crs=SITE).to_crs("EPSG:3413")
+        p = tmp_path / f"m_{d.isoformat()}{ext}"
+        g.to_parquet(p) if ext == ".parquet" else g.to_file(p)
+        paths.append(p)
+    out = tmp_path / "c.gpkg"
+    r = rts("track", *paths, "-o", out)
+    assert r.code == 0, r.err
+    ref = tmp_path / "ref.gpkg"
+    assert rts("track", *three_dates(tmp_path / "g"), "-o", ref).code == 0
+    assert sorted(read(out)[1]["history"]) == sorted(read(ref)[1]["history"])

@@ -117,7 +117,10 @@ def read_polygons(path: str | Path, target_crs, *, assume_crs=None, layer: str |
         raise RtsError(f"the {role.what} has {len(layers)} layers ({', '.join(layers[:6])})", path=path,
                        fix=role.layer_fix.replace("FILE", path.name))
     try:
-        gdf = gpd.read_file(path, layer=layer) if layer is not None else gpd.read_file(path)
+        if path.suffix.lower() in (".parquet", ".geoparquet"):  # GeoParquet through pyarrow: GDAL's driver may
+            gdf = gpd.read_parquet(path)                         # lack its libraries (libduckdb, libarrow)
+        else:
+            gdf = gpd.read_file(path, layer=layer) if layer is not None else gpd.read_file(path)
     except Exception as exc:  # pyogrio raises DataSourceError and friends
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise RtsError(
