@@ -141,6 +141,8 @@ class Tracker:
         self.tracks: dict[str, Track] = {}
         self.active: dict[str, Obs] = {}  # followed slumps: their last present observation
         self.scars: list[tuple[str, Any]] = []  # (track, polygon) of stabilized slumps
+        self._scar_tree: tuple[int, Any] | None = None  # (scars indexed, STRtree)
+        self._marked = _Index(opts.stabilized)  # known stabilized scars (--stabilized)
         self._to_ll = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
         self._area = lambda gs: geodesic_area_perimeter(gs, crs)[0]
         from pyproj import Geod
@@ -243,7 +245,9 @@ class Tracker:
     def _appeared(self, o: Obs, frame: DateFrame, previous: DateFrame | None) -> None:
         looked = previous is not None and _covered(o.geometry, previous.coverage)
         o.relation = "new" if looked else "first"
-        o.on_scar = [t for t, g in self.scars if g.intersects(o.geometry) and g.intersection(o.geometry).area > 0]
+        if self._scar_tree is None or self._scar_tree[0] != len(self.scars):
+            self._scar_tree = (len(self.scars), _Index([g for _, g in self.scars]))
+        o.on_scar = [self.scars[i][0] for i in self._scar_tree[1].sharing_area(o.geometry)]
         self._new_track(o, o.relation)
         self.active[o.track] = o
 
@@ -251,8 +255,7 @@ class Tracker:
         share = _share_covered(last.geometry, frame.coverage)
         if share < COVERED_SHARE:
             return  # not looked at: still followed
-        marked = any(g.intersects(last.geometry) and g.intersection(last.geometry).area > 0
-                     for g in self.opts.stabilized)
+        marked = bool(self._marked.sharing_area(last.geometry))
         relation = "stabilized" if marked or self.opts.gone_as == "stabilized" else "disappeared"
         t = self.tracks[last.track]
         t.end, t.end_date = relation, frame.date
@@ -265,7 +268,9 @@ class Tracker:
             self.scars.append((last.track, last.geometry))
 
     def run(self, frames: list[DateFrame], progress=None) -> None:
-        """Follow the slumps through ``frames`` (sorted by date)."""
+        """Follow the slumps through ``frames`` (sorted by date); one log line per date."""
+        from collections import Counter
+
         for k, f in enumerate(frames):
             if k == 0:
                 for g, a, e, n, s in zip(f.geoms, self._area(f.geoms) if f.geoms else [], f.touches_edge,
@@ -276,11 +281,30 @@ class Tracker:
                     self.active[o.track] = o
             else:
                 self.step(f, frames[k - 1])
+            seen = Counter(o.relation for t in self.tracks.values() for o in t.obs if o.date == f.date)
+            log.info("%s: %d slump(s) (%s), %d followed", f.date.isoformat(), len(f.geoms),
+                     ", ".join(f"{n} {r}" for r, n in sorted(seen.items())) or "none", len(self.active))
             if progress:
                 progress(1)
 
     def observations(self) -> list[Obs]:
         return sorted((o for t in self.tracks.values() for o in t.obs), key=lambda o: (o.date, o.track))
+
+
+class _Index:
+    """Polygons found by an STRtree: :meth:`sharing_area` gives those that share area with a polygon."""
+
+    def __init__(self, geoms: list):
+        from shapely import STRtree
+
+        self.geoms = list(geoms)
+        self.tree = STRtree(self.geoms) if self.geoms else None
+
+    def sharing_area(self, geom) -> list[int]:
+        if self.tree is None:
+            return []
+        hits = self.tree.query(geom, predicate="intersects")
+        return [int(i) for i in sorted(hits) if self.geoms[i].intersection(geom).area > 0]
 
 
 def _share_covered(geom, coverage) -> float:
