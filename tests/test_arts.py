@@ -137,3 +137,30 @@ def test_arts_negatives_prepare_negative_chips_never_slumps(rts, tmp_path):
     assert r.code == 2 and "'maybe'" in r.err and "TrainClass" in r.err and not (tmp_path / "ds2").exists()
 
 
+
+
+def test_arts_files_through_track_and_back_keep_their_date_ranges(rts, tmp_path):
+    ranges = {D1: "2019-07-05,2019-08-20", D2: "2020-07-01,2020-07-29"}
+    feats = []
+    for d, text in ranges.items():
+        for b in MAPS[d]:
+            feats.append({"BaseMapDate": text, "TrainClass": "Positive", "geometry": box(*b)})
+    feats.append({"BaseMapDate": ranges[D1], "TrainClass": "Negative", "geometry": box(3000, 0, 3500, 500)})
+    from test_track import SITE
+
+    src = tmp_path / "arts_in.geojson"
+    gpd.GeoDataFrame(feats, geometry="geometry", crs=SITE).to_crs(3413).to_file(src)
+    changes = tmp_path / "c.gpkg"
+    r = rts("track", src, "-o", changes)
+    assert r.code == 0, r.err
+    obs = gpd.read_file(changes, layer="observations")
+    assert sorted(set(obs["date"])) == ["2019-07-28", "2020-07-15"]  # the middle of each range
+    assert len(gpd.read_file(changes, layer="tracks")) == 11  # the negative area is not a slump
+    out = tmp_path / "arts.geojson"
+    assert rts("export", changes, "-o", out, *ARGS).code == 0
+    dates = {f["properties"]["BaseMapDate"] for f in json.loads(out.read_text())["features"]}
+    assert dates == set(ranges.values())  # the ranges as ARTS wrote them
+    r = rts("export", changes, "-o", tmp_path / "x.geojson", *ARGS[:-2], "--contribution-date", "15.07.2026")
+    assert r.code == 2 and "--contribution-date" in r.err
+    r = rts("export", changes, "-o", tmp_path / "x.geojson", *ARGS, "--basemap-date", "2019-08-20,2019-07-05")
+    assert r.code == 2 and "ends before it starts" in r.err

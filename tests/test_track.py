@@ -225,7 +225,8 @@ def test_track_ids_are_stable_uuid5():
 
     def maps():
         return [SlumpMap(Path(f"{d}.gpkg"), None, gpd.GeoDataFrame(
-            {"date": [d] * len(MAPS[d]), "touches_edge": False, "touches_nodata": False, "source": "x"},
+            {"date": [d] * len(MAPS[d]), "date_given": d.isoformat(), "touches_edge": False, "touches_nodata": False,
+             "source": "x"},
             geometry=[box(*b) for b in MAPS[d]], crs=SITE), None, "--dates", 0, d) for d in (D1, D2)]
 
     ids = []
@@ -276,3 +277,51 @@ def test_maps_in_every_vector_format(rts, tmp_path):
     ref = tmp_path / "ref.gpkg"
     assert rts("track", *three_dates(tmp_path / "g"), "-o", ref).code == 0
     assert sorted(read(out)[1]["history"]) == sorted(read(ref)[1]["history"])
+
+
+def test_what_real_maps_hold_dates_crs_folders_and_manifests(rts, tmp_path):
+    """Found by a new user: date formats, a wrong CRS, folders of rts predict outputs and dated folders."""
+    # dates written many ways in one field are read exactly; an ambiguous one is refused, never guessed
+    both = gpd.GeoDataFrame({"img_date": ["2019/07/15"] * 7 + ["15.07.2020"] * 7},
+                            geometry=[box(*x) for x in MAPS[D1] + MAPS[D2]], crs=SITE)
+    one = tmp_path / "labels.gpkg"
+    both.to_file(one, driver="GPKG")
+    out = tmp_path / "a.gpkg"
+    assert rts("track", one, "-o", out, "--date-field", "img_date").code == 0
+    assert sorted(set(read(out)[0]["date"])) == [D1.isoformat(), D2.isoformat()]
+    both.assign(img_date=["07/15/2019"] * 7 + ["2020-07-15"] * 7).to_file(one, driver="GPKG")
+    r = rts("track", one, "-o", tmp_path / "b.gpkg", "--date-field", "img_date")
+    assert r.code == 2 and "07/15/2019" in r.err and "row 0" in r.err
+    a, b = three_dates(tmp_path / "m")[:2]
+    r = rts("track", a, b, "-o", tmp_path / "b.gpkg", "--dates", "2019-07-15,2021-13-45")
+    assert r.code == 2 and "2021-13-45" in r.err and "calendar" in r.err
+    # UTM metres labelled as longitude/latitude: one line naming the file, not a crash
+    bad = tmp_path / "bad_2022-07-15.gpkg"
+    gpd.GeoDataFrame(geometry=[box(470000, 7550000, 470100, 7550100)], crs="EPSG:4326").to_file(bad)
+    r = rts("track", a, bad, "-o", tmp_path / "b.gpkg")
+    assert r.code == 2 and "bad_2022-07-15.gpkg" in r.err and "CRS is probably wrong" in r.err
+    assert not (tmp_path / "b.gpkg").exists()
+    # a folder of rts predict outputs: the maps its manifest lists (other vector files there are not maps)
+    folder = tmp_path / "pred"
+    folder.mkdir()
+    for d in (D1, D2):
+        write_map(folder / f"s_{d.isoformat()}.gpkg", MAPS[d])
+    write_map(folder / "s_2019-07-15_distractors.gpkg", [(5000, 0, 5100, 100)])
+    (folder / "manifest.json").write_text('{"scenes": [{"scene": "/x/s_2019-07-15.tif", "output": "%s"}, '
+                                          '{"scene": "/x/s_2020-07-15.tif", "output": "%s"}]}'
+                                          % (folder / "s_2019-07-15.gpkg", folder / "s_2020-07-15.gpkg"))
+    out = tmp_path / "c.gpkg"
+    assert rts("track", folder, "-o", out).code == 0
+    assert len(read(out)[1]) == 7 + 4  # no track from the look-alikes file
+    # folders named by date, and --dates counted per input (a folder gets one date)
+    for d in (D1, D2):
+        write_map(tmp_path / "years" / str(d.year) / "slumps.gpkg", MAPS[d])
+    out = tmp_path / "d.gpkg"
+    assert rts("track", tmp_path / "years" / "2019", tmp_path / "years" / "2020", "-o", out).code == 0
+    assert sorted(set(read(out)[0]["date"])) == ["2019-07-01", "2020-07-01"]
+    r = rts("track", tmp_path / "years" / "2019", tmp_path / "years" / "2020", "-o", out, "--overwrite",
+            "--dates", "2019-07-15,2020-07-15")
+    assert r.code == 0, r.err
+    assert sorted(set(read(out)[0]["date"])) == [D1.isoformat(), D2.isoformat()]
+    r = rts("track", a, a, "-o", tmp_path / "e.gpkg")
+    assert r.code == 2 and "given twice" in r.err

@@ -20,6 +20,7 @@ def export(
     basemap_id: Annotated[Optional[str], typer.Option(help="ARTS BaseMapID: the image id. Default: the scene name of rts predict outputs.")] = None,
     contribution_date: Annotated[Optional[str], typer.Option(help="ARTS ContributionDate (YYYY-MM-DD). Default: today.")] = None,
     notes: Annotated[Optional[str], typer.Option(help="ARTS Notes for every feature.")] = None,
+    date_field: Annotated[Optional[str], typer.Option(help="Field holding each feature's imagery date (BaseMapDate), for a file of several dates.")] = None,
     layer: Annotated[Optional[str], typer.Option(help="The layer of SOURCE that holds the slumps. Default: rts, or the only layer.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace the output if it exists.")] = False,
 ) -> None:
@@ -32,7 +33,8 @@ def export(
         raise RtsError(f"unknown schema {schema!r}", fix="use --schema arts")
     c = export_arts(source, out, region=region, creator=creator, basemap_source=basemap_source,
                     basemap_resolution=basemap_resolution, basemap_date=basemap_date, basemap_id=basemap_id,
-                    contribution_date=contribution_date, notes=notes, layer=layer, overwrite=overwrite)
+                    contribution_date=contribution_date, notes=notes, layer=layer, date_field=date_field,
+                    overwrite=overwrite)
     extra = f", {c['uids']} UIDs (one per slump track), {c['with_relations']} with change relations" \
         if c["tracked"] else ""
     console.print(f"{c['features']} ARTS features -> {out} (EPSG:3413{extra})")

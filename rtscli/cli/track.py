@@ -11,7 +11,7 @@ import typer
 def track(
     maps: Annotated[list[Path], typer.Argument(help="Slump maps of one area at different dates (rts predict outputs, or any GeoPackage/Shapefile/GeoJSON/GeoParquet; any CRS each), or folders of them.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="GeoPackage to write: layers observations (a row per slump per date) and tracks (a row per slump).")],
-    dates: Annotated[Optional[str], typer.Option(help="The imagery date of each map, in order: 2019-07-15,2020-07-20,... Default: a date field, the scene name of rts predict outputs, or the file name.")] = None,
+    dates: Annotated[Optional[str], typer.Option(help="The imagery date of each map (or folder of maps), in order: 2019-07-15,2020-07-20,... Default: a date field, the scene name of rts predict outputs, the file name, or the folder name.")] = None,
     date_field: Annotated[Optional[str], typer.Option(help="Field holding each feature's imagery date (one file may then hold several dates). An ARTS BaseMapDate field is read without it.")] = None,
     layer: Annotated[Optional[str], typer.Option(help="Layer of the maps that holds the slumps. Default: rts, or the only layer.")] = None,
     match: Annotated[str, typer.Option(help="Overlap that links a slump to its next date: ios (intersection over the smaller: robust to growth) or iou.")] = "ios",
@@ -19,6 +19,7 @@ def track(
     min_area: Annotated[float, typer.Option(help="Leave out polygons smaller than this (true m²): slivers.")] = 0.0,
     gone: Annotated[str, typer.Option(help="What a slump gone from a map that covers its place is: disappeared, or stabilized (maps of active slumps no longer show a revegetated scar).")] = "disappeared",
     stabilized: Annotated[Optional[Path], typer.Option(help="Polygons of known stabilized scars: a slump gone where one lies is stabilized.")] = None,
+    stabilized_layer: Annotated[Optional[str], typer.Option(help="The layer of --stabilized that holds the scars (when it has several).")] = None,
     to_crs: Annotated[Optional[str], typer.Option(help="CRS of the output layers. Default: the first map's.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="PNG of area over time for the fastest-growing (or largest) slumps.")] = None,
     plot_top: Annotated[int, typer.Option(help="How many slumps --plot shows.")] = 10,
@@ -34,9 +35,13 @@ def track(
     from rtscli.track.change import TrackOptions
     from rtscli.track.run import TrackRequest, check, expand, parse_dates, run
 
-    files = expand(maps)
-    req = TrackRequest(maps=files, out=out, dates=parse_dates(dates, len(files)), date_field=date_field, layer=layer,
+    groups = expand(maps)
+    per_input = parse_dates(dates, len(groups))
+    files = [f for g in groups for f in g]
+    file_dates = [d for g, d in zip(groups, per_input, strict=True) for _ in g] if per_input else None
+    req = TrackRequest(maps=files, out=out, dates=file_dates, date_field=date_field, layer=layer,
                        min_area=min_area, options=TrackOptions(match, match_threshold, gone), stabilized=stabilized,
+                       stabilized_layer=stabilized_layer,
                        to_crs=to_crs, plot=plot, plot_top=plot_top, plot_by=plot_by, quicklook=quicklook,
                        overwrite=overwrite)
     check(req)

@@ -97,6 +97,9 @@ def parse_crs(text: str | None, what: str = "--assume-crs") -> CRS | None:
     if text is None:
         return None
     try:
+        import pyproj
+
+        pyproj.CRS.from_user_input(text)  # first: an unknown code fails here quietly (GDAL would print "ERROR 1")
         return CRS.from_user_input(text)
     except Exception:  # rasterio raises CRSError; any failure means the same to the user
         raise RtsError(f"cannot read CRS {text!r} given to {what}", fix="use e.g. EPSG:3413") from None

@@ -265,7 +265,8 @@ def gpkg_layers(path: Path) -> list[str]:
                        path=path, fix="choose another output, or move that file away") from None
 
 
-def check_vector_output(path: str | Path, overwrite: bool, layers: list[str] | tuple[str, ...] = ("rts",)) -> Path:
+def check_vector_output(path: str | Path, overwrite: bool, layers: list[str] | tuple[str, ...] = ("rts",),
+                        other: str = "or choose another --layer") -> Path:
     """Fail early (before any work) when writing ``layers`` to ``path`` would replace something without
     ``overwrite``: an existing file, or, for a GeoPackage, an existing layer of one of those names (the
     other layers of a GeoPackage are never touched, so adding a layer needs no ``overwrite``)."""
@@ -283,7 +284,7 @@ def check_vector_output(path: str | Path, overwrite: bool, layers: list[str] | t
     if taken and not overwrite:
         raise RtsError(f"the GeoPackage already has a layer {', '.join(repr(t) for t in taken)}", path=path,
                        fix="pass --overwrite to replace that layer (the GeoPackage's other layers are kept), "
-                           "or choose another --layer")
+                           f"{other}")
     return path
 
 

@@ -69,18 +69,22 @@ def arts_uid(values: dict) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_DNS, "".join(parts)))
 
 
-def check_basemap_date(text: str) -> str:
-    """A ``BaseMapDate`` value checked: one ``YYYY-MM-DD`` or two separated by a comma. Raises RtsError."""
+def check_basemap_date(text: str, option: str = "--basemap-date", ranges: bool = True) -> str:
+    """An ARTS date checked: one ``YYYY-MM-DD``, or (``ranges``) two separated by a comma, the first not after
+    the second. Raises RtsError naming ``option``."""
     parts = [p.strip() for p in str(text).split(",")]
-    ok = 1 <= len(parts) <= 2 and all(_DAY.match(p) for p in parts)
+    ok = 1 <= len(parts) <= (2 if ranges else 1) and all(_DAY.match(p) for p in parts)
+    days = []
     if ok:
         try:
-            [date.fromisoformat(p) for p in parts]
+            days = [date.fromisoformat(p) for p in parts]
         except ValueError:
             ok = False
     if not ok:
-        raise RtsError(f"--basemap-date {text!r} is not an ARTS BaseMapDate",
-                       fix="use YYYY-MM-DD or YYYY-MM-DD,YYYY-MM-DD")
+        raise RtsError(f"{option} {text!r} is not an ARTS date",
+                       fix="use YYYY-MM-DD" + (" or a range YYYY-MM-DD,YYYY-MM-DD" if ranges else ""))
+    if len(days) == 2 and days[1] < days[0]:
+        raise RtsError(f"{option} {text!r} ends before it starts", fix="give the earlier date first")
     return ",".join(parts)
 
 
@@ -125,7 +129,7 @@ def train_classes(gdf, path: Path) -> np.ndarray | None:
 def export_arts(src: Path, out: Path, *, region: str | None, creator: str | None, basemap_source: str | None,
                 basemap_resolution: float | None, basemap_date: str | None = None, basemap_id: str | None = None,
                 contribution_date: str | None = None, notes: str | None = None, layer: str | None = None,
-                overwrite: bool = False) -> dict:
+                date_field: str | None = None, overwrite: bool = False) -> dict:
     """Write ``src`` (a slump map, or the GeoPackage of ``rts track`` with its change relations) as ARTS
     features at ``out`` (GeoJSON, GeoPackage, Shapefile with ARTS's short names, or GeoParquet).
 
@@ -148,8 +152,8 @@ def export_arts(src: Path, out: Path, *, region: str | None, creator: str | None
         raise RtsError("--basemap-resolution must be positive (metres)", fix="e.g. --basemap-resolution 3")
     if basemap_date is not None:
         basemap_date = check_basemap_date(basemap_date)
-    contribution = contribution_date or date.today().isoformat()
-    check_basemap_date(contribution)
+    contribution = check_basemap_date(contribution_date or date.today().isoformat(), "--contribution-date",
+                                      ranges=False)
     driver = driver_for(out)
     if driver == "GPKG":
         check_vector_output(out, overwrite, ["arts"])
@@ -157,15 +161,19 @@ def export_arts(src: Path, out: Path, *, region: str | None, creator: str | None
         check_output(out, overwrite)
     if not Path(src).exists():
         raise RtsError("map not found", path=src, fix="check the path")
-    tracked = Path(src).suffix.lower() == ".gpkg" and "observations" in gpkg_layers(Path(src)) and layer is None
+    tracked = Path(src).suffix.lower() == ".gpkg" and "observations" in gpkg_layers(Path(src))
+    if tracked and layer not in (None, "observations"):
+        raise RtsError(f"this is an rts track output; its layer {layer!r} is not slumps at a date", path=src,
+                       fix="drop --layer: the observations layer is exported, with its change relations")
     if tracked:
         obs = gpd.read_file(src, layer="observations")
         obs = obs[obs["present"].astype(bool)].reset_index(drop=True)
-        dates = [basemap_date or d for d in obs["date"]]
+        given = obs["date_given"] if "date_given" in obs.columns else obs["date"]  # an ARTS range stays a range
+        dates = [basemap_date or str(d) for d in given]
         scene = [None] * len(obs)
         gdf = obs
     else:
-        gdf, dates = _plain_map(Path(src), basemap_date, layer)
+        gdf, dates = _plain_map(Path(src), basemap_date, layer, date_field)
         scene = list(gdf["scene"]) if "scene" in gdf.columns else [None] * len(gdf)
     gdf = gdf.to_crs(ARTS_CRS) if len(gdf) else gdf.set_crs(ARTS_CRS, allow_override=True)
     lon, lat = centroids_lonlat(gdf.geometry.values, ARTS_CRS) if len(gdf) else (np.zeros(0), np.zeros(0))
@@ -195,14 +203,14 @@ def export_arts(src: Path, out: Path, *, region: str | None, creator: str | None
     return counts
 
 
-def _plain_map(src: Path, basemap_date: str | None, layer: str | None):
+def _plain_map(src: Path, basemap_date: str | None, layer: str | None, date_field: str | None):
     """A slump map's polygons (ARTS negatives left out) and each one's BaseMapDate."""
     from rtscli.track.maps import read_map
 
     try:
-        m = read_map(src, given=date(1900, 1, 1) if basemap_date else None, layer=layer)
+        m = read_map(src, given=date(1900, 1, 1) if basemap_date else None, layer=layer, date_field=date_field)
     except RtsError as exc:
-        if "imagery date" in str(exc) or "no date" in str(exc):
+        if "imagery date" in str(exc) or "no date in its name" in str(exc):
             raise RtsError("ARTS field BaseMapDate cannot be derived (no date in the map's scene or file name)",
                            path=src, fix="pass " + OPTION_OF["BaseMapDate"]) from None
         raise
@@ -214,7 +222,7 @@ def _plain_map(src: Path, basemap_date: str | None, layer: str | None):
     full = gpd.read_file(src, layer=pick_layer(src, layer)) if src.suffix.lower() == ".gpkg" else gpd.read_file(src)
     if "scene" in full.columns and len(full) == len(gdf):
         gdf = gdf.assign(scene=full["scene"].to_numpy())
-    dates = [basemap_date] * len(gdf) if basemap_date else [d.isoformat() for d in gdf["date"]]
+    dates = [basemap_date] * len(gdf) if basemap_date else [str(d) for d in gdf["date_given"]]
     return gdf, dates
 
 

@@ -93,6 +93,7 @@ class Obs:
     touches_nodata: bool = False
     uncertain: bool = False
     source: str = ""
+    date_given: str = ""  # the date as the map wrote it (an ARTS BaseMapDate range stays a range)
 
     @property
     def years(self) -> float:
@@ -189,11 +190,7 @@ class Tracker:
         """Match ``frame`` against the followed slumps (``previous``: the date before, for 'new' vs 'first')."""
         from shapely import STRtree
 
-        areas = self._area(frame.geoms) if frame.geoms else np.zeros(0)
-        cur = [Obs("", frame.date, g, "first", area_m2=float(a), touches_edge=e, touches_nodata=n,
-                   uncertain=bool(e or n), source=s)
-               for g, a, e, n, s in zip(frame.geoms, areas, frame.touches_edge, frame.touches_nodata, frame.sources,
-                                        strict=True)]
+        cur = self._observations(frame)
         prev_ids = list(self.active)
         prev = [self.active[t] for t in prev_ids]
         parent = list(range(len(prev) + len(cur)))  # union-find: earlier nodes 0..P-1, new ones P..
@@ -242,6 +239,15 @@ class Tracker:
                     self._new_track(o, relation, parents=o.related)
                     self.active[o.track] = o
 
+    def _observations(self, frame: DateFrame) -> list[Obs]:
+        """The polygons of ``frame`` as observations, with their true areas."""
+        areas = self._area(frame.geoms) if frame.geoms else np.zeros(0)
+        given = frame.given or [frame.date.isoformat()] * len(frame.geoms)
+        return [Obs("", frame.date, g, "first", area_m2=float(a), touches_edge=e, touches_nodata=n,
+                    uncertain=bool(e or n), source=s, date_given=t)
+                for g, a, e, n, s, t in zip(frame.geoms, areas, frame.touches_edge, frame.touches_nodata,
+                                            frame.sources, given, strict=True)]
+
     def _appeared(self, o: Obs, frame: DateFrame, previous: DateFrame | None) -> None:
         looked = previous is not None and _covered(o.geometry, previous.coverage)
         o.relation = "new" if looked else "first"
@@ -261,7 +267,8 @@ class Tracker:
         t.end, t.end_date = relation, frame.date
         row = Obs(last.track, frame.date, last.geometry, relation, present=False, prev_date=last.date,
                   prev_area_m2=last.area_m2, touches_edge=last.touches_edge, touches_nodata=last.touches_nodata,
-                  uncertain=bool(last.touches_edge or last.touches_nodata or share < 1.0), source=last.source)
+                  uncertain=bool(last.touches_edge or last.touches_nodata or share < 1.0), source=last.source,
+                  date_given=frame.date.isoformat())
         t.obs.append(row)
         del self.active[last.track]
         if relation == "stabilized":
@@ -273,10 +280,7 @@ class Tracker:
 
         for k, f in enumerate(frames):
             if k == 0:
-                for g, a, e, n, s in zip(f.geoms, self._area(f.geoms) if f.geoms else [], f.touches_edge,
-                                         f.touches_nodata, f.sources, strict=True):
-                    o = Obs("", f.date, g, "first", area_m2=float(a), touches_edge=e, touches_nodata=n,
-                            uncertain=bool(e or n), source=s)
+                for o in self._observations(f):
                     self._new_track(o, "first")
                     self.active[o.track] = o
             else:

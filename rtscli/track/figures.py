@@ -37,7 +37,7 @@ def growth_figure(obs, tracks, ids: list[str], *, title: str = ""):
     big = len(present) and present[present["track_id"].isin(ids)]["area_m2"].max() > 1e5
     unit, scale = ("ha", 1e-4) if big else ("m²", 1.0)
     by_id = tracks.set_index("track_id")
-    last_point = {}
+    first_point, last_point, colours = {}, {}, {}
     for k, tid in enumerate(ids):
         rows = present[present["track_id"] == tid].sort_values("date")
         if not len(rows):
@@ -55,10 +55,12 @@ def growth_figure(obs, tracks, ids: list[str], *, title: str = ""):
         unsure = rows["uncertain"].to_numpy(bool)
         ax.plot([xi for xi, u in zip(x, unsure, strict=True) if not u], y[~unsure], "o", color=colour, ms=5)
         ax.plot([xi for xi, u in zip(x, unsure, strict=True) if u], y[unsure], "o", mfc="white", color=colour, ms=5)
-        last_point[tid] = (x[-1], y[-1])
+        first_point[tid], last_point[tid], colours[tid] = (x[0], y[0]), (x[-1], y[-1]), colour
+    for tid in first_point:  # a merged or split slump: a dotted line from each parent shown
         for p in str(by_id.loc[tid, "parents"] or "").split(","):
             if p in last_point:
-                ax.plot([last_point[p][0], x[0]], [last_point[p][1], y[0]], ":", color=colour, lw=1.2)
+                (a, b), (c, d) = last_point[p], first_point[tid]
+                ax.plot([a, c], [b, d], ":", color=colours[tid], lw=1.2)
     ax.set_ylabel(f"slump area ({unit}, true area on the ellipsoid)")
     ax.set_xlabel("imagery date")
     ax.grid(alpha=0.3)

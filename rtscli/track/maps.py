@@ -59,6 +59,7 @@ class DateFrame:
     touches_edge: list[bool]
     touches_nodata: list[bool]
     sources: list[str]  # "file.gpkg#row"
+    given: list[str] = field(default_factory=list)  # each polygon's date as its map wrote it (ARTS ranges stay)
     coverage: Any | None = None  # shapely geometry; None: the date's maps do not say where they looked
     files: list[str] = field(default_factory=list)
 
@@ -103,9 +104,10 @@ def read_map(path: Path, *, given: date | None = None, date_field: str | None = 
     role = VectorRole("map", "pass --layer NAME to say which holds the slumps",
                       "save it with its CRS (ogr2ogr -a_srs EPSG:XXXX out.gpkg FILE)", empty_ok=True)
     name = pick_layer(path, layer) if path.exists() else layer
-    gdf, _ = read_polygons(path, None, layer=name, role=role)
+    gdf, rep = read_polygons(path, None, layer=name, role=role)
     if gdf.crs is None:
         raise RtsError("the map has no CRS", path=path, fix="save it with its CRS (ogr2ogr -a_srs EPSG:XXXX ...)")
+    check_coordinates(gdf, path)
     gdf = gdf.assign(source=[f"{path.name}#{i}" for i in gdf.index]).reset_index(drop=True)
     negatives = 0
     tc = column(gdf, TRAIN_CLASS)
@@ -113,8 +115,15 @@ def read_map(path: Path, *, given: date | None = None, date_field: str | None = 
         neg = gdf[tc].astype(str).str.strip().str.lower().eq("negative").to_numpy()
         negatives = int(neg.sum())
         gdf = gdf[~neg].reset_index(drop=True)
-    dates, how = _dates(path, gdf, given, date_field)
-    gdf = gdf.assign(date=dates)
+    done = [f"{n} {what}" for n, what in ((rep.repaired, "invalid polygon(s) repaired (make_valid)"),
+                                           (rep.not_polygon, "feature(s) that are not polygons left out"),
+                                           (rep.empty, "empty feature(s) left out"),
+                                           (negatives, "ARTS background area(s) (TrainClass Negative) left out"))
+            if n] + rep.notes
+    if done:
+        log.info("%s: %s", path.name, "; ".join(done))
+    dates, how, given_text = _dates(path, gdf, given, date_field)
+    gdf = gdf.assign(date=dates, date_given=given_text)
     one = sorted(set(dates))
     map_date = one[0] if len(one) == 1 else given
     if not len(gdf) and map_date is None:  # an empty map still says that the slumps where it looked are gone
@@ -126,34 +135,73 @@ def read_map(path: Path, *, given: date | None = None, date_field: str | None = 
     for key, names in FLAG_COLUMNS.items():
         c = column(gdf, names)
         gdf[key] = gdf[c].fillna(False).astype(bool).to_numpy() if c is not None else np.zeros(len(gdf), bool)
-    gdf = gdf[["date", "touches_edge", "touches_nodata", "source", "geometry"]]
+    gdf = gdf[["date", "date_given", "touches_edge", "touches_nodata", "source", "geometry"]]
     return SlumpMap(path, name, gdf, _coverage(path, name, gdf.crs), how, negatives, map_date)
 
 
-def _dates(path: Path, gdf, given: date | None, date_field: str | None) -> tuple[list, str]:
-    """The date of every feature of ``gdf`` and where it came from."""
+def _dates(path: Path, gdf, given: date | None, date_field: str | None) -> tuple[list, str, list]:
+    """The date of every feature of ``gdf``, where it came from, and each feature's date as written (an ARTS
+    ``BaseMapDate`` range stays a range there)."""
     if given is not None:
-        return [given] * len(gdf), "--dates"
+        return [given] * len(gdf), "--dates", [given.isoformat()] * len(gdf)
     if date_field is not None:
         c = column(gdf, (date_field,))
         if c is None and len(gdf):
             raise RtsError(f"the map has no field {date_field!r} (it has {', '.join(map(str, gdf.columns[:12]))})",
                            path=path, fix="pass the field that holds each slump's imagery date to --date-field")
-        return _parse_column(path, gdf, c) if c is not None else [], f"field {date_field}"
+        if c is None:
+            return [], f"field {date_field}", []
+        return _parse_column(path, gdf, c), f"field {date_field}", _as_text(gdf[c])
     c = column(gdf, BASEMAP_DATE)
     if c is not None:
-        return _parse_column(path, gdf, c), f"ARTS field {c}"
+        return _parse_column(path, gdf, c), f"ARTS field {c}", _as_text(gdf[c])
     if "scene" in gdf.columns and len(gdf):
         found = {s: find_date(str(s)) for s in gdf["scene"].unique()}
         if all(found.values()):
             _year_note(path, [f for f in found.values() if f[1]])
-            return [found[s][0] for s in gdf["scene"]], "scene name"
-    f = find_date(path.stem)
-    if f is not None:
-        _year_note(path, [f] if f[1] else [])
-        return [f[0]] * len(gdf), "file name"
-    raise RtsError("cannot tell the imagery date of the map (no date in its file or scene name)", path=path,
+            out = [found[s][0] for s in gdf["scene"]]
+            return out, "scene name", [d.isoformat() for d in out]
+    for name, how in ((path.stem, "file name"), (path.parent.name, "folder name")):
+        f = find_date(name)
+        if f is not None:
+            _year_note(path, [f] if f[1] else [])
+            return [f[0]] * len(gdf), how, [f[0].isoformat()] * len(gdf)
+    raise RtsError("cannot tell the imagery date of the map (no date in its scene, file or folder name)", path=path,
                    fix="pass --dates YYYY-MM-DD,... (one per map, in order) or --date-field NAME")
+
+
+def _as_text(values) -> list[str]:
+    """Date field values as text: ``YYYY-MM-DD`` for dates GDAL read as dates, the text itself otherwise."""
+    out = []
+    for v in values.tolist():
+        if hasattr(v, "to_pydatetime"):
+            v = v.to_pydatetime()
+        out.append(v.date().isoformat() if hasattr(v, "date") and callable(v.date) else
+                   v.isoformat() if hasattr(v, "isoformat") else str(v).strip())
+    return out
+
+
+def check_coordinates(gdf, path: Path) -> None:
+    """Refuse a layer whose coordinates do not fit its stated CRS (UTM metres labelled EPSG:4326, a GeoJSON
+    without a CRS, which GDAL takes as longitude/latitude): they would become infinite or wrap around."""
+    if not len(gdf):
+        return
+    from pyproj import Transformer
+
+    from rtscli.io.raster import crs_name
+
+    x0, y0, x1, y1 = gdf.total_bounds
+    ok = np.isfinite([x0, y0, x1, y1]).all()
+    if ok:
+        xs, ys = [x0, x1, x0, x1], [y0, y0, y1, y1]
+        lon, lat = Transformer.from_crs(gdf.crs, "EPSG:4326", always_xy=True).transform(xs, ys)
+        ok = np.isfinite(lon).all() and np.isfinite(lat).all() and (np.abs(lat) <= 90).all()
+        if gdf.crs.is_geographic:
+            ok = ok and -360 <= x0 and x1 <= 360 and -90 <= y0 and y1 <= 90
+    if not ok:
+        raise RtsError(f"the coordinates ({x0:.6g}, {y0:.6g} .. {x1:.6g}, {y1:.6g}) do not fit the map's CRS "
+                       f"{crs_name(gdf.crs)}: its stated CRS is probably wrong", path=path,
+                       fix="save it with its true CRS (ogr2ogr -a_srs EPSG:XXXX out.gpkg FILE)")
 
 
 def _parse_column(path: Path, gdf, c: str) -> list:
@@ -261,7 +309,7 @@ def load_maps(maps: list[SlumpMap], *, min_area: float = 0.0, metric: str = "ios
                 report["slivers_dropped"] += 1
                 continue
             by_date[row.date]["rows"].append((geoms[i], bool(row.touches_edge), bool(row.touches_nodata),
-                                              row.source, m.path.name))
+                                              row.source, m.path.name, str(row.date_given)))
     frames = []
     for d in sorted(by_date):
         f = by_date[d]
@@ -270,7 +318,7 @@ def load_maps(maps: list[SlumpMap], *, min_area: float = 0.0, metric: str = "ios
         covers = f["covers"]
         coverage = None if any(c is None for c in covers) else union_all(covers)
         frames.append(DateFrame(d, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
-                                [r[3] for r in rows], coverage, f["files"]))
+                                [r[3] for r in rows], [r[5] for r in rows], coverage, f["files"]))
     if report["slivers_dropped"]:
         log.info("%d polygon(s) below --min-area %g m2 left out", report["slivers_dropped"], min_area)
     if report["joined_across_files"]:
@@ -301,5 +349,5 @@ def _join_across_files(rows: list, metric: str, threshold: float) -> tuple[list,
             continue
         g = union_all([geoms[i] for i in members])
         out.append((g, any(rows[i][1] for i in members), any(rows[i][2] for i in members),
-                    "+".join(rows[i][3] for i in members), rows[members[0]][4]))
+                    "+".join(rows[i][3] for i in members), rows[members[0]][4], rows[members[0]][5]))
     return out, len(rows) - len(out)

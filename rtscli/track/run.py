@@ -18,14 +18,16 @@ MAP_SUFFIXES = (".gpkg", ".shp", ".geojson", ".parquet", ".geoparquet")  # in fo
 
 @dataclass
 class TrackRequest:
-    maps: list[Path]
+    maps: list[Path]  # every map file
+
     out: Path
-    dates: list | None = None  # one date per map
+    dates: list | None = None  # one date per map file
     date_field: str | None = None
     layer: str | None = None
     min_area: float = 0.0
     options: TrackOptions = field(default_factory=TrackOptions)
     stabilized: Path | None = None
+    stabilized_layer: str | None = None
     to_crs: str | None = None
     plot: Path | None = None
     plot_top: int = 10
@@ -34,41 +36,65 @@ class TrackRequest:
     overwrite: bool = False
 
 
-def expand(inputs: list[Path]) -> list[Path]:
-    """Map files, with folders replaced by the vector files in them (sorted)."""
-    out: list[Path] = []
+def expand(inputs: list[Path]) -> list[list[Path]]:
+    """The map files of each input: a file, or the maps of a folder: the outputs its ``manifest.json`` lists
+    (a folder of ``rts predict`` outputs), else every vector file in it (logged). A file given twice is refused."""
+    import json
+
+    out: list[list[Path]] = []
+    seen: dict[Path, Path] = {}
     for p in inputs:
         p = Path(p)
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.suffix.lower() in MAP_SUFFIXES and not f.name.startswith("."))
+            manifest = p / "manifest.json"
+            found = []
+            if manifest.exists():
+                try:
+                    rows = json.loads(manifest.read_text()).get("scenes", [])
+                    found = sorted({p / Path(r["output"]).name for r in rows if r.get("output")})
+                    found = [f for f in found if f.exists()]
+                except (ValueError, OSError, AttributeError, TypeError):
+                    found = []
+            if not found:
+                found = sorted(f for f in p.iterdir()
+                               if f.suffix.lower() in MAP_SUFFIXES and not f.name.startswith("."))
+                if found:
+                    log.info("%s: %d map(s) taken from the folder (%s)", p, len(found),
+                             ", ".join(f.name for f in found[:5]) + (", ..." if len(found) > 5 else ""))
             if not found:
                 raise RtsError("no map (.gpkg, .shp, .geojson, .parquet) in the folder", path=p,
                                fix="pass the folder of rts predict outputs, or the map files")
-            out += found
+            out.append(found)
         elif not p.exists():
             raise RtsError("map not found", path=p, fix="check the path")
         else:
-            out.append(p)
+            out.append([p])
+        for f in out[-1]:
+            key = f.resolve()
+            if key in seen:
+                raise RtsError("the map is given twice", path=f, fix="give each map once")
+            seen[key] = f
     return out
 
 
 def parse_dates(text: str | None, n: int) -> list | None:
-    """``--dates`` as one date per map (``YYYY-MM-DD`` or a year), or None."""
+    """``--dates`` as one date per input (a map, or a folder of maps: all get its date), or None."""
     from rtscli.track.dates import parse_date
 
     if text is None:
         return None
     parts = [t.strip() for t in text.split(",")]
     if len(parts) != n:
-        raise RtsError(f"--dates gives {len(parts)} date(s) for {n} map(s)", fix="give one date per map, in order")
+        raise RtsError(f"--dates gives {len(parts)} date(s) for {n} input(s)",
+                       fix="give one date per map or folder, in the order given")
     out = []
     for t in parts:
         try:
             d = parse_date(t)
-        except ValueError:
-            d = None
+        except ValueError as exc:
+            raise RtsError(f"--dates: {exc}", fix="use YYYY-MM-DD, e.g. 2019-07-15") from None
         if d is None:
-            raise RtsError(f"--dates: cannot read {t!r} as a date", fix="use YYYY-MM-DD (or a year), e.g. 2019-07-15")
+            raise RtsError("--dates has an empty date", fix="use YYYY-MM-DD, e.g. 2019-07-15")
         out.append(d)
     return out
 
@@ -82,11 +108,15 @@ def check(req: TrackRequest) -> None:
     if driver_for(req.out) != "GPKG":
         raise RtsError("rts track writes a GeoPackage (layers observations and tracks)", path=req.out,
                        fix="use -o changes.gpkg")
-    if req.min_area < 0 or req.plot_top < 1 or req.plot_by not in ("rate", "area"):
-        raise RtsError("--min-area must be >= 0, --plot-top >= 1 and --plot-by rate or area", fix="fix the option")
+    if req.min_area < 0:
+        raise RtsError(f"--min-area {req.min_area:g} is negative", fix="give a true area in m2, e.g. 100")
+    if req.plot_top < 1:
+        raise RtsError(f"--plot-top {req.plot_top} shows no slump", fix="e.g. --plot-top 10")
+    if req.plot_by not in ("rate", "area"):
+        raise RtsError(f"--plot-by {req.plot_by!r} is not rate or area", fix="use rate (fastest-growing) or area")
     if req.dates is not None and req.date_field is not None:
         raise RtsError("--dates and --date-field both give the dates", fix="drop one of them")
-    check_vector_output(req.out, req.overwrite, list(LAYERS))
+    check_vector_output(req.out, req.overwrite, list(LAYERS), other="or choose another -o")
     for p in (req.plot, req.quicklook):
         if p is not None:
             if p.suffix.lower() != ".png":
@@ -106,6 +136,13 @@ def run(req: TrackRequest, progress=None) -> dict:
     from rtscli.track.tables import layers
 
     check(req)
+    scars = None
+    if req.stabilized is not None:  # read first: a bad file fails before the maps are read
+        from rtscli.io.vector import VectorRole, read_polygons
+
+        role = VectorRole("--stabilized file", "pass --stabilized-layer NAME to say which holds the scars",
+                          "save it with its CRS (ogr2ogr -a_srs EPSG:XXXX ...)", empty_ok=True)
+        scars, _ = read_polygons(req.stabilized, None, role=role, layer=req.stabilized_layer)
     maps = []
     for i, p in enumerate(req.maps):
         maps.append(read_map(p, given=req.dates[i] if req.dates else None, date_field=req.date_field,
@@ -119,13 +156,8 @@ def run(req: TrackRequest, progress=None) -> dict:
     if len(frames) < 2:
         raise RtsError(f"the maps hold {len(frames)} date(s); change needs at least two",
                        fix="pass maps of different dates (check --dates / --date-field)")
-    if req.stabilized is not None:
-        from rtscli.io.vector import VectorRole, read_polygons
-
-        role = VectorRole("--stabilized file", "save that layer as a file of its own",
-                          "save it with its CRS (ogr2ogr -a_srs EPSG:XXXX ...)", empty_ok=True)
-        sg, _ = read_polygons(req.stabilized, None, role=role)
-        req.options.stabilized = to_crs(sg.geometry.values, sg.crs, crs) if len(sg) else []
+    if scars is not None:
+        req.options.stabilized = to_crs(scars.geometry.values, scars.crs, crs) if len(scars) else []
     tracker = Tracker(crs, req.options)
     tracker.run(frames)
     out_crs = req.to_crs or next((m.gdf.crs for m in maps if m.gdf.crs is not None), None)

@@ -10,7 +10,8 @@ import numpy as np
 
 from rtscli.track.change import Obs, Track, Tracker
 
-OBS_COLUMNS = ["track_id", "date", "present", "relation", "related", "formed_on", "area_m2", "prev_date", "years",
+OBS_COLUMNS = ["track_id", "date", "date_given", "present", "relation", "related", "formed_on", "area_m2", "prev_date",
+               "years",
                "area_change_m2", "area_rate_m2_yr", "advance_m", "advance_rate_m_yr", "centroid_shift_m",
                "touches_edge", "touches_nodata", "uncertain", "source"]
 TRACK_COLUMNS = ["track_id", "start", "first_date", "last_date", "end", "end_date", "observations", "first_area_m2",
@@ -29,7 +30,8 @@ def obs_row(o: Obs) -> dict:
     def per_year(v: float) -> float:
         return v / years if years and years > 0 and v == v else float("nan")
 
-    return {"track_id": o.track, "date": o.date.isoformat(), "present": o.present, "relation": o.relation,
+    return {"track_id": o.track, "date": o.date.isoformat(), "date_given": o.date_given or o.date.isoformat(),
+            "present": o.present, "relation": o.relation,
             "related": ",".join(o.related), "formed_on": ",".join(o.on_scar), "area_m2": _r(o.area_m2),
             "prev_date": o.prev_date.isoformat() if o.prev_date else None, "years": _r(years, 4),
             "area_change_m2": _r(change), "area_rate_m2_yr": _r(per_year(change)), "advance_m": _r(o.advance_m),
