@@ -802,3 +802,18 @@ def test_predicted_maps_of_two_dates_are_tracked(tmp_path, rts, blob):
     # 10 px x 20 rows of 100 m2 (the true area: UTM's plane is 0.08 % off here)
     assert later["area_change_m2"].tolist() == pytest.approx([0, 20 * 10 * 100], rel=1e-3, abs=1e-6)
     assert later["advance_m"].tolist() == pytest.approx([0, 100], rel=1e-3, abs=1e-6)  # true m: 100 / UTM's 0.9996
+
+
+def test_the_footprint_layer_leaves_nodata_out(tmp_path):
+    """Where a map looked is where its scene has data: a slump under a nodata wedge is not 'gone' for rts track."""
+    from rtscli.engine.predict import Source, open_scene
+    from rtscli.engine.predict_cli import footprint_frame
+
+    img = np.full((3, 200, 300), 0.5, np.float32)
+    img[:, :, :100] = -1  # the left third is nodata (cols 0-99: 1 km at 10 m)
+    path = write_tif(tmp_path / "s.tif", img, crs="EPSG:32608", transform=T, nodata=-1)
+    scene = open_scene([Source(path, {"red": 1, "green": 2, "blue": 3})])
+    fp = footprint_frame(scene, scene.crs)
+    x0, y0, x1, y1 = fp.geometry[0].bounds
+    assert (x0 - T.c, x1 - T.c) == pytest.approx((1000, 3000)) and fp.geometry[0].area == pytest.approx(200 * 200 * 100)
+    assert fp.crs == scene.crs and fp["scene"][0] == "s"

@@ -377,6 +377,51 @@ def _read_rendering(scene, max_side: int) -> tuple[np.ndarray, int]:
     return img, scale
 
 
+def valid_footprint(scene, max_side: int = 1024):
+    """Where the scene has data: the polygon (scene CRS) of the pixels valid in every band of every source.
+
+    Read decimated to at most ``max_side`` pixels a side (bounded memory whatever the scene's size;
+    nearest-neighbour, so the outline is exact to one decimated pixel), with each source's nodata (its own
+    or ``--nodata``; NaN too), polygonized through the decimated grid's transform and clipped to the scene's
+    true footprint. A scene without nodata gives that footprint itself.
+    """
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.errors import RasterioIOError
+    from rasterio.features import shapes
+    from rasterio.transform import Affine
+    from shapely import union_all
+    from shapely.geometry import shape
+
+    from rtscli.geometry.footprint import window_footprint
+    from rtscli.io.raster import read_error
+
+    whole = window_footprint(scene.transform, 0, 0, scene.width, scene.height)
+    scale = max(1, int(np.ceil(max(scene.width, scene.height) / max_side)))
+    h, w = max(1, int(np.ceil(scene.height / scale))), max(1, int(np.ceil(scene.width / scale)))
+    valid = np.ones((h, w), bool)
+    for s in scene.sources:
+        try:
+            with rasterio.open(s.path) as src, _on_scene_grid(src, scene, s.path) as grid:
+                bands = sorted(set(s.bands.values()))
+                data = grid.read(bands, out_shape=(len(bands), h, w), resampling=Resampling.nearest)
+        except RasterioIOError as exc:
+            raise read_error(s.path, exc) from None
+        if np.issubdtype(data.dtype, np.floating):
+            valid &= np.isfinite(data).all(axis=0)
+        if s.nodata is not None and s.nodata == s.nodata:
+            valid &= (data != s.nodata).all(axis=0)
+    if valid.all():
+        return whole
+    t = scene.transform * Affine.scale(scene.width / w, scene.height / h)
+    parts = [shape(g) for g, v in shapes(valid.astype(np.uint8), mask=valid, transform=t) if v == 1]
+    if not parts:
+        from shapely.geometry import Polygon
+
+        return Polygon()
+    return union_all(parts).intersection(whole)
+
+
 def _outlines(geoms: list, colour: str, width: float, effects: list, *, gid: str, zorder: int):
     """A LineCollection of every ring (outer and holes) of the (multi)polygons ``geoms`` (pixel space)."""
     import shapely

@@ -293,14 +293,15 @@ def footprint_layer(layer: str) -> str:
 
 
 def footprint_frame(scene: Scene, crs):
-    """The scene's true footprint (all four corners: rotated grids too) as a one-row layer in ``crs``: where
-    the map looked. Its edges are densified before reprojection, so that they follow the target's curves."""
+    """Where the map looked, as a one-row layer in ``crs``: the scene's valid pixels (not nodata) within its true
+    footprint (all four corners: rotated grids too; :func:`rtscli.engine.maps.valid_footprint`). Its edges are
+    densified before reprojection, so that they follow the target's curves."""
     import geopandas as gpd
 
-    from rtscli.geometry.footprint import window_footprint
+    from rtscli.engine.maps import valid_footprint
     from rtscli.geometry.footprint import to_crs
 
-    fp = window_footprint(scene.transform, 0, 0, scene.width, scene.height)
+    fp = valid_footprint(scene)
     geom = to_crs([fp], scene.crs, crs)[0] if crs is not None and not scene.crs == crs else fp
     return gpd.GeoDataFrame({"scene": [scene.name], "width_px": [scene.width], "height_px": [scene.height]},
                             geometry=[geom], crs=crs or scene.crs)
