@@ -97,7 +97,7 @@ def test_finetune_keeps_frozen_backbones_bit_identical(world, tmp_path, rts):
     assert r.code == 0, r.err
     import geopandas as gpd
 
-    gdf = gpd.read_file(tmp_path / "slumps.gpkg")
+    gdf = gpd.read_file(tmp_path / "slumps.gpkg", layer="rts")
     assert set(gdf.fusion) <= {"residual-cross"} and set(gdf.modalities) <= {"rgb,ndvi,nir"}
 
 

@@ -309,7 +309,7 @@ def test_every_format_has_the_same_features(tmp_path, rts, blob):
         out = tmp_path / f"slumps{ext}"
         r = rts("predict", scene, "-o", out, "--model", blob.path, "--workers", 0, "--overlap", 16)
         assert r.code == 0, r.err
-        gdf = gpd.read_parquet(out) if ext == ".parquet" else gpd.read_file(out)
+        gdf = gpd.read_parquet(out) if ext == ".parquet" else gpd.read_file(out, layer="rts") if ext == ".gpkg" else gpd.read_file(out)
         if ext == ".geojson":  # the layer's name is the file's, never the temporary one it was written as
             assert json.loads(out.read_text())["name"] == "slumps"
         assert len(gdf) == 2 and gdf.crs.to_epsg() == 32608
@@ -417,7 +417,7 @@ def test_many_scenes_resume_and_a_missing_modality_is_named(tmp_path, rts, blob)
     assert r.code == 0, r.err
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
         "manifest.json", "s0.gpkg", "s1.gpkg", "s2.gpkg"]
-    assert [len(gpd.read_file(out / f"s{k}.gpkg")) for k in range(3)] == [1, 2, 0]
+    assert [len(gpd.read_file(out / f"s{k}.gpkg", layer="rts")) for k in range(3)] == [1, 2, 0]
     kept = (out / "s0.gpkg").stat().st_mtime_ns
     (out / "s1.gpkg").unlink()
     r = rts("predict", str(scenes / "*.tif"), "-o", out, "--model", blob.path, "--workers", 0)
@@ -442,7 +442,7 @@ def test_outputs_match_the_model_and_options_that_made_them(tmp_path, rts, blob)
     out = tmp_path / "out"
     args = ["predict", scenes, "-o", out, "--model", blob.path, "--workers", 0]
     assert rts(*args).code == 0
-    gdf = gpd.read_file(out / "s0.gpkg")
+    gdf = gpd.read_file(out / "s0.gpkg", layer="rts")
     import hashlib
 
     digest = hashlib.sha256((blob.path / "model.safetensors").read_bytes()).hexdigest()
@@ -550,7 +550,7 @@ def test_one_raster_per_modality_and_grids_that_differ(tmp_path, rts, blob):
     r = rts("predict", "--rgb", tmp_path / "rgb.tif", "--nir", tmp_path / "nir.tif", "-o", tmp_path / "a.gpkg",
             "--model", blob.path, "--workers", 0)
     assert r.code == 0, r.err
-    gdf = gpd.read_file(tmp_path / "a.gpkg")
+    gdf = gpd.read_file(tmp_path / "a.gpkg", layer="rts")
     assert len(gdf) == 1 and pixels(gdf.area_m2) == [30 * 40]
     # a NIR raster on another grid (shifted by 5 pixels) is refused, or resampled on request
     shifted = Affine(10.0, 0.0, 470050.0, 0.0, -10.0, 7550000.0)
@@ -561,7 +561,7 @@ def test_one_raster_per_modality_and_grids_that_differ(tmp_path, rts, blob):
     assert r.code == 2 and "another grid" in r.err and "--resample" in r.err and not (tmp_path / "b.gpkg").exists()
     r = rts(*args, tmp_path / "b.gpkg", "--resample")
     assert r.code == 0, r.err
-    assert len(gpd.read_file(tmp_path / "b.gpkg")) == 1
+    assert len(gpd.read_file(tmp_path / "b.gpkg", layer="rts")) == 1
 
 
 def test_web_mercator_areas_are_true_areas():
@@ -738,7 +738,7 @@ def test_the_bundle_keeps_the_band_layout_of_its_training_scene(tmp_path, rts):
         out = tmp_path / f"{name}.gpkg"
         r = rts("predict", scene, "-o", out, "--model", run, "--min-score", 0.0, "--workers", 0, *extra)
         assert r.code == 0, r.err
-        gdf = gpd.read_file(out)
+        gdf = gpd.read_file(out, layer="rts")
         found[name] = sorted((round(s, 4), g.wkt) for s, g in zip(gdf.score, gdf.geometry, strict=True))
     assert found["default"] and found["default"] == found["bands"]
     assert found["wrong"] != found["default"]  # reading a red-edge band as NIR is another input
