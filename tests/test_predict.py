@@ -309,7 +309,10 @@ def test_every_format_has_the_same_features(tmp_path, rts, blob):
         out = tmp_path / f"slumps{ext}"
         r = rts("predict", scene, "-o", out, "--model", blob.path, "--workers", 0, "--overlap", 16)
         assert r.code == 0, r.err
-        gdf = gpd.read_parquet(out) if ext == ".parquet" else gpd.read_file(out, layer="rts") if ext == ".gpkg" else gpd.read_file(out)
+        if ext == ".parquet":
+            gdf = gpd.read_parquet(out)
+        else:
+            gdf = gpd.read_file(out, layer="rts") if ext == ".gpkg" else gpd.read_file(out)
         if ext == ".geojson":  # the layer's name is the file's, never the temporary one it was written as
             assert json.loads(out.read_text())["name"] == "slumps"
         assert len(gdf) == 2 and gdf.crs.to_epsg() == 32608
