@@ -164,3 +164,25 @@ def test_arts_files_through_track_and_back_keep_their_date_ranges(rts, tmp_path)
     assert r.code == 2 and "--contribution-date" in r.err
     r = rts("export", changes, "-o", tmp_path / "x.geojson", *ARGS, "--basemap-date", "2019-08-20,2019-07-05")
     assert r.code == 2 and "ends before it starts" in r.err
+
+
+def test_export_dates_formats_and_bad_values(rts, tmp_path):
+    src = tmp_path / "slumps_2019.parquet"  # GeoParquet (read through pyarrow), a year alone in its name
+    gpd.GeoDataFrame({"scene": ["a"]}, geometry=[box(0, 0, 50, 50)], crs="EPSG:32608").to_parquet(src)
+    out = tmp_path / "a.geojson"
+    r = rts("export", src, "-o", out, *ARGS)
+    assert r.code == 0, r.err
+    p = json.loads(out.read_text())["features"][0]["properties"]
+    assert p["BaseMapDate"] == "2019-01-01,2019-12-31" and p["BaseMapID"] == "a"  # no invented day
+    src2 = tmp_path / "labels.gpkg"
+    gpd.GeoDataFrame({"seen": ["15.07.2019"]}, geometry=[box(0, 0, 50, 50)], crs="EPSG:32608").to_file(src2)
+    assert rts("export", src2, "-o", tmp_path / "b.geojson", *ARGS, "--date-field", "seen").code == 0
+    assert json.loads((tmp_path / "b.geojson").read_text())["features"][0]["properties"]["BaseMapDate"] == \
+        "2019-07-15"
+    r = rts("export", src, "-o", tmp_path / "c.geojson", *ARGS[:-4], "--basemap-resolution", "inf",
+            "--contribution-date", "2026-11-30")
+    assert r.code == 2 and "--basemap-resolution" in r.err and not (tmp_path / "c.geojson").exists()
+    changes = tmp_path / "t.gpkg"
+    assert rts("track", *three_dates(tmp_path / "m"), "-o", changes).code == 0
+    r = rts("export", changes, "-o", tmp_path / "d.geojson", *ARGS, "--basemap-date", "2020-07-01")
+    assert r.code == 2 and "drop --basemap-date" in r.err

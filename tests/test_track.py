@@ -217,25 +217,83 @@ def test_bad_inputs_exit_2_without_output(rts, tmp_path):
     assert r.code == 2 and "--overwrite" in r.err
 
 
-def test_track_ids_are_stable_uuid5():
+def test_track_ids_are_stable_uuid5_of_the_first_date_and_centroid():
+    import random
     import uuid
 
-    from rtscli.track.change import TrackOptions, Tracker
+    from rtscli.track.change import TRACK_NAMESPACE, TrackOptions, Tracker
     from rtscli.track.maps import SlumpMap, load_maps
 
-    def maps():
-        return [SlumpMap(Path(f"{d}.gpkg"), None, gpd.GeoDataFrame(
-            {"date": [d] * len(MAPS[d]), "date_given": d.isoformat(), "touches_edge": False, "touches_nodata": False,
-             "source": "x"},
-            geometry=[box(*b) for b in MAPS[d]], crs=SITE), None, "--dates", 0, d) for d in (D1, D2)]
+    def maps(order):
+        out = []
+        for d in (D1, D2):
+            boxes = [MAPS[d][i] for i in order[: len(MAPS[d])]]
+            out.append(SlumpMap(Path(f"{d}.gpkg"), None, gpd.GeoDataFrame(
+                {"date": [d] * len(boxes), "date_given": d.isoformat(), "touches_edge": False,
+                 "touches_nodata": False, "source": "x"}, geometry=[box(*b) for b in boxes], crs=SITE), None,
+                "--dates", 0, d))
+        return out[::-1] if order[0] % 2 else out
 
     ids = []
-    for _ in range(2):
-        frames, crs, _ = load_maps(maps())
+    for seed in range(3):  # the maps and their polygons in other orders
+        order = list(range(7))
+        random.Random(seed).shuffle(order)
+        frames, crs, _ = load_maps(maps(order))
         t = Tracker(crs, TrackOptions())
         t.run(frames)
         ids.append(sorted(t.tracks))
-    assert ids[0] == ids[1] and all(uuid.UUID(i).version == 5 for i in ids[0])
+    assert ids[0] == ids[1] == ids[2]
+    lonlat = gpd.GeoSeries([box(*A1)], crs=SITE).to_crs(4326).geometry[0].centroid  # in degrees, as ARTS does
+    expected = uuid.uuid5(TRACK_NAMESPACE, f"{D1.isoformat()} {lonlat.y:.6f} {lonlat.x:.6f}")
+    assert str(expected) in ids[0] and all(uuid.UUID(i).version == 5 for i in ids[0])
+
+
+def test_advance_where_a_hole_closes_and_far_from_the_centre(rts, tmp_path):
+    from shapely.geometry import Polygon
+
+    from rtscli.track.change import directed_advance
+
+    ring = Polygon([(0, 0), (100, 0), (100, 100), (0, 100)], [[(30, 30), (70, 30), (70, 70), (30, 70)]])
+    assert directed_advance(box(0, 0, 100, 100), ring) == pytest.approx(20, abs=0.1)  # the hole's centre
+    assert directed_advance(box(0, 0, 100, 120), box(0, 0, 100, 100)) == pytest.approx(20)
+    # two areas 1,100 km apart in one run: advances stay true metres (local equidistant CRS), areas too
+    far = "+proj=laea +lat_0=70 +lon_0=-100 +datum=WGS84 +units=m +no_defs"
+    maps = []
+    for d, b in ((D1, A1), (D2, A2)):
+        g = gpd.GeoDataFrame(geometry=[box(*b)], crs=SITE)
+        h = gpd.GeoDataFrame(geometry=[box(*b)], crs=far).to_crs(SITE)
+        p = tmp_path / f"m_{d.isoformat()}.gpkg"
+        gpd.GeoDataFrame(geometry=list(g.geometry) + list(h.geometry), crs=SITE).to_file(p)
+        maps.append(p)
+    out = tmp_path / "c.gpkg"
+    assert rts("track", *maps, "-o", out).code == 0
+    later = read(out)[0].query("date == @D2.isoformat()")
+    assert later["advance_m"].tolist() == pytest.approx([20, 20], abs=2e-3)
+    assert later["area_change_m2"].tolist() == pytest.approx([2000, 2000], rel=1e-3)
+
+
+def test_unknown_relations_empty_maps_and_slivers_only(rts, tmp_path):
+    # two slumps whose outlines, a year on, cross: several and several
+    a = write_map(tmp_path / "x_2019-07-15.gpkg", [(0, 0, 100, 50), (0, 50, 100, 100)])
+    b = write_map(tmp_path / "x_2020-07-15.gpkg", [(0, 0, 50, 100), (50, 0, 100, 100)])
+    out = tmp_path / "u.gpkg"
+    assert rts("track", a, b, "-o", out).code == 0
+    obs, tracks = read(out)
+    later = obs[obs["date"] == D2.isoformat()]
+    assert set(later["relation"]) == {"unknown"} and later["related"].str.count(",").tolist() == [1, 1]
+    assert set(tracks.loc[tracks["first_date"] == D1.isoformat(), "end"]) == {"unknown"}
+    # every polygon a sliver, or every map empty: empty layers, no error
+    out2 = tmp_path / "s.gpkg"
+    r = rts("track", a, b, "-o", out2, "--min-area", 1e6)
+    assert r.code == 0, r.err
+    assert len(read(out2)[1]) == 0
+    e1, e2 = tmp_path / "e_2019-07-15.gpkg", tmp_path / "e_2020-07-15.gpkg"
+    for e in (e1, e2):
+        gpd.GeoDataFrame({"score": []}, geometry=[], crs=SITE).to_file(e, driver="GPKG", layer="rts")
+    r = rts("track", e1, e2, "-o", tmp_path / "e.gpkg")
+    assert r.code == 0, r.err
+    obs, tracks = read(tmp_path / "e.gpkg")
+    assert len(obs) == len(tracks) == 0 and tracks["growth_m2"].dtype.kind == "f"
 
 
 def test_a_synthetic_series_and_its_truth_relations(rts, tmp_path):

@@ -270,7 +270,7 @@ def run_scene(model, bundle, scene: Scene, out: Path, opts: PredictOptions, *, o
         gdf = gdf.rename(columns=SHP_NAMES)
         log.info("Shapefile: fields renamed %s", ", ".join(f"{k}->{v}" for k, v in SHP_NAMES.items()))
     if out.suffix.lower() == ".gpkg":  # with where the map looked, for rts track (a slump outside is not gone)
-        from rtscli.io.vector import write_layers
+        from rtscli.io.vector import footprint_layer, write_layers
 
         write_layers({layer: gdf, footprint_layer(layer): footprint_frame(scene, gdf.crs)}, out, overwrite=overwrite)
     else:
@@ -283,13 +283,6 @@ def run_scene(model, bundle, scene: Scene, out: Path, opts: PredictOptions, *, o
     return {"scene": scene_key(scene.sources[0].path), "output": str(out), "polygons": len(gdf),
             "seconds": round(time.perf_counter() - t0, 2), "timing": timing.as_dict(),
             "dropped": dropped_note(timing, opts)}
-
-
-def footprint_layer(layer: str) -> str:
-    """The name of the layer that holds a map's scene footprint (``rts_footprint`` beside ``rts``)."""
-    from rtscli.track.maps import FOOTPRINT_SUFFIX
-
-    return f"{layer}{FOOTPRINT_SUFFIX}"
 
 
 def footprint_frame(scene: Scene, crs):
@@ -335,7 +328,7 @@ def main(*, inputs: list[str], out: Path | None, model: Path | None, bands: str 
     from rtscli.console import console
     from rtscli.data.bands import BandMap
     from rtscli.io.atomic import check_output
-    from rtscli.io.vector import check_vector_output, gpkg_layers
+    from rtscli.io.vector import check_vector_output, footprint_layer, gpkg_layers
     from rtscli.modeling.bundle import load_model, read_bundle
 
     _check_options(batch_size=batch_size, workers=workers, match_threshold=match_threshold, min_score=min_score,

@@ -77,6 +77,41 @@ def duplicate_labels(geoms) -> tuple[list[int], int]:
     return sorted(dropped), overlapping
 
 
+#: the layer suffix of a map's coverage (``rts predict`` writes ``rts_footprint`` beside ``rts``)
+FOOTPRINT_SUFFIX = "_footprint"
+#: the ARTS data set's TrainClass field (and the Shapefile abbreviation of the ARTS tutorial)
+TRAIN_CLASS = ("TrainClass", "TrnClss")
+
+
+def footprint_layer(layer: str) -> str:
+    """The name of the layer that holds a map's footprint (``rts_footprint`` beside ``rts``)."""
+    return f"{layer}{FOOTPRINT_SUFFIX}"
+
+
+def column(gdf, names: tuple[str, ...]) -> str | None:
+    """The first of ``names`` that is a column of ``gdf`` (case-insensitive), or None."""
+    lower = {str(c).lower(): c for c in gdf.columns}
+    for n in names:
+        if n.lower() in lower:
+            return lower[n.lower()]
+    return None
+
+
+def negatives_of(gdf, path: Path) -> np.ndarray | None:
+    """Which features of a label layer are ARTS background areas (``TrainClass`` ``Negative``, case and spaces
+    ignored); None when the layer has no TrainClass field. Raises :class:`RtsError` for a value that is neither
+    Positive nor Negative (ARTS: github.com/whrc/ARTS, Metadata_Format_Summary.csv)."""
+    c = column(gdf, TRAIN_CLASS)
+    if c is None:
+        return None
+    v = gdf[c].astype(str).str.strip().str.lower()
+    bad = sorted(set(v) - {"positive", "negative"})
+    if bad:
+        raise RtsError(f"field {c} holds {bad[0]!r}; ARTS uses Positive and Negative", path=path,
+                       fix="fix those features' TrainClass")
+    return v.eq("negative").to_numpy()
+
+
 @dataclass(frozen=True)
 class VectorRole:
     """What a vector file is to the command that reads it, for its messages: its name, the fixes for a file
@@ -191,9 +226,7 @@ def read_labels(paths: list[Path], target_crs, *, assume_crs=None, dedupe: bool 
         gdf, rep = read_polygons(path, target_crs, assume_crs=assume_crs, layer=this_layer)
         rows = [int(i) for i in gdf.index]  # the file's own row numbers (dropped features leave gaps)
         ids = rows if len(paths) == 1 else [f"{Path(path).name}#{i}" for i in rows]
-        from rtscli.track.arts import train_classes
-
-        neg = train_classes(gdf, Path(path))
+        neg = negatives_of(gdf, Path(path))
         neg = np.zeros(len(gdf), bool) if neg is None else neg
         total.negatives += int(neg.sum())
         frames.append(gdf.assign(label_file=str(path), source_id=ids, negative=neg)[

@@ -142,7 +142,7 @@ def slump_shape(cx: float, cy: float, ux: float, uy: float, radius: float, rng) 
     return outline, tongue.intersection(outline), head.intersection(outline)
 
 
-class _Grid:
+class Grid:
     """A coarse spatial hash so that planning a 20k x 20k scene stays near-linear."""
 
     def __init__(self, cell: float = 256.0) -> None:
@@ -204,7 +204,7 @@ def make_plan(
     px_per_km = 1000.0 / resolution
 
     # lakes: blobby, some partly outside the scene
-    lakes = _Grid()
+    lakes = Grid()
     for _ in range(_poisson(rng, style.lakes_per_km2 * km2) + (1 if rng.random() < 0.6 else 0)):
         r = math.exp(rng.uniform(math.log(18), math.log(220))) * 3.0 / resolution
         cx, cy = rng.uniform(-0.1, 1.1) * width, rng.uniform(-0.1, 1.1) * height
@@ -235,10 +235,10 @@ def make_plan(
             bar = _lobate(bx, by, bw, rng, amp=0.1, stretch=rng.uniform(2.5, 5.0), angle=math.atan2(ty, tx))
             plan.bars.append(bar)
 
-    water = _Grid()
+    water = Grid()
     for g in plan.water():
         water.add(g)
-    taken = _Grid()
+    taken = Grid()
 
     # slumps
     dens = style.slumps_per_km2 if slump_density is None else slump_density
@@ -246,13 +246,13 @@ def make_plan(
     attempts = 0
     while len(plan.slumps) < n_slumps and attempts < n_slumps * 20:
         attempts += 1
-        s = _place_slump(plan, rng, water, taken)
+        s = place_slump(plan, rng, water, taken)
         if s is None:
             continue
         plan.slumps.append(s)
         taken.add(s.geometry)
         if rng.random() < touch_probability:
-            t = _neighbour(plan, rng, s, water, taken)
+            t = neighbour(plan, rng, s, water, taken)
             if t is not None:
                 s.touching = t.touching = True
                 plan.slumps.append(t)
@@ -267,7 +267,7 @@ def make_plan(
                     angle=rng.uniform(0, math.pi))
         g = free(g)
         if g.area > 50:
-            plan.dry.append(_largest(g))
+            plan.dry.append(largest(g))
     for _ in range(_poisson(rng, style.burnt_per_km2 * km2)):
         r = rng.uniform(60, 250) * 3.0 / resolution
         g = _lobate(rng.uniform(0, width), rng.uniform(0, height), r, rng, amp=0.35)
@@ -287,13 +287,14 @@ def make_plan(
         for s in plan.slumps:
             g = s.geometry.intersection(plan.footprint)
             if g.area * resolution**2 >= 2000:  # keep what is still a visible slump (>= 0.2 ha)
-                s.geometry = _largest(g)
+                s.geometry = largest(g)
                 kept.append(s)
         plan.slumps = kept
     return plan
 
 
-def _largest(g):
+def largest(g):
+    """The largest polygon of ``g`` (itself when it is one polygon; an empty polygon when it has none)."""
     if g.geom_type == "Polygon":
         return g
     parts = [p for p in getattr(g, "geoms", []) if p.geom_type == "Polygon"]
@@ -379,13 +380,15 @@ def _build(plan: Plan, rng, p: Point, u: tuple[float, float], setting: str, wate
     outline, tongue, head = slump_shape(cx, cy, ux, uy, radius, rng)
     near_water = water.union_near(outline)
     if not near_water.is_empty:
-        outline = _largest(outline.difference(near_water))
+        outline = largest(outline.difference(near_water))
         tongue = tongue.intersection(outline)
         head = head.intersection(outline)
     return outline, tongue, head, radius
 
 
-def _place_slump(plan: Plan, rng, water: _Grid, taken: _Grid) -> Slump | None:
+def place_slump(plan: Plan, rng, water: Grid, taken: Grid) -> Slump | None:
+    """A new slump on a shore, valley side or slope of ``plan``, clipped by ``water``, at least 3 px from every
+    polygon of ``taken``; None when this try does not fit (below ~0.4 ha, outside the scene, too close)."""
     a = _anchor(plan, rng)
     if a is None:
         return None
@@ -398,10 +401,10 @@ def _place_slump(plan: Plan, rng, water: _Grid, taken: _Grid) -> Slump | None:
     if any(outline.distance(g) < 3 for g in taken.near(outline, 3)):
         return None
     weak = bool(rng.random() < plan.style.weak_fraction)
-    return Slump(outline, _poly(tongue), _poly(head), u, weak, setting)
+    return Slump(outline, poly(tongue), poly(head), u, weak, setting)
 
 
-def _neighbour(plan: Plan, rng, s: Slump, water: _Grid, taken: _Grid) -> Slump | None:
+def neighbour(plan: Plan, rng, s: Slump, water: Grid, taken: Grid) -> Slump | None:
     """A second slump beside ``s`` along the same slope, cut so the two touch but never overlap."""
     ux, uy = s.direction
     r0 = math.sqrt(s.geometry.area / math.pi)
@@ -411,7 +414,7 @@ def _neighbour(plan: Plan, rng, s: Slump, water: _Grid, taken: _Grid) -> Slump |
     shift = (r0 + r1) * 0.85
     p = Point(c.x - uy * side * shift + ux * r1 * 0.5, c.y + ux * side * shift + uy * r1 * 0.5)
     outline, tongue, head, _ = _build(plan, rng, p, (ux, uy), "slope", water, radius=r1)
-    outline = _largest(outline.difference(s.geometry))
+    outline = largest(outline.difference(s.geometry))
     if outline.is_empty or outline.area * plan.resolution**2 < 4000:
         return None
     if outline.distance(s.geometry) > 1e-6 or outline.intersection(s.geometry).area > 1e-6:
@@ -420,10 +423,10 @@ def _neighbour(plan: Plan, rng, s: Slump, water: _Grid, taken: _Grid) -> Slump |
         return None
     tongue, head = tongue.intersection(outline), head.intersection(outline)
     weak = bool(rng.random() < plan.style.weak_fraction)
-    return Slump(outline, _poly(tongue), _poly(head), (ux, uy), weak, "slope")
+    return Slump(outline, poly(tongue), poly(head), (ux, uy), weak, "slope")
 
 
-def _poly(g):
+def poly(g):
     """The polygonal part of ``g`` (clipping leaves lines and points), or an empty polygon."""
     from rtscli.io.vector import polygonal
 

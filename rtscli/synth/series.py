@@ -27,7 +27,7 @@ import numpy as np
 from shapely.affinity import translate
 from shapely.ops import unary_union
 
-from rtscli.synth.scene import Plan, Slump, _Grid, _largest, _neighbour, _place_slump
+from rtscli.synth.scene import Grid, Plan, Slump, largest, neighbour, place_slump, poly
 
 #: headwall retreat per year of a synthetic slump, metres (retreat of active slumps: a few to 20+ m/yr)
 GROWTH_M = (5.0, 15.0)
@@ -58,15 +58,9 @@ def _grow(s: Slump, d_px: float, others, water) -> Slump:
         g = g.difference(others)
     if water is not None and not water.is_empty:
         g = g.difference(water)
-    g = _largest(g.buffer(0))
+    g = largest(g.buffer(0))
     head = translate(s.headwall, -ux * d_px, -uy * d_px).intersection(g)
-    return dataclasses.replace(s, geometry=g, headwall=_poly(head), tongue=_poly(s.tongue.intersection(g)))
-
-
-def _poly(g):
-    from rtscli.synth.scene import _poly as p
-
-    return p(g)
+    return dataclasses.replace(s, geometry=g, headwall=poly(head), tongue=poly(s.tongue.intersection(g)))
 
 
 def evolve(plan: Plan, years: int, seed: int, first: date = FIRST_DATE) -> list[Year]:
@@ -74,17 +68,17 @@ def evolve(plan: Plan, years: int, seed: int, first: date = FIRST_DATE) -> list[
     from rtscli.synth import noise
 
     rng = np.random.default_rng(noise.key_of("series", seed, plan.seed))
-    water = _Grid()
+    water = Grid()
     for g in plan.water():
         water.add(g)
     water_all = unary_union(plan.water()) if plan.water() else None
     slumps = list(plan.slumps)
     if years > 1 and not any(s.touching for s in slumps):  # the merge needs a touching pair
-        taken = _Grid()
+        taken = Grid()
         for s in slumps:
             taken.add(s.geometry)
         for s in slumps:
-            t = _neighbour(plan, rng, s, water, taken)
+            t = neighbour(plan, rng, s, water, taken)
             if t is not None:
                 s.touching = t.touching = True
                 slumps.append(t)
@@ -105,10 +99,10 @@ def evolve(plan: Plan, years: int, seed: int, first: date = FIRST_DATE) -> list[
                      if a.slump.touching and b.slump.touching and a.slump.geometry.distance(b.slump.geometry) < 1e-6]
             if pairs:
                 a, b = pairs[0]
-                g = _largest(unary_union([a.slump.geometry, b.slump.geometry]).buffer(1).buffer(-1))
+                g = largest(unary_union([a.slump.geometry, b.slump.geometry]).buffer(1).buffer(-1))
                 merged = dataclasses.replace(a.slump, geometry=g, touching=False,
-                                             tongue=_poly(unary_union([a.slump.tongue, b.slump.tongue])),
-                                             headwall=_poly(unary_union([a.slump.headwall, b.slump.headwall])))
+                                             tongue=poly(unary_union([a.slump.tongue, b.slump.tongue])),
+                                             headwall=poly(unary_union([a.slump.headwall, b.slump.headwall])))
                 now.append(Active(f"s{n:03d}", merged, "merged", [a.track, b.track]))
                 n += 1
                 pool = [p for p in pool if p is not a and p is not b]
@@ -125,13 +119,13 @@ def evolve(plan: Plan, years: int, seed: int, first: date = FIRST_DATE) -> list[
             d_px = rng.uniform(*GROWTH_M) / plan.resolution
             now.append(Active(p.track, _grow(p.slump, d_px, others, water_all), "continued"))
         # a new one, clear of the others and of the scars
-        taken = _Grid()
+        taken = Grid()
         for q in now:
             taken.add(q.slump.geometry)
         for g in dry:
             taken.add(g)
         for _ in range(50):
-            s = _place_slump(prev.plan, rng, water, taken)
+            s = place_slump(prev.plan, rng, water, taken)
             if s is not None:
                 now.append(Active(f"s{n:03d}", s, "new"))
                 n += 1

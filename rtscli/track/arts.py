@@ -21,6 +21,7 @@ Geometries are MultiPolygons in EPSG:3413 (NSIDC polar stereographic north), the
 from __future__ import annotations
 
 import logging
+import math
 import re
 import uuid
 from datetime import date
@@ -100,29 +101,6 @@ def centroids_lonlat(geoms, crs) -> tuple[np.ndarray, np.ndarray]:
     return shapely.get_x(c), shapely.get_y(c)
 
 
-def is_negative(values) -> np.ndarray:
-    """Which ``TrainClass`` values say ``Negative`` (background: no slump), case and spaces ignored."""
-    import pandas as pd
-
-    return pd.Series(values).astype(str).str.strip().str.lower().eq("negative").to_numpy()
-
-
-def train_classes(gdf, path: Path) -> np.ndarray | None:
-    """The negative features of an ARTS label layer (a ``TrainClass`` field, or ``TrnClss``), else None.
-    Raises RtsError for a value that is neither Positive nor Negative."""
-    from rtscli.track.maps import TRAIN_CLASS, column
-
-    c = column(gdf, TRAIN_CLASS)
-    if c is None:
-        return None
-    v = gdf[c].astype(str).str.strip().str.lower()
-    bad = sorted(set(v) - {"positive", "negative"})
-    if bad:
-        raise RtsError(f"field {c} holds {bad[0]!r}; ARTS uses Positive and Negative", path=path,
-                       fix="fix those features' TrainClass")
-    return v.eq("negative").to_numpy()
-
-
 # --- export ------------------------------------------------------------------------------------------------------
 
 
@@ -148,8 +126,9 @@ def export_arts(src: Path, out: Path, *, region: str | None, creator: str | None
     if missing:
         raise RtsError(f"ARTS field{'s' if len(missing) > 1 else ''} {', '.join(missing)} cannot be derived from the "
                        "map", fix="pass " + " ".join(OPTION_OF[f] for f in missing))
-    if not float(basemap_resolution) > 0:
-        raise RtsError("--basemap-resolution must be positive (metres)", fix="e.g. --basemap-resolution 3")
+    if not (math.isfinite(float(basemap_resolution)) and float(basemap_resolution) > 0):
+        raise RtsError(f"--basemap-resolution {basemap_resolution} is not a resolution in metres",
+                       fix="e.g. --basemap-resolution 3")
     if basemap_date is not None:
         basemap_date = check_basemap_date(basemap_date)
     contribution = check_basemap_date(contribution_date or date.today().isoformat(), "--contribution-date",
@@ -165,11 +144,18 @@ def export_arts(src: Path, out: Path, *, region: str | None, creator: str | None
     if tracked and layer not in (None, "observations"):
         raise RtsError(f"this is an rts track output; its layer {layer!r} is not slumps at a date", path=src,
                        fix="drop --layer: the observations layer is exported, with its change relations")
+    if tracked and (basemap_date or date_field):
+        raise RtsError("the dates of an rts track output are its observations' own", path=src,
+                       fix="drop --basemap-date and --date-field")
     if tracked:
         obs = gpd.read_file(src, layer="observations")
+        lack = [c for c in ("track_id", "date", "present", "relation", "related", "formed_on") if c not in obs.columns]
+        if lack:
+            raise RtsError(f"its observations layer lacks {', '.join(lack)}: not an rts track output", path=src,
+                           fix="export the map itself, or run rts track again")
         obs = obs[obs["present"].astype(bool)].reset_index(drop=True)
         given = obs["date_given"] if "date_given" in obs.columns else obs["date"]  # an ARTS range stays a range
-        dates = [basemap_date or str(d) for d in given]
+        dates = [basemap_date_of(d, src) for d in given]
         scene = [None] * len(obs)
         gdf = obs
     else:
@@ -215,15 +201,32 @@ def _plain_map(src: Path, basemap_date: str | None, layer: str | None, date_fiel
                            path=src, fix="pass " + OPTION_OF["BaseMapDate"]) from None
         raise
     gdf = m.gdf
-    import geopandas as gpd
-
-    from rtscli.track.maps import pick_layer
-
-    full = gpd.read_file(src, layer=pick_layer(src, layer)) if src.suffix.lower() == ".gpkg" else gpd.read_file(src)
-    if "scene" in full.columns and len(full) == len(gdf):
-        gdf = gdf.assign(scene=full["scene"].to_numpy())
-    dates = [basemap_date] * len(gdf) if basemap_date else [str(d) for d in gdf["date_given"]]
+    dates = [basemap_date] * len(gdf) if basemap_date else [basemap_date_of(d, src) for d in gdf["date_given"]]
     return gdf, dates
+
+
+def basemap_date_of(text, path: Path) -> str:
+    """An ARTS ``BaseMapDate`` from a map's date as written: every date as ``YYYY-MM-DD`` (a range stays a range),
+    a year alone as the range of that year (``2019-01-01,2019-12-31``: ARTS wants days, and rts does not invent
+    one). Raises RtsError naming ``path`` for text that holds no date."""
+    from rtscli.track.dates import parse_date
+
+    parts = []
+    for p in str(text).split(","):
+        p = p.strip()
+        if not p:
+            continue
+        if re.fullmatch(r"(?:19|20)\d\d", p):
+            parts += [f"{p}-01-01", f"{p}-12-31"]
+            continue
+        try:
+            d = parse_date(p)
+        except ValueError as exc:
+            raise RtsError(f"BaseMapDate: {exc}", path=path, fix="pass " + OPTION_OF["BaseMapDate"]) from None
+        parts.append(d.isoformat())
+    if not parts:
+        raise RtsError("BaseMapDate is empty", path=path, fix="pass " + OPTION_OF["BaseMapDate"])
+    return check_basemap_date(",".join([min(parts), max(parts)] if len(parts) > 1 else parts), "BaseMapDate")
 
 
 def _relations(rows: list[dict], obs) -> None:

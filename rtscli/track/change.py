@@ -20,8 +20,11 @@ metadata description, github.com/whrc/ARTS):
   slump stays followed, and is matched again at the next date that sees it.
 
 Merged and split slumps start new tracks (their parents are listed), as ARTS gives them new UIDs. A track's
-id is a UUID5 of its first date and the centroid (EPSG:4326, 1e-6 degree) of its first polygon, so the same
-maps give the same ids in any CRS and order. Per observation: the true area (m2 on the ellipsoid), its change
+id is a UUID5 of its first date and the centroid of its first polygon taken in EPSG:4326 (as ARTS takes
+centroids; rounded to 1e-6 degree, about 0.1 m), so the same maps give the same ids in any order, and in
+any CRS as long as reprojection keeps their vertices (an id can change where a centroid sits on a rounding
+boundary). Advances are measured in a local equidistant CRS when the maps reach beyond ``LOCAL_KM`` of the
+working CRS's centre. Per observation: the true area (m2 on the ellipsoid), its change
 since the previous date (m2 and m2/year; for a merged slump against its parents' union), the boundary
 advance (the largest distance from the previous polygon to any point of the new one, m and m/year: the
 headwall retreat of a growing slump) and the centroid shift (geodesic m). An observation (or the end of a
@@ -51,6 +54,9 @@ TRACK_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://rts.invalid/track/v1")
 RELATIONS = ("first", "new", "continued", "merged", "split", "unknown", "disappeared", "stabilized")
 #: a followed slump counts as looked at by a date's maps when this share of its polygon lies in their coverage
 COVERED_SHARE = 0.5
+#: beyond this distance (km) from the working CRS's centre, advances are measured in a local equidistant CRS
+#: (the equal-area CRS's distances are off by about (d / 2R)^2: 0.06 % at 100 km, 1.4 % at 1500 km)
+LOCAL_KM = 100.0
 
 
 @dataclass
@@ -114,9 +120,11 @@ class Track:
 def directed_advance(new, old) -> float:
     """The largest distance (CRS units) from ``old`` to a point of ``new``: how far the outline advanced.
 
-    Measured on the outline of ``new - old`` densified to 1/2000 of its length (at least 0.01 units), where
-    the distance to a polygon is largest (points inside ``old`` are at 0). Source: the directed Hausdorff
-    distance h(new, old) = max_{p in new} min_{q in old} |p - q|.
+    The directed Hausdorff distance h(new, old) = max_{p in new} min_{q in old} |p - q| (points inside ``old``
+    are at 0), taken over the outline of ``new - old`` densified to 1/2000 of its length (at least 0.01
+    units), and over the centre of the largest circle inside each part of ``new - old`` (shapely
+    ``maximum_inscribed_circle``), where the distance peaks inside a part that ``old`` surrounds (a hole
+    that closed). Exact for growth that ``old`` does not surround; otherwise within the densification step.
     """
     import shapely
 
@@ -124,9 +132,11 @@ def directed_advance(new, old) -> float:
     if diff.is_empty or diff.area <= 0:
         return 0.0
     step = max(diff.length / 2000.0, 0.01)
-    ring = shapely.segmentize(diff.boundary, step)
-    pts = shapely.points(shapely.get_coordinates(ring))
-    return float(np.max(shapely.distance(pts, old))) if len(pts) else 0.0
+    pts = shapely.points(shapely.get_coordinates(shapely.segmentize(diff.boundary, step)))
+    parts = [p for p in shapely.get_parts(diff) if p.geom_type == "Polygon" and p.area > 0]
+    centres = [shapely.get_point(shapely.maximum_inscribed_circle(p, step), 0) for p in parts]
+    both = np.concatenate([pts, np.asarray(centres, dtype=object)]) if centres else pts
+    return float(np.max(shapely.distance(both, old))) if len(both) else 0.0
 
 
 class Tracker:
@@ -149,13 +159,34 @@ class Tracker:
         from pyproj import Geod
 
         self._geod = Geod(ellps="WGS84")
+        self.far = False  # set by run(): the data reach beyond LOCAL_KM of the working CRS's centre
+        self._aeqd: dict = {}
 
     # --- ids and measures ------------------------------------------------------------------------------------
 
     def _lonlat(self, geom) -> tuple[float, float]:
-        c = geom.centroid
-        lon, lat = self._to_ll.transform(c.x, c.y)
-        return float(lon), float(lat)
+        """(lon, lat) of ``geom``'s centroid taken in EPSG:4326, as ARTS takes it: its vertices are the input's
+        own points whatever CRS they came in, so the centroid does not depend on the working CRS."""
+        import shapely
+
+        c = shapely.transform(geom, lambda xy: np.column_stack(self._to_ll.transform(xy[:, 0], xy[:, 1]))).centroid
+        return float(c.x), float(c.y)
+
+    def _local(self, geoms: list) -> list:
+        """``geoms`` in an azimuthal equidistant CRS centred on the first one (for true distances far from the
+        working CRS's centre); unchanged when the data lie within :data:`LOCAL_KM` of that centre."""
+        if not self.far:
+            return geoms
+        import shapely
+        from pyproj import Transformer
+
+        lon, lat = self._lonlat(geoms[0])
+        key = (round(lon * 2) / 2, round(lat * 2) / 2)  # one local CRS per half degree: scale error < 3e-5
+        if key not in self._aeqd:
+            self._aeqd[key] = Transformer.from_crs(
+                self.crs, f"+proj=aeqd +lat_0={key[1]} +lon_0={key[0]} +datum=WGS84 +units=m", always_xy=True)
+        t = self._aeqd[key]
+        return [shapely.transform(g, lambda xy: np.column_stack(t.transform(xy[:, 0], xy[:, 1]))) for g in geoms]
 
     def _new_track(self, first: Obs, start: str, parents: list[str] | None = None) -> Track:
         lon, lat = self._lonlat(first.geometry)
@@ -179,7 +210,7 @@ class Tracker:
         prev = union_all([b.geometry for b in before]) if len(before) > 1 else before[0].geometry
         o.prev_date = max(b.date for b in before)
         o.prev_area_m2 = float(self._area([prev])[0])
-        o.advance_m = directed_advance(o.geometry, prev)
+        o.advance_m = directed_advance(*self._local([o.geometry, prev]))
         (lon1, lat1), (lon2, lat2) = self._lonlat(prev), self._lonlat(o.geometry)
         o.centroid_shift_m = float(self._geod.inv(lon1, lat1, lon2, lat2)[2])
         o.uncertain = o.uncertain or any(b.touches_edge or b.touches_nodata for b in before)
@@ -230,7 +261,7 @@ class Tracker:
                     del self.active[b.track]
                 for o in now:
                     o.relation = relation
-                    o.related = [b.track for b in before]
+                    o.related = sorted(b.track for b in before)  # not in the order of the inputs
                     if relation == "merged":
                         self._compare(o, before)
                     else:
@@ -278,6 +309,10 @@ class Tracker:
         """Follow the slumps through ``frames`` (sorted by date); one log line per date."""
         from collections import Counter
 
+        bounds = [g.bounds for f in frames for g in f.geoms]
+        if bounds:
+            b = np.abs(np.asarray(bounds))
+            self.far = bool(np.hypot(np.maximum(b[:, 0], b[:, 2]), np.maximum(b[:, 1], b[:, 3])).max() > LOCAL_KM * 1e3)
         for k, f in enumerate(frames):
             if k == 0:
                 for o in self._observations(f):
@@ -312,9 +347,17 @@ class _Index:
 
 
 def _share_covered(geom, coverage) -> float:
-    """The share of ``geom``'s area inside ``coverage`` (1 when the coverage is unknown)."""
+    """The share of ``geom``'s area inside ``coverage`` (1 when the coverage is unknown). The coverage is
+    prepared (shapely), so that the common cases (wholly inside, wholly outside) need no intersection."""
+    import shapely
+
     if coverage is None:
         return 1.0
+    shapely.prepare(coverage)
+    if coverage.contains(geom):
+        return 1.0
+    if not coverage.intersects(geom):
+        return 0.0
     a = geom.area
     return coverage.intersection(geom).area / a if a > 0 else float(coverage.intersects(geom))
 

@@ -24,16 +24,14 @@ import numpy as np
 from rtscli.errors import RtsError
 from rtscli.geometry.footprint import to_crs
 from rtscli.geometry.polygons import overlap, union_root
+from rtscli.io.vector import FOOTPRINT_SUFFIX, column, negatives_of
 from rtscli.track.dates import find_date, parse_date
 
 log = logging.getLogger("rtscli")
 
-#: the layer suffix of a map's coverage (``rts predict`` writes ``rts_footprint`` beside ``rts``)
-FOOTPRINT_SUFFIX = "_footprint"
 #: flag columns of ``rts predict`` outputs, with their Shapefile names
 FLAG_COLUMNS = {"touches_edge": ("touches_edge", "touch_edge"), "touches_nodata": ("touches_nodata", "touch_nd")}
 #: ARTS field names (and the Shapefile abbreviations the ARTS tutorial uses)
-TRAIN_CLASS = ("TrainClass", "TrnClss")
 BASEMAP_DATE = ("BaseMapDate", "BasMpDt")
 
 
@@ -62,15 +60,6 @@ class DateFrame:
     given: list[str] = field(default_factory=list)  # each polygon's date as its map wrote it (ARTS ranges stay)
     coverage: Any | None = None  # shapely geometry; None: the date's maps do not say where they looked
     files: list[str] = field(default_factory=list)
-
-
-def column(gdf, names: tuple[str, ...]) -> str | None:
-    """The first of ``names`` that is a column of ``gdf`` (case-insensitive), or None."""
-    lower = {str(c).lower(): c for c in gdf.columns}
-    for n in names:
-        if n.lower() in lower:
-            return lower[n.lower()]
-    return None
 
 
 def pick_layer(path: Path, layer: str | None) -> str | None:
@@ -110,9 +99,8 @@ def read_map(path: Path, *, given: date | None = None, date_field: str | None = 
     check_coordinates(gdf, path)
     gdf = gdf.assign(source=[f"{path.name}#{i}" for i in gdf.index]).reset_index(drop=True)
     negatives = 0
-    tc = column(gdf, TRAIN_CLASS)
-    if tc is not None:  # an ARTS file: background (Negative) areas are not slumps
-        neg = gdf[tc].astype(str).str.strip().str.lower().eq("negative").to_numpy()
+    neg = negatives_of(gdf, path)
+    if neg is not None:  # an ARTS file: background (Negative) areas are not slumps
         negatives = int(neg.sum())
         gdf = gdf[~neg].reset_index(drop=True)
     done = [f"{n} {what}" for n, what in ((rep.repaired, "invalid polygon(s) repaired (make_valid)"),
@@ -127,15 +115,16 @@ def read_map(path: Path, *, given: date | None = None, date_field: str | None = 
     one = sorted(set(dates))
     map_date = one[0] if len(one) == 1 else given
     if not len(gdf) and map_date is None:  # an empty map still says that the slumps where it looked are gone
-        f = find_date(path.stem)
+        f = find_date(path.stem) or find_date(path.parent.name)
         if f is None:
             raise RtsError("the map has no slumps and no date in its name", path=path,
                            fix="pass --dates YYYY-MM-DD,... (one per map, in order)")
         map_date = f[0]
     for key, names in FLAG_COLUMNS.items():
         c = column(gdf, names)
-        gdf[key] = gdf[c].fillna(False).astype(bool).to_numpy() if c is not None else np.zeros(len(gdf), bool)
-    gdf = gdf[["date", "date_given", "touches_edge", "touches_nodata", "source", "geometry"]]
+        gdf[key] = _flags(gdf[c]) if c is not None else np.zeros(len(gdf), bool)
+    keep = ["date", "date_given", "touches_edge", "touches_nodata", "source"] + (["scene"] if "scene" in gdf else [])
+    gdf = gdf[keep + ["geometry"]]
     return SlumpMap(path, name, gdf, _coverage(path, name, gdf.crs), how, negatives, map_date)
 
 
@@ -160,14 +149,29 @@ def _dates(path: Path, gdf, given: date | None, date_field: str | None) -> tuple
         if all(found.values()):
             _year_note(path, [f for f in found.values() if f[1]])
             out = [found[s][0] for s in gdf["scene"]]
-            return out, "scene name", [d.isoformat() for d in out]
+            return out, "scene name", [_written(found[s]) for s in gdf["scene"]]
     for name, how in ((path.stem, "file name"), (path.parent.name, "folder name")):
         f = find_date(name)
         if f is not None:
             _year_note(path, [f] if f[1] else [])
-            return [f[0]] * len(gdf), how, [f[0].isoformat()] * len(gdf)
+            return [f[0]] * len(gdf), how, [_written(f)] * len(gdf)
     raise RtsError("cannot tell the imagery date of the map (no date in its scene, file or folder name)", path=path,
                    fix="pass --dates YYYY-MM-DD,... (one per map, in order) or --date-field NAME")
+
+
+def _flags(values) -> np.ndarray:
+    """A flag column as booleans: GeoPackage booleans and 0/1, but also text (``"false"`` is False)."""
+    import pandas as pd
+
+    if values.dtype == object:
+        text = values.astype(str).str.strip().str.lower()
+        return text.isin(["true", "1", "yes", "t", "y"]).to_numpy()
+    return pd.Series(values).fillna(False).astype(bool).to_numpy()
+
+
+def _written(found: tuple[date, bool]) -> str:
+    """A date found in a name as the name gives it: ``YYYY-MM-DD``, or the year alone."""
+    return str(found[0].year) if found[1] else found[0].isoformat()
 
 
 def _as_text(values) -> list[str]:
@@ -232,6 +236,7 @@ def _coverage(path: Path, layer: str | None, crs) -> Any | None:
     if path.suffix.lower() != ".gpkg" or layer is None:
         return None
     import geopandas as gpd
+    import shapely
     from shapely import union_all
 
     from rtscli.io.vector import gpkg_layers
@@ -239,12 +244,16 @@ def _coverage(path: Path, layer: str | None, crs) -> Any | None:
     name = f"{layer}{FOOTPRINT_SUFFIX}"
     if name not in gpkg_layers(path):
         return None
-    fp = gpd.read_file(path, layer=name)
-    if not len(fp):
-        return None
-    if fp.crs is not None and crs is not None and fp.crs != crs:
-        fp = fp.to_crs(crs)
-    return union_all(fp.geometry.values)
+    try:
+        fp = gpd.read_file(path, layer=name)
+        if not len(fp):
+            return None
+        if fp.crs is not None and crs is not None and fp.crs != crs:
+            fp = fp.to_crs(crs)
+        return union_all(shapely.make_valid(fp.geometry.values))
+    except Exception as exc:  # a damaged footprint layer: one line, not a traceback
+        raise RtsError(f"cannot read its footprint layer {name!r} ({' '.join(str(exc).split())[:120]})", path=path,
+                       fix="repair or delete that layer (ogr2ogr), then run again") from None
 
 
 # --- one frame for all dates ------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ class TrackRequest:
     stabilized: Path | None = None
     stabilized_layer: str | None = None
     to_crs: str | None = None
+    out_crs: object = None  # --to-crs, parsed by check()
     plot: Path | None = None
     plot_top: int = 10
     plot_by: str = "rate"
@@ -125,7 +126,7 @@ def check(req: TrackRequest) -> None:
     if req.to_crs:
         from rtscli.io.raster import parse_crs
 
-        parse_crs(req.to_crs, "--to-crs")
+        req.out_crs = parse_crs(req.to_crs, "--to-crs")
 
 
 def run(req: TrackRequest, progress=None) -> dict:
@@ -160,11 +161,7 @@ def run(req: TrackRequest, progress=None) -> dict:
         req.options.stabilized = to_crs(scars.geometry.values, scars.crs, crs) if len(scars) else []
     tracker = Tracker(crs, req.options)
     tracker.run(frames)
-    out_crs = req.to_crs or next((m.gdf.crs for m in maps if m.gdf.crs is not None), None)
-    if req.to_crs:
-        from rtscli.io.raster import parse_crs
-
-        out_crs = parse_crs(req.to_crs, "--to-crs")
+    out_crs = req.out_crs or next((m.gdf.crs for m in maps if m.gdf.crs is not None), None)
     result = layers(tracker, out_crs)
     write_layers(result, req.out, overwrite=req.overwrite)
     obs, tracks = result["observations"], result["tracks"]
@@ -183,4 +180,4 @@ def run(req: TrackRequest, progress=None) -> dict:
             "relations": dict(Counter(obs["relation"])), "ends": dict(Counter(tracks["end"])),
             "uncertain": int(obs["uncertain"].sum()), "report": report,
             "fastest": tracks[tracks["growth_rate_m2_yr"] > 0].nlargest(3, "growth_rate_m2_yr")[
-                ["track_id", "growth_rate_m2_yr", "last_area_m2"]].to_dict("records")}
+                ["track_id", "growth_rate_m2_yr", "last_area_m2"]].to_dict("records") if len(tracks) else []}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from rtscli.track.change import Obs, Track, Tracker
+from rtscli.track.dates import years_between
 
 OBS_COLUMNS = ["track_id", "date", "date_given", "present", "relation", "related", "formed_on", "area_m2", "prev_date",
                "years",
@@ -24,6 +25,7 @@ def _r(v: float, nd: int = 3) -> float:
 
 
 def obs_row(o: Obs) -> dict:
+    """One row of ``observations`` (the columns of :data:`OBS_COLUMNS` and the geometry) for ``o``."""
     years = o.years
     change = o.area_m2 - o.prev_area_m2 if o.present else float("nan")
 
@@ -41,9 +43,10 @@ def obs_row(o: Obs) -> dict:
 
 
 def track_row(t: Track) -> dict:
+    """One row of ``tracks`` (:data:`TRACK_COLUMNS` and the last polygon seen) for ``t``."""
     seen = [o for o in t.obs if o.present]
     first, last = seen[0], seen[-1]
-    years = (last.date - first.date).days / 365.25
+    years = years_between(first.date, last.date)
     growth = last.area_m2 - first.area_m2
     steps = [o for o in seen[1:] if o.relation == "continued" and o.advance_m == o.advance_m]
     advance = sum(o.advance_m for o in steps)
@@ -75,9 +78,11 @@ def layers(tracker: Tracker, out_crs=None) -> dict:
     trk = [track_row(t) for t in sorted(tracker.tracks.values(), key=lambda t: (t.obs[0].date, t.id))]
     o = gpd.GeoDataFrame(obs, columns=OBS_COLUMNS + ["geometry"], geometry="geometry", crs=tracker.crs)
     t = gpd.GeoDataFrame(trk, columns=TRACK_COLUMNS + ["geometry"], geometry="geometry", crs=tracker.crs)
-    for df, ints in ((o, []), (t, ["observations"])):
-        for c in ints:
-            df[c] = df[c].astype(np.int64)
+    for df, cols in ((o, OBS_COLUMNS), (t, TRACK_COLUMNS)):  # numbers stay numbers in an empty layer too
+        for c in cols:
+            if c.endswith(("_m2", "_m", "_yr", "years")):
+                df[c] = df[c].astype(float)
+    t["observations"] = t["observations"].astype(np.int64)
     if out_crs is not None:
         o, t = o.to_crs(out_crs), t.to_crs(out_crs)
     return {"observations": o, "tracks": t}
