@@ -47,9 +47,10 @@ def one(n: int) -> dict:
     t2 = time.perf_counter()
     out = layers(tracker)
     t3 = time.perf_counter()
-    assert len(out["tracks"]) == n and (out["observations"]["relation"] == "continued").sum() == 2 * n
+    continued = int((out["observations"]["relation"] == "continued").sum())  # random boxes may overlap: a few merge
     return {"slumps": n, "load_s": round(t1 - t0, 1), "track_s": round(t2 - t1, 1), "tables_s": round(t3 - t2, 1),
-            "ms_per_observation": round(1000 * (t3 - t0) / (3 * n), 2)}
+            "ms_per_observation": round(1000 * (t3 - t0) / (3 * n), 2),
+            "continued_share": round(continued / (2 * n), 4)}
 
 
 def main() -> None:
@@ -60,10 +61,11 @@ def main() -> None:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\nrts track, 3 dates ({datetime.now(timezone.utc).isoformat(timespec='seconds')}, {platform.machine()}, "
           f"{os.cpu_count()} CPUs; peak RSS {rss:.0f} MB)\n")
-    print("| slumps per date | read + reproject (s) | track (s) | tables (s) | ms per observation |")
-    print("|---:|---:|---:|---:|---:|")
+    print("| slumps per date | reproject (s) | track (s) | tables (s) | ms per observation | continued |")
+    print("|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['slumps']:,} | {r['load_s']} | {r['track_s']} | {r['tables_s']} | {r['ms_per_observation']} |")
+        print(f"| {r['slumps']:,} | {r['load_s']} | {r['track_s']} | {r['tables_s']} | {r['ms_per_observation']} | "
+              f"{r['continued_share']:.2%} |")
 
 
 if __name__ == "__main__":
