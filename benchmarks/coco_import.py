@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
-import subprocess
-import sys
-from datetime import datetime, timezone
 from pathlib import Path
+from common import RTS, measured
+from common import meta as run_meta
 
 import numpy as np
 
@@ -66,30 +63,20 @@ def main() -> None:
     if data.exists():
         shutil.rmtree(data)
     n_ann = write_coco(data, args.images, args.size)
-    probe = (
-        "import resource, subprocess, sys, time, json;"
-        "t=time.perf_counter();"
-        "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL);"
-        "print(json.dumps({'wall': time.perf_counter()-t,"
-        " 'rss_mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024}))"
-    )
-    rts = [sys.executable, "-m", "rtscli"]
     rows = []
     for label, extra in (("whole images", []), (f"cut into {args.size // 2} px chips", ["--chip-size",
                                                                                         str(args.size // 2)])):
         ds = out / ("ds_whole" if not extra else "ds_cut")
-        cmd = [*rts, "prepare", "--coco", str(data / "instances_train.json"), "--coco",
+        cmd = [*RTS, "prepare", "--coco", str(data / "instances_train.json"), "--coco",
                str(data / "instances_test.json"), "--images", str(data / "images"), "-o", str(ds), "--overwrite",
                *extra]
-        res = json.loads(subprocess.run([sys.executable, "-c", probe, *cmd], check=True, capture_output=True,
-                                        text=True).stdout)
+        res = measured(cmd)
         anns = sum(len(json.loads((ds / f"{s}.json").read_text())["annotations"]) for s in ("train", "val", "test"))
         chips = sum(len(json.loads((ds / f"{s}.json").read_text())["images"]) for s in ("train", "val", "test"))
         rows.append({"run": label, "images": args.images, "annotations_in": n_ann, "chips_out": chips,
                      "annotations_out": anns, "wall_s": round(res["wall"], 1),
                      "images_per_s": round(args.images / res["wall"], 1), "peak_rss_mb": round(res["rss_mb"])})
-    meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.platform(),
-            "python": platform.python_version(), "cpus": os.cpu_count(), "image_side_px": args.size}
+    meta = run_meta(image_side_px=args.size)
     (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     print(f"rts prepare --coco, {args.images} JPEG images of {args.size} px, {n_ann} polygons "
           f"({meta['date']}, {meta['cpus']} CPUs)\n")

@@ -21,22 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
-import sys
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
-
-
-def rts(*args: str) -> float:
-    t = time.perf_counter()
-    print("+ rts " + " ".join(args), file=sys.stderr, flush=True)
-    subprocess.run([sys.executable, "-m", "rtscli", *args], check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t
+from common import meta as run_meta
+from common import run as rts
 
 
 def main() -> None:
@@ -97,8 +86,7 @@ def main() -> None:
                          params_m=round(cfg["parameters"]["total"] / 1e6, 2),
                          trainable_m=round(cfg["parameters"]["trainable"] / 1e6, 2),
                          peak_train_mb=cost.get("peak_train_mb"), steps=cfg["metrics"]["steps_run"]))
-    meta = dict(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), machine=platform.node(),
-                cpus=os.cpu_count(), args=vars(args), walls_s={k: round(v) for k, v in walls.items()})
+    meta = run_meta(args=vars(args), walls_s={k: round(v) for k, v in walls.items()})
     manifest = yaml.safe_load((ds / "manifest.yaml").read_text())
     meta["counts"] = {s: manifest["counts"]["total"][s] for s in ("train", "val", "test")}
     (out / "results.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))

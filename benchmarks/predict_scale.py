@@ -20,14 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
+from common import meta as run_meta
+from common import run
 
 
 def one(scene: Path, model: Path, workers: int, batch: int, scale: float | None) -> dict:
@@ -160,9 +160,8 @@ def main() -> None:
     for size in (int(s) for s in args.sizes.split(",")):
         d = out / f"synth_{size}"
         if not (d / "synth.yaml").exists():
-            subprocess.run([sys.executable, "-m", "rtscli", "synth", str(d), "--chips", "0", "--scenes", "1",
-                            "--scene-size", str(size), "--seed", "3", "--site", "herschel", "--overwrite"], check=True,
-                           stdout=subprocess.DEVNULL)
+            run("synth", d, "--chips", 0, "--scenes", 1, "--scene-size", size, "--seed", 3, "--site", "herschel",
+                "--overwrite")
         scene = next((d / "scenes").glob("*.tif"))
         r = subprocess.run([sys.executable, __file__, "--model", args.model, "--one", str(scene), "--workers",
                             str(args.workers), "--batch-size", str(args.batch_size),
@@ -171,8 +170,7 @@ def main() -> None:
                            text=True)
         rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    meta = dict(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), machine=platform.node(),
-                cpus=os.cpu_count(), model=args.model)
+    meta = run_meta(model=args.model)
     (out / "results.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
     print(f"\n`rts predict` on synthetic scenes (3 m), {args.model}, {meta['cpus']} CPUs, {meta['date']}\n")
     print("| scene | tiles | s | tiles/s | km²/h | read | model | merge+polygons | write | non-model share | "

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
+from common import RTS, measured
+from common import meta as run_meta
 
 
 def main() -> None:
@@ -33,29 +31,16 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     sizes = sorted(int(s) for s in args.sizes.split(","))
     rows = []
-    # each measurement in its own interpreter so ru_maxrss belongs to that run alone
-    probe = (
-        "import resource, subprocess, sys, time, json;"
-        "t=time.perf_counter();"
-        "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL);"
-        "print(json.dumps({'wall': time.perf_counter()-t,"
-        " 'rss_mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024}))"
-    )
-
-    def measured(cmd: list[str]) -> dict:
-        return json.loads(subprocess.run([sys.executable, "-c", probe, *cmd], check=True, capture_output=True,
-                                         text=True).stdout)
-
     for size in sizes:
         scene_dir = out / f"scene_{size}"
         tif = scene_dir / "scenes" / "scene_00_tuktoyaktuk.tif"
         synth = None
         if not tif.exists():
-            synth = measured([sys.executable, "-m", "rtscli", "synth", str(scene_dir), "--chips", "0", "--scenes", "1",
+            synth = measured([*RTS, "synth", str(scene_dir), "--chips", "0", "--scenes", "1",
                               "--scene-size", str(size), "--site", "tuktoyaktuk", "--seed", "1", "--overwrite"])
             print(f"synth {size}: {synth['wall']:.1f} s, peak RSS {synth['rss_mb']:.0f} MB", file=sys.stderr)
         ds = out / f"dataset_{size}"
-        cmd = [sys.executable, "-m", "rtscli", "prepare", str(tif), "--labels", str(tif.with_suffix(".gpkg")),
+        cmd = [*RTS, "prepare", str(tif), "--labels", str(tif.with_suffix(".gpkg")),
                "-o", str(ds), "--bands", "planetscope4", "--chip-size", str(args.chip_size),
                "--overlap", str(args.overlap), "--overwrite"]
         res = measured(cmd)
@@ -77,9 +62,7 @@ def main() -> None:
     base = rows[0]["peak_rss_mb"]
     for r in rows:
         r["rss_ratio_vs_smallest"] = round(r["peak_rss_mb"] / base, 3)
-    meta = dict(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), machine=platform.node(),
-                cpus=os.cpu_count(), python=platform.python_version(), chip_size=args.chip_size,
-                overlap=args.overlap)
+    meta = run_meta(chip_size=args.chip_size, overlap=args.overlap)
     (out / "results.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
     print(f"\n`rts prepare` scenes + vector labels, chip {args.chip_size}, overlap {args.overlap}, "
           f"{meta['cpus']} CPUs, {meta['date']}\n")

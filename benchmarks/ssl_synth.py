@@ -18,26 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
-import subprocess
-import sys
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-RTS = [sys.executable, "-m", "rtscli"]
-
-
-def run(*args, quiet: bool = True) -> float:
-    """Run an rts command; returns its wall time in seconds (raises on failure)."""
-    t = time.perf_counter()
-    res = subprocess.run([*RTS, *map(str, args)], capture_output=True, text=True)
-    if res.returncode:
-        raise SystemExit(f"failed: rts {' '.join(map(str, args))}\n{res.stderr[-3000:]}")
-    return time.perf_counter() - t
+from common import meta as run_meta
+from common import run
 
 
 def subset(ds: Path, out: Path, fraction: float, seed: int = 0) -> int:
@@ -118,8 +105,7 @@ def main() -> None:
                              "mask_ap50": round(r["metrics"]["segm"]["AP50"], 3),
                              "box_ap50": round(r["metrics"]["bbox"]["AP50"], 3), "train_s": round(secs)})
                 print(rows[-1], flush=True)
-    meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.platform(),
-            "cpus": os.cpu_count(), "args": vars(args)}
+    meta = run_meta(args=vars(args))
     (out / "results.json").write_text(json.dumps({"meta": meta, "ssl": ssl_rows, "rows": rows}, indent=2))
     print(f"\nrts ssl then rts pretrain, nano, CPU ({meta['date']}, {meta['cpus']} CPUs), {args.steps} supervised "
           f"steps at batch {args.batch_size}\n")

@@ -9,12 +9,11 @@ areas, advance and tables are timed in-process (reading and writing files are no
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import resource
 import time
-from datetime import date, datetime, timezone
+from datetime import date
 from pathlib import Path
+from common import meta as run_meta
 
 import numpy as np
 
@@ -59,8 +58,8 @@ def main() -> None:
     args = ap.parse_args()
     rows = [one(int(n)) for n in args.slumps.split(",")]
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"\nrts track, 3 dates ({datetime.now(timezone.utc).isoformat(timespec='seconds')}, {platform.machine()}, "
-          f"{os.cpu_count()} CPUs; peak RSS {rss:.0f} MB)\n")
+    m = run_meta()
+    print(f"\nrts track, 3 dates ({m['date']}, {m['machine']}, {m['cpus']} CPUs; peak RSS {rss:.0f} MB)\n")
     print("| slumps per date | reproject (s) | track (s) | tables (s) | ms per observation | continued |")
     print("|---:|---:|---:|---:|---:|---:|")
     for r in rows:

@@ -18,24 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
-import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-RTS = [sys.executable, "-m", "rtscli"]
-
-
-def run(*args) -> float:
-    """Run an rts command; returns its wall time in seconds (raises on failure)."""
-    t = time.perf_counter()
-    res = subprocess.run([*RTS, *map(str, args)], capture_output=True, text=True)
-    if res.returncode:
-        raise SystemExit(f"failed: rts {' '.join(map(str, args))}\n{res.stderr[-3000:]}")
-    return time.perf_counter() - t
+from common import meta as run_meta
+from common import run
 
 
 def found(truth: Path, pred: Path) -> tuple[int, int]:
@@ -97,8 +84,7 @@ def main() -> None:
     score = relation_recovery(truth[1:], gpd.read_file(out / "changes.gpkg", layer="observations"))
     ref = relation_recovery(truth[1:], gpd.read_file(out / "changes_truth.gpkg", layer="observations"))
     detected = [found(a, b) for a, b in zip(truth, pred, strict=True)]
-    meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.platform(),
-            "cpus": os.cpu_count(), "args": vars(args), "mask_ap50_test": ap50, **times}
+    meta = run_meta(args=vars(args), mask_ap50_test=ap50, **times)
     (out / "results.json").write_text(json.dumps({"meta": meta, "predicted": score, "truth_maps": ref,
                                                   "detected": detected}, indent=2))
     print(f"\nrts track on predicted maps: nano {args.modality} model, {args.steps} steps (test mask AP50 {ap50:.3f}),"

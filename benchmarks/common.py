@@ -1,0 +1,47 @@
+"""What the benchmark scripts share: running rts, measuring a run's wall time and peak memory, and the
+metadata (date, machine) every result file carries. The scripts run as ``python benchmarks/NAME.py``, so
+this folder is on their import path."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+
+RTS = [sys.executable, "-m", "rtscli"]
+
+# one interpreter per measurement, so that ru_maxrss (the largest child) belongs to that run alone
+_PROBE = (
+    "import resource, subprocess, sys, time, json;"
+    "t=time.perf_counter();"
+    "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL);"
+    "print(json.dumps({'wall': time.perf_counter()-t,"
+    " 'rss_mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024}))"
+)
+
+
+def run(*args) -> float:
+    """Run ``rts ARGS`` (echoed to stderr); returns its wall time in seconds. Stops the benchmark with rts's last
+    words on failure."""
+    print("+ rts " + " ".join(map(str, args)), file=sys.stderr, flush=True)
+    t = time.perf_counter()
+    res = subprocess.run([*RTS, *map(str, args)], capture_output=True, text=True)
+    if res.returncode:
+        raise SystemExit(f"failed: rts {' '.join(map(str, args))}\n{res.stderr[-3000:]}")
+    return time.perf_counter() - t
+
+
+def measured(cmd: list[str]) -> dict:
+    """Run ``cmd`` (a full command line) in a fresh interpreter: ``{"wall": seconds, "rss_mb": peak RSS}``."""
+    out = subprocess.run([sys.executable, "-c", _PROBE, *map(str, cmd)], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def meta(**extra) -> dict:
+    """When and where a benchmark ran (UTC date, host, platform, Python, CPUs), with ``extra``."""
+    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.node(),
+            "platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(), **extra}
