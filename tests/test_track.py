@@ -39,6 +39,13 @@ def three_dates(folder: Path, crss=(SITE, SITE, SITE)) -> list[Path]:
     return [write_map(folder / f"slumps_{d.isoformat()}.gpkg", MAPS[d], crs) for d, crs in zip(MAPS, crss, strict=True)]
 
 
+def two_dates_in_a_field(path: Path, field: str, first: str, second: str) -> Path:
+    """One file holding the maps of D1 and D2, each feature's date in ``field`` (written ``first``/``second``)."""
+    gpd.GeoDataFrame({field: [first] * len(MAPS[D1]) + [second] * len(MAPS[D2])},
+                     geometry=[box(*x) for x in MAPS[D1] + MAPS[D2]], crs=SITE).to_file(path, driver="GPKG")
+    return path
+
+
 def read(out: Path):
     obs = gpd.read_file(out, layer="observations")
     tracks = gpd.read_file(out, layer="tracks")
@@ -182,10 +189,7 @@ def test_dates_from_options_fields_and_predict_scene_names(rts, tmp_path):
     assert rts("track", a, b, "-o", out).code == 0
     assert sorted(set(read(out)[0]["date"])) == [D1.isoformat(), D2.isoformat()]
     # one file holding both dates in a field
-    both = gpd.GeoDataFrame({"year_seen": ["2019-07-15"] * 7 + ["2020-07-15"] * 7},
-                            geometry=[box(*x) for x in MAPS[D1] + MAPS[D2]], crs=SITE)
-    one = tmp_path / "labels.gpkg"
-    both.to_file(one, driver="GPKG")
+    one = two_dates_in_a_field(tmp_path / "labels.gpkg", "year_seen", "2019-07-15", "2020-07-15")
     out2 = tmp_path / "d.gpkg"
     assert rts("track", one, "-o", out2, "--date-field", "year_seen").code == 0
     o2 = read(out2)[0]
@@ -340,14 +344,11 @@ def test_maps_in_every_vector_format(rts, tmp_path):
 def test_what_real_maps_hold_dates_crs_folders_and_manifests(rts, tmp_path):
     """Found by a new user: date formats, a wrong CRS, folders of rts predict outputs and dated folders."""
     # dates written many ways in one field are read exactly; an ambiguous one is refused, never guessed
-    both = gpd.GeoDataFrame({"img_date": ["2019/07/15"] * 7 + ["15.07.2020"] * 7},
-                            geometry=[box(*x) for x in MAPS[D1] + MAPS[D2]], crs=SITE)
-    one = tmp_path / "labels.gpkg"
-    both.to_file(one, driver="GPKG")
+    one = two_dates_in_a_field(tmp_path / "labels.gpkg", "img_date", "2019/07/15", "15.07.2020")
     out = tmp_path / "a.gpkg"
     assert rts("track", one, "-o", out, "--date-field", "img_date").code == 0
     assert sorted(set(read(out)[0]["date"])) == [D1.isoformat(), D2.isoformat()]
-    both.assign(img_date=["07/15/2019"] * 7 + ["2020-07-15"] * 7).to_file(one, driver="GPKG")
+    two_dates_in_a_field(one, "img_date", "07/15/2019", "2020-07-15")
     r = rts("track", one, "-o", tmp_path / "b.gpkg", "--date-field", "img_date")
     assert r.code == 2 and "07/15/2019" in r.err and "row 0" in r.err
     a, b = three_dates(tmp_path / "m")[:2]

@@ -346,11 +346,6 @@ def _read_rendering(scene, max_side: int) -> tuple[np.ndarray, int]:
     Returns ``(image (h, w, 3) float32, decimation)``; at most ``max_side`` pixels a side, each raster read
     once (all of its bands together).
     """
-    import rasterio
-    from rasterio.errors import RasterioIOError
-
-    from rtscli.io.raster import read_error
-
     names = {n: (s, i) for s in scene.sources for n, i in s.bands.items()}
     picks = [names[n] for n in ("red", "green", "blue") if n in names] or [next(iter(names.values()))]
     scale = max(1, int(np.ceil(max(scene.width, scene.height) / max_side)))
@@ -360,11 +355,7 @@ def _read_rendering(scene, max_side: int) -> tuple[np.ndarray, int]:
         by_path.setdefault(s.path, []).append(i)
     planes = {}
     for p, bands in by_path.items():
-        try:
-            with rasterio.open(p) as src, _on_scene_grid(src, scene, p) as grid:
-                data = grid.read(bands, out_shape=(len(bands), h, w), masked=True).astype(np.float32).filled(np.nan)
-        except RasterioIOError as exc:
-            raise read_error(p, exc) from None
+        data = read_decimated(scene, p, bands, h, w, masked=True).astype(np.float32).filled(np.nan)
         planes |= {(p, i): x for i, x in zip(bands, data, strict=True)}
     img = np.stack([planes[s.path, i] for s, i in picks], -1)
     for k in range(img.shape[-1]):
@@ -377,6 +368,23 @@ def _read_rendering(scene, max_side: int) -> tuple[np.ndarray, int]:
     return img, scale
 
 
+def read_decimated(scene, path: Path, bands: list[int], h: int, w: int, **read_options) -> np.ndarray:
+    """``bands`` (1-based) of the raster ``path``, on the scene's grid (resampled onto it with ``--resample``),
+    read whole but decimated to (len(bands), h, w) by GDAL (overviews when the file has them): bounded memory
+    whatever the scene's size. ``read_options`` go to rasterio's ``read`` (``masked``, ``resampling``). Raises
+    :class:`RtsError` naming the file when GDAL cannot read it."""
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    from rtscli.io.raster import read_error
+
+    try:
+        with rasterio.open(path) as src, _on_scene_grid(src, scene, path) as grid:
+            return grid.read(bands, out_shape=(len(bands), h, w), **read_options)
+    except RasterioIOError as exc:
+        raise read_error(path, exc) from None
+
+
 def valid_footprint(scene, max_side: int = 1024):
     """Where the scene has data: the polygon (scene CRS) of the pixels valid in every band of every source.
 
@@ -385,28 +393,20 @@ def valid_footprint(scene, max_side: int = 1024):
     or ``--nodata``; NaN too), polygonized through the decimated grid's transform and clipped to the scene's
     true footprint. A scene without nodata gives that footprint itself.
     """
-    import rasterio
     from rasterio.enums import Resampling
-    from rasterio.errors import RasterioIOError
     from rasterio.features import shapes
     from rasterio.transform import Affine
     from shapely import union_all
     from shapely.geometry import shape
 
     from rtscli.geometry.footprint import window_footprint
-    from rtscli.io.raster import read_error
 
     whole = window_footprint(scene.transform, 0, 0, scene.width, scene.height)
     scale = max(1, int(np.ceil(max(scene.width, scene.height) / max_side)))
     h, w = max(1, int(np.ceil(scene.height / scale))), max(1, int(np.ceil(scene.width / scale)))
     valid = np.ones((h, w), bool)
     for s in scene.sources:
-        try:
-            with rasterio.open(s.path) as src, _on_scene_grid(src, scene, s.path) as grid:
-                bands = sorted(set(s.bands.values()))
-                data = grid.read(bands, out_shape=(len(bands), h, w), resampling=Resampling.nearest)
-        except RasterioIOError as exc:
-            raise read_error(s.path, exc) from None
+        data = read_decimated(scene, s.path, sorted(set(s.bands.values())), h, w, resampling=Resampling.nearest)
         if np.issubdtype(data.dtype, np.floating):
             valid &= np.isfinite(data).all(axis=0)
         if s.nodata is not None and s.nodata == s.nodata:

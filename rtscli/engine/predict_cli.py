@@ -12,12 +12,12 @@ from pathlib import Path
 
 from rtscli.engine.predict import PredictOptions, Scene, Source, dropped_note, open_scene, predict_scene
 from rtscli.errors import RtsError
+from rtscli.io.vector import SHP_NAMES
 
 log = logging.getLogger("rtscli")
 
 EXTS = (".gpkg", ".shp", ".geojson", ".parquet")
 RASTER_EXTS = (".tif", ".tiff", ".vrt", ".jp2", ".img")
-SHP_NAMES = {"perimeter_m": "perim_m", "touches_nodata": "touch_nd", "touches_edge": "touch_edge"}
 
 
 def scene_list(inputs: list[str]) -> list[Path]:

@@ -66,3 +66,23 @@ def to_crs(geoms, src, dst) -> list:
     src = CRS.from_user_input(src)
     t = Transformer.from_crs(src, CRS.from_user_input(dst), always_xy=True)
     return list(reproject(geoms, t, MAX_EDGE_DEG if src.is_geographic else MAX_EDGE_M))
+
+
+def lonlat_centroids(geoms, crs=None, *, to_lonlat=None):
+    """``(lon, lat)`` arrays (degrees, EPSG:4326) of each polygon's centroid as the ARTS data set takes it
+    (``gdf.to_crs(4326).centroid``): the polygon's own vertices taken to longitude/latitude, no densifying,
+    then its planar centroid in degrees. So the same vertices in any CRS give the same centroid. ``to_lonlat``:
+    a prebuilt pyproj ``Transformer`` (``always_xy``) to EPSG:4326, instead of ``crs``."""
+    import numpy as np
+    import shapely
+    from pyproj import CRS, Transformer
+
+    geoms = np.asarray(list(geoms), dtype=object)
+    if to_lonlat is None:
+        to_lonlat = Transformer.from_crs(CRS.from_user_input(crs), "EPSG:4326", always_xy=True)
+
+    def move(xy):
+        return np.column_stack(to_lonlat.transform(xy[:, 0], xy[:, 1]))
+
+    c = shapely.centroid(shapely.transform(geoms, move)) if len(geoms) else geoms
+    return shapely.get_x(c), shapely.get_y(c)

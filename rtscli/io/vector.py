@@ -77,6 +77,8 @@ def duplicate_labels(geoms) -> tuple[list[int], int]:
     return sorted(dropped), overlapping
 
 
+#: Shapefile field names (at most 10 characters) of the rts predict fields that are longer
+SHP_NAMES = {"perimeter_m": "perim_m", "touches_nodata": "touch_nd", "touches_edge": "touch_edge"}
 #: the layer suffix of a map's coverage (``rts predict`` writes ``rts_footprint`` beside ``rts``)
 FOOTPRINT_SUFFIX = "_footprint"
 #: the ARTS data set's TrainClass field (and the Shapefile abbreviation of the ARTS tutorial)

@@ -146,23 +146,24 @@ def write_series(folder: Path, stem: str, height: int, width: int, years: int, *
     from rtscli.synth import scene_plan, site_origin, write_scene
 
     base = scene_plan(height, width, seed=seed, site_name=site_name, resolution=resolution, nodata_margin=False)
-    transform = site_origin(site_name, crs, resolution, index=index).transform()
+    geo = site_origin(site_name, crs, resolution, index=index)
+    transform = geo.transform()
+
+    def frame(rows):
+        """The truth layer of ``rows`` (Active slumps) in map coordinates, with true areas."""
+        g = gpd.GeoDataFrame(
+            {"track": [a.track for a in rows], "relation": [a.relation for a in rows],
+             "related": [",".join(a.related) for a in rows], "weak_rgb": [a.slump.weak for a in rows],
+             "touching": [a.slump.touching for a in rows]},
+            geometry=[to_map(a.slump.geometry, transform) for a in rows], crs=geo.crs)
+        g["area_m2"] = geodesic_area_perimeter(g.geometry.values, geo.crs)[0] if len(g) else []
+        return g
+
     out = []
     for y in evolve(base, years, seed):
         tif, gpkg = write_scene(folder / f"{stem}_{y.date.isoformat()}.tif", height, width, seed=seed,
                                 site_name=site_name, crs=crs, resolution=resolution, plan=y.plan, index=index,
                                 progress=progress)
-        crs_obj = gpd.read_file(gpkg, layer="rts").crs
-
-        def frame(rows, crs_obj=crs_obj):
-            g = gpd.GeoDataFrame(
-                {"track": [a.track for a in rows], "relation": [a.relation for a in rows],
-                 "related": [",".join(a.related) for a in rows], "weak_rgb": [a.slump.weak for a in rows],
-                 "touching": [a.slump.touching for a in rows]},
-                geometry=[to_map(a.slump.geometry, transform) for a in rows], crs=crs_obj)
-            g["area_m2"] = geodesic_area_perimeter(g.geometry.values, crs_obj)[0] if len(g) else []
-            return g
-
         write_layers({"rts": frame(y.active), "gone": frame(y.gone)}, gpkg, overwrite=True)
         out.append((tif, gpkg))
     return out

@@ -89,18 +89,6 @@ def check_basemap_date(text: str, option: str = "--basemap-date", ranges: bool =
     return ",".join(parts)
 
 
-def centroids_lonlat(geoms, crs) -> tuple[np.ndarray, np.ndarray]:
-    """(lon, lat) of each polygon's centroid as ARTS computes it: the polygon taken to EPSG:4326, then its
-    centroid in degrees (``gdf.to_crs(4326).centroid``)."""
-    import shapely
-
-    from rtscli.geometry.footprint import to_crs
-
-    ll = to_crs(geoms, crs, "EPSG:4326")
-    c = shapely.centroid(np.asarray(ll, dtype=object))
-    return shapely.get_x(c), shapely.get_y(c)
-
-
 # --- export ------------------------------------------------------------------------------------------------------
 
 
@@ -117,6 +105,7 @@ def export_arts(src: Path, out: Path, *, region: str | None, creator: str | None
     """
     import geopandas as gpd
 
+    from rtscli.geometry.footprint import lonlat_centroids
     from rtscli.geometry.measure import geodesic_area_perimeter
     from rtscli.io.atomic import check_output
     from rtscli.io.vector import check_vector_output, driver_for, gpkg_layers, write_vector
@@ -162,7 +151,7 @@ def export_arts(src: Path, out: Path, *, region: str | None, creator: str | None
         gdf, dates = _plain_map(Path(src), basemap_date, layer, date_field)
         scene = list(gdf["scene"]) if "scene" in gdf.columns else [None] * len(gdf)
     gdf = gdf.to_crs(ARTS_CRS) if len(gdf) else gdf.set_crs(ARTS_CRS, allow_override=True)
-    lon, lat = centroids_lonlat(gdf.geometry.values, ARTS_CRS) if len(gdf) else (np.zeros(0), np.zeros(0))
+    lon, lat = lonlat_centroids(gdf.geometry.values, ARTS_CRS) if len(gdf) else (np.zeros(0), np.zeros(0))
     area = geodesic_area_perimeter(gdf.geometry.values, ARTS_CRS)[0] if len(gdf) else np.zeros(0)
     rows = []
     for i in range(len(gdf)):

@@ -167,10 +167,10 @@ class Tracker:
     def _lonlat(self, geom) -> tuple[float, float]:
         """(lon, lat) of ``geom``'s centroid taken in EPSG:4326, as ARTS takes it: its vertices are the input's
         own points whatever CRS they came in, so the centroid does not depend on the working CRS."""
-        import shapely
+        from rtscli.geometry.footprint import lonlat_centroids
 
-        c = shapely.transform(geom, lambda xy: np.column_stack(self._to_ll.transform(xy[:, 0], xy[:, 1]))).centroid
-        return float(c.x), float(c.y)
+        lon, lat = lonlat_centroids([geom], to_lonlat=self._to_ll)
+        return float(lon[0]), float(lat[0])
 
     def _local(self, geoms: list) -> list:
         """``geoms`` in an azimuthal equidistant CRS centred on the first one (for true distances far from the
@@ -217,8 +217,9 @@ class Tracker:
 
     # --- one date ----------------------------------------------------------------------------------------------
 
-    def step(self, frame: DateFrame, previous: DateFrame | None) -> None:
-        """Match ``frame`` against the followed slumps (``previous``: the date before, for 'new' vs 'first')."""
+    def step(self, frame: DateFrame, previous: DateFrame | None) -> list[Obs]:
+        """Match ``frame`` against the followed slumps (``previous``: the date before, for 'new' vs 'first').
+        Returns the observations made at this date: its polygons, and the rows of the tracks that ended."""
         from shapely import STRtree
 
         cur = self._observations(frame)
@@ -240,11 +241,12 @@ class Tracker:
             groups.setdefault(root(i), ([], []))[0].append(i)
         for j in range(len(cur)):
             groups.setdefault(root(len(prev) + j), ([], []))[1].append(j)
+        made = list(cur)
         for ps, cs in sorted(groups.values(), key=lambda g: (g[1][:1] or [len(cur)], g[0][:1])):
             before = [prev[i] for i in ps]
             now = [cur[j] for j in cs]
             if not now:
-                self._gone(before[0], frame)
+                made += self._gone(before[0], frame)
             elif not before:
                 self._appeared(now[0], frame, previous)
             elif len(before) == 1 and len(now) == 1:
@@ -269,6 +271,7 @@ class Tracker:
                         o.uncertain = o.uncertain or any(b.touches_edge or b.touches_nodata for b in before)
                     self._new_track(o, relation, parents=o.related)
                     self.active[o.track] = o
+        return made
 
     def _observations(self, frame: DateFrame) -> list[Obs]:
         """The polygons of ``frame`` as observations, with their true areas."""
@@ -288,10 +291,11 @@ class Tracker:
         self._new_track(o, o.relation)
         self.active[o.track] = o
 
-    def _gone(self, last: Obs, frame: DateFrame) -> None:
+    def _gone(self, last: Obs, frame: DateFrame) -> list[Obs]:
+        """End ``last``'s track at ``frame`` when its maps looked there (returns the ending row), else keep it."""
         share = _share_covered(last.geometry, frame.coverage)
         if share < COVERED_SHARE:
-            return  # not looked at: still followed
+            return []  # not looked at: still followed
         marked = bool(self._marked.sharing_area(last.geometry))
         relation = "stabilized" if marked or self.opts.gone_as == "stabilized" else "disappeared"
         t = self.tracks[last.track]
@@ -304,6 +308,7 @@ class Tracker:
         del self.active[last.track]
         if relation == "stabilized":
             self.scars.append((last.track, last.geometry))
+        return [row]
 
     def run(self, frames: list[DateFrame], progress=None) -> None:
         """Follow the slumps through ``frames`` (sorted by date); one log line per date."""
@@ -315,12 +320,13 @@ class Tracker:
             self.far = bool(np.hypot(np.maximum(b[:, 0], b[:, 2]), np.maximum(b[:, 1], b[:, 3])).max() > LOCAL_KM * 1e3)
         for k, f in enumerate(frames):
             if k == 0:
-                for o in self._observations(f):
+                made = self._observations(f)
+                for o in made:
                     self._new_track(o, "first")
                     self.active[o.track] = o
             else:
-                self.step(f, frames[k - 1])
-            seen = Counter(o.relation for t in self.tracks.values() for o in t.obs if o.date == f.date)
+                made = self.step(f, frames[k - 1])
+            seen = Counter(o.relation for o in made)
             log.info("%s: %d slump(s) (%s), %d followed", f.date.isoformat(), len(f.geoms),
                      ", ".join(f"{n} {r}" for r, n in sorted(seen.items())) or "none", len(self.active))
             if progress:

@@ -24,13 +24,13 @@ import numpy as np
 from rtscli.errors import RtsError
 from rtscli.geometry.footprint import to_crs
 from rtscli.geometry.polygons import overlap, union_root
-from rtscli.io.vector import FOOTPRINT_SUFFIX, column, negatives_of
+from rtscli.io.vector import FOOTPRINT_SUFFIX, SHP_NAMES, column, negatives_of
 from rtscli.track.dates import find_date, parse_date
 
 log = logging.getLogger("rtscli")
 
 #: flag columns of ``rts predict`` outputs, with their Shapefile names
-FLAG_COLUMNS = {"touches_edge": ("touches_edge", "touch_edge"), "touches_nodata": ("touches_nodata", "touch_nd")}
+FLAG_COLUMNS = {k: (k, SHP_NAMES[k]) for k in ("touches_edge", "touches_nodata")}
 #: ARTS field names (and the Shapefile abbreviations the ARTS tutorial uses)
 BASEMAP_DATE = ("BaseMapDate", "BasMpDt")
 

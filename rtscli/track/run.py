@@ -8,12 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rtscli.errors import RtsError
+from rtscli.io.vector import VECTOR_DRIVERS
 from rtscli.track.change import TrackOptions, Tracker
 
 log = logging.getLogger("rtscli")
 
 LAYERS = ("observations", "tracks")
-MAP_SUFFIXES = (".gpkg", ".shp", ".geojson", ".parquet", ".geoparquet")  # in folders (not .json: manifests)
+#: the vector files taken from a folder: every format rts writes, but not .json (rts predict's manifest.json)
+MAP_SUFFIXES = tuple(s for s in VECTOR_DRIVERS if s != ".json")
 
 
 @dataclass
