@@ -50,8 +50,6 @@ log = logging.getLogger("rtscli")
 
 #: the namespace of track ids (uuid5 of the URL of this project's track definition)
 TRACK_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://rts.invalid/track/v1")
-#: how an observation relates to the date before
-RELATIONS = ("first", "new", "continued", "merged", "split", "unknown", "disappeared", "stabilized")
 #: a followed slump counts as looked at by a date's maps when this share of its polygon lies in their coverage
 COVERED_SHARE = 0.5
 #: beyond this distance (km) from the working CRS's centre, advances are measured in a local equidistant CRS
