@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: demo test test-all install install-test clean benchmarks
+.PHONY: demo test test-all lint install install-test clean benchmarks
 
 $(VENV)/.stamp-base: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,9 +22,16 @@ install-test: $(VENV)/.stamp-test
 demo: $(VENV)/.stamp-base
 	$(VENV)/bin/rts demo demo_out --overwrite
 
-## Fast offline test suite (CI runs this). Slow and GPU tests are skipped.
-test: $(VENV)/.stamp-test
+## Fast offline test suite (CI runs this): the layering (import-linter), types (mypy), then pytest.
+## Slow and GPU tests are skipped.
+test: $(VENV)/.stamp-test lint
 	$(PY) -m pytest -q -m "not slow and not gpu"
+
+## Static checks: imports run downhill (DESIGN.md's layers), mypy on rtscli/, ruff.
+lint: $(VENV)/.stamp-test
+	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/mypy
+	$(PY) -m ruff check rtscli tests benchmarks
 
 ## Everything, slow tests included.
 test-all: $(VENV)/.stamp-test

@@ -35,11 +35,13 @@ def one(scene: Path, model: Path, workers: int, batch: int, scale: float | None)
     from shapely.geometry import LineString
 
     from rtscli.data.bands import BandMap
-    from rtscli.engine.predict import PredictOptions, Source, default_overlap, open_scene, predict_scene, tile_grid
+    from rtscli.data.scenes import Source, open_scene
+    from rtscli.data.tiling import tile_grid
+    from rtscli.engine.predict import PredictOptions, default_overlap, predict_scene
     from rtscli.geometry.footprint import window_footprint
     from rtscli.geometry.measure import geodesic_area
-    from rtscli.geometry.seams import Instance, box_nms
-    from rtscli.io.raster import apply
+    from rtscli.geometry.seams import Detection, box_nms
+    from rtscli.geometry.affine import apply
     from rtscli.io.vector import write_vector
     from rtscli.modeling.bundle import load_model
 
@@ -93,7 +95,7 @@ def one(scene: Path, model: Path, workers: int, batch: int, scale: float | None)
 
     # seams: truth slumps crossing a tile border; output polygons covering each (union vs box-NMS)
     tile = bundle.tile_size
-    overlap = default_overlap(tile, bundle.config)
+    overlap = default_overlap(tile, bundle.instance_sizes)
     origins = tile_grid(sc.width, sc.height, tile, overlap)
     cols = sorted({c for c, _ in origins} | {c + tile for c, _ in origins})
     rows = sorted({r for _, r in origins} | {r + tile for _, r in origins})
@@ -105,13 +107,13 @@ def one(scene: Path, model: Path, workers: int, batch: int, scale: float | None)
     straddling = truth[truth.intersects(border)]
     from shapely import from_wkb
 
-    raw = [Instance(from_wkb(bytes.fromhex(r[0])), *r[1:5], tuple(r[5]), r[6])
+    raw = [Detection(from_wkb(bytes.fromhex(r[0])), *r[1:5], tuple(r[5]), r[6])
            for r in map(json.loads, raw_path.read_text().splitlines())]
     raw_path.unlink()
     nms = box_nms(raw, threshold=0.5)
     pieces = {}
     for name, polys in (("union", list(gdf.geometry)),
-                        ("box-nms", [m["geometry"] for m in nms if m["score"] >= opts.min_score])):
+                        ("box-nms", [m.geometry for m in nms if m.score >= opts.min_score])):
         s = gpd.GeoSeries(polys, crs=truth.crs)
         idx = s.sindex
         split = found = overlapping = 0
@@ -129,8 +131,8 @@ def one(scene: Path, model: Path, workers: int, batch: int, scale: float | None)
                         "polygons": len(polys), "polygons_on_a_slump": round(hit / max(len(polys), 1), 3)}
     km2 = geodesic_area(sc_footprint, sc.crs) / 1e6  # the scene's true area on the ellipsoid
     tm = timing.as_dict()
-    return {"size": f"{sc.width}x{sc.height}", "tiles": tm["tiles"], "skipped": tm["skipped_nodata_tiles"],
-            "seconds": round(total, 1), "tiles_per_s": round(tm["tiles"] / total, 2),
+    return {"size": f"{sc.width}x{sc.height}", "tiles": tm.tiles, "skipped": tm["skipped_nodata_tiles"],
+            "seconds": round(total, 1), "tiles_per_s": round(tm.tiles / total, 2),
             "km2_per_h": round(km2 / total * 3600, 1), "read_s": tm["read"], "model_s": tm["model"],
             "merge_s": tm["merge"], "write_s": tm["write"],
             "read_in_workers_s": round(tm.get("read_in_workers_s", 0), 1),

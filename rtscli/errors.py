@@ -15,7 +15,14 @@ class RtsError(Exception):
 
     exit_code = 2
 
-    def __init__(self, message: str, *, path: str | Path | None = None, fix: str | None = None):
+    def __init__(self, message: str, *, path: str | Path | None = None, fix: str | None = None) -> None:
+        """The message, as one line: ``PATH: message -- fix``.
+
+        Args:
+            message: what is wrong (a trailing full stop is dropped).
+            path: the file at fault, or None.
+            fix: what the user can do about it, or None.
+        """
         parts = []
         if path is not None:
             parts.append(f"{path}:")

@@ -16,7 +16,7 @@ import logging
 import re
 import sys
 import warnings
-from typing import Iterator
+from typing import Iterator, TextIO
 
 log = logging.getLogger("rtscli")
 
@@ -108,7 +108,9 @@ def setup(level: int) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_Plain())
     handler.addFilter(_OncePerMessage(debug=level <= logging.DEBUG))
-    handler._rts = True  # type: ignore[attr-defined]  (ours: replaced by the next setup, e.g. in tests)
+    # marks the handler as ours (replaced by the next setup, e.g. in tests): an attribute logging.Handler does
+    # not declare, so it goes into the instance's __dict__, where getattr(h, "_rts", False) finds it
+    vars(handler)["_rts"] = True
     logger = logging.getLogger("rtscli")
     logger.handlers.clear()
     logger.addHandler(handler)
@@ -141,7 +143,8 @@ def adopt_lightning() -> None:
         lib.propagate = True
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: TextIO | None = None, line: str | None = None) -> None:
     """``warnings.showwarning`` for rts: ``package: Category: message`` as one log line (no path, no source)."""
     text = str(message)
     if _HARMLESS.search(text):

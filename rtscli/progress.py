@@ -17,7 +17,10 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, Task, TaskID
 
 log = logging.getLogger("rtscli")
 
@@ -33,7 +36,14 @@ def interval() -> float:
 
 
 def duration(seconds: float) -> str:
-    """``3 h 05 min``, ``10 min 33 s``, ``42 s``: a human duration for ETAs and elapsed times."""
+    """``3 h 05 min``, ``10 min 33 s``, ``42 s``: a human duration for ETAs and elapsed times.
+
+    Args:
+        seconds: the duration; negative counts as 0.
+
+    Returns:
+        The duration rounded to the second (to the minute from an hour on).
+    """
     s = int(round(max(0.0, seconds)))
     if s >= 3600:
         return f"{s // 3600} h {s % 3600 // 60:02d} min"
@@ -79,9 +89,10 @@ class LineProgress:
                 if not t.ended and t.completed:
                     self._line(t)
 
-    def add_task(self, description: str, total: float | None = None, **fields: Any) -> int:
+    def add_task(self, description: str, total: float | None = None, **fields: Any) -> TaskID:
         self.tasks.append(_Task(description, total, fields))
-        return len(self.tasks) - 1
+        # an int, typed as Rich's TaskID (an int too): callers of bar() get ids that fit either kind of bar
+        return cast("TaskID", len(self.tasks) - 1)
 
     def advance(self, task_id: int, advance: float = 1) -> None:
         self.update(task_id, advance=advance)
@@ -108,9 +119,44 @@ class LineProgress:
 
 def describe(what: str, done: float, total: float | None, elapsed: float, *, unit: str = "items",
              area_km2: float = 0.0, **_: Any) -> str:
-    """One progress line: ``what: done/total unit (pct), rate, [km²/h,] ETA`` (or elapsed when done)."""
+    """One progress line: ``what: done/total unit (pct), rate, [km²/h,] ETA`` (or elapsed when done).
+
+    Args:
+        what: the task's description.
+        done: units done since ``elapsed`` started.
+        total: units of the whole task; None when unknown (no percentage, no ETA).
+        elapsed: seconds since the task started.
+        unit: what is counted (``tiles``, ``chips``...).
+        area_km2: the area the whole task covers (adds an area rate); 0: none.
+        **_: other task fields, ignored.
+
+    Returns:
+        The line, without a trailing newline.
+    """
     parts = [f"{int(done)}/{int(total)} {unit} ({done / total:.0%})" if total else f"{int(done)} {unit}"]
-    rate = done / elapsed if elapsed > 0 else 0.0
+    return f"{what.strip()}: " + ", ".join(parts + pace(done, total, elapsed, unit=unit, area_km2=area_km2))
+
+
+def pace(done: float, total: float | None, elapsed: float, *, rate: float | None = None, unit: str = "items",
+         area_km2: float = 0.0) -> list[str]:
+    """The rate and time parts of a progress line: ``2.1 steps/s``, ``[km²/h,]`` then ``ETA 20 s``, or
+    ``done in 35 s`` once ``done`` reaches ``total`` (:func:`describe`, and the training lines of
+    :class:`rtscli.engine.lightning_task.LogProgress`).
+
+    Args:
+        done: units done of ``total``.
+        total: units of the whole task; None or 0 when unknown (no ETA, no area rate).
+        elapsed: seconds the task has run.
+        rate: units per second; default ``done / elapsed`` (a resumed run counts only what it ran itself).
+        unit: what is counted, for the rate.
+        area_km2: the area the whole task covers, km²: adds an area rate in km²/h; 0: none.
+
+    Returns:
+        The parts, in order (none when nothing was done yet and the total is unknown).
+    """
+    if rate is None:
+        rate = done / elapsed if elapsed > 0 else 0.0
+    parts: list[str] = []
     if rate > 0:
         parts.append(f"{rate:.3g} {unit}/s")
         if area_km2 and total:
@@ -119,7 +165,7 @@ def describe(what: str, done: float, total: float | None, elapsed: float, *, uni
         parts.append(f"done in {duration(elapsed)}")
     elif total and rate > 0:
         parts.append(f"ETA {duration((total - done) / rate)}")
-    return f"{what.strip()}: " + ", ".join(parts)
+    return parts
 
 
 def bar(*columns, transient: bool = False):
@@ -131,3 +177,35 @@ def bar(*columns, transient: bool = False):
     from rtscli.console import err_console
 
     return Progress(*columns, console=err_console, transient=transient)
+
+
+def progress(transient: bool = False) -> Progress | LineProgress:
+    """Progress on stderr: a Rich bar with count, rate and ETA on a terminal; otherwise log lines at
+    an interval (:class:`LineProgress`), so batch-job logs show progress too."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return bar(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("eta"), TimeRemainingColumn(), transient=transient)
+
+
+def tile_progress() -> Progress | LineProgress:
+    """Tiles done, tiles/s, km²/h and time left (``rts predict``): a Rich bar on a terminal, log lines otherwise.
+
+    Tasks carry ``area_km2`` (the scene's true area): its share done is tiles done / tiles (tiles overlap, so
+    counting tile areas would inflate the rate).
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, TextColumn, TimeRemainingColumn
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        """Tiles/s and km²/h of a task (its ``area_km2`` field)."""
+
+        def render(self, task: Task) -> Text:
+            speed = task.finished_speed or task.speed
+            if not speed:
+                return Text("")
+            km2 = task.fields.get("area_km2", 0.0) * speed / task.total * 3600 if task.total else 0.0
+            return Text(f"{speed:.1f} tiles/s  {km2:,.0f} km²/h")
+
+    return bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(), TimeRemainingColumn(),
+               transient=True)

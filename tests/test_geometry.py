@@ -16,7 +16,7 @@ from shapely.geometry import Point
 
 from conftest import write_tif
 from rtscli.geometry.footprint import to_map
-from rtscli.io.raster import apply
+from rtscli.geometry.affine import apply
 
 
 def _rotated(deg: float, res: float = 3.0, x0: float = 500000.0, y0: float = 7600000.0) -> Affine:

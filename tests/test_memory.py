@@ -10,6 +10,8 @@ import dataclasses
 import pytest
 import torch
 
+from rtscli import machine
+from rtscli.engine import memory_check
 from rtscli.errors import RtsError
 from rtscli.modeling import memory
 from rtscli.modeling.config import ModelConfig, TrainingDefaults, list_presets, load_preset, training_defaults
@@ -66,32 +68,32 @@ def test_frozen_backbones_need_less_than_trained_ones():
 
 
 def test_check_refuses_the_paper_model_on_a_24_gb_cpu_and_names_the_fix(monkeypatch):
-    monkeypatch.delenv(memory.SKIP_ENV, raising=False)
-    monkeypatch.setattr(memory, "available_bytes", lambda device: 24 * GIB)
+    monkeypatch.delenv(memory_check.SKIP_ENV, raising=False)
+    monkeypatch.setattr(memory_check, "available_bytes", lambda device: 24 * GIB)
     with pytest.raises(RtsError) as exc:
-        memory.check_fits(load_preset("cascade-mvitv2-b"), batch_size=2, device="cpu", precision="32-true")
+        memory_check.check_fits(load_preset("cascade-mvitv2-b"), batch_size=2, device="cpu", precision="32-true")
     msg = str(exc.value)
     assert "\n" not in msg
     assert "cascade-mvitv2-b at 1024 px, batch 2 needs about" in msg and "24.0 GiB are available" in msg
-    assert "--preset nano" in msg and "--accelerator gpu" in msg and memory.SKIP_ENV in msg
+    assert "--preset nano" in msg and "--accelerator gpu" in msg and memory_check.SKIP_ENV in msg
     # nano fits, and so does anything when the check is skipped or the memory cannot be known
-    memory.check_fits(load_preset("nano"), batch_size=4, device="cpu", precision="32-true")
-    monkeypatch.setenv(memory.SKIP_ENV, "1")
-    memory.check_fits(load_preset("cascade-mvitv2-b"), batch_size=2, device="cpu")
-    monkeypatch.delenv(memory.SKIP_ENV)
-    monkeypatch.setattr(memory, "available_bytes", lambda device: None)
-    memory.check_fits(load_preset("cascade-mvitv2-b"), batch_size=2, device="cpu")
+    memory_check.check_fits(load_preset("nano"), batch_size=4, device="cpu", precision="32-true")
+    monkeypatch.setenv(memory_check.SKIP_ENV, "1")
+    memory_check.check_fits(load_preset("cascade-mvitv2-b"), batch_size=2, device="cpu")
+    monkeypatch.delenv(memory_check.SKIP_ENV)
+    monkeypatch.setattr(memory_check, "available_bytes", lambda device: None)
+    memory_check.check_fits(load_preset("cascade-mvitv2-b"), batch_size=2, device="cpu")
 
 
 def test_check_suggests_a_batch_that_fits(monkeypatch):
-    monkeypatch.delenv(memory.SKIP_ENV, raising=False)
+    monkeypatch.delenv(memory_check.SKIP_ENV, raising=False)
     cfg = load_preset("nano")
     one = memory.estimate_step_bytes(cfg, batch_size=1, device="cpu")
-    monkeypatch.setattr(memory, "available_bytes", lambda device: int(one * memory.MARGIN["cpu"] * 1.05))
+    monkeypatch.setattr(memory_check, "available_bytes", lambda device: int(one * memory_check.MARGIN["cpu"] * 1.05))
     with pytest.raises(RtsError, match="--batch-size 1"):
-        memory.check_fits(cfg, batch_size=8, device="cpu", what="rts finetune")
+        memory_check.check_fits(cfg, batch_size=8, device="cpu", what="rts finetune")
     # memory the process already holds (the built model) counts as part of the need that is already met
-    memory.check_fits(cfg, batch_size=1, device="cpu", resident_bytes=one // 10)
+    memory_check.check_fits(cfg, batch_size=1, device="cpu", resident_bytes=one // 10)
 
 
 def test_cgroup_v2_and_v1_files_are_read(tmp_path):
@@ -100,18 +102,18 @@ def test_cgroup_v2_and_v1_files_are_read(tmp_path):
     (v2 / "memory.max").write_text("8589934592\n")
     (v2 / "memory.current").write_text(str(3 * GIB) + "\n")
     (v2 / "memory.stat").write_text(f"anon 123\nfile 456\ninactive_file {GIB}\nactive_file 7\n")
-    assert memory.cgroup_headroom(v2) == 8 * GIB - (3 * GIB - GIB)
+    assert machine.cgroup_headroom(v2) == 8 * GIB - (3 * GIB - GIB)
     (v2 / "memory.max").write_text("max\n")
-    assert memory.cgroup_headroom(v2) is None
+    assert machine.cgroup_headroom(v2) is None
     v1 = tmp_path / "v1"
     v1.mkdir()
     (v1 / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # no limit
     (v1 / "memory.usage_in_bytes").write_text(str(GIB))
-    assert memory.cgroup_headroom(v1) is None
+    assert machine.cgroup_headroom(v1) is None
     (v1 / "memory.limit_in_bytes").write_text(str(4 * GIB))
     (v1 / "memory.stat").write_text(f"cache 1\ninactive_file 5\ntotal_inactive_file {GIB // 2}\n")
-    assert memory.cgroup_headroom(v1) == 4 * GIB - GIB // 2
-    assert memory.cgroup_headroom(tmp_path / "none") is None
+    assert machine.cgroup_headroom(v1) == 4 * GIB - GIB // 2
+    assert machine.cgroup_headroom(tmp_path / "none") is None
 
 
 def _fake_proc(tmp_path, cgroup: str, mountinfo: str, available_kb: int):
@@ -132,9 +134,9 @@ def test_available_memory_is_the_smallest_of_meminfo_and_every_cgroup_level(tmp_
     (job / "step_0" / "memory.max").write_text("max\n")
     (job / "memory.max").write_text(str(6 * GIB))
     (job / "memory.current").write_text(str(GIB))
-    assert memory.available_bytes("cpu", proc=proc, root=tmp_path) == 5 * GIB
+    assert machine.available_bytes("cpu", proc=proc, root=tmp_path) == 5 * GIB
     (job / "memory.max").write_text(str(100 * GIB))
-    assert memory.available_bytes("cpu", proc=proc, root=tmp_path) == 20 * GIB  # MemAvailable is smaller
+    assert machine.available_bytes("cpu", proc=proc, root=tmp_path) == 20 * GIB  # MemAvailable is smaller
     # cgroup v1, memory controller mounted with others
     proc = _fake_proc(tmp_path / "b", "4:cpu,memory:/slurm/uid_1/job_7\n3:pids:/\n",
                       "35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n", 20 * 2**20)
@@ -142,16 +144,16 @@ def test_available_memory_is_the_smallest_of_meminfo_and_every_cgroup_level(tmp_
     job.mkdir(parents=True)
     (job / "memory.limit_in_bytes").write_text(str(2 * GIB))
     (job / "memory.usage_in_bytes").write_text("0")
-    assert memory.available_bytes("cpu", proc=proc, root=tmp_path / "b") == 2 * GIB
+    assert machine.available_bytes("cpu", proc=proc, root=tmp_path / "b") == 2 * GIB
     # no /proc (another OS): unknown
-    assert memory.available_bytes("cpu", proc=tmp_path / "nothing", root=tmp_path / "nothing") is None
-    assert memory.available_bytes("mps") is None
+    assert machine.available_bytes("cpu", proc=tmp_path / "nothing", root=tmp_path / "nothing") is None
+    assert machine.available_bytes("mps") is None
     if not torch.cuda.is_available():
-        assert memory.available_bytes("cuda") is None
+        assert machine.available_bytes("cuda") is None
 
 
 def test_this_machine_reports_some_available_memory():
-    avail = memory.available_bytes("cpu")
+    avail = machine.available_bytes("cpu")
     assert avail is None or avail > 0
 
 

@@ -36,7 +36,7 @@ def pixel_box(r0, r1, c0, c1):
 
 def make_scene(tmp_path: Path, transform, crs="EPSG:32608", shape=(200, 300)):
     """A 3-band scene with bright rectangles at RECTS, opened as `rts predict` opens it."""
-    from rtscli.engine.predict import Source, open_scene
+    from rtscli.data.scenes import Source, open_scene
 
     img = np.full((3,) + shape, 0.2, np.float32)
     for r0, r1, c0, c1 in RECTS:
@@ -82,7 +82,7 @@ def true_pixel_m(lon_lat_crs_point, crs_code: int) -> float:
     (64, 0.01, 0.1, "0.1 m"),          # 16 cm: 10 cm
 ])
 def test_scale_bar_is_a_round_true_length(width_px, pixel_m, length_m, label):
-    from rtscli.engine.maps import scale_bar
+    from rtscli.render.furniture import scale_bar
 
     got_m, got_px, got_label = scale_bar(width_px, pixel_m)
     assert got_m == pytest.approx(length_m) and got_label == label
@@ -96,7 +96,7 @@ def test_scale_bar_is_a_round_true_length(width_px, pixel_m, length_m, label):
 
 @GRIDS
 def test_pixel_size_is_the_true_ground_distance(transform):
-    from rtscli.engine.maps import pixel_size_m
+    from rtscli.render.furniture import pixel_size_m
 
     along_row, along_col = pixel_size_m(transform, "EPSG:32608", 300, 200)
     centre = (transform.a * 150 + transform.b * 100 + transform.c, transform.d * 150 + transform.e * 100 + transform.f)
@@ -106,7 +106,7 @@ def test_pixel_size_is_the_true_ground_distance(transform):
 
 
 def test_pixel_size_on_a_geographic_grid_is_not_square():
-    from rtscli.engine.maps import pixel_size_m, scale_bar
+    from rtscli.render.furniture import pixel_size_m, scale_bar
 
     d = 1e-4  # degrees
     t = Affine(d, 0, -135.7, 0, -d, 68.1)
@@ -123,7 +123,7 @@ def test_pixel_size_on_a_geographic_grid_is_not_square():
 
 
 def test_pixel_size_needs_a_crs():
-    from rtscli.engine.maps import pixel_size_m
+    from rtscli.render.furniture import pixel_size_m
 
     with pytest.raises(RtsError, match="no CRS"):
         pixel_size_m(NORTH_UP, None, 10, 10)
@@ -135,7 +135,7 @@ def test_pixel_size_needs_a_crs():
 @GRIDS
 @pytest.mark.parametrize("crs, name", [(4326, "truth.gpkg"), (3413, "truth.geojson")])
 def test_truth_in_another_crs_lands_at_its_place_in_pixel_space(tmp_path, caplog, transform, crs, name):
-    from rtscli.engine.maps import truth_outlines
+    from rtscli.render.quicklook import truth_outlines
     from rtscli.geometry.footprint import to_map
 
     scene = make_scene(tmp_path, transform)
@@ -152,7 +152,7 @@ def test_truth_in_another_crs_lands_at_its_place_in_pixel_space(tmp_path, caplog
 
 @pytest.mark.filterwarnings("ignore:'crs' was not provided")
 def test_truth_errors_are_one_line_naming_the_file_and_the_fix(tmp_path):
-    from rtscli.engine.maps import truth_outlines
+    from rtscli.render.quicklook import truth_outlines
 
     scene = make_scene(tmp_path, NORTH_UP)
     g = gpd.GeoDataFrame({"k": [1]}, geometry=[box(470100, 7549000, 470300, 7549200)], crs=32608)
@@ -181,7 +181,7 @@ def test_truth_errors_are_one_line_naming_the_file_and_the_fix(tmp_path):
 def test_quicklook_with_truth_is_written_and_readable(tmp_path, transform):
     from PIL import Image
 
-    from rtscli.engine.maps import write_quicklook
+    from rtscli.render.quicklook import write_quicklook
 
     scene = make_scene(tmp_path, transform)
     truth = tmp_path / "labels.gpkg"
@@ -198,8 +198,8 @@ def test_quicklook_with_truth_is_written_and_readable(tmp_path, transform):
 
 @GRIDS
 def test_quicklook_draws_outlines_ids_scale_bar_and_corners_where_they_belong(tmp_path, transform):
-    from rtscli.engine.maps import (MAX_ID_LABELS, label_anchor, pixel_size_m, quicklook_figure, scale_bar,
-                                    truth_outlines)
+    from rtscli.render.furniture import label_anchor, pixel_size_m, scale_bar
+    from rtscli.render.quicklook import MAX_ID_LABELS, quicklook_figure, truth_outlines
 
     scene = make_scene(tmp_path, transform)
     truth = tmp_path / "labels.geojson"
@@ -252,7 +252,7 @@ def test_quicklook_draws_outlines_ids_scale_bar_and_corners_where_they_belong(tm
 
 
 def test_quicklook_skips_ids_when_there_are_too_many_and_says_so(tmp_path):
-    from rtscli.engine.maps import MAX_ID_LABELS, quicklook_figure
+    from rtscli.render.quicklook import MAX_ID_LABELS, quicklook_figure
 
     scene = make_scene(tmp_path, NORTH_UP)
     n = MAX_ID_LABELS + 1
@@ -321,7 +321,7 @@ def test_curves_without_validation_or_bundle_epoch():
 def test_quicklook_of_a_scene_without_slumps(tmp_path):
     from PIL import Image
 
-    from rtscli.engine.maps import write_quicklook
+    from rtscli.render.quicklook import write_quicklook
 
     scene = make_scene(tmp_path, ROTATED)
     empty = gpd.GeoDataFrame({"id": []}, geometry=[], crs=scene.crs)

@@ -25,7 +25,7 @@ from affine import Affine
 
 from conftest import apart, paper_sample, write_tif
 from rtscli.data.modalities import BandStats, Modality
-from rtscli.io.raster import apply
+from rtscli.geometry.affine import apply
 
 T = Affine(10.0, 0.0, 470000.0, 0.0, -10.0, 7550000.0)
 IDENTITY = BandStats(0.0, 1.0, -1e9, 1e9)
@@ -85,7 +85,8 @@ class BlobModel:
 def fake_bundle(tile: int = 64) -> SimpleNamespace:
     return SimpleNamespace(tile_size=tile, modalities=[Modality("rgb", ("red", "green", "blue"))],
                            stats={c: IDENTITY for c in ("red", "green", "blue")},
-                           config={"repeat_to": 3, "fusion": None}, path=Path("blob-model"))
+                           config={"repeat_to": 3, "fusion": None}, repeat_to=3, fusion_strategy="none",
+                           instance_sizes={}, path=Path("blob-model"))
 
 
 def scene_with(tmp_path, objects, shape=(200, 300), crs="EPSG:32608", transform=T, nodata=None, fill=None):
@@ -99,7 +100,8 @@ def scene_with(tmp_path, objects, shape=(200, 300), crs="EPSG:32608", transform=
 
 
 def run(path, tile=64, **kw):
-    from rtscli.engine.predict import PredictOptions, Source, open_scene, predict_scene
+    from rtscli.data.scenes import Source, open_scene
+    from rtscli.engine.predict import PredictOptions, predict_scene
 
     scene = open_scene([Source(Path(path), {"red": 1, "green": 2, "blue": 3})])
     model = BlobModel()
@@ -167,13 +169,14 @@ def _piece(scene, origins, tile_index, r0, r1, c0, c1, tile=64):
 
 
 def _scene(width=300, height=200):
-    from rtscli.engine.predict import Scene
+    from rtscli.data.scenes import Scene
 
     return Scene("s", [], width, height, T, "EPSG:32608")
 
 
 def test_a_border_sliver_beside_the_whole_view_is_joined_or_dropped():
-    from rtscli.engine.predict import Grid, SeamMerger, tile_grid
+    from rtscli.data.tiling import tile_grid
+    from rtscli.geometry.seams import SeamMerger, TileLayout
 
     sc = _scene()
     origins = tile_grid(sc.width, sc.height, 64, 16)  # cols 0 48 96 144 192 236, rows 0 48 96 136
@@ -182,18 +185,19 @@ def test_a_border_sliver_beside_the_whole_view_is_joined_or_dropped():
     stray = _piece(sc, origins, 3, 56, 64, 170, 180)  # cut too, in a place tile (144, 48) saw whole and found nothing
     big = _piece(sc, origins, 0, 30, 64, 20, 40)  # part of a slump taller than any tile's view: kept
     assert sliver.cut and stray.cut and big.cut and not whole.cut
-    merger = SeamMerger(Grid.of(sc, 64, origins))
+    merger = SeamMerger(TileLayout.of(sc, 64, origins))
     merger.add([big, sliver, stray, whole])
-    out = sorted(merger.finish(), key=lambda m: m["geometry"].area)
+    out = sorted(merger.finish(), key=lambda m: m.geometry.area)
     assert len(out) == 2 and merger.dropped == 1
-    assert out[0]["geometry"].equals(big.geometry)
-    joined = out[1]["geometry"]
-    assert joined.geom_type == "Polygon" and joined.area == 30 * 40 * 100 and out[1]["tiles"] == 2
+    assert out[0].geometry.equals(big.geometry)
+    joined = out[1].geometry
+    assert joined.geom_type == "Polygon" and joined.area == 30 * 40 * 100 and out[1].tiles == 2
     assert joined.bounds == pytest.approx((471000.0, 7549100.0, 471400.0, 7549400.0), abs=1e-6)
 
 
 def test_partial_views_are_told_from_whole_ones_on_a_rotated_grid():
-    from rtscli.engine.predict import Scene, tile_grid
+    from rtscli.data.scenes import Scene
+    from rtscli.data.tiling import tile_grid
 
     c, s = 10 * np.cos(np.radians(10)), 10 * np.sin(np.radians(10))  # 10 m pixels, grid rotated by 10 degrees
     sc = Scene("r", [], 300, 200, Affine(c, -s, 470000.0, -s, -c, 7550000.0), "EPSG:32608")
@@ -205,7 +209,8 @@ def test_partial_views_are_told_from_whole_ones_on_a_rotated_grid():
 
 
 def test_seam_merging_streams_row_by_row_with_the_same_result():
-    from rtscli.engine.predict import Grid, SeamMerger, tile_grid
+    from rtscli.data.tiling import tile_grid
+    from rtscli.geometry.seams import SeamMerger, TileLayout
 
     sc = _scene(width=64 + 48 * 4, height=64 + 48 * 61)  # 5 x 62 tiles, no shifted last row/column
     origins = tile_grid(sc.width, sc.height, 64, 16)
@@ -217,7 +222,7 @@ def test_seam_merging_streams_row_by_row_with_the_same_result():
             items[-1].append(_piece(sc, origins, i, row, row + 10, col + 40, col + 50))
             prev = origins.index((col, row - 48))
             items[prev].append(_piece(sc, origins, prev, row - 5, row + 10, col + 40, col + 50))
-    merger, out, top, most = SeamMerger(Grid.of(sc, 64, origins)), [], 0, 0
+    merger, out, top, most = SeamMerger(TileLayout.of(sc, 64, origins)), [], 0, 0
     for (_, row), tile_items in zip(origins, items, strict=True):
         if row > top:
             out += merger.finished(row)
@@ -225,11 +230,11 @@ def test_seam_merging_streams_row_by_row_with_the_same_result():
         merger.add(tile_items)
         most = max(most, len(merger.pending))
     out += merger.finish()
-    at_once = SeamMerger(Grid.of(sc, 64, origins))
+    at_once = SeamMerger(TileLayout.of(sc, 64, origins))
     at_once.add([it for t in items for it in t])
     whole = at_once.finish()
-    key = sorted((m["geometry"].bounds, m["tiles"]) for m in whole)
-    assert sorted((m["geometry"].bounds, m["tiles"]) for m in out) == key
+    key = sorted((m.geometry.bounds, m.tiles) for m in whole)
+    assert sorted((m.geometry.bounds, m.tiles) for m in out) == key
     assert len(out) == 2 * len(origins) - per_row and merger.dropped == 0
     assert most <= 3 * 2 * per_row  # about two rows of tiles pending, not the whole scene (62 rows)
 
@@ -584,7 +589,8 @@ def test_web_mercator_areas_are_true_areas():
 def test_a_scene_in_other_units_than_the_training_data_is_warned_about(tmp_path):
     import logging
 
-    from rtscli.engine.predict import PredictOptions, Source, open_scene, predict_scene
+    from rtscli.data.scenes import Source, open_scene
+    from rtscli.engine.predict import PredictOptions, predict_scene
 
     seen: list[str] = []
     handler = logging.Handler(logging.WARNING)
@@ -650,7 +656,8 @@ def _stored_three_ways(tmp_path):
 
 
 def test_the_same_scene_in_three_value_conventions_gives_the_same_polygons(tmp_path):
-    from rtscli.engine.predict import PredictOptions, Source, open_scene, predict_scene
+    from rtscli.data.scenes import Source, open_scene
+    from rtscli.engine.predict import PredictOptions, predict_scene
 
     bundle = fake_bundle()
     bundle.stats = {c: BandStats(0.05, 1.0, -1e9, 1e9) for c in ("red", "green", "blue")}
@@ -765,7 +772,7 @@ def test_band_descriptions_named_differently_are_not_a_contradiction(tmp_path, r
     cfg = _yaml.safe_load(cfg_path.read_text())
     cfg["source_bands"] = {"count": 3, "descriptions": ["B4", "B3", "B2"], "dtype": "float32"}
     (run / "config.yaml").write_text(_yaml.safe_dump(cfg, sort_keys=False))
-    from rtscli.engine.predict_cli import check_band_layout
+    from rtscli.engine.scene_checks import check_band_layout
     from rtscli.errors import RtsError
     from rtscli.modeling.bundle import read_bundle
 
@@ -809,8 +816,8 @@ def test_predicted_maps_of_two_dates_are_tracked(tmp_path, rts, blob):
 
 def test_the_footprint_layer_leaves_nodata_out(tmp_path):
     """Where a map looked is where its scene has data: a slump under a nodata wedge is not 'gone' for rts track."""
-    from rtscli.engine.predict import Source, open_scene
-    from rtscli.engine.predict_cli import footprint_frame
+    from rtscli.data.scenes import Source, open_scene
+    from rtscli.engine.mapping import footprint_frame
 
     img = np.full((3, 200, 300), 0.5, np.float32)
     img[:, :, :100] = -1  # the left third is nodata (cols 0-99: 1 km at 10 m)

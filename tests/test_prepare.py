@@ -15,7 +15,7 @@ from rasterio.transform import Affine
 from shapely.geometry import Polygon, box
 
 from conftest import apart, paper_sample, write_tif
-from rtscli.io.raster import apply
+from rtscli.geometry.affine import apply
 
 T0 = Affine(3.0, 0.0, 100000.0, 0.0, -3.0, 500000.0)
 

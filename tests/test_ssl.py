@@ -239,7 +239,8 @@ def test_timm_and_torchvision_state_dicts_load_by_their_own_names(tmp_path):
 def test_the_resnet50_baseline_is_pretrained_the_same_way():
     from rtscli.modeling.backbone import build_backbone
     from rtscli.modeling.config import load_preset
-    from rtscli.modeling.mim import MaskedImageModel, block_mask
+    from rtscli.data.windows import block_mask
+    from rtscli.modeling.mim import MaskedImageModel
 
     cfg = load_preset("maskrcnn-resnet50-fpn")
     torch.manual_seed(0)

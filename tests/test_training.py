@@ -435,7 +435,9 @@ def test_datasets_work_with_spawned_workers(dataset, tmp_path):
     """macOS and Windows start DataLoader workers by spawning (pickling the dataset): training chips and
     prediction tiles must survive it."""
     from rtscli.data.dataset import ChipDataset, DatasetInfo, collate
-    from rtscli.engine.predict import Source, TileDataset, _collate, open_scene, tile_grid
+    from rtscli.data.scenes import Source, open_scene
+    from rtscli.data.tiles import TileDataset, collate_tiles
+    from rtscli.data.tiling import tile_grid
 
     info = DatasetInfo.open(dataset)
     chips = ChipDataset(info, "train", [info.modality("rgb")], 256, augment=True, seed=0)
@@ -447,16 +449,16 @@ def test_datasets_work_with_spawned_workers(dataset, tmp_path):
     sc = open_scene([Source(scene, {"red": 1, "green": 2, "blue": 3})])
     tiles = TileDataset(sc, tile_grid(120, 100, 64, 16), tile=64, modalities=[info.modality("rgb")],
                         stats=info.stats, repeat_to=3)
-    batch = next(iter(torch.utils.data.DataLoader(tiles, batch_size=4, collate_fn=_collate, num_workers=1,
+    batch = next(iter(torch.utils.data.DataLoader(tiles, batch_size=4, collate_fn=collate_tiles, num_workers=1,
                                                   multiprocessing_context="spawn")))
-    assert len(batch) == 4 and all("error" not in b for b in batch) and batch[0]["image"].shape == (3, 64, 64)
+    assert len(batch) == 4 and all(b.error is None for b in batch) and batch[0].image.shape == (3, 64, 64)
 
 
 def test_a_preset_too_big_for_the_machine_stops_before_anything_is_written(dataset, tmp_path, rts, monkeypatch):
     """The README's first command on a 24 GB CPU: a one-line error naming --preset nano, no run folder left."""
-    from rtscli.modeling import memory
+    from rtscli.engine import memory_check
 
-    monkeypatch.setattr(memory, "available_bytes", lambda *a, **k: 22 * 2**30)
+    monkeypatch.setattr(memory_check, "available_bytes", lambda *a, **k: 22 * 2**30)
     monkeypatch.delenv("RTS_SKIP_MEMORY_CHECK", raising=False)
     run = tmp_path / "b"
     r = rts("pretrain", "--modality", "rgb", "--data", dataset, "-o", run, "--batch-size", 2)

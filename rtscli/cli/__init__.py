@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -29,8 +30,11 @@ app = typer.Typer(
 
 _state = {"debug": False}
 
-# Typer vendors click; its exception base class is reachable from its public BadParameter.
-_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+if TYPE_CHECKING:  # the class that the lookup below finds, as the type checker knows it
+    from typer._click.exceptions import ClickException as _ClickException
+else:
+    # Typer vendors click; its exception base class is reachable from its public BadParameter.
+    _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
 def _version(value: bool) -> None:
@@ -132,7 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-def _command():
+_demo.use_runner(main)
+
+
+def _command() -> Any:
     """The click command of the app, with tidy help (built once per process)."""
     global _COMMAND
     if _COMMAND is None:
@@ -142,7 +149,7 @@ def _command():
     return _COMMAND
 
 
-_COMMAND = None
+_COMMAND: Any = None
 
 
 def _worker_message(text: str) -> str:

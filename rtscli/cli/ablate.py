@@ -39,22 +39,21 @@ def ablate(
     Cells run one after the other on one device each (for many GPUs, run `rts finetune` cells
     under torchrun yourself).
     """
-    from rtscli.cli.pretrain import make_settings
+    # first thing: locals() are the parameters (--epochs: the fusion cells'); the cells run on one device each
+    opts = options.TrainingOptions.of(locals(), weight_decay=None, schedule=None, grad_clip=1.0, devices="1",
+                                      num_nodes=1, backbone_weights=None, keep_checkpoints=False)
+    from dataclasses import replace
+
     from rtscli.console import console
     from rtscli.data.modalities import parse_names
     from rtscli.engine.ablate import ablate as run
     from rtscli.engine.ablate import parse_fusions
 
-    from rtscli.cli.finetune import _defaults
-
     sources = [Path(s.strip()) for s in from_.split(",") if s.strip()] if from_ else []
-    common = dict(defaults=_defaults(sources, preset), max_steps=max_steps, batch_size=batch_size, lr=lr,
-                  weight_decay=None, warmup_steps=warmup_steps, schedule=None, grad_clip=1.0, devices="1",
-                  num_nodes=1, accelerator=accelerator, precision=precision, workers=workers, seed=seed,
-                  backbone_weights=None, val_every=val_every)
+    defaults = options.fusion_defaults(sources, preset)
     res = run(data=data, modalities=parse_names(modalities), fusions=parse_fusions(fusions), out=out,
-              pretrain_settings=make_settings(epochs=pretrain_epochs, **common),
-              finetune_settings=make_settings(epochs=epochs, **common), preset=preset, primary=primary.lower(),
+              pretrain_settings=replace(opts, epochs=pretrain_epochs).settings(defaults),
+              finetune_settings=opts.settings(defaults), preset=preset, primary=primary.lower(),
               sources=sources or None, sets=sets,
               split=split, init_heads=not fresh_heads, tile_size=tile_size,
               on_cell=lambda name: console.print(f"[bold]ablate[/]: {name}"))

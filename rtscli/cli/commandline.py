@@ -48,7 +48,7 @@ def _subcommand(group, argv: list[str]) -> tuple[Any, list[str]]:
     return cmd, rest
 
 
-def refuse_repeated_options(group, argv: list[str]) -> None:
+def refuse_repeated_options(group: Any, argv: list[str]) -> None:
     """Raise :class:`RtsError` when an option that takes one value is given more than once in ``argv``."""
     cmd, rest = _subcommand(group, argv)
     if cmd is None:
@@ -76,7 +76,7 @@ def refuse_repeated_options(group, argv: list[str]) -> None:
                            "dropped)", fix=f"give {shown} once")
 
 
-def tidy_help(command) -> Any:
+def tidy_help(command: Any) -> Any:
     """Metavars instead of Python types in the help of ``command`` and all its subcommands (in place)."""
     option = _option_class()
     for sub in getattr(command, "commands", {}).values():

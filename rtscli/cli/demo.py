@@ -3,9 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Callable
 
 import typer
+
+#: runs one rts command line and returns its exit code: the CLI's own entry point, handed over by
+#: :mod:`rtscli.cli` when it registers this command (the demo drives the CLI it belongs to, without
+#: importing it back)
+_runner: list[Callable[[list[str]], int]] = []
+
+
+def use_runner(run: Callable[[list[str]], int]) -> None:
+    """Set what runs the demo's steps (:func:`rtscli.cli.main`)."""
+    _runner[:] = [run]
+
+
+def run_cli(argv: list[str]) -> int:
+    """Run one rts command line through the runner set by :func:`use_runner`; returns its exit code."""
+    return _runner[0](argv)
 
 
 def demo(
@@ -23,7 +38,6 @@ def demo(
     import shutil
     import time
 
-    from rtscli.cli import main
     from rtscli.console import console
     from rtscli.errors import RtsError
 
@@ -36,7 +50,7 @@ def demo(
     def step(title: str, *argv) -> None:
         console.rule(f"[bold]{title}")
         console.print("$ rts " + " ".join(str(a) for a in argv), style="dim")
-        code = main([str(a) for a in argv])
+        code = run_cli([str(a) for a in argv])
         if code:
             raise RtsError(f"the demo stopped at: {title}", fix="see the message above")
 

@@ -23,7 +23,8 @@ def evaluate(
 
     from rich.table import Table
 
-    from rtscli.console import console, progress
+    from rtscli.console import console
+    from rtscli.progress import progress
     from rtscli.engine.evaluate import evaluate_bundle
     from rtscli.errors import RtsError
 

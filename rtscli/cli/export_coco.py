@@ -18,7 +18,8 @@ def export_coco(
 
     `rts prepare DIR -o DS` reads such a folder back (the splits from the file names).
     """
-    from rtscli.console import console, progress
+    from rtscli.console import console
+    from rtscli.progress import progress
     from rtscli.data.coco_export import export_coco as run
 
     with progress() as bar:

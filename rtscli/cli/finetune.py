@@ -49,17 +49,13 @@ def finetune(
 
     Prints the cost report (parameters, peak training memory for one sample) before training.
     """
-    from rtscli.cli.pretrain import make_settings
+    opts = options.TrainingOptions.of(locals())  # first thing: locals() are the parameters
     from rtscli.console import console
     from rtscli.data.modalities import parse_names
     from rtscli.engine.finetune import finetune as run
 
     sources = [Path(s.strip()) for s in from_.split(",") if s.strip()] if from_ else []
-    settings = make_settings(defaults=_defaults(sources, preset), epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
-                             weight_decay=weight_decay, warmup_steps=warmup_steps, schedule=schedule,
-                             grad_clip=grad_clip, devices=devices, num_nodes=num_nodes, accelerator=accelerator,
-                             precision=precision, workers=workers, seed=seed, backbone_weights=backbone_weights,
-                             val_every=val_every, keep_checkpoints=keep_checkpoints)
+    settings = opts.settings(options.fusion_defaults(sources, preset))
     mods = parse_names(modalities)
     cfg = run(data=data, fusion=fusion, modalities=mods, out=out, settings=settings, sources=sources, preset=preset,
               primary=primary.lower(), freeze=freeze, init_heads_from=init_heads_from, heads=heads, window=window,
@@ -69,13 +65,3 @@ def finetune(
                   f"({'frozen' if cfg['training']['frozen_backbones'] else 'trained'} backbones), "
                   f"{m['steps_run']} steps; weights of {m['bundle_weights']}", markup=False, soft_wrap=True)
     console.print(f"  per-epoch metrics: {out}/metrics.csv, curves: {out}/curves.png; rts info {out}")
-
-
-def _defaults(sources: list[Path], preset: str | None):
-    """The training defaults of the model being fused: that of the --from bundles, else of --preset."""
-    from rtscli.modeling.bundle import read_bundle
-    from rtscli.modeling.config import training_defaults
-
-    if sources:
-        return training_defaults(read_bundle(sources[0]).model_config)
-    return training_defaults(preset or "cascade-mvitv2-b")

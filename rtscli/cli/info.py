@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 
 def info(
@@ -18,7 +21,7 @@ def info(
 
     if (bundle is None) == (preset is None):
         raise RtsError("give either a bundle or --preset NAME", fix="e.g. rts info runs/rgb or rts info --preset nano")
-    if preset:
+    if preset is not None:
         import torch
 
         from rtscli.modeling.config import load_preset
@@ -44,6 +47,7 @@ def info(
         console.print(f"  one training step at batch {d.batch_size} on a CPU: about {mem.total / 2**30:.1f} GiB "
                       "(estimate; `rts pretrain` checks it against this machine's memory)")
         return
+    assert bundle is not None  # exactly one of bundle and --preset is given (checked above)
     from rtscli.modeling.backbone_bundle import describe, is_backbone_bundle, read_backbone_bundle
 
     if is_backbone_bundle(bundle):  # a backbone of rts ssl, not a model
@@ -92,7 +96,7 @@ def info(
     console.print(metrics_table(bundle, c.get("metrics") or {}))
 
 
-def metrics_table(bundle: Path, metrics: dict):
+def metrics_table(bundle: Path, metrics: dict) -> Table:
     """The bundle's training metrics and every evaluation stored beside it (``eval_SPLIT.json`` of ``rts
     evaluate``), as a Rich table."""
     import json

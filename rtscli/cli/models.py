@@ -15,7 +15,7 @@ def list_models() -> None:
     """Show the default model, the bundles used before and the presets."""
     import os
 
-    from rtscli import userconfig
+    from rtscli.cli import userconfig
     from rtscli.console import console
     from rtscli.modeling.config import list_presets, load_preset
 
@@ -39,7 +39,7 @@ def list_models() -> None:
 @app.command("use")
 def use(bundle: Annotated[Path, typer.Argument(help="Model bundle directory to use by default.")]) -> None:
     """Make BUNDLE the default model of `rts predict` (RTS_MODEL still overrides it)."""
-    from rtscli import userconfig
+    from rtscli.cli import userconfig
     from rtscli.console import console
 
     path = userconfig.set_default_model(bundle)

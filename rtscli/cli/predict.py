@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -46,10 +46,147 @@ def predict(
     perimeter_m and flags. Many scenes (a folder, glob or list): one output per scene in OUT/, a
     manifest, and a re-run skips finished scenes; under torchrun the scenes are shared out by rank.
     """
-    from rtscli.engine import predict_cli as run
+    run(inputs=inputs or [], out=out, model=model, bands=bands, rgb=rgb, nir=nir, ndvi=ndvi, aux=aux or [],
+        resample=resample, overlap=overlap, min_score=min_score, min_area=min_area, simplify=simplify,
+        merge=merge, match=match, match_threshold=match_threshold, to_crs=to_crs, raster=raster,
+        quicklook=quicklook, batch_size=batch_size, workers=workers, device=device, overwrite=overwrite,
+        nodata=nodata, scale=scale, offset=offset, layer=layer, truth=truth)
 
-    run.main(inputs=inputs or [], out=out, model=model, bands=bands, rgb=rgb, nir=nir, ndvi=ndvi, aux=aux or [],
-             resample=resample, overlap=overlap, min_score=min_score, min_area=min_area, simplify=simplify,
-             merge=merge, match=match, match_threshold=match_threshold, to_crs=to_crs, raster=raster,
-             quicklook=quicklook, batch_size=batch_size, workers=workers, device=device, overwrite=overwrite,
-             nodata=nodata, scale=scale, offset=offset, layer=layer, truth=truth)
+
+#: vector formats of a one-scene output (many scenes: a folder of .gpkg)
+EXTS = (".gpkg", ".shp", ".geojson", ".parquet")
+
+
+def check_options(*, batch_size: int, workers: int, match_threshold: float, min_score: float, to_crs: str | None,
+                  merge: str, match: str, overlap: float | None, scale: float | None = None) -> None:
+    """Refuse option values that cannot work, before anything is read (one line each, with the fix)."""
+    from rtscli.errors import RtsError
+
+    if merge not in ("union", "nms") or match not in ("ios", "iou"):
+        raise RtsError("--merge is union or nms, --match is ios or iou", fix="fix the option")
+    if batch_size < 1 or workers < 0:
+        raise RtsError("--batch-size must be >= 1 and --workers >= 0", fix="e.g. --batch-size 4 --workers 2")
+    if not 0 < match_threshold <= 1 or not 0 <= min_score <= 1:
+        raise RtsError("--match-threshold must be in (0, 1] and --min-score in [0, 1]", fix="e.g. 0.2 and 0.5")
+    if scale is not None and not scale > 0:
+        raise RtsError("--scale must be positive", fix="e.g. --scale 0.0001 for reflectance x 10000")
+    if overlap is not None and overlap < 0:
+        raise RtsError("--overlap must be >= 0", fix="a fraction of the tile (e.g. 0.25) or pixels (e.g. 64)")
+    if to_crs:
+        from rtscli.io.raster import parse_crs
+
+        parse_crs(to_crs, "--to-crs")
+
+
+def run(*, inputs: list[str], out: Path | None, model: Path | None, bands: str | None, rgb: Path | None,
+        nir: Path | None, ndvi: Path | None, aux: list[str], resample: bool, overlap: float | None, min_score: float,
+        min_area: float, simplify: float, merge: str, match: str, match_threshold: float, to_crs: str | None,
+        raster: Path | None, quicklook: Path | None, batch_size: int, workers: int, device: str | None,
+        overwrite: bool, layer: str | None = None, nodata: float | None = None, scale: float | None = None,
+        offset: float | None = None, truth: Path | None = None) -> None:
+    """``rts predict``: check the options and inputs, then map one scene or many (:mod:`rtscli.engine.batch`)."""
+    from rtscli.cli.userconfig import default_model
+    from rtscli.console import console
+    from rtscli.data.bands import BandMap
+    from rtscli.data.scenes import open_scene, scene_paths
+    from rtscli.engine.devices import distributed
+    from rtscli.engine.mapping import run_scene
+    from rtscli.engine.predict import PredictOptions
+    from rtscli.engine.scene_checks import check_band_layout, check_modalities, scene_sources
+    from rtscli.errors import RtsError
+    from rtscli.io.atomic import check_output
+    from rtscli.io.schema import footprint_layer
+    from rtscli.io.vector import check_vector_output
+    from rtscli.modeling.bundle import load_model, read_bundle
+
+    check_options(batch_size=batch_size, workers=workers, match_threshold=match_threshold, min_score=min_score,
+                  to_crs=to_crs, merge=merge, match=match, overlap=overlap, scale=scale)
+    if truth is not None and quicklook is None:
+        raise RtsError("--truth draws reference outlines on the quicklook, and no --quicklook was given",
+                       fix="add --quicklook q.png, or drop --truth")
+    if out is None:
+        raise RtsError("no output given", fix="pass -o slumps.gpkg (or -o folder/ for many scenes)")
+    if layer is not None and out.suffix.lower() in EXTS and out.suffix.lower() != ".gpkg":
+        raise RtsError(f"--layer names a layer of a GeoPackage; a {out.suffix} file holds one layer", path=out,
+                       fix="write a .gpkg, or drop --layer")
+    layer = layer or "rts"
+    if not layer.strip() or any(c in layer for c in "\"'`;"):
+        raise RtsError(f"--layer {layer!r} is not a usable layer name", fix="use letters, digits and _ (e.g. slumps)")
+    per_modality = any([rgb, nir, ndvi, aux])
+    if per_modality and inputs:
+        raise RtsError("give either scene(s) or per-modality rasters (--rgb/--nir/...), not both",
+                       fix="drop one of them")
+    if not per_modality and not inputs:
+        raise RtsError("no scene given", fix="rts predict scene.tif -o slumps.gpkg (or --rgb a.tif --nir b.tif)")
+    if model is None:
+        model, origin = default_model()
+        console.print(f"model: {model} ({origin})")
+    bundle = read_bundle(model)
+    band_map = BandMap.parse(bands) if bands else (bundle.source_band_map or bundle.band_map)
+    tile = bundle.tile_size
+    ov = None if overlap is None else (int(round(overlap * tile)) if overlap < 1 else int(overlap))
+    opts = PredictOptions(overlap=ov, batch_size=batch_size, workers=workers, min_score=min_score, min_area=min_area,
+                          simplify=simplify, merge=merge, match_metric=match, match_threshold=match_threshold,
+                          to_crs=to_crs, device=device)
+    units: dict[str, Any] = dict(scale=scale, offset=offset, training=bundle.values)
+    scenes = [] if per_modality else scene_paths(inputs)
+    is_dir_input = len(inputs) == 1 and Path(inputs[0]).is_dir()
+    many = len(scenes) > 1 or is_dir_input or bool(inputs and any(c in inputs[0] for c in "*?[")) \
+        or bool(inputs and inputs[0].endswith(".txt"))
+    if many:
+        _run_many(scenes, out, model=model, bundle=bundle, band_map=band_map, bands_given=bool(bands), opts=opts,
+                  overwrite=overwrite, layer=layer, units=units, nodata=nodata, scale=scale, offset=offset,
+                  raster=raster, quicklook=quicklook)
+        return
+    if out.suffix.lower() not in EXTS:
+        raise RtsError(f"unknown output format {out.suffix!r}", path=out, fix=f"use one of {', '.join(EXTS)}")
+    check_vector_output(out, overwrite, [layer, footprint_layer(layer)])
+    for extra in (raster, quicklook):
+        if extra is not None:
+            check_output(extra, overwrite)
+    srcs = scene_sources(scenes[0] if scenes else None, band_map=band_map, rgb=rgb, nir=nir, ndvi=ndvi, aux=aux)
+    if scenes and not bands:
+        check_band_layout(bundle, scenes[0])
+    check_modalities(bundle, srcs, str(srcs[0].path) if scenes else "the given rasters")
+    scene = open_scene(srcs, resample=resample, nodata=nodata, **units)  # every check before the model loads
+    if truth is not None:
+        from rtscli.render.quicklook import truth_outlines
+
+        truth_outlines(truth, scene)  # a bad --truth file fails here, before the model loads
+    _, _, opts.device = distributed(device)
+    net, _ = load_model(model)
+    rep = run_scene(net, bundle, scene, out, opts, overwrite=overwrite, raster=raster, quicklook=quicklook,
+                    layer=layer, truth=truth)
+    tm = rep.timing
+    console.print(f"{rep.polygons} slumps -> {out} ({rep.seconds:.1f} s, {tm['tiles']} tiles, "
+                  f"{tm['skipped_nodata_tiles']} all-nodata tiles skipped)")
+    if rep.dropped:
+        console.print(rep.dropped)
+    if quicklook:
+        console.print(f"quicklook: {quicklook}")
+    if raster:
+        console.print(f"instance raster: {raster}")
+    console.print("open it in QGIS: drag the file onto the map, over the scene")
+
+
+def _run_many(scenes: list[Path], out: Path, *, raster: Path | None, quicklook: Path | None, **kw: Any) -> None:
+    """Many scenes: one output per scene in the folder ``out``, resumable (:func:`rtscli.engine.batch.predict_many`)."""
+    from rtscli.console import console
+    from rtscli.engine.batch import EXT, predict_many
+    from rtscli.engine.mapping import SceneReport
+    from rtscli.errors import RtsError
+
+    if raster is not None or quicklook is not None:
+        raise RtsError("--raster and --quicklook take one scene", fix="run them per scene")
+    if out.suffix.lower() in EXTS or (out.exists() and not out.is_dir()):
+        raise RtsError(f"for many scenes -o must be a folder (one {EXT} per scene goes in it)", path=out,
+                       fix="pass -o a_folder/")
+
+    def done(scene: Path, target: Path, rep: SceneReport) -> None:
+        console.print(f"{scene.name}: {rep.polygons} slumps -> {target} ({rep.seconds:.1f} s)")
+        if rep.dropped:
+            console.print(f"  {rep.dropped}")
+
+    res = predict_many(scenes, out, on_scene=done, **kw)
+    console.print(f"{res.run_here} scene(s) run here, {res.done_before} done before, "
+                  f"{res.todo} to do over {res.world} process(es) -> {out}/; manifest: {res.manifest}")

@@ -52,13 +52,15 @@ def prepare(
     """
     from rich.table import Table
 
-    from rtscli.console import console, progress
+    from rtscli.console import console
+    from rtscli.progress import progress
     from rtscli.data.bands import BandMap
     from rtscli.data.coco_import import parse_coco_split
     from rtscli.data.inputs import parse_aux
     from rtscli.data.modalities import parse_names
-    from rtscli.data.prepare import MODES, PrepareOptions, prepare as run
-    from rtscli.data.split import SPLITS, parse_fractions
+    from rtscli.data.options import MODES, PrepareOptions
+    from rtscli.data.prepare import prepare as run
+    from rtscli.data.split_files import SPLITS, parse_fractions
     from rtscli.errors import RtsError
     from rtscli.io.raster import parse_crs
 
@@ -72,6 +74,7 @@ def prepare(
         logging.getLogger("rtscli").warning("rts prepare --min-area is now --min-pixels (a count of pixels; "
                                             "--min-area is m2 in rts predict)")
         min_pixels = min_area_old
+    assert min_pixels is not None  # 16 by default, else the value of --min-pixels or --min-area
     split_files = parse_coco_split(coco_split) if coco_split else None
     if split_files and not coco:
         coco = list(split_files)

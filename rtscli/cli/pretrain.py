@@ -10,30 +10,6 @@ import typer
 from rtscli.cli import options
 
 
-def make_settings(*, defaults=None, devices: str, **kw):
-    """TrainSettings from the command-line options shared by pretrain, finetune and ablate: every option
-    left out (None) takes the preset's training default (``defaults``: a
-    :class:`rtscli.modeling.config.TrainingDefaults`; the paper's recipe when None)."""
-    from rtscli.engine.devices import resolve_accelerator
-    from rtscli.engine.train import TrainSettings
-    from rtscli.errors import RtsError
-    from rtscli.modeling.config import TrainingDefaults
-
-    d = defaults or TrainingDefaults()
-    for key, value in (("lr", d.lr), ("warmup_steps", d.warmup_steps), ("batch_size", d.batch_size),
-                       ("weight_decay", d.weight_decay), ("schedule", d.schedule), ("epochs", d.epochs or 36)):
-        if kw.get(key) is None:
-            kw[key] = value
-    if kw["schedule"] not in ("cosine", "step"):
-        raise RtsError(f"unknown --schedule {kw['schedule']!r}", fix="use cosine or step")
-    dev: int | str = int(devices) if devices.isdigit() else devices
-    kw["accelerator"] = resolve_accelerator(kw.get("accelerator", "auto"))
-    if kw.get("max_steps") is None:
-        kw["max_steps"] = -1  # Lightning's "no limit": run all the epochs
-    kw["base_lr"] = kw.pop("lr")
-    return TrainSettings(devices=dev, **kw)
-
-
 def pretrain(
     modality: Annotated[str, typer.Option(help="Modality to train on: rgb, ndvi, nir, or another in the dataset.")],
     data: Annotated[Path, typer.Option(help="Dataset directory made by `rts prepare`.")],
@@ -70,15 +46,12 @@ def pretrain(
     times the size of the largest slumps, so that each is seen whole with its surroundings. The
     bundle records the tile size; rts predict and rts evaluate use it.
     """
+    opts = options.TrainingOptions.of(locals())  # first thing: locals() are the parameters
     from rtscli.console import console
     from rtscli.engine.pretrain import pretrain as run
     from rtscli.modeling.config import training_defaults
 
-    settings = make_settings(defaults=training_defaults(preset), epochs=epochs, max_steps=max_steps,
-                             batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, schedule=schedule,
-                             grad_clip=grad_clip, devices=devices, num_nodes=num_nodes, accelerator=accelerator,
-                             precision=precision, workers=workers, seed=seed, backbone_weights=backbone_weights,
-                             val_every=val_every, keep_checkpoints=keep_checkpoints)
+    settings = opts.settings(training_defaults(preset))
     cfg = run(data=data, modality=modality.lower(), preset=preset, out=out, settings=settings, anchors=anchors,
               resume=resume, overwrite=overwrite, masks=not detection_only, tile_size=tile_size)
     m = cfg["metrics"]

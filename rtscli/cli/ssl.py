@@ -48,7 +48,8 @@ def ssl(
     reconstruct them. The run directory becomes a backbone bundle: use it with
     `rts pretrain --backbone-weights RUN` (the same modality, preset and tile size).
     """
-    from rtscli.cli.pretrain import make_settings
+    # first thing: locals() are the parameters; rts ssl offers no --schedule, --grad-clip or --val-every
+    opts = options.TrainingOptions.of(locals(), schedule="cosine", grad_clip=5.0, val_every=1)
     from rtscli.console import console
     from rtscli.data.bands import BandMap
     from rtscli.engine.ssl import ssl as run
@@ -58,20 +59,14 @@ def ssl(
     band_map = BandMap.parse(bands) if bands else None
     if band_map is None:
         from rtscli.data.inputs import band_map_from_descriptions
-        from rtscli.engine.predict_cli import scene_list
+        from rtscli.data.scenes import scene_paths
         from rtscli.io.raster import inspect
 
-        band_map = band_map_from_descriptions(inspect(scene_list(list(scenes))[0]))
+        band_map = band_map_from_descriptions(inspect(scene_paths(list(scenes))[0]))
         if band_map is None:
             raise RtsError("no band map given and the scenes' bands are not named",
                            fix="pass --bands (e.g. planetscope4, sentinel2-10 or blue=1,green=2,red=3,nir=4)")
-    d = training_defaults(preset)
-    settings = make_settings(defaults=d, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
-                             lr=lr, weight_decay=weight_decay,
-                             warmup_steps=warmup_steps, schedule="cosine", grad_clip=5.0, devices=devices,
-                             num_nodes=num_nodes, accelerator=accelerator, precision=precision, workers=workers,
-                             seed=seed, backbone_weights=backbone_weights, val_every=1,
-                             keep_checkpoints=keep_checkpoints)
+    settings = opts.settings(training_defaults(preset))
     cfg = run(inputs=list(scenes), modality=modality.lower(), band_map=band_map, out=out, preset=preset,
               settings=settings, tile_size=tile_size, aux=aux, scale=scale, offset=offset, nodata=nodata,
               windows=windows, mask_ratio=mask_ratio, stats_windows=stats_windows, repeat_to=repeat_to,

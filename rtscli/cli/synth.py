@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -47,7 +48,8 @@ def synth(
     import yaml
 
     from rtscli import __version__
-    from rtscli.console import console, progress
+    from rtscli.console import console
+    from rtscli.progress import progress
     from rtscli.errors import RtsError
     from rtscli.io.atomic import atomic_dir
     from rtscli.synth import write_chips, write_scene
@@ -73,14 +75,15 @@ def synth(
         raise RtsError("--weak-fraction must be in [0, 1] and --weak-contrast in [0, 2]", fix="fix the options")
     set_weak(weak_fraction, weak_contrast if weak_contrast != 1.0 else None)
 
-    written = {"chips": 0, "scenes": []}
+    chips_written = 0
+    scene_files: list[str] = []
     with atomic_dir(out, overwrite=overwrite) as tmp, progress() as bar:
         if chips:
             task = bar.add_task("chips", total=chips, unit="chips")
             write_chips(tmp / "chips", chips, size=chip_size, seed=seed, sites=names, crs=crs,
                         resolution=resolution, negatives=negatives, nodata_fraction=nodata_fraction,
                         progress=lambda k: bar.advance(task, k))
-            written["chips"] = chips
+            chips_written = chips
         for i in range(scenes):
             (tmp / "scenes").mkdir(exist_ok=True)
             name = names[i % len(names)]
@@ -90,22 +93,22 @@ def synth(
 
                 pairs = write_series(tmp / "scenes", f"scene_{i:02d}_{name}", height, width, years,
                                      seed=seed * 1000 + i, site_name=name, crs=crs, resolution=resolution, index=i,
-                                     progress=lambda k, t=task: bar.advance(t, k))
-                written["scenes"] += [tif.name for tif, _ in pairs]
+                                     progress=partial(bar.advance, task))
+                scene_files += [tif.name for tif, _ in pairs]
                 continue
             tif, gpkg = write_scene(tmp / "scenes" / f"scene_{i:02d}_{name}.tif", height, width,
                                     seed=seed * 1000 + i, site_name=name, crs=crs, resolution=resolution,
-                                    progress=lambda k, t=task: bar.advance(t, k), index=i)
-            written["scenes"].append(tif.name)
+                                    progress=partial(bar.advance, task), index=i)
+            scene_files.append(tif.name)
         meta = dict(rts_version=__version__, seed=seed, crs=crs, resolution_m=resolution, sites=names,
                     weak_fraction=weak_fraction, weak_contrast=weak_contrast,
                     chips=dict(count=chips, size=chip_size, bands=["red", "green", "blue", "ndvi", "nir", "mask"],
                                band_preset="paper", negatives=negatives),
-                    scenes=dict(files=written["scenes"], height=height, width=width, years=years,
+                    scenes=dict(files=scene_files, height=height, width=width, years=years,
                                 bands=["blue", "green", "red", "nir"], band_preset="planetscope4"))
         (tmp / "synth.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
-    console.print(f"wrote {written['chips']} chips and {len(written['scenes'])} scene(s) to {out}")
-    if written["chips"]:
+    console.print(f"wrote {chips_written} chips and {len(scene_files)} scene(s) to {out}")
+    if chips_written:
         console.print(f"  chips:  {out}/chips/<site>/*.tif   (rts prepare {out}/chips --bands paper ...)")
-    for s in written["scenes"]:
+    for s in scene_files:
         console.print(f"  scene:  {out}/scenes/{s}  truth: {Path(s).stem}.gpkg  (--bands planetscope4)")

@@ -31,7 +31,8 @@ def track(
 
     Maps are matched in one equal-area CRS. A map's footprint layer (rts predict writes <layer>_footprint) says where it looked: a slump outside a map is not 'disappeared' but followed to the next map that sees it. Touching slumps stay apart; slumps cut by a scene edge or nodata are flagged uncertain.
     """
-    from rtscli.console import console, progress
+    from rtscli.console import console
+    from rtscli.progress import progress
     from rtscli.track.change import TrackOptions
     from rtscli.track.run import TrackRequest, check, expand, parse_dates, run
 

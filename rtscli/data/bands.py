@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable, Mapping
 
 from rtscli.errors import RtsError
@@ -115,8 +116,16 @@ class BandMap:
         """The same names in the same order, numbered 1..n (the layout of a written chip)."""
         return BandMap(tuple((n, k + 1) for k, n in enumerate(self.names)))
 
-    def check_against(self, count: int, path: object) -> None:
-        """Raise a clear error if a band index is beyond the raster's band count."""
+    def check_against(self, count: int, path: str | Path | None) -> None:
+        """Raise a clear error if a band index is beyond the raster's band count.
+
+        Args:
+            count: the raster's number of bands.
+            path: the raster, named in the error (or None).
+
+        Raises:
+            RtsError: a band of the map is numbered above ``count``.
+        """
         over = [(i, n) for n, i in sorted(self.bands, key=lambda b: b[1]) if i > count]
         if over:
             listed = ", ".join(f"{i} ({n})" for i, n in over)

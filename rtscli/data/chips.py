@@ -9,19 +9,28 @@ pixels through its affine transform (:func:`instances_from_labels`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
+from affine import Affine
+from numpy.typing import DTypeLike
+from rasterio.crs import CRS
+from rasterio.io import DatasetReader
+from rasterio.windows import Window
 
 from rtscli.data import coco
 from rtscli.data.bands import BandMap
+from rtscli.data.coco_import import CocoReader
 from rtscli.data.inputs import Item
 from rtscli.data.modalities import valid_mask
+from rtscli.data.options import PrepareOptions
+from rtscli.data.values import Conversion
 from rtscli.errors import RtsError
-from rtscli.io.raster import read_window, window_transform
+from rtscli.geometry.affine import window_transform
+from rtscli.io.raster import read_window
 
 
-def chip_transform(item: Item):
+def chip_transform(item: Item) -> Affine:
     """The chip's geotransform: its window's on the raster's grid; the identity (its own pixels) for an image
     without georeference, whose chips carry none either."""
     t = item.image.transform
@@ -31,7 +40,7 @@ def chip_transform(item: Item):
     return window_transform(t, c, r)
 
 
-def crs_text(crs) -> str | None:
+def crs_text(crs: CRS | None) -> str | None:
     """``EPSG:n`` or WKT; None for an image without georeference (a pixel grid)."""
     if crs is None:
         return None
@@ -39,7 +48,9 @@ def crs_text(crs) -> str | None:
     return f"EPSG:{epsg}" if epsg else crs.to_wkt()
 
 
-def write_chip(path, image, transform, crs, nodata, names):
+def write_chip(path: Path, image: np.ndarray, transform: Affine, crs: CRS | None, nodata: float | None,
+               names: list[str]) -> None:
+    """Write a chip ``image`` (C, H, W) as a GeoTIFF with its georeference and one named band per channel."""
     from rtscli.io.raster import write_geotiff
 
     write_geotiff(path, image, transform=transform, crs=crs, nodata=nodata, band_names=names)
@@ -149,8 +160,8 @@ class MaskReader:
         return out
 
 
-def read_mask(src, win, band: int, path: Path, reader: MaskReader, valid: np.ndarray, *, lossy: bool,
-              min_area: int, fmt: str) -> tuple[list, int]:
+def read_mask(src: DatasetReader, win: Window, band: int, path: Path, reader: MaskReader, valid: np.ndarray, *,
+              lossy: bool, min_area: int, fmt: str) -> tuple[list[coco.Instance], int]:
     """The instances of a mask window (binary or instance ids: :class:`MaskReader`); the file's nodata value
     counts as "no slump"."""
     m = read_window(src, win, [band], fill=0)[0]
@@ -159,27 +170,66 @@ def read_mask(src, win, band: int, path: Path, reader: MaskReader, valid: np.nda
     return reader.instances(m, path, valid, lossy=lossy, min_area=min_area, fmt=fmt)
 
 
-def iter_chips(items, opts, mode, band_map, image_bands, labels, chip_dtype, conversions, chip_nodata,
-               masks: MaskReader | None = None, annotations=None):
-    """Yield (item, image, valid, instances, specks_dropped, clipped_dropped) per item.
+def iter_chips(
+    items: Iterable[Item],
+    opts: PrepareOptions,
+    mode: str,
+    band_map: BandMap,
+    image_bands: BandMap,
+    labels: Mapping[str, tuple[Any, Any]] | None,
+    chip_dtype: DTypeLike,
+    conversions: Mapping[Path, Conversion],
+    chip_nodata: float | None,
+    masks: MaskReader | None = None,
+    annotations: CocoReader | None = None,
+) -> Iterator[tuple[Item, np.ndarray | None, np.ndarray | None, list[coco.Instance], int, int]]:
+    """Read, convert and label each item's chip, one item at a time (never a whole scene in memory).
 
-    ``image`` is (bands, rows, cols) in ``chip_dtype``: the stored values turned into physical ones by
-    ``conversions`` (per file); nodata is decided on the stored values, and when values were converted
-    the invalid pixels are set to ``chip_nodata``. ``masks`` reads mask bands and mask files (binary or
-    instance ids); ``annotations`` (a :class:`rtscli.data.coco_import.CocoReader`) the COCO items' annotations.
+    Nodata is decided on the stored values (and padding beyond the raster's edge is never data); the
+    values are then made physical by each file's conversion. Rasters are opened once and kept open (at
+    most 17 at a time) until the generator ends.
+
+    Args:
+        items: the items to cut, in order; each is a whole image (``window`` None) or a window
+            (col_off, row_off, width, height) of its raster, in pixels, with its aligned ``--aux`` rasters.
+        opts: the run's options; ``min_area`` (pixels: smaller specks and clipped pieces are dropped) and
+            ``segmentation`` (``auto``, ``polygon`` or ``rle``) are used here.
+        mode: where the instances come from: ``paper`` (the raster's ``mask`` band), ``masks`` (the
+            item's mask file), ``coco`` (the COCO annotations) or ``vectors`` (label polygons).
+        band_map: the raster's band map (band name -> 1-based band number), with the ``mask`` band in
+            ``paper`` mode.
+        image_bands: the bands read into the chip (``band_map`` without ``mask``), in chip order.
+        labels: ``vectors`` mode: ``{CRS WKT: (labels GeoDataFrame in that CRS, its spatial index)}``;
+            None otherwise.
+        chip_dtype: the data type of the chips' values (float32 when values are converted).
+        conversions: ``{raster file: Conversion}`` from stored to physical values, for every image and
+            ``--aux`` raster the items read.
+        chip_nodata: the chips' nodata value: when any values were converted, every invalid pixel of
+            every chip is set to it; None keeps the stored values.
+        masks: reads mask bands and mask files (binary or instance ids); default: ``MaskReader()``.
+        annotations: the COCO items' annotations (:class:`rtscli.data.coco_import.CocoReader`);
+            default in ``coco`` mode: a new one.
+
+    Returns:
+        An iterator of ``(item, image, valid, instances, specks_dropped, clipped_dropped)`` per item:
+        ``image`` (C, H, W) in ``chip_dtype``, the image bands then the aux rasters; ``valid`` (H, W)
+        bool, the pixels with data; ``instances`` the slumps (and COCO crowd regions) in chip pixels;
+        ``specks_dropped`` mask specks and ``clipped_dropped`` labels clipped at the chip's edge that
+        were below ``opts.min_area`` pixels. A chip without any valid pixel comes as
+        ``(item, None, None, [], 0, 0)``.
+
+    Raises:
+        RtsError: a raster or mask that cannot be read, or a mask whose values are neither binary nor
+            instance ids (:class:`MaskReader`).
     """
     masks = masks or MaskReader()
     if mode == "coco" and annotations is None:
-        from rtscli.data.coco_import import CocoReader
-
         annotations = CocoReader()
-    from rasterio.windows import Window
-
     from rtscli.io.raster import open_raster
 
     open_files: dict[Path, Any] = {}
 
-    def handle(path: Path):
+    def handle(path: Path) -> DatasetReader:
         if path not in open_files:
             if len(open_files) > 16:
                 for f in open_files.values():
@@ -222,11 +272,14 @@ def iter_chips(items, opts, mode, band_map, image_bands, labels, chip_dtype, con
                 instances, specks = read_mask(src, win, band_map["mask"], item.image.path, masks, valid,
                                               lossy=item.image.lossy, min_area=opts.min_area, fmt=opts.segmentation)
             elif mode == "masks":
+                assert item.mask is not None  # sample_items gives every item of mode 'masks' its mask file
                 instances, specks = read_mask(handle(item.mask.path), win, 1, item.mask.path, masks, valid,
                                               lossy=item.mask.lossy, min_area=opts.min_area, fmt=opts.segmentation)
             elif mode == "coco":
+                assert annotations is not None  # made above in mode 'coco' when not given
                 instances, specks, clipped = annotations.instances(item, valid, opts)
             else:
+                assert labels is not None  # vectors mode: the caller passes vector_items' labels (see Args)
                 instances, clipped = instances_from_labels(item, labels, valid, opts)
             yield item, image, valid, instances, specks, clipped
     finally:
@@ -234,17 +287,28 @@ def iter_chips(items, opts, mode, band_map, image_bands, labels, chip_dtype, con
             f.close()
 
 
-def instances_from_labels(item: Item, labels, valid, opts):
+def instances_from_labels(item: Item, labels: Mapping[str, tuple[Any, Any]], valid: np.ndarray,
+                          opts: PrepareOptions) -> tuple[list[coco.Instance], int]:
     """One instance per slump label polygon that reaches the chip, rasterized on the chip's own grid (background
     areas, ARTS ``TrainClass = Negative``, are left out: their chips are negatives).
 
     The labels are found by the chip's true footprint (all four corners) and taken into chip pixels
     through the inverse of the chip's affine transform, then clipped to the chip in pixel space: right on
     rotated and sheared grids, where the map-space box of two corners is not the chip.
+
+    Args:
+        item: a chip window (col_off, row_off, width, height) of a scene, pixels (``vectors`` mode).
+        labels: ``{CRS WKT: (labels GeoDataFrame, its spatial index)}``, with the scene's CRS among them.
+        valid: bool ``(H, W)``: the chip's pixels with data.
+        opts: the run's options (``min_area``, pixels; ``segmentation``).
+
+    Returns:
+        ``(instances, pieces below opts.min_area pixels dropped at the chip's edge)``.
     """
     from rtscli.geometry.footprint import to_pixels, window_footprint
 
     gdf, sindex = labels[item.image.crs.to_wkt()]
+    assert item.window is not None  # vector_items cuts every scene into chip windows
     c, r, w, h = item.window
     t = window_transform(item.image.transform, c, r)
     out, clipped = [], 0

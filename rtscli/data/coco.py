@@ -17,9 +17,12 @@ Segmentations are written as polygons when the instance has no hole and as RLE w
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 SEGMENTATION_FORMATS = ("auto", "polygon", "rle")
 
@@ -31,7 +34,7 @@ class Instance:
     y0: int
     shape: tuple[int, int]  # (H, W) of the image it belongs to
     bbox: list[float]  # x, y, w, h
-    area: int  # pixels
+    area: float  # pixels: a whole count, except a COCO image kept whole keeps its source's (polygon) area
     segmentation: Any
     has_holes: bool
     source_id: Any = None
@@ -58,7 +61,7 @@ def rle_encode(mask: np.ndarray) -> dict:
     return rle
 
 
-def _rings_of(geom) -> tuple[list[list[float]], bool]:
+def _rings_of(geom: Any) -> tuple[list[list[float]], bool]:
     """Exterior rings of a (multi)polygon as flat COCO lists, and whether any hole exists."""
     polys = list(geom.geoms) if geom.geom_type == "MultiPolygon" else [geom]
     out, holes = [], False
@@ -72,8 +75,8 @@ def _rings_of(geom) -> tuple[list[list[float]], bool]:
     return out, holes
 
 
-def _crop_polygons(crop: np.ndarray, x0: int, y0: int):
-    """Exact pixel-edge polygons of a cropped mask, in image pixel coordinates."""
+def _crop_polygons(crop: np.ndarray, x0: int, y0: int) -> Any:
+    """Exact pixel-edge polygons of a cropped mask, in image pixel coordinates (a shapely (multi)polygon)."""
     from rasterio.transform import Affine
 
     from rtscli.geometry.polygons import mask_to_polygon
@@ -81,9 +84,23 @@ def _crop_polygons(crop: np.ndarray, x0: int, y0: int):
     return mask_to_polygon(crop, Affine.translation(x0, y0))
 
 
-def _make(crop, x0, y0, shape_hw, fmt, geom=None, source_id=None) -> Instance:
+def _make(crop: np.ndarray, x0: int, y0: int, shape_hw: tuple[int, int], fmt: str, geom: Any = None,
+          source_id: Any = None) -> Instance:
     """Encode one instance; polygon segmentations take area and bbox from pycocotools' own
-    rasterization, so they agree with what any COCO evaluator decodes."""
+    rasterization, so they agree with what any COCO evaluator decodes.
+
+    Args:
+        crop: the instance's pixels inside its bounding box, bool ``(h, w)``.
+        x0: column of the crop's top-left pixel in the image.
+        y0: row of the crop's top-left pixel in the image.
+        shape_hw: ``(H, W)`` of the image, pixels.
+        fmt: ``auto``, ``polygon`` or ``rle`` (:data:`SEGMENTATION_FORMATS`).
+        geom: the instance's outline in image pixel coordinates (shapely), or None to trace it from ``crop``.
+        source_id: the label's id in its source, or None.
+
+    Returns:
+        The instance, with its COCO segmentation, area and bbox.
+    """
     from pycocotools import mask as mask_utils
 
     if geom is None:
@@ -161,12 +178,21 @@ def instances_from_ids(labels: np.ndarray, *, min_area: int = 1, fmt: str = "aut
 
 
 def instance_from_polygon(
-    geom, shape: tuple[int, int], *, valid: np.ndarray | None = None, min_area: int = 1,
+    geom: Any, shape: tuple[int, int], *, valid: np.ndarray | None = None, min_area: int = 1,
     fmt: str = "auto", source_id: Any = None,
 ) -> Instance | None:
     """One instance from a polygon in chip pixel coordinates, or None if below ``min_area``.
 
-    ``valid`` (bool, H x W) removes nodata pixels from the mask: a slump cannot be seen there.
+    Args:
+        geom: the polygon (shapely), in chip pixel coordinates (x = column, y = row).
+        shape: ``(H, W)`` of the chip, pixels.
+        valid: bool ``(H, W)``, or None: removes nodata pixels from the mask (a slump cannot be seen there).
+        min_area: the fewest pixels an instance keeps, pixels.
+        fmt: ``auto``, ``polygon`` or ``rle`` (:data:`SEGMENTATION_FORMATS`).
+        source_id: the label's id in its source, or None.
+
+    Returns:
+        The instance, or None when the polygon covers fewer than ``min_area`` (valid) pixels of the chip.
     """
     from rasterio.features import rasterize
     from shapely.geometry import box
@@ -225,7 +251,8 @@ class CocoWriter:
     grow with the number of chips or instances.
     """
 
-    def __init__(self, path, description: str) -> None:
+    def __init__(self, path: str | Path, description: str) -> None:
+        """Open the two temporary files beside ``path`` (the COCO file to write, with ``description``)."""
         from pathlib import Path
 
         self.path = Path(path)

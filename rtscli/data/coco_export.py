@@ -22,12 +22,15 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from rtscli.data.split import SPLITS
+from rtscli.data.split_files import SPLITS
 from rtscli.errors import RtsError
+
+if TYPE_CHECKING:
+    from rtscli.data.modalities import BandStats
 
 log = logging.getLogger("rtscli")
 
@@ -99,8 +102,13 @@ def export_coco(data: Path, out: Path, *, image_format: str = "tif", overwrite: 
     return counts
 
 
-def _write_rgb(src: Path, dst: Path, driver: str, bands: list[int], stats, nodata) -> None:
-    """An 8-bit RGB copy of a chip: each band stretched from its clip low..high to 0..255 (nodata black)."""
+def _write_rgb(src: Path, dst: Path, driver: str, bands: list[int], stats: list[BandStats | None],
+               nodata: float | None) -> None:
+    """An 8-bit RGB copy of a chip: each band stretched from its clip low..high to 0..255 (nodata black).
+
+    ``stats`` holds the red, green and blue bands' statistics (their clip range), None where a band has none (it
+    is stretched from its own minimum to maximum); ``bands`` their 1-based band numbers in ``src``.
+    """
     import warnings
 
     from rtscli.io.raster import open_raster

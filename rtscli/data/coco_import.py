@@ -31,7 +31,9 @@ import numpy as np
 
 from rtscli.data import coco
 from rtscli.data.inputs import Item, aux_for, grid_windows
+from rtscli.data.options import PrepareOptions
 from rtscli.errors import RtsError
+from rtscli.io.raster import RasterInfo
 
 log = logging.getLogger("rtscli")
 
@@ -221,20 +223,20 @@ def read_sources(files: list[Path], *, split_map: dict[Path, str] | None, images
             records[key] = rec
             rasters.append((path, path.parent))
         wanted = cat_ids[p]
-        n_file = Counter()
+        n_file: Counter[str] = Counter()
         for ann in doc["annotations"]:
             if wanted and ann.get("category_id") not in wanted:
                 counts["other_categories_ignored"] += 1
                 continue
-            rec = by_id.get(ann["image_id"])
-            if rec is None:
+            owner = by_id.get(ann["image_id"])
+            if owner is None:
                 counts["annotations_of_missing_images"] += 1
                 continue
             seg = ann.get("segmentation")
             if not seg:
                 counts["without_segmentation"] += 1  # a box only: rts learns masks
                 continue
-            rec.annotations.append(ann)
+            owner.annotations.append(ann)
             n_file["crowd" if ann.get("iscrowd") else "annotations"] += 1
         per_file[str(p)] = {"split": splits[p] or "drawn by --split", "images": len(by_id), **n_file}
     if missing:
@@ -256,9 +258,23 @@ def read_sources(files: list[Path], *, split_map: dict[Path, str] | None, images
     return rasters, records, meta
 
 
-def coco_items(opts, infos, records: dict[Path, CocoImage], aux_paths) -> list[Item]:
-    """Items of the COCO images: whole, or chip windows of ``opts.chip_size`` for larger ones. Raises
-    :class:`RtsError` when an image's size differs from its COCO entry (its annotations would be misplaced)."""
+def coco_items(opts: PrepareOptions, infos: list[tuple[RasterInfo, Path]], records: dict[Path, CocoImage],
+               aux_paths: dict[str, Path]) -> list[Item]:
+    """Items of the COCO images: whole, or chip windows of ``opts.chip_size`` for larger ones.
+
+    Args:
+        opts: the run's options (``chip_size``, ``overlap``, ``assume_crs``).
+        infos: ``(image, the input root it was found under)`` per COCO image.
+        records: ``{resolved image path: its COCO entry}`` (:func:`read_sources`).
+        aux_paths: ``{aux name: file or folder}`` (``--aux``).
+
+    Returns:
+        The items, in image order; a larger image's chip windows row by row.
+
+    Raises:
+        RtsError: an image's size differs from its COCO entry (its annotations would be misplaced), or an
+            ``--aux`` raster is missing or off the image's grid.
+    """
     items: list[Item] = []
     aux_cache: dict = {}
     keys: set[str] = set()
@@ -302,8 +318,21 @@ def _unique_key(rec: CocoImage, keys: set[str]) -> str:
     return f"{stem}_{k}"
 
 
-def to_rle(seg, h: int, w: int) -> dict:
-    """A COCO segmentation (polygons, uncompressed or compressed RLE) as compressed RLE (pycocotools)."""
+def to_rle(seg: Any, h: int, w: int) -> dict:
+    """A COCO segmentation (polygons, uncompressed or compressed RLE) as compressed RLE (pycocotools).
+
+    Args:
+        seg: the annotation's ``segmentation``: a list of flat polygons, or an RLE dict.
+        h: the image's height, pixels.
+        w: the image's width, pixels.
+
+    Returns:
+        The compressed RLE (``size``, ``counts``).
+
+    Raises:
+        ValueError: polygons with fewer than 3 points or an odd number of coordinates, or neither polygons nor
+            RLE.
+    """
     from pycocotools import mask as mask_utils
 
     if isinstance(seg, list):
@@ -335,7 +364,7 @@ class CocoReader:
         self.masks: list[tuple[dict, np.ndarray, int, int] | None] = []
         self.bad: list[tuple[str, Any, str]] = []
 
-    def _decoded(self, item: Item) -> list:
+    def _decoded(self, item: Item) -> list[tuple[dict, np.ndarray, int, int] | None]:
         from pycocotools import mask as mask_utils
 
         if self.path != item.image.path:
@@ -357,13 +386,22 @@ class CocoReader:
             self.path = item.image.path
         return self.masks
 
-    def instances(self, item: Item, valid: np.ndarray, opts) -> tuple[list[coco.Instance], int, int]:
+    def instances(self, item: Item, valid: np.ndarray, opts: PrepareOptions) -> tuple[list[coco.Instance], int, int]:
         """The instances of one item: ``(instances, annotations below --min-pixels dropped, pieces dropped at
         chip edges)``.
 
         A whole image keeps each annotation's segmentation, area and bbox as the source has them (area and bbox
         of the decoded mask where missing); a chip window gets each annotation's mask clipped to it (its
         ``valid`` pixels only), encoded by ``opts.segmentation``. Crowd regions stay crowd (RLE).
+
+        Args:
+            item: a COCO item (``item.coco`` set): a whole image, or a window (col_off, row_off, width, height)
+                of it, pixels.
+            valid: bool ``(H, W)`` of the item's chip: the pixels with data.
+            opts: the run's options (``min_area``, pixels; ``segmentation``).
+
+        Returns:
+            ``(instances in chip pixels, annotations below --min-pixels dropped, pieces dropped at chip edges)``.
         """
         rec = item.coco
         out: list[coco.Instance] = []
@@ -399,7 +437,7 @@ class CocoReader:
         return out, specks, clipped
 
 
-def _whole(ann: dict, crop: np.ndarray, x0: int, y0: int, h: int, w: int, crowd: int, sid) -> coco.Instance:
+def _whole(ann: dict, crop: np.ndarray, x0: int, y0: int, h: int, w: int, crowd: int, sid: Any) -> coco.Instance:
     """An annotation of an image kept whole, as the source has it; a missing area or bbox is that of its
     decoded mask (``crop`` at ``x0, y0``: what pycocotools' ``area`` and ``toBbox`` give)."""
     seg = ann["segmentation"]

@@ -97,7 +97,7 @@ class ChipDataset(torch.utils.data.Dataset):
             big = [im for im in self.coco.dataset["images"] if max(im["width"], im["height"]) > tile_size]
             if big:
                 side = max(max(im["width"], im["height"]) for im in big)
-                from rtscli.modeling.config import TOTAL_STRIDE
+                from rtscli.data.tiling import TOTAL_STRIDE
 
                 fit = -(-side // TOTAL_STRIDE) * TOTAL_STRIDE  # the smallest tile that holds them
                 raise RtsError(
@@ -141,8 +141,18 @@ class ChipDataset(torch.utils.data.Dataset):
         anns = self.coco.loadAnns(self.coco.getAnnIds(imgIds=img_id, iscrowd=False))
         return image, valid, anns, entry
 
-    def __getitem__(self, index):
-        # (index, epoch) from EpochSampler: the epoch seeds the augmentation, in any worker process
+    def __getitem__(self, index: int | tuple[int, int]
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
+        """One chip: ``(image (C, T, T) float32, target {boxes (N, 4), labels (N,), masks (N, T, T)}, meta)``.
+
+        Args:
+            index: a position in the split, or ``(position, epoch)`` (from EpochSampler: the epoch seeds the
+                augmentation, in any worker process); a plain position uses :meth:`set_epoch`'s epoch.
+
+        Returns:
+            The image tensor, the target dict (instances of the tile, boxes in tile pixels) and ``meta``
+            (``image_id``, ``size``: the chip's ``(h, w)`` inside the tile, ``file_name``).
+        """
         idx, epoch = index if isinstance(index, tuple) else (index, self.epoch)
         image, valid, anns, entry = self.load(idx)
         h, w = image.shape[1:]
@@ -156,7 +166,8 @@ class ChipDataset(torch.utils.data.Dataset):
         return torch.from_numpy(np.ascontiguousarray(image)), target, meta
 
     # -- geometry ---------------------------------------------------------------------------------
-    def _fit(self, image: np.ndarray, masks: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    def _fit(self, image: np.ndarray, masks: np.ndarray, rng: np.random.Generator | None
+             ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
         """Crop (random when augmenting, else top-left) or zero-pad to the square tile."""
         t = self.tile
         c, h, w = image.shape
@@ -173,7 +184,10 @@ class ChipDataset(torch.utils.data.Dataset):
             image, masks = pad, mpad
         return image, masks, (hh, ww)
 
-    def _augment(self, image: np.ndarray, masks: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
+    def _augment(self, image: np.ndarray, masks: np.ndarray, rng: np.random.Generator
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Flips, a 90-degree rotation (square chips), scale jitter and optical brightness/contrast, drawn by
+        ``rng``; ``image`` (C, H, W) and ``masks`` (N, H, W) move together."""
         import cv2
 
         if rng.random() < 0.5:

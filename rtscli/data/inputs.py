@@ -13,14 +13,15 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 from rtscli.data.bands import BandMap
+from rtscli.data.options import PrepareOptions
 from rtscli.errors import RtsError
 from rtscli.io.raster import RASTER_SUFFIXES, RasterInfo, crs_name, inspect
 
-if TYPE_CHECKING:
-    from rtscli.data.prepare import PrepareOptions
+if TYPE_CHECKING:  # for annotations only: nothing here reads pixels
+    import numpy as np
 
 log = logging.getLogger("rtscli")
 
@@ -42,41 +43,9 @@ class Item:
     negative_area: bool = False  # the window reaches a background area of the labels (ARTS TrainClass Negative)
 
 
-
-def find_rasters(inputs: list[Path], exclude: list[Path] = ()) -> list[tuple[Path, Path]]:
-    """All images under the inputs (GeoTIFF, JPEG, PNG, JP2 ...: :data:`rtscli.io.raster.RASTER_SUFFIXES`), as
-    (file, root it was found under).
-
-    Hidden files and folders (including rts's own temporary builds) and everything under
-    ``exclude`` (the output dataset, a mask folder) are left out.
-    """
-    out: list[tuple[Path, Path]] = []
-    ex = [e.resolve() for e in exclude]
-    for inp in inputs:
-        if not inp.exists():
-            raise RtsError("input not found", path=inp, fix="check the path")
-        if inp.is_dir():
-            files = []
-            for p in sorted(inp.rglob("*")):
-                if p.suffix.lower() not in RASTER_SUFFIXES or not p.is_file():
-                    continue
-                if any(part.startswith(".") for part in p.relative_to(inp).parts):
-                    continue
-                rp = p.resolve()
-                if any(e == rp or e in rp.parents for e in ex):
-                    continue
-                files.append(p)
-            if not files:
-                raise RtsError(f"no images ({', '.join('*' + x for x in RASTER_SUFFIXES)}) found in this directory",
-                               path=inp, fix="point to the folder that holds your images (or its COCO JSON with "
-                               "--coco FILE)")
-            out.extend((p, inp) for p in files)
-        else:
-            out.append((inp, inp.parent))
-    return out
-
-
 def site_of(path: Path, root: Path, forced: str | None) -> str:
+    """The site of a raster: ``forced`` (``--site``) when given, else the first folder of ``path`` under ``root``,
+    else ``default`` (a raster directly in ``root``, or not under it)."""
     if forced:
         return forced
     try:
@@ -100,7 +69,21 @@ def band_map_from_descriptions(info: RasterInfo) -> BandMap | None:
     return None
 
 
-def match_by_name(image: Path, folder: Path, what: str, suffixes=MASK_SUFFIXES) -> Path:
+def match_by_name(image: Path, folder: Path, what: str, suffixes: tuple[str, ...] = MASK_SUFFIXES) -> Path:
+    """The file in ``folder`` named as ``image`` (its stem, one of ``suffixes``, a raster extension).
+
+    Args:
+        image: the image whose companion is looked for.
+        folder: where to look.
+        what: what is looked for, for the error (``mask``, ``aux raster 'dem'``).
+        suffixes: the endings tried after the image's stem, in order (``""``: the same stem).
+
+    Returns:
+        The first existing candidate that is not ``image`` itself.
+
+    Raises:
+        RtsError: none exists, naming the first names tried.
+    """
     stem = image.stem
     tried = []
     for suf in suffixes:
@@ -127,6 +110,7 @@ def chip_positions(length: int, size: int, stride: int) -> list[int]:
 
 
 def sha256(path: Path, block: int = 1 << 20) -> str:
+    """The SHA-256 hex digest of the file ``path``, read ``block`` bytes at a time."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(block):
@@ -146,14 +130,17 @@ def parse_aux(specs: list[str] | None) -> dict[str, Path]:
     return out
 
 
-def aux_lookup(name: str, path: Path):
+def aux_lookup(name: str, path: Path) -> Path:
+    """``path`` itself when it exists (an ``--aux`` file or folder); raises :class:`RtsError` naming ``name``
+    otherwise."""
     if not path.exists():
         raise RtsError(f"aux raster for {name!r} not found", path=path, fix="check --aux NAME=PATH")
     return path
 
 
 def all_aux(items: list[Item]) -> Iterator[RasterInfo]:
-    seen = set()
+    """Every ``--aux`` raster the items read, once each (first-seen order)."""
+    seen: set[Path] = set()
     for it in items:
         for info in it.aux.values():
             if info.path not in seen:
@@ -161,7 +148,22 @@ def all_aux(items: list[Item]) -> Iterator[RasterInfo]:
                 yield info
 
 
-def aux_for(image: RasterInfo, aux_paths: dict[str, Path], cache: dict, assume_crs) -> dict[str, RasterInfo]:
+def aux_for(image: RasterInfo, aux_paths: dict[str, Path], cache: dict[Path, RasterInfo],
+            assume_crs: Any) -> dict[str, RasterInfo]:
+    """The ``--aux`` rasters of one image, each checked to lie on its grid.
+
+    Args:
+        image: the image.
+        aux_paths: ``{aux name: file, or folder holding one per image (named as the image)}``.
+        cache: ``{aux file: RasterInfo}`` of files inspected already; filled in here.
+        assume_crs: the CRS assumed for rasters without one (``--assume-crs``), or None.
+
+    Returns:
+        ``{aux name: RasterInfo}``.
+
+    Raises:
+        RtsError: an aux raster that is missing, unreadable or not on the image's grid.
+    """
     out = {}
     for name, p in aux_paths.items():
         path = match_by_name(image.path, p, f"aux raster '{name}'", suffixes=("", f"_{name}", f"-{name}")) \
@@ -181,12 +183,27 @@ def aux_for(image: RasterInfo, aux_paths: dict[str, Path], cache: dict, assume_c
     return out
 
 
-def sample_items(opts, infos, aux_paths, mode) -> list[Item]:
+def sample_items(opts: PrepareOptions, infos: list[tuple[RasterInfo, Path]], aux_paths: dict[str, Path],
+                 mode: str) -> list[Item]:
     """One item per image (per-sample chips), or its chip windows when larger than ``opts.chip_size``; in
-    ``masks`` mode each with its mask, checked to lie on the image's grid."""
+    ``masks`` mode each with its mask, checked to lie on the image's grid.
+
+    Args:
+        opts: the run's options (``site``, ``masks``, ``chip_size``, pixels, ``overlap``, ``assume_crs``).
+        infos: ``(image, the input root it was found under)`` per image.
+        aux_paths: ``{aux name: file or folder}`` (``--aux``).
+        mode: ``paper`` (a mask band) or ``masks`` (a mask file per image, in ``opts.masks``).
+
+    Returns:
+        The items, in image order; a larger image's chip windows row by row.
+
+    Raises:
+        RtsError: two images with one name, a missing mask or one off its image's grid, or an ``--aux`` raster
+            that does not fit.
+    """
     items: list[Item] = []
     bare_masks: list[str] = []
-    aux_cache: dict = {}
+    aux_cache: dict[Path, RasterInfo] = {}
     names_seen: dict[str, Path] = {}
     for info, root in infos:
         site = site_of(info.path, root, opts.site)
@@ -199,6 +216,7 @@ def sample_items(opts, infos, aux_paths, mode) -> list[Item]:
         names_seen[key] = info.path
         mask = None
         if mode == "masks":
+            assert opts.masks is not None  # check_options: mode 'masks' needs --masks DIR
             mpath = match_by_name(info.path, opts.masks, "mask")
             mask = inspect(mpath, need_crs=False)
             if mask.pixel_grid and mask.shape == info.shape:
@@ -232,22 +250,32 @@ def sample_items(opts, infos, aux_paths, mode) -> list[Item]:
 
 def grid_windows(info: RasterInfo, opts: PrepareOptions) -> Iterator[tuple[int, int]]:
     """Chip windows over one raster: (col_off, row_off), pixels. Their split groups are spatial blocks on
-    the map (:func:`rtscli.data.split.spatial_groups`)."""
-    stride = max(1, int(round(opts.chip_size * (1 - opts.overlap))))
-    rows = chip_positions(info.height, opts.chip_size, stride)
-    cols = chip_positions(info.width, opts.chip_size, stride)
+    the map (:func:`rtscli.data.split_plan.spatial_groups`).
+
+    Args:
+        info: the raster.
+        opts: the run's options: ``chip_size`` (pixels; set: rasters are cut only then) and ``overlap`` (0..1).
+
+    Returns:
+        ``(col_off, row_off)`` of each window, row by row; the last ones shifted back to end at the raster's edge.
+    """
+    size = opts.chip_size
+    assert size is not None  # only rasters that are cut get windows: vectors mode defaults chip_size to 256
+    stride = max(1, int(round(size * (1 - opts.overlap))))
+    rows = chip_positions(info.height, size, stride)
+    cols = chip_positions(info.width, size, stride)
     for r in rows:
         for c in cols:
             yield c, r
 
 
-def gdf_counts(labels_by_crs: dict) -> dict[str, int]:
+def gdf_counts(labels_by_crs: Mapping[str, tuple[Any, Any]]) -> dict[str, int]:
     """Label features kept per label file (after repairs and duplicates)."""
     gdf = next(iter(labels_by_crs.values()))[0]
     return {str(k): int(v) for k, v in gdf["label_file"].value_counts(sort=False).items()}
 
 
-def _reaches(gdf, sindex, negatives, info, c: int, r: int, size: int) -> bool:
+def _reaches(gdf: Any, sindex: Any, negatives: np.ndarray, info: RasterInfo, c: int, r: int, size: int) -> bool:
     """Whether the chip window (c, r, size) shares area with a background (negative) label area."""
     from rtscli.geometry.footprint import window_footprint
 
@@ -256,14 +284,32 @@ def _reaches(gdf, sindex, negatives, info, c: int, r: int, size: int) -> bool:
                for k in sindex.query(fp, predicate="intersects"))
 
 
-def vector_items(opts, infos, aux_paths):
-    """Chip windows of every scene, and the labels in each scene CRS (``opts.labels``: one or several files)."""
-    from rtscli.io.vector import read_labels
+def vector_items(opts: PrepareOptions, infos: list[tuple[RasterInfo, Path]], aux_paths: dict[str, Path]
+                 ) -> tuple[list[Item], dict[str, tuple[Any, Any]], dict[str, Any]]:
+    """Chip windows of every scene, and the labels in each scene CRS (``opts.labels``: one or several files).
 
-    labels_by_crs: dict[str, Any] = {}
+    Args:
+        opts: the run's options: ``labels`` (set), ``chip_size`` (pixels, set), ``overlap``, ``site``, the label
+            reading options.
+        infos: ``(scene, the input root it was found under)`` per scene.
+        aux_paths: ``{aux name: file or folder}`` (``--aux``).
+
+    Returns:
+        ``(items, {CRS WKT: (labels GeoDataFrame in that CRS, its spatial index)}, the manifest's labels record)``.
+
+    Raises:
+        RtsError: no label overlaps any scene, two scenes with one name, an unreadable label file or an ``--aux``
+            raster that does not fit.
+    """
+    from rtscli.data.labels import read_labels
+
+    # check_options and chip_layout guarantee both in vectors mode (--labels needed, chip_size 256 by default)
+    assert opts.labels is not None and opts.chip_size is not None
+
+    labels_by_crs: dict[str, tuple[Any, Any]] = {}
     reports = {}
     items: list[Item] = []
-    aux_cache: dict = {}
+    aux_cache: dict[Path, RasterInfo] = {}
     overlaps_any = False
     per_scene = {}
     stems: dict[str, Path] = {}
@@ -329,14 +375,14 @@ def vector_items(opts, infos, aux_paths):
     if rep.repaired:
         log.info("repaired %d invalid label polygon(s) with make_valid", rep.repaired)
     if rep.duplicates:
-        from rtscli.io.vector import DUPLICATE_IOU
+        from rtscli.data.labels import DUPLICATE_IOU
 
         log.warning("%d label polygon(s) repeat an earlier one (IoU >= %g: the same slump drawn twice, or one outline "
                     "at several dates): %s", rep.duplicates, DUPLICATE_IOU,
                     "the first of each was kept" if rep.duplicates_dropped else
                     "all were kept (--keep-duplicate-labels), so they become stacked duplicate instances")
     if rep.overlapping_pairs:
-        from rtscli.io.vector import OVERLAP_IOU
+        from rtscli.data.labels import OVERLAP_IOU
 
         log.warning("%d pair(s) of label polygons overlap by IoU >= %g (one slump labelled at several dates, or by "
                     "several experts?): they become overlapping instances; keep one label per slump (the imagery's "
@@ -345,7 +391,8 @@ def vector_items(opts, infos, aux_paths):
     return items, labels, meta
 
 
-def fmt_bounds(b) -> str:
+def fmt_bounds(b: Iterable[float] | None) -> str:
+    """Bounds ``(xmin, ymin, xmax, ymax)`` as text with one decimal, or ``(empty)`` for None."""
     if b is None:
         return "(empty)"
     return "(" + ", ".join(f"{v:.1f}" for v in b) + ")"

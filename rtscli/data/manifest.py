@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import numpy as np
+from numpy.typing import DTypeLike
 
-from rtscli.data.inputs import sha256
-from rtscli.data.split import SPLITS
+from rtscli.data.bands import BandMap
+from rtscli.data.inputs import Item, sha256
+from rtscli.data.modalities import BandStats, Modality
+from rtscli.data.options import PrepareOptions
+from rtscli.data.split_files import SPLITS
+from rtscli.data.stats import StatsSampler
+from rtscli.data.values import Conversion
 from rtscli.io.raster import RasterInfo
 
 
@@ -17,7 +24,7 @@ def source_bands(info: RasterInfo) -> dict:
     return {"count": info.count, "descriptions": list(info.descriptions), "dtype": str(info.dtype)}
 
 
-def values_record(conversions: dict, infos) -> dict:
+def values_record(conversions: Mapping[Path, Conversion], infos: Sequence[tuple[RasterInfo, Path]]) -> dict:
     """How the chips' values were made from the stored ones (the manifest's ``values``; bundles copy it so
     that ``rts predict`` can check a scene and convert it the same way)."""
     first = conversions[infos[0][0].path]
@@ -29,8 +36,61 @@ def values_record(conversions: dict, infos) -> dict:
     return rec
 
 
-def build_manifest(opts, mode, band_map, chip_bands, chip_dtype, nodata, modalities, stats, sampler, counts, dropped,
-              label_meta, items, instance_sizes, splits, split_map, infos, split_report) -> dict:
+def build_manifest(
+    opts: PrepareOptions,
+    mode: str,
+    band_map: BandMap,
+    chip_bands: BandMap,
+    chip_dtype: DTypeLike,
+    nodata: float | None,
+    modalities: Sequence[Modality],
+    stats: Mapping[str, BandStats],
+    sampler: StatsSampler,
+    counts: Mapping[str, Mapping[str, Mapping[str, int]]],
+    dropped: Mapping[str, int],
+    label_meta: Mapping[str, Any] | None,
+    items: Sequence[Item],
+    instance_sizes: tuple[Sequence[float], Sequence[float], Sequence[float]],
+    splits: Mapping[str, str],
+    split_map: Mapping[str, str] | None,
+    infos: Sequence[tuple[RasterInfo, Path]],
+    split_report: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The manifest of a dataset (``manifest.yaml``): what was read, how, and what came out.
+
+    Every source file (images, masks, ``--aux`` rasters, label files with a shapefile's sidecars) is
+    listed with its size and SHA-256, so reading them again costs one pass over each.
+
+    Args:
+        opts: the run's options (inputs, chip size in pixels, overlap, split settings, aux rasters ...).
+        mode: the kind of input: ``paper``, ``masks``, ``vectors`` or ``coco``.
+        band_map: the source rasters' band map (band name -> 1-based band number).
+        chip_bands: the chips' band map: the image bands then the ``--aux`` rasters, numbered 1..C.
+        chip_dtype: the data type of the chips' values.
+        nodata: the chips' nodata value, or None.
+        modalities: the modalities recorded (each a name and the chip channels it takes).
+        stats: normalization statistics per channel (band or ``ndvi``), physical values.
+        sampler: the sampler the statistics came from (its clip percentiles and pixel count are recorded).
+        counts: ``{site: {split: {"images", "instances", "negatives": count}}}`` of the chips written.
+        dropped: what was left out, by reason (chips, specks, clipped labels, overlapping items).
+        label_meta: vectors: what was read from the label files; None or empty otherwise.
+        items: the items that got a split (their masks and ``--aux`` rasters are sources too).
+        instance_sizes: ``(box sides, aspect ratios, true areas)`` of the training slumps: box side
+            sqrt(w x h) in pixels, box height / width, and area in m2 (none for images without
+            georeference).
+        splits: ``{item key: split}`` (not recorded itself: ``counts`` says what each split holds).
+        split_map: the split file's ``{name: split}``, or None when the splits were drawn.
+        infos: ``(raster, input root)`` of every source image; the first one's band layout is recorded.
+        split_report: details of the split (overlaps across files, items left out ...), merged into the
+            manifest's ``split`` record.
+
+    Returns:
+        The manifest as a plain dict (YAML-ready); ``values``, ``warnings``, ``masks``, ``coco`` and
+        ``pixel_grid_images`` are added by :func:`rtscli.data.prepare.prepare`.
+
+    Raises:
+        OSError: a source file that cannot be read for its checksum.
+    """
     from rtscli import __version__
 
     sources = []
@@ -55,7 +115,7 @@ def build_manifest(opts, mode, band_map, chip_bands, chip_dtype, nodata, modalit
     sizes, ratios, areas_m2 = instance_sizes
     size_stats = {}
     if sizes:
-        def pct(values, ps, digits):
+        def pct(values: Sequence[float], ps: list[int], digits: int) -> dict[str, float]:
             return {f"p{p}": round(float(v), digits) for p, v in zip(ps, np.percentile(values, ps), strict=True)}
 
         size_stats = {

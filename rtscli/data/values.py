@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:  # for annotations only: this module stays free of rasterio at import
+    from rtscli.io.raster import RasterInfo
 
 log = logging.getLogger("rtscli")
 
@@ -109,12 +112,22 @@ def from_options(names: list[str], scale: float | None, offset: float | None) ->
     return Conversion({n: s for n in refl}, {n: o for n in refl}, "options")
 
 
-def from_metadata(scales, offsets, bands: Mapping[str, int]) -> Conversion | None:
+def from_metadata(scales: Sequence[float | None] | None, offsets: Sequence[float | None] | None,
+                  bands: Mapping[str, int]) -> Conversion | None:
     """The band scale/offset a raster carries (GDAL metadata; rasterio ``src.scales``, ``src.offsets``)
-    for the named bands (``bands``: name -> 1-based index), or None when all are 1 and 0."""
+    for the named bands (``bands``: name -> 1-based index), or None when all are 1 and 0.
+
+    Args:
+        scales: per band (band 1 first), the GDAL scale; None (or missing bands, or None entries) means 1.
+        offsets: per band, the GDAL offset; None (or missing bands, or None entries) means 0.
+        bands: band name -> 1-based band index.
+
+    Returns:
+        The ``gdal-metadata`` conversion, or None when it changes nothing.
+    """
     scales, offsets = scales or (), offsets or ()
 
-    def pick(values, i: int, default: float) -> float:
+    def pick(values: Sequence[float | None], i: int, default: float) -> float:
         v = values[i - 1] if i - 1 < len(values) else None
         return default if v is None else float(v)
 
@@ -123,14 +136,22 @@ def from_metadata(scales, offsets, bands: Mapping[str, int]) -> Conversion | Non
     return None if conv.identity else conv
 
 
-def resolve(info, bands: Mapping[str, int], *, scale: float | None, offset: float | None,
+def resolve(info: RasterInfo, bands: Mapping[str, int], *, scale: float | None, offset: float | None,
             training: Conversion | None = None, training_dtype: str | None = None) -> Conversion:
     """The conversion for the bands ``bands`` of one raster (see the module docstring for the order).
 
-    ``info`` is the raster's :class:`rtscli.io.raster.RasterInfo` (data type, GDAL scales and offsets).
-    ``training`` and ``training_dtype`` (``rts predict``) are the model's recorded conversion and the
-    data type its training rasters were stored in. Nothing is logged here: :func:`report` says it once
-    for many files.
+    Nothing is logged here: :func:`report` says it once for many files.
+
+    Args:
+        info: the raster's :class:`rtscli.io.raster.RasterInfo` (data type, GDAL scales and offsets).
+        bands: band name -> 1-based band index of the bands read from this raster.
+        scale: ``--scale`` for the reflectance bands, or None.
+        offset: ``--offset`` for the reflectance bands, or None.
+        training: ``rts predict``: the model's recorded conversion, or None.
+        training_dtype: ``rts predict``: the data type the model's training rasters were stored in, or None.
+
+    Returns:
+        The conversion to apply (:data:`NONE` when values are read as stored).
     """
     names = list(bands)
     meta = from_metadata(info.scales, info.offsets, bands)

@@ -4,7 +4,7 @@ Scenes of any size (GeoTIFF, VRT mosaics ...) are read by window with rasterio, 
 window is drawn from (seed, epoch, index) alone, so a resumed run and every data-loading worker see
 the same windows. A window that is mostly nodata is redrawn (and counted). Channels are built as
 ``rts prepare`` builds them (band map, NDVI, ``--aux`` rasters, scale/offset: the predict path's
-:class:`rtscli.engine.predict.TileDataset`), normalized with statistics sampled from the scenes.
+:class:`rtscli.data.tiles.TileDataset`), normalized with statistics sampled from the scenes.
 """
 
 from __future__ import annotations
@@ -27,18 +27,18 @@ TRIES = 20
 
 
 class RandomWindows(torch.utils.data.Dataset):
-    """``n`` random ``tile`` x ``tile`` windows per epoch over ``scenes`` (:class:`rtscli.engine.predict.Scene`).
+    """``n`` random ``tile`` x ``tile`` windows per epoch over ``scenes`` (:class:`rtscli.data.scenes.Scene`).
 
     Items are ``(index, epoch)`` pairs (from :class:`rtscli.engine.train.EpochSampler`) or plain indices
     (epoch from :meth:`set_epoch`); each gives ``(image (C, T, T) float32 normalized, valid (T, T) bool,
     mask (T/32, T/32) bool)``. Scenes are drawn in proportion to their area; ``mask`` comes from
-    :func:`rtscli.modeling.mim.block_mask` with the same seed.
+    :func:`block_mask` with the same seed.
     """
 
     def __init__(self, scenes: list, *, tile: int, modality: Modality, stats: dict[str, BandStats] | None,
                  repeat_to: int | None, n: int, seed: int = 0, mask_ratio: float = 0.6, min_valid: float = MIN_VALID,
                  ) -> None:
-        from rtscli.engine.predict import TileDataset
+        from rtscli.data.tiles import TileDataset
 
         if not scenes:
             raise RtsError("no scene to read windows from", fix="pass scene files, folders or globs")
@@ -77,9 +77,16 @@ class RandomWindows(torch.utils.data.Dataset):
             self.redrawn += 1
         return raw, valid, self.readers[k]
 
-    def __getitem__(self, index):
-        """``index``: an int, ``(index, epoch)``, or ``(index, epoch, stream)``."""
-        from rtscli.modeling.mim import block_mask
+    def __getitem__(self, index: int | tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One window: ``(image (C, T, T) float32 normalized, valid (T, T) bool, mask (T/32, T/32) bool)``.
+
+        Args:
+            index: an int, ``(index, epoch)``, or ``(index, epoch, stream)`` (stream 0: training windows,
+                1: statistics, 2: pictures); a plain int uses :meth:`set_epoch`'s epoch and stream 0.
+
+        Returns:
+            The image (nodata pixels 0), its valid pixels and the SimMIM block mask (:func:`block_mask`).
+        """
 
         idx, epoch, stream = (tuple(index) + (0,))[:3] if isinstance(index, tuple) else (index, self.epoch, 0)
         raw, valid, reader = self.raw(idx, epoch, stream)
@@ -108,3 +115,24 @@ def sample_stats(windows: RandomWindows, count: int, seed: int) -> tuple[dict[st
                        path=windows.scenes[0].sources[0].path,
                        fix="check the scenes' nodata value (--nodata) and the band map")
     return sampler.result(), sampler.count
+
+
+#: SimMIM's defaults: 32 px mask blocks (the backbone's total stride), 60% of them hidden
+MASK_BLOCK = 32
+
+
+MASK_RATIO = 0.6
+
+
+def block_mask(tile: int, rng: np.random.Generator, *, block: int = MASK_BLOCK,
+               ratio: float = MASK_RATIO) -> np.ndarray:
+    """A (tile/block, tile/block) bool mask with round(ratio x blocks) blocks set, drawn by ``rng`` (SimMIM's
+    MaskGenerator). Raises ValueError when ``tile`` is not a multiple of ``block`` or ``ratio`` not in (0, 1)."""
+    if tile % block:
+        raise ValueError(f"tile {tile} is not a multiple of the mask block {block}")
+    if not 0 < ratio < 1:
+        raise ValueError(f"mask ratio {ratio} must be in (0, 1)")
+    n = (tile // block) ** 2
+    flat = np.zeros(n, bool)
+    flat[rng.permutation(n)[: max(1, int(round(ratio * n)))]] = True
+    return flat.reshape(tile // block, tile // block)

@@ -232,7 +232,7 @@ def evaluate_bundle(bundle: Path, data: Path, split: str, *, batch_size: int = 4
                                path=data, fix="evaluate on a dataset prepared with the same bands")
     # the model's own normalization statistics, not the dataset's
     info.stats = b.stats | {k: v for k, v in info.stats.items() if k not in b.stats}
-    ds = ChipDataset(info, split, b.modalities, b.tile_size, repeat_to=b.config.get("repeat_to", 3))
+    ds = ChipDataset(info, split, b.modalities, b.tile_size, repeat_to=b.repeat_to)
     results = predict_split(model, ds, batch_size=batch_size, device=device,
                             progress=(lambda k: progress(k, len(ds))) if progress else None)
     gt = json.loads((info.root / f"{split}.json").read_text())

@@ -22,7 +22,7 @@ from rtscli.data.modalities import Modality
 from rtscli.engine.pretrain import (
     adopt_backbone_stats, build_config, bundle_config, check_memory, open_splits, prepare_run_dir, train_and_save,
 )
-from rtscli.engine.train import TrainSettings
+from rtscli.engine.train_settings import TrainSettings
 from rtscli.errors import RtsError
 from rtscli.modeling.fusion import STRATEGIES, is_feature_level
 
@@ -199,7 +199,7 @@ def finetune(*, data: Path, fusion: str, modalities: list[str], out: Path, setti
                            fix="drop --preset: the bundles decide the architecture")
         repeat = ref.config.get("repeat_to")
         if tile_size is not None and tile_size != cfg.tile_size:
-            from rtscli.modeling.config import check_tile_size
+            from rtscli.data.tiling import check_tile_size
 
             # the backbones' relative-position tables are interpolated to the new tile (_load_part)
             log.info("tile size %d px (the --from bundles were trained at %d px)", tile_size, cfg.tile_size)

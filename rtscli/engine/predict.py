@@ -40,201 +40,32 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from rtscli.data.values import NONE, Conversion
+from rtscli.data.scenes import Scene
+from rtscli.data.tiles import TileDataset, collate_tiles
+from rtscli.data.tiling import tile_grid
 from rtscli.errors import RtsError
-from rtscli.geometry.seams import BoxNMS, Grid, Instance, SeamMerger
+from rtscli.modeling.bundle import Bundle
+from rtscli.geometry.seams import BoxNMS, Detection, SeamMerger, Slump, TileLayout
 
 log = logging.getLogger("rtscli")
 
 
 @dataclass
-class Source:
-    """One input raster and which of its bands are which channel (1-based)."""
-
-    path: Path
-    bands: dict[str, int]
-    nodata: float | None = None  # filled in by open_scene (the raster's own, or --nodata)
-    conversion: Conversion = NONE  # filled in by open_scene: stored values -> the model's units
-
-
-@dataclass
-class Scene:
-    name: str
-    sources: list[Source]
-    width: int
-    height: int
-    transform: Any
-    crs: Any
-    resample: bool = False
-
-
-@dataclass
 class Timing:
-    read: float = 0.0
-    model: float = 0.0
-    merge: float = 0.0
-    write: float = 0.0
-    tiles: int = 0
-    skipped: int = 0
-    extra: dict[str, float] = field(default_factory=dict)
+    """Where a scene's time went (seconds) and what happened to its tiles and detections."""
+
+    read: float = 0.0  # waiting for tiles (reading runs in the DataLoader's workers)
+    model: float = 0.0  # in the model
+    merge: float = 0.0  # polygonizing and seam merging
+    write: float = 0.0  # writing the outputs
+    tiles: int = 0  # tiles read
+    skipped: int = 0  # tiles without a valid pixel (never given to the model)
+    extra: dict[str, float] = field(default_factory=dict)  # further counts and seconds, by name
 
     def as_dict(self) -> dict[str, float]:
+        """The stages' seconds (rounded to ms), the tile counts and the extras, as one JSON-ready dict."""
         d = {k: round(getattr(self, k), 3) for k in ("read", "model", "merge", "write")}
         return d | {"tiles": self.tiles, "skipped_nodata_tiles": self.skipped} | self.extra
-
-
-def open_scene(sources: list[Source], *, resample: bool = False, name: str | None = None,
-               nodata: float | None = None, scale: float | None = None, offset: float | None = None,
-               training: dict | None = None) -> Scene:
-    """Check the rasters (readable, CRS, same grid unless ``resample``) and describe the scene.
-
-    Each source keeps its own nodata value (``nodata`` overrides them all, for rasters whose nodata
-    is not tagged) and its own conversion of stored values to the model's units
-    (:func:`rtscli.data.values.resolve`: ``scale``/``offset``, else the raster's GDAL band scale/offset,
-    else the conversion of the model's training data, recorded in ``training``, for a raster stored as
-    those data were).
-    """
-    from rtscli.data import values
-    from rtscli.io.raster import crs_name, inspect
-
-    infos = [inspect(s.path) for s in sources]
-    ref = infos[0]
-    for s, inf in zip(sources, infos, strict=True):
-        top = max(s.bands.values())
-        if inf.count < top:
-            raise RtsError(f"the band map needs band {top}, the raster has {inf.count}", path=s.path,
-                           fix="pass --bands matching the raster (see `rts bands`)")
-        if inf is not ref and not ref.same_grid(inf):
-            if not resample:
-                raise RtsError(f"this raster is on another grid than {sources[0].path.name} "
-                               f"({crs_name(inf.crs)} {inf.width}x{inf.height} vs "
-                               f"{crs_name(ref.crs)} {ref.width}x{ref.height})",
-                               path=s.path, fix="pass --resample to resample it onto the first raster's grid")
-            log.info("resampling %s onto the grid of %s (bilinear)", s.path, sources[0].path)
-        s.nodata = nodata if nodata is not None else inf.nodata
-        s.conversion = values.resolve(inf, s.bands, scale=scale, offset=offset,
-                                      training=values.Conversion.from_record(training),
-                                      training_dtype=(training or {}).get("stored_dtype"))
-    values.report({s.path: s.conversion for s in sources}, (training or {}).get("stored_dtype"))
-    return Scene(name=name or sources[0].path.stem, sources=sources, width=ref.width, height=ref.height,
-                 transform=ref.transform, crs=ref.crs, resample=resample)
-
-
-def tile_grid(width: int, height: int, tile: int, overlap: int) -> list[tuple[int, int]]:
-    """Top-left (col, row) of every tile; the last row/column of tiles ends at the scene's edge."""
-    if overlap < 0 or overlap >= tile:
-        raise RtsError(f"overlap {overlap} px must be in [0, tile size {tile})", fix="use e.g. --overlap 0.25")
-    step = tile - overlap
-
-    def starts(n: int) -> list[int]:
-        if n <= tile:
-            return [0]
-        s = list(range(0, n - tile, step))
-        return s + [n - tile]
-
-    return [(c, r) for r in starts(height) for c in starts(width)]
-
-
-class TileDataset(torch.utils.data.Dataset):
-    """Windows of a scene, composed into the bundle's modalities. Each worker opens its own handles."""
-
-    def __init__(self, scene: Scene, origins: list[tuple[int, int]], *, tile: int, modalities, stats,
-                 repeat_to: int | None) -> None:
-        self.scene, self.origins, self.tile = scene, origins, tile
-        self.modalities, self.stats, self.repeat_to = modalities, stats, repeat_to
-        self._handles: dict[int, list] = {}
-        names: dict[str, int] = {}
-        for s in scene.sources:
-            for n in s.bands:
-                names.setdefault(n, len(names) + 1)
-        from rtscli.data.bands import BandMap
-
-        self.band_map = BandMap.from_mapping(names)
-
-    def __len__(self) -> int:
-        return len(self.origins)
-
-    def _open(self) -> list:
-        pid = os.getpid()
-        if pid not in self._handles:
-            import rasterio
-            from rasterio.vrt import WarpedVRT
-
-            handles = []
-            for i, s in enumerate(self.scene.sources):
-                src = rasterio.open(s.path)
-                if i and self.scene.resample:
-                    from rasterio.enums import Resampling
-
-                    src = WarpedVRT(src, crs=self.scene.crs, transform=self.scene.transform,
-                                    width=self.scene.width, height=self.scene.height, resampling=Resampling.bilinear,
-                                    nodata=s.nodata)
-                handles.append(src)
-            self._handles = {pid: handles}
-        return self._handles[pid]
-
-    def __getitem__(self, i: int):
-        try:
-            return self._load(i)
-        except RtsError as exc:  # the user's to fix (a damaged file): its message names the file and the fix
-            return {"index": i, "error": str(exc), "user": True}
-        except Exception as exc:  # a bug, not the data: a worker's traceback would be one huge line
-            return {"index": i, "error": f"cannot build tile {i} (at column {self.origins[i][0]}, row "
-                                         f"{self.origins[i][1]}) of {self.scene.sources[0].path.resolve()}: "
-                                         f"{exc.__class__.__name__}: {' '.join(str(exc).split())[:200]}"}
-
-    def read_raw(self, col: int, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The tile whose top-left pixel is (col, row): ``(raw, valid, inside)``, with ``raw`` (bands, T, T)
-        float32 in the model's units (stored values converted; band order of :attr:`band_map`), ``valid``
-        (T, T) bool (inside the scene, not nodata, finite) and ``inside`` (T, T) bool (inside the scene).
-        Only the window is read."""
-        from rasterio.windows import Window
-
-        from rtscli.io.raster import read_window
-
-        t, sc = self.tile, self.scene
-        # the part of the tile inside the scene is read; the rest is padding (never valid)
-        h, w = max(0, min(t, sc.height - row)), max(0, min(t, sc.width - col))
-        raw = np.zeros((len(self.band_map.names), t, t), np.float32)
-        inside = np.zeros((t, t), bool)
-        inside[:h, :w] = True
-        valid = inside.copy()
-        k = 0
-        for src, s in zip(self._open(), sc.sources, strict=True):
-            data = read_window(src, Window(col, row, w, h), list(s.bands.values()), path=s.path)
-            data = data.astype(np.float32, copy=False)
-            n = data.shape[0]
-            if s.nodata is not None and not np.isnan(s.nodata):  # nodata is a stored value: before conversion
-                valid[:h, :w] &= ~(data == np.float32(s.nodata)).all(axis=0)
-            valid[:h, :w] &= np.isfinite(data).all(axis=0)
-            raw[k:k + n, :h, :w] = s.conversion.apply(data, list(s.bands))
-            k += n
-        return raw, valid, inside
-
-    def _load(self, i: int) -> dict:
-        from rtscli.data.modalities import compose
-
-        t0 = time.perf_counter()
-        raw, valid, inside = self.read_raw(*self.origins[i])
-        if not valid.any():
-            return {"index": i, "empty": True, "seconds": time.perf_counter() - t0}
-        # share of valid pixels clipped by the model's normalization range, and medians (units check)
-        clipped, medians = 0.0, {}
-        for name, st in self.stats.items():
-            if name in self.band_map:
-                x = raw[self.band_map[name] - 1][valid]
-                clipped = max(clipped, float(np.mean((x <= st.low) | (x >= st.high))))
-                medians[name] = float(np.median(x[::16])) if x.size else 0.0  # a hint only: 1 pixel in 16 is plenty
-        arrays, _ = compose(raw, self.band_map, self.modalities, self.stats, nodata=None, repeat_to=self.repeat_to)
-        image = np.concatenate([arrays[m.name] for m in self.modalities], axis=0)
-        image[:, ~valid] = 0.0
-        return {"index": i, "empty": False, "image": torch.from_numpy(np.ascontiguousarray(image)),
-                "valid": torch.from_numpy(valid), "inside": torch.from_numpy(inside), "clipped": clipped,
-                "medians": medians, "seconds": time.perf_counter() - t0}
-
-
-def _collate(batch: list[dict]) -> list[dict]:
-    return batch
 
 
 def mask_in_box(probs: np.ndarray, box: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, int, int]:
@@ -242,6 +73,15 @@ def mask_in_box(probs: np.ndarray, box: np.ndarray, shape: tuple[int, int]) -> t
 
     Pixel (c, r) of the tile takes the mask's value at its centre (c + 0.5, r + 0.5) in box
     coordinates (bilinear), as torchvision's paste does, but only over the box's pixels.
+
+    Args:
+        probs: the (M, M) mask probabilities of one detection (M = 28).
+        box: its box ``(x0, y0, x1, y1)``, tile pixels.
+        shape: the tile's ``(H, W)``, pixels.
+
+    Returns:
+        ``(probabilities, col0, row0)``: a float32 (rows, cols) array over the box's pixels clipped to the tile
+        (``(0, 0)`` when nothing is left) and its top-left pixel in the tile.
     """
     import cv2
 
@@ -264,7 +104,7 @@ def mask_in_box(probs: np.ndarray, box: np.ndarray, shape: tuple[int, int]) -> t
 
 def instances_from_tile(pred: dict[str, torch.Tensor], *, origin: tuple[int, int], scene: Scene, tile: int,
                         valid: np.ndarray, inside: np.ndarray, tile_index: int, min_score: float,
-                        threshold: float = 0.5) -> list[Instance]:
+                        threshold: float = 0.5) -> list[Detection]:
     """Polygons of one tile's detections, in the scene's CRS.
 
     ``pred`` is one image's :meth:`Detector.predict` output (boxes in tile pixels, (N, 1, 28, 28)
@@ -272,18 +112,33 @@ def instances_from_tile(pred: dict[str, torch.Tensor], *, origin: tuple[int, int
     scene). A detection's mask may fall apart into several parts: the largest (4-connected) is the
     slump and is kept, and every attribute (nodata and edge flags, pixel box, partial view) is
     computed from that kept part, never from the parts that were dropped.
+
+    Args:
+        pred: one image's predictions: ``boxes`` (N, 4) tile pixels, ``scores`` (N,), optionally
+            ``mask_probs`` (N, 1, 28, 28).
+        origin: the tile's top-left pixel (col, row) in the scene.
+        scene: the scene (its grid, CRS and size).
+        tile: the tile side, pixels.
+        valid: (tile, tile) booleans, valid data.
+        inside: (tile, tile) booleans, inside the scene.
+        tile_index: the tile's index in the scene's tile grid.
+        min_score: detections scoring below this are skipped.
+        threshold: the mask probability at which a pixel is inside.
+
+    Returns:
+        The tile's :class:`Detection` s, polygons in the scene's CRS.
     """
     import cv2
 
     from rtscli.geometry.polygons import largest_part, mask_to_polygon
-    from rtscli.io.raster import window_transform
+    from rtscli.geometry.affine import window_transform
 
     col, row = origin
     out = []
     scores = pred["scores"].cpu().numpy()
     boxes = pred["boxes"].cpu().numpy()
-    probs = pred.get("mask_probs")
-    probs = probs.cpu().numpy()[:, 0] if probs is not None else None
+    mask_probs = pred.get("mask_probs")
+    probs = mask_probs.cpu().numpy()[:, 0] if mask_probs is not None else None
     invalid_in_scene = inside & ~valid
     for k in np.flatnonzero(scores >= min_score):
         if probs is not None:
@@ -316,14 +171,30 @@ def instances_from_tile(pred: dict[str, torch.Tensor], *, origin: tuple[int, int
         cut = ((box[0] <= col and col > 0) or (box[1] <= row and row > 0)
                or (box[2] >= col + tile and col + tile < scene.width)
                or (box[3] >= row + tile and row + tile < scene.height))
-        out.append(Instance(geom, float(scores[k]), tile_index, touches_nodata, bool(touches_edge), box, bool(cut)))
+        out.append(Detection(geom, float(scores[k]), tile_index, touches_nodata, bool(touches_edge), box, bool(cut)))
     return out
 
 
-def to_frame(merged: list[dict], *, scene: Scene, bundle, model_name: str, to_crs: Any = None,
-             simplify: float = 0.0):
-    """The output layer of merged slumps (one row each, ids 1..N by decreasing score): the columns of the
-    README's table, true areas (m2) and perimeters (m) on the ellipsoid, in the scene's CRS or ``to_crs``."""
+def to_frame(merged: list[Slump], *, scene: Scene, bundle: Bundle, model_name: str, to_crs: str | None = None,
+             simplify: float = 0.0) -> Any:
+    """The output layer of a scene's merged slumps: one row each, ids 1..N by decreasing score.
+
+    Args:
+        merged: the slumps after seam merging, in the scene's CRS.
+        scene: the scene (its name and CRS).
+        bundle: the model's bundle (modalities, fusion strategy, tile size: recorded per row).
+        model_name: what the ``model`` column says (:func:`model_label`).
+        to_crs: reproject the polygons to this CRS (anything ``--to-crs`` takes); None keeps the scene's.
+        simplify: Douglas-Peucker tolerance, map units of the scene's CRS (0: exact pixel edges).
+
+    Returns:
+        A GeoDataFrame with the README's columns: ``id``, ``score``, ``area_m2`` and ``perimeter_m`` (true
+        values on the ellipsoid, m2 and m), ``scene``, ``model``, ``modalities``, ``fusion``, ``tile_size``
+        (pixels), ``touches_nodata``, ``touches_edge``, ``tiles``, ``created`` (UTC, ISO 8601).
+
+    Raises:
+        RtsError: ``to_crs`` is not a CRS.
+    """
     import geopandas as gpd
 
     from rtscli.geometry.measure import geodesic_area_perimeter
@@ -331,25 +202,24 @@ def to_frame(merged: list[dict], *, scene: Scene, bundle, model_name: str, to_cr
 
     cols = ["id", "score", "area_m2", "perimeter_m", "scene", "model", "modalities", "fusion", "tile_size",
             "touches_nodata", "touches_edge", "tiles", "created"]
-    geoms = [m["geometry"] for m in merged]
+    geoms = [m.geometry for m in merged]
     if simplify > 0:
         geoms = [g.simplify(simplify, preserve_topology=True) for g in geoms]
-    gdf = gpd.GeoDataFrame({"score": [m["score"] for m in merged]}, geometry=geoms, crs=scene.crs)
+    gdf = gpd.GeoDataFrame({"score": [m.score for m in merged]}, geometry=geoms, crs=scene.crs)
     if to_crs:
         gdf = gdf.to_crs(parse_crs(to_crs, "--to-crs"))
     area, perim = geodesic_area_perimeter(gdf.geometry.values, gdf.crs)  # true m2 and m, on the ellipsoid
     gdf["area_m2"] = np.round(area, 3)
     gdf["perimeter_m"] = np.round(perim, 3)
-    gdf["touches_nodata"] = np.array([bool(m["touches_nodata"]) for m in merged], dtype=bool)
-    gdf["touches_edge"] = np.array([bool(m["touches_edge"]) for m in merged], dtype=bool)
-    gdf["tiles"] = np.array([int(m["tiles"]) for m in merged], dtype=np.int64)
+    gdf["touches_nodata"] = np.array([bool(m.touches_nodata) for m in merged], dtype=bool)
+    gdf["touches_edge"] = np.array([bool(m.touches_edge) for m in merged], dtype=bool)
+    gdf["tiles"] = np.array([int(m.tiles) for m in merged], dtype=np.int64)
     gdf = gdf.sort_values("score", ascending=False, kind="mergesort").reset_index(drop=True)  # stable: same ids
     gdf["id"] = np.arange(1, len(gdf) + 1, dtype=np.int64)
-    fusion = (bundle.config.get("fusion") or {}).get("strategy", "none")
     gdf["scene"] = scene.name
     gdf["model"] = model_name
     gdf["modalities"] = ",".join(m.name for m in bundle.modalities)
-    gdf["fusion"] = fusion
+    gdf["fusion"] = bundle.fusion_strategy
     gdf["tile_size"] = np.full(len(gdf), int(bundle.tile_size), dtype=np.int64)
     gdf["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     gdf["score"] = gdf["score"].astype(float).round(4)
@@ -358,12 +228,14 @@ def to_frame(merged: list[dict], *, scene: Scene, bundle, model_name: str, to_cr
 
 @dataclass
 class PredictOptions:
+    """How ``rts predict`` maps a scene (the options that decide the polygons, and the device)."""
+
     overlap: int | None = None  # pixels; None: 25% of the tile
     batch_size: int = 4
     workers: int = 2
     min_score: float = 0.5
-    min_area: float = 0.0
-    simplify: float = 0.0
+    min_area: float = 0.0  # true area, m2
+    simplify: float = 0.0  # Douglas-Peucker tolerance, map units
     merge: str = "union"  # union | nms
     match_metric: str = "ios"
     match_threshold: float = 0.2
@@ -371,30 +243,45 @@ class PredictOptions:
     device: str | None = None
 
 
-def predict_scene(model, bundle, scene: Scene, opts: PredictOptions, *,
+def predict_scene(model: Any, bundle: Bundle, scene: Scene, opts: PredictOptions, *,
                   progress: Callable[[int, int], None] | None = None,
-                  on_tile: Callable[[list[Instance]], None] | None = None) -> tuple[Any, Timing]:
-    """Run the model over a scene. Returns (GeoDataFrame, timing).
+                  on_tile: Callable[[list[Detection]], None] | None = None) -> tuple[Any, Timing]:
+    """Run the model over a scene by tiles and merge the detections into one polygon per slump.
 
     Tiles are read, predicted and merged in row-major order; slumps no later tile can touch are
     merged as soon as their rows are done, so memory does not grow with the number of raw
-    detections. ``on_tile`` sees every tile's raw instances (for diagnostics and benchmarks).
+    detections (about two rows of tiles are held).
+
+    Args:
+        model: the detector (:func:`rtscli.modeling.bundle.load_model`); moved to ``opts.device``.
+        bundle: its bundle (tile size, modalities, normalization).
+        scene: the scene (:func:`rtscli.data.scenes.open_scene`).
+        opts: prediction options (overlap in pixels, batch size, score and area thresholds, merging).
+        progress: called with (tiles just done, tiles in all) after each batch.
+        on_tile: sees every tile's raw detections (diagnostics and benchmarks).
+
+    Returns:
+        ``(slumps, timing)``: the GeoDataFrame of :func:`to_frame` (after ``--min-area``, true m2) and the
+        seconds spent reading, in the model, merging and writing (:class:`Timing`).
+
+    Raises:
+        RtsError: a tile cannot be read (the message names the file), or the overlap is not below the tile.
     """
     tile = bundle.tile_size
-    overlap = opts.overlap if opts.overlap is not None else default_overlap(tile, bundle.config)
+    overlap = opts.overlap if opts.overlap is not None else default_overlap(tile, bundle.instance_sizes)
     origins = tile_grid(scene.width, scene.height, tile, overlap)
     ds = TileDataset(scene, origins, tile=tile, modalities=bundle.modalities, stats=bundle.stats,
-                     repeat_to=bundle.config.get("repeat_to", 3))
+                     repeat_to=bundle.repeat_to)
     from rtscli.engine.devices import default_device
 
     device = opts.device or default_device()
     model = model.to(device).eval()
-    loader = torch.utils.data.DataLoader(ds, batch_size=opts.batch_size, shuffle=False, collate_fn=_collate,
+    loader = torch.utils.data.DataLoader(ds, batch_size=opts.batch_size, shuffle=False, collate_fn=collate_tiles,
                                          num_workers=opts.workers, persistent_workers=False,
                                          prefetch_factor=2 if opts.workers else None)
     merger = (BoxNMS(opts.match_threshold) if opts.merge == "nms" else
-              SeamMerger(Grid.of(scene, tile, origins), metric=opts.match_metric, threshold=opts.match_threshold))
-    merged: list[dict] = []
+              SeamMerger(TileLayout.of(scene, tile, origins), metric=opts.match_metric, threshold=opts.match_threshold))
+    merged: list[Slump] = []
     row = 0
     timing = Timing()
     clipped: list[float] = []
@@ -402,23 +289,23 @@ def predict_scene(model, bundle, scene: Scene, opts: PredictOptions, *,
     t_wait = time.perf_counter()
     for batch in loader:
         timing.read += time.perf_counter() - t_wait  # waiting for tiles (reading runs in the workers)
-        bad = next((b for b in batch if "error" in b), None)
+        bad = next((b for b in batch if b.error is not None), None)
         if bad is not None:
-            raise RtsError(bad["error"]) if bad.get("user") else RtsError(
-                bad["error"], fix="run again with --workers 0 --debug for the traceback, and please report it")
-        busy = sum(b["seconds"] for b in batch)
+            raise RtsError(bad.error) if bad.user_error else RtsError(
+                bad.error, fix="run again with --workers 0 --debug for the traceback, and please report it")
+        busy = sum(b.seconds for b in batch)
         timing.extra["read_in_workers_s"] = timing.extra.get("read_in_workers_s", 0.0) + busy
-        full = [b for b in batch if not b["empty"]]
-        clipped += [b["clipped"] for b in full]
+        full = [b for b in batch if not b.empty]
+        clipped += [b.clipped for b in full]
         for b in full:
-            for name, v in b["medians"].items():
+            for name, v in b.medians.items():
                 medians.setdefault(name, []).append(v)
         timing.skipped += len(batch) - len(full)
         timing.tiles += len(batch)
         preds = []
         if full:
             t = time.perf_counter()
-            images = torch.stack([b["image"] for b in full]).to(device)
+            images = torch.stack([b.image for b in full]).to(device)
             with torch.inference_mode():
                 preds = model.predict(images)
             if device.startswith("cuda"):
@@ -432,14 +319,14 @@ def predict_scene(model, bundle, scene: Scene, opts: PredictOptions, *,
                 timing.extra["below_min_score"] = timing.extra.get("below_min_score", 0) + int(low.size)
                 timing.extra["best_below_min_score"] = max(timing.extra.get("best_below_min_score", 0.0),
                                                            round(float(low.max()), 4))
-            top = origins[b["index"]][1]
+            top = origins[b.index][1]
             if top > row:  # a new row of tiles: hand out what the rows above finished
                 merged += merger.finished(top)
                 release_freed_memory()
                 row = top
-            items = instances_from_tile(p, origin=origins[b["index"]], scene=scene, tile=tile,
-                                        valid=b["valid"].numpy(), inside=b["inside"].numpy(),
-                                        tile_index=b["index"], min_score=opts.min_score)
+            items = instances_from_tile(p, origin=origins[b.index], scene=scene, tile=tile,
+                                        valid=b.valid.numpy(), inside=b.inside.numpy(),
+                                        tile_index=b.index, min_score=opts.min_score)
             if on_tile:
                 on_tile(items)
             merger.add(items)
@@ -476,7 +363,7 @@ def predict_scene(model, bundle, scene: Scene, opts: PredictOptions, *,
     return gdf, timing
 
 
-def model_label(bundle) -> str:
+def model_label(bundle: Bundle) -> str:
     """What the output's ``model`` field says: the bundle's folder name and the start of its weights' SHA-256
     (``fused@3f2a9c1d``), so that maps made by two runs that share a folder name are told apart."""
     from rtscli.modeling.bundle import WEIGHTS
@@ -534,10 +421,18 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return None
 
 
-def default_overlap(tile: int, config: dict | None = None) -> int:
-    """At least 25% of the tile, more when the training slumps were large: the 75th percentile of
-    their box sides (recorded in the bundle), so that a typical slump lies whole in at least one
-    tile (seam merging joins the others); at most half the tile."""
-    sizes = ((config or {}).get("instance_sizes") or {}).get("box_side_px_percentiles") or {}
+def default_overlap(tile: int, instance_sizes: dict[str, Any] | None = None) -> int:
+    """The default tile overlap, pixels: at least 25% of the tile, more when the training slumps were large.
+
+    Args:
+        tile: tile side, pixels.
+        instance_sizes: the bundle's record of its training slumps' sizes (:attr:`Bundle.instance_sizes`):
+            the 75th percentile of their box sides, so that a typical slump lies whole in at least one tile
+            (seam merging joins the others).
+
+    Returns:
+        The overlap in pixels, at most half the tile.
+    """
+    sizes = (instance_sizes or {}).get("box_side_px_percentiles") or {}
     big = float(sizes.get("p75", 0.0) or 0.0)
     return int(min(tile // 2, max(round(0.25 * tile), math.ceil(big))))

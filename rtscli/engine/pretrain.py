@@ -13,10 +13,8 @@ from rtscli.data.dataset import ChipDataset, DatasetInfo, collate
 from rtscli.data.modalities import Modality
 from rtscli.errors import RtsError
 from rtscli.engine.curves import plot_curves
-from rtscli.engine.train import (
-    EpochSampler, TrainSettings, bundle_weights, epoch_metrics, fit, make_module, settings_dict,
-    write_epoch_csv,
-)
+from rtscli.engine.train import EpochSampler, bundle_weights, epoch_metrics, fit, write_epoch_csv
+from rtscli.engine.train_settings import TrainSettings, settings_dict
 from rtscli.modeling.config import ModelConfig, load_preset
 
 log = logging.getLogger("rtscli")
@@ -41,7 +39,7 @@ def build_config(preset: str, *, in_channels: int, anchors: str, info: DatasetIn
                  tile_size: int | None = None) -> ModelConfig:
     """The model config of a new model: the preset's, with ``in_channels``, the anchors and ``tile_size``
     (pixels, a multiple of 32: :func:`rtscli.modeling.config.check_tile_size`; default the preset's)."""
-    from rtscli.modeling.config import check_tile_size
+    from rtscli.data.tiling import check_tile_size
 
     cfg = load_preset(preset)
     cfg.backbone.in_channels = in_channels
@@ -64,7 +62,7 @@ def build_config(preset: str, *, in_channels: int, anchors: str, info: DatasetIn
 def check_memory(cfg: ModelConfig, settings: TrainSettings, *, what: str, resident_on_cpu: bool = False,
                  **kw) -> None:
     """Refuse, before anything is written, a run whose training step cannot fit in this machine's memory
-    (:func:`rtscli.modeling.memory.check_fits`: an estimate for the preset, tile, batch and device).
+    (:func:`rtscli.engine.memory_check.check_fits`: an estimate for the preset, tile, batch and device).
 
     One process per machine checks (local rank 0, which is also the process that starts Lightning's own
     DDP processes): on a CPU it counts the memory of all ``--devices`` processes at once, and later ranks would
@@ -75,7 +73,7 @@ def check_memory(cfg: ModelConfig, settings: TrainSettings, *, what: str, reside
 
     from rtscli.engine.devices import training_device
     from rtscli.engine.train import choose_precision
-    from rtscli.modeling.memory import check_fits
+    from rtscli.engine.memory_check import check_fits
 
     local = int(os.environ.get("LOCAL_RANK", 0))
     if local != 0:
@@ -183,6 +181,7 @@ def train_and_save(model, *, config: dict, info: DatasetInfo, mods: list[Modalit
     """
     import json
 
+    from rtscli.engine.lightning_task import DetectionModule
     from rtscli.modeling.bundle import save_bundle
 
     cfg = model.cfg
@@ -201,7 +200,7 @@ def train_and_save(model, *, config: dict, info: DatasetInfo, mods: list[Modalit
                     "chosen and the bundle will hold the last epoch's weights (re-run `rts prepare` so that val "
                     "holds slumps: a smaller --chip-size or --split-block, or a --split-file)", val_ds.split,
                     len(val_ds))
-    module = make_module(model, settings=settings, val_gt=val_gt, tile=cfg.tile_size, total_steps=total_steps)
+    module = DetectionModule(model, settings=settings, val_gt=val_gt, tile=cfg.tile_size, total_steps=total_steps)
     trainer = fit(module, train_loader, val_loader, settings=settings, run_dir=out, resume=resume,
                   steps_per_epoch=steps_per_epoch)
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rtscli.engine.train import TrainSettings
+from rtscli.engine.train_settings import TrainSettings
 from rtscli.errors import RtsError
 
 log = logging.getLogger("rtscli")
@@ -26,12 +26,11 @@ log = logging.getLogger("rtscli")
 def open_scenes(inputs: list[str], band_map, *, aux: list[str], scale, offset, nodata) -> list:
     """The unlabeled scenes (files, folders, globs, .txt lists, VRT mosaics) as :class:`Scene` objects, each
     with its ``--aux`` rasters (NAME=PATH; only with one scene, on its grid)."""
-    from rtscli.engine.predict import Source, open_scene
-    from rtscli.engine.predict_cli import scene_list
+    from rtscli.data.scenes import Source, open_scene, scene_paths
 
     from rtscli.data.inputs import parse_aux
 
-    paths = scene_list(inputs)
+    paths = scene_paths(inputs)
     extra = parse_aux(aux)
     if extra and len(paths) > 1:
         raise RtsError(f"--aux rasters go with one scene, {len(paths)} were given",
@@ -42,43 +41,6 @@ def open_scenes(inputs: list[str], band_map, *, aux: list[str], scale, offset, n
         sources = [Source(p, bands)] + [Source(q, {n: 1}) for n, q in extra.items()]
         scenes.append(open_scene(sources, nodata=nodata, scale=scale, offset=offset))
     return scenes
-
-
-def make_ssl_module(model, *, settings: TrainSettings, total_steps: int):
-    import lightning as L
-
-    from rtscli.engine.train import NonFiniteLoss, optimizer_and_schedule
-
-    class SslModule(L.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-            self.total_steps = total_steps
-            # what the checkpoint and progress callbacks of rts pretrain look at: no validation here
-            self.best_epoch, self.best_ap50, self.last_val_epoch, self.last_val_ap50 = -1, -1.0, -1, None
-
-        def training_step(self, batch, batch_idx):
-            images, valid, mask = batch
-            loss, _ = self.model(images, valid, mask)
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(f"the reconstruction loss became {loss.item()} at step {self.global_step}",
-                                    fix="start again with a lower --lr (and --overwrite)")
-            self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(images),
-                     sync_dist=True)
-            return loss
-
-        def on_save_checkpoint(self, checkpoint: dict) -> None:
-            checkpoint["rts"] = {"torch_rng": torch.get_rng_state()}
-
-        def on_load_checkpoint(self, checkpoint: dict) -> None:
-            state = checkpoint.get("rts") or {}
-            if "torch_rng" in state:
-                torch.set_rng_state(state["torch_rng"])
-
-        def configure_optimizers(self):
-            return optimizer_and_schedule(self, settings, self.total_steps)
-
-    return SslModule()
 
 
 def ssl(*, inputs: list[str], modality: str, band_map, out: Path, preset: str, settings: TrainSettings,
@@ -96,12 +58,15 @@ def ssl(*, inputs: list[str], modality: str, band_map, out: Path, preset: str, s
     from rtscli.data.modalities import resolve
     from rtscli.data.windows import RandomWindows, sample_stats
     from rtscli.engine.curves import plot_curves
+    from rtscli.engine.lightning_task import SslModule
     from rtscli.engine.pretrain import prepare_run_dir, prune_checkpoints
-    from rtscli.engine.train import EpochSampler, epoch_metrics, fit, settings_dict, write_epoch_csv
+    from rtscli.engine.train import EpochSampler, epoch_metrics, fit, write_epoch_csv
+    from rtscli.engine.train_settings import settings_dict
     from rtscli.modeling.backbone import build_backbone, load_backbone_weights
     from rtscli.modeling.backbone_bundle import KIND
     from rtscli.modeling.bundle import save_bundle
-    from rtscli.modeling.config import check_tile_size, load_preset
+    from rtscli.data.tiling import check_tile_size
+    from rtscli.modeling.config import load_preset
     from rtscli.io.raster import inspect
     from rtscli.modeling.mim import MASK_BLOCK, MaskedImageModel
 
@@ -139,7 +104,7 @@ def ssl(*, inputs: list[str], modality: str, band_map, out: Path, preset: str, s
     model = MaskedImageModel(backbone, channels)
     steps_per_epoch = max(1, len(loader))
     total = settings.max_steps if settings.max_steps > 0 else settings.epochs * steps_per_epoch
-    module = make_ssl_module(model, settings=settings, total_steps=total)
+    module = SslModule(model, settings=settings, total_steps=total)
     log.info("rts ssl: %s backbone of %s, modality %s (%d channels), %d px tiles, %d windows per epoch, %.0f%% of "
              "%d px blocks hidden; start: %s", cfg.backbone.kind, cfg.name, mod.name, channels, cfg.tile_size,
              windows, 100 * mask_ratio, MASK_BLOCK, start)

@@ -13,23 +13,28 @@ area and, as in shapely's and QGIS's perimeter, their rings are added to the per
 from __future__ import annotations
 
 import functools
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
+from affine import Affine
 
-#: the longest edge kept as it is before measuring: in metres for projected CRSs, degrees for geographic ones
-MAX_EDGE_M = 1000.0
-MAX_EDGE_DEG = 0.01
+from rtscli.geometry.footprint import MAX_EDGE_DEG, MAX_EDGE_M, CRSLike, reproject, window_footprint
+
+if TYPE_CHECKING:
+    import pyproj
 
 
 @functools.lru_cache(maxsize=32)
-def _tools(wkt: str):
+def _tools(wkt: str) -> tuple[pyproj.Transformer, pyproj.Geod, float]:
+    """``(to_lonlat, geod, max_edge)`` for the CRS of ``wkt``: a transformer to its datum's longitude/latitude,
+    the datum's ellipsoid and the longest edge kept when densifying (the CRS's units)."""
     from pyproj import CRS, Transformer
 
     crs = CRS.from_wkt(wkt)
     horizontal = crs.sub_crs_list[0] if crs.is_compound else crs
     geodetic = horizontal.geodetic_crs
-    if geodetic is None:
+    geod = geodetic.get_geod() if geodetic is not None else None  # None: no ellipsoid, so no datum either
+    if geodetic is None or geod is None:
         from rtscli.errors import RtsError
 
         raise RtsError(f"the CRS {horizontal.name} has no datum, so true areas cannot be computed",
@@ -40,10 +45,10 @@ def _tools(wkt: str):
     else:
         unit = horizontal.axis_info[0].unit_conversion_factor if horizontal.axis_info else 1.0
         max_edge = MAX_EDGE_M / (unit or 1.0)
-    return to_lonlat, geodetic.get_geod(), max_edge
+    return to_lonlat, geod, max_edge
 
 
-def _wkt(crs: Any) -> str:
+def _wkt(crs: CRSLike | None) -> str:
     from pyproj import CRS
 
     if crs is None:
@@ -54,7 +59,7 @@ def _wkt(crs: Any) -> str:
     return CRS.from_user_input(crs).to_wkt()
 
 
-def geodesic_area_perimeter(geoms: Iterable[Any], crs: Any) -> tuple[np.ndarray, np.ndarray]:
+def geodesic_area_perimeter(geoms: Iterable[Any], crs: CRSLike | None) -> tuple[np.ndarray, np.ndarray]:
     """True area (m2) and perimeter (m) of each (multi)polygon, measured on the CRS's ellipsoid.
 
     ``geoms``: shapely Polygons / MultiPolygons (or None / empty: 0) in ``crs`` (anything pyproj
@@ -63,7 +68,6 @@ def geodesic_area_perimeter(geoms: Iterable[Any], crs: Any) -> tuple[np.ndarray,
     their rings added to the perimeter. Raises :class:`RtsError` when the CRS is missing or has no
     datum. Source: pyproj ``Geod.polygon_area_perimeter`` per ring (Karney 2013).
     """
-    from rtscli.geometry.footprint import reproject
 
     geoms = list(geoms)
     area = np.zeros(len(geoms))
@@ -77,7 +81,7 @@ def geodesic_area_perimeter(geoms: Iterable[Any], crs: Any) -> tuple[np.ndarray,
         return area, perim
     lonlat_geoms = reproject(arr[present], to_lonlat, max_edge)
 
-    def ring(coords) -> tuple[float, float]:
+    def ring(coords: Any) -> tuple[float, float]:
         xy = np.asarray(coords)
         a, p = geod.polygon_area_perimeter(xy[:, 0], xy[:, 1])
         return abs(a), p  # the sign only tells the ring's orientation
@@ -101,13 +105,25 @@ def geodesic_area_perimeter(geoms: Iterable[Any], crs: Any) -> tuple[np.ndarray,
     return area, perim
 
 
-def geodesic_area(geom: Any, crs: Any) -> float:
+def geodesic_area(geom: Any, crs: CRSLike | None) -> float:
     """True area (m2) of one polygon in ``crs``; see :func:`geodesic_area_perimeter`."""
     return float(geodesic_area_perimeter([geom], crs)[0][0])
 
 
-def pixel_area_m2(transform, width: int, height: int, crs: Any) -> float:
-    """The mean true area (m2) of one pixel of a ``width`` x ``height`` window with ``transform``."""
-    from rtscli.geometry.footprint import window_footprint
+def pixel_area_m2(transform: Affine, width: int, height: int, crs: CRSLike | None) -> float:
+    """The mean true area (m2) of one pixel of a ``width`` x ``height`` window with ``transform``.
+
+    Args:
+        transform: the window's affine transform (pixel (col, row) -> map).
+        width: the window's width, pixels.
+        height: the window's height, pixels.
+        crs: the CRS of the map coordinates.
+
+    Returns:
+        The window's true area divided by its pixel count, m2.
+
+    Raises:
+        RtsError: the CRS is missing or has no datum.
+    """
 
     return geodesic_area(window_footprint(transform, 0, 0, width, height), crs) / max(1, width * height)

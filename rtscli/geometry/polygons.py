@@ -10,11 +10,21 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from affine import Affine
 
 
-def overlap(a, b, metric: str = "ios") -> float:
+def overlap(a: Any, b: Any, metric: str = "ios") -> float:
     """How much two polygons overlap: ``ios`` (intersection over the smaller area: robust to one growing) or
-    ``iou`` (intersection over union); 0 when they only touch. Units cancel: any CRS, but the same for both."""
+    ``iou`` (intersection over union); 0 when they only touch. Units cancel: any CRS, but the same for both.
+
+    Args:
+        a: a shapely (Multi)Polygon.
+        b: another, in the same CRS.
+        metric: ``ios`` or ``iou`` (anything but ``iou`` is ``ios``).
+
+    Returns:
+        The overlap, 0 to 1.
+    """
     inter = a.intersection(b).area
     if inter <= 0:
         return 0.0
@@ -48,9 +58,18 @@ def largest_part(binary: np.ndarray, connectivity: int = 4) -> np.ndarray:
     return labels == k
 
 
-def mask_to_polygon(binary: np.ndarray, transform, connectivity: int = 4) -> Any | None:
+def mask_to_polygon(binary: np.ndarray, transform: Affine, connectivity: int = 4) -> Any | None:
     """All parts of a (H, W) boolean mask as one shapely (Multi)Polygon through ``transform``
-    (an ``affine.Affine``: pixel (col, row) -> map), holes kept; None when the mask is empty."""
+    (an ``affine.Affine``: pixel (col, row) -> map), holes kept; None when the mask is empty.
+
+    Args:
+        binary: the (H, W) mask (any dtype: nonzero is inside).
+        transform: pixel (col, row) -> map (pixel edges, no half-pixel shift).
+        connectivity: 4 or 8, how pixels join into parts (rasterio ``features.shapes``).
+
+    Returns:
+        A shapely Polygon or MultiPolygon in map units, or None.
+    """
     from rasterio.features import shapes
     from shapely.geometry import shape
     from shapely.ops import unary_union

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -22,7 +22,7 @@ SAME_TILE_IOS = 0.5
 
 
 @dataclass
-class Instance:
+class Detection:
     """One detection of one tile, as a polygon in the scene's CRS."""
 
     geometry: Any  # shapely polygon in the scene's CRS
@@ -35,7 +35,18 @@ class Instance:
 
 
 @dataclass
-class Grid:
+class Slump:
+    """One slump after seam merging: the union of the detections that are one slump, in the scene's CRS."""
+
+    geometry: Any  # shapely (Multi)Polygon in the scene's CRS
+    score: float  # the highest score of its detections
+    tiles: int  # tiles whose detections it joins
+    touches_nodata: bool  # any of its detections touches nodata
+    touches_edge: bool  # any of its detections touches the scene's edge
+
+
+@dataclass
+class TileLayout:
     """The tiling of a scene, as the merger needs it."""
 
     width: int
@@ -47,8 +58,17 @@ class Grid:
     row_height: float  # a pixel's height in map units
 
     @classmethod
-    def of(cls, scene: Any, tile: int, origins: list[tuple[int, int]]) -> Grid:
-        """The grid of ``scene`` (anything with ``width``, ``height`` and an affine ``transform``)."""
+    def of(cls, scene: Any, tile: int, origins: list[tuple[int, int]]) -> TileLayout:
+        """The grid of ``scene`` (anything with ``width``, ``height`` and an affine ``transform``).
+
+        Args:
+            scene: the scene (its ``width`` and ``height`` in pixels, its affine ``transform``).
+            tile: the tile side, pixels.
+            origins: the tiles' top-left corners (col, row), pixels, as ``tile_grid`` makes them.
+
+        Returns:
+            The layout, with the pixel's larger side and its height in map units.
+        """
         cols = sorted({c for c, _ in origins})
         rows = sorted({r for _, r in origins})
         t = scene.transform
@@ -97,15 +117,16 @@ class SeamMerger:
     however large the scene; the result equals merging all instances at once.
     """
 
-    def __init__(self, grid: Grid, *, metric: str = "ios", threshold: float = 0.2):
+    def __init__(self, grid: TileLayout, *, metric: str = "ios", threshold: float = 0.2) -> None:
         self.grid, self.metric, self.threshold = grid, metric, threshold
-        self.pending: list[Instance] = []
+        self.pending: list[Detection] = []
         self.dropped = 0  # partial views contradicted by a tile that saw the place whole
 
-    def add(self, items: list[Instance]) -> None:
+    def add(self, items: list[Detection]) -> None:
+        """Take a tile's detections (tiles in row-major order); they wait until :meth:`finished` can merge them."""
         self.pending += items
 
-    def finished(self, next_row: int) -> list[dict]:
+    def finished(self, next_row: int) -> list[Slump]:
         """Merge and hand out the slumps that end more than the gap tolerance above pixel row
         ``next_row`` (the top of the next row of tiles); the others stay pending."""
         if not self.pending:
@@ -115,7 +136,8 @@ class SeamMerger:
         # a group is final when it, and every group whose fate it decides or that decides its fate
         # (a fragment and its neighbours), lie above the rows still to come
         open_ = {ties(i) for i in range(len(self.pending)) if self.pending[i].bbox[3] > limit}
-        done, keep = [], []
+        done: list[list[int]] = []
+        keep: list[int] = []
         for g in groups:
             if ties(g[0]) in open_:
                 keep += g
@@ -130,10 +152,13 @@ class SeamMerger:
         self.pending = [self.pending[i] for i in sorted(keep)]
         return out
 
-    def finish(self) -> list[dict]:
+    def finish(self) -> list[Slump]:
+        """Merge and hand out every slump still pending (after the last tile)."""
         return self.finished(1 << 62)
 
-    def _groups(self, items: list[Instance]) -> list[list[int]]:
+    def _groups(self, items: list[Detection]) -> tuple[list[list[int]], set[int], Callable[[int], int]]:
+        """``(groups, dropped, tied)``: the indices of ``items`` that are one slump each, the fragments dropped,
+        and the root of an item among groups tied by a fragment and its neighbours (for streaming)."""
         from shapely import STRtree
 
         geoms = [it.geometry for it in items]
@@ -195,7 +220,7 @@ class SeamMerger:
                 by_root.setdefault(find(i), []).append(i)
         return list(by_root.values()), dropped, tied
 
-    def _merge(self, group: list[Instance]) -> dict:
+    def _merge(self, group: list[Detection]) -> Slump:
         from shapely.ops import unary_union
 
         geom = group[0].geometry if len(group) == 1 else unary_union([it.geometry for it in group])
@@ -205,28 +230,33 @@ class SeamMerger:
             d = 0.5 * GAP_PX * self.grid.pixel
             closed = geom.buffer(d, join_style="mitre").buffer(-d, join_style="mitre")
             geom = closed if closed.geom_type == "Polygon" else geom.buffer(0)
-        return {"geometry": geom, "score": max(it.score for it in group), "tiles": len({it.tile for it in group}),
-                "touches_nodata": any(it.touches_nodata for it in group),
-                "touches_edge": any(it.touches_edge for it in group)}
+        return Slump(geometry=geom, score=max(it.score for it in group), tiles=len({it.tile for it in group}),
+                     touches_nodata=any(it.touches_nodata for it in group),
+                     touches_edge=any(it.touches_edge for it in group))
 
 
 class BoxNMS:
     """``--merge nms``, with the merger's interface: box-NMS needs all of a scene's instances at once."""
 
-    def __init__(self, threshold: float = 0.5):
-        self.threshold, self.items, self.dropped = threshold, [], 0
+    def __init__(self, threshold: float = 0.5) -> None:
+        self.threshold = threshold
+        self.items: list[Detection] = []
+        self.dropped = 0
 
-    def add(self, items: list[Instance]) -> None:
+    def add(self, items: list[Detection]) -> None:
+        """Take a tile's detections; they are all kept until :meth:`finish`."""
         self.items += items
 
-    def finished(self, next_row: int) -> list[dict]:
+    def finished(self, next_row: int) -> list[Slump]:
+        """Nothing before the end: box-NMS needs all of a scene's detections (``next_row`` is ignored)."""
         return []
 
-    def finish(self) -> list[dict]:
+    def finish(self) -> list[Slump]:
+        """The detections that survive box-NMS at ``threshold`` (IoU of pixel boxes), as slumps."""
         return box_nms(self.items, self.threshold)
 
 
-def box_nms(items: list[Instance], threshold: float = 0.5) -> list[dict]:
+def box_nms(items: list[Detection], threshold: float = 0.5) -> list[Slump]:
     """Greedy non-maximum suppression on bounding boxes at IoU ``threshold``: the merging of
     SAHI-like tilers, kept for comparison (``--merge nms``)."""
     from shapely import STRtree
@@ -250,5 +280,5 @@ def box_nms(items: list[Instance], threshold: float = 0.5) -> list[dict]:
                 continue
             if boxes[i].intersection(boxes[j]).area / max(boxes[i].union(boxes[j]).area, 1e-12) >= threshold:
                 dropped[j] = True
-    return [{"geometry": it.geometry, "score": it.score, "tiles": 1, "touches_nodata": it.touches_nodata,
-             "touches_edge": it.touches_edge} for i, it in enumerate(items) if not dropped[i]]
+    return [Slump(geometry=it.geometry, score=it.score, tiles=1, touches_nodata=it.touches_nodata,
+                  touches_edge=it.touches_edge) for i, it in enumerate(items) if not dropped[i]]

@@ -44,7 +44,8 @@ def _remove_empty(folders: list[Path]) -> None:
             break
 
 
-def _tmp_sibling(path: Path) -> Path:
+def tmp_sibling(path: Path) -> Path:
+    """A hidden, unique temporary name beside ``path`` (``.NAME.tmp-1a2b3c4d``): renamed to ``path`` when complete."""
     return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
 
 
@@ -60,7 +61,7 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory that becomes ``path`` when the block finishes without error."""
     final = check_output(path, overwrite)
     made = _make_parents(final)
-    tmp = _tmp_sibling(final)
+    tmp = tmp_sibling(final)
     tmp.mkdir()
     try:
         yield tmp
@@ -69,7 +70,7 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
         _remove_empty(made)
         raise
     if final.exists():
-        old = _tmp_sibling(final)
+        old = tmp_sibling(final)
         os.replace(final, old)
         os.replace(tmp, final)
         _remove(old)
@@ -91,3 +92,23 @@ def atomic_file(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
         _remove_empty(made)
         raise
     os.replace(tmp, final)
+
+
+def write_text_atomic(path: str | Path, text: str, *, overwrite: bool = True) -> Path:
+    """``text`` written to ``path`` through a temporary sibling renamed when complete (:func:`atomic_file`).
+
+    Args:
+        path: the file to write.
+        text: its whole content (UTF-8).
+        overwrite: replace an existing file (default: yes; records such as manifests are rewritten as work
+            proceeds).
+
+    Returns:
+        ``path``.
+
+    Raises:
+        RtsError: ``path`` exists and ``overwrite`` is false.
+    """
+    with atomic_file(path, overwrite=overwrite) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)

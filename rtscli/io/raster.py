@@ -30,6 +30,8 @@ GDAL_CACHE_MB = 96
 
 
 def gdal_env(**options: Any) -> rasterio.Env:
+    """A ``rasterio.Env`` with rts's GDAL settings: the block cache capped at :data:`GDAL_CACHE_MB` and no folder
+    listing on open; ``options`` (GDAL config options) are added or override these."""
     # TRUE: no listing of the folder on open (fast in folders of many files), but sidecar files are still looked
     # for by name: a world file (.jgw, .pgw, .tfw, .wld) or .aux.xml carries the georeference of a JPEG/PNG
     opts = {"GDAL_CACHEMAX": GDAL_CACHE_MB, "GDAL_DISABLE_READDIR_ON_OPEN": "TRUE"}
@@ -37,10 +39,19 @@ def gdal_env(**options: Any) -> rasterio.Env:
     return rasterio.Env(**opts)
 
 
-def open_raster(path: str | Path, mode: str = "r", **profile: Any):
+def open_raster(path: str | Path, mode: str = "r", **profile: Any) -> Any:
     """``rasterio.open`` without rasterio's NotGeoreferencedWarning: an image without georeference (a plain
     JPEG/PNG chip, or a chip written on its own pixel grid) is expected here, and callers that need a
-    georeference check it themselves (:func:`inspect`). Returns the open dataset (use it in ``with``)."""
+    georeference check it themselves (:func:`inspect`). Returns the open dataset (use it in ``with``).
+
+    Args:
+        path: the raster file.
+        mode: ``"r"`` to read, ``"w"`` to write (then ``profile`` describes the new file).
+        **profile: rasterio's creation options (driver, width, height, count, dtype, crs, transform ...).
+
+    Returns:
+        The open rasterio dataset (a ``DatasetReader`` or ``DatasetWriter``).
+    """
     import warnings
 
     from rasterio.errors import NotGeoreferencedWarning
@@ -48,20 +59,6 @@ def open_raster(path: str | Path, mode: str = "r", **profile: Any):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         return rasterio.open(path, mode, **profile)
-
-
-def apply(t: Affine, x: float, y: float) -> tuple[float, float]:
-    """``t * (x, y)`` written out: pixel (col, row) -> map (x, y), no half-pixel shift.
-
-    Works with every affine version (3.x deprecates ``*`` for ``@``; 2.x has no ``@``).
-    """
-    return (t.a * x + t.b * y + t.c, t.d * x + t.e * y + t.f)
-
-
-def window_transform(t: Affine, col_off: float, row_off: float) -> Affine:
-    """The transform of a window whose top-left pixel is (col_off, row_off) of a raster with ``t``."""
-    x, y = apply(t, col_off, row_off)
-    return Affine(t.a, t.b, x, t.d, t.e, y)
 
 
 def crs_name(crs: Any) -> str:
@@ -94,6 +91,18 @@ def crs_name(crs: Any) -> str:
 
 
 def parse_crs(text: str | None, what: str = "--assume-crs") -> CRS | None:
+    """The CRS a user wrote (``EPSG:3413``, WKT, a PROJ string ...) as a rasterio CRS; None for None.
+
+    Args:
+        text: what the user gave.
+        what: the option it came from, for the error message.
+
+    Returns:
+        A rasterio ``CRS``, or None when ``text`` is None.
+
+    Raises:
+        RtsError: ``text`` is not a CRS pyproj and GDAL can read.
+    """
     if text is None:
         return None
     try:
@@ -107,6 +116,11 @@ def parse_crs(text: str | None, what: str = "--assume-crs") -> CRS | None:
 
 @dataclass(frozen=True)
 class RasterInfo:
+    """A raster's grid and band metadata, read once by :func:`inspect` (sizes in pixels, transform in map units).
+
+    ``crs`` is None for an image without georeference (:attr:`pixel_grid`).
+    """
+
     path: Path
     width: int
     height: int
@@ -135,10 +149,11 @@ class RasterInfo:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """``(height, width)``, pixels."""
         return (self.height, self.width)
 
     @property
-    def footprint(self):
+    def footprint(self) -> Any:
         """The raster's true outline on the map (shapely polygon of its four corners; any affine grid)."""
         from rtscli.geometry.footprint import window_footprint
 
@@ -149,7 +164,8 @@ class RasterInfo:
         """(xmin, ymin, xmax, ymax) of all four corners (map units): the box around a rotated grid too."""
         return tuple(float(v) for v in self.footprint.bounds)  # type: ignore[return-value]
 
-    def same_grid(self, other: "RasterInfo", tol: float = 1e-6) -> bool:
+    def same_grid(self, other: RasterInfo, tol: float = 1e-6) -> bool:
+        """Whether ``other`` has the same size, CRS and transform (to ``tol``, map units) as this raster."""
         return (
             self.shape == other.shape
             and self.crs == other.crs
@@ -165,6 +181,18 @@ def inspect(path: str | Path, *, assume_crs: CRS | None = None, need_crs: bool =
     georeference (no CRS and an identity geotransform, e.g. a JPEG chip of a COCO dataset) is returned with
     ``crs=None`` (:attr:`RasterInfo.pixel_grid`) instead of refused; one with a geotransform but no CRS still
     needs ``assume_crs``. Raises :class:`RtsError` for a missing, unreadable or ungeoreferenced file.
+
+    Args:
+        path: the raster file.
+        assume_crs: the CRS of a raster that has none (``--assume-crs``).
+        need_crs: refuse a raster without a CRS (and without ``assume_crs``) or with an identity geotransform.
+        pixel_grid_ok: accept an image without any georeference, as a pixel grid (``crs=None``).
+
+    Returns:
+        The raster's :class:`RasterInfo` (``crs_assumed`` when ``assume_crs`` was taken).
+
+    Raises:
+        RtsError: a missing, unreadable or ungeoreferenced file.
     """
     path = Path(path)
     if not path.exists():
@@ -237,7 +265,16 @@ def gdal_detail(exc: BaseException) -> str:
 
 
 def read_error(path: str | Path, exc: BaseException, window: Window | None = None) -> RtsError:
-    """The user's error for pixels that cannot be read: names the file, says it is damaged, and what to do."""
+    """The user's error for pixels that cannot be read: names the file, says it is damaged, and what to do.
+
+    Args:
+        path: the raster that failed.
+        exc: rasterio's exception (GDAL's message is taken from its chain, :func:`gdal_detail`).
+        window: the window being read (pixels), named in the message; None for a whole read.
+
+    Returns:
+        The :class:`RtsError` to raise.
+    """
     where = ""
     if window is not None:
         where = (f" (the window of {int(window.width)} x {int(window.height)} px at column {int(window.col_off)}, "
@@ -258,6 +295,19 @@ def read_window(
 
     A failed read (a truncated or corrupt file) raises :class:`RtsError` naming ``path`` (default: the
     file ``src`` reads) and the window, not rasterio's "Read failed".
+
+    Args:
+        src: the open dataset.
+        window: the window, pixels (it may reach outside the raster).
+        indexes: the bands to read (1-based); None: all.
+        fill: the value of pixels outside the raster; None: the raster's nodata, else 0.
+        path: the file named in errors; None: ``src.name``.
+
+    Returns:
+        A (bands, rows, cols) array of the raster's dtype.
+
+    Raises:
+        RtsError: the pixels cannot be read (:func:`read_error`).
     """
     if fill is None:
         fill = src.nodata if src.nodata is not None else 0
@@ -286,7 +336,19 @@ def write_geotiff(
     compress: str = "deflate",
     tags: dict[str, str] | None = None,
 ) -> None:
-    """Write a (bands, rows, cols) array as one GeoTIFF (small chips; whole array in memory)."""
+    """Write a (bands, rows, cols) array as one GeoTIFF (small chips; whole array in memory).
+
+    Args:
+        path: the file to write (replaced if it exists).
+        data: a (bands, rows, cols) or (rows, cols) array.
+        transform: the grid's affine transform (pixel (col, row) -> map); the identity with ``crs`` None writes
+            an image on its own pixel grid, without georeference.
+        crs: the grid's CRS, or None.
+        nodata: the nodata value, or None.
+        band_names: GDAL band descriptions, one per band.
+        compress: GDAL compression (``deflate``: level 1, with a predictor).
+        tags: GDAL metadata tags of the dataset.
+    """
     if data.ndim == 2:
         data = data[None]
     count, h, w = data.shape

@@ -1,18 +1,24 @@
-"""Vector labels in, polygons out: any OGR format by extension, any CRS (reprojected explicitly)."""
+"""Vector files in and out: any OGR format by extension, any CRS (reprojected explicitly), atomic writes.
+
+Generic reading and writing only; which features are slumps is label policy (:mod:`rtscli.data.labels`),
+the names of rts's own layers and fields are in :mod:`rtscli.io.schema`.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 
-import numpy as np
 import shutil
-import uuid
+
+import numpy as np
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rtscli.errors import RtsError
-from rtscli.io.atomic import check_output
+from rtscli.geometry.footprint import CRSLike
+from rtscli.io.atomic import atomic_file, check_output, tmp_sibling
 from rtscli.io.raster import crs_name
 
 log = logging.getLogger("rtscli")
@@ -43,77 +49,6 @@ class LabelReport:
     notes: list[str] = field(default_factory=list)
 
 
-#: two label polygons with at least this IoU are the same slump drawn twice
-DUPLICATE_IOU = 0.9
-#: pairs overlapping this much (but less than DUPLICATE_IOU) are reported: labels of several dates stacked?
-OVERLAP_IOU = 0.5
-
-
-def duplicate_labels(geoms) -> tuple[list[int], int]:
-    """Near-identical label polygons: returns (positions of the features that repeat an earlier one,
-    number of other pairs overlapping by IoU >= OVERLAP_IOU).
-
-    A feature whose IoU with an earlier kept feature reaches :data:`DUPLICATE_IOU` repeats it (the same
-    slump drawn twice, or the same outline at two dates); the first in file order is the one kept.
-    """
-    from shapely import STRtree
-
-    geoms = list(geoms)
-    if len(geoms) < 2:
-        return [], 0
-    left, right = STRtree(geoms).query(geoms, predicate="intersects")
-    dropped: set[int] = set()
-    overlapping = 0
-    for a, b in sorted((a, b) for a, b in zip(left.tolist(), right.tolist(), strict=True) if a < b):
-        inter = geoms[a].intersection(geoms[b]).area
-        if inter <= 0:
-            continue
-        iou = inter / max(geoms[a].area + geoms[b].area - inter, 1e-12)
-        if iou >= DUPLICATE_IOU:
-            if a not in dropped:
-                dropped.add(b)
-        elif iou >= OVERLAP_IOU:
-            overlapping += 1
-    return sorted(dropped), overlapping
-
-
-#: Shapefile field names (at most 10 characters) of the rts predict fields that are longer
-SHP_NAMES = {"perimeter_m": "perim_m", "touches_nodata": "touch_nd", "touches_edge": "touch_edge"}
-#: the layer suffix of a map's coverage (``rts predict`` writes ``rts_footprint`` beside ``rts``)
-FOOTPRINT_SUFFIX = "_footprint"
-#: the ARTS data set's TrainClass field (and the Shapefile abbreviation of the ARTS tutorial)
-TRAIN_CLASS = ("TrainClass", "TrnClss")
-
-
-def footprint_layer(layer: str) -> str:
-    """The name of the layer that holds a map's footprint (``rts_footprint`` beside ``rts``)."""
-    return f"{layer}{FOOTPRINT_SUFFIX}"
-
-
-def column(gdf, names: tuple[str, ...]) -> str | None:
-    """The first of ``names`` that is a column of ``gdf`` (case-insensitive), or None."""
-    lower = {str(c).lower(): c for c in gdf.columns}
-    for n in names:
-        if n.lower() in lower:
-            return lower[n.lower()]
-    return None
-
-
-def negatives_of(gdf, path: Path) -> np.ndarray | None:
-    """Which features of a label layer are ARTS background areas (``TrainClass`` ``Negative``, case and spaces
-    ignored); None when the layer has no TrainClass field. Raises :class:`RtsError` for a value that is neither
-    Positive nor Negative (ARTS: github.com/whrc/ARTS, Metadata_Format_Summary.csv)."""
-    c = column(gdf, TRAIN_CLASS)
-    if c is None:
-        return None
-    v = gdf[c].astype(str).str.strip().str.lower()
-    bad = sorted(set(v) - {"positive", "negative"})
-    if bad:
-        raise RtsError(f"field {c} holds {bad[0]!r}; ARTS uses Positive and Negative", path=path,
-                       fix="fix those features' TrainClass")
-    return v.eq("negative").to_numpy()
-
-
 @dataclass(frozen=True)
 class VectorRole:
     """What a vector file is to the command that reads it, for its messages: its name, the fixes for a file
@@ -131,14 +66,28 @@ TRUTH = VectorRole("--truth file", "save that layer as a file of its own (ogr2og
                    "save it with its CRS (ogr2ogr -a_srs EPSG:XXXX truth.gpkg FILE)", empty_ok=True)
 
 
-def read_polygons(path: str | Path, target_crs, *, assume_crs=None, layer: str | None = None,
-                  role: VectorRole = LABELS):
+def read_polygons(path: str | Path, target_crs: CRSLike | None, *, assume_crs: CRSLike | None = None,
+                  layer: str | None = None, role: VectorRole = LABELS) -> tuple[Any, LabelReport]:
     """Read polygon labels, repair invalid ones, reproject to ``target_crs``.
 
     Returns ``(GeoDataFrame, LabelReport)``. One row per feature; a multipolygon feature stays one
     label. Invalid geometries are repaired with ``make_valid`` and counted; non-polygon and empty
     features are dropped and counted (near-identical ones are :func:`read_labels`' business). Reprojection is
     explicit and logged. ``role`` words the errors (a missing file, several layers, no CRS, no features).
+
+    Args:
+        path: the vector file (any OGR format; GeoParquet through pyarrow).
+        target_crs: the CRS to reproject to; None keeps the file's.
+        assume_crs: the CRS of a file that has none.
+        layer: the layer to read; None: the only one (a file with several is refused).
+        role: what the file is to the command, for the messages.
+
+    Returns:
+        ``(GeoDataFrame, LabelReport)``.
+
+    Raises:
+        RtsError: a missing or unreadable file, an unknown layer, several layers and no ``layer``, no CRS and no
+            ``assume_crs``, no features (unless ``role.empty_ok``), or a reprojection to infinite coordinates.
     """
     import geopandas as gpd
     import shapely
@@ -146,7 +95,7 @@ def read_polygons(path: str | Path, target_crs, *, assume_crs=None, layer: str |
     path = Path(path)
     if not path.exists():
         raise RtsError(f"{role.what} not found", path=path, fix="check the path")
-    layers = _layers(path)
+    layers = layer_names(path)
     if layer is not None and layers and layer not in layers:
         raise RtsError(f"no layer {layer!r} in the {role.what} (it has {', '.join(layers)})", path=path,
                        fix="pass one of them to --labels-layer")
@@ -206,52 +155,7 @@ def read_polygons(path: str | Path, target_crs, *, assume_crs=None, layer: str |
     return gdf, rep
 
 
-def read_labels(paths: list[Path], target_crs, *, assume_crs=None, dedupe: bool = True, layer: str | None = None):
-    """Read one or several label files (one per site, in any CRS each) as one layer in ``target_crs``.
-
-    Each file is read by :func:`read_polygons` (repaired, reprojected explicitly and logged). Every feature keeps
-    where it came from: ``label_file`` (the file's path) and ``source_id`` (its row in its file, counted from 0
-    as GIS software does; ``"NAME#ROW"`` when there are several files), which the instances carry.
-    ``layer`` applies to the files that have several layers.
-    A file with an ARTS ``TrainClass`` field gives its ``Negative`` features as background areas: column
-    ``negative`` true (chips there are kept as negatives; they never become slumps).
-    Near-identical slump features are found across all files (:func:`duplicate_labels`). Returns
-    ``(GeoDataFrame, LabelReport)`` with the counts of all files (``reprojected_from``: one entry per file).
-    """
-    import geopandas as gpd
-    import pandas as pd
-
-    frames, total = [], LabelReport()
-    sources = []
-    for path in paths:
-        this_layer = layer if layer is None or len(paths) == 1 or len(_layers(Path(path))) > 1 else None
-        gdf, rep = read_polygons(path, target_crs, assume_crs=assume_crs, layer=this_layer)
-        rows = [int(i) for i in gdf.index]  # the file's own row numbers (dropped features leave gaps)
-        ids = rows if len(paths) == 1 else [f"{Path(path).name}#{i}" for i in rows]
-        neg = negatives_of(gdf, Path(path))
-        neg = np.zeros(len(gdf), bool) if neg is None else neg
-        total.negatives += int(neg.sum())
-        frames.append(gdf.assign(label_file=str(path), source_id=ids, negative=neg)[
-            ["label_file", "source_id", "negative", "geometry"]])
-        total.features += rep.features
-        total.repaired += rep.repaired
-        total.empty += rep.empty
-        total.not_polygon += rep.not_polygon
-        total.notes += rep.notes
-        sources.append(rep.reprojected_from)
-    gdf = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), geometry="geometry", crs=frames[0].crs)
-    total.reprojected_from = sources[0] if len(paths) == 1 else ", ".join(str(s) for s in sources)
-    slumps = np.flatnonzero(~gdf["negative"].to_numpy(bool))  # background areas are not slumps drawn twice
-    found, total.overlapping_pairs = duplicate_labels(gdf.geometry.values[slumps])
-    repeats = [int(slumps[k]) for k in found]
-    total.duplicates = len(repeats)
-    if repeats and dedupe:
-        gdf = gdf.drop(index=gdf.index[repeats])
-        total.duplicates_dropped = len(repeats)
-    return gdf, total
-
-
-def _layers(path: Path) -> list[str]:
+def layer_names(path: Path) -> list[str]:
     """The layers of a vector file (empty when GDAL cannot list them: reading it then gives the error)."""
     try:
         return gpkg_layers(path)
@@ -259,7 +163,7 @@ def _layers(path: Path) -> list[str]:
         return []
 
 
-def polygonal(geom):
+def polygonal(geom: Any) -> Any | None:
     """The polygonal part of a geometry, or None (make_valid and clipping can return collections)."""
     from shapely.geometry import GeometryCollection, MultiPolygon, Polygon
 
@@ -271,7 +175,7 @@ def polygonal(geom):
         parts = [g for g in geom.geoms if isinstance(g, (Polygon, MultiPolygon))]
         if not parts:
             return None
-        flat = []
+        flat: list[Any] = []
         for p in parts:
             flat.extend(p.geoms if isinstance(p, MultiPolygon) else [p])
         return flat[0] if len(flat) == 1 else MultiPolygon(flat)
@@ -279,6 +183,8 @@ def polygonal(geom):
 
 
 def driver_for(path: Path) -> str:
+    """The OGR driver that writes ``path``, by its extension (:data:`VECTOR_DRIVERS`); :class:`RtsError` for an
+    unknown one."""
     try:
         return VECTOR_DRIVERS[path.suffix.lower()]
     except KeyError:
@@ -304,7 +210,21 @@ def check_vector_output(path: str | Path, overwrite: bool, layers: list[str] | t
                         other: str = "or choose another --layer") -> Path:
     """Fail early (before any work) when writing ``layers`` to ``path`` would replace something without
     ``overwrite``: an existing file, or, for a GeoPackage, an existing layer of one of those names (the
-    other layers of a GeoPackage are never touched, so adding a layer needs no ``overwrite``)."""
+    other layers of a GeoPackage are never touched, so adding a layer needs no ``overwrite``).
+
+    Args:
+        path: the vector file to write.
+        overwrite: whether replacing is allowed.
+        layers: the layers to write into a GeoPackage.
+        other: the error's second fix (after ``--overwrite``).
+
+    Returns:
+        ``path`` as a ``Path``.
+
+    Raises:
+        RtsError: an unknown format, an output (or GeoPackage layer) that exists without ``overwrite``, a GeoPackage
+            open in another program, or a file GDAL cannot read as a GeoPackage.
+    """
     path = Path(path)
     if driver_for(path) != "GPKG" or not path.exists():
         return check_output(path, overwrite)
@@ -323,56 +243,75 @@ def check_vector_output(path: str | Path, overwrite: bool, layers: list[str] | t
     return path
 
 
-def write_layers(layers: dict, path: str | Path, *, overwrite: bool = False, geometry_type: str | None = None) -> Path:
+def write_layers(layers: dict[str, Any], path: str | Path, *, overwrite: bool = False,
+                 geometry_type: str | None = None) -> Path:
     """Write GeoDataFrames as layers ``{name: gdf}`` of a GeoPackage, atomically.
 
     A new file is built under a temporary name and renamed. Into an existing GeoPackage, the layers are
     written into a copy, which then replaces the file: only these layers change, every other layer (an
     analyst's ``aoi``, QGIS styles and projects stored in the file) is kept, and an interrupted run leaves
     the file as it was. Replacing a layer that exists needs ``overwrite``.
+
+    Args:
+        layers: ``{layer name: GeoDataFrame}``.
+        path: the GeoPackage.
+        overwrite: replace layers of these names that exist.
+        geometry_type: the OGR geometry type of every layer (e.g. ``MultiPolygon``); None: GDAL's guess.
+
+    Returns:
+        ``path`` as a ``Path``.
+
+    Raises:
+        RtsError: a layer exists without ``overwrite``, or GDAL or the file system refuses the write.
     """
     from pyogrio.errors import DataLayerError, DataSourceError, FieldError, GeometryError
 
     path = Path(path)
     check_vector_output(path, overwrite, list(layers))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
     try:
-        if path.exists():
-            shutil.copy2(path, tmp)
-        have = {n.casefold(): n for n in gpkg_layers(tmp)} if tmp.exists() else {}
-        for name, gdf in layers.items():
-            kw = {"geometry_type": geometry_type} if geometry_type else {}
-            # an existing layer of this name (in any case) is replaced; GDAL would refuse a case-only clash
-            gdf.to_file(tmp, driver="GPKG", layer=have.get(name.casefold(), name), **kw)
-        os.replace(tmp, path)
+        with atomic_file(path, overwrite=True) as tmp:  # only the named layers are replaced (checked above)
+            if path.exists():
+                shutil.copy2(path, tmp)
+            have = {n.casefold(): n for n in gpkg_layers(tmp)} if tmp.exists() else {}
+            for name, gdf in layers.items():
+                kw = {"geometry_type": geometry_type} if geometry_type else {}
+                # an existing layer of this name (in any case) is replaced; GDAL would refuse a case-only clash
+                gdf.to_file(tmp, driver="GPKG", layer=have.get(name.casefold(), name), **kw)
     except OSError as exc:  # disk full, no permission: one line naming the file
         raise RtsError(f"cannot write the GeoPackage ({exc.strerror or exc})", path=path,
                        fix="check the free space and the permissions of its folder") from None
     except (DataSourceError, DataLayerError, FieldError, GeometryError) as exc:  # GDAL refused: one line
         raise RtsError(f"cannot write layer(s) {', '.join(layers)} ({' '.join(str(exc).split())[:200]})",
                        path=path, fix="check the file (ogrinfo) or write to a new .gpkg") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
-def write_vector(gdf, path: str | Path, *, layer: str = "rts", overwrite: bool = False) -> Path:
+def write_vector(gdf: Any, path: str | Path, *, layer: str = "rts", overwrite: bool = False) -> Path:
     """Write a GeoDataFrame by extension, atomically (temporary name, then rename).
 
     A GeoPackage gets the layer ``layer``; an existing GeoPackage keeps its other layers
     (:func:`write_layers`). Other formats hold one layer: the file is replaced (with ``overwrite``).
+
+    Args:
+        gdf: the GeoDataFrame.
+        path: the file (.gpkg, .shp, .geojson/.json, .parquet/.geoparquet).
+        layer: the GeoPackage layer.
+        overwrite: replace an existing file (a GeoPackage: an existing ``layer``).
+
+    Returns:
+        ``path`` as a ``Path``.
+
+    Raises:
+        RtsError: an unknown format, an existing output without ``overwrite``, or a failed write.
     """
     path = Path(path)
     driver = driver_for(path)
     if driver == "GPKG":
         return write_layers({layer: gdf}, path, overwrite=overwrite)
-    check_output(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:8]
-    if driver == "ESRI Shapefile":
-        tmpdir = path.parent / f".{path.stem}.tmp-{tag}"
+    if driver == "ESRI Shapefile":  # several files (.shp, .dbf, .shx, .prj ...): built in a folder, then moved
+        check_output(path, overwrite)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmpdir = tmp_sibling(path)
         tmpdir.mkdir()
         try:
             gdf.to_file(tmpdir / path.name, driver=driver)
@@ -382,14 +321,9 @@ def write_vector(gdf, path: str | Path, *, layer: str = "rts", overwrite: bool =
         finally:
             shutil.rmtree(tmpdir, ignore_errors=True)
         return path
-    tmp = path.with_name(f".{path.stem}.tmp-{tag}{path.suffix}")
-    try:
+    with atomic_file(path, overwrite=overwrite) as tmp:
         if driver == "Parquet":
             gdf.to_parquet(tmp)
         else:  # the layer (GeoJSON's "name") is the file's own name, not the temporary one
             gdf.to_file(tmp, driver=driver, layer=path.stem)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path

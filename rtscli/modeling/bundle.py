@@ -26,11 +26,67 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
 
 
+#: 1-channel modalities are repeated to this many channels unless the bundle says otherwise (the paper's
+#: 3-channel stems; bundles made before rts recorded it)
+DEFAULT_REPEAT_TO = 3
+
+
 @dataclass
 class Bundle:
+    """A model bundle read from disk: its folder, its ``config.yaml`` and the architecture in it.
+
+    Read the config through the typed properties below (they hold the defaults for keys older bundles lack),
+    not through ``config.get(...)``.
+    """
+
     path: Path
     config: dict[str, Any]
     model_config: ModelConfig
+
+    @property
+    def repeat_to(self) -> int | None:
+        """Channels a 1-channel modality is repeated to (None: not repeated)."""
+        return self.config.get("repeat_to", DEFAULT_REPEAT_TO)
+
+    @property
+    def fusion(self) -> dict[str, Any] | None:
+        """The fusion module's spec (strategy, modalities ...), or None for a one-modality model."""
+        return self.config.get("fusion") or None
+
+    @property
+    def fusion_strategy(self) -> str:
+        """The fusion strategy's name, ``none`` for a one-modality model."""
+        return (self.fusion or {}).get("strategy", "none")
+
+    @property
+    def values(self) -> dict[str, Any] | None:
+        """How the training rasters' stored values became the model's units (:mod:`rtscli.data.values`), or None."""
+        return self.config.get("values")
+
+    @property
+    def source_bands(self) -> dict[str, Any] | None:
+        """The band layout (count, GDAL descriptions) of the training rasters, or None for older bundles."""
+        return self.config.get("source_bands") or None
+
+    @property
+    def source_mask_band(self) -> int | None:
+        """The label band of the training rasters' layout (the paper's layout has one), or None."""
+        return (self.config.get("source_band_map") or {}).get("mask")
+
+    @property
+    def instance_sizes(self) -> dict[str, Any]:
+        """Statistics of the training slumps' sizes (``box_side_px_percentiles``), empty when not recorded."""
+        return self.config.get("instance_sizes") or {}
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """The training run's metrics (best AP50, epoch ...), empty when not recorded."""
+        return self.config.get("metrics") or {}
+
+    @property
+    def dataset_checksum(self) -> str | None:
+        """The checksum of the dataset the bundle was trained on, or None."""
+        return (self.config.get("dataset") or {}).get("checksum")
 
     @property
     def modalities(self) -> list[Modality]:
@@ -111,7 +167,7 @@ def load_model(path: str | Path, device: str = "cpu"):
     from rtscli.modeling.multimodal import build_model
 
     bundle = read_bundle(path)
-    model = build_model(bundle.model_config, bundle.config.get("fusion"))
+    model = build_model(bundle.model_config, bundle.fusion)
     try:
         state = load_file(str(bundle.path / WEIGHTS), device=device)
     except Exception as exc:  # safetensors raises SafetensorError for truncated/corrupt files

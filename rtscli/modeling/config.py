@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rtscli.data.tiling import check_tile_size
 from rtscli.errors import RtsError
 
 
@@ -162,21 +163,6 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> "ModelConfig":
         return _build(cls, d, source)
-
-
-#: the backbones' total stride (MViTv2 and ResNet50 stage 4, P5): a tile side must be a multiple of it
-TOTAL_STRIDE = 32
-MIN_TILE = 64
-
-
-def check_tile_size(tile: int, what: str = "--tile-size") -> int:
-    """``tile`` if it is a valid model tile side (pixels): a multiple of :data:`TOTAL_STRIDE`, at least
-    :data:`MIN_TILE`. Raises :class:`RtsError` naming the nearest valid sizes otherwise."""
-    if not isinstance(tile, int) or tile < MIN_TILE or tile % TOTAL_STRIDE:
-        lo = max(MIN_TILE, (int(tile) // TOTAL_STRIDE) * TOTAL_STRIDE) if isinstance(tile, int) else MIN_TILE
-        raise RtsError(f"{what} {tile} is not a multiple of the backbone's total stride ({TOTAL_STRIDE} px) of at "
-                       f"least {MIN_TILE}", fix=f"use e.g. {lo} or {lo + TOTAL_STRIDE}")
-    return tile
 
 
 def _plain(x):

@@ -18,27 +18,10 @@ convolutional ones, so the ResNet50 baseline is pretrained the same way.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
-#: SimMIM's defaults: 32 px mask blocks (the backbone's total stride), 60% of them hidden
-MASK_BLOCK = 32
-MASK_RATIO = 0.6
-
-
-def block_mask(tile: int, rng: np.random.Generator, *, block: int = MASK_BLOCK,
-               ratio: float = MASK_RATIO) -> np.ndarray:
-    """A (tile/block, tile/block) bool mask with round(ratio x blocks) blocks set, drawn by ``rng`` (SimMIM's
-    MaskGenerator). Raises ValueError when ``tile`` is not a multiple of ``block`` or ``ratio`` not in (0, 1)."""
-    if tile % block:
-        raise ValueError(f"tile {tile} is not a multiple of the mask block {block}")
-    if not 0 < ratio < 1:
-        raise ValueError(f"mask ratio {ratio} must be in (0, 1)")
-    n = (tile // block) ** 2
-    flat = np.zeros(n, bool)
-    flat[rng.permutation(n)[: max(1, int(round(ratio * n)))]] = True
-    return flat.reshape(tile // block, tile // block)
+from rtscli.data.windows import MASK_BLOCK
 
 
 class MaskedImageModel(nn.Module):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -38,7 +38,7 @@ class Georef:
     y0: float
     resolution: float
 
-    def transform(self, col_off: float = 0.0, row_off: float = 0.0):
+    def transform(self, col_off: float = 0.0, row_off: float = 0.0) -> Any:
         from rasterio.transform import Affine
 
         r = self.resolution
@@ -201,15 +201,13 @@ def write_scene(
 
     Memory is bounded by the window size (``block``), not by the scene size.
     """
-    import os
-    import uuid
-
     import geopandas as gpd
     import rasterio
     from rasterio.windows import Window
 
     from rtscli.geometry.footprint import to_map
     from rtscli.geometry.measure import geodesic_area_perimeter
+    from rtscli.io.atomic import atomic_file
     from rtscli.io.raster import gdal_env
     from rtscli.io.vector import write_vector
 
@@ -221,27 +219,21 @@ def write_scene(
     profile = dict(driver="GTiff", width=width, height=height, count=4, dtype="uint16", crs=geo.crs,
                    transform=transform, nodata=0, tiled=True, blockxsize=512, blockysize=512,
                    compress="deflate", predictor=2, BIGTIFF="IF_SAFER")
-    tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
-    try:
-        with gdal_env(), rasterio.open(tmp, "w", **profile) as dst:
-            for i, name in enumerate(SCENE_BANDS, start=1):
-                dst.set_band_description(i, name)
-            # stored as reflectance x 10000, as real products; GDAL's band scale says so (physical = x * 0.0001),
-            # so scenes and chips (reflectance 0-1) are in one convention once rts applies it
-            dst.scales = (SCENE_SCALE,) * len(SCENE_BANDS)
-            dst.offsets = (0.0,) * len(SCENE_BANDS)
-            dst.update_tags(RTS_SITE=site_name, RTS_SYNTH_SEED=str(seed))
-            for row0 in range(0, height, block):
-                for col0 in range(0, width, block):
-                    h, w = min(block, height - row0), min(block, width - col0)
-                    img, _, _ = render(plan, row0, col0, h, w)
-                    dst.write(np.rint(img).astype(np.uint16), window=Window(col0, row0, w, h))
-                    if progress:
-                        progress(h * w)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_file(path, overwrite=True) as tmp, gdal_env(), rasterio.open(tmp, "w", **profile) as dst:
+        for i, name in enumerate(SCENE_BANDS, start=1):
+            dst.set_band_description(i, name)
+        # stored as reflectance x 10000, as real products; GDAL's band scale says so (physical = x * 0.0001),
+        # so scenes and chips (reflectance 0-1) are in one convention once rts applies it
+        dst.scales = (SCENE_SCALE,) * len(SCENE_BANDS)
+        dst.offsets = (0.0,) * len(SCENE_BANDS)
+        dst.update_tags(RTS_SITE=site_name, RTS_SYNTH_SEED=str(seed))
+        for row0 in range(0, height, block):
+            for col0 in range(0, width, block):
+                h, w = min(block, height - row0), min(block, width - col0)
+                img, _, _ = render(plan, row0, col0, h, w)
+                dst.write(np.rint(img).astype(np.uint16), window=Window(col0, row0, w, h))
+                if progress:
+                    progress(h * w)
 
     rows = []
     for i, s in enumerate(plan.slumps):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import shapely
@@ -60,7 +61,7 @@ class Plan:
     noise_offset: tuple[int, int] = (0, 0)
 
     def __post_init__(self) -> None:
-        self._tree = None
+        self._tree: shapely.STRtree | None = None
 
     # painting order: later layers cover earlier ones
     def layers(self) -> list[tuple[int, int, Polygon]]:
@@ -109,7 +110,8 @@ def _local_to_scene(cx, cy, ux, uy, u, v):
     return np.c_[cx + u * ux - v * uy, cy + u * uy + v * ux]
 
 
-def slump_shape(cx: float, cy: float, ux: float, uy: float, radius: float, rng) -> tuple[Polygon, Polygon, Polygon]:
+def slump_shape(cx: float, cy: float, ux: float, uy: float, radius: float,
+                rng: np.random.Generator) -> tuple[Polygon, Polygon, Polygon]:
     """A horseshoe scar opening towards (ux, uy), with a lobate debris tongue and a headwall arc.
 
     Returns (outline, tongue, headwall) in scene pixel coordinates.
@@ -132,8 +134,8 @@ def slump_shape(cx: float, cy: float, ux: float, uy: float, radius: float, rng) 
     tongue = Polygon(
         _local_to_scene(cx, cy, ux, uy, t_c + (length / 2) * trad * np.cos(tt), width * trad * np.sin(tt))
     ).buffer(0)
-    k = max(radius * 0.12, 1.0)
-    outline = unary_union([scar, tongue]).buffer(k).buffer(-k)
+    close = max(radius * 0.12, 1.0)
+    outline = unary_union([scar, tongue]).buffer(close).buffer(-close)
     # headwall: the upslope arc of the scar rim
     sel = c < -0.35
     rim = _local_to_scene(cx, cy, ux, uy, (a_u * rad * c)[sel] * 0.97, (a_v * rad * np.sin(th))[sel] * 0.97)
@@ -142,7 +144,7 @@ def slump_shape(cx: float, cy: float, ux: float, uy: float, radius: float, rng) 
     return outline, tongue.intersection(outline), head.intersection(outline)
 
 
-class Grid:
+class SpatialHash:
     """A coarse spatial hash so that planning a 20k x 20k scene stays near-linear."""
 
     def __init__(self, cell: float = 256.0) -> None:
@@ -157,19 +159,19 @@ class Grid:
             for j in range(int(math.floor((y0 - pad) / c)), int(math.floor((y1 + pad) / c)) + 1):
                 yield (i, j)
 
-    def add(self, geom) -> None:
+    def add(self, geom: Any) -> None:
         k = len(self.items)
         self.items.append(geom)
         for key in self._keys(geom.bounds):
             self.cells.setdefault(key, []).append(k)
 
-    def near(self, geom, pad: float = 0.0) -> list:
+    def near(self, geom: Any, pad: float = 0.0) -> list:
         seen: set[int] = set()
         for key in self._keys(geom.bounds, pad):
             seen.update(self.cells.get(key, ()))
         return [self.items[k] for k in sorted(seen)]
 
-    def union_near(self, geom, pad: float = 0.0):
+    def union_near(self, geom: Any, pad: float = 0.0) -> Any:
         near = self.near(geom, pad)
         return unary_union(near) if near else Polygon()
 
@@ -204,7 +206,7 @@ def make_plan(
     px_per_km = 1000.0 / resolution
 
     # lakes: blobby, some partly outside the scene
-    lakes = Grid()
+    lakes = SpatialHash()
     for _ in range(_poisson(rng, style.lakes_per_km2 * km2) + (1 if rng.random() < 0.6 else 0)):
         r = math.exp(rng.uniform(math.log(18), math.log(220))) * 3.0 / resolution
         cx, cy = rng.uniform(-0.1, 1.1) * width, rng.uniform(-0.1, 1.1) * height
@@ -235,10 +237,10 @@ def make_plan(
             bar = _lobate(bx, by, bw, rng, amp=0.1, stretch=rng.uniform(2.5, 5.0), angle=math.atan2(ty, tx))
             plan.bars.append(bar)
 
-    water = Grid()
+    water = SpatialHash()
     for g in plan.water():
         water.add(g)
-    taken = Grid()
+    taken = SpatialHash()
 
     # slumps
     dens = style.slumps_per_km2 if slump_density is None else slump_density
@@ -293,7 +295,7 @@ def make_plan(
     return plan
 
 
-def largest(g):
+def largest(g: Any) -> Any:
     """The largest polygon of ``g`` (itself when it is one polygon; an empty polygon when it has none)."""
     if g.geom_type == "Polygon":
         return g
@@ -386,7 +388,7 @@ def _build(plan: Plan, rng, p: Point, u: tuple[float, float], setting: str, wate
     return outline, tongue, head, radius
 
 
-def place_slump(plan: Plan, rng, water: Grid, taken: Grid) -> Slump | None:
+def place_slump(plan: Plan, rng: np.random.Generator, water: SpatialHash, taken: SpatialHash) -> Slump | None:
     """A new slump on a shore, valley side or slope of ``plan``, clipped by ``water``, at least 3 px from every
     polygon of ``taken``; None when this try does not fit (below ~0.4 ha, outside the scene, too close)."""
     a = _anchor(plan, rng)
@@ -404,7 +406,7 @@ def place_slump(plan: Plan, rng, water: Grid, taken: Grid) -> Slump | None:
     return Slump(outline, poly(tongue), poly(head), u, weak, setting)
 
 
-def neighbour(plan: Plan, rng, s: Slump, water: Grid, taken: Grid) -> Slump | None:
+def neighbour(plan: Plan, rng: np.random.Generator, s: Slump, water: SpatialHash, taken: SpatialHash) -> Slump | None:
     """A second slump beside ``s`` along the same slope, cut so the two touch but never overlap."""
     ux, uy = s.direction
     r0 = math.sqrt(s.geometry.area / math.pi)
@@ -426,7 +428,7 @@ def neighbour(plan: Plan, rng, s: Slump, water: Grid, taken: Grid) -> Slump | No
     return Slump(outline, poly(tongue), poly(head), (ux, uy), weak, "slope")
 
 
-def poly(g):
+def poly(g: Any) -> Any:
     """The polygonal part of ``g`` (clipping leaves lines and points), or an empty polygon."""
     from rtscli.io.vector import polygonal
 

@@ -22,12 +22,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from shapely.affinity import translate
 from shapely.ops import unary_union
 
-from rtscli.synth.scene import Grid, Plan, Slump, largest, neighbour, place_slump, poly
+from rtscli.synth import Progress
+from rtscli.synth.scene import Plan, Slump, SpatialHash, largest, neighbour, place_slump, poly
 
 #: headwall retreat per year of a synthetic slump, metres (retreat of active slumps: a few to 20+ m/yr)
 GROWTH_M = (5.0, 15.0)
@@ -50,7 +52,7 @@ class Year:
     gone: list[Active] = field(default_factory=list)  # stabilized since the year before (their last polygon)
 
 
-def _grow(s: Slump, d_px: float, others, water) -> Slump:
+def _grow(s: Slump, d_px: float, others: Any, water: Any) -> Slump:
     ux, uy = s.direction
     moved = translate(s.geometry, -ux * d_px, -uy * d_px)
     g = unary_union([s.geometry, moved])
@@ -68,13 +70,13 @@ def evolve(plan: Plan, years: int, seed: int, first: date = FIRST_DATE) -> list[
     from rtscli.synth import noise
 
     rng = np.random.default_rng(noise.key_of("series", seed, plan.seed))
-    water = Grid()
+    water = SpatialHash()
     for g in plan.water():
         water.add(g)
     water_all = unary_union(plan.water()) if plan.water() else None
     slumps = list(plan.slumps)
     if years > 1 and not any(s.touching for s in slumps):  # the merge needs a touching pair
-        taken = Grid()
+        taken = SpatialHash()
         for s in slumps:
             taken.add(s.geometry)
         for s in slumps:
@@ -109,25 +111,25 @@ def evolve(plan: Plan, years: int, seed: int, first: date = FIRST_DATE) -> list[
         # stabilize one (not one of a touching pair, so the merge and the neighbours stay readable)
         calm = [p for p in pool if not p.slump.touching]
         if calm:
-            s = calm[int(rng.integers(0, len(calm)))]
-            gone.append(dataclasses.replace(s, relation="stabilized"))
-            dry.append(s.slump.geometry)
-            pool = [p for p in pool if p is not s]
+            ends = calm[int(rng.integers(0, len(calm)))]
+            gone.append(dataclasses.replace(ends, relation="stabilized"))
+            dry.append(ends.slump.geometry)
+            pool = [p for p in pool if p is not ends]
         # grow the rest along their headwalls, each cut by the others
         for p in pool:
             others = unary_union([q.slump.geometry for q in pool + now if q is not p])
             d_px = rng.uniform(*GROWTH_M) / plan.resolution
             now.append(Active(p.track, _grow(p.slump, d_px, others, water_all), "continued"))
         # a new one, clear of the others and of the scars
-        taken = Grid()
+        taken = SpatialHash()
         for q in now:
             taken.add(q.slump.geometry)
         for g in dry:
             taken.add(g)
         for _ in range(50):
-            s = place_slump(prev.plan, rng, water, taken)
-            if s is not None:
-                now.append(Active(f"s{n:03d}", s, "new"))
+            born = place_slump(prev.plan, rng, water, taken)
+            if born is not None:
+                now.append(Active(f"s{n:03d}", born, "new"))
                 n += 1
                 break
         year_plan = dataclasses.replace(prev.plan, slumps=[a.slump for a in now], dry=dry)
@@ -136,7 +138,8 @@ def evolve(plan: Plan, years: int, seed: int, first: date = FIRST_DATE) -> list[
 
 
 def write_series(folder: Path, stem: str, height: int, width: int, years: int, *, seed: int, site_name: str,
-                 crs: str, resolution: float, index: int = 0, progress=None) -> list[tuple[Path, Path]]:
+                 crs: str, resolution: float, index: int = 0,
+                 progress: Progress | None = None) -> list[tuple[Path, Path]]:
     """Write the scene of each date (``<stem>_<YYYY-MM-DD>.tif``) and its truth GeoPackage; returns the pairs."""
     import geopandas as gpd
 
@@ -149,7 +152,7 @@ def write_series(folder: Path, stem: str, height: int, width: int, years: int, *
     geo = site_origin(site_name, crs, resolution, index=index)
     transform = geo.transform()
 
-    def frame(rows):
+    def frame(rows: list[Active]) -> Any:
         """The truth layer of ``rows`` (Active slumps) in map coordinates, with true areas."""
         g = gpd.GeoDataFrame(
             {"track": [a.track for a in rows], "relation": [a.relation for a in rows],
@@ -172,7 +175,7 @@ def write_series(folder: Path, stem: str, height: int, width: int, years: int, *
 # --- scoring --------------------------------------------------------------------------------------------------
 
 
-def relation_recovery(truth: list[Path], observations, *, min_overlap: float = 0.5) -> dict:
+def relation_recovery(truth: list[Path], observations: Any, *, min_overlap: float = 0.5) -> dict:
     """How many truth relations (``continued``, ``merged``, ``new``, ``stabilized``) of a series ``rts track``
     recovered. ``truth``: the truth GeoPackages of the dates after the first, in date order; ``observations``: the
     ``observations`` layer of ``rts track`` (any CRS). A truth slump is found when an observation of its date
@@ -187,7 +190,9 @@ def relation_recovery(truth: list[Path], observations, *, min_overlap: float = 0
 
     score: dict[str, list[int]] = {}
     for path in truth:
-        d = find_date(Path(path).stem)[0].isoformat()
+        found = find_date(Path(path).stem)
+        assert found is not None  # write_series names each truth file <stem>_<YYYY-MM-DD>.gpkg
+        d = found[0].isoformat()
         obs = observations[observations["date"] == d]
         for layer in ("rts", "gone"):
             t = gpd.read_file(path, layer=layer)

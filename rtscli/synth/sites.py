@@ -13,6 +13,7 @@ many lakes, rivers, slumps and look-alikes it has.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 # Class ids of the rendered land cover.
 VEG, WATER, SOIL, MUD, HEADWALL, SAND, ROAD, DRY, BURNT, WSOIL, WMUD, WHEAD = range(12)
@@ -47,7 +48,25 @@ class SiteStyle:
     gain: float = 1.0
 
 
-_BASE = dict(
+Spectrum = tuple[int, int, int, int]
+
+
+class _Spectra(TypedDict):
+    """The spectra of a site's cover types (the spectrum fields of :class:`SiteStyle`)."""
+
+    veg_a: Spectrum
+    veg_b: Spectrum
+    soil: Spectrum
+    mud: Spectrum
+    headwall: Spectrum
+    water: Spectrum
+    sand: Spectrum
+    road: Spectrum
+    dry: Spectrum
+    burnt: Spectrum
+
+
+_BASE = _Spectra(
     veg_a=(300, 560, 420, 3200),
     veg_b=(420, 640, 610, 2500),
     soil=(700, 860, 950, 1500),
@@ -65,37 +84,46 @@ SITES: dict[str, SiteStyle] = {
     for s in [
         SiteStyle("yamal_gydan", (70.0, 70.3), **_BASE, lakes_per_km2=1.2, slumps_per_km2=1.4,
                   dry_per_km2=0.5, roads_per_100km2=2.0, relief_m=12),
-        SiteStyle("lena", (126.5, 72.4), **{**_BASE, "veg_a": (280, 520, 380, 3000),
-                  "water": (520, 560, 380, 160), "soil": (660, 800, 880, 1450)},
+        SiteStyle("lena", (126.5, 72.4), **(_BASE | {"veg_a": (280, 520, 380, 3000),
+                  "water": (520, 560, 380, 160), "soil": (660, 800, 880, 1450)}),
                   lakes_per_km2=0.8, rivers_per_10km=3.0, slumps_per_km2=1.0, relief_m=20),
-        SiteStyle("kolguev", (49.0, 69.1), **{**_BASE, "veg_b": (460, 680, 660, 2400)},
+        SiteStyle("kolguev", (49.0, 69.1), **(_BASE | {"veg_b": (460, 680, 660, 2400)}),
                   lakes_per_km2=0.5, slumps_per_km2=1.0, dry_per_km2=0.6, texture=0.11),
-        SiteStyle("herschel", (-139.1, 69.6), **{**_BASE, "soil": (640, 740, 820, 1400),
-                  "mud": (430, 480, 520, 800)}, lakes_per_km2=0.3, rivers_per_10km=1.5,
+        SiteStyle("herschel", (-139.1, 69.6), **(_BASE | {"soil": (640, 740, 820, 1400),
+                  "mud": (430, 480, 520, 800)}), lakes_per_km2=0.3, rivers_per_10km=1.5,
                   slumps_per_km2=1.8, relief_m=35, weak_fraction=0.3),
-        SiteStyle("horton", (-126.9, 69.9), **{**_BASE, "water": (380, 400, 240, 70)},
+        SiteStyle("horton", (-126.9, 69.9), **(_BASE | {"water": (380, 400, 240, 70)}),
                   lakes_per_km2=1.0, rivers_per_10km=2.5, slumps_per_km2=1.2, burnt_per_km2=0.3),
-        SiteStyle("tuktoyaktuk", (-132.9, 69.4), **{**_BASE, "veg_a": (290, 540, 400, 3400)},
+        SiteStyle("tuktoyaktuk", (-132.9, 69.4), **(_BASE | {"veg_a": (290, 540, 400, 3400)}),
                   lakes_per_km2=1.6, slumps_per_km2=1.5, relief_m=10, polygons=0.8),
-        SiteStyle("banks", (-121.0, 72.5), **{**_BASE, "veg_a": (430, 600, 600, 2300),
-                  "veg_b": (560, 720, 760, 1900), "soil": (820, 960, 1080, 1550)},
+        SiteStyle("banks", (-121.0, 72.5), **(_BASE | {"veg_a": (430, 600, 600, 2300),
+                  "veg_b": (560, 720, 760, 1900), "soil": (820, 960, 1080, 1550)}),
                   lakes_per_km2=0.4, rivers_per_10km=2.0, slumps_per_km2=1.2, weak_fraction=0.35,
                   dry_per_km2=0.45, relief_m=25, gain=1.05),
     ]
 }
 
 
+class _WeakOverrides(TypedDict, total=False):
+    """The :class:`SiteStyle` fields that :func:`set_weak` overrides."""
+
+    weak_fraction: float
+    weak_contrast: float
+
+
 #: overrides applied to every site by :func:`set_weak` (``rts synth --weak-fraction/--weak-contrast``)
-_OVERRIDES: dict[str, float] = {}
+_OVERRIDES: _WeakOverrides = {}
 
 
 def set_weak(fraction: float | None = None, contrast: float | None = None) -> None:
     """Override, for every site, the share of weak-RGB slumps and their RGB contrast (None: keep)."""
-    _OVERRIDES.clear()
+    global _OVERRIDES
+    overrides: _WeakOverrides = {}
     if fraction is not None:
-        _OVERRIDES["weak_fraction"] = float(fraction)
+        overrides["weak_fraction"] = float(fraction)
     if contrast is not None:
-        _OVERRIDES["weak_contrast"] = float(contrast)
+        overrides["weak_contrast"] = float(contrast)
+    _OVERRIDES = overrides
 
 
 def site(name: str) -> SiteStyle:
@@ -110,7 +138,7 @@ def site(name: str) -> SiteStyle:
     return replace(style, **_OVERRIDES) if _OVERRIDES else style
 
 
-def spectra_table(style: SiteStyle) -> list[tuple[int, int, int, int]]:
+def spectra_table(style: SiteStyle) -> list[tuple[int, ...]]:
     """Class id -> spectrum. Weak slumps take soil close to the vegetation in RGB, low in NIR."""
     va, vb = style.veg_a, style.veg_b
     vmid = tuple((a + b) // 2 for a, b in zip(va, vb, strict=True))

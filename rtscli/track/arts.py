@@ -26,6 +26,7 @@ import re
 import uuid
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,7 +45,7 @@ OPTION_OF = {"RegionName": "--region NAME", "CreatorLab": '--creator "NAME, ORGA
              "BaseMapResolution": "--basemap-resolution M",
              "BaseMapDate": "--basemap-date YYYY-MM-DD (or a range YYYY-MM-DD,YYYY-MM-DD)"}
 #: Shapefile field names (at most 10 characters), as the ARTS tutorial abbreviates them
-SHP_NAMES = {"CentroidLat": "CntrdLt", "CentroidLon": "CntrdLn", "RegionName": "ReginNm", "CreatorLab": "CretrLb",
+ARTS_SHP_NAMES = {"CentroidLat": "CntrdLt", "CentroidLon": "CntrdLn", "RegionName": "ReginNm", "CreatorLab": "CretrLb",
              "BaseMapDate": "BasMpDt", "BaseMapSource": "BsMpSrc", "BaseMapResolution": "BsMpRsl",
              "TrainClass": "TrnClss", "LabelType": "LablTyp", "MergedRTS": "MrgdRTS", "StabilizedRTS": "StblRTS",
              "ContributionDate": "ContrDt", "BaseMapID": "BsMpID", "UnknownRelationship": "UnknwnRl"}
@@ -115,6 +116,7 @@ def export_arts(src: Path, out: Path, *, region: str | None, creator: str | None
     if missing:
         raise RtsError(f"ARTS field{'s' if len(missing) > 1 else ''} {', '.join(missing)} cannot be derived from the "
                        "map", fix="pass " + " ".join(OPTION_OF[f] for f in missing))
+    assert basemap_resolution is not None  # a missing one was refused just above
     if not (math.isfinite(float(basemap_resolution)) and float(basemap_resolution) > 0):
         raise RtsError(f"--basemap-resolution {basemap_resolution} is not a resolution in metres",
                        fix="e.g. --basemap-resolution 3")
@@ -169,7 +171,7 @@ def export_arts(src: Path, out: Path, *, region: str | None, creator: str | None
     geoms = [g if g.geom_type == "MultiPolygon" else MultiPolygon([g]) for g in gdf.geometry]
     res = gpd.GeoDataFrame(rows, columns=FIELDS, geometry=geoms, crs=ARTS_CRS)
     if driver == "ESRI Shapefile":
-        res = res.rename(columns=SHP_NAMES)
+        res = res.rename(columns=ARTS_SHP_NAMES)
     write_vector(res, out, layer="arts", overwrite=overwrite)
     counts = {"features": len(res), "tracked": tracked,
               "with_relations": int(sum(any(r[k] for k in RELATIONS) for r in rows))}
@@ -178,7 +180,8 @@ def export_arts(src: Path, out: Path, *, region: str | None, creator: str | None
     return counts
 
 
-def _plain_map(src: Path, basemap_date: str | None, layer: str | None, date_field: str | None):
+def _plain_map(src: Path, basemap_date: str | None, layer: str | None,
+               date_field: str | None) -> tuple[Any, list[str]]:
     """A slump map's polygons (ARTS negatives left out) and each one's BaseMapDate."""
     from rtscli.track.maps import read_map
 
@@ -194,7 +197,7 @@ def _plain_map(src: Path, basemap_date: str | None, layer: str | None, date_fiel
     return gdf, dates
 
 
-def basemap_date_of(text, path: Path) -> str:
+def basemap_date_of(text: object, path: Path) -> str:
     """An ARTS ``BaseMapDate`` from a map's date as written: every date as ``YYYY-MM-DD`` (a range stays a range),
     a year alone as the range of that year (``2019-01-01,2019-12-31``: ARTS wants days, and rts does not invent
     one). Raises RtsError naming ``path`` for text that holds no date."""
@@ -212,13 +215,15 @@ def basemap_date_of(text, path: Path) -> str:
             d = parse_date(p)
         except ValueError as exc:
             raise RtsError(f"BaseMapDate: {exc}", path=path, fix="pass " + OPTION_OF["BaseMapDate"]) from None
+        if d is None:  # "nan", "None", "NaT", "null": an empty value, like an empty part
+            continue
         parts.append(d.isoformat())
     if not parts:
         raise RtsError("BaseMapDate is empty", path=path, fix="pass " + OPTION_OF["BaseMapDate"])
     return check_basemap_date(",".join([min(parts), max(parts)] if len(parts) > 1 else parts), "BaseMapDate")
 
 
-def _relations(rows: list[dict], obs) -> None:
+def _relations(rows: list[dict], obs: Any) -> None:
     """Fill the ARTS change fields and the one-UID-per-track rule from ``rts track``'s observations."""
     track = list(obs["track_id"])
     first: dict[str, str] = {}
@@ -229,7 +234,7 @@ def _relations(rows: list[dict], obs) -> None:
         for s in _ids(obs["formed_on"].iloc[i]):
             formed_here.setdefault(s, []).append(track[i])
 
-    def uids(ids) -> str | None:
+    def uids(ids: list[str]) -> str | None:
         got = [first[t] for t in ids if t in first]
         return ",".join(dict.fromkeys(got)) or None
 
@@ -246,5 +251,5 @@ def _relations(rows: list[dict], obs) -> None:
         r["NewRTS"] = uids(formed_here.get(track[i], []))
 
 
-def _ids(v) -> list[str]:
+def _ids(v: object) -> list[str]:
     return [t for t in str(v or "").split(",") if t and t != "nan" and t != "None"]

@@ -34,11 +34,12 @@ track) is ``uncertain`` when it or the polygons it is compared with touch a scen
 
 from __future__ import annotations
 
+import datetime
 import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -89,7 +90,7 @@ class Obs:
     related: list[str] = field(default_factory=list)  # track ids: parents (merged, split, unknown)
     on_scar: list[str] = field(default_factory=list)  # tracks of stabilized scars a new slump formed on
     area_m2: float = float("nan")
-    prev_date: date | None = None
+    prev_date: datetime.date | None = None  # (here ``date`` names the field above, not the type)
     prev_area_m2: float = float("nan")
     advance_m: float = float("nan")
     centroid_shift_m: float = float("nan")
@@ -115,7 +116,7 @@ class Track:
     end_date: date | None = None
 
 
-def directed_advance(new, old) -> float:
+def directed_advance(new: Any, old: Any) -> float:
     """The largest distance (CRS units) from ``old`` to a point of ``new``: how far the outline advanced.
 
     The directed Hausdorff distance h(new, old) = max_{p in new} min_{q in old} |p - q| (points inside ``old``
@@ -140,7 +141,7 @@ def directed_advance(new, old) -> float:
 class Tracker:
     """Follows the slumps of :class:`DateFrame` s (sorted by date, one working CRS ``crs``)."""
 
-    def __init__(self, crs, opts: TrackOptions):
+    def __init__(self, crs: Any, opts: TrackOptions) -> None:
         from pyproj import Transformer
 
         from rtscli.geometry.measure import geodesic_area_perimeter
@@ -308,7 +309,7 @@ class Tracker:
             self.scars.append((last.track, last.geometry))
         return [row]
 
-    def run(self, frames: list[DateFrame], progress=None) -> None:
+    def run(self, frames: list[DateFrame], progress: Callable[[int], object] | None = None) -> None:
         """Follow the slumps through ``frames`` (sorted by date); one log line per date."""
         from collections import Counter
 
@@ -337,20 +338,20 @@ class Tracker:
 class _Index:
     """Polygons found by an STRtree: :meth:`sharing_area` gives those that share area with a polygon."""
 
-    def __init__(self, geoms: list):
+    def __init__(self, geoms: list) -> None:
         from shapely import STRtree
 
         self.geoms = list(geoms)
         self.tree = STRtree(self.geoms) if self.geoms else None
 
-    def sharing_area(self, geom) -> list[int]:
+    def sharing_area(self, geom: Any) -> list[int]:
         if self.tree is None:
             return []
         hits = self.tree.query(geom, predicate="intersects")
         return [int(i) for i in sorted(hits) if self.geoms[i].intersection(geom).area > 0]
 
 
-def _share_covered(geom, coverage) -> float:
+def _share_covered(geom: Any, coverage: Any) -> float:
     """The share of ``geom``'s area inside ``coverage`` (1 when the coverage is unknown). The coverage is
     prepared (shapely), so that the common cases (wholly inside, wholly outside) need no intersection."""
     import shapely
@@ -366,5 +367,5 @@ def _share_covered(geom, coverage) -> float:
     return coverage.intersection(geom).area / a if a > 0 else float(coverage.intersects(geom))
 
 
-def _covered(geom, coverage) -> bool:
+def _covered(geom: Any, coverage: Any) -> bool:
     return _share_covered(geom, coverage) >= COVERED_SHARE

@@ -18,6 +18,7 @@ import functools
 import logging
 import re
 from datetime import date
+from typing import Any
 
 log = logging.getLogger("rtscli")
 
@@ -65,7 +66,7 @@ def find_date(text: str) -> tuple[date, bool] | None:
     return None
 
 
-def parse_date(value) -> date | None:
+def parse_date(value: Any) -> date | None:
     """One date from a field value or an option (see the module docstring). A ``date``/``datetime``/pandas
     Timestamp passes through; an ARTS ``BaseMapDate`` range ``"2020-07-05,2020-08-20"`` gives its middle day.
     None for an empty value; ``ValueError`` (with the reason) for anything else."""
@@ -83,8 +84,8 @@ def parse_date(value) -> date | None:
     if not text or text.lower() in ("nan", "none", "nat", "null"):
         return None
     if "," in text:  # an ARTS BaseMapDate range: its middle
-        ends = [parse_date(t) for t in text.split(",") if t.strip()]
-        ends = [d for d in ends if d is not None]
+        parsed = [parse_date(t) for t in text.split(",") if t.strip()]
+        ends = [d for d in parsed if d is not None]
         if not ends:
             raise ValueError(f"no date in {text!r}")
         if len(ends) == 2 and ends[1] < ends[0]:

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 #: Okabe & Ito's colour-blind-safe palette, for the lines of the growth plot
 PALETTE = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000"]
 
 
-def pick_tracks(tracks, top: int, by: str = "rate") -> list[str]:
+def pick_tracks(tracks: Any, top: int, by: str = "rate") -> list[str]:
     """The ids of the ``top`` tracks with the fastest growth (``by="rate"``, m2/year; tracks seen at one date
     come last) or the largest last area (``by="area"``)."""
     if not len(tracks) or top <= 0:
@@ -25,7 +29,7 @@ def pick_tracks(tracks, top: int, by: str = "rate") -> list[str]:
     return list(order["track_id"].head(top))
 
 
-def growth_figure(obs, tracks, ids: list[str], *, title: str = ""):
+def growth_figure(obs: Any, tracks: Any, ids: list[str], *, title: str = "") -> Figure:
     """Area (m2, or ha above 10 ha) over time of the tracks ``ids``: one line per track, a dotted line from a
     merged or split slump's parents to it, hollow markers where a change is uncertain. Lines carry the gid
     ``track:<id>``."""
@@ -50,17 +54,20 @@ def growth_figure(obs, tracks, ids: list[str], *, title: str = ""):
         label = f"{tid[:8]} ({by_id.loc[tid, 'start']}" + (f", {rate:+,.0f} m²/yr" if rate == rate else "") + \
             (f", then {end})" if end != "open" else ")")
         style = ("-", "--", "-.")[(k // len(PALETTE)) % 3]  # colours repeat after 8: the line style tells them apart
-        (line,) = ax.plot(x, y, style, color=colour, lw=1.8, label=label)
+        # (matplotlib plots dates through its date units; its stubs take only numbers and strings)
+        (line,) = ax.plot(x, y, style, color=colour, lw=1.8, label=label)  # type: ignore[arg-type]
         line.set_gid(f"track:{tid}")
         unsure = rows["uncertain"].to_numpy(bool)
-        ax.plot([xi for xi, u in zip(x, unsure, strict=True) if not u], y[~unsure], "o", color=colour, ms=5)
-        ax.plot([xi for xi, u in zip(x, unsure, strict=True) if u], y[unsure], "o", mfc="white", color=colour, ms=5)
+        ax.plot([xi for xi, u in zip(x, unsure, strict=True) if not u], y[~unsure], "o", color=colour,  # type: ignore[arg-type]
+                ms=5)
+        ax.plot([xi for xi, u in zip(x, unsure, strict=True) if u], y[unsure], "o", mfc="white",  # type: ignore[arg-type]
+                color=colour, ms=5)
         first_point[tid], last_point[tid], colours[tid] = (x[0], y[0]), (x[-1], y[-1]), colour
     for tid in first_point:  # a merged or split slump: a dotted line from each parent shown
         for p in str(by_id.loc[tid, "parents"] or "").split(","):
             if p in last_point:
                 (a, b), (c, d) = last_point[p], first_point[tid]
-                ax.plot([a, c], [b, d], ":", color=colours[tid], lw=1.2)
+                ax.plot([a, c], [b, d], ":", color=colours[tid], lw=1.2)  # type: ignore[arg-type]  # dates, as above
     ax.set_ylabel(f"slump area ({unit}, true area on the ellipsoid)")
     ax.set_xlabel("imagery date")
     ax.grid(alpha=0.3)
@@ -72,7 +79,7 @@ def growth_figure(obs, tracks, ids: list[str], *, title: str = ""):
     return fig
 
 
-def tracks_figure(obs, tracks, *, title: str = ""):
+def tracks_figure(obs: Any, tracks: Any, *, title: str = "") -> Figure:
     """A map of the tracks: each slump's last polygon filled by its growth rate (m2/year, diverging colours
     around 0), its first polygon outlined in black, ended tracks dashed grey; metres east/north in the tracks'
     CRS, with a scale bar of true metres when that CRS is projected in metres."""
@@ -82,9 +89,10 @@ def tracks_figure(obs, tracks, *, title: str = ""):
     from matplotlib.patches import PathPatch
     from matplotlib.path import Path as MPath
 
-    def patch(g):
+    def patch(g: Any) -> PathPatch:
         parts = g.geoms if g.geom_type == "MultiPolygon" else [g]
-        verts, codes = [], []
+        verts: list[np.ndarray] = []
+        codes: list[np.uint8] = []
         for p in parts:
             for ring in [p.exterior, *p.interiors]:
                 xy = np.asarray(ring.coords)
@@ -129,7 +137,7 @@ def tracks_figure(obs, tracks, *, title: str = ""):
     if crs is not None and crs.is_projected and (crs.axis_info[0].unit_name in ("metre", "meter")):
         from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 
-        from rtscli.engine.maps import scale_bar
+        from rtscli.render.furniture import scale_bar
 
         width = ax.get_xlim()[1] - ax.get_xlim()[0]
         length_m, _, label = scale_bar(width, 1.0)
@@ -143,7 +151,7 @@ def tracks_figure(obs, tracks, *, title: str = ""):
     return fig
 
 
-def write_png(fig, path: Path, *, overwrite: bool) -> None:
+def write_png(fig: Figure, path: Path, *, overwrite: bool) -> None:
     """Save ``fig`` as a PNG at ``path`` atomically (an existing file needs ``overwrite``)."""
     from rtscli.io.atomic import atomic_file
 
@@ -151,7 +159,7 @@ def write_png(fig, path: Path, *, overwrite: bool) -> None:
         fig.savefig(tmp, dpi=130, format="png")
 
 
-def span_title(obs) -> str:
+def span_title(obs: Any) -> str:
     """``"12 slumps, 3 dates (2019-07-01 to 2021-07-01)"`` for the figures' titles."""
     dates = sorted(set(obs["date"]))
     n = obs.loc[obs["present"], "track_id"].nunique()

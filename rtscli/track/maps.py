@@ -24,7 +24,8 @@ import numpy as np
 from rtscli.errors import RtsError
 from rtscli.geometry.footprint import to_crs
 from rtscli.geometry.polygons import overlap, union_root
-from rtscli.io.vector import FOOTPRINT_SUFFIX, SHP_NAMES, column, negatives_of
+from rtscli.data.labels import negatives_of
+from rtscli.io.schema import FOOTPRINT_SUFFIX, SHP_NAMES, column
 from rtscli.track.dates import find_date, parse_date
 
 log = logging.getLogger("rtscli")
@@ -128,7 +129,7 @@ def read_map(path: Path, *, given: date | None = None, date_field: str | None = 
     return SlumpMap(path, name, gdf, _coverage(path, name, gdf.crs), how, negatives, map_date)
 
 
-def _dates(path: Path, gdf, given: date | None, date_field: str | None) -> tuple[list, str, list]:
+def _dates(path: Path, gdf: Any, given: date | None, date_field: str | None) -> tuple[list, str, list]:
     """The date of every feature of ``gdf``, where it came from, and each feature's date as written (an ARTS
     ``BaseMapDate`` range stays a range there)."""
     if given is not None:
@@ -145,8 +146,9 @@ def _dates(path: Path, gdf, given: date | None, date_field: str | None) -> tuple
     if c is not None:
         return _parse_column(path, gdf, c), f"ARTS field {c}", _as_text(gdf[c])
     if "scene" in gdf.columns and len(gdf):
-        found = {s: find_date(str(s)) for s in gdf["scene"].unique()}
-        if all(found.values()):
+        found_in = {s: find_date(str(s)) for s in gdf["scene"].unique()}
+        found = {s: f for s, f in found_in.items() if f is not None}
+        if len(found) == len(found_in):  # every scene name holds a date
             _year_note(path, [f for f in found.values() if f[1]])
             out = [found[s][0] for s in gdf["scene"]]
             return out, "scene name", [_written(found[s]) for s in gdf["scene"]]
@@ -159,7 +161,7 @@ def _dates(path: Path, gdf, given: date | None, date_field: str | None) -> tuple
                    fix="pass --dates YYYY-MM-DD,... (one per map, in order) or --date-field NAME")
 
 
-def _flags(values) -> np.ndarray:
+def _flags(values: Any) -> np.ndarray:
     """A flag column as booleans: GeoPackage booleans and 0/1, but also text (``"false"`` is False)."""
     import pandas as pd
 
@@ -174,7 +176,7 @@ def _written(found: tuple[date, bool]) -> str:
     return str(found[0].year) if found[1] else found[0].isoformat()
 
 
-def _as_text(values) -> list[str]:
+def _as_text(values: Any) -> list[str]:
     """Date field values as text: ``YYYY-MM-DD`` for dates GDAL read as dates, the text itself otherwise."""
     out = []
     for v in values.tolist():
@@ -185,7 +187,7 @@ def _as_text(values) -> list[str]:
     return out
 
 
-def check_coordinates(gdf, path: Path) -> None:
+def check_coordinates(gdf: Any, path: Path) -> None:
     """Refuse a layer whose coordinates do not fit its stated CRS (UTM metres labelled EPSG:4326, a GeoJSON
     without a CRS, which GDAL takes as longitude/latitude): they would become infinite or wrap around."""
     if not len(gdf):
@@ -208,7 +210,7 @@ def check_coordinates(gdf, path: Path) -> None:
                        fix="save it with its true CRS (ogr2ogr -a_srs EPSG:XXXX out.gpkg FILE)")
 
 
-def _parse_column(path: Path, gdf, c: str) -> list:
+def _parse_column(path: Path, gdf: Any, c: str) -> list:
     out, bad = [], []
     for i, v in enumerate(gdf[c].tolist()):
         try:
@@ -231,7 +233,7 @@ def _year_note(path: Path, year_only: list) -> None:
                  "error: pass --dates for exact ones)", path.name)
 
 
-def _coverage(path: Path, layer: str | None, crs) -> Any | None:
+def _coverage(path: Path, layer: str | None, crs: Any) -> Any | None:
     """The union of the ``<layer>_footprint`` layer of a GeoPackage, in ``crs``; None when it has none."""
     if path.suffix.lower() != ".gpkg" or layer is None:
         return None
@@ -259,7 +261,7 @@ def _coverage(path: Path, layer: str | None, crs) -> Any | None:
 # --- one frame for all dates ------------------------------------------------------------------------------------
 
 
-def working_crs(maps: list[SlumpMap]):
+def working_crs(maps: list[SlumpMap]) -> Any:
     """A Lambert azimuthal equal-area CRS (WGS 84) centred on the maps' polygons (else their coverage)."""
     from pyproj import CRS, Transformer
 
@@ -308,7 +310,11 @@ def load_maps(maps: list[SlumpMap], *, min_area: float = 0.0, metric: str = "ios
         geoms = to_crs(m.gdf.geometry.values, m.gdf.crs, crs)
         area = geodesic_area_perimeter(geoms, crs)[0] if geoms else np.zeros(0)
         cover = to_crs([m.coverage], m.gdf.crs, crs)[0] if m.coverage is not None else None
-        dates_here = sorted(set(m.gdf["date"])) if len(m.gdf) else [m.map_date]
+        if len(m.gdf):
+            dates_here = sorted(set(m.gdf["date"]))
+        else:
+            assert m.map_date is not None  # read_map dates an empty map (or refuses it)
+            dates_here = [m.map_date]
         for d in dates_here:
             f = by_date.setdefault(d, {"rows": [], "covers": [], "files": []})
             f["covers"].append(cover)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
+from typing import Callable
 
 from rtscli.errors import RtsError
 from rtscli.io.vector import VECTOR_DRIVERS
@@ -80,7 +82,7 @@ def expand(inputs: list[Path]) -> list[list[Path]]:
     return out
 
 
-def parse_dates(text: str | None, n: int) -> list | None:
+def parse_dates(text: str | None, n: int) -> list[date] | None:
     """``--dates`` as one date per input (a map, or a folder of maps: all get its date), or None."""
     from rtscli.track.dates import parse_date
 
@@ -131,7 +133,7 @@ def check(req: TrackRequest) -> None:
         req.out_crs = parse_crs(req.to_crs, "--to-crs")
 
 
-def run(req: TrackRequest, progress=None) -> dict:
+def run(req: TrackRequest, progress: Callable[[int], object] | None = None) -> dict:
     """Read, follow, write. Returns a summary (counts of relations and ends, the fastest-growing tracks)."""
     from rtscli.io.vector import write_layers
     from rtscli.geometry.footprint import to_crs

@@ -6,6 +6,8 @@ comma-separated, areas are true m2 on the ellipsoid, distances metres, rates per
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from rtscli.track.change import Obs, Track, Tracker
@@ -53,6 +55,7 @@ def track_row(t: Track) -> dict:
     step_years = sum(o.years for o in steps)
     words = [f"{o.date.isoformat()} {o.relation}" for o in t.obs]
     if t.end in ("merged", "split", "unknown"):
+        assert t.end_date is not None  # Tracker.step sets end and end_date together
         words.append(f"{t.end_date.isoformat()} {t.end} into {', '.join(c[:8] for c in t.children)}")
     return {"track_id": t.id, "start": t.start, "first_date": first.date.isoformat(),
             "last_date": last.date.isoformat(), "end": t.end,
@@ -66,7 +69,7 @@ def track_row(t: Track) -> dict:
             "uncertain": any(o.uncertain for o in t.obs), "geometry": last.geometry}
 
 
-def layers(tracker: Tracker, out_crs=None) -> dict:
+def layers(tracker: Tracker, out_crs: Any = None) -> dict:
     """``{"observations": GeoDataFrame, "tracks": GeoDataFrame}`` in ``out_crs`` (default: the working CRS).
 
     A track's geometry is its last polygon seen; an observation's, its polygon at that date (for a row
