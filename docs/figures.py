@@ -25,7 +25,8 @@ import rasterio  # noqa: E402
 
 from rtscli.data.modalities import ndvi  # noqa: E402
 from rtscli.io.raster import apply  # noqa: E402
-from rtscli.synth.scene import make_plan, render  # noqa: E402
+from rtscli.synth.plan import make_plan  # noqa: E402
+from rtscli.synth.render import render  # noqa: E402
 from rtscli.synth.sites import SITES  # noqa: E402
 
 

@@ -9,7 +9,8 @@ from rasterio.features import rasterize
 
 from rtscli.data.modalities import ndvi
 from rtscli.synth import write_scene
-from rtscli.synth.scene import make_plan, render
+from rtscli.synth.plan import make_plan
+from rtscli.synth.render import render
 from rtscli.synth.sites import SITES
 
 

@@ -20,7 +20,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from rtscli.synth.scene import Plan, make_plan, render
+from rtscli.synth.plan import Plan, make_plan
+from rtscli.synth.render import render
 from rtscli.synth.sites import SITES, site
 
 CHIP_BANDS = ["red", "green", "blue", "ndvi", "nir", "mask"]
@@ -76,7 +77,7 @@ def _site_list(sites: Sequence[str] | None) -> list[str]:
 def _swath_in_window(rng, col0, row0, size):
     from shapely.affinity import translate
 
-    from rtscli.synth.scene import _swath
+    from rtscli.synth.plan import _swath
 
     return translate(_swath(rng, size, size), col0, row0)
 

@@ -6,7 +6,7 @@ Between one year and the next (:func:`evolve`):
   (against its downslope direction) by 5-15 m, the headwall moves with it, water and neighbours cut
   it (touching slumps keep touching, never overlap);
 * at the first step two **touching slumps merge** into one (a pair is made if the scene has none);
-* a slump **appears** (placed as in :func:`rtscli.synth.scene.make_plan`);
+* a slump **appears** (placed as in :func:`rtscli.synth.plan.make_plan`);
 * a slump **stabilizes**: it leaves the map of active slumps, and its scar, revegetating, is drawn as
   a dry patch (a look-alike), so a model must learn to leave it out.
 
@@ -29,7 +29,7 @@ from shapely.affinity import translate
 from shapely.ops import unary_union
 
 from rtscli.synth import Progress
-from rtscli.synth.scene import Plan, Slump, SpatialHash, largest, neighbour, place_slump, poly
+from rtscli.synth.plan import Plan, Slump, SpatialHash, largest, neighbour, place_slump, poly
 
 #: headwall retreat per year of a synthetic slump, metres (retreat of active slumps: a few to 20+ m/yr)
 GROWTH_M = (5.0, 15.0)
