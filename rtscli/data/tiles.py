@@ -1,8 +1,6 @@
-"""Tiles of a scene: the sliding-window grid and a dataset that reads each window into model inputs.
+"""Tiles of a scene read into model inputs: a dataset over the windows of the sliding-window grid.
 
-The grid (:func:`rtscli.data.tiling.tile_grid`) follows torchgeo's ``GridGeoSampler``: tiles of a fixed size at a fixed
-stride, the last row and column moved back to end at the scene's edge. A :class:`TileDataset` reads each
-window with rasterio (each DataLoader worker opens its own handles), converts stored values to the model's
+The windows come from :func:`rtscli.data.tiling.tile_grid`. A :class:`TileDataset` reads each window with rasterio (each DataLoader worker opens its own handles), converts stored values to the model's
 units and builds the bundle's modalities; it is used by ``rts predict`` and ``rts ssl``.
 """
 

@@ -1,1 +1,1 @@
-"""Training (Lightning), evaluation (pycocotools) and, later, tiled inference."""
+"""Running models: training (Lightning), evaluation (pycocotools), prediction of one scene and of many."""
