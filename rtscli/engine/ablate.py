@@ -17,10 +17,13 @@ import json
 import logging
 from itertools import combinations
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from rtscli.errors import RtsError
 from rtscli.modeling.fusion import STRATEGIES
+
+if TYPE_CHECKING:
+    from rtscli.engine.train_settings import TrainSettings
 
 log = logging.getLogger("rtscli")
 
@@ -62,9 +65,9 @@ def parse_fusions(text: str) -> list[str]:
     return names
 
 
-def ablate(*, data: Path, modalities: list[str], fusions: list[str], out: Path, pretrain_settings,
-           finetune_settings, preset: str | None = None, primary: str = "rgb", sources: list[Path] | None = None,
-           sets: str | None = None, split: str = "test", init_heads: bool = True,
+def ablate(*, data: Path, modalities: list[str], fusions: list[str], out: Path, pretrain_settings: TrainSettings,
+           finetune_settings: TrainSettings, preset: str | None = None, primary: str = "rgb",
+           sources: list[Path] | None = None, sets: str | None = None, split: str = "test", init_heads: bool = True,
            on_cell: Callable[[str], None] | None = None, tile_size: int | None = None) -> dict:
     from rtscli.data.dataset import DatasetInfo
     from rtscli.engine.evaluate import evaluate_bundle

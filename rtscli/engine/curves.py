@@ -5,6 +5,10 @@ from __future__ import annotations
 import math
 import numbers
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 #: Okabe & Ito's colour-blind-safe palette: blue (training loss) and vermillion (validation AP50)
 LOSS_COLOUR = "#0072B2"
@@ -47,7 +51,7 @@ def run_title(run_dir: Path) -> str:
     return f"{name} ({preset})" if preset else name
 
 
-def curves_figure(rows: list[dict[str, float]], *, title: str, bundle_epoch: int | None = None):
+def curves_figure(rows: list[dict[str, float]], *, title: str, bundle_epoch: int | None = None) -> Figure:
     """The curves as a matplotlib ``Figure`` (no pyplot state), for :func:`plot_curves` and tests.
 
     Lines carry gids: ``train_loss`` (left axis), ``val_ap50`` (right axis, 0-1, only the epochs that
@@ -100,7 +104,7 @@ def curves_figure(rows: list[dict[str, float]], *, title: str, bundle_epoch: int
     return fig
 
 
-def _finite(v) -> bool:
+def _finite(v: object) -> bool:
     return isinstance(v, numbers.Real) and math.isfinite(v)
 
 

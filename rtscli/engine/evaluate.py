@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Callable
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from rtscli.data.dataset import ChipDataset
+    from rtscli.modeling.detector import Detector
 
 
 def detections_to_coco(pred: dict[str, torch.Tensor], image_id: int, size: tuple[int, int],
@@ -43,11 +48,11 @@ def detections_to_coco(pred: dict[str, torch.Tensor], image_id: int, size: tuple
     return out
 
 
-def _quiet():
+def _quiet() -> contextlib.redirect_stdout[io.StringIO]:
     return contextlib.redirect_stdout(io.StringIO())
 
 
-def coco_metrics(gt_json: str | Path | dict, results: list[dict], *, iou_types=("segm", "bbox"),
+def coco_metrics(gt_json: str | Path | dict, results: list[dict], *, iou_types: Iterable[str] = ("segm", "bbox"),
                  image_ids: Iterable[int] | None = None) -> dict[str, dict[str, float]]:
     """AP, AP50, AP75 per IoU type. No predictions at all gives 0.0 (pycocotools cannot load [])."""
     from pycocotools.coco import COCO
@@ -79,7 +84,8 @@ def coco_metrics(gt_json: str | Path | dict, results: list[dict], *, iou_types=(
 
 
 @torch.no_grad()
-def predict_split(model, dataset, *, batch_size: int = 4, device: str = "cpu", progress=None) -> list[dict]:
+def predict_split(model: Detector, dataset: ChipDataset, *, batch_size: int = 4, device: str = "cpu",
+                  progress: Callable[[int], object] | None = None) -> list[dict]:
     """Run ``model`` over a :class:`ChipDataset` (no augmentation) and return COCO results."""
     from rtscli.data.dataset import collate
 
@@ -132,7 +138,7 @@ def error_layers(gt: dict, results: list[dict], *, iou_thresh: float = 0.5, min_
         if r["score"] >= min_score and "segmentation" in r:
             dts.setdefault(r["image_id"], []).append(r)
 
-    def rle_of(seg, h, w):
+    def rle_of(seg: Any, h: int, w: int) -> Any:
         if isinstance(seg, list):
             return mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
         if isinstance(seg["counts"], list):
@@ -140,7 +146,7 @@ def error_layers(gt: dict, results: list[dict], *, iou_thresh: float = 0.5, min_
         counts = seg["counts"]
         return {"size": seg["size"], "counts": counts.encode() if isinstance(counts, str) else counts}
 
-    def polygon(rle, transform):
+    def polygon(rle: Any, transform: Affine) -> MultiPolygon:
         # every part of the mask, through the chip's full affine transform (rotated grids too)
         u = mask_to_polygon(mask_utils.decode(rle).astype(bool), transform)
         if u is None:
@@ -206,7 +212,7 @@ def write_error_layers(layers: dict, path: Path, *, overwrite: bool = False) -> 
 
 
 def evaluate_bundle(bundle: Path, data: Path, split: str, *, batch_size: int = 4,
-                    progress=None) -> tuple[dict, dict, list[dict]]:
+                    progress: Callable[[int, int], object] | None = None) -> tuple[dict, dict, list[dict]]:
     """Score a bundle (unimodal or fused) on a dataset split. Returns (report, ground truth, detections).
 
     ``progress(k, total)`` is called as chips are done.

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import logging
 from pathlib import Path
-
+from typing import TYPE_CHECKING, Any, cast
 
 from rtscli.data.dataset import DatasetInfo
 from rtscli.data.modalities import Modality
@@ -26,19 +26,27 @@ from rtscli.engine.train_settings import TrainSettings
 from rtscli.errors import RtsError
 from rtscli.modeling.fusion import STRATEGIES, is_feature_level
 
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from rtscli.modeling.bundle import Bundle
+    from rtscli.modeling.config import ModelConfig
+    from rtscli.modeling.multimodal import FusedBackbone
+
 log = logging.getLogger("rtscli")
 
 
-def _bands(d: dict) -> str:
+def _bands(d: dict[str, int]) -> str:
     return ", ".join(f"{k}={v}" for k, v in d.items())
 
 
-def _architecture(cfg) -> dict:
+def _architecture(cfg: ModelConfig) -> dict[str, Any]:
     """What two backbones (+FPN) must share to be fused: everything but the input channels."""
     return {k: v for k, v in cfg.backbone.__dict__.items() if k != "in_channels"} | {"fpn": cfg.fpn.__dict__}
 
 
-def _source_ap50(metrics: dict) -> float | None:
+def _source_ap50(metrics: dict[str, Any]) -> float | None:
     """A source bundle's best validation AP50 (mask, or box for a detection-only model), by name."""
     for key in ("val_mask_ap50_best", "val_box_ap50_best"):
         if key in metrics:
@@ -46,14 +54,15 @@ def _source_ap50(metrics: dict) -> float | None:
     return None
 
 
-def check_sources(sources: list[Path], *, modalities: list[str], info: DatasetInfo, data: Path) -> dict:
+def check_sources(sources: list[Path], *, modalities: list[str], info: DatasetInfo, data: Path
+                  ) -> dict[str, Bundle]:
     """Read the ``--from`` bundles and check them against each other and the dataset.
 
     Returns ``{modality: Bundle}``. Every mismatch is an :class:`RtsError` naming the bundle.
     """
     from rtscli.modeling.bundle import read_bundle
 
-    out: dict = {}
+    out: dict[str, Bundle] = {}
     for path in sources:
         b = read_bundle(path)
         if b.config.get("fusion"):
@@ -116,8 +125,8 @@ def backbone_specs(spec: str | None, names: list[str]) -> dict[str, str | None]:
     return out
 
 
-def _load_part(model, state: dict, src_prefix: str, dst_prefix: str, *, what: str, path: Path,
-               adapt_stem: bool = False) -> int:
+def _load_part(model: nn.Module, state: dict[str, torch.Tensor], src_prefix: str, dst_prefix: str, *, what: str,
+               path: Path, adapt_stem: bool = False) -> int:
     """Copy tensors ``src_prefix*`` of ``state`` into ``dst_prefix*`` of ``model``; shapes must match."""
     from rtscli.modeling.backbone import adapt_stem_weight, fit_rel_pos
 
@@ -243,7 +252,9 @@ def finetune(*, data: Path, fusion: str, modalities: list[str], out: Path, setti
     if not bundles:
         notes = []
         specs = backbone_specs(settings.backbone_weights, modalities if feature else ["+".join(modalities)])
-        parts = dict(model.backbone.backbones.items()) if feature else {"+".join(modalities): model.backbone}
+        # a feature-level fusion's backbone is a FusedBackbone (build_model)
+        parts = (dict(cast("FusedBackbone", model.backbone).backbones.items()) if feature
+                 else {"+".join(modalities): model.backbone})
         for name, bb in parts.items():
             if specs.get(name):
                 mod = next((m for m in mods if m.name == name), None) or \

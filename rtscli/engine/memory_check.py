@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rtscli.errors import RtsError
 from rtscli.machine import available_bytes, device_type
@@ -87,7 +87,7 @@ def check_fits(cfg: ModelConfig, *, batch_size: int, device: str | torch.device,
         return
 
     def fits(model: ModelConfig, batch: int, **kw: int | None) -> bool:
-        args = dict(device=device, precision=precision, fusion=fusion) | kw
+        args: dict[str, Any] = dict(device=device, precision=precision, fusion=fusion) | kw
         return (estimate_step_bytes(model, batch_size=batch, **args) * procs - held) * margin <= avail
 
     fixes = []

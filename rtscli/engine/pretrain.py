@@ -6,6 +6,7 @@ import logging
 import math
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -16,6 +17,9 @@ from rtscli.engine.curves import plot_curves
 from rtscli.engine.train import EpochSampler, bundle_weights, epoch_metrics, fit, write_epoch_csv
 from rtscli.engine.train_settings import TrainSettings, settings_dict
 from rtscli.modeling.config import ModelConfig, load_preset
+
+if TYPE_CHECKING:
+    from rtscli.modeling.detector import Detector
 
 log = logging.getLogger("rtscli")
 
@@ -60,7 +64,7 @@ def build_config(preset: str, *, in_channels: int, anchors: str, info: DatasetIn
 
 
 def check_memory(cfg: ModelConfig, settings: TrainSettings, *, what: str, resident_on_cpu: bool = False,
-                 **kw) -> None:
+                 **kw: Any) -> None:
     """Refuse, before anything is written, a run whose training step cannot fit in this machine's memory
     (:func:`rtscli.engine.memory_check.check_fits`: an estimate for the preset, tile, batch and device).
 
@@ -170,7 +174,7 @@ def open_splits(info: DatasetInfo, mods: list[Modality], tile: int, repeat: int 
     return train_ds, val_ds
 
 
-def train_and_save(model, *, config: dict, info: DatasetInfo, mods: list[Modality], repeat: int | None,
+def train_and_save(model: Detector, *, config: dict, info: DatasetInfo, mods: list[Modality], repeat: int | None,
                    settings: TrainSettings, out: Path, resume: bool,
                    splits: tuple[ChipDataset, ChipDataset] | None = None) -> dict:
     """Train ``model`` on the dataset's train split (validating on val) and write the bundle to ``out``.

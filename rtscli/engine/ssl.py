@@ -12,18 +12,26 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
+from torch import nn
 
 from rtscli.engine.train_settings import TrainSettings
 from rtscli.errors import RtsError
 
+if TYPE_CHECKING:
+    from rtscli.data.bands import BandMap
+    from rtscli.data.scenes import Scene
+    from rtscli.data.windows import RandomWindows
+    from rtscli.modeling.mim import MaskedImageModel
+
 log = logging.getLogger("rtscli")
 
 
-def open_scenes(inputs: list[str], band_map, *, aux: list[str], scale, offset, nodata) -> list:
+def open_scenes(inputs: list[str], band_map: BandMap, *, aux: list[str], scale: float | None,
+                offset: float | None, nodata: float | None) -> list[Scene]:
     """The unlabeled scenes (files, folders, globs, .txt lists, VRT mosaics) as :class:`Scene` objects, each
     with its ``--aux`` rasters (NAME=PATH; only with one scene, on its grid)."""
     from rtscli.data.scenes import Source, open_scene, scene_paths
@@ -43,7 +51,7 @@ def open_scenes(inputs: list[str], band_map, *, aux: list[str], scale, offset, n
     return scenes
 
 
-def ssl(*, inputs: list[str], modality: str, band_map, out: Path, preset: str, settings: TrainSettings,
+def ssl(*, inputs: list[str], modality: str, band_map: BandMap, out: Path, preset: str, settings: TrainSettings,
         tile_size: int | None = None, aux: list[str] | None = None, scale: float | None = None,
         offset: float | None = None, nodata: float | None = None, windows: int = 1000, mask_ratio: float = 0.6,
         stats_windows: int = 64, repeat_to: int = 3, resume: bool = False, overwrite: bool = False) -> dict:
@@ -142,7 +150,8 @@ def ssl(*, inputs: list[str], modality: str, band_map, out: Path, preset: str, s
                     "loss_last": round(losses[-1], 5) if losses else None},
     }
     if trainer.is_global_zero:
-        state = {k: v.detach().cpu() for k, v in model.backbone.body.state_dict().items()}
+        body = cast(nn.Module, model.backbone.body)  # nn.Module's __getattr__ types a submodule as Tensor | Module
+        state = {k: v.detach().cpu() for k, v in body.state_dict().items()}
         save_bundle(out, state, config)
         plot_curves(out, rows, title=f"{out.resolve().name} (rts ssl {mod.name}, {cfg.name})")
         write_reconstructions(out / "reconstructions.png", model, data, count=4)
@@ -152,7 +161,7 @@ def ssl(*, inputs: list[str], modality: str, band_map, out: Path, preset: str, s
     return config
 
 
-def write_reconstructions(path: Path, model, data, *, count: int = 4) -> Path:
+def write_reconstructions(path: Path, model: MaskedImageModel, data: RandomWindows, *, count: int = 4) -> Path:
     """A PNG of ``count`` windows: the input, what the backbone saw (hidden blocks grey) and its reconstruction
     of the hidden blocks pasted into the visible ones. Channels shown: the first three, or the first as grey."""
     from matplotlib.figure import Figure

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -52,7 +54,7 @@ class MViTv2FPN(nn.Module):
         self.body = MultiScaleVit(vit_cfg, img_size=(tile_size, tile_size), in_chans=cfg.in_channels,
                                   num_classes=0, drop_path_rate=cfg.drop_path_rate)
         # the classifier's final norm and head are unused by a detector (DDP rejects unused weights)
-        self.body.head = nn.Identity()
+        self.body.head = nn.Identity()  # type: ignore[assignment]  # timm types it nn.Sequential; any module works
         self.body.norm = nn.Identity()
         dims = [cfg.embed_dim * 2**i for i in range(4)]
         self.norms = nn.ModuleList(LayerNorm2d(d) for d in dims)
@@ -64,8 +66,8 @@ class MViTv2FPN(nn.Module):
         if x.shape[-2:] != (self.tile_size, self.tile_size):
             raise RtsError(f"this model takes {self.tile_size} x {self.tile_size} tiles, got "
                            f"{tuple(x.shape[-2:])}", fix="pad or cut the input to the model's tile size")
-        feats = self.body.forward_intermediates(x, indices=4, intermediates_only=True)
-        feats = OrderedDict((str(i), n(f)) for i, (n, f) in enumerate(zip(self.norms, feats, strict=True)))
+        stages = self.body.forward_intermediates(x, indices=4, intermediates_only=True)
+        feats = OrderedDict((str(i), n(f)) for i, (n, f) in enumerate(zip(self.norms, stages, strict=True)))
         out = self.fpn(feats)
         return OrderedDict(zip(LEVELS, out.values(), strict=True))
 
@@ -104,7 +106,7 @@ class ResNet50FPN(nn.Module):
         return self.body.conv1
 
 
-def build_backbone(*, cfg: BackboneConfig, fpn: FPNConfig, tile_size: int) -> nn.Module:
+def build_backbone(*, cfg: BackboneConfig, fpn: FPNConfig, tile_size: int) -> MViTv2FPN | ResNet50FPN:
     if cfg.kind == "mvitv2":
         return MViTv2FPN(cfg=cfg, fpn=fpn, tile_size=tile_size)
     if cfg.kind == "resnet50":
@@ -140,7 +142,7 @@ def resize_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:
     return t[0].T.to(table.dtype).contiguous()
 
 
-def fit_rel_pos(key: str, tensor: torch.Tensor, shape) -> torch.Tensor:
+def fit_rel_pos(key: str, tensor: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """``tensor`` for a place of ``shape``: a relative-position table (``key``) whose length alone differs is
     interpolated to it (:func:`resize_rel_pos`); anything else is returned as it is."""
     if is_rel_pos(key) and tuple(tensor.shape) != tuple(shape) and tuple(tensor.shape[1:]) == tuple(shape[1:]):
@@ -152,7 +154,7 @@ def fit_rel_pos(key: str, tensor: torch.Tensor, shape) -> torch.Tensor:
 PREFIXES = ("module.", "model.", "encoder.", "backbone.body.", "backbone.", "body.")
 
 
-def strip_prefix(state: dict, own: set[str]) -> dict:
+def strip_prefix(state: dict[str, torch.Tensor], own: set[str]) -> dict[str, torch.Tensor]:
     """``state`` with a framework prefix removed (``module.``, ``backbone.`` ...) when that makes more of its keys
     match ``own``, the backbone's own names (DDP, MMPretrain and Lightning checkpoints add them)."""
     best, hits = state, sum(k in own for k in state)
@@ -177,7 +179,7 @@ def load_backbone_weights(backbone: nn.Module, spec: str | None, *, timm_name: s
     """
     if not spec:
         return "random"
-    body = backbone.body
+    body = cast(nn.Module, backbone.body)  # nn.Module's __getattr__ types a submodule as Tensor | Module
     stem_key = "patch_embed.proj.weight" if hasattr(body, "patch_embed") else "conv1.weight"
     if spec == "imagenet":
         try:

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from rtscli.data.modalities import BandStats, Modality
 from rtscli.errors import RtsError
+
+if TYPE_CHECKING:
+    from rtscli.modeling.config import ModelConfig
 
 KIND = "rts-ssl-backbone"
 #: two value ranges (1st-99th percentile spans) further apart than this factor are other units or another band
@@ -66,21 +69,21 @@ def read_backbone_bundle(path: str | Path) -> BackboneBundle:
     return BackboneBundle(p, yaml.safe_load((p / "config.yaml").read_text()))
 
 
-def _architecture(backbone: dict) -> dict:
+def _architecture(backbone: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, (list, tuple)) else v
             for k, v in ((k, backbone.get(k)) for k in ("kind", "depths", "embed_dim", "num_heads"))}
 
 
-def check_fits(bb: BackboneBundle, *, model_config, modality: Modality, stats: dict[str, BandStats],
+def check_fits(bb: BackboneBundle, *, model_config: ModelConfig, modality: Modality, stats: dict[str, BandStats],
                what: str) -> None:
     """Refuse, with one line naming the mismatch, a backbone bundle that does not fit a run: another
     modality (channels), another backbone architecture (preset), another tile size, or values in a grossly
     different range than the dataset's (other units, another band: their 1st-99th percentile spans differ
     more than :data:`RANGE_FACTOR` times, or do not overlap)."""
     if tuple(bb.modality.channels) != tuple(modality.channels):
-        theirs, mine = ",".join(bb.modality.channels), ",".join(modality.channels)
-        raise RtsError(f"the backbone was pretrained on modality {bb.modality.name} ({theirs}), {what} trains "
-                       f"{modality.name} ({mine})", path=bb.path,
+        their_channels, my_channels = ",".join(bb.modality.channels), ",".join(modality.channels)
+        raise RtsError(f"the backbone was pretrained on modality {bb.modality.name} ({their_channels}), {what} "
+                       f"trains {modality.name} ({my_channels})", path=bb.path,
                        fix=f"use the `rts ssl --modality {modality.name}` bundle for this modality")
     mine, theirs = _architecture(model_config.backbone.__dict__), _architecture(bb.config["backbone"])
     if mine != theirs:

@@ -13,7 +13,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -21,6 +21,11 @@ from rtscli.data.bands import BandMap
 from rtscli.data.modalities import BandStats, Modality
 from rtscli.errors import RtsError
 from rtscli.modeling.config import ModelConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from rtscli.modeling.detector import Detector
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
@@ -114,7 +119,7 @@ class Bundle:
         return int(self.model_config.tile_size)
 
 
-def save_bundle(path: str | Path, state_dict: dict, config: dict[str, Any]) -> Path:
+def save_bundle(path: str | Path, state_dict: dict[str, torch.Tensor], config: dict[str, Any]) -> Path:
     """Write a bundle directory atomically (temporary sibling, then rename; an old one is replaced)."""
     from safetensors.torch import save_file
 
@@ -160,7 +165,7 @@ def read_bundle(path: str | Path) -> Bundle:
     return Bundle(path, cfg, ModelConfig.from_dict(cfg["model"], source=str(path / CONFIG)))
 
 
-def load_model(path: str | Path, device: str = "cpu"):
+def load_model(path: str | Path, device: str = "cpu") -> tuple[Detector, Bundle]:
     """Build the detector of a bundle and load its weights (safetensors only). Returns (model, bundle)."""
     from safetensors.torch import load_file
 

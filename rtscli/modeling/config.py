@@ -107,7 +107,7 @@ class TrainingDefaults:
     source: str = "the paper's recipe (detectron2's MViTv2 configs); not measured here"
 
     def __post_init__(self) -> None:
-        def whole(v):
+        def whole(v: Any) -> int:
             if isinstance(v, bool) or float(v) != int(float(v)):
                 raise ValueError(v)
             return int(float(v))
@@ -165,7 +165,7 @@ class ModelConfig:
         return _build(cls, d, source)
 
 
-def _plain(x):
+def _plain(x: Any) -> Any:
     if isinstance(x, dict):
         return {k: _plain(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
@@ -173,7 +173,7 @@ def _plain(x):
     return x
 
 
-def _build(cls, d: dict[str, Any], source: str):
+def _build(cls: type[Any], d: dict[str, Any], source: str) -> Any:
     if not isinstance(d, dict):
         raise RtsError(f"{source}: expected a mapping for {cls.__name__}", fix="check the YAML")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -181,7 +181,7 @@ def _build(cls, d: dict[str, Any], source: str):
     if unknown:
         raise RtsError(f"{source}: unknown key(s) {', '.join(unknown)} in {cls.__name__}",
                        fix=f"allowed: {', '.join(fields)}")
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     for name, value in d.items():
         ftype = fields[name].type
         sub = {"BackboneConfig": BackboneConfig, "FPNConfig": FPNConfig, "RPNConfig": RPNConfig,

@@ -18,13 +18,16 @@ import resource
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
-from torch import nn
+
+if TYPE_CHECKING:
+    from rtscli.modeling.detector import Detector
 
 
-def one_sample(tile: int, channels: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, list[dict]]:
+def one_sample(tile: int, channels: int, device: torch.device | str = "cpu"
+               ) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
     """A normalized random tile with one square object in it (a slump-sized box and its mask)."""
     g = torch.Generator().manual_seed(0)
     image = torch.randn(1, channels, tile, tile, generator=g)
@@ -36,14 +39,14 @@ def one_sample(tile: int, channels: int, device: torch.device | str = "cpu") -> 
     return image.to(device), [{k: v.to(device) for k, v in target.items()}]
 
 
-def _train_step(model: nn.Module, image: torch.Tensor, targets: list[dict]) -> float:
+def _train_step(model: Detector, image: torch.Tensor, targets: list[dict[str, torch.Tensor]]) -> float:
     """One forward + backward pass (no optimizer step); returns its seconds."""
     t = time.perf_counter()
-    sum(model.losses(image, targets).values()).backward()
+    cast(torch.Tensor, sum(model.losses(image, targets).values())).backward()  # sum's start 0: a Tensor
     return time.perf_counter() - t
 
 
-def training_memory(model: nn.Module, *, tile: int, channels: int,
+def training_memory(model: Detector, *, tile: int, channels: int,
                     device: str | torch.device = "cuda") -> dict[str, Any]:
     """Peak GPU memory (MB) of one forward + backward pass on one sample; gradients are cleared after."""
     device = torch.device(device)
@@ -97,7 +100,7 @@ def _measure_here(job: dict) -> dict[str, Any]:
             "tile": job["tile"], "seconds": round(seconds, 2)}
 
 
-def cost_report(model: nn.Module, *, fusion: dict | None, tile: int, channels: int,
+def cost_report(model: Detector, *, fusion: dict | None, tile: int, channels: int,
                 device: str | torch.device = "cpu", memory: bool = True) -> dict[str, Any]:
     """Parameters and (``memory``) peak training memory of ``model`` (built by ``build_model(model.cfg, fusion)``)."""
     from rtscli.modeling.detector import count_parameters

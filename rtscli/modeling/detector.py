@@ -18,6 +18,8 @@ updates are nearly the same.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +40,8 @@ POOL_LEVELS = ["p2", "p3", "p4", "p5"]
 class ConvFCHead(nn.Module):
     """Box head: convs (3x3, norm, ReLU) then fully connected layers (detectron2's 4conv1fc)."""
 
-    def __init__(self, *, in_channels: int, pool: int, conv_dims, fc_dims, norm: str) -> None:
+    def __init__(self, *, in_channels: int, pool: int, conv_dims: Sequence[int], fc_dims: Sequence[int],
+                 norm: str) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c = in_channels
@@ -80,7 +83,7 @@ class BoxPredictor(nn.Module):
 class MaskHead(nn.Module):
     """Convs (3x3, ReLU) on 14x14 RoI features, a 2x deconv and a 1x1 predictor: 28x28 mask logits."""
 
-    def __init__(self, *, in_channels: int, conv_dims, num_classes: int) -> None:
+    def __init__(self, *, in_channels: int, conv_dims: Sequence[int], num_classes: int) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c = in_channels
@@ -93,6 +96,7 @@ class MaskHead(nn.Module):
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                assert m.bias is not None  # every conv here is built with a bias
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -118,13 +122,15 @@ class CascadeROIHeads(nn.Module):
         self.cfg = cfg
         self.num_classes = num_classes
         self.box_pool = MultiScaleRoIAlign(POOL_LEVELS, output_size=7, sampling_ratio=2)
-        self.box_heads = nn.ModuleList(
-            ConvFCHead(in_channels=in_channels, pool=7, conv_dims=cfg.conv_dims, fc_dims=cfg.fc_dims, norm=cfg.norm)
-            for _ in range(cfg.num_stages))
-        self.box_predictors = nn.ModuleList(BoxPredictor(h.out_dim, num_classes) for h in self.box_heads)
+        heads = [ConvFCHead(in_channels=in_channels, pool=7, conv_dims=cfg.conv_dims, fc_dims=cfg.fc_dims,
+                            norm=cfg.norm) for _ in range(cfg.num_stages)]
+        self.box_heads = nn.ModuleList(heads)
+        self.box_predictors = nn.ModuleList(BoxPredictor(h.out_dim, num_classes) for h in heads)
         self.matchers = [det_utils.Matcher(t, t, allow_low_quality_matches=False) for t in cfg.iou_thresholds]
         self.coders = [det_utils.BoxCoder(tuple(w)) for w in cfg.bbox_reg_weights]
         self.sampler = det_utils.BalancedPositiveNegativeSampler(cfg.batch_size_per_image, cfg.positive_fraction)
+        self.mask_pool: MultiScaleRoIAlign | None
+        self.mask_head: MaskHead | None
         if cfg.mask:
             self.mask_pool = MultiScaleRoIAlign(POOL_LEVELS, output_size=14, sampling_ratio=2)
             self.mask_head = MaskHead(in_channels=in_channels, conv_dims=cfg.mask_conv_dims, num_classes=num_classes)
@@ -133,9 +139,11 @@ class CascadeROIHeads(nn.Module):
             self.mask_head = None
 
     # -- matching --------------------------------------------------------------------------------
-    def match(self, stage: int, proposals: list[Tensor], targets: list[dict]) -> tuple[list[Tensor], list[Tensor]]:
+    def match(self, stage: int, proposals: list[Tensor], targets: list[dict[str, Tensor]]
+              ) -> tuple[list[Tensor], list[Tensor]]:
         """Label each proposal for ``stage``: (matched gt index, class label; 0 = background)."""
-        idxs, labels = [], []
+        idxs: list[Tensor] = []
+        labels: list[Tensor] = []
         for props, t in zip(proposals, targets, strict=True):
             if t["boxes"].numel() == 0:
                 idxs.append(torch.zeros(len(props), dtype=torch.int64, device=props.device))
@@ -148,19 +156,22 @@ class CascadeROIHeads(nn.Module):
             labels.append(lab)
         return idxs, labels
 
-    def _sample(self, proposals, idxs, labels):
+    def _sample(self, proposals: list[Tensor], idxs: list[Tensor], labels: list[Tensor]
+                ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         pos, neg = self.sampler(labels)
         keep = [torch.where(p | n)[0] for p, n in zip(pos, neg, strict=True)]
         return ([pr[k] for pr, k in zip(proposals, keep, strict=True)],
                 [i[k] for i, k in zip(idxs, keep, strict=True)],
                 [lab[k] for lab, k in zip(labels, keep, strict=True)])
 
-    def _stage(self, k: int, features, boxes: list[Tensor], image_sizes):
+    def _stage(self, k: int, features: OrderedDict[str, Tensor], boxes: list[Tensor],
+               image_sizes: list[tuple[int, int]]) -> tuple[Tensor, Tensor]:
         x = self.box_pool(features, boxes, image_sizes)
         return self.box_predictors[k](self.box_heads[k](x))
 
     # -- training ----------------------------------------------------------------------------------
-    def losses(self, features, proposals: list[Tensor], image_sizes, targets: list[dict]) -> dict[str, Tensor]:
+    def losses(self, features: OrderedDict[str, Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]],
+               targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         n = self.cfg.num_stages
         # ground truth joins the proposals (so every gt box is seen), then stage 0 samples
         proposals = [torch.cat([p, t["boxes"]]) for p, t in zip(proposals, targets, strict=True)]
@@ -185,7 +196,8 @@ class CascadeROIHeads(nn.Module):
             out["loss_mask"] = self._mask_loss(features, *first, image_sizes, targets)
         return out
 
-    def _decode(self, k: int, deltas: Tensor, boxes: list[Tensor], image_sizes) -> list[Tensor]:
+    def _decode(self, k: int, deltas: Tensor, boxes: list[Tensor], image_sizes: list[tuple[int, int]]
+                ) -> list[Tensor]:
         counts = [len(b) for b in boxes]
         pred = self.coders[k].decode_single(deltas.detach(), torch.cat(boxes))
         out = []
@@ -193,12 +205,15 @@ class CascadeROIHeads(nn.Module):
             out.append(box_ops.clip_boxes_to_image(b, size))
         return out
 
-    def _mask_loss(self, features, proposals, idxs, labels, image_sizes, targets) -> Tensor:
+    def _mask_loss(self, features: OrderedDict[str, Tensor], proposals: list[Tensor], idxs: list[Tensor],
+                   labels: list[Tensor], image_sizes: list[tuple[int, int]], targets: list[dict[str, Tensor]]
+                   ) -> Tensor:
+        assert self.mask_head is not None and self.mask_pool is not None  # called only for models with masks
         pos = [torch.where(lab > 0)[0] for lab in labels]
         pos_props = [p[i] for p, i in zip(proposals, pos, strict=True)]
         if sum(len(p) for p in pos_props) == 0:
             # keep the graph connected so DDP sees a gradient for every parameter
-            return sum(p.sum() for p in self.mask_head.parameters()) * 0.0
+            return cast(Tensor, sum(p.sum() for p in self.mask_head.parameters()) * 0.0)  # sum's start 0: a Tensor
         x = self.mask_head(self.mask_pool(features, pos_props, image_sizes))
         gt_masks = [t["masks"] for t in targets]
         # torchvision indexes the per-image ground-truth labels with the matched indices
@@ -208,16 +223,19 @@ class CascadeROIHeads(nn.Module):
 
     # -- inference -----------------------------------------------------------------------------------
     @torch.no_grad()
-    def predict(self, features, proposals: list[Tensor], image_sizes) -> list[dict[str, Tensor]]:
+    def predict(self, features: OrderedDict[str, Tensor], proposals: list[Tensor],
+                image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
         n = self.cfg.num_stages
         boxes = proposals
         scores_per_stage = []
-        deltas = None
+        deltas: Tensor | None = None
         for k in range(n):
             if k > 0:
+                assert deltas is not None  # set by stage k - 1
                 boxes = self._decode(k - 1, deltas, boxes, image_sizes)
             logits, deltas = self._stage(k, features, boxes, image_sizes)
             scores_per_stage.append(F.softmax(logits, dim=-1))
+        assert deltas is not None  # set by the last stage (a model has one or more)
         final = self._decode(n - 1, deltas, boxes, image_sizes)
         scores = torch.stack(scores_per_stage).mean(0)
         results = []
@@ -225,6 +243,7 @@ class CascadeROIHeads(nn.Module):
         for b, s in zip(final, scores.split(counts), strict=True):
             results.append(self._postprocess(b, s))
         if self.mask_head is not None:
+            assert self.mask_pool is not None  # built with the mask head
             det_boxes = [r["boxes"] for r in results]
             if sum(len(b) for b in det_boxes):
                 logits = self.mask_head(self.mask_pool(features, det_boxes, image_sizes))
@@ -272,10 +291,10 @@ class Detector(nn.Module):
         return self.backbone(images)
 
     def _image_list(self, images: Tensor, image_sizes: list[tuple[int, int]] | None) -> ImageList:
-        sizes = image_sizes or [tuple(images.shape[-2:])] * len(images)
+        sizes: Sequence[tuple[int, ...]] = image_sizes or [tuple(images.shape[-2:])] * len(images)
         return ImageList(images, [tuple(int(v) for v in s) for s in sizes])
 
-    def losses(self, images: Tensor, targets: list[dict], image_sizes=None,
+    def losses(self, images: Tensor, targets: list[dict[str, Tensor]], image_sizes: list[tuple[int, int]] | None = None,
                features: "OrderedDict[str, Tensor] | None" = None) -> dict[str, Tensor]:
         """Training losses: loss_rpn_cls, loss_rpn_box, loss_cls_s{k}, loss_box_s{k}, loss_mask."""
         il = self._image_list(images, image_sizes)
@@ -290,7 +309,7 @@ class Detector(nn.Module):
         return out
 
     @torch.no_grad()
-    def predict(self, images: Tensor, image_sizes=None,
+    def predict(self, images: Tensor, image_sizes: list[tuple[int, int]] | None = None,
                 features: "OrderedDict[str, Tensor] | None" = None) -> list[dict[str, Tensor]]:
         """Detections per image: boxes (x0, y0, x1, y1 in pixels), scores, labels, mask_probs."""
         il = self._image_list(images, image_sizes)

@@ -119,8 +119,8 @@ class LevelFusion(nn.Module):
         self.strategy = strategy
         m = n_aux + 1
         self.cross = nn.ModuleList()
-        self.stacked = None
-        self.cat = None
+        self.stacked: WindowAttention | None = None
+        self.cat: nn.Conv2d | None = None
         if strategy in ("cross-attn", "residual-cross"):
             self.cross = nn.ModuleList(WindowAttention(dim, heads, window) for _ in range(n_aux))
         elif strategy in ("stacked-attn", "residual-stacked"):
@@ -132,6 +132,7 @@ class LevelFusion(nn.Module):
     def forward(self, primary: Tensor, aux: list[Tensor]) -> Tensor:
         s = self.strategy
         if s == "conv":
+            assert self.cat is not None  # built for "conv"
             return self.cat(torch.cat([primary, *aux], dim=1))
         parts: list[Tensor] = []
         if s.startswith("residual"):

@@ -11,6 +11,7 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar, cast
 
 import torch
 from torch import nn
@@ -20,6 +21,8 @@ from rtscli.machine import device_type
 from rtscli.modeling.config import ModelConfig
 
 GIB = 2**30
+
+_T = TypeVar("_T")
 
 # -- calibration (benchmarks/RESULTS.md, "Memory estimator calibration"; benchmarks/memory_estimate.py) --------
 #: measured CPU peak / counted saved activations (fp32)
@@ -72,7 +75,7 @@ class _SavedCounter:
     def total(self) -> int:
         return sum(n for n, _ in self.seen.values())
 
-    def run(self, fn: Callable[..., object], *args: object) -> object:
+    def run(self, fn: Callable[..., _T], *args: object) -> _T:
         with torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t):
             return fn(*args)
 
@@ -119,7 +122,11 @@ def _attention_bytes(cfg: ModelConfig, tile: int) -> int:
                           num_heads=cfg.backbone.num_heads)
     side = tile // 4  # patch embedding: stride 4
     total = 0
-    for depth, heads, sq, skv in zip(vc.depths, vc.num_heads, vc.stride_q, vc.stride_kv, strict=True):
+    # per-stage tuples once MultiScaleVitCfg.__post_init__ has run (timm types them int | tuple, or Optional)
+    num_heads = cast("tuple[int, ...]", vc.num_heads)
+    stride_q = cast("tuple[tuple[int, int], ...]", vc.stride_q)
+    stride_kv = cast("tuple[tuple[int, int], ...]", vc.stride_kv)
+    for depth, heads, sq, skv in zip(vc.depths, num_heads, stride_q, stride_kv, strict=True):
         for i in range(depth):
             q = math.ceil(side / sq[0]) if i == 0 else side
             kv = math.ceil(side / skv[0])
@@ -227,6 +234,7 @@ def _profile(key: str) -> _Profile:
         counter.run(lambda x, k=k: decoder.roi_heads.box_predictors[k](decoder.roi_heads.box_heads[k](x)), x)
     if r.mask:
         pos = max(1, int(rois * r.positive_fraction))
+        assert decoder.roi_heads.mask_head is not None  # built when cfg.roi_heads.mask
         counter.run(decoder.roi_heads.mask_head, torch.empty(pos, c, 14, 14, device="meta"))
     roi_saved = counter.total
 

@@ -18,6 +18,8 @@ convolutional ones, so the ResNet50 baseline is pretrained the same way.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 from torch import nn
 
@@ -37,12 +39,14 @@ class MaskedImageModel(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.block = block
-        body = backbone.body
+        # timm's MultiScaleVit or torchvision's ResNet, told apart by their attributes: nn.Module's __getattr__
+        # types every submodule as Tensor | Module
+        body: Any = backbone.body
         if hasattr(body, "patch_embed"):  # MViTv2 (timm)
             self.kind = "mvitv2"
             width = body.patch_embed.proj.out_channels
             out_dim = body.stages[-1].blocks[-1].dim_out if hasattr(body.stages[-1].blocks[-1], "dim_out") else None
-            out_dim = out_dim or backbone.fpn.inner_blocks[-1][0].in_channels
+            out_dim = out_dim or cast(Any, backbone.fpn).inner_blocks[-1][0].in_channels  # torchvision's FPN
         else:  # ResNet50 (torchvision)
             self.kind = "resnet50"
             width = body.conv1.out_channels
@@ -61,7 +65,7 @@ class MaskedImageModel(nn.Module):
 
     def encode(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The backbone's stride-32 features (B, D, T/32, T/32) of ``x`` with the hidden blocks masked."""
-        body = self.backbone.body
+        body: Any = self.backbone.body  # as in __init__: MultiScaleVit or ResNet
         if self.kind == "mvitv2":
             tokens, size = body.patch_embed(x)  # (B, N, D), (h, w) at stride 4
             b, _, d = tokens.shape

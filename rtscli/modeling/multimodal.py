@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +24,9 @@ from rtscli.errors import RtsError
 from rtscli.modeling.backbone import build_backbone
 from rtscli.modeling.config import ModelConfig
 from rtscli.modeling.fusion import Fusion, is_feature_level
+
+if TYPE_CHECKING:
+    from rtscli.modeling.detector import Detector
 
 
 class FusedBackbone(nn.Module):
@@ -68,13 +71,14 @@ def fusion_heads(dim: int, want: int = 8) -> int:
     return max(h for h in range(1, want + 1) if dim % h == 0)
 
 
-def build_model(cfg: ModelConfig, fusion: dict[str, Any] | None):
+def build_model(cfg: ModelConfig, fusion: dict[str, Any] | None) -> Detector:
     """The detector a bundle describes: unimodal, channel-stack, or feature-level fusion."""
     from rtscli.modeling.detector import Detector
 
     if not fusion or not is_feature_level(fusion["strategy"]):
         return Detector(cfg=cfg)
-    backbones, channels = {}, {}
+    backbones: dict[str, nn.Module] = {}
+    channels: dict[str, int] = {}
     for name, c in zip(fusion["modalities"], fusion["channels"], strict=True):
         bcfg = copy.deepcopy(cfg.backbone)
         bcfg.in_channels = int(c)
