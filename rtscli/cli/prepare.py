@@ -19,7 +19,8 @@ def prepare(
     coco: Annotated[Optional[list[Path]], typer.Option(help="COCO instances JSON (polygons or RLE); repeat it for one file per split (named *train*, *val*, *test*).", metavar="FILE")] = None,
     coco_split: Annotated[Optional[str], typer.Option(help="The split of each --coco file when their names do not say it: train=a.json,val=b.json,test=c.json.")] = None,
     images: Annotated[Optional[Path], typer.Option(help="Folder of the --coco files' images (default: the input folders, or beside the JSON).")] = None,
-    category: Annotated[Optional[str], typer.Option(help="The COCO category of the slumps when the files have several (default: the only one, or 'rts').")] = None,
+    category: Annotated[Optional[str], typer.Option(help="The COCO category of the slumps when the files have several (default: the only one, the one named 'rts', or the only one with annotations).")] = None,
+    crowd_as_instances: Annotated[bool, typer.Option("--crowd-as-instances", help="Train on COCO crowd annotations (iscrowd=1) as slumps: CVAT exports every brush mask as crowd (default: crowd regions are kept as crowd, not trained on).")] = False,
     mode: Annotated[str, typer.Option(help="auto, paper (mask band), masks, vectors or coco.")] = "auto",
     modalities: Annotated[Optional[str], typer.Option(help="Modalities to record, e.g. rgb,ndvi,nir,dem (default: all the bands allow of rgb,ndvi,nir).")] = None,
     aux: Annotated[Optional[list[str]], typer.Option(help="Extra aligned raster as a band: NAME=PATH (file or folder). Repeatable.")] = None,
@@ -62,6 +63,7 @@ def prepare(
     from rtscli.data.prepare import prepare as run
     from rtscli.data.split_files import SPLITS, parse_fractions
     from rtscli.errors import RtsError
+    from rtscli.io.paths import safe_component
     from rtscli.io.raster import parse_crs
 
     if min_area_old is not None and min_pixels is not None:
@@ -76,8 +78,10 @@ def prepare(
         min_pixels = min_area_old
     assert min_pixels is not None  # 16 by default, else the value of --min-pixels or --min-area
     split_files = parse_coco_split(coco_split) if coco_split else None
-    if split_files and not coco:
-        coco = list(split_files)
+    if split_files and not coco and (not inputs or all(p.is_file() for p in split_files)):
+        coco = list(split_files)  # else the COCO files are found in the input folders, matched by base name
+    if site is not None:
+        site = safe_component(site, "--site")  # a folder of the dataset: chips/<site>/
     if not inputs and not coco:
         raise RtsError("no input given", fix="pass image files or folders, or --coco FILE --images DIR")
     if mode not in MODES:
@@ -115,6 +119,7 @@ def prepare(
         coco_split=split_files,
         images=images,
         category=category,
+        crowd_as_instances=crowd_as_instances,
     )
     with progress() as bar:
         def make(desc, total):
@@ -156,7 +161,8 @@ def prepare(
         notes.append(f"{m['split']['left_out_overlapping_other_file']} items left out: they overlap an item of another "
                      "file in another split")
     if (m.get("coco") or {}).get("crowd_regions_kept"):
-        notes.append(f"{m['coco']['crowd_regions_kept']} crowd regions kept as crowd (ignored by AP, not trained on)")
+        notes.append(f"{m['coco']['crowd_regions_kept']} crowd regions kept as crowd (ignored by AP, not trained on; "
+                     "--crowd-as-instances trains on them)")
     if m.get("pixel_grid_images"):
         notes.append(f"{m['pixel_grid_images']} images without georeference: pixel grid, no CRS")
     if lab.get("dropped_not_polygon") or lab.get("dropped_empty"):

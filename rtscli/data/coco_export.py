@@ -13,7 +13,8 @@ between the dataset's normalization clip values (what a viewer or labelling tool
 georeference goes into a GDAL ``.aux.xml`` beside each image). Annotations keep their
 segmentation (polygons or RLE), area, bbox and ``iscrowd``; images keep rts's extra fields (``crs``,
 ``transform``, ``site``), which COCO readers ignore. The whole folder is written under a temporary
-name and renamed when complete.
+name and renamed when complete. An image's ``file_name`` (the split files are data: they may have been
+edited) must lead to a file inside the dataset, and what is written stays inside ``OUT``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 
 from rtscli.data.split_files import SPLITS
 from rtscli.errors import RtsError
+from rtscli.io.paths import inside, safe_component
 
 if TYPE_CHECKING:
     from rtscli.data.modalities import BandStats
@@ -42,8 +44,8 @@ def export_coco(data: Path, out: Path, *, image_format: str = "tif", overwrite: 
     """Write dataset ``data`` (made by ``rts prepare``) as COCO + images under ``out``.
 
     Returns ``{split: {"images": n, "annotations": n}}``. Raises :class:`RtsError` for a folder that is
-    not a dataset, an existing ``out`` without ``overwrite``, an unknown ``image_format``, or ``png``/``jpg``
-    from a dataset without red, green and blue bands.
+    not a dataset, an existing ``out`` without ``overwrite``, an unknown ``image_format``, ``png``/``jpg``
+    from a dataset without red, green and blue bands, or an image whose ``file_name`` leads outside the dataset.
     """
     from rtscli.data.dataset import DatasetInfo
     from rtscli.io.atomic import atomic_dir, check_output
@@ -65,19 +67,18 @@ def export_coco(data: Path, out: Path, *, image_format: str = "tif", overwrite: 
     for s in SPLITS:
         p = Path(data) / f"{s}.json"
         docs[s] = json.loads(p.read_text()) if p.exists() else {"images": [], "annotations": []}
+    driver, ext = IMAGE_FORMATS[image_format]
+    places = {s: [_place(Path(data), s, im, ext) for im in doc["images"]]
+              for s, doc in docs.items()}  # every path checked before anything is written
     total = sum(len(d["images"]) for d in docs.values())
     done = 0
     counts = {}
-    driver, ext = IMAGE_FORMATS[image_format]
     with atomic_dir(out, overwrite=overwrite) as tmp:
         (tmp / "annotations").mkdir()
         for s, doc in docs.items():
             images = []
-            for im in doc["images"]:
-                src = Path(data) / im["file_name"]
-                rel = Path(s) / (Path(im["file_name"]).relative_to("chips").with_suffix(ext)
-                                 if im["file_name"].startswith("chips/") else Path(im["file_name"]).name)
-                dst = tmp / "images" / rel
+            for im, (src, rel) in zip(doc["images"], places[s], strict=True):
+                dst = inside(tmp / "images", rel, f"image {im['id']} of {s}.json", path=Path(data) / f"{s}.json")
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 if rgb is None:
                     shutil.copyfile(src, dst)
@@ -100,6 +101,24 @@ def export_coco(data: Path, out: Path, *, image_format: str = "tif", overwrite: 
             (tmp / "annotations" / f"instances_{s}.json").write_text(json.dumps(coco_doc))
             counts[s] = {"images": len(images), "annotations": len(anns)}
     return counts
+
+
+def _place(data: Path, split: str, im: dict, ext: str) -> tuple[Path, Path]:
+    """``(the chip's file, its path under OUT/images)`` of one image entry of ``data``/``split``.json: the chip
+    must lie inside the dataset (resolved, symlinks too); its place keeps the folders under ``chips/`` (the
+    site), each one safe path component, else its base name. Raises :class:`RtsError` naming the image."""
+    what = f"image {im.get('id')} of {split}.json"
+    where = data / f"{split}.json"
+    fix = "fix its file_name (chips/SITE/NAME.tif, relative to the dataset), or prepare the dataset again"
+    src = inside(data, str(im["file_name"]), what, path=where, fix=fix)
+    if not src.is_file():
+        raise RtsError(f"{what}: its chip {im['file_name']} is not found", path=where, fix=fix)
+    parts = src.relative_to(data.resolve()).parts
+    if parts and parts[0] == "chips" and len(parts) > 1:
+        rel = Path(split, *(safe_component(x, what, path=where) for x in parts[1:])).with_suffix(ext)
+    else:
+        rel = Path(split, safe_component(parts[-1] if parts else "", what, path=where))
+    return src, rel
 
 
 def _write_rgb(src: Path, dst: Path, driver: str, bands: list[int], stats: list[BandStats | None],

@@ -33,6 +33,7 @@ from rtscli.data import coco
 from rtscli.data.inputs import Item, aux_for, grid_windows
 from rtscli.data.options import PrepareOptions
 from rtscli.errors import RtsError
+from rtscli.io.paths import contained, safe_component
 from rtscli.io.raster import RasterInfo
 
 log = logging.getLogger("rtscli")
@@ -79,6 +80,40 @@ def parse_coco_split(text: str) -> dict[Path, str]:
     return out
 
 
+def splits_of(files: list[Path], split_map: dict[Path, str] | None) -> dict[Path, str | None]:
+    """The split of each COCO file: ``--coco-split``'s (``split_map``), matched to the files by path, else by
+    base name (``train=coco_rts_train.json``); without ``split_map``, the one its name says (:func:`split_of`).
+
+    Raises:
+        RtsError: ``split_map`` names a file that is not among ``files``, a base name that several of them have,
+            or one file twice.
+    """
+    if split_map is None:
+        return {p: split_of(p) for p in files}
+    out: dict[Path, str | None] = {p: None for p in files}
+    by_path = {p.resolve(): p for p in files}
+    named: dict[Path, Path] = {}
+    for given, split in split_map.items():
+        hit = by_path.get(given.resolve())
+        if hit is None:
+            same = [p for p in files if p.name == given.name]
+            if len(same) > 1:
+                raise RtsError(f"--coco-split names {given.name}, which several COCO files are called "
+                               f"({', '.join(str(p) for p in same[:3])})", path=given,
+                               fix="give the file's path in --coco-split (e.g. train=path/to/"
+                                   f"{given.name})")
+            if not same:
+                raise RtsError("--coco-split names a file that is not among the --coco files", path=given,
+                               fix="give it with --coco too, or fix the name in --coco-split")
+            hit = same[0]
+        if hit in named:
+            raise RtsError(f"--coco-split names this file twice ({named[hit]} and {given})", path=hit,
+                           fix="give each COCO file one split")
+        named[hit] = given
+        out[hit] = split
+    return out
+
+
 def read_coco(path: Path) -> dict:
     """A COCO instances document, checked for the keys rts needs. Raises :class:`RtsError` naming the file."""
     if not path.is_file():
@@ -97,7 +132,49 @@ def read_coco(path: Path) -> dict:
             if not isinstance(entry, dict) or any(n not in entry for n in need):
                 raise RtsError(f"{key}[{k}] lacks {' or '.join(need)}", path=path,
                                fix=f"every COCO {key[:-1]} needs {', '.join(need)}")
+            bad = [n for n in need if n != "file_name" and isinstance(entry[n], (list, dict))]
+            if bad:
+                raise RtsError(f"{key}[{k}] has a {bad[0]} that is not a number or a text", path=path,
+                               fix=f"give every COCO {key[:-1]} a whole-number {bad[0]}")
+    _check_ids(doc, path)
     return doc
+
+
+def _repeated(values: list[Any]) -> list[Any]:
+    """The values that occur more than once, in first-seen order."""
+    counts = Counter(values)
+    return [v for v in dict.fromkeys(values) if counts[v] > 1]
+
+
+def _few(values: list[Any], n: int = 5) -> str:
+    """Up to ``n`` values, comma-separated, with how many more."""
+    text = ", ".join(str(v) for v in values[:n])
+    return text + (f" and {len(values) - n} more" if len(values) > n else "")
+
+
+def _check_ids(doc: dict, path: Path) -> None:
+    """Refuse what would put annotations on the wrong image without a word: an image id used by several images
+    (two exports concatenated: ids 1, 2, 1, 2), an annotation id used twice, and annotations of image ids that
+    the file does not list."""
+    twice = _repeated([im["id"] for im in doc["images"]])
+    if twice:
+        names = [str(im["file_name"]) for im in doc["images"] if im["id"] == twice[0]]
+        raise RtsError(f"image id(s) {_few(twice)} are used by several images (id {twice[0]}: {_few(names, 3)}), so "
+                       "their annotations cannot be told apart", path=path,
+                       fix="give every image its own id (two exports joined into one file? pass each with its "
+                           "own --coco, or renumber one of them, its images and its annotations' image_id)")
+    twice = _repeated([a["id"] for a in doc["annotations"]])
+    if twice:
+        raise RtsError(f"annotation id(s) {_few(twice)} are used more than once", path=path,
+                       fix="give every annotation its own id (two exports joined into one file? pass each with "
+                           "its own --coco)")
+    listed = {im["id"] for im in doc["images"]}
+    stray = [a for a in doc["annotations"] if a["image_id"] not in listed]
+    if stray:
+        pairs = [f"{a['id']} -> image {a['image_id']}" for a in stray]
+        raise RtsError(f"{len(stray)} annotation(s) refer to image ids that the file does not list "
+                       f"(annotation {_few(pairs, 3)})", path=path,
+                       fix="add those images to the file's images list, or remove their annotations")
 
 
 def is_coco(path: Path) -> bool:
@@ -129,8 +206,9 @@ def find_coco_files(inputs: list[Path]) -> list[Path]:
 def choose_category(docs: dict[Path, dict], name: str | None) -> tuple[str, dict[Path, set]]:
     """The category to train on and its id(s) in each file (ids may differ between files).
 
-    ``name`` (``--category``) picks one by name (case-insensitive); without it the only category, or the one
-    named ``rts``. Raises :class:`RtsError` listing the names when the choice is ambiguous or absent.
+    ``name`` (``--category``) picks one by name (case-insensitive); without it the only category, the one
+    named ``rts``, or the only one that has annotations (Roboflow lists a root category without any), said in a
+    log line. Raises :class:`RtsError` listing the names when the choice is ambiguous or absent.
     """
     names: dict[str, str] = {}
     for doc in docs.values():
@@ -148,6 +226,11 @@ def choose_category(docs: dict[Path, dict], name: str | None) -> tuple[str, dict
         pick = "rts"
     elif not names:  # no categories list: every annotation is a slump
         return "rts", {p: set() for p in docs}
+    elif len(used := _used_categories(docs)) == 1:
+        pick = used.pop()
+        others = ", ".join(v for k, v in names.items() if k != pick)
+        log.info("COCO category %r chosen: the only one with annotations (the file(s) also list %s; --category "
+                 "NAME picks another)", names[pick], others)
     else:
         raise RtsError(f"the COCO file(s) have {len(names)} categories ({', '.join(names.values())}) and none is "
                        "named rts", path=next(iter(docs)), fix="pass --category NAME (the thaw slumps' category)")
@@ -161,36 +244,66 @@ def choose_category(docs: dict[Path, dict], name: str | None) -> tuple[str, dict
     return names[pick], ids
 
 
+def _used_categories(docs: dict[Path, dict]) -> set[str]:
+    """The names (lower case) of the categories that annotations of ``docs`` use."""
+    used = set()
+    for doc in docs.values():
+        by_id = {c.get("id"): str(c.get("name", c.get("id"))).lower() for c in doc.get("categories") or []}
+        used |= {by_id[a.get("category_id")] for a in doc["annotations"] if a.get("category_id") in by_id}
+    return used
+
+
 def locate(file_name: str, roots: list[Path]) -> Path | None:
-    """The image ``file_name`` under one of ``roots`` (as given, then by its base name; Windows separators too)."""
+    """The image ``file_name`` under one of ``roots``: as given, when that stays inside the root (symlinks
+    resolved), then by its base name (Label Studio's ``..\\..\\label-studio\\...\\upload\\4\\x.png`` and
+    ``/data/upload/1/abc-x.jpg``; Windows separators too). A path that leads outside every root is not read."""
     rel = Path(file_name.replace("\\", "/"))
     for root in roots:
-        for cand in (root / rel, root / rel.name):
-            if cand.is_file():
-                return cand
+        for cand in (rel, Path(rel.name)):
+            if rel.name and contained(root, cand) is not None and (root / cand).is_file():
+                return root / cand
     return None
 
 
+def _outside(file_name: str, roots: list[Path]) -> tuple[Path, Path] | None:
+    """``(root, file)`` when ``file_name`` points from one of ``roots`` to a file that exists but lies outside
+    that root (``..``, an absolute path, a symlink out), else None."""
+    rel = Path(file_name.replace("\\", "/"))
+    for root in roots:
+        for cand in (rel, Path(rel.name)):
+            if rel.name and (root / cand).is_file() and contained(root, cand) is None:
+                return root, root / cand
+    return None
+
+
+def image_roots(coco_file: Path, images: Path | None, inputs: list[Path]) -> list[Path]:
+    """Where the images of ``coco_file`` may be: ``--images``, the input folders, the JSON's folder and its
+    ``images/``, and for a JSON in ``annotations/`` (COCO's own layout) the folder above and its ``images/``."""
+    roots = ([images] if images else []) + [i for i in inputs if i.is_dir()] + \
+        [coco_file.parent, coco_file.parent / "images"]
+    if coco_file.parent.name.lower() == "annotations":
+        roots += [coco_file.parent.parent, coco_file.parent.parent / "images"]
+    return roots
+
+
 def read_sources(files: list[Path], *, split_map: dict[Path, str] | None, images: Path | None,
-                 inputs: list[Path], category: str | None, site: str | None
+                 inputs: list[Path], category: str | None, site: str | None, crowd_as_instances: bool = False
                  ) -> tuple[list[tuple[Path, Path]], dict[Path, CocoImage], dict]:
     """The images of the COCO files: ``([(image path, root)], {resolved image path: CocoImage}, meta)``.
 
-    Raises :class:`RtsError` for unreadable files, a split that cannot be told from a file's name, images
-    that cannot be found, and an image in two files.
+    An image's ``file_name`` is looked for under :func:`image_roots` and must stay inside the folder it is found
+    in (:func:`locate`); an entry's ``site`` becomes one safe path component. Crowd annotations (``iscrowd``)
+    stay crowd regions, or become instances with ``crowd_as_instances`` (CVAT exports every brush mask as crowd).
+
+    Raises :class:`RtsError` for unreadable files, a split that cannot be told from a file's name, repeated image
+    or annotation ids, annotations of unlisted images, images that cannot be found or that lie outside the
+    folders they may come from, a site that is a path, and an image in two files.
     """
-    splits: dict[Path, str | None] = {}
-    given = {p.resolve(): s for p, s in (split_map or {}).items()}
-    strays = sorted(set(given) - {p.resolve() for p in files})
-    if strays:
-        raise RtsError("--coco-split names a file that is not among the --coco files", path=strays[0],
-                       fix="give it with --coco too, or fix the name in --coco-split")
+    splits = splits_of(files, split_map)
     for p in files:
-        s = given.get(p.resolve(), split_of(p) if split_map is None else None)
-        if s is None and (len(files) > 1 or split_map is not None):
+        if splits[p] is None and (len(files) > 1 or split_map is not None):
             raise RtsError("cannot tell the split of this COCO file from its name", path=p,
                            fix="name it *train*, *val* or *test*, or pass --coco-split train=a.json,test=b.json")
-        splits[p] = s
     docs = {p: read_coco(p) for p in files}
     cat_name, cat_ids = choose_category(docs, category)
     seen: dict[Path, Path] = {}
@@ -200,13 +313,18 @@ def read_sources(files: list[Path], *, split_map: dict[Path, str] | None, images
     missing: list[str] = []
     per_file: dict[str, dict] = {}
     for p, doc in docs.items():
-        roots = ([images] if images else []) + [i for i in inputs if i.is_dir()] + \
-            [p.parent, p.parent / "images", p.parent.parent, p.parent.parent / "images"]
+        roots = image_roots(p, images, inputs)
         prefix = f"{p.name}#" if len(files) > 1 else ""
         by_id: dict[Any, CocoImage] = {}
         for im in doc["images"]:
             path = locate(str(im["file_name"]), roots)
             if path is None:
+                out = _outside(str(im["file_name"]), roots)
+                if out is not None:
+                    raise RtsError(f"image {im['id']}: its file_name {im['file_name']!r} leads outside {out[0]}; "
+                                   "it is not read", path=p,
+                                   fix=f"put {out[1].name} itself (not a link) in the folder given with --images "
+                                       "(images are found there by their base name), or fix its file_name")
                 missing.append(str(im["file_name"]))
                 continue
             key = path.resolve()
@@ -217,8 +335,11 @@ def read_sources(files: list[Path], *, split_map: dict[Path, str] | None, images
                 raise RtsError(f"image {im['file_name']} is listed in two files ({seen[key]} and {p})", path=p,
                                fix="list every image in one COCO file only (one split)")
             seen[key] = p
+            own = im.get("site")
+            if own is not None and not site:  # a name that becomes a folder of the dataset: chips/<site>/
+                own = safe_component(str(own), f"image {im['id']}: its site", path=p)
             rec = CocoImage(p, splits[p], im["id"], str(im["file_name"]), im.get("width"), im.get("height"),
-                            site or im.get("site"), source_id_prefix=prefix)
+                            site or own, source_id_prefix=prefix)
             by_id[im["id"]] = rec
             records[key] = rec
             rasters.append((path, path.parent))
@@ -229,13 +350,17 @@ def read_sources(files: list[Path], *, split_map: dict[Path, str] | None, images
                 counts["other_categories_ignored"] += 1
                 continue
             owner = by_id.get(ann["image_id"])
-            if owner is None:
-                counts["annotations_of_missing_images"] += 1
+            if owner is None:  # its image was not found: refused below
                 continue
             seg = ann.get("segmentation")
             if not seg:
                 counts["without_segmentation"] += 1  # a box only: rts learns masks
                 continue
+            if ann.get("iscrowd") and crowd_as_instances:
+                ann = {**ann, "iscrowd": 0}
+                counts["crowd_as_instances"] += 1
+            elif ann.get("iscrowd"):
+                counts["crowd_annotations"] += 1
             owner.annotations.append(ann)
             n_file["crowd" if ann.get("iscrowd") else "annotations"] += 1
         per_file[str(p)] = {"split": splits[p] or "drawn by --split", "images": len(by_id), **n_file}
@@ -251,9 +376,14 @@ def read_sources(files: list[Path], *, split_map: dict[Path, str] | None, images
     if counts["other_categories_ignored"]:
         log.info("%d annotation(s) of other categories than %r left out", counts["other_categories_ignored"],
                  cat_name)
-    if counts["annotations_of_missing_images"]:
-        log.warning("%d annotation(s) refer to image ids that the file does not list; left out",
-                    counts["annotations_of_missing_images"])
+    if counts["crowd_annotations"]:
+        log.warning("%d annotation(s) are crowd regions (iscrowd=1): rts does not train on them and AP ignores "
+                    "them, so if they are the images' slumps (CVAT exports every brush mask as crowd) they count "
+                    "as background -- pass --crowd-as-instances to train on them as slumps",
+                    counts["crowd_annotations"])
+    if counts["crowd_as_instances"]:
+        log.info("%d crowd annotation(s) taken as slump instances (--crowd-as-instances)",
+                 counts["crowd_as_instances"])
     meta = {"files": per_file, "category": cat_name, **{k: int(v) for k, v in counts.items()}}
     return rasters, records, meta
 
@@ -306,7 +436,7 @@ def _unique_key(rec: CocoImage, keys: set[str]) -> str:
         return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
 
     fn = Path(rec.file_name.replace("\\", "/"))
-    stem = clean(fn.stem)
+    stem = clean(fn.stem).strip(".") or "image"
     for key in (stem, clean(str(fn.with_suffix(""))), clean(f"{rec.json.parent.name}_{rec.json.stem}_{stem}")):
         if key not in keys:
             keys.add(key)

@@ -124,11 +124,14 @@ class ChipDataset(torch.utils.data.Dataset):
     def load(self, idx: int) -> tuple[np.ndarray, np.ndarray, list[dict], dict]:
         from rasterio.errors import RasterioIOError
 
+        from rtscli.io.paths import inside
         from rtscli.io.raster import open_raster, read_error
 
         img_id = self.ids[idx]
         entry = self.coco.loadImgs(img_id)[0]
-        path = self.info.root / entry["file_name"]
+        # a dataset may come from elsewhere: its COCO file names only chips inside it
+        path = inside(self.info.root, entry["file_name"], f"image {img_id} of {self.split}.json",
+                      fix="re-run rts prepare, or restore the dataset's COCO file")
         try:
             with open_raster(path) as src:  # chips of images without georeference too
                 raw = src.read()

@@ -44,7 +44,7 @@ def check_options(opts: PrepareOptions) -> None:
 def with_coco(opts: PrepareOptions) -> PrepareOptions:
     """``opts`` with ``coco`` set to the COCO files found in the input folders, when no other labels are given
     (auto-detection); the files found are logged with the split each stands for."""
-    from rtscli.data.coco_import import find_coco_files, split_of
+    from rtscli.data.coco_import import find_coco_files, splits_of
 
     if opts.coco is not None or opts.mode not in ("auto", "coco") or opts.labels or opts.masks:
         return opts
@@ -53,8 +53,8 @@ def with_coco(opts: PrepareOptions) -> PrepareOptions:
     found = find_coco_files(opts.inputs)
     if not found:
         return opts
-    log.info("COCO instances found: %s", ", ".join(
-        f"{p.name} ({(opts.coco_split or {}).get(p) or split_of(p) or 'split by --split'})" for p in found))
+    splits = splits_of(found, opts.coco_split)  # --coco-split names them by path or by base name
+    log.info("COCO instances found: %s", ", ".join(f"{p.name} ({splits[p] or 'split by --split'})" for p in found))
     return dataclasses.replace(opts, coco=found)
 
 
@@ -85,7 +85,8 @@ def find_sources(opts: PrepareOptions) -> Sources:
         from rtscli.data.coco_import import CocoReader, read_sources
 
         rasters, records, meta = read_sources(opts.coco, split_map=opts.coco_split, images=opts.images,
-                                              inputs=opts.inputs, category=opts.category, site=opts.site)
+                                              inputs=opts.inputs, category=opts.category, site=opts.site,
+                                              crowd_as_instances=opts.crowd_as_instances)
         found = Sources(rasters, pixel_ok, records, meta, CocoReader())
     else:
         found = Sources(find_rasters(opts.inputs, exclude=exclude), pixel_ok)

@@ -49,3 +49,4 @@ class PrepareOptions:
     coco_split: dict[Path, str] | None = None  # {file: split}; default: from the file names
     images: Path | None = None  # where the COCO files' images are
     category: str | None = None  # the COCO category of the slumps
+    crowd_as_instances: bool = False  # COCO crowd annotations (iscrowd=1, CVAT's brush masks) are slumps to learn

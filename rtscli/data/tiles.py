@@ -1,7 +1,8 @@
 """Tiles of a scene read into model inputs: a dataset over the windows of the sliding-window grid.
 
-The windows come from :func:`rtscli.data.tiling.tile_grid`. A :class:`TileDataset` reads each window with rasterio (each DataLoader worker opens its own handles), converts stored values to the model's
-units and builds the bundle's modalities; it is used by ``rts predict`` and ``rts ssl``.
+The windows come from :func:`rtscli.data.tiling.tile_grid`. A :class:`TileDataset` reads each window with
+rasterio (each DataLoader worker opens its own handles), converts stored values to the model's units and
+builds the bundle's modalities; it is used by ``rts predict`` and ``rts ssl``.
 """
 
 from __future__ import annotations
