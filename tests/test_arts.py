@@ -26,7 +26,7 @@ def test_export_of_a_known_polygon(rts, tmp_path):
     src = tmp_path / "slumps_2021-08-03.geojson"
     gpd.GeoDataFrame({"score": [0.9]}, geometry=[poly], crs="EPSG:4326").to_file(src)
     out = tmp_path / "arts.geojson"
-    r = rts("export", src, "-o", out, "--schema", "arts", *ARGS, "--notes", "headwall to the north")
+    r = rts("export", src, "-o", out, "--schema", "arts", *ARGS, "--notes", "headwall to the north", "--min-score", 0.5)
     assert r.code == 0, r.err
     doc = json.loads(out.read_text())
     assert "3413" in doc["crs"]["properties"]["name"] and doc["name"] == "arts"
@@ -39,7 +39,8 @@ def test_export_of_a_known_polygon(rts, tmp_path):
     assert (p["RegionName"], p["CreatorLab"], p["BaseMapDate"], p["BaseMapSource"], p["BaseMapResolution"],
             p["TrainClass"], p["LabelType"], p["ContributionDate"], p["Notes"]) == (
         "Peel Plateau, NWT, Canada", "AB, Some University", "2021-08-03", "PlanetScope", 3, "Positive", "Polygon",
-        "2026-11-30", "headwall to the north")
+        "2026-11-30", "model prediction (rts predict), score 0.900 (kept at --min-score 0.5), model not recorded; "
+                      "headwall to the north")
     assert all(p[k] is None for k in ("MergedRTS", "SplitRTS", "NewRTS", "StabilizedRTS", "UnknownRelationship"))
     # the UID: uuid5 (DNS namespace) of the required fields as text, the resolution without ".0"
     seed = f"{lat}{lon}Peel Plateau, NWT, CanadaAB, Some University2021-08-03PlanetScope3PositivePolygon"
@@ -50,7 +51,7 @@ def test_export_of_a_known_polygon(rts, tmp_path):
     assert back.crs.to_epsg() == 3413 and back.to_crs(4326).geometry[0].symmetric_difference(poly).area < 1e-12
     # deterministic: the same input gives the same UID; a Shapefile gets ARTS's short names
     out2 = tmp_path / "arts.shp"
-    assert rts("export", src, "-o", out2, *ARGS, "--notes", "headwall to the north").code == 0
+    assert rts("export", src, "-o", out2, *ARGS, "--notes", "headwall to the north", "--all").code == 0
     shp = gpd.read_file(out2)
     assert shp["UID"][0] == p["UID"] and {"CntrdLt", "BasMpDt", "TrnClss", "MrgdRTS", "StblRTS"} <= set(shp.columns)
 

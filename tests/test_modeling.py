@@ -189,7 +189,9 @@ def test_backbone_weights_from_file_and_offline_imagenet(tmp_path, monkeypatch):
         raise OSError("no network")
 
     monkeypatch.setattr(timm, "create_model", offline)
-    assert load_backbone_weights(b, "imagenet", timm_name="mvitv2_base").startswith("random")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(RtsError, match=r"could not be downloaded \(OSError: no network\) -- .*rts weights fetch"):
+        load_backbone_weights(b, "imagenet", timm_name="mvitv2_base")  # never random weights instead
 
 
 def test_crowded_chip_trains():

@@ -431,7 +431,7 @@ def test_many_scenes_resume_and_a_missing_modality_is_named(tmp_path, rts, blob)
     r = rts("predict", str(scenes / "*.tif"), "-o", out, "--model", blob.path, "--workers", 0)
     assert r.code == 0, r.err
     assert (out / "s1.gpkg").exists() and (out / "s0.gpkg").stat().st_mtime_ns == kept
-    assert "1 scene(s) run here, 2 done before" in r.out
+    assert "1 scene mapped, 2 skipped (done before)" in r.out
     # many scenes need a folder, not a file name
     r = rts("predict", scenes, "-o", tmp_path / "all.gpkg", "--model", blob.path)
     assert r.code == 2 and "must be a folder" in r.err and not (tmp_path / "all.gpkg").exists()
@@ -460,29 +460,34 @@ def test_outputs_match_the_model_and_options_that_made_them(tmp_path, rts, blob)
     assert r.code == 2 and "--min-score 0.5; now 0.3" in r.err and "--overwrite" in r.err
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.gpkg")} == made
     r = rts(*args)  # the same model and options: the maps are kept, nothing is redone
-    assert r.code == 0 and "0 scene(s) run here, 2 done before" in r.out
+    assert r.code == 0 and "0 scenes mapped, 2 skipped (done before)" in r.out
     other = tmp_path / "other"
     shutil.copytree(blob.path, other)
-    (other / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes() + b" ")
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(other / "model.safetensors")  # another model: the same architecture, other weights
+    first = next(iter(weights))
+    weights[first] = weights[first] + 1
+    save_file(weights, other / "model.safetensors")
     r = rts("predict", scenes, "-o", out, "--model", other, "--workers", 0)
     assert r.code == 2 and "another model" in r.err
     r = rts(*args, "--min-score", 0.3, "--overwrite")
-    assert r.code == 0 and "2 scene(s) run here" in r.out
+    assert r.code == 0 and "2 scenes mapped" in r.out
     import json
 
     manifest = json.loads((out / "manifest.json").read_text())
     assert {s["provenance"]["min_score"] for s in manifest["scenes"]} == {0.3}
     # a moved bundle with the same weights, NaN nodata, a second layer in the same GeoPackages: no false refusal
     r = rts("predict", scenes, "-o", out, "--model", other, "--workers", 0, "--layer", "v2", "--nodata", "nan")
-    assert r.code == 0 and "2 scene(s) run here" in r.out, r.err
+    assert r.code == 0 and "2 scenes mapped" in r.out, r.err
     r = rts("predict", scenes, "-o", out, "--model", other, "--workers", 0, "--layer", "v2", "--nodata", "nan")
-    assert r.code == 0 and "0 scene(s) run here, 2 done before" in r.out, r.err
+    assert r.code == 0 and "0 scenes mapped, 2 skipped (done before)" in r.out, r.err
     moved = tmp_path / "moved"
     shutil.copytree(blob.path, moved)
     r = rts(*args, "--min-score", 0.3, "--model", moved)
     assert r.code == 2  # --model given twice (args already has one)
     r = rts("predict", scenes, "-o", out, "--model", moved, "--workers", 0, "--min-score", 0.3)
-    assert r.code == 0 and "0 scene(s) run here, 2 done before" in r.out, r.err
+    assert r.code == 0 and "0 scenes mapped, 2 skipped (done before)" in r.out, r.err
 
 
 def test_zero_slumps_say_why(tmp_path, rts, blob):
@@ -490,7 +495,8 @@ def test_zero_slumps_say_why(tmp_path, rts, blob):
     r = rts("predict", scene, "-o", tmp_path / "a.gpkg", "--model", blob.path, "--workers", 0, "--min-score", 0.95)
     assert r.code == 0, r.err
     out = " ".join(r.out.split())
-    assert "0 slumps" in out and "scored below --min-score 0.95 (the highest 0.9000)" in out
+    assert "0 slumps" in out
+    assert "scored below --min-score 0.95 and were dropped (the best of them scored 0.9000)" in out
     assert "lower --min-score" in out
     r = rts("predict", scene, "-o", tmp_path / "b.gpkg", "--model", blob.path, "--workers", 0, "--min-area", 1e6)
     out = " ".join(r.out.split())
@@ -811,7 +817,8 @@ def test_predicted_maps_of_two_dates_are_tracked(tmp_path, rts, blob):
     assert list(later["relation"]) == ["continued", "continued"]
     # 10 px x 20 rows of 100 m2 (the true area: UTM's plane is 0.08 % off here)
     assert later["area_change_m2"].tolist() == pytest.approx([0, 20 * 10 * 100], rel=1e-3, abs=1e-6)
-    assert later["advance_m"].tolist() == pytest.approx([0, 100], rel=1e-3, abs=1e-6)  # true m: 100 / UTM's 0.9996
+    # true m: 100 / UTM's 0.9996
+    assert later["boundary_change_m"].tolist() == pytest.approx([0, 100], rel=1e-3, abs=1e-6)
 
 
 def test_the_footprint_layer_leaves_nodata_out(tmp_path):

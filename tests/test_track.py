@@ -1,4 +1,4 @@
-"""rts track: hand-made slump maps over three dates with known answers (relations, areas, rates, advance)."""
+"""rts track: hand-made slump maps over three dates with known answers (relations, areas, rates, boundary change)."""
 
 from __future__ import annotations
 
@@ -79,9 +79,9 @@ def test_relations_areas_rates_and_advance(rts, tmp_path):
     assert a1.area_m2 == pytest.approx(6000, rel=1e-3) and a3.area_m2 == pytest.approx(9000, rel=1e-3)
     assert a2.area_change_m2 == pytest.approx(2000, rel=1e-3)
     assert a2.area_rate_m2_yr == pytest.approx(2000 / y12, rel=1e-3)
-    assert a2.advance_m == pytest.approx(20, abs=1e-3) and a3.advance_m == pytest.approx(10, abs=1e-3)
-    assert a2.advance_rate_m_yr == pytest.approx(20 / y12, rel=1e-4)
-    assert a3.advance_rate_m_yr == pytest.approx(10 / y23, rel=1e-4)
+    assert a2.boundary_change_m == pytest.approx(20, abs=1e-3) and a3.boundary_change_m == pytest.approx(10, abs=1e-3)
+    assert a2.boundary_rate_m_yr == pytest.approx(20 / y12, rel=1e-4)
+    assert a3.boundary_rate_m_yr == pytest.approx(10 / y23, rel=1e-4)
     assert a2.centroid_shift_m == pytest.approx(10, abs=1e-2)
     ta = tracks.set_index("track_id").loc[a1.track_id]
     assert ta.growth_m2 == pytest.approx(3000, rel=1e-3) and ta.max_advance_m == pytest.approx(20, abs=1e-3)
@@ -132,7 +132,7 @@ def test_same_maps_in_other_crs_give_the_same_result(rts, tmp_path):
     key = ["date", "track_id"]
     a, b = o1.sort_values(key).reset_index(drop=True), o2.sort_values(key).reset_index(drop=True)
     assert a[cols].fillna("").equals(b[cols].fillna(""))
-    for c in ("area_m2", "area_change_m2", "advance_m", "centroid_shift_m"):
+    for c in ("area_m2", "area_change_m2", "boundary_change_m", "centroid_shift_m"):
         np.testing.assert_allclose(a[c].to_numpy(float), b[c].to_numpy(float), rtol=1e-4, atol=1e-3)
     assert o2.crs.to_epsg() == 3413 and o1.crs.equals(gpd.GeoSeries([], crs=SITE).crs)
     assert sorted(t1["track_id"]) == sorted(t2["track_id"])
@@ -194,11 +194,13 @@ def test_dates_from_options_fields_and_predict_scene_names(rts, tmp_path):
     assert rts("track", one, "-o", out2, "--date-field", "year_seen").code == 0
     o2 = read(out2)[0]
     assert (o2["relation"] == "merged").sum() == 1 and (o2["relation"] == "split").sum() == 2
-    # --dates overrides names; the growth plot and quicklook are written
+    # --dates overrides names (another year only with --force-dates, and a warning with both dates); the growth
+    # plot and quicklook are written
     out3 = tmp_path / "e.gpkg"
     r = rts("track", a, b, "-o", out3, "--dates", "2019-07-15,2021-07-15", "--plot", tmp_path / "g.png",
-            "--quicklook", tmp_path / "q.png")
+            "--quicklook", tmp_path / "q.png", "--force-dates")
     assert r.code == 0, r.err
+    assert "2021-07-15" in r.err and "2020-07-15" in r.err and "scene name" in r.err
     assert (tmp_path / "g.png").stat().st_size > 10_000 and (tmp_path / "q.png").stat().st_size > 10_000
     rate = at(read(out3)[0], date(2021, 7, 15), A2).area_rate_m2_yr
     assert rate == pytest.approx(2000 / ((date(2021, 7, 15) - D1).days / 365.25), rel=1e-3)
@@ -272,7 +274,7 @@ def test_advance_where_a_hole_closes_and_far_from_the_centre(rts, tmp_path):
     out = tmp_path / "c.gpkg"
     assert rts("track", *maps, "-o", out).code == 0
     later = read(out)[0].query("date == @D2.isoformat()")
-    assert later["advance_m"].tolist() == pytest.approx([20, 20], abs=2e-3)
+    assert later["boundary_change_m"].tolist() == pytest.approx([20, 20], abs=2e-3)
     assert later["area_change_m2"].tolist() == pytest.approx([2000, 2000], rel=1e-3)
 
 
@@ -321,7 +323,7 @@ def test_a_synthetic_series_and_its_truth_relations(rts, tmp_path):
     score = relation_recovery(truth[1:], obs)
     assert score["share"] == 1.0 and score["merged"] == [1, 1] and score["stabilized"] == [2, 2]
     cont = obs[obs["relation"] == "continued"]
-    assert (cont["area_change_m2"] > 0).all() and (cont["advance_m"] >= 5 - 1e-6).all()
+    assert (cont["area_change_m2"] > 0).all() and (cont["boundary_change_m"] >= 5 - 1e-6).all()
 
 
 def test_maps_in_every_vector_format(rts, tmp_path):

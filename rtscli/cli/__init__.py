@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from rtscli import __version__
-from rtscli.errors import RtsError
+from rtscli.errors import RtsError, Stopped
 
 app = typer.Typer(
     name="rts",
@@ -77,6 +77,7 @@ from rtscli.cli import pretrain as _pretrain  # noqa: E402
 from rtscli.cli import ssl as _ssl  # noqa: E402
 from rtscli.cli import synth as _synth  # noqa: E402
 from rtscli.cli import track as _track  # noqa: E402
+from rtscli.cli import weights as _weights  # noqa: E402
 
 app.command("demo")(_demo.demo)
 app.command("synth")(_synth.synth)
@@ -91,12 +92,14 @@ app.command("track")(_track.track)
 app.command("export")(_export.export)
 app.command("export-coco")(_export_coco.export_coco)
 app.add_typer(_models.app, name="models")
+app.add_typer(_weights.app, name="weights")
 app.command("info")(_info.info)
 app.command("bands")(_bands.bands)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (0 ok, 1 failure, 2 bad input or usage, 130 interrupted)."""
+    """Run the CLI; returns the exit code (0 ok, 1 failure, 2 bad input or usage, 130 interrupted, 143 training
+    stopped by SIGTERM)."""
     from rtscli.cli.commandline import refuse_repeated_options
     from rtscli.logs import library_warnings
 
@@ -115,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     except (typer.Abort, KeyboardInterrupt):
         print("rts: interrupted; no partial output was kept", file=sys.stderr)
         return 130
+    except Stopped as exc:  # SIGTERM (SLURM's time limit, kill): where it stopped, and how to continue
+        if os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0":  # one line, not one per DDP process
+            print(f"rts: {exc}; continue with: {_continue_with(list(sys.argv[1:] if argv is None else argv))}",
+                  file=sys.stderr)
+        return exc.exit_code
     except RtsError as exc:
         if _state["debug"]:
             import traceback
@@ -123,6 +131,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rts: error: {_worker_message(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except Exception as exc:  # a bug, not a user error: keep the traceback available
+        from rtscli.errors import user_error
+
+        err = user_error(exc)  # last resort: no permission, disk full, read-only, over quota, out of memory
+        if err is not None:
+            if _state["debug"]:
+                import traceback
+
+                traceback.print_exc()
+            print(f"rts: error: {err}", file=sys.stderr)
+            return err.exit_code
         if _state["debug"]:
             raise
         from rtscli.logs import one_line
@@ -134,6 +152,18 @@ def main(argv: list[str] | None = None) -> int:
     if code == 130:  # typer turns Ctrl-C into Exit(130) silently
         print("rts: interrupted; no partial output was kept", file=sys.stderr)
     return code
+
+
+def _continue_with(args: list[str]) -> str:
+    """The command line that continues a stopped training run: the same one with ``--resume`` (and without
+    ``--overwrite``, which would start it again); ``rts ablate`` continues by itself, so the same one."""
+    import shlex
+
+    words = [a for a in args if a != "--overwrite"]
+    command = next((a for a in words if not a.startswith("-")), "")
+    if command in ("pretrain", "finetune", "ssl") and "--resume" not in words:
+        words.append("--resume")
+    return shlex.join(["rts", *words])
 
 
 _demo.use_runner(main)

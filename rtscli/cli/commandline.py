@@ -6,7 +6,11 @@
   (``multiple``) and keep them all.
 * :func:`tidy_help`: Typer shows Python types in help (``<list[Path]>``, ``<bool>`` beside on/off
   flags). Flags show as flags, values by a metavar (``PATH``, ``TEXT``, ``INTEGER``, ``FLOAT``), and
-  arguments by their name only.
+  arguments by their name in capitals, as usage lines write them (``rts ssl [OPTIONS] SCENES...``, not
+  Typer's ``{scenes}...``). Help is laid out by click's plain formatter, which fits the terminal: a
+  paragraph of a docstring is one paragraph, rewrapped to the width (80 columns and less too), options
+  and their help in two columns, and each command's first sentence whole in the list of commands (Rich's
+  option tables squeeze the help into a narrow column and keep the docstrings' line breaks).
 """
 
 from __future__ import annotations
@@ -77,10 +81,15 @@ def refuse_repeated_options(group: Any, argv: list[str]) -> None:
 
 
 def tidy_help(command: Any) -> Any:
-    """Metavars instead of Python types in the help of ``command`` and all its subcommands (in place)."""
+    """Plain, rewrapped help with metavars instead of Python types, for ``command`` and all its subcommands (in
+    place; see the module docstring)."""
     option = _option_class()
+    if hasattr(command, "rich_markup_mode"):
+        command.rich_markup_mode = None  # click's formatter: wraps to the terminal, whatever its width
     for sub in getattr(command, "commands", {}).values():
         tidy_help(sub)
+        if sub.help and not sub.short_help:  # the list of commands shows the first paragraph whole, wrapped
+            sub.short_help = " ".join(sub.help.strip().split("\n\n")[0].split())
     for p in getattr(command, "params", []):
         if isinstance(p, option):
             if p.is_flag or p.count:
@@ -89,6 +98,7 @@ def tidy_help(command: Any) -> Any:
                 p.metavar = _metavar(getattr(getattr(p, "type_descriptor", None), "annotation", None))
         elif hasattr(p, "display_type_rich"):  # an argument: its name says what it is
             p.display_type_rich = lambda ctx: None
+            _name_argument(p)
     original = command.get_help_option
 
     def help_option(ctx):
@@ -99,3 +109,14 @@ def tidy_help(command: Any) -> Any:
 
     command.get_help_option = help_option
     return command
+
+
+def _name_argument(arg: Any) -> None:
+    """An argument by its name in capitals: ``SCENES...`` in the help's list, ``OUT``, ``SCENES...`` (required)
+    or ``[INPUTS]...`` (optional) in the usage line."""
+    name = (arg.name or "arg").upper()
+    many = "..." if arg.nargs != 1 else ""
+    if arg.metavar is None:
+        arg.metavar = name + many
+    usage = f"{name}{many}" if arg.required else f"[{name}]{many}"
+    arg._usage_display_name = lambda: usage  # Typer's usage piece (``{name}`` / ``[name]``)

@@ -40,10 +40,12 @@ def demo(
 
     from rtscli.console import console
     from rtscli.errors import RtsError
+    from rtscli.io.atomic import check_writable
 
+    if out.exists() and not overwrite:
+        raise RtsError("output exists", path=out, fix="pass --overwrite to replace it, or another folder")
+    check_writable(out)  # before anything is removed or made
     if out.exists():
-        if not overwrite:
-            raise RtsError("output exists", path=out, fix="pass --overwrite to replace it, or another folder")
         shutil.rmtree(out)
     t0 = time.perf_counter()
 

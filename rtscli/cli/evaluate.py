@@ -29,7 +29,13 @@ def evaluate(
     from rtscli.errors import RtsError
 
     if split not in ("train", "val", "test"):
-        raise RtsError(f"unknown split {split!r}", fix="use train, val or test")
+        from rtscli.errors import unknown_choice
+
+        raise unknown_choice("split", split, ("train", "val", "test"))
+    from rtscli.io.atomic import check_writable, write_text_atomic
+
+    path = report or Path(bundle) / f"eval_{split}.json"
+    check_writable(path)  # before the model runs: the report goes there (default: into the bundle's folder)
     if errors is not None:
         from rtscli.engine.evaluate import ERROR_LAYERS
         from rtscli.io.vector import check_vector_output
@@ -47,8 +53,7 @@ def evaluate(
         out, gt, results = evaluate_bundle(bundle, data, split, batch_size=batch_size,
                                            progress=lambda k, n: bar.update(task, advance=k, total=n))
     metrics, sites = out["metrics"], out["per_site_mask_ap50"]
-    path = report or Path(bundle) / f"eval_{split}.json"
-    path.write_text(json.dumps(out, indent=2))
+    write_text_atomic(path, json.dumps(out, indent=2))
     t = Table(title=f"{bundle} on {data} ({split}: {out['images']} chips, {out['instances']} slumps)")
     for c in ("", "AP", "AP50", "AP75"):
         t.add_column(c, justify="right")

@@ -22,9 +22,11 @@ def export(
     notes: Annotated[Optional[str], typer.Option(help="ARTS Notes for every feature.")] = None,
     date_field: Annotated[Optional[str], typer.Option(help="Field holding each feature's imagery date (BaseMapDate), for a file of several dates.")] = None,
     layer: Annotated[Optional[str], typer.Option(help="The layer of SOURCE that holds the slumps. Default: rts, or the only layer.")] = None,
+    min_score: Annotated[Optional[float], typer.Option(help="Export only the model predictions scoring this or more (0 to 1). ARTS is a curated data set: a map of predictions (a score field) needs --min-score or --all. Each prediction's Notes record its score and model.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Export every model prediction, whatever its score (their Notes say so).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace the output if it exists.")] = False,
 ) -> None:
-    """Write slump polygons as ARTS features: every ARTS field, the ARTS UID, EPSG:3413 geometry, and with rts track's output the change relations (MergedRTS, SplitRTS, NewRTS, StabilizedRTS, UnknownRelationship)."""
+    """Write slump polygons as ARTS features: every ARTS field, the ARTS UID, EPSG:3413 geometry, and with rts track's output the change relations (MergedRTS, SplitRTS, NewRTS, StabilizedRTS, UnknownRelationship). Model predictions need --min-score (or --all)."""
     from rtscli.console import console
     from rtscli.errors import RtsError
     from rtscli.track.arts import export_arts
@@ -34,7 +36,10 @@ def export(
     c = export_arts(source, out, region=region, creator=creator, basemap_source=basemap_source,
                     basemap_resolution=basemap_resolution, basemap_date=basemap_date, basemap_id=basemap_id,
                     contribution_date=contribution_date, notes=notes, layer=layer, date_field=date_field,
-                    overwrite=overwrite)
+                    min_score=min_score, keep_all=all_, overwrite=overwrite)
     extra = f", {c['uids']} UIDs (one per slump track), {c['with_relations']} with change relations" \
         if c["tracked"] else ""
     console.print(f"{c['features']} ARTS features -> {out} (EPSG:3413{extra})")
+    if c["predictions"]:
+        left = f"; {c['below_min_score']} below --min-score {min_score:g} left out" if c["below_min_score"] else ""
+        console.print(f"  {c['predictions']} of them model predictions (their Notes give score and model){left}")

@@ -110,7 +110,7 @@ class TrainingOptions:
         """
         from rtscli.engine.devices import resolve_accelerator
         from rtscli.engine.train_settings import TrainSettings
-        from rtscli.errors import RtsError
+        from rtscli.errors import unknown_choice
         from rtscli.modeling.config import TrainingDefaults
 
         d = defaults or TrainingDefaults()
@@ -120,7 +120,7 @@ class TrainingOptions:
 
         schedule = pick(self.schedule, d.schedule)
         if schedule not in ("cosine", "step"):
-            raise RtsError(f"unknown --schedule {schedule!r}", fix="use cosine or step")
+            raise unknown_choice("--schedule", schedule, ("cosine", "step"))
         return TrainSettings(
             epochs=pick(self.epochs, d.epochs or 36),
             max_steps=pick(self.max_steps, -1),  # Lightning's "no limit": run all the epochs

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from rtscli.errors import RtsError
 
 
 def predict(
@@ -44,7 +45,9 @@ def predict(
     Reads the scene by windows (never whole), runs the model tile by tile with overlap, merges
     slumps cut by tile borders into one polygon, and writes the polygons with score, area_m2,
     perimeter_m and flags. Many scenes (a folder, glob or list): one output per scene in OUT/, a
-    manifest, and a re-run skips finished scenes; under torchrun the scenes are shared out by rank.
+    manifest, and a re-run skips finished scenes; under torchrun the scenes are shared out by rank. A
+    scene that cannot be opened or read is skipped and recorded, the others are mapped, and the run
+    ends with a summary and exit code 1; a re-run retries the failed scenes.
     """
     run(inputs=inputs or [], out=out, model=model, bands=bands, rgb=rgb, nir=nir, ndvi=ndvi, aux=aux or [],
         resample=resample, overlap=overlap, min_score=min_score, min_area=min_area, simplify=simplify,
@@ -60,8 +63,6 @@ EXTS = (".gpkg", ".shp", ".geojson", ".parquet")
 def check_options(*, batch_size: int, workers: int, match_threshold: float, min_score: float, to_crs: str | None,
                   merge: str, match: str, overlap: float | None, scale: float | None = None) -> None:
     """Refuse option values that cannot work, before anything is read (one line each, with the fix)."""
-    from rtscli.errors import RtsError
-
     if merge not in ("union", "nms") or match not in ("ios", "iou"):
         raise RtsError("--merge is union or nms, --match is ios or iou", fix="fix the option")
     if batch_size < 1 or workers < 0:
@@ -93,7 +94,6 @@ def run(*, inputs: list[str], out: Path | None, model: Path | None, bands: str |
     from rtscli.engine.mapping import run_scene
     from rtscli.engine.predict import PredictOptions
     from rtscli.engine.scene_checks import check_band_layout, check_modalities, scene_sources
-    from rtscli.errors import RtsError
     from rtscli.io.atomic import check_output
     from rtscli.io.schema import footprint_layer
     from rtscli.io.vector import check_vector_output
@@ -125,9 +125,13 @@ def run(*, inputs: list[str], out: Path | None, model: Path | None, bands: str |
     band_map = BandMap.parse(bands) if bands else (bundle.source_band_map or bundle.band_map)
     tile = bundle.tile_size
     ov = None if overlap is None else (int(round(overlap * tile)) if overlap < 1 else int(overlap))
+    if ov is not None and ov >= tile:  # before anything is read: it would fail every scene alike
+        raise RtsError(f"--overlap {overlap:g} is {ov} px, not below the model's tile size ({tile} px)",
+                       fix="a fraction of the tile (e.g. --overlap 0.25) or fewer pixels")
     opts = PredictOptions(overlap=ov, batch_size=batch_size, workers=workers, min_score=min_score, min_area=min_area,
                           simplify=simplify, merge=merge, match_metric=match, match_threshold=match_threshold,
                           to_crs=to_crs, device=device)
+    _check_memory(bundle, batch_size=batch_size, device=device)  # before any scene is read or output written
     units: dict[str, Any] = dict(scale=scale, offset=offset, training=bundle.values)
     scenes = [] if per_modality else scene_paths(inputs)
     is_dir_input = len(inputs) == 1 and Path(inputs[0]).is_dir()
@@ -169,18 +173,44 @@ def run(*, inputs: list[str], out: Path | None, model: Path | None, bands: str |
     console.print("open it in QGIS: drag the file onto the map, over the scene")
 
 
+def _check_memory(bundle: Any, *, batch_size: int, device: str | None) -> None:
+    """Refuse a model whose forward pass over --batch-size tiles cannot fit in this machine's memory (one line with
+    the fix: a smaller --batch-size, a GPU; :func:`rtscli.engine.memory_check.check_inference_fits`)."""
+    import os
+
+    from rtscli.engine.devices import resolve_device
+    from rtscli.engine.memory_check import check_inference_fits
+
+    where = resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")))
+    check_inference_fits(bundle, batch_size=batch_size, device=where, what="rts predict", gpu="a GPU (--device cuda)")
+
+
+class ScenesFailed(RtsError):
+    """Some scenes of a many-scene run failed (each recorded and listed) while the others were mapped: exit code 1,
+    after the summary (the message is its last line)."""
+
+    exit_code = 1
+
+
 def _run_many(scenes: list[Path], out: Path, *, raster: Path | None, quicklook: Path | None, **kw: Any) -> None:
-    """Many scenes: one output per scene in the folder ``out``, resumable (:func:`rtscli.engine.batch.predict_many`)."""
-    from rtscli.console import console
+    """Many scenes: one output per scene in the folder ``out``, resumable (:func:`rtscli.engine.batch.predict_many`).
+
+    A scene that fails (it does not open or cannot be read) is skipped and the others are mapped; at the end a
+    summary names each failed scene and why, and the command exits with code 1 (:class:`ScenesFailed`). Under
+    torchrun the last rank to finish gives the summary and the exit code.
+    """
+    from rtscli.console import console, err_console
     from rtscli.engine.batch import EXT, predict_many
     from rtscli.engine.mapping import SceneReport
-    from rtscli.errors import RtsError
 
     if raster is not None or quicklook is not None:
         raise RtsError("--raster and --quicklook take one scene", fix="run them per scene")
     if out.suffix.lower() in EXTS or (out.exists() and not out.is_dir()):
         raise RtsError(f"for many scenes -o must be a folder (one {EXT} per scene goes in it)", path=out,
                        fix="pass -o a_folder/")
+    from rtscli.io.atomic import check_writable
+
+    check_writable(out, into=True)  # before any scene is checked or the model loads
 
     def done(scene: Path, target: Path, rep: SceneReport) -> None:
         console.print(f"{scene.name}: {rep.polygons} slumps -> {target} ({rep.seconds:.1f} s)")
@@ -188,5 +218,20 @@ def _run_many(scenes: list[Path], out: Path, *, raster: Path | None, quicklook: 
             console.print(f"  {rep.dropped}")
 
     res = predict_many(scenes, out, on_scene=done, **kw)
-    console.print(f"{res.run_here} scene(s) run here, {res.done_before} done before, "
-                  f"{res.todo} to do over {res.world} process(es) -> {out}/; manifest: {res.manifest}")
+    failed = f", {res.failed_here} failed" if res.failed_here else ""
+    shared = f" by this process ({res.todo} to do over {res.world} processes)" if res.world > 1 else ""
+    console.print(f"{res.run_here} scene{'' if res.run_here == 1 else 's'} mapped{failed}, {res.done_before} skipped "
+                  f"(done before){shared} -> {out}/; manifest: {res.manifest}")
+    if not res.failed:
+        return
+    if not res.complete:  # other ranks are still mapping: the last one to finish sums up and sets the exit code
+        console.print(f"{len(res.failed)} scene(s) failed here; the last process to finish lists every failed "
+                      "scene of the run")
+        return
+    lines = [f"{len(res.failed)} of {res.done_before + res.todo} scene(s) failed and were skipped:"]
+    lines += [f"  {Path(scene).name}: {reason}" for scene, reason in res.failed]
+    for line in lines:  # as they are: a reason may hold brackets, and a long one stays on its line
+        err_console.print(line, markup=False, highlight=False, soft_wrap=True)
+    raise ScenesFailed(f"{len(res.failed)} scene(s) failed (listed above; \"status\": \"failed\" in {res.manifest})",
+                       fix="fix or replace those files, then run the same command again: only the failed and missing "
+                           "scenes are mapped")

@@ -85,7 +85,9 @@ def prepare(
     if not inputs and not coco:
         raise RtsError("no input given", fix="pass image files or folders, or --coco FILE --images DIR")
     if mode not in MODES:
-        raise RtsError(f"unknown mode {mode!r}", fix=f"use one of {', '.join(MODES)}")
+        from rtscli.errors import unknown_choice
+
+        raise unknown_choice("--mode", mode, MODES)
     aux_map = parse_aux(aux)
     opts = PrepareOptions(
         inputs=list(inputs or []),

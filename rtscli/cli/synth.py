@@ -58,7 +58,9 @@ def synth(
     names = list(SITES) if site == "all" else [s.strip() for s in site.split(",") if s.strip()]
     for n in names:
         if n not in SITES:
-            raise RtsError(f"unknown synthetic site {n!r}", fix=f"use 'all' or some of {', '.join(SITES)}")
+            from rtscli.errors import unknown_choice
+
+            raise unknown_choice("synthetic site", n, SITES, also="or all")
     if chips < 0 or scenes < 0 or chip_size < 32:
         raise RtsError("--chips and --scenes must be >= 0 and --chip-size >= 32", fix="fix the options")
     height, width = _parse_size(scene_size)

@@ -11,7 +11,8 @@ import typer
 def track(
     maps: Annotated[list[Path], typer.Argument(help="Slump maps of one area at different dates (rts predict outputs, or any GeoPackage/Shapefile/GeoJSON/GeoParquet; any CRS each), or folders of them.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="GeoPackage to write: layers observations (a row per slump per date) and tracks (a row per slump).")],
-    dates: Annotated[Optional[str], typer.Option(help="The imagery date of each map (or folder of maps), in order: 2019-07-15,2020-07-20,... Default: a date field, the scene name of rts predict outputs, the file name, or the folder name.")] = None,
+    dates: Annotated[Optional[str], typer.Option(help="The imagery date of each map (or folder of maps), in order: 2019-07-15,2020-07-20,... Default: a date field, the scene name of rts predict outputs, the file name, or the folder name. Dates out of time order, or in another year than a map's own date, are refused; another day of the same year is a warning.")] = None,
+    force_dates: Annotated[bool, typer.Option(help="Take --dates as given even when they are not in time order or fall in another year than the dates the maps carry (a name holding a wrong date); each disagreement is still a warning.")] = False,
     date_field: Annotated[Optional[str], typer.Option(help="Field holding each feature's imagery date (one file may then hold several dates). An ARTS BaseMapDate field is read without it.")] = None,
     layer: Annotated[Optional[str], typer.Option(help="Layer of the maps that holds the slumps. Default: rts, or the only layer.")] = None,
     match: Annotated[str, typer.Option(help="Overlap that links a slump to its next date: ios (intersection over the smaller: robust to growth) or iou.")] = "ios",
@@ -27,7 +28,7 @@ def track(
     quicklook: Annotated[Optional[Path], typer.Option(help="PNG map of the tracks coloured by growth rate.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace the output layers and figures if they exist (the GeoPackage's other layers are kept).")] = False,
 ) -> None:
-    """Follow every slump through time: new, continued, merged, split, disappeared or stabilized, with stable track ids, true areas, growth (m²/year) and headwall advance (m/year).
+    """Follow every slump through time: new, continued, merged, split, disappeared or stabilized, with stable track ids, true areas, growth (m²/year) and boundary change (m/year: + where the outline advanced, - where a shrinking slump drew back).
 
     Maps are matched in one equal-area CRS. A map's footprint layer (rts predict writes <layer>_footprint) says where it looked: a slump outside a map is not 'disappeared' but followed to the next map that sees it. Touching slumps stay apart; slumps cut by a scene edge or nodata are flagged uncertain.
     """
@@ -40,7 +41,7 @@ def track(
     per_input = parse_dates(dates, len(groups))
     files = [f for g in groups for f in g]
     file_dates = [d for g, d in zip(groups, per_input, strict=True) for _ in g] if per_input else None
-    req = TrackRequest(maps=files, out=out, dates=file_dates, date_field=date_field, layer=layer,
+    req = TrackRequest(maps=files, out=out, dates=file_dates, force_dates=force_dates, date_field=date_field, layer=layer,
                        min_area=min_area, options=TrackOptions(match, match_threshold, gone), stabilized=stabilized,
                        stabilized_layer=stabilized_layer,
                        to_crs=to_crs, plot=plot, plot_top=plot_top, plot_by=plot_by, quicklook=quicklook,

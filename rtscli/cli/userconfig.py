@@ -34,12 +34,10 @@ def load() -> dict:
 
 
 def save(data: dict) -> Path:
-    p = config_path()
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    tmp.replace(p)
-    return p
+    """Write the settings whole (a temporary file renamed; an unwritable or full folder is told first)."""
+    from rtscli.io.atomic import write_text_atomic
+
+    return write_text_atomic(config_path(), yaml.safe_dump(data, sort_keys=False))
 
 
 def set_default_model(bundle: Path) -> Path:

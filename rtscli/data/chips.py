@@ -20,14 +20,14 @@ from rasterio.windows import Window
 
 from rtscli.data import coco
 from rtscli.data.bands import BandMap
-from rtscli.data.coco_import import CocoReader
+from rtscli.data.coco_masks import CocoReader
 from rtscli.data.inputs import Item
 from rtscli.data.modalities import valid_mask
 from rtscli.data.options import PrepareOptions
 from rtscli.data.values import Conversion
 from rtscli.errors import RtsError
 from rtscli.geometry.affine import window_transform
-from rtscli.io.raster import read_window
+from rtscli.io.raster import check_whole_read, read_window
 
 
 def chip_transform(item: Item) -> Affine:
@@ -207,7 +207,7 @@ def iter_chips(
         chip_nodata: the chips' nodata value: when any values were converted, every invalid pixel of
             every chip is set to it; None keeps the stored values.
         masks: reads mask bands and mask files (binary or instance ids); default: ``MaskReader()``.
-        annotations: the COCO items' annotations (:class:`rtscli.data.coco_import.CocoReader`);
+        annotations: the COCO items' annotations (:class:`rtscli.data.coco_masks.CocoReader`);
             default in ``coco`` mode: a new one.
 
     Returns:
@@ -244,11 +244,12 @@ def iter_chips(
     refill = chip_nodata is not None and any(not c.identity for c in conversions.values())
     try:
         for item in items:
-            src = handle(item.image.path)
-            if item.window is None:
+            if item.window is None:  # a whole image: its header's size is checked before anything is read
+                check_whole_read(item.image.path, item.image.width, item.image.height, len(idx) + len(item.aux))
                 win = Window(0, 0, item.image.width, item.image.height)
             else:
                 win = Window(*item.window)
+            src = handle(item.image.path)
             data = read_window(src, win, idx)
             stored = [data] + [read_window(handle(info.path), win, [1]) for info in item.aux.values()]
             valid = valid_mask(data, image_bands_bm, item.image.nodata, names=image_bands.names)  # stored values

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from rtscli.data.split_files import SPLITS
-from rtscli.errors import RtsError
+from rtscli.errors import RtsError, unknown_choice
 from rtscli.io.paths import inside, safe_component
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ def export_coco(data: Path, out: Path, *, image_format: str = "tif", overwrite: 
     from rtscli.io.atomic import atomic_dir, check_output
 
     if image_format not in IMAGE_FORMATS:
-        raise RtsError(f"unknown image format {image_format!r}", fix=f"use one of {', '.join(IMAGE_FORMATS)}")
+        raise unknown_choice("image format", image_format, IMAGE_FORMATS)
     info = DatasetInfo.open(data)
     check_output(out, overwrite)
     if Path(out).resolve() == Path(data).resolve() or Path(data).resolve() in Path(out).resolve().parents:
@@ -130,9 +130,12 @@ def _write_rgb(src: Path, dst: Path, driver: str, bands: list[int], stats: list[
     """
     import warnings
 
-    from rtscli.io.raster import open_raster
+    from rtscli.io.raster import check_whole_read, open_raster
 
     with open_raster(src) as s:
+        # read whole: the chip's header is checked before anything that size is allocated
+        check_whole_read(src, s.width, s.height, len(bands), "chip",
+                         fix="export a dataset made by rts prepare (its chips are at most --chip-size px)")
         data = s.read(bands).astype(np.float64)
         crs, transform = s.crs, s.transform
     out = np.zeros(data.shape, np.uint8)

@@ -27,14 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
-from rtscli.data import coco
 from rtscli.data.inputs import Item, aux_for, grid_windows
 from rtscli.data.options import PrepareOptions
 from rtscli.errors import RtsError
 from rtscli.io.paths import contained, safe_component
-from rtscli.io.raster import RasterInfo
+from rtscli.io.raster import RasterInfo, check_whole_read
 
 log = logging.getLogger("rtscli")
 
@@ -402,7 +400,8 @@ def coco_items(opts: PrepareOptions, infos: list[tuple[RasterInfo, Path]], recor
         The items, in image order; a larger image's chip windows row by row.
 
     Raises:
-        RtsError: an image's size differs from its COCO entry (its annotations would be misplaced), or an
+        RtsError: an image's size differs from its COCO entry (its annotations would be misplaced), an image kept
+            whole is larger than the whole-read budget (:func:`rtscli.io.raster.check_whole_read`), or an
             ``--aux`` raster is missing or off the image's grid.
     """
     items: list[Item] = []
@@ -410,9 +409,10 @@ def coco_items(opts: PrepareOptions, infos: list[tuple[RasterInfo, Path]], recor
     keys: set[str] = set()
     for info, _ in infos:
         rec = records[info.path.resolve()]
+        # before anything is read: the COCO entry and the file's own header must agree on the size
         if (rec.width, rec.height) != (None, None) and (rec.width, rec.height) != (info.width, info.height):
-            raise RtsError(f"the image is {info.width} x {info.height} px but its COCO entry says {rec.width} x "
-                           f"{rec.height}", path=info.path,
+            raise RtsError(f"image {rec.id}: the file's header says {info.width} x {info.height} px but its COCO "
+                           f"entry in {rec.json.name} says {rec.width} x {rec.height}", path=info.path,
                            fix=f"fix width/height of image {rec.id} in {rec.json.name}, or give the image it was "
                                "labelled on")
         key = _unique_key(rec, keys)
@@ -421,6 +421,8 @@ def coco_items(opts: PrepareOptions, infos: list[tuple[RasterInfo, Path]], recor
         names = (rec.file_name, info.path.name, info.path.stem, key)
         cs = opts.chip_size
         if cs is None or (info.width <= cs and info.height <= cs):
+            check_whole_read(info.path, info.width, info.height, info.count + len(aux),
+                             f"image {rec.id} of {rec.json.name}")  # read whole: refused before, if too large
             items.append(Item(key, site, info, aux=aux, source_names=names, coco=rec))
             continue
         for c, r in grid_windows(info, opts):
@@ -448,135 +450,3 @@ def _unique_key(rec: CocoImage, keys: set[str]) -> str:
     return f"{stem}_{k}"
 
 
-def to_rle(seg: Any, h: int, w: int) -> dict:
-    """A COCO segmentation (polygons, uncompressed or compressed RLE) as compressed RLE (pycocotools).
-
-    Args:
-        seg: the annotation's ``segmentation``: a list of flat polygons, or an RLE dict.
-        h: the image's height, pixels.
-        w: the image's width, pixels.
-
-    Returns:
-        The compressed RLE (``size``, ``counts``).
-
-    Raises:
-        ValueError: polygons with fewer than 3 points or an odd number of coordinates, or neither polygons nor
-            RLE.
-    """
-    from pycocotools import mask as mask_utils
-
-    if isinstance(seg, list):
-        rings = [r for r in seg if isinstance(r, list) and len(r) >= 6 and len(r) % 2 == 0]
-        if not rings:
-            odd = any(isinstance(r, list) and len(r) % 2 for r in seg)
-            raise ValueError("a polygon with an odd number of coordinates" if odd else
-                             "no polygon with 3 or more points")
-        return mask_utils.merge(mask_utils.frPyObjects(rings, h, w))
-    if isinstance(seg, dict) and isinstance(seg.get("counts"), list):
-        return mask_utils.frPyObjects(seg, h, w)
-    if isinstance(seg, dict) and "counts" in seg:
-        counts = seg["counts"]
-        return {"size": list(seg["size"]), "counts": counts.encode() if isinstance(counts, str) else counts}
-    raise ValueError("neither polygons nor RLE")
-
-
-class CocoReader:
-    """The instances of COCO items (:meth:`instances`), for :func:`rtscli.data.chips.iter_chips`.
-
-    The decoded annotations of the image being read are kept while its items come (one after another when it
-    is cut into chips): per annotation its mask cropped to its bounding box, so memory scales with the slumps,
-    not the image. Unreadable segmentations (a two-point polygon, an odd number of coordinates) and empty ones
-    are left out and kept in ``bad`` (``(file, annotation id, why)``) for one warning at the end.
-    """
-
-    def __init__(self) -> None:
-        self.path: Path | None = None
-        self.masks: list[tuple[dict, np.ndarray, int, int] | None] = []
-        self.bad: list[tuple[str, Any, str]] = []
-
-    def _decoded(self, item: Item) -> list[tuple[dict, np.ndarray, int, int] | None]:
-        from pycocotools import mask as mask_utils
-
-        if self.path != item.image.path:
-            h, w = item.image.height, item.image.width
-            self.masks = []
-            for ann in item.coco.annotations:
-                try:
-                    m = mask_utils.decode(to_rle(ann["segmentation"], h, w)).astype(bool)
-                except (ValueError, TypeError, KeyError, IndexError) as exc:
-                    self.bad.append((item.coco.json.name, ann["id"], str(exc)))
-                    self.masks.append(None)
-                    continue
-                if not m.any():
-                    self.bad.append((item.coco.json.name, ann["id"], "no pixel inside the image"))
-                    self.masks.append(None)
-                    continue
-                x0, y0, x1, y1 = coco._crop_box(m)
-                self.masks.append((ann, m[y0:y1, x0:x1], x0, y0))
-            self.path = item.image.path
-        return self.masks
-
-    def instances(self, item: Item, valid: np.ndarray, opts: PrepareOptions) -> tuple[list[coco.Instance], int, int]:
-        """The instances of one item: ``(instances, annotations below --min-pixels dropped, pieces dropped at
-        chip edges)``.
-
-        A whole image keeps each annotation's segmentation, area and bbox as the source has them (area and bbox
-        of the decoded mask where missing); a chip window gets each annotation's mask clipped to it (its
-        ``valid`` pixels only), encoded by ``opts.segmentation``. Crowd regions stay crowd (RLE).
-
-        Args:
-            item: a COCO item (``item.coco`` set): a whole image, or a window (col_off, row_off, width, height)
-                of it, pixels.
-            valid: bool ``(H, W)`` of the item's chip: the pixels with data.
-            opts: the run's options (``min_area``, pixels; ``segmentation``).
-
-        Returns:
-            ``(instances in chip pixels, annotations below --min-pixels dropped, pieces dropped at chip edges)``.
-        """
-        rec = item.coco
-        out: list[coco.Instance] = []
-        clipped = specks = 0
-        for entry in self._decoded(item):
-            if entry is None:
-                continue
-            ann, crop, x0, y0 = entry
-            crowd = int(bool(ann.get("iscrowd")))
-            sid = f"{rec.source_id_prefix}{ann['id']}" if rec.source_id_prefix else ann["id"]
-            if item.window is None:
-                if not crowd and crop.sum() < opts.min_area:  # --min-pixels, as for masks
-                    specks += 1
-                    continue
-                out.append(_whole(ann, crop, x0, y0, item.image.height, item.image.width, crowd, sid))
-                continue
-            c, r, w, h = item.window
-            cx0, cy0 = max(x0, c), max(y0, r)
-            cx1, cy1 = min(x0 + crop.shape[1], c + w), min(y0 + crop.shape[0], r + h)
-            if cx1 <= cx0 or cy1 <= cy0:
-                continue
-            piece = crop[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0] & valid[cy0 - r:cy1 - r, cx0 - c:cx1 - c]
-            if not piece.any():
-                continue
-            if piece.sum() < opts.min_area and not crowd:
-                clipped += 1
-                continue
-            px0, py0, px1, py1 = coco._crop_box(piece)
-            inst = coco._make(piece[py0:py1, px0:px1], cx0 - c + px0, cy0 - r + py0, (h, w),
-                              "rle" if crowd else opts.segmentation, source_id=sid)
-            inst.iscrowd = crowd
-            out.append(inst)
-        return out, specks, clipped
-
-
-def _whole(ann: dict, crop: np.ndarray, x0: int, y0: int, h: int, w: int, crowd: int, sid: Any) -> coco.Instance:
-    """An annotation of an image kept whole, as the source has it; a missing area or bbox is that of its
-    decoded mask (``crop`` at ``x0, y0``: what pycocotools' ``area`` and ``toBbox`` give)."""
-    seg = ann["segmentation"]
-    area = ann.get("area")
-    bbox = ann.get("bbox")
-    if area is None:
-        area = float(crop.sum())
-    if not (isinstance(bbox, list) and len(bbox) == 4):
-        bbox = [float(x0), float(y0), float(crop.shape[1]), float(crop.shape[0])]
-    if isinstance(seg, dict) and isinstance(seg.get("counts"), bytes):
-        seg = {**seg, "counts": seg["counts"].decode("ascii")}
-    return coco.Instance(crop, x0, y0, (h, w), [float(v) for v in bbox], float(area), seg, False, sid, crowd)

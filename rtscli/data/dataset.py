@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from rtscli.data.bands import BandMap
 from rtscli.data.modalities import BandStats, Modality, compose
 from rtscli.errors import RtsError
+from rtscli.io.readers import read_yaml
 
 OPTICAL = {"red", "green", "blue", "nir", "coastal", "green_i", "yellow", "rededge", "rededge1", "rededge2",
            "rededge3", "nir08", "swir1", "swir2", "pan"}
@@ -40,8 +40,8 @@ class DatasetInfo:
         if not mf.exists():
             raise RtsError("not a dataset directory (no manifest.yaml)", path=root,
                            fix="point to a folder made by `rts prepare`")
-        m = yaml.safe_load(mf.read_text())
-        if m.get("kind") != "rts-dataset":
+        m = read_yaml(mf, what="dataset manifest", fix="re-run `rts prepare`")
+        if not isinstance(m, dict) or m.get("kind") != "rts-dataset":
             raise RtsError("manifest.yaml is not an rts dataset manifest", path=mf, fix="re-run `rts prepare`")
         bm = BandMap.from_mapping(m["band_map"])
         stats = {k: BandStats.from_dict(v) for k, v in m["normalization"].items()}
@@ -125,24 +125,47 @@ class ChipDataset(torch.utils.data.Dataset):
         from rasterio.errors import RasterioIOError
 
         from rtscli.io.paths import inside
-        from rtscli.io.raster import open_raster, read_error
+        from rtscli.io.raster import check_whole_read, open_raster, read_error
 
         img_id = self.ids[idx]
         entry = self.coco.loadImgs(img_id)[0]
+        what = f"image {img_id} of {self.split}.json"
         # a dataset may come from elsewhere: its COCO file names only chips inside it
-        path = inside(self.info.root, entry["file_name"], f"image {img_id} of {self.split}.json",
+        path = inside(self.info.root, entry["file_name"], what,
                       fix="re-run rts prepare, or restore the dataset's COCO file")
         try:
             with open_raster(path) as src:  # chips of images without georeference too
+                # read whole: the chip's header must agree with its COCO entry (which sizes its masks) and be
+                # within the whole-read budget before anything is allocated
+                if (src.width, src.height) != (entry.get("width"), entry.get("height")):
+                    raise RtsError(f"{what}: the chip's header says {src.width} x {src.height} px but its entry "
+                                   f"says {entry.get('width')} x {entry.get('height')}", path=path,
+                                   fix="re-run rts prepare, or restore the dataset's chips and COCO files together")
+                check_whole_read(path, src.width, src.height, src.count, "chip",
+                                 fix="re-run rts prepare (its chips are at most --chip-size px)")
                 raw = src.read()
         except RasterioIOError as exc:
             raise read_error(path, exc) from None
         arrays, valid = compose(raw, self.info.band_map, self.modalities, self.info.stats,
                                 nodata=self.info.nodata, repeat_to=self.repeat_to)
         image = stack_modalities(arrays, [m.name for m in self.modalities])
+        anns = self.coco.loadAnns(self.coco.getAnnIds(imgIds=img_id))
+        self._check_annotations(anns, raw.shape[1], raw.shape[2])
         # crowd regions (COCO iscrowd) are not slumps to learn: AP ignores detections on them, training skips them
-        anns = self.coco.loadAnns(self.coco.getAnnIds(imgIds=img_id, iscrowd=False))
-        return image, valid, anns, entry
+        return image, valid, [a for a in anns if not a.get("iscrowd")], entry
+
+    def _check_annotations(self, anns: list[dict], h: int, w: int) -> None:
+        """Refuse an annotation that pycocotools would decode into more than its chip (``h`` x ``w`` px): an RLE of
+        another size, a polygon reaching far outside (:func:`rtscli.data.coco_masks.check_segmentation`)."""
+        from rtscli.data.coco_masks import check_segmentation
+
+        for a in anns:
+            try:
+                check_segmentation(a.get("segmentation"), h, w)
+            except ValueError as exc:
+                raise RtsError(f"annotation {a.get('id')} of {self.split}.json: {exc}",
+                               path=self.info.root / f"{self.split}.json",
+                               fix="re-run rts prepare, or fix or remove that annotation") from None
 
     def __getitem__(self, index: int | tuple[int, int]
                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from rtscli.data import coco
-from rtscli.data.bands import BandMap
+from rtscli.data.bands import BandMap, check_fits
 from rtscli.data.inputs import MASK_SUFFIXES, aux_lookup, band_map_from_descriptions
 from rtscli.data.modalities import Modality, resolve, resolve_all
 from rtscli.data.options import PrepareOptions
 from rtscli.data.scenes import find_rasters
-from rtscli.errors import RtsError
+from rtscli.errors import RtsError, unknown_choice
 from rtscli.io.raster import RasterInfo, inspect
 
 log = logging.getLogger("rtscli")
@@ -34,7 +34,7 @@ def check_options(opts: PrepareOptions) -> None:
     if opts.scale is not None and not opts.scale > 0:
         raise RtsError("--scale must be positive", fix="e.g. --scale 0.0001 for reflectance x 10000")
     if opts.segmentation not in coco.SEGMENTATION_FORMATS:
-        raise RtsError(f"unknown segmentation format {opts.segmentation!r}", fix="use auto, polygon or rle")
+        raise unknown_choice("segmentation format", opts.segmentation, coco.SEGMENTATION_FORMATS)
     if not 0 <= opts.overlap < 1:
         raise RtsError("--overlap must be in [0, 1)", fix="use e.g. 0.25")
     if opts.chip_size is not None and opts.chip_size < 16:
@@ -69,7 +69,7 @@ class Sources:
     pixel_ok: bool  # images without georeference may come (per-sample images, not scenes with vector labels)
     coco_records: dict = field(default_factory=dict)  # {image path: rtscli.data.coco_import.CocoImage}
     coco_meta: dict = field(default_factory=dict)  # the manifest's ``coco`` record
-    coco_reader: Any = None  # rtscli.data.coco_import.CocoReader, for COCO input
+    coco_reader: Any = None  # rtscli.data.coco_masks.CocoReader, for COCO input
 
 
 def find_sources(opts: PrepareOptions) -> Sources:
@@ -82,7 +82,8 @@ def find_sources(opts: PrepareOptions) -> Sources:
     # per-sample images (not scenes with vector labels) may come without georeference: they get a pixel grid
     pixel_ok = opts.mode != "vectors" and opts.labels is None
     if opts.coco is not None:
-        from rtscli.data.coco_import import CocoReader, read_sources
+        from rtscli.data.coco_import import read_sources
+        from rtscli.data.coco_masks import CocoReader
 
         rasters, records, meta = read_sources(opts.coco, split_map=opts.coco_split, images=opts.images,
                                               inputs=opts.inputs, category=opts.category, site=opts.site,
@@ -222,13 +223,14 @@ class Scan:
 
 
 def inspect_sources(opts: PrepareOptions, sources: Sources, layout: Layout) -> Scan:
-    """Inspect every raster once, checking its band count against the band map and that all share one nodata
-    value; the ``--aux`` paths are checked to exist. Raises :class:`RtsError` naming the first that does not
-    fit."""
+    """Inspect every raster once, checking the band map against its band count and band descriptions
+    (:func:`rtscli.data.bands.check_fits`: a preset made for another sensor is refused) and that all share one
+    nodata value; the ``--aux`` paths are checked to exist. Raises :class:`RtsError` naming the first that does
+    not fit."""
     infos: list[tuple[RasterInfo, Path]] = []
     for path, root in sources.rasters:
         info = inspect(path, assume_crs=opts.assume_crs, pixel_grid_ok=sources.pixel_ok)
-        layout.band_map.check_against(info.count, path)
+        check_fits(layout.band_map, info.count, info.descriptions, path)  # band count, descriptions, sensor
         infos.append((info, root))
     pixel_grids = [i.path for i, _ in infos if i.pixel_grid]
     if pixel_grids:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 from rtscli.data.bands import BandMap
 from rtscli.data.options import PrepareOptions
 from rtscli.errors import RtsError
-from rtscli.io.raster import RASTER_SUFFIXES, RasterInfo, crs_name, inspect
+from rtscli.io.raster import RASTER_SUFFIXES, RasterInfo, check_whole_read, crs_name, inspect
 
 if TYPE_CHECKING:  # for annotations only: nothing here reads pixels
     import numpy as np
@@ -26,6 +26,9 @@ if TYPE_CHECKING:  # for annotations only: nothing here reads pixels
 log = logging.getLogger("rtscli")
 
 MASK_SUFFIXES = ("", "_mask", "-mask", "_label", "_labels", "_gt")
+#: the most chip windows one raster is cut into (2 million chips of 256 px are 360 000 px a side): a header that
+#: claims billions of pixels a side would otherwise plan windows without end
+MAX_WINDOWS = 2_000_000
 
 
 @dataclass
@@ -97,6 +100,14 @@ def match_by_name(image: Path, folder: Path, what: str, suffixes: tuple[str, ...
         path=image,
         fix=f"name it like {', '.join(tried[:4])}",
     )
+
+
+def position_count(length: int, size: int, stride: int) -> int:
+    """How many offsets :func:`chip_positions` gives, without making them."""
+    if length <= size:
+        return 1
+    n = (length - size) // stride + 1
+    return n + int((n - 1) * stride + size < length)
 
 
 def chip_positions(length: int, size: int, stride: int) -> list[int]:
@@ -237,6 +248,7 @@ def sample_items(opts: PrepareOptions, infos: list[tuple[RasterInfo, Path]], aux
         names = (info.path.name, info.path.stem, key)
         cs = opts.chip_size
         if cs is None or (info.width <= cs and info.height <= cs):
+            check_whole_read(info.path, info.width, info.height, info.count + len(aux))  # read whole: its header
             items.append(Item(key, site, info, mask=mask, aux=aux, source_names=names))
             continue
         for c, r in grid_windows(info, opts):  # a large image: cut it like a scene
@@ -258,10 +270,19 @@ def grid_windows(info: RasterInfo, opts: PrepareOptions) -> Iterator[tuple[int, 
 
     Returns:
         ``(col_off, row_off)`` of each window, row by row; the last ones shifted back to end at the raster's edge.
+
+    Raises:
+        RtsError: the raster's header claims a size that makes more than :data:`MAX_WINDOWS` windows.
     """
     size = opts.chip_size
     assert size is not None  # only rasters that are cut get windows: vectors mode defaults chip_size to 256
     stride = max(1, int(round(size * (1 - opts.overlap))))
+    n = position_count(info.height, size, stride) * position_count(info.width, size, stride)
+    if n > MAX_WINDOWS:  # counted before any list of them is made
+        raise RtsError(f"raster claims {info.width} x {info.height} px: {n} chips of {size} px, more than rts cuts "
+                       f"one raster into ({MAX_WINDOWS})", path=info.path,
+                       fix="check its size with gdalinfo (a damaged header?), or cut it into smaller rasters first "
+                           "(gdal_retile.py), or use a larger --chip-size or smaller --overlap")
     rows = chip_positions(info.height, size, stride)
     cols = chip_positions(info.width, size, stride)
     for r in rows:

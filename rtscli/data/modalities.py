@@ -18,7 +18,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from rtscli.data.bands import BandMap
-from rtscli.errors import RtsError
+from rtscli.errors import RtsError, close_matches, unknown_choice
 
 #: Channels that are computed rather than read. name -> the bands it needs.
 DERIVED: dict[str, tuple[str, ...]] = {"ndvi": ("nir", "red")}
@@ -59,6 +59,12 @@ def resolve(name: str, band_map: BandMap) -> Modality:
     else:
         needed = (name,)
     missing = [b for b in needed if b not in band_map]
+    if missing and name not in ("rgb", "ndvi"):
+        # a modality is rgb, ndvi or any band the map names: a near miss of one of them is a typo
+        possible = ["rgb", "ndvi", *[n for n in band_map.names if n not in ("mask", "ndvi")]]
+        if close_matches(name, possible):
+            raise unknown_choice("modality", name, possible,
+                                 also="or name that band in --bands, or add an aligned raster with --aux NAME=PATH")
     if missing:
         raise RtsError(
             f"modality {name!r} needs band{'s' if len(missing) > 1 else ''} "

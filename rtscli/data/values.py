@@ -196,14 +196,70 @@ def report(conversions: Mapping[Any, Conversion], training_dtype: str | None = N
                      "--scale 1 --offset 0 to read the values as stored", which, text, training_dtype)
 
 
-def suggestion(scene_median: float, train_median: float) -> str:
-    """A hint for a scene whose values do not fit the training data's (medians of a reflectance band)."""
-    if train_median <= 0 or scene_median <= 0:
-        return "check --bands, --scale and --offset against the training data"
-    ratio = scene_median / train_median
-    if 2e3 <= ratio <= 5e4:
-        return ("the scene looks like reflectance x 10000 and the model like 0-1 reflectance: pass --scale 0.0001 "
-                "(and --offset -0.1 for Sentinel-2 L2A processed since 2022)")
-    if 2e-5 <= ratio <= 5e-4:
-        return "the scene looks like 0-1 reflectance and the model like reflectance x 10000: pass --scale 10000"
-    return "the scene may be in other units (--scale, --offset) or another band order (--bands)"
+#: the conversions of common products, tried when a scene's values do not fit the model's
+PRODUCTS: tuple[tuple[float, float], ...] = (
+    (1e-4, 0.0),  # reflectance x 10000 (PlanetScope, Sentinel-2 L2A before 2022)
+    (1e-4, -0.1),  # reflectance x 10000 + 1000 (Sentinel-2 L2A processed since 2022)
+    (2.75e-5, -0.2),  # Landsat Collection 2 Level-2
+    (1e4, 0.0),  # 0-1 reflectance, for a model of reflectance x 10000
+)
+
+
+def suggestion(scene_value: float, train_value: float, *, band: str, scene: Conversion,
+               training: Conversion | None = None) -> str:
+    """The fix for a scene whose values do not fit the model's, worked out from the actual conversions: the
+    ``--scale``/``--offset`` that turn the scene's *stored* values into values like the training data's.
+
+    The scene's stored value is ``scene_value`` taken back through ``scene`` (the conversion it was read with);
+    the candidates are the conversion the model's training data went through (``training``), the values as
+    stored (``--scale 1``) and those of common products (:data:`PRODUCTS`). The training data's own conversion
+    wins when it brings the value within a factor of 3 of ``train_value``, else the closest candidate that does;
+    the conversion the scene was read with is never suggested again (following the advice must change
+    something).
+
+    Args:
+        scene_value: a typical value (median) of ``band`` as read from the scene, in the model's units.
+        train_value: a typical value of ``band`` in the training data (the model's normalization mean).
+        band: the band compared (a reflectance band).
+        scene: the conversion the scene's source of ``band`` was read with.
+        training: the conversion of the model's training data (:meth:`Conversion.from_record`), or None.
+
+    Returns:
+        A hint for the warning: ``pass --scale 1 (...)``, or what to check when no conversion fits.
+    """
+    s, o = float(scene.scale.get(band, 1.0)), float(scene.offset.get(band, 0.0))
+    stored = (scene_value - o) / s if s else scene_value
+    tried: list[tuple[float, float, str]] = []
+    if training is not None:
+        tried.append((float(training.scale.get(band, 1.0)), float(training.offset.get(band, 0.0)), "training"))
+    tried.append((1.0, 0.0, "stored"))
+    tried += [(ps, po, "product") for ps, po in PRODUCTS]
+    best: tuple[float, float, float, str] | None = None
+    for cs, co, kind in tried:
+        value = stored * cs + co
+        if (_same(cs, s) and _same(co, o)) or value <= 0 or train_value <= 0:
+            continue
+        err = abs(float(np.log(value / train_value)))
+        if err > float(np.log(3.0)):
+            continue
+        if kind == "training":
+            best = (err, cs, co, kind)
+            break
+        if best is None or err < best[0]:
+            best = (err, cs, co, kind)
+    read = f"this scene's {band} was read as {scene.describe()}" if not scene.identity else \
+        f"this scene's {band} was read as stored"
+    if best is None:
+        return (f"{read} (about {scene_value:g}; the model's training data: about {train_value:g}) and no usual "
+                "conversion fits: check --bands (the band order), --scale and --offset against the training data")
+    _, cs, co, kind = best
+    flags = f"--scale {cs:g}" + (f" --offset {co:g}" if co or o else "")
+    how = {"training": "as the model's training data were read" + (
+               f" ({Conversion({band: cs}, {band: co}).describe()})" if (cs, co) != (1.0, 0.0) else " (as stored)"),
+           "stored": "the values as stored",
+           "product": f"as {Conversion({band: cs}, {band: co}).describe()}"}[kind]
+    return f"{read}; pass {flags} to read it {how}"
+
+
+def _same(a: float, b: float) -> bool:
+    return abs(a - b) <= 1e-9 * max(1.0, abs(a), abs(b))

@@ -19,7 +19,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from rtscli.errors import RtsError
+from rtscli.errors import RtsError, unknown_choice
 from rtscli.modeling.fusion import STRATEGIES
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ def parse_fusions(text: str) -> list[str]:
     names = [t.strip() for t in text.split(",") if t.strip()]
     bad = [n for n in names if n not in STRATEGIES]
     if bad or not names:
-        raise RtsError(f"unknown fusion {', '.join(bad) or text!r}", fix=f"use all or some of {', '.join(STRATEGIES)}")
+        raise unknown_choice("fusion strategy", bad[0] if bad else text, STRATEGIES, also="or all")
     return names
 
 
@@ -73,14 +73,17 @@ def ablate(*, data: Path, modalities: list[str], fusions: list[str], out: Path, 
     from rtscli.engine.evaluate import evaluate_bundle
     from rtscli.engine.finetune import check_sources, finetune
     from rtscli.engine.pretrain import pretrain
+    from rtscli.io.atomic import check_writable
 
     if primary not in modalities:
         raise RtsError(f"the primary modality {primary!r} is not in --modalities", fix=f"add {primary}")
+    if out.exists() and not out.is_dir():
+        raise RtsError("exists and is not a folder", path=out, fix="choose another -o")
+    check_writable(out, into=out.exists())  # before any work; a re-run resumes in the folder
     info = DatasetInfo.open(data)
     for m in modalities:
         info.modality(m)
     grid = modality_sets(modalities, primary, sets)
-    out.mkdir(parents=True, exist_ok=True)
 
     # 1. one unimodal bundle per modality: given, or pretrained here (skipped when done)
     given = check_sources(list(sources or []), modalities=modalities, info=info, data=data)
@@ -96,6 +99,15 @@ def ablate(*, data: Path, modalities: list[str], fusions: list[str], out: Path, 
             raise RtsError(f"--tile-size {tile_size} differs from the --from bundles' {tile} px",
                            fix="drop --tile-size: the missing modalities are then pretrained like the given ones")
     preset = preset or "cascade-mvitv2-b"
+    to_pretrain = [m for m in modalities if m not in unimodal and not (out / "pretrain" / m / "config.yaml").exists()]
+    if to_pretrain:  # the memory check of rts pretrain, for the widest modality, before anything is written
+        from rtscli.engine.pretrain import build_config, check_memory
+
+        repeat = info.manifest.get("repeat_to", 3)
+        widest = max(info.modality(m).input_channels(repeat) for m in to_pretrain)
+        check_memory(build_config(preset, in_channels=widest, anchors="preset", info=info, tile_size=tile_size),
+                     pretrain_settings, what="rts ablate")
+    out.mkdir(parents=True, exist_ok=True)  # every check passed
     for m in modalities:
         if m in unimodal:
             continue
@@ -140,9 +152,9 @@ def ablate(*, data: Path, modalities: list[str], fusions: list[str], out: Path, 
 
 
 def _row(report: dict, bundle: Path) -> dict:
-    import yaml
+    from rtscli.io.readers import read_yaml
 
-    cfg = yaml.safe_load((bundle / "config.yaml").read_text())
+    cfg = read_yaml(bundle / "config.yaml", what="model config")
     cost = cfg.get("cost") or {}
     return {"mask_ap50": round(report["metrics"]["segm"]["AP50"], 4),
             "box_ap50": round(report["metrics"]["bbox"]["AP50"], 4),

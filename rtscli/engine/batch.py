@@ -1,11 +1,17 @@
 """Many scenes, one output per scene: ``rts predict scenes/ -o maps/``, resumable and shared out by rank.
 
 The folder keeps a ``manifest.json`` with one record per scene and output layer: what was made, in how
-long, and its provenance (the model's weights' SHA-256 and the options that decide the polygons). A re-run
-skips scenes whose output exists and was made the same way, and refuses (with the fix) to mix maps made
-by another model or other options. Under torchrun each rank takes every N-th scene still to do and keeps
+long, and its provenance (the model's weights' SHA-256 and the options that decide the polygons), or, for a
+scene that failed, ``"status": "failed"`` and the reason. A re-run skips scenes whose output exists and was
+made the same way, retries the failed and missing ones, and refuses (with the fix) to mix maps made by
+another model or other options.
+
+A scene that fails for a reason in its own data (it does not open, lacks a band, its pixels cannot be read)
+is recorded and skipped, and the others are mapped; a fault of the run itself (every scene fails the checks,
+an output cannot be written) stops it. Under torchrun each rank takes every N-th scene still to do and keeps
 its own part of the records (``.manifest-rank<R>.json``), written after every scene, so an interrupted run
-keeps the record of what it made; the manifest is rebuilt from the parts at the end.
+keeps the record of what it made; the manifest is merged from the parts (under its lock) as scenes finish
+and when each rank ends, and the last rank to end finds every failure of the run and removes the parts.
 """
 
 from __future__ import annotations
@@ -13,18 +19,19 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from rtscli.data.bands import BandMap
 from rtscli.data.scenes import Scene, open_scene
 from rtscli.engine.devices import distributed
-from rtscli.engine.mapping import SceneReport, run_scene, scene_key
+from rtscli.engine.mapping import SceneDataError, SceneReport, run_scene, scene_key
 from rtscli.engine.predict import PredictOptions
 from rtscli.engine.scene_checks import check_band_layout, check_modalities, scene_sources
 from rtscli.errors import RtsError
-from rtscli.io.atomic import write_text_atomic
+from rtscli.io.atomic import output_lock, write_text_atomic
 from rtscli.modeling.bundle import Bundle
 
 log = logging.getLogger("rtscli")
@@ -32,6 +39,11 @@ log = logging.getLogger("rtscli")
 #: the file every scene's output takes in the output folder
 EXT = ".gpkg"
 MANIFEST = "manifest.json"
+#: the manifest is merged and rewritten after a scene finishes (and always when a rank ends) unless that would take
+#: more than this share of the run's time: a manifest of 50,000 scenes that takes a second to rewrite is rewritten
+#: every 20 s, a small one after every scene (the ranks' parts always are)
+MANIFEST_SHARE = 0.05
+PARTS = ".manifest-rank*.json"
 
 
 def provenance(model: Path, opts: PredictOptions, *, band_map: BandMap | None, **given: Any) -> dict[str, Any]:
@@ -89,10 +101,11 @@ def earlier_records(out: Path) -> dict[str, dict[str, Any]]:
         out: the output folder.
 
     Returns:
-        Records by :func:`record_key`; a damaged file is logged and its scenes count as unrecorded.
+        Records by :func:`record_key` (a failed scene's has ``"status": "failed"``); a damaged file is logged and
+        its scenes count as unrecorded.
     """
     records: dict[str, dict[str, Any]] = {}
-    files = [out / MANIFEST] + sorted(out.glob(".manifest-rank*.json"), key=lambda f: f.stat().st_mtime_ns)
+    files = [out / MANIFEST] + sorted(out.glob(PARTS), key=lambda f: f.stat().st_mtime_ns)
     for f in files:
         if not f.exists():
             continue
@@ -108,15 +121,114 @@ def earlier_records(out: Path) -> dict[str, dict[str, Any]]:
     return records
 
 
+def failure_reason(exc: BaseException, scene: Path) -> str:
+    """Why a scene failed, in one line: the error's message without the scene's own path in front (the record
+    and the summary name the scene)."""
+    from rtscli.logs import one_line
+
+    text = one_line(str(exc))
+    for p in (str(Path(scene).resolve()), str(scene)):
+        if text.startswith(p + ": "):
+            return text[len(p) + 2:]
+    return text
+
+
 @dataclass
 class BatchResult:
     """What a many-scene run did on this process."""
 
     run_here: int  # scenes mapped by this process
     done_before: int  # scenes skipped: mapped before, the same way
-    todo: int  # scenes to do over all processes
+    todo: int  # scenes to do over all processes (failed and missing ones)
     world: int  # processes (torchrun ranks)
     manifest: Path
+    failed_here: int = 0  # scenes this process recorded as failed
+    #: (scene, reason) of the failed scenes: of the whole run when ``complete``, else of this process
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    complete: bool = True  # every process has finished (this one finished last)
+
+
+@dataclass
+class _Records:
+    """This process's records of a run and where they go: its part of the manifest, and the manifest."""
+
+    out: Path
+    model: Path
+    prov: dict[str, Any]
+    token: str  # the run's id, the same on every rank
+    rank: int
+    world: int
+    own: dict[str, dict[str, Any]] = field(default_factory=dict)  # this run's records made here
+    carried: dict[str, dict[str, Any]] = field(default_factory=dict)  # scenes done before (marked skipped)
+
+    @property
+    def part(self) -> Path:
+        return self.out / f".manifest-rank{self.rank}.json"
+
+    def write_part(self, finished: bool = False) -> None:
+        """This rank's records of this run (after every scene: an interrupted run keeps the record of its work)."""
+        write_text_atomic(self.part, json.dumps({"run": self.token, "rank": self.rank, "world": self.world,
+                                                 "finished": finished, "scenes": list(self.own.values())}))
+
+    def write_manifest(self) -> None:
+        """Merge the manifest, every rank's part and this rank's records into ``manifest.json``; the caller holds
+        the manifest's lock (other ranks and runs merge theirs in turn, so no record is lost)."""
+        by_scene = earlier_records(self.out)  # earlier records (other layers, other scenes) stay
+        by_scene.update(self.carried)
+        by_scene.update(self.own)  # this run's replace theirs
+        manifest = {"model": str(Path(self.model).resolve()), "provenance": self.prov,
+                    "scenes": [by_scene[k] for k in sorted(by_scene)],
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        write_text_atomic(self.out / MANIFEST, json.dumps(manifest, indent=2))
+
+    def save(self) -> None:
+        """Write this rank's part and merge the manifest (under its lock)."""
+        with output_lock(self.out / MANIFEST):
+            self.write_part()
+            self.write_manifest()
+
+    def finish(self) -> tuple[bool, list[tuple[str, str]]]:
+        """This rank is done: its part says so, the manifest is merged. The rank that finishes last (every rank's
+        part of this run says finished) also gathers the run's failures and removes the parts.
+
+        Returns:
+            ``(complete, failures)``: whether every rank has finished, and the (scene, reason) of the failed scenes
+            (the whole run's when complete, else this rank's).
+        """
+        with output_lock(self.out / MANIFEST):
+            self.write_part(finished=True)
+            parts = [d for d in (_read_json(f) for f in self.out.glob(PARTS)) if isinstance(d, dict)]
+            ours = [d for d in parts if d.get("run") == self.token]
+            finished = {d.get("rank") for d in ours if d.get("finished")}
+            complete = finished >= set(range(self.world))
+            self.write_manifest()
+            records = [r for d in ours for r in d.get("scenes", [])] if complete else list(self.own.values())
+            if complete:  # every record is in the manifest now
+                for f in self.out.glob(PARTS):
+                    f.unlink(missing_ok=True)
+        failed = sorted((str(r["scene"]), str(r.get("reason", ""))) for r in records
+                        if isinstance(r, dict) and r.get("status") == "failed")
+        return complete, failed
+
+
+def _read_json(path: Path) -> Any:
+    """A JSON file's content, or None when it cannot be read (removed meanwhile, or damaged)."""
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, OSError):
+        return None
+
+
+def _run_token(world: int) -> str:
+    """An id of this run, the same on every rank (rank 0's, broadcast), to tell its parts from older runs'."""
+    token = uuid.uuid4().hex
+    if world > 1:
+        import torch.distributed as dist
+
+        box: list[Any] = [token]
+        dist.broadcast_object_list(box, src=0)
+        token = str(box[0])
+    return token
 
 
 def predict_many(scenes: list[Path], out: Path, *, model: Path, bundle: Bundle, band_map: BandMap,
@@ -125,9 +237,12 @@ def predict_many(scenes: list[Path], out: Path, *, model: Path, bundle: Bundle, 
                  on_scene: Callable[[Path, Path, SceneReport], None] | None = None) -> BatchResult:
     """Map ``scenes`` into ``out`` (one ``<stem>.gpkg`` each), resumably, shared out by rank under torchrun.
 
-    Every scene is checked (metadata only) before the first is run; scenes mapped before the same way are
-    skipped, and scenes mapped another way are refused (the fix: ``--overwrite``, delete them, or another
-    folder).
+    Every scene still to do is checked (metadata only) before the first is run; scenes mapped before the same way
+    are skipped, and scenes mapped another way are refused (the fix: ``--overwrite``, delete them, or another
+    folder). A scene that fails the checks, or whose pixels cannot be read while it runs, is recorded as failed
+    (``"status": "failed"`` and the reason) and the others are mapped; a re-run retries it. When every scene to do
+    fails the checks (and none was mapped before), the fault is the run's (a model that fits none, wrong options)
+    and nothing is run.
 
     Args:
         scenes: the scene files (:func:`rtscli.data.scenes.scene_paths`); their stems must be unique.
@@ -141,13 +256,15 @@ def predict_many(scenes: list[Path], out: Path, *, model: Path, bundle: Bundle, 
         layer: the GeoPackage layer of each output.
         units: ``scale``/``offset``/``training`` for :func:`rtscli.data.scenes.open_scene`.
         nodata, scale, offset: as given by the user (recorded in the provenance).
-        on_scene: called with (scene, output, report) after each scene this process maps (for printing).
+        on_scene: called with (scene, output, report) after each scene this process maps (for printing); a scene
+            recorded as failed is logged (a warning with the reason).
 
     Returns:
-        A :class:`BatchResult`.
+        A :class:`BatchResult` (its ``failed`` lists the failed scenes; the caller decides the exit code).
 
     Raises:
-        RtsError: scenes with clashing names, scenes mapped another way, a scene that does not fit the model.
+        RtsError: scenes with clashing names, scenes mapped another way, an overlap the tiles cannot take, every
+            scene failing the checks, an output that cannot be written.
     """
     from rtscli.io.vector import gpkg_layers
     from rtscli.modeling.bundle import load_model
@@ -156,11 +273,18 @@ def predict_many(scenes: list[Path], out: Path, *, model: Path, bundle: Bundle, 
     if len(set(stems)) != len(stems):
         raise RtsError("two scenes have the same file name; their outputs would collide",
                        fix="predict them into different folders")
+    if opts.overlap is not None and not 0 <= opts.overlap < bundle.tile_size:
+        raise RtsError(f"--overlap {opts.overlap} px must be below the model's tile size ({bundle.tile_size} px)",
+                       fix="a fraction of the tile (e.g. --overlap 0.25) or fewer pixels")
     # what made each output: a re-run with another model or other options must not keep the old maps silently
     prov = provenance(model, opts, band_map=band_map, scale=scale, offset=offset, nodata=nodata, layer=layer)
     old = earlier_records(out)
+
+    def failed_before(s: Path) -> bool:
+        return (old.get(record_key(s, layer)) or {}).get("status") == "failed"
+
     done = [s for s in scenes if not overwrite and (out / f"{s.stem}{EXT}").exists()
-            and layer in gpkg_layers(out / f"{s.stem}{EXT}")]
+            and layer in gpkg_layers(out / f"{s.stem}{EXT}") and not failed_before(s)]
     stale = [s for s in done if not same_provenance((old.get(record_key(s, layer)) or {}).get("provenance"), prov)]
     if stale:
         why = difference((old.get(record_key(stale[0], layer)) or {}).get("provenance"), prov)
@@ -168,41 +292,76 @@ def predict_many(scenes: list[Path], out: Path, *, model: Path, bundle: Bundle, 
         raise RtsError(f"{len(stale)} scene(s) already mapped in this folder ({names}) were made {why}", path=out,
                        fix="pass --overwrite to map every scene again with this model and these options, delete those "
                        "outputs to redo only them, or choose another -o")
+    todo = [s for s in scenes if s not in done]
     opened: dict[Path, Scene] = {}
-    for s in scenes:  # check every scene (metadata only) before the first is run
-        srcs = scene_sources(s, band_map=band_map)
-        if not bands_given:
-            check_band_layout(bundle, s)
-        check_modalities(bundle, srcs, str(s))
-        opened[s] = open_scene(srcs, nodata=nodata, **units)
+    unfit: dict[Path, RtsError] = {}
+    for s in todo:  # check every scene to do (metadata only) before the first is run
+        try:
+            srcs = scene_sources(s, band_map=band_map)
+            if not bands_given:
+                check_band_layout(bundle, s)
+            check_modalities(bundle, srcs, str(s))
+            opened[s] = open_scene(srcs, nodata=nodata, **units)
+        except RtsError as exc:  # the scene's own fault, unless every scene has it (below)
+            unfit[s] = exc
+    if todo and not opened and not done:  # a model that fits none of the scenes, options that suit none
+        first = next(iter(unfit.values()))
+        if len(todo) == 1:
+            raise first
+        raise RtsError(f"none of the {len(todo)} scenes passes the checks before the run; the first: {first}")
     rank, world, opts.device = distributed(opts.device)
     out.mkdir(parents=True, exist_ok=True)
-    todo = [s for s in scenes if s not in done]
-    # every rank carries the records of the scenes done before, and writes them before any work: a rank that
-    # replaces its old part can never lose a record, however the run ends
-    reports = [old[record_key(s, layer)] | {"skipped": "done before"} for s in done]
+    rec = _Records(out=out, model=Path(model), prov=prov, token=_run_token(world), rank=rank, world=world)
+    rec.carried = {record_key(s, layer): old[record_key(s, layer)] | {"skipped": "done before"}
+                   for s in done if record_key(s, layer) in old}
     mine = todo[rank::world]  # shared out after the finished scenes are set aside
+
+    def fail(s: Path, exc: RtsError, stage: str) -> None:
+        why = failure_reason(exc, s)
+        rec.own[record_key(s, layer)] = {"scene": scene_key(s), "status": "failed", "stage": stage, "reason": why,
+                                         "provenance": prov}
+        log.warning("%s failed (%s), skipped: %s", s.name, stage, why)
+
+    for s in mine:
+        if s in unfit:
+            fail(s, unfit[s], "checks")
+    runnable = [s for s in mine if s in opened]
     net = None
-    part = out / f".manifest-rank{rank}.json"
-    write_text_atomic(part, json.dumps(reports))
-    for k, s in enumerate(mine):
-        target = out / f"{s.stem}{EXT}"
-        if net is None:
-            net, _ = load_model(model)
-        rep = run_scene(net, bundle, opened[s], target, opts, overwrite=True, label=f"[{k + 1}/{len(mine)}] ",
-                        layer=layer)
-        reports.append(rep.as_record() | {"provenance": prov})
-        write_text_atomic(part, json.dumps(reports))  # after every scene: an interrupted run keeps its record
-        if on_scene is not None:
-            on_scene(s, target, rep)
-    # every rank rebuilds the manifest from the parts it sees; the last to finish sees them all
-    files = sorted(out.glob(".manifest-rank*.json"), key=lambda f: f.stat().st_mtime_ns)
-    parts = [r for f in files for r in json.loads(f.read_text())]
-    by_scene = dict(old)  # earlier records (other layers, other scenes) stay; this run's replace theirs
-    by_scene.update({record_key(Path(r["scene"]), (r.get("provenance") or {}).get("layer", "rts")): r for r in parts})
-    manifest = {"model": str(Path(model).resolve()), "provenance": prov,
-                "scenes": [by_scene[k] for k in sorted(by_scene)],
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=2))
-    return BatchResult(run_here=len(mine), done_before=len(scenes) - len(todo), todo=len(todo), world=world,
-                       manifest=out / MANIFEST)
+    mapped = 0
+    t = time.monotonic()
+    rec.save()  # before any work: the records of earlier runs and the failed checks are in the manifest
+    next_save = time.monotonic() + (time.monotonic() - t) / MANIFEST_SHARE
+    ended = False
+    try:
+        for k, s in enumerate(runnable):
+            target = out / f"{s.stem}{EXT}"
+            if net is None:
+                net, _ = load_model(model)
+            rep: SceneReport | None = None
+            try:
+                rep = run_scene(net, bundle, opened[s], target, opts, overwrite=True,
+                                label=f"[{k + 1}/{len(runnable)}] ", layer=layer)
+            except SceneDataError as exc:  # its pixels cannot be read: recorded, and the next scene runs
+                fail(s, exc, "run")
+            else:
+                r = rep.as_record()
+                rec.own[record_key(s, layer)] = {"scene": r.pop("scene"), "status": "mapped", **r, "provenance": prov}
+                mapped += 1
+            if time.monotonic() >= next_save:  # the manifest as scenes finish
+                t = time.monotonic()
+                rec.save()
+                next_save = time.monotonic() + (time.monotonic() - t) / MANIFEST_SHARE
+            else:
+                rec.write_part()  # after every scene: an interrupted run keeps its record
+            if rep is not None and on_scene is not None:
+                on_scene(s, target, rep)
+        ended = True
+    finally:
+        if not ended:  # interrupted, or a fault of the run: what was made so far goes into the manifest
+            try:
+                rec.save()
+            except Exception as exc:  # never hide the error that ended the run
+                log.warning("cannot update %s: %s", out / MANIFEST, exc)
+    complete, failed = rec.finish()
+    return BatchResult(run_here=mapped, done_before=len(done), todo=len(todo), world=world,
+                       manifest=out / MANIFEST, failed_here=len(mine) - mapped, failed=failed, complete=complete)

@@ -7,7 +7,7 @@ does not have is a one-line error with the fix, not a Lightning traceback.
 
 from __future__ import annotations
 
-from rtscli.errors import RtsError
+from rtscli.errors import RtsError, unknown_choice
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
@@ -58,7 +58,7 @@ def resolve_accelerator(name: str) -> str:
     """
     name = name.strip().lower()
     if name not in ACCELERATORS:
-        raise RtsError(f"unknown --accelerator {name!r}", fix=f"use one of {', '.join(ACCELERATORS)}")
+        raise unknown_choice("--accelerator", name, ACCELERATORS)
     if name in ("gpu", "cuda") and not has_cuda():
         raise _unavailable("cuda", "--accelerator gpu",
                            "use --accelerator cpu (or mps on Apple silicon), or install a CUDA build of torch")

@@ -222,11 +222,15 @@ def evaluate_bundle(bundle: Path, data: Path, split: str, *, batch_size: int = 4
 
     from rtscli.data.dataset import ChipDataset, DatasetInfo
     from rtscli.errors import RtsError
-    from rtscli.modeling.bundle import load_model
+    from rtscli.modeling.bundle import load_model, read_bundle
 
     from rtscli.engine.devices import default_device
+    from rtscli.engine.memory_check import check_inference_fits
 
     device = default_device()
+    # before the model is loaded: a forward pass too large for this machine is refused in one line with the fix
+    check_inference_fits(read_bundle(bundle), batch_size=batch_size, device=device, what="rts evaluate",
+                         gpu="a machine with a CUDA GPU (rts evaluate uses one when there is one)")
     model, b = load_model(bundle, device=device)
     info = DatasetInfo.open(data)
     from rtscli.data.modalities import missing_channel

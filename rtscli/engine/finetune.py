@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, Any, cast
 from rtscli.data.dataset import DatasetInfo
 from rtscli.data.modalities import Modality
 from rtscli.engine.pretrain import (
-    adopt_backbone_stats, build_config, bundle_config, check_memory, open_splits, prepare_run_dir, train_and_save,
+    adopt_backbone_stats, build_config, bundle_config, check_memory, check_run_dir, discard_unfinished, fetch_imagenet,
+    open_splits, prepare_run_dir, train_and_save,
 )
 from rtscli.engine.train_settings import TrainSettings
-from rtscli.errors import RtsError
+from rtscli.errors import RtsError, unknown_choice
 from rtscli.modeling.fusion import STRATEGIES, is_feature_level
 
 if TYPE_CHECKING:
@@ -163,22 +164,22 @@ def finetune(*, data: Path, fusion: str, modalities: list[str], out: Path, setti
              freeze: bool | None = None, init_heads_from: Path | None = None, heads: int = 8, window: int = 8,
              anchors: str = "auto", resume: bool = False, overwrite: bool = False,
              measure_memory: bool = True, tile_size: int | None = None) -> dict:
-    from safetensors.torch import load_file
-
     from rtscli.data.inputs import sha256
+    from rtscli.io.readers import load_safetensors
     from rtscli.modeling.backbone import load_backbone_weights
     from rtscli.modeling.bundle import WEIGHTS, read_bundle
     from rtscli.modeling.cost import cost_report, format_cost
     from rtscli.modeling.multimodal import build_model, fusion_heads, fusion_spec
 
     if fusion not in STRATEGIES:
-        raise RtsError(f"unknown fusion {fusion!r}", fix=f"use one of {', '.join(STRATEGIES)}")
+        raise unknown_choice("fusion strategy", fusion, STRATEGIES)
     if len(modalities) < 2 or len(set(modalities)) != len(modalities):
         raise RtsError(f"--modalities {','.join(modalities)}: fusion needs two or more different modalities",
                        fix="e.g. --modalities rgb,ndvi,nir")
     if primary not in modalities:
         raise RtsError(f"the primary modality {primary!r} is not in --modalities {','.join(modalities)}",
                        fix=f"add it, or pass --primary {modalities[0]}")
+    check_run_dir(out, resume=resume, overwrite=overwrite)  # an unwritable -o is told before any work
     sources = list(sources or [])
     info = DatasetInfo.open(data)
     mods = [info.modality(n) for n in modalities]  # every modality must exist in the dataset
@@ -239,7 +240,7 @@ def finetune(*, data: Path, fusion: str, modalities: list[str], out: Path, setti
     # weights: backbones from the --from bundles, decoder from --init-heads-from (else fresh)
     origin = {}
     for name, b in bundles.items():
-        state = load_file(str(b.path / WEIGHTS))
+        state = load_safetensors(b.path / WEIGHTS, what="model weights")
         if feature:
             _load_part(model, state, "backbone.", f"backbone.backbones.{name}.", what=f"backbone of {name}",
                        path=b.path)
@@ -252,6 +253,8 @@ def finetune(*, data: Path, fusion: str, modalities: list[str], out: Path, setti
     if not bundles:
         notes = []
         specs = backbone_specs(settings.backbone_weights, modalities if feature else ["+".join(modalities)])
+        # fetched once for every backbone that starts from them (a machine that cannot have them is refused here)
+        imagenet = fetch_imagenet("imagenet", cfg) if "imagenet" in specs.values() else None
         # a feature-level fusion's backbone is a FusedBackbone (build_model)
         parts = (dict(cast("FusedBackbone", model.backbone).backbones.items()) if feature
                  else {"+".join(modalities): model.backbone})
@@ -260,13 +263,15 @@ def finetune(*, data: Path, fusion: str, modalities: list[str], out: Path, setti
                 mod = next((m for m in mods if m.name == name), None) or \
                     Modality(name, tuple(c for m in mods for c in m.channels))
                 adopt_backbone_stats(specs[name], cfg, mod, info, what=f"rts finetune ({name})")
-            notes.append(load_backbone_weights(bb, specs.get(name), timm_name=cfg.backbone.timm_name))
+            notes.append(load_backbone_weights(bb, specs.get(name), timm_name=cfg.backbone.timm_name, preset=cfg.name,
+                                               imagenet=imagenet))
+        del imagenet
         weights_note = notes[0] if len(set(notes)) == 1 else \
             "; ".join(f"{n}: {w}" for n, w in zip(parts, notes, strict=True))
     else:
         weights_note = "from bundles: " + ", ".join(f"{k} {v['path']}" for k, v in origin.items())
     if heads_bundle is not None:
-        state = load_file(str(heads_bundle.path / WEIGHTS))
+        state = load_safetensors(heads_bundle.path / WEIGHTS, what="model weights")
         for part in ("rpn.", "roi_heads."):
             _load_part(model, state, part, part, what="--init-heads-from", path=heads_bundle.path)
         heads_note = str(heads_bundle.path.resolve())
@@ -281,8 +286,6 @@ def finetune(*, data: Path, fusion: str, modalities: list[str], out: Path, setti
     check_memory(cfg, settings, what="rts finetune", trainable_params=trainable, total_params=total, fusion=spec,
                  resident_bytes=resident, resident_on_cpu=True)
     splits = open_splits(info, mods, cfg.tile_size, repeat, settings.seed)
-    # every check and every weight is in place: only now is the run directory touched
-    prepare_run_dir(out, resume=resume, overwrite=overwrite)
 
     import os
 
@@ -303,5 +306,8 @@ def finetune(*, data: Path, fusion: str, modalities: list[str], out: Path, setti
                            parameters=(rep["parameters_total"], rep["parameters_trainable"]))
     config["training"]["frozen_backbones"] = bool(freeze)
     config["cost"] = rep
-    return train_and_save(model, config=config, info=info, mods=mods, repeat=repeat, settings=settings, out=out,
-                          resume=resume, splits=splits)
+    # every check and every weight is in place: only now is the run directory touched
+    made = prepare_run_dir(out, resume=resume, overwrite=overwrite)
+    with discard_unfinished(out, made):
+        return train_and_save(model, config=config, info=info, mods=mods, repeat=repeat, settings=settings, out=out,
+                              resume=resume, splits=splits)

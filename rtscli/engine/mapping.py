@@ -17,10 +17,20 @@ import numpy as np
 
 from rtscli.data.scenes import Scene
 from rtscli.engine.predict import PredictOptions, dropped_note, predict_scene
+from rtscli.errors import RtsError
 from rtscli.geometry.footprint import CRSLike
 from rtscli.modeling.bundle import Bundle
 
 log = logging.getLogger("rtscli")
+
+
+class SceneDataError(RtsError):
+    """A scene failed for a reason in its own data: its pixels cannot be read (a truncated or damaged file).
+
+    :func:`run_scene` raises it instead of the reader's :class:`RtsError` (same message), so that a many-scene run
+    can record the scene as failed and go on, while a fault of the run itself (an output that cannot be written)
+    still stops it.
+    """
 
 
 def scene_key(path: Path) -> str:
@@ -66,7 +76,8 @@ def run_scene(model: Any, bundle: Bundle, scene: Scene, out: Path, opts: Predict
         The scene's :class:`SceneReport`.
 
     Raises:
-        RtsError: a tile cannot be read, or an output cannot be written.
+        SceneDataError: the scene's pixels cannot be read (a truncated or damaged file; the reader's message).
+        RtsError: an output cannot be written.
     """
     from rtscli.geometry.footprint import window_footprint
     from rtscli.geometry.measure import geodesic_area
@@ -77,16 +88,23 @@ def run_scene(model: Any, bundle: Bundle, scene: Scene, out: Path, opts: Predict
 
     area_km2 = geodesic_area(window_footprint(scene.transform, 0, 0, scene.width, scene.height), scene.crs) / 1e6
     t0 = time.perf_counter()
-    with tile_progress() as bar:
-        task = bar.add_task(f"{label}{scene.name}", total=None, area_km2=area_km2, unit="tiles")
-        gdf, timing = predict_scene(model, bundle, scene, opts,
-                                    progress=lambda k, n: bar.update(task, advance=k, total=n))
-    t = time.perf_counter()
+    try:  # everything that reads the scene's pixels: a failure here is the scene's own
+        with tile_progress() as bar:
+            task = bar.add_task(f"{label}{scene.name}", total=None, area_km2=area_km2, unit="tiles")
+            gdf, timing = predict_scene(model, bundle, scene, opts,
+                                        progress=lambda k, n: bar.update(task, advance=k, total=n))
+        t = time.perf_counter()
+        # a GeoPackage also gets where the map looked, for rts track (a slump outside is not gone)
+        footprint = footprint_frame(scene, gdf.crs) if out.suffix.lower() == ".gpkg" else None
+    except SceneDataError:
+        raise
+    except RtsError as exc:
+        raise SceneDataError(str(exc)) from exc
     if out.suffix.lower() == ".shp":  # Shapefile field names are at most 10 characters
         gdf = gdf.rename(columns=SHP_NAMES)
         log.info("Shapefile: fields renamed %s", ", ".join(f"{k}->{v}" for k, v in SHP_NAMES.items()))
-    if out.suffix.lower() == ".gpkg":  # with where the map looked, for rts track (a slump outside is not gone)
-        write_layers({layer: gdf, footprint_layer(layer): footprint_frame(scene, gdf.crs)}, out, overwrite=overwrite)
+    if footprint is not None:
+        write_layers({layer: gdf, footprint_layer(layer): footprint}, out, overwrite=overwrite)
     else:
         write_vector(gdf, out, layer=layer, overwrite=overwrite)
     if raster is not None:

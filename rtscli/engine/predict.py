@@ -318,7 +318,7 @@ def predict_scene(model: Any, bundle: Bundle, scene: Scene, opts: PredictOptions
             if low.size:  # what --min-score drops, so that "0 slumps" can say why
                 timing.extra["below_min_score"] = timing.extra.get("below_min_score", 0) + int(low.size)
                 timing.extra["best_below_min_score"] = max(timing.extra.get("best_below_min_score", 0.0),
-                                                           round(float(low.max()), 4))
+                                                           below(float(low.max()), opts.min_score))
             top = origins[b.index][1]
             if top > row:  # a new row of tiles: hand out what the rows above finished
                 merged += merger.finished(top)
@@ -335,10 +335,14 @@ def predict_scene(model: Any, bundle: Bundle, scene: Scene, opts: PredictOptions
             progress(len(batch), len(origins))
         t_wait = time.perf_counter()
     if clipped and float(np.median(clipped)) > 0.9:
-        from rtscli.data.values import REFLECTANCE, suggestion
+        from rtscli.data.values import REFLECTANCE, Conversion, suggestion
 
         ref = next((n for n in medians if n in REFLECTANCE), next(iter(medians), None))
-        hint = suggestion(float(np.median(medians[ref])), bundle.stats[ref].mean) if ref else "check --bands"
+        hint = "check --bands"
+        if ref:  # the advice comes from the conversions the scene and the model's training data went through
+            read = next((s.conversion for s in scene.sources if ref in s.bands), scene.sources[0].conversion)
+            hint = suggestion(float(np.median(medians[ref])), bundle.stats[ref].mean, band=ref, scene=read,
+                              training=Conversion.from_record(getattr(bundle, "values", None)))
         conv = "; ".join(f"{s.path.name}: {s.conversion.describe()}" for s in scene.sources)
         log.warning("%s: most pixels lie outside the value range the model was trained on (%s; values read %s), "
                     "so the scene is probably in other units or another band order: %s", scene.name,
@@ -387,14 +391,24 @@ def _sha256_of(path: str, mtime_ns: int, size: int) -> str:
     return sha256(Path(path))
 
 
+def below(score: float, threshold: float) -> float:
+    """``score`` (below ``threshold``) with the 4 decimals scores are written with, rounded down when rounding would
+    make it reach the threshold (0.14996 under 0.15 is 0.1499, never 0.1500)."""
+    shown = round(score, 4)
+    return shown if shown < threshold else math.floor(score * 1e4) / 1e4
+
+
 def dropped_note(timing: Timing, opts: PredictOptions) -> str | None:
     """Why detections are missing from the output: how many ``--min-score`` and ``--min-area`` dropped, with the
     highest score among them, and the option to change; None when nothing was dropped."""
     ex = timing.extra
     parts = []
     if ex.get("below_min_score"):
-        parts.append(f"{ex['below_min_score']} raw detections scored below --min-score {opts.min_score:g} (the highest "
-                     f"{ex['best_below_min_score']:.4f}): lower --min-score to keep them")
+        # scores are written with 4 decimals; the best one dropped is kept so (:func:`below`), never reading as the
+        # threshold itself
+        parts.append(f"{ex['below_min_score']} raw detection(s) scored below --min-score {opts.min_score:g} and were "
+                     f"dropped (the best of them scored {ex['best_below_min_score']:.4f}): lower --min-score to keep "
+                     "them")
     if ex.get("below_min_area"):
         parts.append(f"{ex['below_min_area']} slump(s) smaller than --min-area {opts.min_area:g} m2 were dropped "
                      f"(the best scored {ex['best_below_min_area']:.4f}): lower --min-area to keep them")

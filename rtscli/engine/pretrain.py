@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -90,22 +92,92 @@ def check_memory(cfg: ModelConfig, settings: TrainSettings, *, what: str, reside
                processes=devices if device == "cpu" else 1, what=what, **kw)
 
 
-def prepare_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
-    """Check, clear or create the run directory (only the first process does, under DDP)."""
-    import os
-    import shutil
+def fetch_imagenet(spec: str | None, cfg: ModelConfig) -> dict[str, torch.Tensor] | None:
+    """With ``--backbone-weights imagenet``: the ImageNet weights of the preset's backbone, fetched now, before the
+    run directory exists, so that a machine that cannot have them (no network, ``HF_HUB_OFFLINE``, a preset without
+    ImageNet weights) is refused with the fix and nothing is left behind
+    (:func:`rtscli.modeling.backbone.imagenet_weights`). None for any other ``spec``."""
+    if spec != "imagenet":
+        return None
+    from rtscli.modeling.backbone import imagenet_weights
 
-    # Under DDP every process runs this command (Lightning re-launches it, torchrun starts them
-    # all): only the first one checks, clears or creates the run directory.
-    first = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0"
-    if first and out.exists() and not (resume or overwrite):
+    return imagenet_weights(cfg.backbone.kind, cfg.backbone.timm_name, preset=cfg.name)
+
+
+def _first_process() -> bool:
+    """Under DDP every process runs the command (Lightning re-launches it, torchrun starts them all): only the
+    first one checks, clears or creates the run directory."""
+    import os
+
+    return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0"
+
+
+def check_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse, before any work, a run directory that cannot be used: it exists without ``resume`` or ``overwrite``,
+    it is a file, or it (or the folder it goes in) cannot be written (:func:`rtscli.io.atomic.check_writable`).
+    Touches nothing; only the first process checks, under DDP.
+
+    Raises:
+        RtsError: one line naming the folder and the fix.
+    """
+    from rtscli.io.atomic import check_writable
+
+    if not _first_process():
+        return
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RtsError("exists and is not a folder", path=out, fix="choose another -o")
+    if out.exists() and not (resume or overwrite):
         if (out / "checkpoints" / "last.ckpt").exists():
             raise RtsError("output exists", path=out, fix="pass --resume to continue it or --overwrite to replace it")
         raise RtsError("output exists (with no checkpoint to resume from)", path=out,
                        fix="pass --overwrite to replace it, or choose another -o")
+    if resume and (out / "config.yaml").exists() and not (out / "checkpoints" / "last.ckpt").exists():
+        # --resume without a checkpoint starts a run from the beginning (fit): never over a finished bundle
+        raise RtsError("the run is complete (its bundle is written) and kept no checkpoint to continue from",
+                       path=out, fix="pass --overwrite without --resume to train it again, or choose another -o "
+                                     "(--keep-checkpoints keeps a run's checkpoints to continue it with more --epochs)")
+    if not out.exists() or (overwrite and not resume):  # made (again) in its folder
+        check_writable(out)
+    if out.exists():  # written into
+        check_writable(out, into=True)
+
+
+def prepare_run_dir(out: Path, *, resume: bool, overwrite: bool) -> bool:
+    """Check (:func:`check_run_dir`), clear or create the run directory (only the first process does, under DDP).
+
+    Call it once every other check has passed: a refused run leaves no folder. Returns whether this call made the
+    folder (new, or cleared by ``overwrite``): :func:`discard_unfinished` removes such a folder again when the run
+    fails before its first checkpoint.
+    """
+    import shutil
+
+    check_run_dir(out, resume=resume, overwrite=overwrite)
+    first = _first_process()
+    made = first and (not out.exists() or (overwrite and not resume))
     if first and out.exists() and overwrite and not resume:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    return made
+
+
+@contextmanager
+def discard_unfinished(out: Path, made: bool) -> Iterator[None]:
+    """Around a run's training: when it fails (refused by a late check, out of space, interrupted) before its
+    first checkpoint, the run directory it made (``made``, from :func:`prepare_run_dir`) is removed, so nothing
+    is left that could neither be used nor resumed. A folder that was there before, or that holds a checkpoint to
+    ``--resume`` from, is kept; so is the folder of a run stopped by SIGTERM (:class:`rtscli.errors.Stopped`: its
+    message says what it kept and how to continue)."""
+    import shutil
+
+    from rtscli.errors import Stopped
+
+    try:
+        yield
+    except BaseException as exc:
+        if made and not isinstance(exc, Stopped) and not (Path(out) / "checkpoints" / "last.ckpt").exists():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def bundle_config(*, cfg: ModelConfig, info: DatasetInfo, data: Path, mods: list[Modality], repeat: int | None,
@@ -249,6 +321,7 @@ def pretrain(*, data: Path, modality: str, preset: str, out: Path, settings: Tra
     from rtscli.modeling.backbone import load_backbone_weights
     from rtscli.modeling.detector import Detector, count_parameters
 
+    check_run_dir(out, resume=resume, overwrite=overwrite)  # first: an unwritable -o is told before any work
     info = DatasetInfo.open(data)
     mod = info.modality(modality)
     repeat = info.manifest.get("repeat_to", 3) if repeat_to is None else repeat_to
@@ -257,18 +330,22 @@ def pretrain(*, data: Path, modality: str, preset: str, out: Path, settings: Tra
     cfg.roi_heads.mask = cfg.roi_heads.mask and masks
     adopt_backbone_stats(settings.backbone_weights, cfg, mod, info, what="rts pretrain")
     check_memory(cfg, settings, what="rts pretrain")  # before the run directory or the model exists
+    imagenet = fetch_imagenet(settings.backbone_weights, cfg)  # a refusal leaves nothing behind
     splits = open_splits(info, [mod], cfg.tile_size, repeat, settings.seed)  # its errors leave nothing behind
-    prepare_run_dir(out, resume=resume, overwrite=overwrite)
 
     import lightning as L
 
     L.seed_everything(settings.seed, workers=True, verbose=False)
     model = Detector(cfg=cfg)
-    weights_note = load_backbone_weights(model.backbone, settings.backbone_weights, timm_name=cfg.backbone.timm_name)
+    weights_note = load_backbone_weights(model.backbone, settings.backbone_weights, timm_name=cfg.backbone.timm_name,
+                                         preset=cfg.name, imagenet=imagenet)
+    del imagenet
     total, trainable = count_parameters(model)
     log.info("model %s: %.1fM parameters (%.1fM trainable), %s input channels, tile %d; backbone weights: %s",
              cfg.name, total / 1e6, trainable / 1e6, channels, cfg.tile_size, weights_note)
     config = bundle_config(cfg=cfg, info=info, data=data, mods=[mod], repeat=repeat, fusion=None, stage="pretrain",
                            settings=settings, weights_note=weights_note, parameters=(total, trainable))
-    return train_and_save(model, config=config, info=info, mods=[mod], repeat=repeat, settings=settings, out=out,
-                          resume=resume, splits=splits)
+    made = prepare_run_dir(out, resume=resume, overwrite=overwrite)  # every check passed, the weights are loaded
+    with discard_unfinished(out, made):
+        return train_and_save(model, config=config, info=info, mods=[mod], repeat=repeat, settings=settings, out=out,
+                              resume=resume, splits=splits)

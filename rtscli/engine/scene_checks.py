@@ -35,10 +35,20 @@ def scene_sources(scene: Path | None, *, band_map: BandMap, rgb: Path | None = N
         The sources, the one that sets the grid first.
 
     Raises:
-        RtsError: a named raster does not exist, or an ``--aux`` item is malformed.
+        RtsError: a named raster does not exist, an ``--aux`` item is malformed, or the band map does not fit
+            ``scene`` (:func:`rtscli.data.bands.check_fits`: band count, band descriptions, a preset made for
+            another sensor).
     """
     if scene is not None:
-        return [Source(scene, {k: v for k, v in band_map.as_dict().items() if k != "mask"})]
+        from rtscli.data.bands import check_fits
+        from rtscli.io.raster import inspect
+
+        image_bands = band_map.without(["mask"])
+        info = inspect(scene)
+        if image_bands.preset is not None or image_bands.max_index() <= info.count:
+            # (a model's own band map with a band beyond the scene's: check_band_layout says it with the layout)
+            check_fits(image_bands, info.count, info.descriptions, scene)
+        return [Source(scene, image_bands.as_dict())]
     srcs = []
     if rgb:
         srcs.append(Source(Path(rgb), {"red": 1, "green": 2, "blue": 3}))

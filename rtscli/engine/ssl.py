@@ -32,9 +32,12 @@ log = logging.getLogger("rtscli")
 
 def open_scenes(inputs: list[str], band_map: BandMap, *, aux: list[str], scale: float | None,
                 offset: float | None, nodata: float | None) -> list[Scene]:
-    """The unlabeled scenes (files, folders, globs, .txt lists, VRT mosaics) as :class:`Scene` objects, each
-    with its ``--aux`` rasters (NAME=PATH; only with one scene, on its grid)."""
+    """The unlabeled scenes (files, folders, globs, .txt lists, VRT mosaics; folders with site subfolders too) as
+    :class:`Scene` objects, each with its ``--aux`` rasters (NAME=PATH; only with one scene, on its grid). The
+    band map is checked against every scene (:func:`rtscli.data.bands.check_fits`) before any is read."""
+    from rtscli.data.bands import check_fits
     from rtscli.data.scenes import Source, open_scene, scene_paths
+    from rtscli.io.raster import inspect
 
     from rtscli.data.inputs import parse_aux
 
@@ -44,6 +47,9 @@ def open_scenes(inputs: list[str], band_map: BandMap, *, aux: list[str], scale: 
         raise RtsError(f"--aux rasters go with one scene, {len(paths)} were given",
                        fix="run rts ssl on one scene with its aux rasters, or build a VRT mosaic of each")
     bands = {k: v for k, v in band_map.as_dict().items() if k != "mask"}
+    for p in paths:
+        info = inspect(p)
+        check_fits(band_map.without(["mask"]), info.count, info.descriptions, p)
     scenes = []
     for p in paths:
         sources = [Source(p, bands)] + [Source(q, {n: 1}) for n, q in extra.items()]
@@ -67,7 +73,9 @@ def ssl(*, inputs: list[str], modality: str, band_map: BandMap, out: Path, prese
     from rtscli.data.windows import RandomWindows, sample_stats
     from rtscli.engine.curves import plot_curves
     from rtscli.engine.lightning_task import SslModule
-    from rtscli.engine.pretrain import prepare_run_dir, prune_checkpoints
+    from rtscli.engine.pretrain import (
+        check_memory, check_run_dir, discard_unfinished, fetch_imagenet, prepare_run_dir, prune_checkpoints,
+    )
     from rtscli.engine.train import EpochSampler, epoch_metrics, fit, write_epoch_csv
     from rtscli.engine.train_settings import settings_dict
     from rtscli.modeling.backbone import build_backbone, load_backbone_weights
@@ -82,6 +90,7 @@ def ssl(*, inputs: list[str], modality: str, band_map: BandMap, out: Path, prese
         raise RtsError("--windows and --stats-windows must be at least 1", fix="e.g. --windows 1000")
     if not 0.05 <= mask_ratio <= 0.95:
         raise RtsError(f"--mask-ratio {mask_ratio} must be in [0.05, 0.95]", fix="SimMIM uses 0.6")
+    check_run_dir(out, resume=resume, overwrite=overwrite)  # an unwritable -o is told before any work
     cfg = load_preset(preset)
     if tile_size is not None:
         cfg.tile_size = check_tile_size(tile_size)
@@ -92,7 +101,10 @@ def ssl(*, inputs: list[str], modality: str, band_map: BandMap, out: Path, prese
     repeat = repeat_to if repeat_to and repeat_to > 1 else None
     channels = mod.input_channels(repeat)
     cfg.backbone.in_channels = channels
-    prepare_run_dir(out, resume=resume, overwrite=overwrite)
+    # before any window is read or the model exists: a step too large for this machine, or ImageNet weights it
+    # cannot have, is refused in one line with the fix
+    check_memory(cfg, settings, what="rts ssl", task="ssl")
+    imagenet = fetch_imagenet(settings.backbone_weights, cfg)
 
     import lightning as L
 
@@ -108,7 +120,9 @@ def ssl(*, inputs: list[str], modality: str, band_map: BandMap, out: Path, prese
                                          num_workers=settings.workers, drop_last=len(data) > settings.batch_size,
                                          persistent_workers=settings.workers > 0)
     backbone = build_backbone(cfg=cfg.backbone, fpn=cfg.fpn, tile_size=cfg.tile_size)
-    start = load_backbone_weights(backbone, settings.backbone_weights, timm_name=cfg.backbone.timm_name)
+    start = load_backbone_weights(backbone, settings.backbone_weights, timm_name=cfg.backbone.timm_name,
+                                  preset=cfg.name, imagenet=imagenet)
+    del imagenet
     model = MaskedImageModel(backbone, channels)
     steps_per_epoch = max(1, len(loader))
     total = settings.max_steps if settings.max_steps > 0 else settings.epochs * steps_per_epoch
@@ -116,8 +130,11 @@ def ssl(*, inputs: list[str], modality: str, band_map: BandMap, out: Path, prese
     log.info("rts ssl: %s backbone of %s, modality %s (%d channels), %d px tiles, %d windows per epoch, %.0f%% of "
              "%d px blocks hidden; start: %s", cfg.backbone.kind, cfg.name, mod.name, channels, cfg.tile_size,
              windows, 100 * mask_ratio, MASK_BLOCK, start)
-    trainer = fit(module, loader, None, settings=settings, run_dir=out, resume=resume,
-                  steps_per_epoch=steps_per_epoch)
+    # every check passed and the weights are loaded: only now is the run directory made
+    made = prepare_run_dir(out, resume=resume, overwrite=overwrite)
+    with discard_unfinished(out, made):
+        trainer = fit(module, loader, None, settings=settings, run_dir=out, resume=resume,
+                      steps_per_epoch=steps_per_epoch)
     rows = epoch_metrics(out)
     write_epoch_csv(out, rows)
     losses = [r["train_loss"] for r in rows if "train_loss" in r]

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from rtscli.engine.train_settings import TrainSettings
-from rtscli.errors import RtsError
+from rtscli.errors import Stopped
 from rtscli.progress import is_terminal
 
 if TYPE_CHECKING:
@@ -38,21 +38,42 @@ class EpochSampler(torch.utils.data.Sampler):
 
     Lightning calls ``set_epoch`` on samplers that have it (and wraps this one for DDP). It yields
     ``(index, epoch)`` pairs: data-loading workers keep their own copy of the dataset, so the epoch
-    (which seeds the augmentation) must travel with the index.
+    (which seeds the augmentation) must travel with the index. ``skip``: indices the next pass leaves out at its
+    start, once (the batches a run resumed inside an epoch had trained: :class:`StopOnSigterm`).
     """
 
     def __init__(self, n: int, seed: int) -> None:
         self.n, self.seed, self.epoch = n, seed, 0
+        self.skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter((i, self.epoch) for i in torch.randperm(self.n, generator=g).tolist())
+        skip, self.skip, epoch = self.skip, 0, self.epoch
+        return iter([(i, epoch) for i in torch.randperm(self.n, generator=g).tolist()[skip:]])
 
     def __len__(self) -> int:
         return self.n
+
+
+def worker_init(worker_id: int) -> None:
+    """The ``worker_init_fn`` of training data loaders: a worker process ignores its first SIGTERM (SLURM signals
+    every process of a job; the main process stops the run after its step and ends the workers itself, and a
+    worker dead of the signal would fail that step), then seeds itself as Lightning does
+    (``seed_everything(workers=True)``)."""
+    import os
+    import signal
+
+    def first(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the next one ends the worker
+
+    signal.signal(signal.SIGTERM, first)
+    if int(os.environ.get("PL_SEED_WORKERS", 0)):
+        from lightning.fabric.utilities.seed import pl_worker_init_function
+
+        pl_worker_init_function(worker_id)
 
 
 def choose_precision(settings: TrainSettings) -> str:
@@ -79,7 +100,14 @@ def fit(module: L.LightningModule, train_loader: torch.utils.data.DataLoader,
 
     ``run_dir/checkpoints/last.ckpt`` is the latest completed epoch and ``best.ckpt`` the best validated one
     (:class:`rtscli.engine.lightning_task.RunCheckpoints`). Progress shows as a Rich bar on a terminal, else as
-    log lines (:class:`rtscli.engine.lightning_task.LogProgress`); Lightning's CSV log goes to ``run_dir/logs``.
+    log lines (:class:`rtscli.engine.lightning_task.LogProgress`); Lightning's CSV log goes to ``run_dir/logs``,
+    and the rows of the runs before a resume are kept (:func:`keep_history`).
+
+    SIGTERM (SLURM's time limit, ``kill``) stops the run after its running step, with ``last.ckpt`` at that step
+    when it fell inside a training epoch of a one-process run, else the latest completed epoch
+    (:class:`rtscli.engine.lightning_task.StopOnSigterm`), and ``run_dir/metrics.csv`` so far. The training
+    loader's worker processes leave the signal to this process (:func:`worker_init`, unless the loader has a
+    ``worker_init_fn`` of its own).
 
     Args:
         module: a :class:`rtscli.engine.lightning_task.DetectionModule` or ``SslModule``.
@@ -87,27 +115,32 @@ def fit(module: L.LightningModule, train_loader: torch.utils.data.DataLoader,
         val_loader: the validation batches; None validates nothing.
         settings: the run's settings.
         run_dir: the run directory.
-        resume: continue from ``checkpoints/last.ckpt``.
+        resume: continue from ``checkpoints/last.ckpt``; without one, the run starts from the beginning (a run
+            stopped before its first checkpoint, a SLURM job script that always passes ``--resume``).
         steps_per_epoch: training batches per epoch (how often Lightning logs).
 
     Returns:
         The trainer, once the run is complete.
 
     Raises:
-        RtsError: ``resume`` without ``checkpoints/last.ckpt``.
+        Stopped: SIGTERM stopped the run (exit code 143); its message says where and what it kept.
         NonFiniteLoss: the loss became NaN or infinite.
     """
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 
     from rtscli.engine.devices import training_device
-    from rtscli.engine.lightning_task import LogProgress, RunCheckpoints
+    from rtscli.engine.lightning_task import LogProgress, RunCheckpoints, StopOnSigterm
     from rtscli.logs import adopt_lightning
 
     adopt_lightning()  # Lightning's "GPU available" lines and tips: through rts's log (warnings only), not raw
 
     ckpt_dir = run_dir / "checkpoints"
-    callbacks: list[L.Callback] = [RunCheckpoints(ckpt_dir)]
+    sampler = train_loader.sampler if isinstance(train_loader.sampler, EpochSampler) else None
+    stop = StopOnSigterm(ckpt_dir, sampler=sampler, batch_size=train_loader.batch_size or 1)
+    if train_loader.num_workers > 0 and train_loader.worker_init_fn is None:
+        train_loader.worker_init_fn = worker_init
+    callbacks: list[L.Callback] = [RunCheckpoints(ckpt_dir), stop]
     show = is_terminal()
     if show:
         from lightning.pytorch.callbacks import RichProgressBar
@@ -143,11 +176,116 @@ def fit(module: L.LightningModule, train_loader: torch.utils.data.DataLoader,
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
     # runs checkpointed before rts kept its own last/best files name Lightning's ModelCheckpoint: not needed to resume
     warnings.filterwarnings("ignore", message=r".*callbacks used to create the checkpoint need to be provided.*")
+    # a run resumed inside an epoch: its loader leaves out the batches done (StopOnSigterm), not Lightning's case
+    warnings.filterwarnings("ignore", message=r".*resuming from a checkpoint that ended before the epoch ended.*")
     ckpt = ckpt_dir / "last.ckpt" if resume else None
     if ckpt is not None and not ckpt.exists():
-        raise RtsError("nothing to resume: no checkpoints/last.ckpt", path=run_dir, fix="start without --resume")
-    trainer.fit(module, train_loader, val_loader, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
+        log.info("nothing to resume in %s (no checkpoints/last.ckpt): starting the run from the beginning", run_dir)
+        ckpt = None
+    keep_history(run_dir, resume=ckpt is not None)  # before Lightning's CSV logger replaces logs/metrics.csv
+    previous = _handle_sigterm(stop.handle_signal)
+    try:
+        trainer.fit(module, train_loader, val_loader, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
+    except BaseException as exc:
+        if not (stop.received or trainer.received_sigterm):
+            raise
+        raise _stopped(run_dir, trainer, stop) from exc
+    finally:
+        if previous is not None:
+            _handle_sigterm(previous)
+    if stop.received:  # after the loop's end: last.ckpt is the run's last epoch, a resume writes the bundle
+        raise _stopped(run_dir, trainer, stop)
     return trainer
+
+
+def _handle_sigterm(handler: Any) -> Any:
+    """Make ``handler`` the SIGTERM handler; returns the one it replaces (None where signals cannot be handled
+    here: not the main thread)."""
+    import signal
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        return None
+    return signal.SIG_DFL if previous is None else previous
+
+
+def _stopped(run_dir: Path, trainer: L.Trainer, stop: Any) -> Stopped:
+    """The error of a run that SIGTERM stopped: where, and what ``checkpoints/last.ckpt`` holds; with
+    ``run_dir/metrics.csv`` so far written (first process)."""
+    if trainer.is_global_zero:
+        try:
+            write_epoch_csv(run_dir, epoch_metrics(run_dir))
+        except Exception as exc:  # never in the way of the stop
+            log.warning("could not write %s: %s", run_dir / "metrics.csv", exc)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    where = f"after step {trainer.global_step}" if stop.in_loop else "before training started"
+    if stop.saved_at is not None:
+        kept = f", inside epoch {trainer.current_epoch}; saved {last} at that step"
+    elif last.exists():
+        step = f"step {stop.checkpoint_step}" if stop.checkpoint_step is not None else "its latest completed epoch"
+        kept = f"; {last} holds {step}"
+    else:
+        kept = f"; no checkpoint yet in {run_dir}: it starts from the beginning"
+    return Stopped(f"stopped by SIGTERM {where}{kept}")
+
+
+#: Lightning's CSV rows of the runs of a run directory before its latest resume (``logs/metrics.csv`` holds the
+#: latest run's only: Lightning's CSV logger replaces it when a run starts)
+EARLIER = "earlier.csv"
+
+
+def _log_rows(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _row_epoch(row: dict[str, str]) -> int | None:
+    value = row.get("epoch")
+    return int(float(value)) if value not in ("", None) else None
+
+
+def log_history(run_dir: Path) -> list[dict[str, str]]:
+    """Lightning's CSV rows of every run of ``run_dir``: those of the runs before the latest resume
+    (``logs/earlier.csv``) up to the epoch where the latest run's rows (``logs/metrics.csv``) begin, then these.
+
+    A resumed run starts in the epoch of its checkpoint: the earlier rows of that epoch and later ones, which it
+    trains again (or continues), give way to its own, so every epoch is there once.
+    """
+    earlier = _log_rows(run_dir / "logs" / EARLIER)
+    latest = _log_rows(run_dir / "logs" / "metrics.csv")
+    epochs = [e for e in map(_row_epoch, latest) if e is not None]
+    if epochs:
+        start = min(epochs)
+        earlier = [r for r in earlier if (e := _row_epoch(r)) is not None and e < start]
+    return earlier + latest
+
+
+def keep_history(run_dir: Path, *, resume: bool) -> None:
+    """Before a run starts in ``run_dir`` (first process only): resumed, the rows of the runs so far
+    (:func:`log_history`) go to ``logs/earlier.csv``, which Lightning's CSV logger leaves alone; started from the
+    beginning, an ``earlier.csv`` left by a run with no checkpoint goes."""
+    import os
+
+    if os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) != "0":
+        return
+    logs = run_dir / "logs"
+    if not resume:
+        (logs / EARLIER).unlink(missing_ok=True)
+        return
+    rows = log_history(run_dir)
+    if not rows:
+        return
+    keys = sorted({k for r in rows for k in r})
+    tmp = logs / (EARLIER + ".partial")
+    with tmp.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, logs / EARLIER)
+    (logs / "metrics.csv").unlink(missing_ok=True)
 
 
 def bundle_weights(module: DetectionModule, trainer: L.Trainer, run_dir: Path,
@@ -198,7 +336,8 @@ def bundle_weights(module: DetectionModule, trainer: L.Trainer, run_dir: Path,
 
 
 def epoch_metrics(run_dir: Path) -> list[dict[str, float]]:
-    """Per-epoch rows from Lightning's CSV log (``run_dir/logs/metrics.csv``).
+    """Per-epoch rows from Lightning's CSV log (``run_dir/logs/metrics.csv``, after those of the runs before a
+    resume: :func:`log_history`).
 
     Args:
         run_dir: the run directory.
@@ -207,19 +346,15 @@ def epoch_metrics(run_dir: Path) -> list[dict[str, float]]:
         One dict per epoch, in order: ``epoch``, the epoch means of the training losses (``train_loss``, ...)
         and the validation metrics (``val_ap50``, ...) of the epochs that validated; none without a log.
     """
-    path = run_dir / "logs" / "metrics.csv"
-    if not path.exists():
-        return []
     rows: dict[int, dict[str, float]] = {}
-    with path.open() as fh:
-        for r in csv.DictReader(fh):
-            if not r.get("epoch"):
-                continue
-            e = int(float(r["epoch"]))
-            d = rows.setdefault(e, {"epoch": e})
-            for k, v in r.items():
-                if v not in ("", None) and k not in ("epoch", "step") and (k.endswith("_epoch") or k.startswith("val")):
-                    d[k.replace("_epoch", "")] = float(v)
+    for r in log_history(run_dir):
+        if not r.get("epoch"):
+            continue
+        e = int(float(r["epoch"]))
+        d = rows.setdefault(e, {"epoch": e})
+        for k, v in r.items():
+            if v not in ("", None) and k not in ("epoch", "step") and (k.endswith("_epoch") or k.startswith("val")):
+                d[k.replace("_epoch", "")] = float(v)
     return [rows[e] for e in sorted(rows)]
 
 

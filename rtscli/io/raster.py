@@ -6,6 +6,8 @@ Nothing here reads a whole scene: callers ask for windows. GDAL's block cache is
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,79 @@ def open_raster(path: str | Path, mode: str = "r", **profile: Any) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         return rasterio.open(path, mode, **profile)
+
+
+#: the most pixel values (width x height x bands) rts reads whole into memory: a COCO image or a mask kept whole, a
+#: dataset chip, one annotation's mask. A file's header says its size, so a file of a few bytes can claim 60000 x
+#: 60000 px; it is refused before anything that size is allocated (:func:`check_whole_read`). 2**28 values are
+#: 16384 x 16384 px of one band (1 GiB as float32). Larger images are read by window (``--chip-size``), as scenes are.
+MAX_WHOLE_READ_PIXELS = 2**28
+#: the environment variable that overrides :data:`MAX_WHOLE_READ_PIXELS` (a whole number of pixel values)
+WHOLE_READ_ENV = "RTS_MAX_WHOLE_READ_PIXELS"
+
+
+def whole_read_budget() -> int:
+    """The most pixel values read whole: ``$RTS_MAX_WHOLE_READ_PIXELS`` when set, else :data:`MAX_WHOLE_READ_PIXELS`.
+
+    Raises:
+        RtsError: the variable is set to something that is not a positive whole number.
+    """
+    text = os.environ.get(WHOLE_READ_ENV, "").strip()
+    if not text:
+        return MAX_WHOLE_READ_PIXELS
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise RtsError(f"cannot read {WHOLE_READ_ENV}={text!r}",
+                       fix=f"set it to a positive whole number of pixel values (default {MAX_WHOLE_READ_PIXELS}), or "
+                           "unset it")
+    return value
+
+
+def _count(n: int) -> str:
+    """A count as a user reads it: ``3.6 G``, ``268 M``, ``91 k``, ``500``."""
+    for div, unit in ((10**9, " G"), (10**6, " M"), (10**3, " k")):
+        if n >= div:
+            return f"{n / div:.3g}{unit}"
+    return str(n)
+
+
+def check_whole_read(path: str | Path, width: int, height: int, bands: int = 1, what: str = "image", *,
+                     fix: str | None = None) -> None:
+    """Refuse, before anything is allocated, a whole read (or an array) of ``width x height x bands`` values that
+    is larger than :func:`whole_read_budget`: its size comes from a file (a raster's header, a COCO entry) and a
+    file of a few bytes can claim 60000 x 60000 px.
+
+    Args:
+        path: the file that claims the size, named in the error.
+        width: columns, pixels.
+        height: rows, pixels.
+        bands: the bands (or planes) read together.
+        what: what is read, for the message (``image``, ``chip``, ``annotation 7 of image 3``).
+        fix: what the user can do (raising :data:`WHOLE_READ_ENV` is added); default: cut the image into chips read
+            by window (``--chip-size``), or check its header.
+
+    Raises:
+        RtsError: one line naming ``path``, the size it claims (and the file's own size) and the fix.
+    """
+    w, h, b = int(width), int(height), max(1, int(bands))
+    budget = whole_read_budget()
+    n = max(w, 0) * max(h, 0) * b
+    if n <= budget:
+        return
+    size = f"{w} x {h} px" + (f" x {b} bands" if b > 1 else "")
+    try:
+        nbytes = Path(path).stat().st_size
+        on_disk = f", in a file of {nbytes} bytes" if nbytes < 1000 else f", in a file of {_count(nbytes)}B"
+    except OSError:
+        on_disk = ""
+    fix = fix or ("cut it into chips read by window with --chip-size (e.g. 1024); if the image should be small, "
+                  "its header is damaged (check it with gdalinfo)")
+    raise RtsError(f"{what} claims {size} ({_count(n)} values{on_disk}): more than rts reads whole into memory "
+                   f"({_count(budget)} values)", path=path,
+                   fix=f"{fix}; if the size is real and this machine has the memory, raise {WHOLE_READ_ENV}")
 
 
 def crs_name(crs: Any) -> str:
@@ -261,7 +336,22 @@ def gdal_detail(exc: BaseException) -> str:
         e = e.__cause__ or e.__context__
     useful = [m for m in chain[1:] if m and "See previous exception" not in m] or \
         [m.replace("See previous exception for details.", "").strip() for m in chain]
-    return useful[-1][:200] if useful else type(exc).__name__
+    return _plain_libtiff(useful[-1])[:200] if useful else type(exc).__name__
+
+
+#: libtiff's message for a block it could not read whole: "TIFFReadEncodedTile:Read error at row 4294967295, col
+#: 4294967295; got 0 bytes, expected 49152" (the row and column are unset, -1 as unsigned 32-bit integers)
+_LIBTIFF_SHORT_READ = re.compile(r"TIFF\w*:\s*Read error at [^;]*;\s*got (\d+) bytes?, expected (\d+)")
+
+
+def _plain_libtiff(message: str) -> str:
+    """libtiff's short-read message said plainly: a block of the file is cut short (the file is truncated or
+    damaged; its row and column numbers, often 4294967295, mean nothing to the user). Other messages are returned
+    as they are."""
+    m = _LIBTIFF_SHORT_READ.search(message)
+    if m is None:
+        return message
+    return f"libtiff could read only {m.group(1)} of the {m.group(2)} bytes of a block of its data"
 
 
 def read_error(path: str | Path, exc: BaseException, window: Window | None = None) -> RtsError:

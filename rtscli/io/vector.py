@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rtscli.errors import RtsError
+from rtscli.errors import RtsError, os_errno, os_fix
 from rtscli.geometry.footprint import CRSLike
-from rtscli.io.atomic import atomic_file, check_output, tmp_sibling
+from rtscli.io.atomic import atomic_file, check_output, check_writable, output_lock, tmp_sibling
 from rtscli.io.raster import crs_name
 
 log = logging.getLogger("rtscli")
@@ -240,6 +240,7 @@ def check_vector_output(path: str | Path, overwrite: bool, layers: list[str] | t
         raise RtsError(f"the GeoPackage already has a layer {', '.join(repr(t) for t in taken)}", path=path,
                        fix="pass --overwrite to replace that layer (the GeoPackage's other layers are kept), "
                            f"{other}")
+    check_writable(path)  # the layers go into a copy beside it, renamed over it
     return path
 
 
@@ -250,7 +251,9 @@ def write_layers(layers: dict[str, Any], path: str | Path, *, overwrite: bool = 
     A new file is built under a temporary name and renamed. Into an existing GeoPackage, the layers are
     written into a copy, which then replaces the file: only these layers change, every other layer (an
     analyst's ``aoi``, QGIS styles and projects stored in the file) is kept, and an interrupted run leaves
-    the file as it was. Replacing a layer that exists needs ``overwrite``.
+    the file as it was. Replacing a layer that exists needs ``overwrite``. Writers of one file take turns
+    (:func:`rtscli.io.atomic.output_lock`, from the check of the layers to the rename): two runs adding
+    different layers at once both keep theirs.
 
     Args:
         layers: ``{layer name: GeoDataFrame}``.
@@ -262,27 +265,38 @@ def write_layers(layers: dict[str, Any], path: str | Path, *, overwrite: bool = 
         ``path`` as a ``Path``.
 
     Raises:
-        RtsError: a layer exists without ``overwrite``, or GDAL or the file system refuses the write.
+        RtsError: a layer exists without ``overwrite`` (also: written by another process while this one waited for
+            the file's lock), another process holds the lock too long, or GDAL or the file system refuses the write.
     """
     from pyogrio.errors import DataLayerError, DataSourceError, FieldError, GeometryError
 
     path = Path(path)
-    check_vector_output(path, overwrite, list(layers))
+    check_vector_output(path, overwrite, list(layers))  # before waiting for the lock: a clash is told at once
     try:
-        with atomic_file(path, overwrite=True) as tmp:  # only the named layers are replaced (checked above)
-            if path.exists():
-                shutil.copy2(path, tmp)
-            have = {n.casefold(): n for n in gpkg_layers(tmp)} if tmp.exists() else {}
-            for name, gdf in layers.items():
-                kw = {"geometry_type": geometry_type} if geometry_type else {}
-                # an existing layer of this name (in any case) is replaced; GDAL would refuse a case-only clash
-                gdf.to_file(tmp, driver="GPKG", layer=have.get(name.casefold(), name), **kw)
+        # one writer at a time: another run adding its layer to this file waits, then copies the file with it
+        with output_lock(path):
+            check_vector_output(path, overwrite, list(layers))  # again: the file may have changed while waiting
+            with atomic_file(path, overwrite=True) as tmp:  # only the named layers are replaced (checked above)
+                if path.exists():
+                    shutil.copy2(path, tmp)
+                have = {n.casefold(): n for n in gpkg_layers(tmp)} if tmp.exists() else {}
+                for name, gdf in layers.items():
+                    kw = {"geometry_type": geometry_type} if geometry_type else {}
+                    # an existing layer of this name (in any case) is replaced; GDAL would refuse a case-only clash
+                    gdf.to_file(tmp, driver="GPKG", layer=have.get(name.casefold(), name), **kw)
     except OSError as exc:  # disk full, no permission: one line naming the file
+        code = os_errno(exc)
         raise RtsError(f"cannot write the GeoPackage ({exc.strerror or exc})", path=path,
-                       fix="check the free space and the permissions of its folder") from None
+                       fix=os_fix(code) if code is not None else "check the free space and the permissions of its "
+                                                                 "folder") from None
     except (DataSourceError, DataLayerError, FieldError, GeometryError) as exc:  # GDAL refused: one line
-        raise RtsError(f"cannot write layer(s) {', '.join(layers)} ({' '.join(str(exc).split())[:200]})",
-                       path=path, fix="check the file (ogrinfo) or write to a new .gpkg") from None
+        text = " ".join(str(exc).split())[:200]
+        code = os_errno(exc)  # GDAL's message says "Permission denied", "No space left on device" ...
+        if code is None:
+            check_writable(path)  # the folder became unwritable (or full) meanwhile: say that, not ogrinfo
+        raise RtsError(f"cannot write layer(s) {', '.join(layers)} ({text})", path=path,
+                       fix=os_fix(code) if code is not None else "check the file (ogrinfo) or write to a new .gpkg"
+                       ) from None
     return path
 
 
@@ -308,22 +322,23 @@ def write_vector(gdf: Any, path: str | Path, *, layer: str = "rts", overwrite: b
     driver = driver_for(path)
     if driver == "GPKG":
         return write_layers({layer: gdf}, path, overwrite=overwrite)
-    if driver == "ESRI Shapefile":  # several files (.shp, .dbf, .shx, .prj ...): built in a folder, then moved
-        check_output(path, overwrite)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmpdir = tmp_sibling(path)
-        tmpdir.mkdir()
-        try:
-            gdf.to_file(tmpdir / path.name, driver=driver)
-            stem = path.stem
-            for f in tmpdir.iterdir():
-                os.replace(f, path.parent / f.name.replace(f.stem, stem, 1))
-        finally:
-            shutil.rmtree(tmpdir, ignore_errors=True)
-        return path
-    with atomic_file(path, overwrite=overwrite) as tmp:
-        if driver == "Parquet":
-            gdf.to_parquet(tmp)
-        else:  # the layer (GeoJSON's "name") is the file's own name, not the temporary one
-            gdf.to_file(tmp, driver=driver, layer=path.stem)
+    check_output(path, overwrite)
+    with output_lock(path):  # one writer at a time; the check is repeated under the lock
+        if driver == "ESRI Shapefile":  # several files (.shp, .dbf, .shx, .prj ...): built in a folder, then moved
+            check_output(path, overwrite)
+            tmpdir = tmp_sibling(path)
+            tmpdir.mkdir()
+            try:
+                gdf.to_file(tmpdir / path.name, driver=driver)
+                stem = path.stem
+                for f in tmpdir.iterdir():
+                    os.replace(f, path.parent / f.name.replace(f.stem, stem, 1))
+            finally:
+                shutil.rmtree(tmpdir, ignore_errors=True)
+            return path
+        with atomic_file(path, overwrite=overwrite) as tmp:
+            if driver == "Parquet":
+                gdf.to_parquet(tmp)
+            else:  # the layer (GeoJSON's "name") is the file's own name, not the temporary one
+                gdf.to_file(tmp, driver=driver, layer=path.stem)
     return path

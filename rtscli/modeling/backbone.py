@@ -8,8 +8,10 @@ modalities, produced them.
 from __future__ import annotations
 
 import logging
+import os
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import cast
 
 import torch
@@ -167,36 +169,174 @@ def strip_prefix(state: dict[str, torch.Tensor], own: set[str]) -> dict[str, tor
     return best
 
 
-def load_backbone_weights(backbone: nn.Module, spec: str | None, *, timm_name: str | None) -> str:
+#: huggingface_hub's switch for machines without internet: set (1, true, yes, on), nothing is downloaded
+OFFLINE_ENV = "HF_HUB_OFFLINE"
+
+
+def offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` forbids downloads (read now: huggingface_hub reads it once, at its import)."""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def imagenet_source(kind: str, timm_name: str | None) -> str | None:
+    """Where ImageNet weights for a backbone come from: ``"timm:<name>"`` (MViTv2 of timm's shape ``name``),
+    ``"torchvision:resnet50"``, or None (an MViTv2 of no ImageNet-trained shape, e.g. the ``nano`` preset's)."""
+    if kind == "resnet50":
+        return "torchvision:resnet50"
+    if kind == "mvitv2" and timm_name:
+        return f"timm:{timm_name}"
+    return None
+
+
+def imagenet_presets() -> list[str]:
+    """The presets whose backbone has ImageNet weights (``--backbone-weights imagenet``, ``rts weights fetch``)."""
+    from rtscli.modeling.config import list_presets, load_preset
+
+    out = []
+    for name in list_presets():
+        b = load_preset(name).backbone
+        if imagenet_source(b.kind, b.timm_name):
+            out.append(name)
+    return out
+
+
+def download_imagenet_state(source: str) -> dict[str, torch.Tensor]:
+    """The ImageNet state dict of ``source`` (:func:`imagenet_source`), from the library's cache or downloaded
+    (timm: the Hugging Face hub; torchvision: download.pytorch.org). Raises whatever the library raises."""
+    lib, name = source.split(":", 1)
+    if lib == "timm":
+        import timm
+
+        return timm.create_model(name, pretrained=True, num_classes=0).state_dict()
+    from torchvision.models import ResNet50_Weights
+
+    return ResNet50_Weights.IMAGENET1K_V2.get_state_dict(progress=False)
+
+
+def cached_imagenet_state(source: str) -> dict[str, torch.Tensor] | None:
+    """The ImageNet state dict of ``source`` from this machine's cache only (timm: the Hugging Face hub cache;
+    torchvision: ``$TORCH_HOME/hub/checkpoints``); None when it is not there. Never touches the network."""
+    lib, name = source.split(":", 1)
+    if lib == "timm":
+        import timm
+        from huggingface_hub import try_to_load_from_cache
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(name)
+        hub_id = getattr(cfg, "hf_hub_id", None)
+        for filename in ("model.safetensors", "pytorch_model.bin"):
+            found = try_to_load_from_cache(hub_id, filename) if hub_id else None
+            if isinstance(found, str):
+                model = timm.create_model(name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": found})
+                return model.state_dict()
+        return None
+    from pathlib import Path
+    from urllib.parse import urlparse
+
+    from torchvision.models import ResNet50_Weights
+
+    url = ResNet50_Weights.IMAGENET1K_V2.url
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+    if not path.exists():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def imagenet_weights(kind: str, timm_name: str | None, *, preset: str | None = None, fix: str | None = None,
+                     what: str = "--backbone-weights imagenet") -> dict[str, torch.Tensor]:
+    """ImageNet weights for a backbone of ``kind`` (timm's ``timm_name`` shape), or a one-line refusal.
+
+    Never falls back to random weights: a run that asked for ImageNet weights and cannot have them stops here,
+    before anything is written. With ``HF_HUB_OFFLINE`` set nothing is downloaded: the weights come from the
+    library's cache (:func:`cached_imagenet_state`) or not at all.
+
+    Args:
+        kind: "mvitv2" or "resnet50".
+        timm_name: the timm model whose ImageNet weights match an MViTv2's shape (None: none does).
+        preset: the preset's name, for the messages.
+        fix: the fix when the weights cannot be had (default: fetch them elsewhere with ``rts weights fetch``
+            and pass the file as ``--backbone-weights``).
+        what: what asked for them, at the head of the messages.
+
+    Returns:
+        The ImageNet state dict (timm or torchvision names, the classifier included).
+
+    Raises:
+        RtsError: no ImageNet weights exist for this backbone; ``HF_HUB_OFFLINE`` is set and they are not cached;
+            the download failed (no network).
+    """
+    source = imagenet_source(kind, timm_name)
+    name = preset or kind
+    if source is None:
+        raise RtsError(f"{what}: preset {name} has no ImageNet weights (its {kind} backbone has no ImageNet-trained "
+                       f"shape); presets with them: {', '.join(imagenet_presets())}",
+                       fix="use one of those presets; or train with a .safetensors file or an `rts ssl` bundle as "
+                           "--backbone-weights, or without --backbone-weights (random weights)")
+    file = f"{name}_imagenet.safetensors"
+    fix = fix or (f"on a machine with internet run `rts weights fetch --preset {name} -o {file}`, copy the file "
+                  f"here and pass --backbone-weights {file}")
+    if offline():
+        state = cached_imagenet_state(source)
+        if state is None:
+            raise RtsError(f"{what}: {OFFLINE_ENV} is set, so the ImageNet weights of {name} "
+                           f"({source}) are not downloaded, and this machine has no cached copy", fix=fix)
+        log.info("ImageNet weights of %s from the local cache (%s is set)", source, OFFLINE_ENV)
+        return state
+    try:
+        return download_imagenet_state(source)
+    except Exception as exc:  # no network, a proxy, a full disk: say so, never train from random weights instead
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise RtsError(f"{what}: the ImageNet weights of {name} ({source}) could not be "
+                       f"downloaded ({type(exc).__name__}: {why})", fix=fix) from None
+
+
+def body_state(state: dict[str, torch.Tensor], *, cfg: BackboneConfig, fpn: FPNConfig,
+               tile_size: int) -> dict[str, torch.Tensor]:
+    """The tensors of ``state`` (an ImageNet state dict) that a backbone body of ``cfg`` has, under the names
+    :func:`load_backbone_weights` reads from a ``.safetensors`` file: the classifier and the final norm left out,
+    every tensor contiguous, relative-position tables as learned (they are interpolated when loaded). What
+    ``rts weights fetch`` writes.
+
+    Raises:
+        RtsError: when a tensor of the body is missing or has another shape (weights of another architecture).
+    """
+    with torch.device("meta"):  # names and shapes only: nothing is allocated
+        bb = build_backbone(cfg=replace(cfg, in_channels=3), fpn=fpn, tile_size=tile_size)
+    own = cast(nn.Module, bb.body).state_dict()
+    state = strip_prefix(state, set(own))
+    kept = {k: v.detach().contiguous() for k, v in state.items() if k in own}
+    lacking = [k for k in own if k not in kept]
+    wrong = [k for k, v in kept.items() if tuple(v.shape) != tuple(own[k].shape)
+             and not (is_rel_pos(k) and tuple(v.shape[1:]) == tuple(own[k].shape[1:]))]
+    if lacking or wrong:
+        bad = lacking[0] if lacking else f"{wrong[0]} {tuple(kept[wrong[0]].shape)}"
+        raise RtsError(f"the downloaded weights do not fit the {cfg.kind} backbone: {len(lacking)} tensors missing, "
+                       f"{len(wrong)} with another shape (e.g. {bad})",
+                       fix="report it: the preset's timm_name names another architecture")
+    return kept
+
+
+def load_backbone_weights(backbone: nn.Module, spec: str | None, *, timm_name: str | None,
+                          preset: str | None = None, imagenet: dict[str, torch.Tensor] | None = None) -> str:
     """Load ImageNet or file weights into a backbone body. Returns what happened, for the record.
 
-    ``spec``: None (random init), ``"imagenet"`` (timm/torchvision weights, when this machine can
-    download them), a path to a ``.safetensors`` file (a state dict of the body: timm's MViTv2 or
-    torchvision's ResNet50 key names; a ``module.``, ``model.``, ``encoder.`` or ``backbone.`` prefix is
-    removed), or a backbone bundle of ``rts ssl`` (a folder; check it with
-    :func:`rtscli.modeling.backbone_bundle.check_fits` first). Raises :class:`RtsError` when the file is missing,
-    not safetensors, or none of its tensors fits the backbone.
+    ``spec``: None (random init), ``"imagenet"`` (timm/torchvision weights: ``imagenet`` when they were fetched
+    before, else :func:`imagenet_weights`, which refuses when they cannot be had), a path to a ``.safetensors``
+    file (a state dict of the body: timm's MViTv2 or torchvision's ResNet50 key names, as ``rts weights fetch``
+    writes them; a ``module.``, ``model.``, ``encoder.`` or ``backbone.`` prefix is removed), or a backbone bundle
+    of ``rts ssl`` (a folder; check it with :func:`rtscli.modeling.backbone_bundle.check_fits` first). Raises
+    :class:`RtsError` when ImageNet weights cannot be had, the file is missing, not safetensors, or none of its
+    tensors fits the backbone. ``preset`` names the preset in messages.
     """
     if not spec:
         return "random"
     body = cast(nn.Module, backbone.body)  # nn.Module's __getattr__ types a submodule as Tensor | Module
     stem_key = "patch_embed.proj.weight" if hasattr(body, "patch_embed") else "conv1.weight"
     if spec == "imagenet":
-        try:
-            if isinstance(backbone, MViTv2FPN):
-                import timm
-
-                ref = timm.create_model(timm_name or "mvitv2_base", pretrained=True, num_classes=0)
-                state = ref.state_dict()
-            else:
-                from torchvision.models import ResNet50_Weights, resnet50
-
-                state = resnet50(weights=ResNet50_Weights.IMAGENET1K_V2).state_dict()
-        except Exception as exc:  # no network, no cache: say so and go on with random weights
-            log.warning("ImageNet weights for the backbone could not be loaded (%s); starting from random "
-                        "weights. Pass --backbone-weights PATH.safetensors to use a local copy.",
-                        str(exc).splitlines()[0][:120])
-            return "random (imagenet unavailable)"
+        if imagenet is None:
+            kind = "mvitv2" if isinstance(backbone, MViTv2FPN) else "resnet50"
+            imagenet = imagenet_weights(kind, timm_name, preset=preset)
+        state = dict(imagenet)  # the caller's dict stays as it was (the stem is adapted below)
         source = "imagenet"
     else:
         from pathlib import Path
@@ -208,12 +348,16 @@ def load_backbone_weights(backbone: nn.Module, spec: str | None, *, timm_name: s
             path = path / "model.safetensors"
         if not path.exists():
             raise RtsError("backbone weights file not found", path=path, fix="check --backbone-weights")
+        if path.is_dir():  # a folder, but no bundle of rts ssl (a bad config.yaml was refused just above)
+            raise RtsError("a folder, but not a backbone bundle of `rts ssl` (it needs model.safetensors and a "
+                           "config.yaml of kind rts-ssl-backbone)", path=path,
+                           fix="pass a folder made by `rts ssl`, or a .safetensors state dict")
         if path.suffix != ".safetensors":
             raise RtsError("backbone weights must be a .safetensors file (nothing is unpickled)", path=path,
                            fix="convert it with safetensors.torch.save_file(state_dict, 'x.safetensors')")
-        from safetensors.torch import load_file
+        from rtscli.io.readers import load_safetensors
 
-        state = strip_prefix(load_file(str(path)), set(body.state_dict()))
+        state = strip_prefix(load_safetensors(path, what="backbone weights"), set(body.state_dict()))
         source = str(Path(spec))
     if stem_key in state:
         want = body.state_dict()[stem_key].shape[1]

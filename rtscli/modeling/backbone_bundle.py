@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from rtscli.data.modalities import BandStats, Modality
 from rtscli.errors import RtsError
+from rtscli.io.readers import check_safetensors, read_yaml
 
 if TYPE_CHECKING:
     from rtscli.modeling.config import ModelConfig
@@ -51,22 +50,29 @@ class BackboneBundle:
 
 
 def is_backbone_bundle(path: str | Path) -> bool:
+    """Whether ``path`` is a folder whose ``config.yaml`` says it is a backbone bundle of ``rts ssl``.
+
+    Raises:
+        RtsError: the folder's ``config.yaml`` is not plain YAML (:func:`rtscli.io.readers.read_yaml`): a bundle's
+            damaged config is told as such, not as some other kind of file.
+    """
     p = Path(path)
     if not (p.is_dir() and (p / "config.yaml").is_file()):
         return False
-    try:
-        return (yaml.safe_load((p / "config.yaml").read_text()) or {}).get("kind") == KIND
-    except yaml.YAMLError:
-        return False
+    cfg = read_yaml(p / "config.yaml", what="model config")
+    return isinstance(cfg, dict) and cfg.get("kind") == KIND
 
 
 def read_backbone_bundle(path: str | Path) -> BackboneBundle:
-    """Raises :class:`RtsError` when ``path`` is not a complete ``rts ssl`` bundle."""
+    """Raises :class:`RtsError` when ``path`` is not a complete ``rts ssl`` bundle, its ``config.yaml`` is not plain
+    YAML, or the header of its weights is damaged."""
     p = Path(path)
     if not is_backbone_bundle(p) or not (p / "model.safetensors").is_file():
         raise RtsError("not a backbone bundle of `rts ssl` (needs model.safetensors and config.yaml)", path=p,
                        fix="pass a folder made by `rts ssl`, or a .safetensors state dict")
-    return BackboneBundle(p, yaml.safe_load((p / "config.yaml").read_text()))
+    check_safetensors(p / "model.safetensors", what="backbone weights",
+                      fix="the file is damaged or not safetensors: copy the bundle again")
+    return BackboneBundle(p, read_yaml(p / "config.yaml", what="model config"))
 
 
 def _architecture(backbone: dict[str, Any]) -> dict[str, Any]:

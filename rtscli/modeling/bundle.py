@@ -19,7 +19,8 @@ import yaml
 
 from rtscli.data.bands import BandMap
 from rtscli.data.modalities import BandStats, Modality
-from rtscli.errors import RtsError
+from rtscli.errors import RtsError, user_error
+from rtscli.io.readers import check_safetensors, load_safetensors, read_yaml
 from rtscli.modeling.config import ModelConfig
 
 if TYPE_CHECKING:
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
+#: the fix of a bundle whose weights file is damaged
+WEIGHTS_FIX = "the file is damaged or not safetensors: copy the bundle again"
 
 
 #: 1-channel modalities are repeated to this many channels unless the bundle says otherwise (the paper's
@@ -137,6 +140,11 @@ def save_bundle(path: str | Path, state_dict: dict[str, torch.Tensor], config: d
             os.replace(tmp / CONFIG, path / CONFIG)  # last: a bundle looks complete only when it is
         else:
             os.replace(tmp, path)
+    except Exception as exc:  # disk full, no permission (safetensors says so in its message): one line
+        err = user_error(exc, path=path)
+        if err is not None:
+            raise err from exc
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
@@ -156,28 +164,23 @@ def read_bundle(path: str | Path) -> Bundle:
     if not (path / CONFIG).exists() or not (path / WEIGHTS).exists():
         raise RtsError(f"not a model bundle (needs {WEIGHTS} and {CONFIG})", path=path,
                        fix="pass a folder made by `rts pretrain` or `rts finetune`")
-    cfg = yaml.safe_load((path / CONFIG).read_text())
+    cfg = read_yaml(path / CONFIG, what="model config")  # not plain YAML (a !!python tag): refused, never run
     if isinstance(cfg, dict) and cfg.get("kind") == "rts-ssl-backbone":
         raise RtsError("this is a backbone bundle of `rts ssl`, not a model", path=path,
                        fix="train a model from it: rts pretrain --backbone-weights " + str(path))
     if not isinstance(cfg, dict) or cfg.get("kind") != "rts-model":
         raise RtsError("config.yaml is not an rts model config", path=path / CONFIG, fix="use a bundle made by rts")
+    check_safetensors(path / WEIGHTS, what="weights", fix=WEIGHTS_FIX)  # its header: a damaged file is told now
     return Bundle(path, cfg, ModelConfig.from_dict(cfg["model"], source=str(path / CONFIG)))
 
 
 def load_model(path: str | Path, device: str = "cpu") -> tuple[Detector, Bundle]:
     """Build the detector of a bundle and load its weights (safetensors only). Returns (model, bundle)."""
-    from safetensors.torch import load_file
-
     from rtscli.modeling.multimodal import build_model
 
     bundle = read_bundle(path)
     model = build_model(bundle.model_config, bundle.fusion)
-    try:
-        state = load_file(str(bundle.path / WEIGHTS), device=device)
-    except Exception as exc:  # safetensors raises SafetensorError for truncated/corrupt files
-        raise RtsError(f"cannot read the weights ({exc})", path=bundle.path / WEIGHTS,
-                       fix="the file is damaged; copy the bundle again") from None
+    state = load_safetensors(bundle.path / WEIGHTS, device=device, what="weights", fix=WEIGHTS_FIX)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

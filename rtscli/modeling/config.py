@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rtscli.data.tiling import check_tile_size
-from rtscli.errors import RtsError
+from rtscli.errors import RtsError, unknown_choice
 
 
 @dataclass
@@ -131,8 +131,7 @@ class TrainingDefaults:
             raise RtsError("training defaults: warmup_steps must be >= 0, batch_size and epochs >= 1",
                            fix="fix the preset's training block")
         if self.schedule not in SCHEDULES:
-            raise RtsError(f"training defaults: unknown schedule {self.schedule!r}",
-                           fix=f"use one of {', '.join(SCHEDULES)}")
+            raise unknown_choice("schedule", self.schedule, SCHEDULES, also="in the preset's training block")
 
 
 @dataclass
@@ -220,7 +219,7 @@ def list_presets() -> dict[str, Path]:
 
 
 def load_preset(name: str) -> ModelConfig:
-    import yaml
+    from rtscli.io.readers import read_yaml
 
     presets = list_presets()
     path = Path(name)
@@ -229,8 +228,8 @@ def load_preset(name: str) -> ModelConfig:
     elif name in presets:
         src = presets[name]
     else:
-        raise RtsError(f"unknown model preset {name!r}", fix=f"use one of {', '.join(presets) or '(none found)'}")
-    data = yaml.safe_load(src.read_text()) or {}
+        raise unknown_choice("model preset", name, presets, also="or a preset YAML file (see `rts models`)")
+    data = read_yaml(src, what="model preset", fix="write the preset as plain YAML (see rtscli/presets)") or {}
     return ModelConfig.from_dict(data, source=str(src))
 
 

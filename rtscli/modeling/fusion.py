@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rtscli.errors import RtsError
+from rtscli.errors import RtsError, unknown_choice
 
 STRATEGIES = ("channel-stack", "conv", "stacked-attn", "cross-attn", "residual-conv", "residual-stacked",
               "residual-cross")
@@ -154,8 +154,8 @@ class Fusion(nn.Module):
                  levels: tuple[str, ...] = ("p2", "p3", "p4", "p5", "p6"), heads: int = 8, window: int = 8) -> None:
         super().__init__()
         if strategy not in STRATEGIES or not is_feature_level(strategy):
-            raise RtsError(f"unknown feature-level fusion {strategy!r}",
-                           fix=f"use one of {', '.join(s for s in STRATEGIES if is_feature_level(s))}")
+            raise unknown_choice("feature-level fusion strategy", strategy,
+                                 [s for s in STRATEGIES if is_feature_level(s)])
         if primary not in modalities:
             raise RtsError(f"the primary modality {primary!r} is not among {', '.join(modalities)}",
                            fix="include it, or choose another primary modality")

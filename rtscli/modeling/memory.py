@@ -392,3 +392,5 @@ def estimate_step_bytes(cfg: ModelConfig, *, batch_size: int, device: str | torc
     """
     return estimate_step_memory(cfg, batch_size=batch_size, device=device, precision=precision,
                                 trainable_params=trainable_params, total_params=total_params, fusion=fusion).total
+
+

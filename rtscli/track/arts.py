@@ -15,6 +15,10 @@ ARTS, the Arctic Retrogressive Thaw Slumps data set (Yang et al. 2023; github.co
   its first entry (the tutorial's ``RepeatRTS`` rule), so a track has one UID;
 * optional: ``BaseMapID`` (the image's id), ``Area`` (m2; here the true area on the ellipsoid), ``Notes``.
 
+ARTS is a curated data set: the polygons of a map of model predictions (a ``score`` field, as ``rts predict``
+writes) are exported only above a score threshold (``min_score``) or all of them on request (``keep_all``), and
+each one's ``Notes`` say that it is a model prediction, with its score and model.
+
 Geometries are MultiPolygons in EPSG:3413 (NSIDC polar stereographic north), the CRS of the main file.
 """
 
@@ -71,6 +75,23 @@ def arts_uid(values: dict) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_DNS, "".join(parts)))
 
 
+def _slash_range(text: str) -> str | None:
+    """``text`` as an ARTS range (``YYYY-MM-DD,YYYY-MM-DD``) when it is two dates joined by one slash (ISO 8601's
+    interval, ``2020-07-05/2020-08-20``); None for anything else (``2020/07/05`` is one date)."""
+    from rtscli.track.dates import parse_date
+
+    parts = [p.strip() for p in text.split("/")]
+    if len(parts) != 2 or not all(parts):
+        return None
+    try:
+        days = [parse_date(p) for p in parts]
+    except ValueError:
+        return None
+    if any(d is None for d in days):
+        return None
+    return ",".join(d.isoformat() for d in days if d is not None)
+
+
 def check_basemap_date(text: str, option: str = "--basemap-date", ranges: bool = True) -> str:
     """An ARTS date checked: one ``YYYY-MM-DD``, or (``ranges``) two separated by a comma, the first not after
     the second. Raises RtsError naming ``option``."""
@@ -83,8 +104,13 @@ def check_basemap_date(text: str, option: str = "--basemap-date", ranges: bool =
         except ValueError:
             ok = False
     if not ok:
-        raise RtsError(f"{option} {text!r} is not an ARTS date",
-                       fix="use YYYY-MM-DD" + (" or a range YYYY-MM-DD,YYYY-MM-DD" if ranges else ""))
+        forms = "YYYY-MM-DD" + (" or a range YYYY-MM-DD,YYYY-MM-DD" if ranges else "")
+        comma = _slash_range(str(text))
+        if comma is not None:  # ISO 8601's interval: ARTS writes a range with a comma
+            raise RtsError(f"{option} {text!r} is a range written with a slash" + (
+                ", which ARTS writes with a comma" if ranges else f"; {option} is one date"),
+                fix=f"use {forms}" + (f" (here {comma})" if ranges else ""))
+        raise RtsError(f"{option} {text!r} is not an ARTS date", fix=f"use {forms}")
     if len(days) == 2 and days[1] < days[0]:
         raise RtsError(f"{option} {text!r} ends before it starts", fix="give the earlier date first")
     return ",".join(parts)
@@ -96,13 +122,16 @@ def check_basemap_date(text: str, option: str = "--basemap-date", ranges: bool =
 def export_arts(src: Path, out: Path, *, region: str | None, creator: str | None, basemap_source: str | None,
                 basemap_resolution: float | None, basemap_date: str | None = None, basemap_id: str | None = None,
                 contribution_date: str | None = None, notes: str | None = None, layer: str | None = None,
-                date_field: str | None = None, overwrite: bool = False) -> dict:
+                date_field: str | None = None, min_score: float | None = None, keep_all: bool = False,
+                overwrite: bool = False) -> dict:
     """Write ``src`` (a slump map, or the GeoPackage of ``rts track`` with its change relations) as ARTS
     features at ``out`` (GeoJSON, GeoPackage, Shapefile with ARTS's short names, or GeoParquet).
 
     Values rts cannot derive are arguments; a missing one raises RtsError naming the ARTS field and its
     option. ``BaseMapDate`` comes from ``basemap_date``, else the dates of ``rts track``'s observations, else
-    the date in the scene name (``rts predict``) or the file name. Returns counts.
+    the date in the scene name (``rts predict``) or the file name. Model predictions (features with a ``score``)
+    need ``min_score`` (those below it are left out) or ``keep_all``; their ``Notes`` record the score and model,
+    before ``notes``. Features without a score (hand labels) are exported as they are. Returns counts.
     """
     import geopandas as gpd
 
@@ -122,6 +151,10 @@ def export_arts(src: Path, out: Path, *, region: str | None, creator: str | None
                        fix="e.g. --basemap-resolution 3")
     if basemap_date is not None:
         basemap_date = check_basemap_date(basemap_date)
+    if min_score is not None and keep_all:
+        raise RtsError("--min-score and --all both say which predictions to export", fix="drop one of them")
+    if min_score is not None and not (0 <= float(min_score) <= 1):
+        raise RtsError(f"--min-score {min_score} is not a score (0 to 1)", fix="e.g. --min-score 0.8")
     contribution = check_basemap_date(contribution_date or date.today().isoformat(), "--contribution-date",
                                       ranges=False)
     driver = driver_for(out)
@@ -152,6 +185,16 @@ def export_arts(src: Path, out: Path, *, region: str | None, creator: str | None
     else:
         gdf, dates = _plain_map(Path(src), basemap_date, layer, date_field)
         scene = list(gdf["scene"]) if "scene" in gdf.columns else [None] * len(gdf)
+    scores, models = _predictions(gdf)
+    keep = _curate(scores, min_score, keep_all, Path(src))
+    below = int((~keep).sum())
+    if below:
+        log.info("%d prediction(s) below --min-score %g left out", below, min_score)
+        gdf = gdf[keep].reset_index(drop=True)
+        dates = [v for v, k in zip(dates, keep, strict=True) if k]
+        scene = [v for v, k in zip(scene, keep, strict=True) if k]
+        models = [v for v, k in zip(models, keep, strict=True) if k]
+        scores = scores[keep]
     gdf = gdf.to_crs(ARTS_CRS) if len(gdf) else gdf.set_crs(ARTS_CRS, allow_override=True)
     lon, lat = lonlat_centroids(gdf.geometry.values, ARTS_CRS) if len(gdf) else (np.zeros(0), np.zeros(0))
     area = geodesic_area_perimeter(gdf.geometry.values, ARTS_CRS)[0] if len(gdf) else np.zeros(0)
@@ -162,7 +205,7 @@ def export_arts(src: Path, out: Path, *, region: str | None, creator: str | None
              "BaseMapResolution": float(basemap_resolution), "TrainClass": "Positive", "LabelType": "Polygon"}
         r.update({k: None for k in RELATIONS})
         r.update(ContributionDate=contribution, UID=arts_uid(r), BaseMapID=basemap_id or scene[i],
-                 Area=round(float(area[i]), 2), Notes=notes)
+                 Area=round(float(area[i]), 2), Notes=_notes(scores[i], models[i], min_score, notes))
         rows.append(r)
     if tracked:
         _relations(rows, gdf)
@@ -174,10 +217,49 @@ def export_arts(src: Path, out: Path, *, region: str | None, creator: str | None
         res = res.rename(columns=ARTS_SHP_NAMES)
     write_vector(res, out, layer="arts", overwrite=overwrite)
     counts = {"features": len(res), "tracked": tracked,
-              "with_relations": int(sum(any(r[k] for k in RELATIONS) for r in rows))}
+              "with_relations": int(sum(any(r[k] for k in RELATIONS) for r in rows)),
+              "predictions": int(np.isfinite(scores).sum()), "below_min_score": below}
     if tracked:
         counts["uids"] = len({r["UID"] for r in rows})
     return counts
+
+
+def _predictions(gdf: Any) -> tuple[np.ndarray, list[str]]:
+    """Each feature's ``score`` (nan: not a model prediction) and ``model`` ("" where not recorded)."""
+    import pandas as pd
+
+    n = len(gdf)
+    scores = pd.to_numeric(gdf["score"], errors="coerce").to_numpy(float) if "score" in gdf else np.full(n, np.nan)
+    models = ["" if v is None or v != v else str(v) for v in gdf["model"].tolist()] if "model" in gdf else [""] * n
+    return scores, models
+
+
+def _curate(scores: np.ndarray, min_score: float | None, keep_all: bool, src: Path) -> np.ndarray:
+    """Which features go to ARTS: every one that is not a prediction; predictions at ``min_score`` or above, or all
+    with ``keep_all``. Predictions without either are refused (ARTS is curated), as is ``min_score`` on a map
+    without scores (it would keep everything, unasked)."""
+    predicted = np.isfinite(scores)
+    if min_score is not None and not predicted.any():
+        raise RtsError("--min-score: the map's features have no score (they are not rts predict detections)",
+                       path=src, fix="drop --min-score: every feature is exported")
+    if predicted.any() and min_score is None and not keep_all:
+        lo, hi = float(scores[predicted].min()), float(scores[predicted].max())
+        raise RtsError(f"the map holds {int(predicted.sum())} model prediction(s) (scores {lo:.2f} to {hi:.2f}); "
+                       "ARTS is a curated data set of slumps", path=src,
+                       fix="pass --min-score S to export those scoring S or more (e.g. --min-score 0.8), or --all to "
+                           "export every prediction")
+    if min_score is None:
+        return np.ones(len(scores), bool)
+    return ~predicted | (np.nan_to_num(scores, nan=-1.0) >= float(min_score))
+
+
+def _notes(score: float, model: str, min_score: float | None, notes: str | None) -> str | None:
+    """ARTS ``Notes``: for a model prediction, that it is one, its score and model (then ``notes``); else ``notes``."""
+    if not score == score:
+        return notes
+    kept = f"kept at --min-score {min_score:g}" if min_score is not None else "exported with --all, no threshold"
+    text = f"model prediction (rts predict), score {score:.3f} ({kept}), model {model or 'not recorded'}"
+    return f"{text}; {notes}" if notes else text
 
 
 def _plain_map(src: Path, basemap_date: str | None, layer: str | None,
@@ -203,6 +285,11 @@ def basemap_date_of(text: object, path: Path) -> str:
     one). Raises RtsError naming ``path`` for text that holds no date."""
     from rtscli.track.dates import parse_date
 
+    comma = _slash_range(str(text))
+    if comma is not None:
+        raise RtsError(f"BaseMapDate {str(text)!r} is a range written with a slash, which ARTS writes with a comma",
+                       path=path, fix=f"write it {comma} in the map (dates as YYYY-MM-DD, a range as "
+                                      "YYYY-MM-DD,YYYY-MM-DD), or pass " + OPTION_OF["BaseMapDate"])
     parts = []
     for p in str(text).split(","):
         p = p.strip()

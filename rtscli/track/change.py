@@ -23,13 +23,16 @@ Merged and split slumps start new tracks (their parents are listed), as ARTS giv
 id is a UUID5 of its first date and the centroid of its first polygon taken in EPSG:4326 (as ARTS takes
 centroids; rounded to 1e-6 degree, about 0.1 m), so the same maps give the same ids in any order, and in
 any CRS as long as reprojection keeps their vertices (an id can change where a centroid sits on a rounding
-boundary). Advances are measured in a local equidistant CRS when the maps reach beyond ``LOCAL_KM`` of the
+boundary). Distances are measured in a local equidistant CRS when the maps reach beyond ``LOCAL_KM`` of the
 working CRS's centre. Per observation: the true area (m2 on the ellipsoid), its change
-since the previous date (m2 and m2/year; for a merged slump against its parents' union), the boundary
-advance (the largest distance from the previous polygon to any point of the new one, m and m/year: the
-headwall retreat of a growing slump) and the centroid shift (geodesic m). An observation (or the end of a
-track) is ``uncertain`` when it or the polygons it is compared with touch a scene edge or nodata
-(``rts predict``'s flags): a slump cut by the edge of the imagery seems to grow or shrink as the cut moves.
+since the previous date (m2 and m2/year; for a merged slump against its parents' union), the signed boundary
+change (m and m/year; :func:`boundary_change`): for a slump that grew, + the largest distance from the previous
+polygon to any point of the new one (how far its outline advanced: the headwall retreat of a growing slump);
+for one that shrank, - the largest distance from the new polygon to any point of the previous one (how far its
+outline drew back), so that a shrinking slump never reads as advancing; and the centroid shift (geodesic m).
+An observation (or the end of a track) is ``uncertain`` when it or the polygons it is compared with touch a
+scene edge or nodata (``rts predict``'s flags): a slump cut by the edge of the imagery seems to grow or shrink
+as the cut moves.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ log = logging.getLogger("rtscli")
 TRACK_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://rts.invalid/track/v1")
 #: a followed slump counts as looked at by a date's maps when this share of its polygon lies in their coverage
 COVERED_SHARE = 0.5
-#: beyond this distance (km) from the working CRS's centre, advances are measured in a local equidistant CRS
+#: beyond this distance (km) from the working CRS's centre, boundary changes are measured in a local equidistant CRS
 #: (the equal-area CRS's distances are off by about (d / 2R)^2: 0.06 % at 100 km, 1.4 % at 1500 km)
 LOCAL_KM = 100.0
 
@@ -92,13 +95,15 @@ class Obs:
     area_m2: float = float("nan")
     prev_date: datetime.date | None = None  # (here ``date`` names the field above, not the type)
     prev_area_m2: float = float("nan")
-    advance_m: float = float("nan")
+    boundary_change_m: float = float("nan")  # signed: + advanced (the slump grew), - drew back (it shrank)
     centroid_shift_m: float = float("nan")
     touches_edge: bool = False
     touches_nodata: bool = False
     uncertain: bool = False
     source: str = ""
     date_given: str = ""  # the date as the map wrote it (an ARTS BaseMapDate range stays a range)
+    score: float = float("nan")  # rts predict's score of the polygon (nan: not a prediction)
+    model: str = ""  # the model that predicted it ("": not a prediction)
 
     @property
     def years(self) -> float:
@@ -136,6 +141,13 @@ def directed_advance(new: Any, old: Any) -> float:
     centres = [shapely.get_point(shapely.maximum_inscribed_circle(p, step), 0) for p in parts]
     both = np.concatenate([pts, np.asarray(centres, dtype=object)]) if centres else pts
     return float(np.max(shapely.distance(both, old))) if len(both) else 0.0
+
+
+def boundary_change(new: Any, old: Any, grew: bool) -> float:
+    """How far the outline moved between ``old`` and ``new``, signed by whether the slump ``grew`` (its area did
+    not decrease): ``+directed_advance(new, old)`` (how far it advanced beyond the old outline) for a slump that
+    grew, ``-directed_advance(old, new)`` (how far the old outline lies beyond the new one) for one that shrank."""
+    return directed_advance(new, old) if grew else -directed_advance(old, new)
 
 
 class Tracker:
@@ -209,7 +221,8 @@ class Tracker:
         prev = union_all([b.geometry for b in before]) if len(before) > 1 else before[0].geometry
         o.prev_date = max(b.date for b in before)
         o.prev_area_m2 = float(self._area([prev])[0])
-        o.advance_m = directed_advance(*self._local([o.geometry, prev]))
+        new, old = self._local([o.geometry, prev])
+        o.boundary_change_m = boundary_change(new, old, grew=o.area_m2 >= o.prev_area_m2)
         (lon1, lat1), (lon2, lat2) = self._lonlat(prev), self._lonlat(o.geometry)
         o.centroid_shift_m = float(self._geod.inv(lon1, lat1, lon2, lat2)[2])
         o.uncertain = o.uncertain or any(b.touches_edge or b.touches_nodata for b in before)
@@ -276,10 +289,12 @@ class Tracker:
         """The polygons of ``frame`` as observations, with their true areas."""
         areas = self._area(frame.geoms) if frame.geoms else np.zeros(0)
         given = frame.given or [frame.date.isoformat()] * len(frame.geoms)
+        scores = frame.scores or [float("nan")] * len(frame.geoms)
+        models = frame.models or [""] * len(frame.geoms)
         return [Obs("", frame.date, g, "first", area_m2=float(a), touches_edge=e, touches_nodata=n,
-                    uncertain=bool(e or n), source=s, date_given=t)
-                for g, a, e, n, s, t in zip(frame.geoms, areas, frame.touches_edge, frame.touches_nodata,
-                                            frame.sources, given, strict=True)]
+                    uncertain=bool(e or n), source=s, date_given=t, score=float(sc), model=md)
+                for g, a, e, n, s, t, sc, md in zip(frame.geoms, areas, frame.touches_edge, frame.touches_nodata,
+                                                    frame.sources, given, scores, models, strict=True)]
 
     def _appeared(self, o: Obs, frame: DateFrame, previous: DateFrame | None) -> None:
         looked = previous is not None and _covered(o.geometry, previous.coverage)

@@ -33,6 +33,21 @@ _COMPACT = re.compile(r"^((?:19|20)\d\d)(\d\d)(\d\d)(?:T.*)?$")
 _YEAR_ONLY = re.compile(r"^((?:19|20)\d\d)(?:\.0)?$")
 
 
+def _in_name(text: str) -> tuple[list[date], set[int]]:
+    """The full dates in ``text`` (in the order they stand) and the years that stand alone in it."""
+    full = []
+    for pattern in _FULL:
+        for m in pattern.finditer(text):
+            try:
+                full.append((m.start(), date(int(m.group(1)), int(m.group(2)), int(m.group(3)))))
+            except ValueError:
+                continue
+    full.sort()
+    days = list(dict.fromkeys(d for _, d in full))
+    years = {int(m.group(1)) for m in _YEAR.finditer(text)} - {d.year for d in days}
+    return days, years
+
+
 def find_date(text: str) -> tuple[date, bool] | None:
     """The imagery date in ``text`` (a scene, file or folder name), and whether it was only a year.
 
@@ -41,29 +56,26 @@ def find_date(text: str) -> tuple[date, bool] | None:
     When the name holds several different dates (``peel_2019_edited_2024-03-05``), the first full date
     is taken and a warning says so.
     """
-    full = []
-    for pattern in _FULL:
-        for m in pattern.finditer(text):
-            try:
-                full.append((m.start(), date(int(m.group(1)), int(m.group(2)), int(m.group(3)))))
-            except ValueError:
-                continue
-    years = {int(m.group(1)) for m in _YEAR.finditer(text)}
-    if full:
-        full.sort()
-        found = full[0][1]
-        others = {d for _, d in full} - {found}
-        stray = years - {d.year for _, d in full}
-        if others or stray:
+    days, years = _in_name(text)
+    if days:
+        if len(days) > 1 or years:
             log.warning("%s holds several dates (%s); %s is taken: pass --dates if that is wrong", text,
-                        ", ".join(sorted({str(d) for _, d in full} | {str(y) for y in stray})), found.isoformat())
-        return found, False
+                        ", ".join(sorted({str(d) for d in days} | {str(y) for y in years})), days[0].isoformat())
+        return days[0], False
     if years:
         if len(years) > 1:
             log.warning("%s holds several years (%s); %d is taken: pass --dates if that is wrong", text,
                         ", ".join(map(str, sorted(years))), min(years))
         return date(min(years), 7, 1), True
     return None
+
+
+def dates_in(text: str) -> list[str]:
+    """Every date ``text`` (a name) holds, as written: full dates as ``YYYY-MM-DD``, then years that stand alone.
+    :func:`find_date` takes one of them; ``--dates`` is compared with all (``peel_2019_edited_2024-03-05``
+    agrees with 2019-07-15 and with 2024-03-05)."""
+    days, years = _in_name(text)
+    return [d.isoformat() for d in days] + [str(y) for y in sorted(years)]
 
 
 def parse_date(value: Any) -> date | None:
@@ -110,6 +122,24 @@ def parse_date(value: Any) -> date | None:
 def _year_note(year: str) -> None:
     """Say once per year that a year alone is taken as 1 July."""
     log.info("a year alone (%s) is taken as 1 July of it: rates per year carry up to half a year of error", year)
+
+
+def date_span(text: str) -> tuple[date, date]:
+    """The days a date as a map writes it may mean: ``(d, d)`` for one day, a year alone its whole year, an ARTS
+    ``BaseMapDate`` range its two ends. ``ValueError`` for text that holds no date."""
+    parts = [t.strip() for t in str(text).split(",") if t.strip()]
+    ends: list[date] = []
+    for t in parts:
+        m = _YEAR_ONLY.match(t)
+        if m:
+            ends += [date(int(m.group(1)), 1, 1), date(int(m.group(1)), 12, 31)]
+            continue
+        d = parse_date(t)
+        if d is not None:
+            ends.append(d)
+    if not ends:
+        raise ValueError(f"no date in {text!r}")
+    return min(ends), max(ends)
 
 
 def years_between(a: date, b: date) -> float:

@@ -3,8 +3,10 @@
 Each input is a polygon layer (an ``rts predict`` output, expert labels, an ARTS file; any OGR format,
 any CRS). :func:`read_map` finds its layer, the date of every feature (``--dates``, a date field, an
 ARTS ``BaseMapDate``, the ``scene`` name of ``rts predict`` outputs, or the file name), the
-``touches_edge``/``touches_nodata`` flags of ``rts predict``, and its coverage: the ``<layer>_footprint``
-layer that ``rts predict`` writes beside its polygons. :func:`load_maps` takes every map to one
+``touches_edge``/``touches_nodata`` flags, ``score`` and ``model`` of ``rts predict``, and its coverage: the
+``<layer>_footprint`` layer that ``rts predict`` writes beside its polygons. With ``--dates``, the dates the
+map carries itself (an ARTS ``BaseMapDate``, scene names, the file or folder name) are kept in
+:attr:`SlumpMap.carried`, so that ``rts track`` can say where they disagree. :func:`load_maps` takes every map to one
 Lambert azimuthal equal-area CRS centred on the data (areas of overlap and distances are true there to
 better than 0.1 % within about 100 km of the centre), drops slivers below ``min_area`` (true m2), and
 groups the polygons by date (:class:`DateFrame`); the same slump mapped twice at one date (overlapping
@@ -26,7 +28,7 @@ from rtscli.geometry.footprint import to_crs
 from rtscli.geometry.polygons import overlap, union_root
 from rtscli.data.labels import negatives_of
 from rtscli.io.schema import FOOTPRINT_SUFFIX, SHP_NAMES, column
-from rtscli.track.dates import find_date, parse_date
+from rtscli.track.dates import dates_in, find_date, parse_date
 
 log = logging.getLogger("rtscli")
 
@@ -34,6 +36,8 @@ log = logging.getLogger("rtscli")
 FLAG_COLUMNS = {k: (k, SHP_NAMES[k]) for k in ("touches_edge", "touches_nodata")}
 #: ARTS field names (and the Shapefile abbreviations the ARTS tutorial uses)
 BASEMAP_DATE = ("BaseMapDate", "BasMpDt")
+#: what ``rts predict`` says of each polygon's source: its detection score and the model that made it
+PREDICTION_COLUMNS = ("score", "model")
 
 
 @dataclass
@@ -42,11 +46,14 @@ class SlumpMap:
 
     path: Path
     layer: str | None
-    gdf: Any  # GeoDataFrame: geometry, date, touches_edge, touches_nodata, source
+    gdf: Any  # GeoDataFrame: geometry, date, touches_edge, touches_nodata, source (and score, model, scene)
     coverage: Any | None  # shapely geometry in the map's CRS
     date_from: str
     negatives_dropped: int = 0
     map_date: date | None = None  # the one date of the whole map, when it has one (an empty map needs it)
+    #: with --dates: where the map's own dates come from, and for each date it holds the ways it may be read
+    #: (a name holding several dates gives several); None when the map carries no date
+    carried: tuple[str, list[list[str]]] | None = None
 
 
 @dataclass
@@ -61,6 +68,8 @@ class DateFrame:
     given: list[str] = field(default_factory=list)  # each polygon's date as its map wrote it (ARTS ranges stay)
     coverage: Any | None = None  # shapely geometry; None: the date's maps do not say where they looked
     files: list[str] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)  # rts predict's score (nan: not a prediction)
+    models: list[str] = field(default_factory=list)  # rts predict's model ("": not a prediction)
 
 
 def pick_layer(path: Path, layer: str | None) -> str | None:
@@ -124,9 +133,35 @@ def read_map(path: Path, *, given: date | None = None, date_field: str | None = 
     for key, names in FLAG_COLUMNS.items():
         c = column(gdf, names)
         gdf[key] = _flags(gdf[c]) if c is not None else np.zeros(len(gdf), bool)
-    keep = ["date", "date_given", "touches_edge", "touches_nodata", "source"] + (["scene"] if "scene" in gdf else [])
+    carried = _carried(path, gdf) if given is not None else None
+    for key in PREDICTION_COLUMNS:  # under rts's own names (a Shapefile or GeoJSON may spell them otherwise)
+        c = column(gdf, (key,))
+        if c is not None and c != key:
+            gdf = gdf.rename(columns={c: key})
+    keep = ["date", "date_given", "touches_edge", "touches_nodata", "source"] + \
+        [c for c in ("scene", *PREDICTION_COLUMNS) if c in gdf]
     gdf = gdf[keep + ["geometry"]]
-    return SlumpMap(path, name, gdf, _coverage(path, name, gdf.crs), how, negatives, map_date)
+    return SlumpMap(path, name, gdf, _coverage(path, name, gdf.crs), how, negatives, map_date, carried)
+
+
+def _carried(path: Path, gdf: Any) -> tuple[str, list[list[str]]] | None:
+    """The dates a map carries itself (read as :func:`_dates` reads them when ``--dates`` is not given), to be
+    compared with ``--dates``: where they come from, and for each date the ways it may be read. None when the map
+    carries none."""
+    c = column(gdf, BASEMAP_DATE)
+    if c is not None and len(gdf):
+        texts = sorted(set(_as_text(gdf[c])) - {"", "nan", "None", "NaT"})
+        if texts:
+            return f"ARTS field {c}", [[t] for t in texts]
+    if "scene" in gdf.columns and len(gdf):
+        scenes = [dates_in(str(s)) for s in gdf["scene"].unique()]
+        if all(scenes):
+            return "scene name", [list(x) for x in sorted({tuple(x) for x in scenes})]
+    for text, how in ((path.stem, "file name"), (path.parent.name, "folder name")):
+        found = dates_in(text)
+        if found:
+            return how, [found]
+    return None
 
 
 def _dates(path: Path, gdf: Any, given: date | None, date_field: str | None) -> tuple[list, str, list]:
@@ -223,7 +258,8 @@ def _parse_column(path: Path, gdf: Any, c: str) -> list:
     if bad:
         i, v = bad[0]
         raise RtsError(f"{len(bad)} feature(s) have no readable date in field {c!r} (e.g. row {i}: {v!r})", path=path,
-                       fix="fill the field with YYYY-MM-DD dates, or drop those features")
+                       fix="fill the field with dates as YYYY-MM-DD (or YYYYMMDD, DD.MM.YYYY, a year) or ranges as "
+                           "YYYY-MM-DD,YYYY-MM-DD (a comma, not a slash), or drop those features")
     return out
 
 
@@ -319,12 +355,13 @@ def load_maps(maps: list[SlumpMap], *, min_area: float = 0.0, metric: str = "ios
             f = by_date.setdefault(d, {"rows": [], "covers": [], "files": []})
             f["covers"].append(cover)
             f["files"].append(m.path.name)
+        scores, models = _prediction(m.gdf)
         for i, row in enumerate(m.gdf.itertuples(index=False)):
             if area[i] < min_area:
                 report["slivers_dropped"] += 1
                 continue
             by_date[row.date]["rows"].append((geoms[i], bool(row.touches_edge), bool(row.touches_nodata),
-                                              row.source, m.path.name, str(row.date_given)))
+                                              row.source, m.path.name, str(row.date_given), scores[i], models[i]))
     frames = []
     for d in sorted(by_date):
         f = by_date[d]
@@ -333,7 +370,8 @@ def load_maps(maps: list[SlumpMap], *, min_area: float = 0.0, metric: str = "ios
         covers = f["covers"]
         coverage = None if any(c is None for c in covers) else union_all(covers)
         frames.append(DateFrame(d, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
-                                [r[3] for r in rows], [r[5] for r in rows], coverage, f["files"]))
+                                [r[3] for r in rows], [r[5] for r in rows], coverage, f["files"],
+                                [r[6] for r in rows], [r[7] for r in rows]))
     if report["slivers_dropped"]:
         log.info("%d polygon(s) below --min-area %g m2 left out", report["slivers_dropped"], min_area)
     if report["joined_across_files"]:
@@ -363,6 +401,19 @@ def _join_across_files(rows: list, metric: str, threshold: float) -> tuple[list,
             out.append(rows[members[0]])
             continue
         g = union_all([geoms[i] for i in members])
+        scores = [rows[i][6] for i in members if rows[i][6] == rows[i][6]]
         out.append((g, any(rows[i][1] for i in members), any(rows[i][2] for i in members),
-                    "+".join(rows[i][3] for i in members), rows[members[0]][4], rows[members[0]][5]))
+                    "+".join(rows[i][3] for i in members), rows[members[0]][4], rows[members[0]][5],
+                    max(scores) if scores else float("nan"),
+                    ",".join(dict.fromkeys(rows[i][7] for i in members if rows[i][7]))))
     return out, len(rows) - len(out)
+
+
+def _prediction(gdf: Any) -> tuple[list[float], list[str]]:
+    """Each polygon's ``score`` (nan where there is none, or it is not a number) and ``model`` ("" where none)."""
+    import pandas as pd
+
+    n = len(gdf)
+    scores = pd.to_numeric(gdf["score"], errors="coerce").astype(float).tolist() if "score" in gdf else [np.nan] * n
+    models = ["" if v is None or v != v else str(v) for v in gdf["model"].tolist()] if "model" in gdf else [""] * n
+    return scores, models

@@ -26,6 +26,7 @@ class TrackRequest:
 
     out: Path
     dates: list | None = None  # one date per map file
+    force_dates: bool = False  # take --dates as given: out of time order, or another year than the maps say
     date_field: str | None = None
     layer: str | None = None
     min_area: float = 0.0
@@ -104,6 +105,62 @@ def parse_dates(text: str | None, n: int) -> list[date] | None:
     return out
 
 
+def check_order(maps: list[Path], dates: list[date], force: bool) -> None:
+    """Refuse ``--dates`` that are not in time order (a swap of two dates is the likely cause), unless ``force``.
+    Maps of one date (equal dates) are in order."""
+    for i in range(1, len(dates)):
+        if dates[i] < dates[i - 1]:
+            if force:
+                log.info("--dates are not in time order (%s gets %s, then %s %s): taken as given (--force-dates)",
+                         Path(maps[i - 1]).name, dates[i - 1], Path(maps[i]).name, dates[i])
+                return
+            raise RtsError(f"--dates are not in time order: {Path(maps[i - 1]).name} gets {dates[i - 1]}, then "
+                           f"{Path(maps[i]).name} gets {dates[i]}",
+                           fix="give the maps (or folders) oldest first and their dates in the same order; "
+                               "add --force-dates if this order is meant")
+
+
+def check_carried(maps: list, dates: list[date], force: bool) -> None:
+    """Compare ``--dates`` with the dates the maps carry themselves (:attr:`SlumpMap.carried`). A date in another
+    year than every reading of a map's own date is refused (unless ``force``: then a warning), with both values;
+    one in the same year but outside it (another day, outside an ARTS range) is a warning with both values."""
+    from rtscli.track.dates import date_span
+
+    far: list[tuple[str, date]] = []
+    near: list[tuple[str, date]] = []
+    for m, given in zip(maps, dates, strict=True):
+        if m.carried is None:
+            continue
+        how, values = m.carried
+        off, years_off = [], False
+        for readings in values:
+            try:
+                spans = [date_span(t) for t in readings]
+            except ValueError:  # a value that is no date: nothing to compare with
+                continue
+            if any(lo <= given <= hi for lo, hi in spans):
+                continue
+            off.append(" or ".join(readings))
+            years_off = years_off or all(not lo.year <= given.year <= hi.year for lo, hi in spans)
+        if off:
+            said = ", ".join(off[:3]) + (f" (and {len(off) - 3} more)" if len(off) > 3 else "")
+            (far if years_off else near).append((f"{m.path.name}: --dates gives {given}, its {how} says {said}",
+                                                 given))
+    if far and not force:
+        more = f" (and {len(far) - 3} more)" if len(far) > 3 else ""
+        raise RtsError("--dates disagree with the dates the maps carry by a year or more: "
+                       + "; ".join(t for t, _ in far[:3]) + more,
+                       fix="check the order of --dates (one per map or folder, in the order given), or drop "
+                           "--dates to use the maps' own dates; add --force-dates if the maps' dates are wrong")
+    differ = far + near
+    for text, used in differ[:5]:
+        log.warning("%s; %s (from --dates) is used", text, used)
+    if len(differ) > 5:
+        log.warning("and %d more map(s) whose own dates differ from --dates (--debug lists them)", len(differ) - 5)
+        for text, used in differ[5:]:
+            log.debug("%s; %s (from --dates) is used", text, used)
+
+
 def check(req: TrackRequest) -> None:
     """Every check that needs no map read: options, and outputs that would be replaced."""
     from rtscli.io.atomic import check_output
@@ -121,6 +178,8 @@ def check(req: TrackRequest) -> None:
         raise RtsError(f"--plot-by {req.plot_by!r} is not rate or area", fix="use rate (fastest-growing) or area")
     if req.dates is not None and req.date_field is not None:
         raise RtsError("--dates and --date-field both give the dates", fix="drop one of them")
+    if req.dates is not None:
+        check_order(req.maps, req.dates, req.force_dates)
     check_vector_output(req.out, req.overwrite, list(LAYERS), other="or choose another -o")
     for p in (req.plot, req.quicklook):
         if p is not None:
@@ -156,6 +215,8 @@ def run(req: TrackRequest, progress: Callable[[int], object] | None = None) -> d
                  "" if maps[-1].coverage is not None else " (no footprint layer: taken to cover everything)")
         if progress:
             progress(1)
+    if req.dates is not None:
+        check_carried(maps, req.dates, req.force_dates)
     frames, crs, report = load_maps(maps, min_area=req.min_area, metric=req.options.metric,
                                     threshold=req.options.threshold)
     if len(frames) < 2:
@@ -170,18 +231,26 @@ def run(req: TrackRequest, progress: Callable[[int], object] | None = None) -> d
     write_layers(result, req.out, overwrite=req.overwrite)
     obs, tracks = result["observations"], result["tracks"]
     if req.plot is not None or req.quicklook is not None:
-        from rtscli.track.figures import growth_figure, pick_tracks, span_title, tracks_figure, write_png
+        from rtscli.track.figures import growth_figure, pick_tracks, plot_what, span_title, tracks_figure, write_png
 
         title = span_title(obs)
         if req.plot is not None:
             ids = pick_tracks(tracks, req.plot_top, req.plot_by)
-            what = "fastest-growing" if req.plot_by == "rate" else "largest"
-            write_png(growth_figure(obs, tracks, ids, title=f"{title}: the {len(ids)} {what}"), req.plot,
-                      overwrite=req.overwrite)
+            what = plot_what(len(ids), req.plot_top, req.plot_by)
+            fig = growth_figure(obs, tracks, ids, title=f"{title}: {what}", growing=req.plot_by == "rate")
+            write_png(fig, req.plot, overwrite=req.overwrite)
         if req.quicklook is not None:
             write_png(tracks_figure(obs, tracks, title=title), req.quicklook, overwrite=req.overwrite)
     return {"dates": [f.date.isoformat() for f in frames], "maps": len(maps), "tracks": len(tracks),
             "relations": dict(Counter(obs["relation"])), "ends": dict(Counter(tracks["end"])),
             "uncertain": int(obs["uncertain"].sum()), "report": report,
-            "fastest": tracks[tracks["growth_rate_m2_yr"] > 0].nlargest(3, "growth_rate_m2_yr")[
-                ["track_id", "growth_rate_m2_yr", "last_area_m2"]].to_dict("records") if len(tracks) else []}
+            "fastest": _fastest(tracks)}
+
+
+def _fastest(tracks: object) -> list[dict]:
+    """The three fastest-growing slumps (as on the growth plot: grown, and not gone) for the summary."""
+    from rtscli.track.figures import pick_tracks
+
+    ids = pick_tracks(tracks, 3, "rate")
+    rows = tracks.set_index("track_id").loc[ids].reset_index()  # type: ignore[attr-defined]
+    return rows[["track_id", "growth_rate_m2_yr", "last_area_m2"]].to_dict("records")
