@@ -11,7 +11,7 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import nn
@@ -174,18 +174,26 @@ def _key(cfg: ModelConfig, fusion: dict | None) -> str:
     return json.dumps({"model": d, "fusion": f}, sort_keys=True)
 
 
-@functools.lru_cache(maxsize=64)
-def _profile(key: str) -> _Profile:
-    from rtscli.modeling.backbone import build_backbone
-    from rtscli.modeling.detector import Detector
-    from rtscli.modeling.fusion import Fusion, is_feature_level
+def _parse_key(key: str) -> tuple[ModelConfig, Any, bool, list[int]]:
+    """``(config, fusion spec, feature-level fusion?, input channels per backbone)`` of a :func:`_key`."""
+    from rtscli.modeling.fusion import is_feature_level
 
     job = json.loads(key)
     cfg = ModelConfig.from_dict(job["model"])
     fusion = job["fusion"]
-    tile = cfg.tile_size
     feature = bool(fusion) and is_feature_level(fusion["strategy"])
     chans = [int(c) for c in fusion["channels"]] if feature else [cfg.backbone.in_channels]
+    return cfg, fusion, feature, chans
+
+
+@functools.lru_cache(maxsize=64)
+def _profile(key: str) -> _Profile:
+    from rtscli.modeling.backbone import build_backbone
+    from rtscli.modeling.detector import Detector
+    from rtscli.modeling.fusion import Fusion
+
+    cfg, fusion, feature, chans = _parse_key(key)
+    tile = cfg.tile_size
     frozen = feature and bool(fusion.get("frozen"))
     with torch.device("meta"):
         bcfg = type(cfg.backbone)(**{**cfg.backbone.__dict__, "in_channels": max(chans)})

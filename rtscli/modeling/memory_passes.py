@@ -20,7 +20,7 @@ from rtscli.machine import device_type
 from rtscli.modeling.config import ModelConfig
 from rtscli.modeling.memory import (
     CPU_ACTIVATION_FACTOR, CPU_RESERVE, CUDA_RESERVE, MIXED_ATTENTION_FACTOR, MIXED_OTHER_FACTOR, StepMemory,
-    _attention_bytes, _key, _param_keys, _SavedCounter, _storage_key, resolve_precision,
+    _attention_bytes, _key, _param_keys, _parse_key, _SavedCounter, _storage_key, resolve_precision,
 )
 
 _T = TypeVar("_T")
@@ -90,14 +90,10 @@ class _Forward:
 def _forward_profile(key: str) -> _Forward:
     from rtscli.modeling.backbone import build_backbone
     from rtscli.modeling.detector import Detector
-    from rtscli.modeling.fusion import Fusion, is_feature_level
+    from rtscli.modeling.fusion import Fusion
 
-    job = json.loads(key)
-    cfg = ModelConfig.from_dict(job["model"])
-    fusion = job["fusion"]
+    cfg, fusion, feature, chans = _parse_key(key)
     tile = cfg.tile_size
-    feature = bool(fusion) and is_feature_level(fusion["strategy"])
-    chans = [int(c) for c in fusion["channels"]] if feature else [cfg.backbone.in_channels]
     with torch.device("meta"):
         bcfg = type(cfg.backbone)(**{**cfg.backbone.__dict__, "in_channels": max(chans)})
         bb = build_backbone(cfg=bcfg, fpn=cfg.fpn, tile_size=tile)
