@@ -85,6 +85,17 @@ def write_training_samples(folder: Path, n: int) -> None:
                   transform=apart(k))
 
 
+def prepared_samples(root: Path, n: int, folder: str = "in") -> Path:
+    """``n`` samples of :func:`write_training_samples` in ``root/folder``, prepared 50/25/25 into ``root/ds``
+    (``rts prepare --bands paper``); returns the dataset folder."""
+    from rtscli.cli import main
+
+    write_training_samples(root / folder, n)
+    args = ["prepare", str(root / folder), "-o", str(root / "ds"), "--bands", "paper", "--split", "0.5,0.25,0.25"]
+    assert main(args) == 0
+    return root / "ds"
+
+
 @pytest.fixture
 def data_dir():
     return DATA

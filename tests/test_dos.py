@@ -258,6 +258,18 @@ def small_dataset(tmp_path, rts) -> Path:
 
 
 TORCH = ("torch", "torchvision")
+#: a child's code: load the first training sample of the dataset sys.argv[1]; a refusal prints it and exits 2
+FIRST_TRAINING_SAMPLE = (
+    "from rtscli.data.dataset import ChipDataset, DatasetInfo\n"
+    "from rtscli.errors import RtsError\n"
+    "info = DatasetInfo.open(sys.argv[1])\n"
+    "ds = ChipDataset(info, 'train', [info.modality('rgb')], 96)\n"
+    "try:\n"
+    "    ds[0]\n"
+    "except RtsError as exc:\n"
+    "    print(exc)\n"
+    "    sys.exit(2)\n"
+)
 
 
 def _swap_first_chip(ds: Path) -> Path:
@@ -278,18 +290,7 @@ def test_export_coco_refuses_a_chip_whose_header_claims_60000_px(small_dataset, 
 
 def test_training_samples_refuse_a_chip_whose_header_disagrees_with_its_entry(small_dataset):
     chip = _swap_first_chip(small_dataset)
-    code = (
-        "from rtscli.data.dataset import ChipDataset, DatasetInfo\n"
-        "from rtscli.errors import RtsError\n"
-        "info = DatasetInfo.open(sys.argv[1])\n"
-        "ds = ChipDataset(info, 'train', [info.modality('rgb')], 96)\n"
-        "try:\n"
-        "    ds[0]\n"
-        "except RtsError as exc:\n"
-        "    print(exc)\n"
-        "    sys.exit(2)\n"
-    )
-    r = _limited(code, small_dataset, preload=TORCH)
+    r = _limited(FIRST_TRAINING_SAMPLE, small_dataset, preload=TORCH)
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
     assert str(chip) in r.stdout and "60000 x 60000 px" in r.stdout and "96 x 96" in r.stdout
 
@@ -300,18 +301,7 @@ def test_training_samples_refuse_an_annotation_larger_than_its_chip(small_datase
     ann = next(a for a in doc["annotations"] if a["image_id"] == first)
     ann["segmentation"] = {"size": [HUGE, HUGE], "counts": [0, HUGE * HUGE]}
     (small_dataset / "train.json").write_text(json.dumps(doc))
-    code = (
-        "from rtscli.data.dataset import ChipDataset, DatasetInfo\n"
-        "from rtscli.errors import RtsError\n"
-        "info = DatasetInfo.open(sys.argv[1])\n"
-        "ds = ChipDataset(info, 'train', [info.modality('rgb')], 96)\n"
-        "try:\n"
-        "    ds[0]\n"
-        "except RtsError as exc:\n"
-        "    print(exc)\n"
-        "    sys.exit(2)\n"
-    )
-    r = _limited(code, small_dataset, preload=TORCH)
+    r = _limited(FIRST_TRAINING_SAMPLE, small_dataset, preload=TORCH)
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
     assert f"annotation {ann['id']} of train.json" in r.stdout and "60000 x 60000" in r.stdout
 

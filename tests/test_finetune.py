@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import paper_sample, write_tif, write_training_samples
+from conftest import paper_sample, write_tif, prepared_samples
 
 RUN = ["--workers", "0", "--batch-size", "2", "--lr", "0.004", "--warmup-steps", "1"]
 MODS = ("rgb", "ndvi", "nir")
@@ -21,9 +21,7 @@ def world(tmp_path_factory):
     from rtscli.cli import main
 
     root = tmp_path_factory.mktemp("fuse")
-    write_training_samples(root / "in", 6)
-    ds = root / "ds"
-    assert main(["prepare", str(root / "in"), "-o", str(ds), "--bands", "paper", "--split", "0.5,0.25,0.25"]) == 0
+    ds = prepared_samples(root, 6)
     for m in MODS:
         assert main(["pretrain", "--modality", m, "--data", str(ds), "-o", str(root / m), "--preset", "nano",
                      "--max-steps", "1", *RUN]) == 0

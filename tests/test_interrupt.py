@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import write_training_samples
+from conftest import prepared_samples
 
 RUN = ["--preset", "nano", "--batch-size", "2", "--lr", "0.004", "--warmup-steps", "2", "--tile-size", "96"]
 STOPPED = "rts: stopped by SIGTERM"
@@ -22,13 +22,8 @@ STOPPED = "rts: stopped by SIGTERM"
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """8 small samples in the paper's layout (one site), prepared 4/2/2: 2 training steps per epoch."""
-    from rtscli.cli import main
 
-    root = tmp_path_factory.mktemp("interrupt")
-    write_training_samples(root / "in", 8)
-    args = ["prepare", str(root / "in"), "-o", str(root / "ds"), "--bands", "paper", "--split", "0.5,0.25,0.25"]
-    assert main(args) == 0
-    return root / "ds"
+    return prepared_samples(tmp_path_factory.mktemp("interrupt"), 8)
 
 
 def _epochs(run: Path) -> list[int]:

@@ -11,7 +11,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import write_tif, write_training_samples
+from conftest import write_tif, prepared_samples
 
 GIB = 2**30
 MIB = 2**20
@@ -24,9 +24,7 @@ def world(tmp_path_factory):
     from rtscli.cli import main
 
     root = tmp_path_factory.mktemp("offline")
-    write_training_samples(root / "in", 8)
-    assert main(["prepare", str(root / "in"), "-o", str(root / "ds"), "--bands", "paper", "--split",
-                 "0.5,0.25,0.25"]) == 0
+    prepared_samples(root, 8)
     assert main(["pretrain", "--modality", "rgb", "--data", str(root / "ds"), "-o", str(root / "nano"), "--preset",
                  "nano", *map(str, FAST)]) == 0
     return {"root": root, "ds": root / "ds", "scene": root / "in" / "site" / "x0.tif", "bundle": root / "nano"}

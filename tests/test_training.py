@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import apart, paper_sample, write_tif, write_training_samples
+from conftest import apart, paper_sample, write_tif, prepared_samples
 from rtscli.errors import RtsError
 
 RUN = ["--preset", "nano", "--workers", "0", "--batch-size", "2", "--lr", "0.004", "--warmup-steps", "2"]
@@ -21,13 +21,8 @@ RUN = ["--preset", "nano", "--workers", "0", "--batch-size", "2", "--lr", "0.004
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """8 small samples in the paper's layout (one site), prepared 4/2/2."""
-    from rtscli.cli import main
 
-    root = tmp_path_factory.mktemp("train")
-    write_training_samples(root / "in", 8)
-    args = ["prepare", str(root / "in"), "-o", str(root / "ds"), "--bands", "paper", "--split", "0.5,0.25,0.25"]
-    assert main(args) == 0
-    return root / "ds"
+    return prepared_samples(tmp_path_factory.mktemp("train"), 8)
 
 
 def _gt_results(gt: dict) -> list[dict]:

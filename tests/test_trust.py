@@ -352,14 +352,10 @@ def test_training_reads_no_chip_outside_an_edited_dataset(tmp_path):
     line naming the image, instead of reading a raster outside the dataset."""
     import json
 
-    from rtscli.cli import main
     from rtscli.data.dataset import ChipDataset, DatasetInfo
-    from conftest import write_training_samples
+    from conftest import prepared_samples
 
-    write_training_samples(tmp_path / "in", 4)
-    assert main(["prepare", str(tmp_path / "in"), "-o", str(tmp_path / "ds"), "--bands", "paper",
-                 "--split", "0.5,0.25,0.25"]) == 0
-    ds = tmp_path / "ds"
+    ds = prepared_samples(tmp_path, 4)
     doc = json.loads((ds / "train.json").read_text())
     first = doc["images"][0]
     (tmp_path / "outside.tif").write_bytes((ds / first["file_name"]).read_bytes())

@@ -27,7 +27,7 @@ import yaml
 from safetensors.torch import save_file
 from shapely.geometry import box
 
-from conftest import apart, paper_sample, write_tif, write_training_samples
+from conftest import apart, paper_sample, write_tif, prepared_samples
 from test_predict import blob, bundles  # noqa: F401  (fixtures: a nano bundle trained for one step, a fake model)
 
 #: runs a command without the capabilities that let root write anywhere
@@ -63,12 +63,9 @@ def _map(path: Path, grow: float = 0.0, layer: str = "rts") -> Path:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, bundles):  # noqa: F811  (the fixture imported above)
     """Everything the writing commands read: samples, a dataset, scenes, maps, bundles."""
-    from rtscli.cli import main
 
     root = tmp_path_factory.mktemp("faults")
-    write_training_samples(root / "samples", 4)
-    assert main(["prepare", str(root / "samples"), "-o", str(root / "ds"), "--bands", "paper",
-                 "--split", "0.5,0.25,0.25"]) == 0
+    prepared_samples(root, 4, "samples")
     scene = write_tif(root / "scene.tif", paper_sample(shape=(64, 64), rects=[(8, 30, 10, 40)]), transform=apart(0))
     for k in range(2):
         write_tif(root / "scenes" / f"s{k}.tif", paper_sample(shape=(64, 64), seed=k), transform=apart(k))

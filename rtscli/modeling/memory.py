@@ -11,7 +11,7 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import torch
 from torch import nn
@@ -19,6 +19,11 @@ from torch import nn
 from rtscli.errors import RtsError
 from rtscli.machine import device_type
 from rtscli.modeling.config import ModelConfig
+
+if TYPE_CHECKING:
+    from rtscli.modeling.backbone import MViTv2FPN, ResNet50FPN
+    from rtscli.modeling.detector import Detector
+    from rtscli.modeling.fusion import Fusion
 
 GIB = 2**30
 
@@ -186,24 +191,38 @@ def _parse_key(key: str) -> tuple[ModelConfig, Any, bool, list[int]]:
     return cfg, fusion, feature, chans
 
 
-@functools.lru_cache(maxsize=64)
-def _profile(key: str) -> _Profile:
+def _meta_parts(cfg: ModelConfig, fusion: Any, feature: bool,
+                chans: list[int]) -> tuple[MViTv2FPN | ResNet50FPN, Detector, Fusion | None]:
+    """``(backbone + FPN, decoder, fusion module or None)`` of a configuration, built on the meta device (no
+    memory): what every profile counts."""
     from rtscli.modeling.backbone import build_backbone
     from rtscli.modeling.detector import Detector
     from rtscli.modeling.fusion import Fusion
 
-    cfg, fusion, feature, chans = _parse_key(key)
-    tile = cfg.tile_size
-    frozen = feature and bool(fusion.get("frozen"))
     with torch.device("meta"):
         bcfg = type(cfg.backbone)(**{**cfg.backbone.__dict__, "in_channels": max(chans)})
-        bb = build_backbone(cfg=bcfg, fpn=cfg.fpn, tile_size=tile)
+        bb = build_backbone(cfg=bcfg, fpn=cfg.fpn, tile_size=cfg.tile_size)
         decoder = Detector(cfg=cfg, backbone=nn.Identity())
         fuse = None
         if feature:
             fuse = Fusion(strategy=fusion["strategy"], modalities=list(fusion["modalities"]),
                           primary=fusion.get("primary", "rgb"), dim=cfg.fpn.out_channels,
                           heads=int(fusion.get("heads", 8)), window=int(fusion.get("window", 8)))
+    return bb, decoder, fuse
+
+
+def check_batch_size(batch_size: int) -> None:
+    """Refuse a batch below 1 (every estimate's first check)."""
+    if batch_size < 1:
+        raise RtsError(f"batch size {batch_size} is below 1", fix="use --batch-size 1 or more")
+
+
+@functools.lru_cache(maxsize=64)
+def _profile(key: str) -> _Profile:
+    cfg, fusion, feature, chans = _parse_key(key)
+    tile = cfg.tile_size
+    frozen = feature and bool(fusion.get("frozen"))
+    bb, decoder, fuse = _meta_parts(cfg, fusion, feature, chans)
     bb.train()
     decoder.train()
     saved, block, shapes = _count_backbone(bb, tile, max(chans))
@@ -360,8 +379,7 @@ def estimate_step_memory(cfg: ModelConfig, *, batch_size: int, device: str | tor
     * CUDA: :data:`CUDA_RESERVE` bytes are added for cuBLAS/cuDNN workspaces and the caching
       allocator's rounding (not measured).
     """
-    if batch_size < 1:
-        raise RtsError(f"batch size {batch_size} is below 1", fix="use --batch-size 1 or more")
+    check_batch_size(batch_size)
     prof = _profile(_key(cfg, fusion))
     total = prof.total_params if total_params is None else int(total_params)
     trainable = prof.trainable_params if trainable_params is None else int(trainable_params)

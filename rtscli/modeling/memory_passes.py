@@ -15,12 +15,12 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from rtscli.errors import RtsError
 from rtscli.machine import device_type
 from rtscli.modeling.config import ModelConfig
 from rtscli.modeling.memory import (
     CPU_ACTIVATION_FACTOR, CPU_RESERVE, CUDA_RESERVE, MIXED_ATTENTION_FACTOR, MIXED_OTHER_FACTOR, StepMemory,
-    _attention_bytes, _key, _param_keys, _parse_key, _SavedCounter, _storage_key, resolve_precision,
+    _attention_bytes, _key, _meta_parts, _param_keys, _parse_key, _SavedCounter, _storage_key, check_batch_size,
+    resolve_precision,
 )
 
 _T = TypeVar("_T")
@@ -88,21 +88,9 @@ class _Forward:
 
 @functools.lru_cache(maxsize=32)
 def _forward_profile(key: str) -> _Forward:
-    from rtscli.modeling.backbone import build_backbone
-    from rtscli.modeling.detector import Detector
-    from rtscli.modeling.fusion import Fusion
-
     cfg, fusion, feature, chans = _parse_key(key)
     tile = cfg.tile_size
-    with torch.device("meta"):
-        bcfg = type(cfg.backbone)(**{**cfg.backbone.__dict__, "in_channels": max(chans)})
-        bb = build_backbone(cfg=bcfg, fpn=cfg.fpn, tile_size=tile)
-        decoder = Detector(cfg=cfg, backbone=nn.Identity())
-        fuse = None
-        if feature:
-            fuse = Fusion(strategy=fusion["strategy"], modalities=list(fusion["modalities"]),
-                          primary=fusion.get("primary", "rgb"), dim=cfg.fpn.out_channels,
-                          heads=int(fusion.get("heads", 8)), window=int(fusion.get("window", 8)))
+    bb, decoder, fuse = _meta_parts(cfg, fusion, feature, chans)
     for m in (bb, decoder, fuse):
         if m is not None:
             m.eval()
@@ -185,8 +173,7 @@ def estimate_inference_memory(cfg: ModelConfig, *, batch_size: int, device: str 
     Raises:
         RtsError: for a batch size below 1.
     """
-    if batch_size < 1:
-        raise RtsError(f"batch size {batch_size} is below 1", fix="use --batch-size 1 or more")
+    check_batch_size(batch_size)
     prof = _forward_profile(_key(cfg, fusion))
     cuda = device_type(device) == "cuda"
     work = prof.peak * batch_size
@@ -252,8 +239,7 @@ def estimate_ssl_memory(cfg: ModelConfig, *, batch_size: int, device: str | torc
     Raises:
         RtsError: for a batch size below 1.
     """
-    if batch_size < 1:
-        raise RtsError(f"batch size {batch_size} is below 1", fix="use --batch-size 1 or more")
+    check_batch_size(batch_size)
     prof = _simmim_profile(_key(cfg, None))
     prec = resolve_precision(precision, device)
     pbytes = 2 if prec in ("bf16-true", "16-true", "bf16", "16", "half") else 4
