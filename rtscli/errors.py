@@ -44,6 +44,43 @@ class Stopped(RtsError):
     exit_code = 143
 
 
+
+# How to repair a file with what rts installs (rasterio's ``rio``, Python with geopandas): rts never suggests GDAL's
+# command-line programs (gdal_edit.py, gdal_translate, gdalwarp, gdalinfo, ogr2ogr, ogrinfo), which a pip-installed
+# rts does not have.
+
+def set_raster_crs(path: str | Path = "FILE") -> str:
+    """The fix that gives raster ``path`` a CRS: rasterio's ``rio edit-info`` (installed with rts)."""
+    return f"set it with `rio edit-info --crs EPSG:XXXX {path}` (rasterio's rio, installed with rts)"
+
+
+def set_raster_nodata(path: str | Path = "FILE") -> str:
+    """The fix that gives raster ``path`` a nodata value: rasterio's ``rio edit-info``."""
+    return f"set it with `rio edit-info --nodata VALUE {path}` (rasterio's rio, installed with rts)"
+
+
+def georeference_raster(path: str | Path = "FILE") -> str:
+    """The fix for an image without a geotransform: a world file, or ``rio edit-info`` with CRS and transform."""
+    return (f"put a world file (.tfw/.jgw/.pgw) beside it, or set CRS and transform with `rio edit-info --crs "
+            f"EPSG:XXXX --transform '[XRES, 0, ULX, 0, -YRES, ULY]' {path}` (rasterio's rio, installed with rts)")
+
+
+def resample_like(path: str | Path = "AUX", like: str | Path = "IMAGE") -> str:
+    """The fix for a raster on another grid than ``like``: ``rio warp --like`` (rasterio's rio)."""
+    return f"resample it onto the image's grid with `rio warp {path} resampled.tif --like {like}`"
+
+
+def inspect_raster(path: str | Path = "FILE") -> str:
+    """How to look at a raster's header: ``rio info`` (rasterio's rio)."""
+    return f"`rio info {path}`"
+
+
+def set_vector_crs(path: str | Path = "FILE", out: str = "out.gpkg") -> str:
+    """The fix that saves vector ``path`` with a CRS, in Python with geopandas (installed with rts)."""
+    return (f"save it with its CRS in Python: python -c \"import geopandas as g; g.read_file('{path}')"
+            f".set_crs('EPSG:XXXX', allow_override=True).to_file('{out}')\"")
+
+
 #: OS errors the user can fix, by errno: what to do about each
 _OS_FIXES = {
     errno.EACCES: "give yourself permission on it or its folder (ls -ld; chmod u+w), or choose another path",

@@ -1,4 +1,6 @@
-"""What this machine has: the memory this process can still have, from the OS, its cgroups or the CUDA driver.
+"""What this machine has: the memory this process can still have, from the OS, its cgroups or the CUDA driver,
+and the CPU cores it may use (its CPU affinity, cgroup CPU quota, SLURM's ``SLURM_CPUS_PER_TASK``,
+``OMP_NUM_THREADS``, ``--threads``).
 
 A base-layer module: it imports nothing of rtscli but :mod:`rtscli.errors`, and torch only inside
 :func:`available_bytes`, when a CUDA device's free memory is asked for.
@@ -6,8 +8,10 @@ A base-layer module: it imports nothing of rtscli but :mod:`rtscli.errors`, and 
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
 if TYPE_CHECKING:
     import torch
@@ -84,12 +88,13 @@ def cgroup_headroom(directory: Path) -> int | None:
     return max(0, lim - max(0, used))
 
 
-def _cgroup_dirs(proc: Path, root: Path) -> list[Path]:
-    """The memory cgroup directories of this process and of its ancestors (whose limits apply too).
+def _cgroup_dirs(proc: Path, root: Path, controller: str = "memory") -> list[Path]:
+    """The ``controller`` (memory, cpu) cgroup directories of this process and of its ancestors (whose limits apply
+    too).
 
     From ``proc``/self/cgroup (v2 "0::/path", v1 "N:...memory...:/path") and ``proc``/self/mountinfo (where
     the hierarchy is mounted; ``root`` prefixes mount points, for tests). Falls back to the usual places
-    (``/sys/fs/cgroup`` and ``/sys/fs/cgroup/memory``) when these files cannot be read.
+    (``/sys/fs/cgroup`` and ``/sys/fs/cgroup/<controller>``) when these files cannot be read.
     """
     try:
         groups = (proc / "self" / "cgroup").read_text().splitlines()
@@ -103,7 +108,7 @@ def _cgroup_dirs(proc: Path, root: Path) -> list[Path]:
             continue
         _, controllers, path = parts
         v2 = controllers == ""
-        if not v2 and "memory" not in controllers.split(","):
+        if not v2 and controller not in controllers.split(","):
             continue
         for m in mounts:
             fields = m.split()
@@ -112,7 +117,7 @@ def _cgroup_dirs(proc: Path, root: Path) -> list[Path]:
             fstype = m.split(" - ", 1)[1].split()
             kind = fstype[0] if fstype else ""
             opts = fstype[2] if len(fstype) > 2 else ""
-            if (v2 and kind != "cgroup2") or (not v2 and (kind != "cgroup" or "memory" not in opts.split(","))):
+            if (v2 and kind != "cgroup2") or (not v2 and (kind != "cgroup" or controller not in opts.split(","))):
                 continue
             mroot, mpoint = fields[3], fields[4]
             rel = path
@@ -127,7 +132,7 @@ def _cgroup_dirs(proc: Path, root: Path) -> list[Path]:
             out += chain
             break
     if not out:
-        out = [root / "sys/fs/cgroup", root / "sys/fs/cgroup/memory"]
+        out = [root / "sys/fs/cgroup", root / f"sys/fs/cgroup/{controller}"]
     return out
 
 
@@ -173,3 +178,95 @@ def available_bytes(device: str | torch.device, *, proc: Path = Path("/proc"), r
     found = [v for v in [_meminfo_available(proc)] + [cgroup_headroom(d) for d in _cgroup_dirs(proc, root)]
              if v is not None]
     return min(found) if found else None
+
+
+def cgroup_cpus(directory: Path) -> float | None:
+    """CPU cores the cgroup at ``directory`` allows: its quota over its period (cgroup v2 ``cpu.max``, v1
+    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``); None without a quota."""
+    d = Path(directory)
+    try:
+        if (d / "cpu.max").exists():
+            quota, period = (d / "cpu.max").read_text().split()[:2]
+            return None if quota == "max" else int(quota) / int(period)
+        q, per = _read_int(d / "cpu.cfs_quota_us"), _read_int(d / "cpu.cfs_period_us")
+    except (OSError, ValueError):
+        return None
+    return q / per if q is not None and q > 0 and per else None
+
+
+def cpu_cores(*, environ: Mapping[str, str] | None = None, proc: Path = Path("/proc"),
+              root: Path = Path("/")) -> tuple[int, str]:
+    """The CPU cores this job may use, and what set them: the fewest of SLURM's ``SLURM_CPUS_PER_TASK``, the CPU
+    quota of every cgroup this process is in (rounded up) and the CPUs it may run on (``os.sched_getaffinity``).
+    Unlike :func:`cpu_budget`, not ``OMP_NUM_THREADS`` (the threads of one process, not the cores of the job).
+
+    Args:
+        environ: the environment (for tests; default ``os.environ``).
+        proc: where ``/proc`` is (for tests).
+        root: the prefix of the cgroup mount points (for tests).
+
+    Returns:
+        ``(cores, source)``, at least 1.
+    """
+    env = os.environ if environ is None else environ
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    found: list[tuple[int, str]] = [(cores, "CPU affinity")]
+    quotas = [q for q in (cgroup_cpus(d) for d in _cgroup_dirs(proc, root, "cpu")) if q is not None]
+    if quotas:
+        found.append((max(1, math.ceil(min(quotas))), "cgroup CPU quota"))
+    value = env.get("SLURM_CPUS_PER_TASK", "").strip()
+    if value.isdigit() and int(value) > 0:
+        found.append((int(value), "SLURM_CPUS_PER_TASK"))
+    n, source = min(found, key=lambda t: t[0])
+    return max(1, n), source
+
+
+def cpu_budget(requested: int | None = None, *, environ: Mapping[str, str] | None = None,
+               proc: Path = Path("/proc"), root: Path = Path("/")) -> tuple[int, str]:
+    """The CPU threads this process's torch should use, and what set them.
+
+    The fewest of: ``requested`` (``--threads``); ``OMP_NUM_THREADS``; the job's cores (:func:`cpu_cores`: SLURM's
+    ``SLURM_CPUS_PER_TASK``, the CPU quota of its cgroups, the CPUs it may run on). torch alone counts the node's
+    cores, so two processes on a 2-core machine each start 2 threads and run about 6x slower than one alone.
+
+    Args:
+        requested: ``--threads N``, or None.
+        environ: the environment (for tests; default ``os.environ``).
+        proc: where ``/proc`` is (for tests).
+        root: the prefix of the cgroup mount points (for tests).
+
+    Returns:
+        ``(threads, source)``: at least 1, and what set it (``--threads``, ``OMP_NUM_THREADS``,
+        ``SLURM_CPUS_PER_TASK``, ``cgroup CPU quota``, ``CPU affinity``).
+    """
+    env = os.environ if environ is None else environ
+    found = [cpu_cores(environ=env, proc=proc, root=root)]
+    value = env.get("OMP_NUM_THREADS", "").strip()
+    if value.isdigit() and int(value) > 0:
+        found.append((int(value), "OMP_NUM_THREADS"))
+    if requested is not None:
+        found.append((max(1, int(requested)), "--threads"))
+    n, source = min(found, key=lambda t: t[0])
+    return max(1, n), source
+
+
+def use_threads(requested: int | None = None) -> int:
+    """Set torch's CPU threads to :func:`cpu_budget` (``torch.set_num_threads``). Processes rts starts get theirs
+    from it too (Ray workers through ``OMP_NUM_THREADS``; DataLoader workers run one thread each, as torch sets).
+
+    Args:
+        requested: ``--threads N``, or None (the budget's other limits).
+
+    Returns:
+        The number of threads set.
+    """
+    import torch
+
+    n, _ = cpu_budget(requested)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+

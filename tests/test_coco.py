@@ -78,3 +78,24 @@ def test_polygon_instance_is_exact_and_respects_nodata():
     ring = Polygon(box(0, 0, 10, 10).exterior.coords, [box(3, 3, 6, 6).exterior.coords])
     inst = instance_from_polygon(ring, (12, 12))
     assert inst.has_holes and isinstance(inst.segmentation, dict) and inst.area == 91
+
+
+def test_min_area_is_measured_on_the_pixels_the_written_segmentation_decodes_to():
+    """rasterio and pycocotools draw a small polygon a pixel or two apart; --min-pixels is held on what is written
+    (what rts prepare --coco and every COCO tool decode), so a label is never kept at 16 px and read back at 14."""
+    from shapely.geometry import Point
+
+    rng = np.random.default_rng(0)
+    kept = dropped = 0
+    for _ in range(200):
+        g = Point(*rng.uniform(3, 29, 2)).buffer(rng.uniform(1.8, 2.8), quad_segs=4)
+        inst = instance_from_polygon(g, (32, 32), min_area=16, fmt="polygon")
+        every = instance_from_polygon(g, (32, 32), min_area=1, fmt="polygon")
+        decoded = int(_decode(every.segmentation, 32, 32).sum())
+        assert (inst is not None) == (decoded >= 16), decoded
+        if inst is not None:
+            kept += 1
+            assert int(_decode(inst.segmentation, 32, 32).sum()) == inst.area == decoded
+        else:
+            dropped += 1
+    assert kept > 20 and dropped > 20

@@ -364,7 +364,7 @@ def test_predict_refuses_an_image_without_georeference_with_the_fix(tmp_path, rt
     with pytest.raises(RtsError) as err:
         inspect(root / "images" / "im1.jpg")
     msg = str(err.value)
-    assert "no georeference" in msg and "gdal_translate -a_srs" in msg and "rts evaluate" in msg
+    assert "no georeference" in msg and "rio edit-info --crs" in msg and "rts evaluate" in msg
 
 
 # ---------------------------------------------------------------------------------------------
@@ -485,3 +485,74 @@ def test_a_refused_training_run_leaves_no_folder_behind(coco_set, rts, tmp_path)
     run = tmp_path / "run"
     r = rts("pretrain", "--modality", "rgb", "--data", ds, "-o", run, "--max-steps", 1, *RUN)  # 300 px > 256
     assert r.code == 2 and "--tile-size 320" in r.err and not run.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# rts prepare (vectors) -> rts export-coco -> rts prepare (COCO): one --min-pixels rule both ways
+# ---------------------------------------------------------------------------------------------
+_T = rasterio.transform.Affine(10.0, 0.0, 470000.0, 0.0, -10.0, 7550000.0)
+
+
+def _vector_dataset(tmp_path, rts, geoms_px, *, size=128, chip=64, overlap=0.0, extra=()) -> Path:
+    """A 4-band scene of ``size`` px under ``_T`` with label polygons given in scene pixels, prepared with
+    ``--chip-size chip --overlap overlap --split 1,0,0`` (every chip in train)."""
+    import geopandas as gpd
+    from shapely.affinity import affine_transform
+
+    rng = np.random.default_rng(1)
+    scene = write_tif(tmp_path / "scene.tif", rng.integers(300, 3000, (4, size, size)).astype(np.uint16),
+                      crs="EPSG:32608", transform=_T, nodata=0)
+    to_map = [_T.a, _T.b, _T.d, _T.e, _T.c, _T.f]
+    gpd.GeoDataFrame(geometry=[affine_transform(g, to_map) for g in geoms_px], crs="EPSG:32608").to_file(
+        tmp_path / "labels.gpkg")
+    ds = tmp_path / "ds"
+    r = rts("prepare", scene, "--labels", tmp_path / "labels.gpkg", "-o", ds, "--bands", "planetscope4",
+            "--chip-size", chip, "--overlap", overlap, "--split", "1,0,0", *extra)
+    assert r.code == 0, r.err
+    return ds
+
+
+def _n_instances(ds: Path) -> int:
+    return sum(len(d["annotations"]) for d in _anns(ds).values())
+
+
+def test_min_pixels_keeps_the_same_instances_from_vectors_and_from_their_coco_export(tmp_path, rts):
+    """A label that covers 16 pixels as drawn by rasterio but whose written COCO polygon decodes (pycocotools, as
+    every COCO tool and rts's own re-import read it) to 14: both paths measure the decoded pixels, so the round
+    trip keeps as many instances as the first prepare wrote (before: 2 -> 1)."""
+    from shapely.geometry import Point, box
+
+    small = Point(10.1, 10.5).buffer(2.15, quad_segs=4)  # rasterio: 16 px; its COCO polygon decodes to 14 px
+    ds = _vector_dataset(tmp_path, rts, [small, box(30, 30, 50, 45)])
+    first = _n_instances(ds)
+    for d in _anns(ds).values():  # what was written holds --min-pixels as any COCO reader decodes it
+        for a in d["annotations"]:
+            assert mask_utils.decode(_rle(a, 64)).sum() >= 16
+    assert rts("export-coco", ds, "-o", tmp_path / "exp").code == 0
+    r = rts("prepare", tmp_path / "exp", "-o", tmp_path / "again")
+    assert r.code == 0, r.err
+    assert _n_instances(tmp_path / "again") == first == 1
+    m = yaml.safe_load((ds / "manifest.yaml").read_text())
+    dropped = m["dropped"]  # the 14 px label, counted where it was dropped (whole in its chip, or a piece)
+    assert dropped.get("labels_below_min_pixels", 0) + dropped["labels_clipped_below_min_area"] == 1
+
+
+def test_coco_reimport_of_overlapping_chips_names_them_and_an_empty_val_file_truly(tmp_path, rts):
+    """Chips that rts export-coco wrote from overlapping windows of one scene are chips of that scene (not copies,
+    nor several dates), and an empty instances_val.json is named as empty (not "no val COCO file")."""
+    from shapely.geometry import box
+
+    ds = _vector_dataset(tmp_path, rts, [box(20, 20, 40, 40), box(70, 60, 95, 90)], size=128, chip=64,
+                         overlap=0.25)
+    assert rts("export-coco", ds, "-o", tmp_path / "exp").code == 0
+    assert not json.loads((tmp_path / "exp" / "annotations" / "instances_val.json").read_text())["images"]
+    r = rts("prepare", tmp_path / "exp", "-o", tmp_path / "again")
+    assert r.code == 0, r.err
+    err = " ".join(r.err.split())
+    assert "instances_val.json (val)" in err  # listed among the files found
+    assert "no val COCO file" not in err and "instances_val.json lists no images" in err
+    assert "copies" not in err and "several dates" not in err
+    assert "chips of 1 scene" in err and "scene.tif" in err
+    m = yaml.safe_load((tmp_path / "again" / "manifest.yaml").read_text())
+    assert m["split"]["overlapping_pairs_across_files"] == 0  # one scene's chips, not different files' items
+    assert _n_instances(tmp_path / "again") == _n_instances(ds)

@@ -40,9 +40,11 @@ def _ckpt(run: Path) -> dict:
     return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
 
 
-def _sigterm_after_epoch_0(args: list[str], *, group: bool = False) -> tuple[int, str]:
-    """Run ``rts ARGS`` in a process, send it SIGTERM once epoch 0 is done (to its whole process group with
-    ``group``: what SLURM does), and return its exit code and stderr."""
+def _sigterm_after_epoch_0(args: list[str], *, group: bool = False, times: int = 1) -> tuple[int, str]:
+    """Run ``rts ARGS`` in a process, send it SIGTERM (``times`` times, 0.2 s apart) once epoch 0 is done (to its
+    whole process group with ``group``: what SLURM does), and return its exit code and stderr."""
+    import time
+
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RTS_PROGRESS_SECONDS": "0"}
     p = subprocess.Popen([sys.executable, "-m", "rtscli", *args], env=env, stderr=subprocess.PIPE, text=True,
                          start_new_session=group)
@@ -53,10 +55,13 @@ def _sigterm_after_epoch_0(args: list[str], *, group: bool = False) -> tuple[int
         for line in p.stderr:
             err.append(line)
             if not sent and "training: epoch 0/" in line and " done" in line:
-                if group:
-                    os.killpg(p.pid, signal.SIGTERM)
-                else:
-                    p.send_signal(signal.SIGTERM)
+                for k in range(times):
+                    if k:
+                        time.sleep(0.2)
+                    if group:
+                        os.killpg(p.pid, signal.SIGTERM)
+                    else:
+                        p.send_signal(signal.SIGTERM)
                 sent = True
         p.wait(timeout=120)
     finally:
@@ -111,6 +116,68 @@ def test_sigterm_to_the_whole_job_with_loader_workers(dataset, tmp_path):
     assert code == 143, err
     assert STOPPED in err and "internal error" not in err
     assert (run / "checkpoints" / "last.ckpt").exists()
+
+
+def test_repeated_sigterms_to_the_whole_job_still_stop_cleanly(dataset, tmp_path):
+    """`timeout`, SLURM and impatient people send SIGTERM more than once, to every process: the data-loading workers
+    outlive them (the main process ends them), so the run stops with rts's one line and 143, never with PyTorch's
+    "DataLoader worker ... killed by signal: Terminated" as an internal error."""
+    run = tmp_path / "run"
+    code, err = _sigterm_after_epoch_0(["pretrain", "--modality", "rgb", "--data", str(dataset), "-o", str(run),
+                                        "--workers", "2", "--epochs", "200", *RUN], group=True, times=3)
+    # 143, or -15 when a last SIGTERM lands once rts has said it stopped and is exiting (a shell shows 143 for both)
+    assert code in (143, -signal.SIGTERM), err
+    assert err.rstrip().splitlines()[-1].startswith(STOPPED) and (run / "checkpoints" / "last.ckpt").exists(), err
+    assert STOPPED in err and "internal error" not in err and "Traceback" not in err and "killed by signal" not in err
+
+
+def _worker_after_sigterms(count: int, queue) -> None:
+    """A process set up as a training loader's worker (:func:`rtscli.engine.train.worker_init`) that sends itself
+    ``count`` SIGTERMs, then reports that it lived through them."""
+    from rtscli.engine.train import worker_init
+
+    worker_init(0)
+    for _ in range(count):
+        os.kill(os.getpid(), signal.SIGTERM)
+    queue.put("alive")
+
+
+def test_a_loader_worker_outlives_every_sigterm():
+    """Before, a worker ignored only its first SIGTERM and died of the second, which ended the run with PyTorch's
+    "DataLoader worker ... killed by signal: Terminated"; now every SIGTERM is left to the main process."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    p = ctx.Process(target=_worker_after_sigterms, args=(3, queue))
+    p.start()
+    p.join(timeout=60)
+    assert p.exitcode == 0 and queue.get(timeout=5) == "alive", p.exitcode
+
+
+def test_sigterm_before_training_starts_exits_143_with_one_line(dataset, tmp_path):
+    """SIGTERM while rts pretrain still checks its inputs (here: in the memory check, before the model or the run
+    folder exists): before, the process ended without a word; now exit 143 and rts's one line with the command that
+    continues (which then starts the run)."""
+    run = tmp_path / "run"
+    args = ["pretrain", "--modality", "rgb", "--data", str(dataset), "-o", str(run), "--epochs", "1",
+            "--workers", "0", *RUN]
+    code = ("import os, signal, sys\n"
+            "import rtscli.engine.pretrain as p\n"
+            "def check(*a, **k):\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "p.check_memory = check\n"
+            "from rtscli.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 143, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"{STOPPED} before training started") and lines[-1].endswith("--resume"), r.stderr
+    assert "Traceback" not in r.stderr and "internal error" not in r.stderr and not run.exists()
+    r = subprocess.run([sys.executable, "-m", "rtscli", *_continue_command(r.stderr)], capture_output=True,
+                       text=True, env=env, timeout=300)
+    assert r.returncode == 0 and (run / "model.safetensors").exists(), r.stderr
 
 
 def _with_callbacks(monkeypatch, *extra):

@@ -148,3 +148,40 @@ def test_scenes_with_one_name_in_two_site_folders(tmp_path, rts):
 
     m = yaml.safe_load((tmp_path / "ds" / "manifest.yaml").read_text())
     assert m["counts"]["total"]["train"] == {"images": 2, "instances": 2, "negatives": 0}
+
+
+#: GDAL's and OGR's command-line programs: a pip-installed rts does not have them, so no message may send a user there
+GDAL_PROGRAMS = r"\b(ogr2ogr|ogrinfo|gdalinfo|gdalwarp|gdal_translate|gdal_edit|gdal_retile|gdal_calc|gdal_merge" \
+                r"|gdalbuildvrt|gdaladdo)\b"
+
+
+def test_no_message_or_readme_line_suggests_a_gdal_program_rts_does_not_install():
+    """Every fix rts prints is one the user can do with what rts installs (rasterio's rio, Python, QGIS)."""
+    import re
+
+    root = Path(__file__).resolve().parent.parent
+    found = [f"{p.relative_to(root)}:{i}: {line.strip()}"
+             for p in [root / "README.md", *sorted((root / "rtscli").rglob("*.py"))]
+             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+             if re.search(GDAL_PROGRAMS, line) and not line.lstrip().startswith("#")]
+    assert not found, "\n".join(found)
+
+
+def test_the_fixes_rts_suggests_run_with_what_rts_installs(tmp_path):
+    """The rio commands of the fixes work as written: a raster without CRS or nodata gets them."""
+    import shutil
+    import subprocess
+    import sys
+
+    from rtscli.errors import set_raster_crs, set_raster_nodata
+
+    rio = shutil.which("rio", path=str(Path(sys.executable).parent))
+    assert rio is not None, "rasterio's rio is installed with rts"
+    path = tmp_path / "bare.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint16", transform=T) as dst:
+        dst.write(np.ones((1, 8, 8), np.uint16))
+    for fix, value in ((set_raster_crs(path), "EPSG:32608"), (set_raster_nodata(path), "0")):
+        cmd = fix.split("`")[1].replace("EPSG:XXXX", value).replace("VALUE", value)
+        subprocess.run(cmd.split(), check=True, cwd=tmp_path, env={**os.environ, "PATH": str(Path(rio).parent)})
+    with rasterio.open(path) as src:
+        assert src.crs.to_epsg() == 32608 and src.nodata == 0

@@ -163,15 +163,35 @@ def test_truth_errors_are_one_line_naming_the_file_and_the_fix(tmp_path):
     two = tmp_path / "two.gpkg"
     g.to_file(two, layer="a")
     g.to_file(two, layer="b")
-    with pytest.raises(RtsError, match=r"2 layers \(a, b\).* -- save that layer"):
+    with pytest.raises(RtsError, match=r"2 layers \(a, b\).* -- pass --truth-layer NAME"):
         truth_outlines(two, scene)
+    with pytest.raises(RtsError, match=r"no layer 'c' .*\(it has a, b\) -- pass --truth-layer with one of them"):
+        truth_outlines(two, scene, layer="c")
     bare = tmp_path / "bare.shp"
     g.set_crs(None, allow_override=True).to_file(bare)
-    with pytest.raises(RtsError, match="no CRS.* -- save it with its CRS"):
+    with pytest.raises(RtsError, match="no CRS.* -- save it with its CRS in Python: python -c") as err:
         truth_outlines(bare, scene)
+    assert "ogr2ogr" not in str(err.value)
     empty = tmp_path / "empty.gpkg"
     g.iloc[:0].to_file(empty)
     assert truth_outlines(empty, scene) == []  # a scene without slumps: nothing to draw, no error
+
+
+def test_truth_layer_reads_one_layer_of_an_rts_synth_truth_file(tmp_path, rts):
+    """rts synth's truth of a series has two layers (rts: the slumps, gone: the ones gone); --truth-layer picks one,
+    from the Python API and from the command line."""
+    from rtscli.render.quicklook import truth_outlines
+
+    scene = make_scene(tmp_path, NORTH_UP)
+    both = tmp_path / "truth.gpkg"
+    slumps = gpd.GeoDataFrame({"id": [1, 2]}, geometry=[box(470100, 7549000, 470300, 7549200),
+                                                      box(470400, 7549300, 470500, 7549400)], crs=32608)
+    slumps.to_file(both, layer="rts")
+    slumps.iloc[:1].to_file(both, layer="gone")
+    assert len(truth_outlines(both, scene, layer="rts")) == 2
+    assert len(truth_outlines(both, scene, layer="gone")) == 1
+    res = rts("predict", tmp_path / "scene.tif", "-o", tmp_path / "p.gpkg", "--truth-layer", "rts")
+    assert res.code == 2 and "no --truth was given" in res.err
 
 
 # --- the quicklook -------------------------------------------------------------------------------------------
@@ -328,3 +348,45 @@ def test_quicklook_of_a_scene_without_slumps(tmp_path):
     write_quicklook(empty, scene, tmp_path / "q.png", overwrite=False)
     with Image.open(tmp_path / "q.png") as im:
         assert im.format == "PNG"
+
+
+# --- one stretch for the dates of a place (--stretch) ---------------------------------------------------------
+
+
+def test_quicklooks_of_two_dates_drawn_with_one_stretch_can_be_compared_by_eye(tmp_path):
+    """A brighter date looks brighter when both are drawn with the first one's stretch; with each scene's own 2-98 %
+    they look the same (what misled the eye: tundra yellow one year, green the next)."""
+    from rtscli.data.scenes import Source, open_scene
+    from rtscli.render.quicklook import _read_rendering, parse_stretch, stretch_text, write_quicklook
+
+    base = np.random.default_rng(0).uniform(200, 1200, (3, 100, 150)).astype(np.float32)
+    scenes = []
+    for k, gain in enumerate((1.0, 1.6)):  # the same place, a brighter second date
+        path = write_tif(tmp_path / f"date{k}.tif", base * gain, transform=NORTH_UP)
+        scenes.append(open_scene([Source(path, {"red": 1, "green": 2, "blue": 3})]))
+    own = [_read_rendering(s, 512)[0] for s in scenes]
+    assert np.allclose(own[0], own[1], atol=1e-3)  # per-scene stretches hide the change
+    first = write_quicklook(predictions(scenes[0]), scenes[0], tmp_path / "q0.png", overwrite=False)
+    assert len(first) == 3 and all(lo < hi for lo, hi in first)
+    again = parse_stretch(stretch_text(first))  # the value printed is the value to pass
+    assert np.allclose(again, first, rtol=1e-5)
+    shared = [_read_rendering(s, 512, again)[0] for s in scenes]
+    assert np.allclose(shared[0], own[0], atol=1e-3)  # the first date drawn as before
+    assert shared[1].mean() > shared[0].mean() + 0.15  # and the brighter date is seen brighter
+    assert write_quicklook(predictions(scenes[1]), scenes[1], tmp_path / "q1.png", overwrite=False,
+                           stretch=again) == again
+
+
+def test_stretch_values_are_checked(tmp_path, rts):
+    from rtscli.render.quicklook import parse_stretch, stretch_text
+
+    assert parse_stretch("120, 1650") == [(120.0, 1650.0)]
+    assert stretch_text(parse_stretch("1,2,3,4,5,6")) == "1,2,3,4,5,6"
+    assert stretch_text([(5.0, 9.0)] * 3) == "5,9"
+    for bad in ("120", "a,b", "900,100", "1,2,3,4", "nan,3"):
+        with pytest.raises(RtsError, match="--stretch"):
+            parse_stretch(bad)
+    scene = make_scene(tmp_path, NORTH_UP)
+    res = rts("predict", tmp_path / "scene.tif", "-o", tmp_path / "p.gpkg", "--stretch", "1,2")
+    assert res.code == 2 and "no --quicklook was given" in res.err and "\n" not in res.err.strip()
+    assert scene.width == 300

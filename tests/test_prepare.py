@@ -502,7 +502,7 @@ def test_bad_mixed_nodata_empty_labels_and_crashes(tmp_path, rts):
     write_tif(tmp_path / "in" / "b.tif", paper_sample(rects=[(1, 9, 1, 9)]), nodata=-9999.0)
     out = tmp_path / "ds"
     r = rts("prepare", tmp_path / "in", "-o", out, "--bands", "paper")
-    _assert_clean_failure(r, tmp_path, out, "different nodata", "gdal_edit")
+    _assert_clean_failure(r, tmp_path, out, "different nodata", "a.tif", "b.tif", "rio edit-info --nodata")
     scene = _scene(tmp_path)
     gpd.GeoDataFrame(geometry=[], crs="EPSG:32608").to_file(tmp_path / "empty.gpkg")
     r = rts("prepare", scene, "--labels", tmp_path / "empty.gpkg", "-o", out, "--bands", "planetscope4")
@@ -763,3 +763,41 @@ def test_source_ids_are_the_rows_of_the_label_file(tmp_path, rts):
     anns = json.loads((tmp_path / "ds" / "train.json").read_text())["annotations"]
     back = gpd.read_file(tmp_path / "l.gpkg")
     assert {a["source_id"]: back.name[a["source_id"]] for a in anns} == {2: "a", 3: "b"}
+
+
+def test_small_whole_labels_and_pieces_cut_at_chip_edges_are_counted_apart(tmp_path, rts):
+    """A 6 px slump lying whole in a chip is dropped as a label smaller than --min-pixels; a slump cut by a chip edge
+    leaves a 3 px piece in one chip, dropped as a piece cut at a chip edge; a label that only touches a chip's edge
+    leaves nothing there to drop (issue 21, point 13)."""
+    scene = _scene(tmp_path)
+    polys = [_px(10, 10, 13, 12),  # 3 x 2 px, whole inside chip (0, 0)
+             _px(61, 30, 84, 34),  # 4 px high, 3 px left of the chip edge at col 64 (12 px), 20 px right of it
+             _px(100, 128, 110, 138)]  # starts on the edge at row 128: touches chips of rows 64..128 along a line
+    gpd.GeoDataFrame(geometry=polys, crs="EPSG:32608").to_file(tmp_path / "l.gpkg")
+    r = rts("prepare", scene, "--labels", tmp_path / "l.gpkg", "-o", tmp_path / "ds", "--bands", "planetscope4",
+            "--chip-size", 64, "--overlap", 0, "--split", "1,0,0")
+    assert r.code == 0, r.err
+    m = yaml.safe_load((tmp_path / "ds" / "manifest.yaml").read_text())
+    assert m["dropped"]["labels_below_min_pixels"] == 1
+    assert m["dropped"]["labels_clipped_below_min_area"] == 1
+    out = " ".join(r.out.split())
+    assert "1 label(s) smaller than --min-pixels 16 px dropped" in out, out
+    assert "1 label piece(s) cut by chip edges and smaller than --min-pixels 16 px dropped" in out, out
+
+
+def test_mixed_sensors_are_named_in_the_nodata_error(tmp_path, rts):
+    """Landsat 15 m float32 (nodata -inf) beside Sentinel-2 10 m uint16 (nodata 0), across two site folders: the
+    error names the folder that holds them all and each file, says the cause (different sensors: data types and
+    resolutions differ) and the fix with what rts installs (issue 21, point 14)."""
+    root = tmp_path / "in"
+    write_tif(root / "A" / "s2_a.tif", np.full((4, 32, 32), 900, np.uint16), nodata=0)
+    write_tif(root / "B" / "l8_b.tif", np.full((4, 32, 32), 0.1, np.float32), nodata=float("-inf"),
+              transform=Affine(15.0, 0.0, 470000.0, 0.0, -15.0, 7550000.0))
+    write_tif(root / "B" / "s2_b.tif", np.full((4, 32, 32), 900, np.uint16), nodata=0)
+    out = tmp_path / "ds"
+    gpd.GeoDataFrame(geometry=[_px(1, 1, 9, 9)], crs="EPSG:32608").to_file(tmp_path / "l.gpkg")
+    r = rts("prepare", root, "-o", out, "--bands", "planetscope4", "--labels", tmp_path / "l.gpkg")
+    _assert_clean_failure(r, tmp_path, out, f"{root}:", "different nodata values", "B/l8_b.tif", "A/s2_a.tif",
+                          "B/s2_b.tif", "float32", "uint16", "15 m", "10 m", "different sensors",
+                          "rio edit-info --nodata VALUE")
+    assert "gdal_edit" not in r.err

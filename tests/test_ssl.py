@@ -268,3 +268,104 @@ def test_finetune_takes_one_ssl_bundle_per_modality(world, rts, tmp_path):
     r = rts("finetune", "--data", world["ds"], "-o", tmp_path / "bad", "--fusion", "residual-cross", "--modalities",
             "rgb,nir", "--preset", "nano", "--backbone-weights", f"rgb={world['ssl']}", "--max-steps", 1)
     assert r.code == 2 and "modality nir" in r.err and not (tmp_path / "bad").exists()
+
+
+# --- what rts ssl says: its time on a CPU, its loss, its curve, GDAL's messages ---------------------------------
+
+
+def test_the_default_preset_on_a_small_scene_on_a_cpu_is_refused_and_the_tile_pointed_out(tmp_path, rts, monkeypatch):
+    """The issue's run: `rts ssl` with its default preset (cascade-mvitv2-b, 1024 px) on a 251 px scene on a machine
+    without a GPU: the scene fills 6% of the tile (--tile-size 256 holds it), and the run, minutes per step, is
+    refused with its estimated time and --preset nano before anything is read or written."""
+    from rtscli.engine import devices
+
+    monkeypatch.setattr(devices, "has_cuda", lambda: False)
+    monkeypatch.setattr(devices, "has_mps", lambda: False)
+    monkeypatch.setenv("RTS_SKIP_MEMORY_CHECK", "1")
+    scene = write_tif(tmp_path / "s2.tif", np.random.default_rng(0).integers(0, 4000, (4, 251, 251)).astype(np.uint16))
+    out = tmp_path / "ssl"
+    r = rts("ssl", scene, "--modality", "rgb", "--bands", "blue=1,green=2,red=3,nir=4", "-o", out, "--workers", 0)
+    err = " ".join(r.err.split())
+    assert "the scenes (the largest 251 x 251 px) fill 6% of the 1024 px tile" in err and "--tile-size 256" in err
+    errors = [ln for ln in r.err.splitlines() if ln.startswith("rts: error:")]
+    assert r.code == 2 and len(errors) == 1 and not out.exists(), r.err
+    assert "cascade-mvitv2-b at 1024 px, batch 1: about" in errors[0] and "min per step on this CPU" in errors[0]
+    assert "--preset nano" in errors[0] and "--accelerator cpu" in errors[0]
+    r = rts("ssl", scene, "--modality", "rgb", "--bands", "blue=1,green=2,red=3,nir=4", "-o", out, "--workers", 0,
+            "--preset", "nano", "--max-steps", 1, "--stats-windows", 2, "--batch-size", 1)
+    assert r.code == 0 and "fill" not in r.err, r.err  # 251 px in nano's 256 px tile: nothing to say
+    assert "estimated time of rts ssl: nano at 256 px, batch 1: about" in " ".join(r.err.split())
+
+
+def test_a_one_epoch_run_says_one_epoch_and_its_curve_shows_only_the_loss(world, rts, tmp_path, monkeypatch):
+    """One epoch: "one epoch: reconstruction loss 0.74", not "0.74337 -> 0.74337"; progress says the epoch is the
+    only one (not "epoch 0/0"); curves.png has the reconstruction loss and no AP50 axis (SSL has no AP)."""
+    from PIL import Image
+
+    monkeypatch.setenv("RTS_PROGRESS_SECONDS", "0")
+    out = tmp_path / "one"
+    r = rts("ssl", world["scene"], "--modality", "nir", "--bands", "planetscope4", "-o", out, "--windows", 4,
+            "--epochs", 1, *FAST)
+    assert r.code == 0, r.err
+    text = " ".join(r.out.split())
+    assert "2 steps, one epoch: reconstruction loss 0." in text and "->" not in text, text
+    assert "epoch 0 done (the only epoch), step 2/2" in r.err and "0/0" not in r.err, r.err
+    with Image.open(out / "curves.png") as im:
+        assert im.text["Axes"] == "epoch | reconstruction loss"
+    from rtscli.engine.curves import axes_names, curves_figure
+
+    fig = curves_figure([{"epoch": 0, "train_loss": 0.7}], title="t", score=None, loss_label="reconstruction loss")
+    assert len(fig.axes) == 1 and axes_names(fig) == "epoch | reconstruction loss"
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["reconstruction loss"]
+    # two epochs (the module's own run): the epoch means, first -> last
+    from rtscli.cli.ssl import loss_summary
+
+    assert loss_summary({"loss_first": 0.96351, "loss_last": 0.81234, "loss_epochs": 2}) == \
+        "reconstruction loss 0.964 -> 0.812 (epoch means, 2 epochs)"
+
+
+def _tiff_without_extra_samples(path) -> None:
+    """A 4-band RGB-photometric GeoTIFF with overviews whose ExtraSamples tag is gone (as some tools write them):
+    libtiff warns "TIFFReadDirectory: Sum of Photometric type-related color channels and ExtraSamples doesn't
+    match SamplesPerPixel" at every directory it reads."""
+    import struct
+
+    import rasterio
+    from rasterio.transform import Affine
+
+    data = np.random.default_rng(1).integers(0, 4000, (4, 600, 600)).astype(np.uint16)
+    with rasterio.open(path, "w", driver="GTiff", width=600, height=600, count=4, dtype="uint16", crs="EPSG:32608",
+                       transform=Affine(10, 0, 470000, 0, -10, 7550000), photometric="RGB", tiled=True,
+                       blockxsize=256, blockysize=256) as dst:
+        dst.write(data)
+        dst.build_overviews([2, 4])
+    raw = bytearray(path.read_bytes())
+    assert raw[:2] == b"II"
+    ifd = struct.unpack_from("<I", raw, 4)[0]
+    while ifd:
+        n = struct.unpack_from("<H", raw, ifd)[0]
+        for i in range(n):
+            entry = ifd + 2 + 12 * i
+            if struct.unpack_from("<H", raw, entry)[0] == 338:  # ExtraSamples -> TargetPrinter: the order holds
+                struct.pack_into("<H", raw, entry, 337)
+        ifd = struct.unpack_from("<I", raw, ifd + 2 + 12 * n)[0]
+    path.write_bytes(bytes(raw))
+
+
+def test_gdal_warnings_never_reach_the_terminal_raw(tmp_path):
+    """GDAL/libtiff messages of the scenes, read in rts ssl's main process and its data-loading workers, go through
+    rts's log (this harmless one silenced), never as raw "Warning 1: TIFFReadDirectory..." lines."""
+    import os
+    import subprocess
+    import sys
+
+    scene = tmp_path / "odd.tif"
+    _tiff_without_extra_samples(scene)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "rtscli", "ssl", str(scene), "--modality", "rgb", "--bands",
+                        "blue=1,green=2,red=3,nir=4", "-o", str(tmp_path / "ssl"), "--windows", "4", "--epochs", "1",
+                        "--preset", "nano", "--workers", "1", "--batch-size", "2", "--stats-windows", "4"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "Warning 1" not in r.stderr and "TIFFReadDirectory" not in r.stderr, r.stderr
+    assert all(ln.startswith(("rts: ", "  ")) for ln in r.stderr.splitlines() if ln.strip()), r.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import geopandas as gpd
 import numpy as np
+import pytest
 import rasterio
 from rasterio.features import rasterize
 
@@ -147,3 +148,118 @@ def test_negative_chips_have_no_slump_and_positive_ones_do(tmp_path):
         with rasterio.open(p) as src:
             empty += int(src.read(6).max() == 0)
     assert 6 <= empty <= 18  # about half, and every chip was placed (no give-up)
+
+
+def _inside_and_areas(folder):
+    """Every truth polygon of every ``rts synth`` scene (each date, layers ``rts`` and ``gone``, the look-alikes)
+    against its scene's footprint: returns rows of (file, layer, share inside, area_m2, true area of the part
+    inside, m2)."""
+    from shapely.geometry import box
+
+    from rtscli.geometry.measure import geodesic_area_perimeter
+
+    rows = []
+    for tif in sorted((folder / "scenes").glob("*.tif")):
+        with rasterio.open(tif) as src:
+            footprint, crs = box(*src.bounds), src.crs
+        for gpkg in (tif.with_suffix(".gpkg"), tif.with_name(tif.stem + "_distractors.gpkg")):
+            for layer in gpd.list_layers(gpkg)["name"]:
+                t = gpd.read_file(gpkg, layer=layer)
+                assert t.crs == crs
+                seen = [g.intersection(footprint) for g in t.geometry]
+                ground = geodesic_area_perimeter(seen, crs)[0]
+                for k, (g, s) in enumerate(zip(t.geometry, seen, strict=True)):
+                    area = float(t["area_m2"].iloc[k]) if "area_m2" in t else float("nan")
+                    rows.append((gpkg.name, layer, s.area / g.area, area, float(ground[k])))
+    return rows
+
+
+@pytest.mark.parametrize("size", [768, 1024])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_truth_of_every_date_lies_inside_its_scene(tmp_path, rts, size, seed):
+    """Issue 21.2: `rts synth --years 3` put slumps (and the merge) off the image and counted unseen parts in
+    area_m2. Every truth polygon of every date (active slumps, stabilized ones, look-alikes) lies in the scene it
+    describes, and its area_m2 is the true area of what the scene shows."""
+    out = tmp_path / "syn"
+    r = rts("synth", out, "--years", 3, "--chips", 2, "--chip-size", 64, "--scenes", 1, "--scene-size", size,
+            "--seed", seed)
+    assert r.code == 0, r.err
+    rows = _inside_and_areas(out)
+    slumps = [row for row in rows if row[1] in ("rts", "gone")]
+    assert sum(row[1] == "rts" for row in slumps) >= 3 * 2  # every date has slumps
+    for name, layer, share, _, _ in rows:
+        assert share >= 0.999, (name, layer, share)
+    for name, layer, _, area, ground in slumps:
+        assert area == pytest.approx(ground, rel=1e-6), (name, layer)
+    t2 = gpd.read_file(next((out / "scenes").glob("*_2020-07-15.gpkg")), layer="rts")
+    assert "merged" in set(t2["relation"])  # the merge happens on the image
+    assert not t2["clipped"].any()  # placed whole inside, not cut by the scene edge
+
+
+def test_every_site_places_series_slumps_inside_the_scene_with_room_to_grow():
+    """Placement, not only clipping: at every site, the slumps of each date of a series (grown, merged, new,
+    stabilized) lie whole inside the scene, a margin away from its edge, and still grow along their headwalls."""
+    from shapely.geometry import box
+
+    from rtscli.synth import scene_plan
+    from rtscli.synth.plan import edge_margin_px
+    from rtscli.synth.series import evolve, series_margin_px
+
+    grew = kept = 0
+    for name in SITES:
+        for seed, size in ((0, 768), (1, 1024)):
+            plan = scene_plan(size, size, seed=seed, site_name=name, nodata_margin=False,
+                              edge_margin=series_margin_px(size, size, 3, 3.0))
+            m = edge_margin_px(size, size)
+            inner = box(m, m, size - m, size - m).buffer(1e-6)
+            years = evolve(plan, 3, seed)
+            assert years[0].active and "merged" in {a.relation for a in years[1].active}, name
+            for k, y in enumerate(years):
+                for a in y.active + y.gone:
+                    assert inner.contains(a.slump.geometry), (name, seed, k, a.track)
+                before = {a.track: a.slump.geometry.area for a in years[k - 1].active} if k else {}
+                for a in y.active:
+                    if a.relation == "continued":
+                        kept += 1
+                        grew += a.slump.geometry.area > before[a.track] + 1
+    assert grew >= 0.97 * kept  # water may stop a few; the scene's edge does not
+
+
+def test_single_scenes_and_chips_describe_what_they_show(tmp_path, rts):
+    """A single-date scene, a scene with a nodata swath edge and the chips' labels: truth only where the pixels
+    are, flagged ``clipped`` where the edge of the image (or nodata) cut a slump, with the area of the part shown."""
+    from shapely.geometry import box
+
+    from rtscli.geometry.measure import geodesic_area_perimeter
+
+    out = tmp_path / "syn"
+    r = rts("synth", out, "--chips", 6, "--chip-size", 64, "--scenes", 1, "--scene-size", 768, "--seed", 0,
+            "--site", "tuktoyaktuk", "--negatives", 0, "--nodata-fraction", 0.5)
+    assert r.code == 0, r.err
+    rows = _inside_and_areas(out)
+    assert sum(row[1] == "rts" for row in rows) >= 2
+    for name, layer, share, area, ground in rows:
+        assert share >= 0.999, (name, layer, share)
+        if layer == "rts":
+            assert area == pytest.approx(ground, rel=1e-6)
+    labels = gpd.read_file(out / "chips" / "labels.gpkg")
+    assert labels["clipped"].dtype == bool
+    for chip, g, clipped in zip(labels["chip"], labels.geometry, labels["clipped"], strict=True):
+        tif = next((out / "chips").rglob(chip))
+        with rasterio.open(tif) as src:
+            valid = src.read(1) != src.nodata
+            shown = box(*src.bounds)
+            drawn = rasterize([(g, 1)], out_shape=valid.shape, transform=src.transform).astype(bool)
+        assert g.intersection(shown).area / g.area >= 0.999
+        assert not (drawn & ~valid).sum() > 0.02 * drawn.sum()  # not over nodata (up to the rasterized edge)
+        assert isinstance(clipped, (bool, np.bool_))
+    assert labels["area_m2"].to_numpy() == pytest.approx(geodesic_area_perimeter(labels.geometry, labels.crs)[0],
+                                                          rel=1e-6)
+    # a scene with a nodata swath edge: its truth stops at the edge of the valid pixels, and says so
+    tif, gpkg = write_scene(tmp_path / "edge.tif", 768, 768, seed=6, site_name="lena", nodata_margin=True)
+    truth = gpd.read_file(gpkg)
+    with rasterio.open(tif) as src:
+        valid = src.read(1) != 0
+        drawn = rasterize([(g, 1) for g in truth.geometry], out_shape=valid.shape, transform=src.transform) == 1
+    assert len(truth) and (drawn & ~valid).sum() <= 0.02 * drawn.sum()
+    assert truth["clipped"].any() and not truth["clipped"].all()

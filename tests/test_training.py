@@ -470,3 +470,157 @@ def test_preset_training_defaults_fill_what_the_command_line_leaves_out(dataset,
     assert r.code == 0, r.err
     s = yaml.safe_load((tmp_path / "n" / "config.yaml").read_text())["training"]["settings"]
     assert (s["base_lr"], s["warmup_steps"], s["batch_size"], s["schedule"]) == (0.008, 20, 4, "cosine")
+
+
+def test_without_a_validation_split_nothing_claims_a_validation_score(tmp_path, rts, monkeypatch):
+    """No val split: AP50 on the training chips is a training-chip score everywhere it is kept (bundle metrics,
+    metrics.csv, progress lines, curves.png, rts info, a fused bundle's record of its sources), and the bundle keeps
+    the last epoch's weights, as the README says; bundles of the old naming still load and show."""
+    import csv
+
+    from PIL import Image
+
+    from rtscli.engine.finetune import _source_ap50
+
+    root = tmp_path / "in"
+    for k in range(5):
+        write_tif(root / f"x{k}.tif", paper_sample(shape=(96, 96), rects=[(10, 40, 10, 40)], seed=k),
+                  transform=apart(k))
+    (tmp_path / "split.csv").write_text("x0,train\nx1,train\nx2,train\nx3,train\nx4,test\n")
+    assert rts("prepare", root, "-o", tmp_path / "ds", "--bands", "paper", "--split-file",
+               tmp_path / "split.csv").code == 0
+    monkeypatch.setenv("RTS_PROGRESS_SECONDS", "0")
+    run = tmp_path / "run"
+    r = rts("pretrain", "--modality", "rgb", "--data", tmp_path / "ds", "-o", run, "--epochs", 3, *RUN)
+    assert r.code == 0, r.err
+    err, out = " ".join(r.err.split()), " ".join(r.out.split())
+    assert "the validation split is empty" in err and "training-chip AP50" in err, err
+    assert "training-chip mask AP50 0." in err and "val mask AP50" not in err and "(best" not in err
+    assert "weights of last epoch 2: the dataset has no validation split" in out, out
+    m = yaml.safe_load((run / "config.yaml").read_text())["metrics"]
+    assert not [k for k in m if k.startswith("val") or k == "best_epoch"], m
+    assert m["bundle_epoch"] == 2 and m["train_chips_ap50_epoch"] == 2 and 0 <= m["train_chips_mask_ap50"] <= 1
+    with (run / "metrics.csv").open() as fh:
+        header = next(csv.reader(fh))
+    assert "train_chips_ap50" in header and not [c for c in header if c.startswith("val")], header
+    with Image.open(run / "curves.png") as im:
+        assert im.text["Axes"] == "epoch | training loss | training-chip AP50"
+    r = rts("info", run)
+    info = " ".join(r.out.split())
+    assert r.code == 0 and "no validation split" in info and "training-chip mask ap50" in info, r.out
+    assert "best validation" not in info and "val mask" not in info
+    # rts finetune's record of this bundle as a source: a training-chip score, never a validation one
+    assert _source_ap50(m) == {"train_chips_ap50": m["train_chips_mask_ap50"]}
+    assert _source_ap50({"val_mask_ap50_best": 0.25, "best_epoch": 1}) == {"val_ap50": 0.25}
+
+    # a bundle written before (val_mask_ap50_best, even of a run without a val split) loads and shows as it was
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["metrics"] = {"val_mask_ap50_best": 0.005, "best_epoch": 2, "bundle_epoch": 2,
+                      "bundle_weights": "best validation mask AP50 0.005 at epoch 2 (ties go to the latest epoch)"}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    r = rts("info", run)
+    assert r.code == 0 and "val mask ap50 best" in r.out and "0.0050" in r.out, r.out
+    r = rts("evaluate", run, "--data", tmp_path / "ds", "--split", "test")
+    assert r.code == 0, r.err
+
+
+def _no_gpu(monkeypatch) -> None:
+    """A machine without a GPU, whose memory check is not what a test looks at."""
+    from rtscli.engine import devices
+
+    monkeypatch.setattr(devices, "has_cuda", lambda: False)
+    monkeypatch.setattr(devices, "has_mps", lambda: False)
+    monkeypatch.setenv("RTS_SKIP_MEMORY_CHECK", "1")
+
+
+def _error(r) -> str:
+    lines = [ln for ln in r.err.splitlines() if ln.startswith("rts: error:")]
+    assert r.code == 2 and len(lines) == 1 and "Traceback" not in r.err, r.err
+    return lines[0]
+
+
+def test_the_default_preset_on_a_cpu_is_refused_with_its_time_and_the_fix(dataset, tmp_path, rts, monkeypatch):
+    """`rts pretrain` without --preset on a machine without a GPU: the paper's 1024 px model is refused before
+    anything is written, with the estimated time per step and per run, how it was estimated, and the fixes; so are
+    rts finetune and rts ablate. The 96 px chips in a 1024 px tile are pointed out, with the --tile-size that fits."""
+    _no_gpu(monkeypatch)
+    run = tmp_path / "b"
+    r = rts("pretrain", "--modality", "rgb", "--data", dataset, "-o", run)
+    line = _error(r)
+    assert "cascade-mvitv2-b at 1024 px, batch 1: about" in line and "per step on this CPU" in line, line
+    assert "for the run's 144 steps" in line and "sized for a GPU and this machine has none" in line, line  # 36 x 4
+    assert "TFLOP" in line and "measured on this CPU" in line and "--preset nano" in line, line
+    assert "--accelerator cpu runs it on this CPU anyway" in line and not run.exists(), line
+    assert "the training chips (the largest 96 x 96 px) fill 1% of the 1024 px tile" in r.err
+    assert "--tile-size 96 holds them" in r.err
+    line = _error(rts("finetune", "--data", dataset, "--modalities", "rgb,nir", "-o", tmp_path / "f",
+                      "--no-measure-memory"))
+    assert "cascade-mvitv2-b at 1024 px" in line and "--preset nano" in line and not (tmp_path / "f").exists()
+    line = _error(rts("ablate", "--data", dataset, "--modalities", "rgb,nir", "--fusions", "conv", "-o",
+                      tmp_path / "ab"))
+    assert "for the ablation (2 pretraining(s), 1 cell(s))'s 432 steps" in line and "--preset nano" in line, line
+    assert not (tmp_path / "ab").exists()
+
+
+def test_accelerator_cpu_asks_for_the_cpu_and_gets_the_estimate_first(dataset, tmp_path, rts, monkeypatch):
+    """With a step limit below nano's, nano counts as GPU-sized: refused by default, run with --accelerator cpu,
+    the estimated time per step and per run logged before training starts."""
+    from rtscli.engine import step_time
+
+    _no_gpu(monkeypatch)
+    monkeypatch.setattr(step_time, "CPU_STEP_LIMIT_S", 1e-6)
+    args = ["pretrain", "--modality", "rgb", "--data", dataset, "--max-steps", 2, *RUN]
+    line = _error(rts(*args, "-o", tmp_path / "refused"))
+    assert "nano at 256 px, batch 2: about" in line and "--accelerator cpu" in line and "a smaller --tile-size" in line
+    r = rts(*args, "-o", tmp_path / "run", "--accelerator", "cpu")
+    assert r.code == 0, r.err
+    err = " ".join(r.err.split())
+    assert "warning: estimated time of rts pretrain: nano at 256 px, batch 2: about" in err, err
+    assert "per step on this CPU" in err and "for the run's 2 steps (estimate:" in err
+    assert err.index("estimated time of rts pretrain") < err.index("training: epoch 0")
+
+
+def test_the_step_time_estimate_is_made_of_counted_work_and_measured_rates(monkeypatch):
+    """seconds = FLOP / (matmul rate x share) + bytes / (bandwidth x share); the paper's model at 1024 px is
+    hundreds of times nano's work; and on this machine the estimate of a nano step is within 3x of a measured one."""
+    import time
+
+    from rtscli.engine import step_time
+    from rtscli.modeling.config import load_preset
+    from rtscli.modeling.detector import Detector
+
+    nano, big = load_preset("nano"), load_preset("cascade-mvitv2-b")
+    f_nano, b_nano = step_time.step_work(nano, batch_size=2)
+    f_big, _ = step_time.step_work(big, batch_size=1)
+    assert f_big > 100 * f_nano / 2 and step_time.step_work(nano, batch_size=4)[0] == pytest.approx(2 * f_nano)
+    assert step_time.step_work(big, batch_size=1, task="ssl")[0] < f_big  # no detector heads in a SimMIM step
+    with monkeypatch.context() as m:
+        m.setattr(step_time, "cpu_rates", lambda threads: (1e11, 1e10))
+        est = step_time.estimate_cpu_step(nano, batch_size=2)
+        assert est.seconds == pytest.approx(f_nano / (1e11 * step_time.COMPUTE_SHARE)
+                                            + b_nano / (1e10 * step_time.MEMORY_SHARE))
+        assert "100 GFLOP/s and 10 GB/s measured on this CPU" in est.how()
+
+    torch.manual_seed(0)
+    model = Detector(cfg=nano).train()
+    image = torch.randn(2, 3, 256, 256)
+    boxes = torch.tensor([[40.0, 40.0, 120.0, 110.0], [150.0, 160.0, 220.0, 230.0]])
+    masks = torch.zeros(2, 256, 256, dtype=torch.uint8)
+    for i, (x0, y0, x1, y1) in enumerate(boxes.int().tolist()):
+        masks[i, y0:y1, x0:x1] = 1
+    targets = [{"boxes": boxes, "labels": torch.ones(2, dtype=torch.int64), "masks": masks}] * 2
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+    def step() -> float:
+        start = time.perf_counter()
+        opt.zero_grad()
+        sum(model.losses(image, targets).values()).backward()
+        opt.step()
+        return time.perf_counter() - start
+
+    step()  # warm-up
+    measured = min(step() for _ in range(2))
+    estimate = step_time.estimate_cpu_step(nano, batch_size=2).seconds
+    assert measured / 3 < estimate < 3 * measured, (estimate, measured)
+    assert step_time.duration(0.84) == "0.84 s" and step_time.duration(264) == "4.4 min"
+    assert step_time.duration(30 * 86400) == "30 days"

@@ -70,9 +70,11 @@ from rtscli.cli import export as _export  # noqa: E402
 from rtscli.cli import export_coco as _export_coco  # noqa: E402
 from rtscli.cli import finetune as _finetune  # noqa: E402
 from rtscli.cli import info as _info  # noqa: E402
+from rtscli.cli import merge as _merge  # noqa: E402
 from rtscli.cli import models as _models  # noqa: E402
 from rtscli.cli import predict as _predict  # noqa: E402
 from rtscli.cli import prepare as _prepare  # noqa: E402
+from rtscli.cli import qgis_plugin as _qgis_plugin  # noqa: E402
 from rtscli.cli import pretrain as _pretrain  # noqa: E402
 from rtscli.cli import ssl as _ssl  # noqa: E402
 from rtscli.cli import synth as _synth  # noqa: E402
@@ -88,6 +90,7 @@ app.command("finetune")(_finetune.finetune)
 app.command("ablate")(_ablate.ablate)
 app.command("evaluate")(_evaluate.evaluate)
 app.command("predict")(_predict.predict)
+app.command("merge")(_merge.merge)
 app.command("track")(_track.track)
 app.command("export")(_export.export)
 app.command("export-coco")(_export_coco.export_coco)
@@ -95,6 +98,7 @@ app.add_typer(_models.app, name="models")
 app.add_typer(_weights.app, name="weights")
 app.command("info")(_info.info)
 app.command("bands")(_bands.bands)
+app.command("qgis-plugin")(_qgis_plugin.qgis_plugin)
 
 
 def main(argv: list[str] | None = None) -> int:

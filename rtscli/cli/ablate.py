@@ -33,6 +33,7 @@ def ablate(
     workers: options.Workers = 2,
     seed: options.Seed = 0,
     val_every: options.ValEvery = 1,
+    threads: options.Threads = None,
 ) -> None:
     """Run every fusion strategy on every modality set (resumable) and write OUT/table.md, table.csv, ablation.png.
 
@@ -42,20 +43,28 @@ def ablate(
     # first thing: locals() are the parameters (--epochs: the fusion cells'); the cells run on one device each
     opts = options.TrainingOptions.of(locals(), weight_decay=None, schedule=None, grad_clip=1.0, devices="1",
                                       num_nodes=1, backbone_weights=None, keep_checkpoints=False)
+    options.use_threads(threads)
     from dataclasses import replace
 
     from rtscli.console import console
     from rtscli.data.modalities import parse_names
     from rtscli.engine.ablate import ablate as run
-    from rtscli.engine.ablate import parse_fusions
+    from rtscli.engine.ablate import modality_sets, parse_fusions
+    from rtscli.engine.ablate import check_ablation_time
+    from rtscli.engine.train import sigterm_stops
 
     sources = [Path(s.strip()) for s in from_.split(",") if s.strip()] if from_ else []
     defaults = options.fusion_defaults(sources, preset)
-    res = run(data=data, modalities=parse_names(modalities), fusions=parse_fusions(fusions), out=out,
-              pretrain_settings=replace(opts, epochs=pretrain_epochs).settings(defaults),
-              finetune_settings=opts.settings(defaults), preset=preset, primary=primary.lower(),
-              sources=sources or None, sets=sets,
-              split=split, init_heads=not fresh_heads, tile_size=tile_size,
-              on_cell=lambda name: console.print(f"[bold]ablate[/]: {name}"))
+    mods, strategies = parse_names(modalities), parse_fusions(fusions)
+    pre, ft = replace(opts, epochs=pretrain_epochs).settings(defaults), opts.settings(defaults)
+    with sigterm_stops():  # SIGTERM between or before its runs: exit 143 with one line, like one during them
+        # before the ablation folder exists: a GPU-sized grid on a CPU is refused, the time it takes said
+        check_ablation_time(data=data, modalities=mods, preset=preset, sources=sources, tile_size=tile_size,
+                            pretrain_settings=pre, finetune_settings=ft,
+                            cells=len(modality_sets(mods, primary.lower(), sets)) * len(strategies))
+        res = run(data=data, modalities=mods, fusions=strategies, out=out, pretrain_settings=pre, finetune_settings=ft,
+                  preset=preset, primary=primary.lower(), sources=sources or None, sets=sets, split=split,
+                  init_heads=not fresh_heads, tile_size=tile_size,
+                  on_cell=lambda name: console.print(f"[bold]ablate[/]: {name}"))
     console.print(res["table"].read_text())
     console.print(f"table: {out}/table.md, {out}/table.csv; chart: {out}/ablation.png")

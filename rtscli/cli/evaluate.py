@@ -17,6 +17,7 @@ def evaluate(
     errors: Annotated[Optional[Path], typer.Option(help="Write true positives, false positives and missed slumps (IoU 0.5) as layers of this GeoPackage (an existing one keeps its other layers).")] = None,
     min_score: Annotated[float, typer.Option(help="Score threshold for the --errors layers.")] = 0.5,
     overwrite: Annotated[bool, typer.Option(help="Replace the error layers of an existing --errors GeoPackage.")] = False,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads of torch (default: the CPUs this job may use: SLURM_CPUS_PER_TASK, cgroup quota, OMP_NUM_THREADS).")] = None,
 ) -> None:
     """Score a model on a dataset split with pycocotools (the paper's metric: mask AP50)."""
     import json
@@ -48,6 +49,11 @@ def evaluate(
             raise RtsError("--errors writes map layers, but the chips of this split have no georeference (images "
                            "without CRS were prepared on a pixel grid)", path=data,
                            fix="drop --errors (AP is measured all the same), or prepare georeferenced images")
+    from rtscli.machine import use_threads
+
+    if threads is not None and threads < 1:
+        raise RtsError(f"--threads {threads} must be 1 or more", fix="drop --threads for the default")
+    use_threads(threads)
     with progress() as bar:
         task = bar.add_task(f"evaluating {split}", total=None, unit="chips")
         out, gt, results = evaluate_bundle(bundle, data, split, batch_size=batch_size,

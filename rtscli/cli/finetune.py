@@ -44,12 +44,14 @@ def finetune(
     resume: options.Resume = False,
     keep_checkpoints: options.KeepCheckpoints = False,
     overwrite: options.Overwrite = False,
+    threads: options.Threads = None,
 ) -> None:
     """Fuse per-modality backbones with a fusion module and train the decoder; write a fused bundle to OUT.
 
     Prints the cost report (parameters, peak training memory for one sample) before training.
     """
     opts = options.TrainingOptions.of(locals())  # first thing: locals() are the parameters
+    options.use_threads(threads)
     from rtscli.console import console
     from rtscli.data.modalities import parse_names
     from rtscli.engine.finetune import finetune as run
@@ -57,9 +59,13 @@ def finetune(
     sources = [Path(s.strip()) for s in from_.split(",") if s.strip()] if from_ else []
     settings = opts.settings(options.fusion_defaults(sources, preset))
     mods = parse_names(modalities)
-    cfg = run(data=data, fusion=fusion, modalities=mods, out=out, settings=settings, sources=sources, preset=preset,
-              primary=primary.lower(), freeze=freeze, init_heads_from=init_heads_from, heads=heads, window=window,
-              anchors=anchors, resume=resume, overwrite=overwrite, measure_memory=measure_memory, tile_size=tile_size)
+    from rtscli.engine.train import sigterm_stops
+
+    with sigterm_stops():  # SIGTERM before training starts: exit 143 with one line, like one during it
+        cfg = run(data=data, fusion=fusion, modalities=mods, out=out, settings=settings, sources=sources,
+                  preset=preset, primary=primary.lower(), freeze=freeze, init_heads_from=init_heads_from, heads=heads,
+                  window=window, anchors=anchors, resume=resume, overwrite=overwrite, measure_memory=measure_memory,
+                  tile_size=tile_size)
     m = cfg["metrics"]
     console.print(f"bundle {out}: {cfg['model']['name']}, {fusion} over {'+'.join(mods)} "
                   f"({'frozen' if cfg['training']['frozen_backbones'] else 'trained'} backbones), "

@@ -70,7 +70,9 @@ def info(
                       + (f", attention {fu['heads']} heads in {fu['window']}x{fu['window']} windows" if "window" in fu else "")
                       + f"; decoder from {fu.get('heads_from', 'fresh')}")
         for name, src in (fu.get("sources") or {}).items():
-            console.print(f"    {name}: {src['path']} (sha256 {src['sha256'][:12]}..., val AP50 {src.get('val_ap50')})")
+            score = (f"training-chip AP50 {src['train_chips_ap50']} (no validation split)" if "train_chips_ap50" in src
+                     else f"val AP50 {src.get('val_ap50')}")
+            console.print(f"    {name}: {src['path']} (sha256 {src['sha256'][:12]}..., {score})")
     cost = c.get("cost")
     if cost:
         from rtscli.modeling.cost import format_cost
@@ -93,7 +95,12 @@ def info(
                   f"world size {t.get('world_size')}")
     d = c.get("dataset", {})
     console.print(f"  dataset: {d.get('path')} (sha256 {str(d.get('checksum'))[:12]}...)")
-    console.print(metrics_table(bundle, c.get("metrics") or {}))
+    metrics = c.get("metrics") or {}
+    if any(k.startswith("train_chips") for k in metrics):
+        console.print("  scores: the dataset had no validation split, so AP50 was measured on the training chips "
+                      "(a measure of fit, not of how the model generalizes); `rts evaluate` scores a held-out split",
+                      markup=False, soft_wrap=True)
+    console.print(metrics_table(bundle, metrics))
 
 
 def metrics_table(bundle: Path, metrics: dict) -> Table:
@@ -109,7 +116,8 @@ def metrics_table(bundle: Path, metrics: dict) -> Table:
     for k, v in metrics.items():
         if k == "bundle_weights":
             continue
-        t.add_row(k.replace("_", " "), f"{v:.4f}" if isinstance(v, float) else str(v))
+        name = k.replace("train_chips_", "training-chip ").replace("_", " ")
+        t.add_row(name, f"{v:.4f}" if isinstance(v, float) else str(v))
     if metrics.get("bundle_weights"):
         t.add_row("weights of", str(metrics["bundle_weights"]))
     for path in sorted(Path(bundle).glob("eval_*.json")):

@@ -31,7 +31,7 @@ Epochs = Annotated[Optional[int], typer.Option(help="Epochs (the paper: 36). Def
 GradClip = Annotated[float, typer.Option(help="Gradient norm clipping.")]
 Devices = Annotated[str, typer.Option(help="Devices per node (number or 'auto').")]
 NumNodes = Annotated[int, typer.Option(help="Nodes (multi-node DDP under torchrun/SLURM).")]
-Accelerator = Annotated[str, typer.Option(help="auto (a CUDA GPU, else Apple silicon's MPS, else the CPU), cpu, gpu or mps.")]
+Accelerator = Annotated[str, typer.Option(help="auto (a CUDA GPU, else Apple silicon's MPS, else the CPU), cpu, gpu or mps. On the CPU the estimated time per step and per run is printed first; with auto, a run estimated at over 10 s per step (a GPU-sized preset such as the default) is refused and names --preset nano: --accelerator cpu runs it on the CPU anyway.")]
 Precision = Annotated[str, typer.Option(help="auto (bf16/fp16 mixed on GPU, fp32 on CPU) or a Lightning precision.")]
 Workers = Annotated[int, typer.Option(help="Data-loading worker processes.")]
 Seed = Annotated[int, typer.Option(help="Random seed (runs on the CPU are deterministic).")]
@@ -39,6 +39,7 @@ ValEvery = Annotated[int, typer.Option(help="Validate (mask AP50, best checkpoin
 Resume = Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace an existing run directory.")]
 TileSize = Annotated[Optional[int], typer.Option(help="The model's square input tile in pixels, a multiple of 32 (the backbone's total stride). Default: the preset's (nano 256, MViTv2 1024). Chips up to the tile are used whole (smaller ones padded); training crops larger chips at random, evaluation refuses them: make it at least your chip size (rts prepare --chip-size). Slumps should fit well inside it: rts predict cuts scenes into tiles and merges slumps cut by tile borders, but one much wider than about half a tile is seen only in pieces.", show_default=False)]
+Threads = Annotated[Optional[int], typer.Option(help="CPU threads of torch (default: the CPUs this job may use: SLURM_CPUS_PER_TASK, cgroup quota, OMP_NUM_THREADS).", show_default=False)]
 KeepCheckpoints = Annotated[bool, typer.Option("--keep-checkpoints", help="Keep checkpoints/ (optimizer state, larger than the model) in the bundle after a complete run, e.g. to continue it with more --epochs and --resume.")]
 
 
@@ -161,3 +162,26 @@ def fusion_defaults(sources: list[Path], preset: str | None) -> TrainingDefaults
     if sources:
         return training_defaults(read_bundle(sources[0]).model_config)
     return training_defaults(preset or "cascade-mvitv2-b")
+
+
+def use_threads(threads: int | None) -> int:
+    """``--threads``, checked, set as torch's CPU threads (:func:`rtscli.machine.use_threads`): the training
+    commands' share of the job's cores.
+
+    Args:
+        threads: ``--threads N``, or None (the job's CPUs: ``SLURM_CPUS_PER_TASK``, the cgroup quota,
+            ``OMP_NUM_THREADS``).
+
+    Returns:
+        The threads set.
+
+    Raises:
+        RtsError: a count below 1.
+    """
+    from rtscli.errors import RtsError
+    from rtscli.machine import use_threads as set_threads
+
+    if threads is not None and threads < 1:
+        raise RtsError(f"--threads {threads} must be 1 or more", fix="drop --threads for the default")
+    return set_threads(threads)
+

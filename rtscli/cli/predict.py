@@ -24,6 +24,8 @@ def predict(
     scale: Annotated[Optional[float], typer.Option(help="Reflectance bands: physical = stored x scale + offset (e.g. 0.0001 for reflectance x 10000). Default: the band scale/offset stored in the raster (GDAL metadata), else the conversion of the model's training data for a raster stored like them.")] = None,
     offset: Annotated[Optional[float], typer.Option(help="Added after --scale (e.g. -0.1 for Sentinel-2 L2A processed since 2022: x 10000 + 1000; -0.2 with --scale 2.75e-5 for Landsat Collection 2).")] = None,
     resample: Annotated[bool, typer.Option(help="Resample rasters on other grids onto the first one (bilinear) instead of refusing them.")] = False,
+    quality: Annotated[Optional[str], typer.Option(help="Quality mask per scene (clouds, shadow, haze, snow are nodata): auto (found beside each scene: PlanetScope *_udm2.tif, Sentinel-2 *_SCL_20m.jp2 or SCL.tif, Landsat *_QA_PIXEL.TIF), a mask file (one scene; also a 0/1 GeoTIFF, 1 = usable) or a folder of masks.")] = None,
+    quality_invalid: Annotated[Optional[str], typer.Option(help="With --quality: the classes counted invalid, of cloud, shadow, haze, cirrus, snow, dark (default cloud,shadow,haze,cirrus,snow; e.g. cloud,shadow,cirrus,snow maps through haze).")] = None,
     overlap: Annotated[Optional[float], typer.Option(help="Tile overlap: a fraction of the tile (<1) or pixels (default: 25% or the typical slump size).")] = None,
     min_score: Annotated[float, typer.Option(help="Keep detections scoring at least this.")] = 0.5,
     min_area: Annotated[float, typer.Option(help="Drop polygons smaller than this many m^2.")] = 0.0,
@@ -34,11 +36,17 @@ def predict(
     to_crs: Annotated[Optional[str], typer.Option(help="Reproject the polygons, e.g. EPSG:4326 (default: the scene's CRS).")] = None,
     raster: Annotated[Optional[Path], typer.Option(help="Also write an instance-id GeoTIFF (0 = background), one scene only.")] = None,
     truth: Annotated[Optional[Path], typer.Option(help="With --quicklook: reference outlines to draw beside the predictions (a .gpkg, .shp, .geojson, ... in any CRS; reprojected to the scene's).")] = None,
+    truth_layer: Annotated[Optional[str], typer.Option(help="The layer of --truth that holds the outlines (e.g. rts of an rts synth truth file).")] = None,
     quicklook: Annotated[Optional[Path], typer.Option(help="Also write a PNG of the polygons over the scene's RGB, one scene only.")] = None,
+    stretch: Annotated[Optional[str], typer.Option(help="With --quicklook: colours as LO,HI (or RLO,RHI,GLO,GHI,BLO,BHI) in stored values, the same for every date of a place (default: 2-98% of each scene; the value used is printed).")] = None,
     batch_size: Annotated[int, typer.Option(help="Tiles per forward pass.")] = 4,
     workers: Annotated[int, typer.Option(help="Tile-reading worker processes.")] = 2,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:N or mps (default: a CUDA GPU when there is one, else Apple silicon's MPS, else the CPU).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs (a .gpkg: only its --layer; many scenes: re-do finished scenes).")] = False,
+    engine: Annotated[str, typer.Option(help="Many scenes: local (this process) or ray (Ray workers: a Ray instance of this machine's own, or the cluster of --address; pip install 'rts[ray]').")] = "local",
+    address: Annotated[Optional[str], typer.Option(help="With --engine ray: the Ray cluster to join (auto: the one started on this node by ray start or a SLURM script; or HOST:PORT).")] = None,
+    ray_workers: Annotated[Optional[int], typer.Option(help="With --engine ray: mapping workers (default: one per GPU, else one per CPU).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads of torch (per Ray worker with --engine ray; default: the CPUs this job may use: SLURM_CPUS_PER_TASK, cgroup quota, OMP_NUM_THREADS).")] = None,
 ) -> None:
     """Map every slump of a scene as its own polygon, in the scene's coordinates.
 
@@ -53,7 +61,9 @@ def predict(
         resample=resample, overlap=overlap, min_score=min_score, min_area=min_area, simplify=simplify,
         merge=merge, match=match, match_threshold=match_threshold, to_crs=to_crs, raster=raster,
         quicklook=quicklook, batch_size=batch_size, workers=workers, device=device, overwrite=overwrite,
-        nodata=nodata, scale=scale, offset=offset, layer=layer, truth=truth)
+        nodata=nodata, scale=scale, offset=offset, layer=layer, truth=truth, truth_layer=truth_layer, stretch=stretch,
+        engine=engine, address=address, ray_workers=ray_workers, threads=threads, quality=quality,
+        quality_invalid=quality_invalid)
 
 
 #: vector formats of a one-scene output (many scenes: a folder of .gpkg)
@@ -84,7 +94,10 @@ def run(*, inputs: list[str], out: Path | None, model: Path | None, bands: str |
         min_area: float, simplify: float, merge: str, match: str, match_threshold: float, to_crs: str | None,
         raster: Path | None, quicklook: Path | None, batch_size: int, workers: int, device: str | None,
         overwrite: bool, layer: str | None = None, nodata: float | None = None, scale: float | None = None,
-        offset: float | None = None, truth: Path | None = None) -> None:
+        offset: float | None = None, truth: Path | None = None, truth_layer: str | None = None,
+        stretch: str | None = None, engine: str = "local", address: str | None = None,
+        ray_workers: int | None = None, threads: int | None = None, quality: str | None = None,
+        quality_invalid: str | None = None) -> None:
     """``rts predict``: check the options and inputs, then map one scene or many (:mod:`rtscli.engine.batch`)."""
     from rtscli.cli.userconfig import default_model
     from rtscli.console import console
@@ -98,12 +111,21 @@ def run(*, inputs: list[str], out: Path | None, model: Path | None, bands: str |
     from rtscli.io.schema import footprint_layer
     from rtscli.io.vector import check_vector_output
     from rtscli.modeling.bundle import load_model, read_bundle
+    from rtscli.render.quicklook import QuicklookRequest, parse_stretch
 
     check_options(batch_size=batch_size, workers=workers, match_threshold=match_threshold, min_score=min_score,
                   to_crs=to_crs, merge=merge, match=match, overlap=overlap, scale=scale)
     if truth is not None and quicklook is None:
         raise RtsError("--truth draws reference outlines on the quicklook, and no --quicklook was given",
                        fix="add --quicklook q.png, or drop --truth")
+    if stretch is not None and quicklook is None:
+        raise RtsError("--stretch sets the quicklook's colours, and no --quicklook was given",
+                       fix="add --quicklook q.png, or drop --stretch")
+    stretch_pairs = parse_stretch(stretch) if stretch is not None else None
+    runner = _engine(engine, address=address, ray_workers=ray_workers, threads=threads)
+    if truth_layer is not None and truth is None:
+        raise RtsError("--truth-layer names a layer of the --truth file, and no --truth was given",
+                       fix="add --truth FILE, or drop --truth-layer")
     if out is None:
         raise RtsError("no output given", fix="pass -o slumps.gpkg (or -o folder/ for many scenes)")
     if layer is not None and out.suffix.lower() in EXTS and out.suffix.lower() != ".gpkg":
@@ -137,11 +159,15 @@ def run(*, inputs: list[str], out: Path | None, model: Path | None, bands: str |
     is_dir_input = len(inputs) == 1 and Path(inputs[0]).is_dir()
     many = len(scenes) > 1 or is_dir_input or bool(inputs and any(c in inputs[0] for c in "*?[")) \
         or bool(inputs and inputs[0].endswith(".txt"))
+    units["quality"] = quality_request(quality, quality_invalid, many=many)
     if many:
         _run_many(scenes, out, model=model, bundle=bundle, band_map=band_map, bands_given=bool(bands), opts=opts,
                   overwrite=overwrite, layer=layer, units=units, nodata=nodata, scale=scale, offset=offset,
-                  raster=raster, quicklook=quicklook)
+                  raster=raster, quicklook=quicklook, engine=runner)
         return
+    if runner.name != "local":
+        raise RtsError("--engine ray maps many scenes (a folder, a glob or a .txt list) into a folder",
+                       fix="drop --engine for one scene, or give several scenes and -o a_folder/")
     if out.suffix.lower() not in EXTS:
         raise RtsError(f"unknown output format {out.suffix!r}", path=out, fix=f"use one of {', '.join(EXTS)}")
     check_vector_output(out, overwrite, [layer, footprint_layer(layer)])
@@ -156,21 +182,83 @@ def run(*, inputs: list[str], out: Path | None, model: Path | None, bands: str |
     if truth is not None:
         from rtscli.render.quicklook import truth_outlines
 
-        truth_outlines(truth, scene)  # a bad --truth file fails here, before the model loads
+        truth_outlines(truth, scene, layer=truth_layer)  # a bad --truth file fails here, before the model loads
     _, _, opts.device = distributed(device)
     net, _ = load_model(model)
-    rep = run_scene(net, bundle, scene, out, opts, overwrite=overwrite, raster=raster, quicklook=quicklook,
-                    layer=layer, truth=truth)
+    request = None if quicklook is None else QuicklookRequest(quicklook, truth, truth_layer, stretch_pairs)
+    rep = run_scene(net, bundle, scene, out, opts, overwrite=overwrite, raster=raster, quicklook=request,
+                    layer=layer)
     tm = rep.timing
     console.print(f"{rep.polygons} slumps -> {out} ({rep.seconds:.1f} s, {tm['tiles']} tiles, "
                   f"{tm['skipped_nodata_tiles']} all-nodata tiles skipped)")
     if rep.dropped:
         console.print(rep.dropped)
     if quicklook:
-        console.print(f"quicklook: {quicklook}")
+        console.print(f"quicklook: {quicklook} (colours --stretch {rep.stretch}"
+                      + (")" if stretch else ": give it to other dates of this place to draw them alike)"),
+                      markup=False, soft_wrap=True)
     if raster:
         console.print(f"instance raster: {raster}")
     console.print("open it in QGIS: drag the file onto the map, over the scene")
+
+
+def quality_request(quality: str | None, invalid: str | None, *, many: bool = False) -> Any:
+    """``--quality`` and ``--quality-invalid`` as a :class:`rtscli.data.quality.QualityRequest` (None without
+    ``--quality``); ``rts predict``, ``rts prepare`` and ``rts ssl`` take them alike.
+
+    Args:
+        quality: ``auto``, a mask file or a folder of masks; None: no quality mask.
+        invalid: the classes counted invalid (comma-separated); None: the default.
+        many: several scenes are read (one mask file cannot serve them all).
+
+    Returns:
+        The request, or None.
+
+    Raises:
+        RtsError: ``--quality-invalid`` without ``--quality``, an unknown class, one mask file for many scenes.
+    """
+    from rtscli.data.quality import AUTO, QualityRequest, parse_classes
+
+    if quality is None:
+        if invalid is not None:
+            raise RtsError("--quality-invalid says which classes of the quality mask are invalid, and no --quality "
+                           "was given", fix="add --quality auto (or --quality MASK), or drop --quality-invalid")
+        return None
+    where = AUTO if quality.strip().lower() == AUTO else quality
+    if where != AUTO and many and Path(where).is_file():
+        raise RtsError("--quality names one mask file, and several scenes are given", path=where,
+                       fix="use --quality auto (masks beside their scenes) or --quality FOLDER (masks named as the "
+                           "providers name them, or as their scenes)")
+    return QualityRequest(where, parse_classes(invalid))
+
+
+def _engine(name: str, *, address: str | None, ray_workers: int | None, threads: int | None) -> Any:
+    """The checked ``--engine``, ``--address``, ``--ray-workers`` and ``--threads`` (:class:`Engine`); a local run's
+    torch threads are set here (:func:`rtscli.machine.use_threads`).
+
+    Raises:
+        RtsError: an unknown engine, Ray options without ``--engine ray``, Ray not installed, a count below 1.
+    """
+    from rtscli.engine.batch import Engine
+    from rtscli.errors import unknown_choice
+
+    if name not in ("local", "ray"):
+        raise unknown_choice("--engine", name, ["local", "ray"])
+    for option, count in (("--ray-workers", ray_workers), ("--threads", threads)):
+        if count is not None and count < 1:
+            raise RtsError(f"{option} {count} must be 1 or more", fix=f"drop {option} for the default")
+    if name != "ray":
+        for option, given in (("--address", address is not None), ("--ray-workers", ray_workers is not None)):
+            if given:
+                raise RtsError(f"{option} is for --engine ray", fix=f"add --engine ray, or drop {option}")
+        from rtscli.machine import use_threads
+
+        use_threads(threads)
+        return Engine("local", threads=threads)
+    from rtscli.engine.ray_engine import ray_module
+
+    ray_module()  # installed, or the fix
+    return Engine("ray", address=address, workers=ray_workers, threads=threads)
 
 
 def _check_memory(bundle: Any, *, batch_size: int, device: str | None) -> None:
@@ -212,8 +300,9 @@ def _run_many(scenes: list[Path], out: Path, *, raster: Path | None, quicklook: 
 
     check_writable(out, into=True)  # before any scene is checked or the model loads
 
-    def done(scene: Path, target: Path, rep: SceneReport) -> None:
-        console.print(f"{scene.name}: {rep.polygons} slumps -> {target} ({rep.seconds:.1f} s)")
+    def done(scene: Path, target: Path, rep: SceneReport, pace: str) -> None:
+        console.print(f"{scene.name}: {rep.polygons} slumps -> {target} ({rep.seconds:.1f} s) | {pace}",
+                      markup=False, soft_wrap=True)
         if rep.dropped:
             console.print(f"  {rep.dropped}")
 

@@ -38,6 +38,8 @@ def prepare(
     labels_crs: Annotated[Optional[str], typer.Option(help="CRS for a label file that has none.")] = None,
     scale: Annotated[Optional[float], typer.Option(help="Reflectance bands: physical = stored x scale + offset (e.g. 0.0001 for reflectance x 10000). Default: the band scale/offset stored in each raster (GDAL metadata), else the values as stored.")] = None,
     offset: Annotated[Optional[float], typer.Option(help="Added after --scale (e.g. -0.1 for Sentinel-2 L2A processed since 2022; -0.2 with --scale 2.75e-5 for Landsat Collection 2).")] = None,
+    quality: Annotated[Optional[str], typer.Option(help="Quality mask per raster (clouds, shadow, haze, snow are nodata; chips more than half invalid are left out and counted): auto (found beside each raster: *_udm2.tif, *_SCL_20m.jp2, SCL.tif, *_QA_PIXEL.TIF), a mask file (one raster; also a 0/1 GeoTIFF, 1 = usable) or a folder of masks.")] = None,
+    quality_invalid: Annotated[Optional[str], typer.Option(help="With --quality: the classes counted invalid, of cloud, shadow, haze, cirrus, snow, dark (default cloud,shadow,haze,cirrus,snow).")] = None,
     drop_empty: Annotated[bool, typer.Option("--drop-empty", help="Drop chips without slumps (kept as negatives by default).")] = False,
     repeat_to: Annotated[int, typer.Option(help="Repeat 1-channel modalities to this many channels (0 = no).")] = 3,
     dedupe_labels: Annotated[bool, typer.Option("--dedupe-labels/--keep-duplicate-labels", help="Label polygons that repeat an earlier one (IoU >= 0.9: one slump drawn twice) are counted; keep only the first of each (default), or keep them all.")] = True,
@@ -89,6 +91,9 @@ def prepare(
 
         raise unknown_choice("--mode", mode, MODES)
     aux_map = parse_aux(aux)
+    from rtscli.cli.predict import quality_request
+
+    inputs_many = len(inputs or []) != 1 or (inputs is not None and inputs[0].is_dir())
     opts = PrepareOptions(
         inputs=list(inputs or []),
         out=out,
@@ -122,6 +127,7 @@ def prepare(
         images=images,
         category=category,
         crowd_as_instances=crowd_as_instances,
+        quality=quality_request(quality, quality_invalid, many=inputs_many),
     )
     with progress() as bar:
         def make(desc, total):
@@ -147,12 +153,19 @@ def prepare(
     notes = []
     if d["specks_below_min_area"]:
         notes.append(f"{d['specks_below_min_area']} mask specks < {min_pixels} px dropped")
+    if d.get("labels_below_min_pixels"):
+        notes.append(f"{d['labels_below_min_pixels']} label(s) smaller than --min-pixels {min_pixels} px dropped "
+                     "(each lies whole in a chip; a lower --min-pixels keeps them)")
     if d["labels_clipped_below_min_area"]:
-        notes.append(f"{d['labels_clipped_below_min_area']} label pieces < {min_pixels} px at chip edges dropped")
+        notes.append(f"{d['labels_clipped_below_min_area']} label piece(s) cut by chip edges and smaller than "
+                     f"--min-pixels {min_pixels} px dropped")
     if d["nodata_chips_skipped"]:
         notes.append(f"{d['nodata_chips_skipped']} all-nodata chips skipped")
     if d["empty_chips_dropped"]:
         notes.append(f"{d['empty_chips_dropped']} empty chips dropped")
+    if d.get("quality_chips_dropped"):
+        notes.append(f"{d['quality_chips_dropped']} chips more than half under cloud, shadow, haze or snow (quality "
+                     "mask) left out")
     lab = m.get("labels") or {}
     if lab.get("repaired_invalid"):
         notes.append(f"{lab['repaired_invalid']} invalid polygons repaired")

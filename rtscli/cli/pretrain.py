@@ -14,7 +14,7 @@ def pretrain(
     modality: Annotated[str, typer.Option(help="Modality to train on: rgb, ndvi, nir, or another in the dataset.")],
     data: Annotated[Path, typer.Option(help="Dataset directory made by `rts prepare`.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory; becomes the model bundle.")],
-    preset: Annotated[str, typer.Option(help="Model preset (see `rts models`): nano, cascade-mvitv2-b, ...")] = "cascade-mvitv2-b",
+    preset: Annotated[str, typer.Option(help="Model preset (see `rts models`): nano, cascade-mvitv2-b, ... The default, the paper's, is sized for a GPU: on a CPU use nano (without a GPU the default is refused, with its estimated time, unless --accelerator cpu).")] = "cascade-mvitv2-b",
     epochs: options.Epochs = None,
     max_steps: options.MaxSteps = None,
     batch_size: options.BatchSize = None,
@@ -37,6 +37,7 @@ def pretrain(
     resume: options.Resume = False,
     keep_checkpoints: options.KeepCheckpoints = False,
     overwrite: options.Overwrite = False,
+    threads: options.Threads = None,
 ) -> None:
     """Train one unimodal model (the paper's phase 1) and write a model bundle to OUT.
 
@@ -47,13 +48,17 @@ def pretrain(
     bundle records the tile size; rts predict and rts evaluate use it.
     """
     opts = options.TrainingOptions.of(locals())  # first thing: locals() are the parameters
+    options.use_threads(threads)
     from rtscli.console import console
     from rtscli.engine.pretrain import pretrain as run
     from rtscli.modeling.config import training_defaults
 
+    from rtscli.engine.train import sigterm_stops
+
     settings = opts.settings(training_defaults(preset))
-    cfg = run(data=data, modality=modality.lower(), preset=preset, out=out, settings=settings, anchors=anchors,
-              resume=resume, overwrite=overwrite, masks=not detection_only, tile_size=tile_size)
+    with sigterm_stops():  # SIGTERM before training starts: exit 143 with one line, like one during it
+        cfg = run(data=data, modality=modality.lower(), preset=preset, out=out, settings=settings, anchors=anchors,
+                  resume=resume, overwrite=overwrite, masks=not detection_only, tile_size=tile_size)
     m = cfg["metrics"]
     console.print(f"bundle {out}: {cfg['model']['name']}, modality {modality}, {m['steps_run']} steps; "
                   f"weights of {m['bundle_weights']}", markup=False, soft_wrap=True)

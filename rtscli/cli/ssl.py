@@ -15,12 +15,14 @@ def ssl(
     modality: Annotated[str, typer.Option(help="Modality whose backbone to pretrain: rgb, nir, ndvi, or a band the band map names.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory; becomes the backbone bundle.")],
     bands: Annotated[Optional[str], typer.Option(help="Band map or preset of the scenes (see `rts bands`); default: the rasters' band names.")] = None,
-    preset: Annotated[str, typer.Option(help="Model preset whose backbone is pretrained (see `rts models`).")] = "cascade-mvitv2-b",
+    preset: Annotated[str, typer.Option(help="Model preset whose backbone is pretrained (see `rts models`). The default, the paper's, is sized for a GPU: on a CPU use nano (without a GPU the default is refused, with its estimated time, unless --accelerator cpu).")] = "cascade-mvitv2-b",
     tile_size: options.TileSize = None,
     aux: Annotated[Optional[list[str]], typer.Option(help="Extra aligned raster as a band: NAME=PATH (one scene only).")] = None,
     scale: Annotated[Optional[float], typer.Option(help="Reflectance bands: physical = stored x scale + offset (as rts prepare). Default: the rasters' GDAL band scale/offset, else the values as stored.")] = None,
     offset: Annotated[Optional[float], typer.Option(help="Added after --scale.")] = None,
     nodata: Annotated[Optional[float], typer.Option(help="Nodata value of the scenes when they do not tag one.")] = None,
+    quality: Annotated[Optional[str], typer.Option(help="Quality mask per scene: clouds, shadow, haze, snow are nodata (never in a window's loss). auto (beside each scene: *_udm2.tif, *_SCL_20m.jp2, SCL.tif, *_QA_PIXEL.TIF), a mask file (one scene) or a folder of masks.")] = None,
+    quality_invalid: Annotated[Optional[str], typer.Option(help="With --quality: the classes counted invalid, of cloud, shadow, haze, cirrus, snow, dark (default cloud,shadow,haze,cirrus,snow).")] = None,
     windows: Annotated[int, typer.Option(help="Random windows per epoch.")] = 1000,
     mask_ratio: Annotated[float, typer.Option(help="Share of 32 px blocks hidden (SimMIM: 0.6).")] = 0.6,
     stats_windows: Annotated[int, typer.Option(help="Windows sampled for the normalization statistics.")] = 64,
@@ -41,6 +43,7 @@ def ssl(
     resume: options.Resume = False,
     keep_checkpoints: options.KeepCheckpoints = False,
     overwrite: options.Overwrite = False,
+    threads: options.Threads = None,
 ) -> None:
     """Pretrain one modality's backbone on unlabeled scenes by masked image modelling (SimMIM).
 
@@ -50,8 +53,10 @@ def ssl(
     """
     # first thing: locals() are the parameters; rts ssl offers no --schedule, --grad-clip or --val-every
     opts = options.TrainingOptions.of(locals(), schedule="cosine", grad_clip=5.0, val_every=1)
+    options.use_threads(threads)
     from rtscli.console import console
     from rtscli.data.bands import BandMap
+    from rtscli.cli.predict import quality_request
     from rtscli.engine.ssl import ssl as run
     from rtscli.errors import RtsError
     from rtscli.modeling.config import training_defaults
@@ -66,14 +71,35 @@ def ssl(
         if band_map is None:
             raise RtsError("no band map given and the scenes' bands are not named",
                            fix="pass --bands (e.g. planetscope4, sentinel2-10 or blue=1,green=2,red=3,nir=4)")
+    from rtscli.engine.train import sigterm_stops
+
     settings = opts.settings(training_defaults(preset))
-    cfg = run(inputs=list(scenes), modality=modality.lower(), band_map=band_map, out=out, preset=preset,
-              settings=settings, tile_size=tile_size, aux=aux, scale=scale, offset=offset, nodata=nodata,
-              windows=windows, mask_ratio=mask_ratio, stats_windows=stats_windows, repeat_to=repeat_to,
-              resume=resume, overwrite=overwrite)
+    with sigterm_stops():  # SIGTERM before training starts: exit 143 with one line, like one during it
+        cfg = run(inputs=list(scenes), modality=modality.lower(), band_map=band_map, out=out, preset=preset,
+                  settings=settings, tile_size=tile_size, aux=aux, scale=scale, offset=offset, nodata=nodata,
+                  windows=windows, mask_ratio=mask_ratio, stats_windows=stats_windows, repeat_to=repeat_to,
+                  resume=resume, overwrite=overwrite, quality=quality_request(quality, quality_invalid))
     m = cfg["metrics"]
     console.print(f"backbone bundle {out}: {cfg['preset']}, modality {cfg['modality']['name']}, {m['steps_run']} "
-                  f"steps, reconstruction loss {m['loss_first']} -> {m['loss_last']}", markup=False, soft_wrap=True)
+                  f"steps, {loss_summary(m)}", markup=False, soft_wrap=True)
     console.print(f"  use it: rts pretrain --modality {cfg['modality']['name']} --preset {cfg['preset']} "
                   f"--backbone-weights {out} ...; curves: {out}/curves.png, {out}/reconstructions.png",
                   markup=False, soft_wrap=True)
+
+
+def loss_summary(metrics: dict) -> str:
+    """The reconstruction loss of a run for its final message: ``one epoch: reconstruction loss 0.743``, or the
+    epoch means of its first and last epochs, ``reconstruction loss 0.963 -> 0.412 (epoch means, 10 epochs)``.
+
+    Args:
+        metrics: the ``metrics`` of the backbone bundle's config (``loss_first``, ``loss_last``, ``loss_epochs``).
+
+    Returns:
+        The words; "no loss recorded" when the run logged none.
+    """
+    first, last, epochs = metrics.get("loss_first"), metrics.get("loss_last"), metrics.get("loss_epochs")
+    if last is None:
+        return "no loss recorded"
+    if epochs == 1 or first is None:
+        return f"one epoch: reconstruction loss {last:.3g}"
+    return f"reconstruction loss {first:.3g} -> {last:.3g} (epoch means" + (f", {epochs} epochs)" if epochs else ")")

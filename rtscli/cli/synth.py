@@ -37,6 +37,9 @@ def synth(
     weak_fraction: Annotated[Optional[float], typer.Option(help="Share of slumps with weak RGB contrast that NDVI/NIR show (default: per site, 0.25-0.35).")] = None,
     weak_contrast: Annotated[float, typer.Option(help="Scale of the weak slumps' RGB contrast: 1 default, 0 invisible in RGB.")] = 1.0,
     years: Annotated[int, typer.Option(help="Write each scene at this many dates one year apart (from 2019-07-15), its slumps growing along their headwalls, two merging, one appearing and one stabilizing each year, with the truth of each date (for rts track).")] = 1,
+    clouds: Annotated[float, typer.Option(help="Share of each scene under clouds (with haze rings and shadows; some over slumps), written with quality masks beside it (--cloud-masks). 0: clear.")] = 0.0,
+    snow: Annotated[float, typer.Option(help="Share of each scene under snow patches (in the quality masks too).")] = 0.0,
+    cloud_masks: Annotated[str, typer.Option(help="With --clouds or --snow: the masks written beside each scene: udm2 (<scene>_udm2.tif, PlanetScope UDM2), scl (<scene>_SCL_20m.tif, Sentinel-2 SCL at twice the pixel size), or udm2,scl.")] = "udm2,scl",
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Write synthetic thaw-slump data: chips in the paper's layout and large scenes with truth.
@@ -76,6 +79,16 @@ def synth(
     if (weak_fraction is not None and not 0 <= weak_fraction <= 1) or not 0 <= weak_contrast <= 2:
         raise RtsError("--weak-fraction must be in [0, 1] and --weak-contrast in [0, 2]", fix="fix the options")
     set_weak(weak_fraction, weak_contrast if weak_contrast != 1.0 else None)
+    from rtscli.synth.clouds import MASKS
+
+    if not 0 <= clouds <= 0.9 or not 0 <= snow <= 0.5:
+        raise RtsError("--clouds must be in [0, 0.9] and --snow in [0, 0.5]", fix="e.g. --clouds 0.2 --snow 0.05")
+    masks = tuple(m.strip().lower() for m in cloud_masks.split(",") if m.strip())
+    for m in masks:
+        if m not in MASKS:
+            from rtscli.errors import unknown_choice
+
+            raise unknown_choice("--cloud-masks", m, MASKS)
 
     chips_written = 0
     scene_files: list[str] = []
@@ -95,22 +108,37 @@ def synth(
 
                 pairs = write_series(tmp / "scenes", f"scene_{i:02d}_{name}", height, width, years,
                                      seed=seed * 1000 + i, site_name=name, crs=crs, resolution=resolution, index=i,
-                                     progress=partial(bar.advance, task))
+                                     progress=partial(bar.advance, task), clouds=clouds, snow=snow, masks=masks)
                 scene_files += [tif.name for tif, _ in pairs]
                 continue
+            sky = None
+            if clouds > 0 or snow > 0:
+                from rtscli.synth import scene_plan
+                from rtscli.synth.clouds import make_sky
+
+                plan = scene_plan(height, width, seed=seed * 1000 + i, site_name=name, resolution=resolution)
+                sky = make_sky(plan, clouds=clouds, snow=snow, seed=seed * 1000 + i)
+            else:
+                plan = None
             tif, gpkg = write_scene(tmp / "scenes" / f"scene_{i:02d}_{name}.tif", height, width,
                                     seed=seed * 1000 + i, site_name=name, crs=crs, resolution=resolution,
-                                    progress=partial(bar.advance, task), index=i)
+                                    progress=partial(bar.advance, task), index=i, plan=plan, sky=sky, masks=masks)
             scene_files.append(tif.name)
         meta = dict(rts_version=__version__, seed=seed, crs=crs, resolution_m=resolution, sites=names,
                     weak_fraction=weak_fraction, weak_contrast=weak_contrast,
                     chips=dict(count=chips, size=chip_size, bands=["red", "green", "blue", "ndvi", "nir", "mask"],
                                band_preset="paper", negatives=negatives),
                     scenes=dict(files=scene_files, height=height, width=width, years=years,
-                                bands=["blue", "green", "red", "nir"], band_preset="planetscope4"))
+                                bands=["blue", "green", "red", "nir"], band_preset="planetscope4",
+                                **(dict(clouds=clouds, snow=snow, quality_masks=list(masks))
+                                   if clouds > 0 or snow > 0 else {})))
         (tmp / "synth.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
     console.print(f"wrote {chips_written} chips and {len(scene_files)} scene(s) to {out}")
     if chips_written:
         console.print(f"  chips:  {out}/chips/<site>/*.tif   (rts prepare {out}/chips --bands paper ...)")
     for s in scene_files:
         console.print(f"  scene:  {out}/scenes/{s}  truth: {Path(s).stem}.gpkg  (--bands planetscope4)")
+    if scene_files and (clouds > 0 or snow > 0) and masks:
+        mask_names = {"udm2": "<scene>_udm2.tif", "scl": "<scene>_SCL_20m.tif"}
+        console.print(f"  quality masks: {', '.join(mask_names[m] for m in masks)} beside each scene (rts predict "
+                      "--quality auto); clouds, haze, shadows, snow: layer quality of the truth")

@@ -56,6 +56,10 @@ def write_chip(path: Path, image: np.ndarray, transform: Affine, crs: CRS | None
     write_geotiff(path, image, transform=transform, crs=crs, nodata=nodata, band_names=names)
 
 
+#: a chip whose data pixels are more than this share invalid in its raster's quality mask (clouds, shadow, haze,
+#: snow) is left out of the dataset and counted (``rts prepare --quality``)
+MAX_INVALID_SHARE = 0.5
+
 MASK_KINDS = ("auto", "binary", "instances")
 #: a noisy binary mask (JPEG): values below LOW are background, from HIGH up slump, between them "mid" values;
 #: it is thresholded at the midpoint when mid values are at most MID_SHARE of the non-background pixels (or
@@ -98,7 +102,7 @@ class MaskReader:
             shown = ", ".join(f"{x:g}" for x in u[:6]) + (", ..." if len(u) > 6 else "")
             raise RtsError(f"mask holds values that are neither 0/1, 0/255 nor instance ids ({shown})", path=path,
                            fix="write 0 for background and 1 (or 255) for slumps, or 1..N for N slumps "
-                               "(e.g. gdal_calc.py --calc 'A>0.5')")
+                               "(e.g. rio calc '(> (read 1) 0.5)' MASK OUT.tif)")
         if self.kind == "instances":
             if lossy:
                 raise RtsError("instance ids do not survive lossy (JPEG) compression", path=path,
@@ -182,6 +186,9 @@ def iter_chips(
     chip_nodata: float | None,
     masks: MaskReader | None = None,
     annotations: CocoReader | None = None,
+    small_labels: set[Any] | None = None,
+    quality: Mapping[Path, Any] | None = None,
+    cloudy: set[str] | None = None,
 ) -> Iterator[tuple[Item, np.ndarray | None, np.ndarray | None, list[coco.Instance], int, int]]:
     """Read, convert and label each item's chip, one item at a time (never a whole scene in memory).
 
@@ -209,13 +216,21 @@ def iter_chips(
         masks: reads mask bands and mask files (binary or instance ids); default: ``MaskReader()``.
         annotations: the COCO items' annotations (:class:`rtscli.data.coco_masks.CocoReader`);
             default in ``coco`` mode: a new one.
+        small_labels: ``vectors`` mode: filled with the labels (their ``uid``) that lie whole in a chip but cover
+            fewer than ``opts.min_area`` pixels, once per label however many chips hold it; None: not collected.
+        quality: ``{raster file: rtscli.data.quality.QualityMask}`` (``--quality``): the mask's invalid pixels
+            (clouds, shadow, haze, snow), read onto the chip's window by nearest neighbour, are nodata (set to
+            ``chip_nodata`` in the chip; no instance pixel lies on them); a chip whose data pixels are more than
+            :data:`MAX_INVALID_SHARE` invalid is left out (yielded as a chip without valid pixels).
+        cloudy: filled with the keys of the chips ``quality`` left out; None: not collected.
 
     Returns:
         An iterator of ``(item, image, valid, instances, specks_dropped, clipped_dropped)`` per item:
         ``image`` (C, H, W) in ``chip_dtype``, the image bands then the aux rasters; ``valid`` (H, W)
         bool, the pixels with data; ``instances`` the slumps (and COCO crowd regions) in chip pixels;
-        ``specks_dropped`` mask specks and ``clipped_dropped`` labels clipped at the chip's edge that
-        were below ``opts.min_area`` pixels. A chip without any valid pixel comes as
+        ``specks_dropped`` mask specks and ``clipped_dropped`` pieces of labels cut by the chip's edge that
+        were below ``opts.min_area`` pixels (a label lying whole in the chip is not a piece: ``small_labels``).
+        A chip without any valid pixel comes as
         ``(item, None, None, [], 0, 0)``.
 
     Raises:
@@ -240,8 +255,9 @@ def iter_chips(
 
     idx = [image_bands[n] for n in image_bands.names]
     image_bands_bm = BandMap(tuple((n, i + 1) for i, n in enumerate(image_bands.names)))
-    # values were converted somewhere: every chip's invalid pixels (stored nodata, padding) become chip_nodata
-    refill = chip_nodata is not None and any(not c.identity for c in conversions.values())
+    # values were converted somewhere, or a quality mask marks pixels invalid: every chip's invalid pixels (stored
+    # nodata, padding, clouds) become chip_nodata
+    refill = chip_nodata is not None and (any(not c.identity for c in conversions.values()) or bool(quality))
     try:
         for item in items:
             if item.window is None:  # a whole image: its header's size is checked before anything is read
@@ -258,6 +274,16 @@ def iter_chips(
             inside_w = max(0, min(int(win.width), item.image.width - int(win.col_off)))
             valid[inside_h:, :] = False
             valid[:, inside_w:] = False
+            mask = quality.get(item.image.path) if quality else None
+            if mask is not None and inside_h and inside_w:  # clouds, shadow, haze, snow: nodata
+                t = window_transform(item.image.transform, int(win.col_off), int(win.row_off))
+                data_px = int(valid.sum())
+                valid &= ~mask.read_invalid(handle(mask.path), t, item.image.crs, int(win.height), int(win.width))
+                if data_px and int(valid.sum()) < (1.0 - MAX_INVALID_SHARE) * data_px:
+                    if cloudy is not None:
+                        cloudy.add(item.key)
+                    yield item, None, None, [], 0, 0
+                    continue
             paths = [item.image.path] + [info.path for info in item.aux.values()]
             names = [image_bands.names] + [[n] for n in item.aux]
             planes = [conversions[p].apply(x, nm) if not conversions[p].identity else x
@@ -281,7 +307,9 @@ def iter_chips(
                 instances, specks, clipped = annotations.instances(item, valid, opts)
             else:
                 assert labels is not None  # vectors mode: the caller passes vector_items' labels (see Args)
-                instances, clipped = instances_from_labels(item, labels, valid, opts)
+                instances, clipped, small = instances_from_labels(item, labels, valid, opts)
+                if small_labels is not None:
+                    small_labels.update(small)
             yield item, image, valid, instances, specks, clipped
     finally:
         for f in open_files.values():
@@ -289,7 +317,7 @@ def iter_chips(
 
 
 def instances_from_labels(item: Item, labels: Mapping[str, tuple[Any, Any]], valid: np.ndarray,
-                          opts: PrepareOptions) -> tuple[list[coco.Instance], int]:
+                          opts: PrepareOptions) -> tuple[list[coco.Instance], int, list[Any]]:
     """One instance per slump label polygon that reaches the chip, rasterized on the chip's own grid (background
     areas, ARTS ``TrainClass = Negative``, are left out: their chips are negatives).
 
@@ -304,25 +332,34 @@ def instances_from_labels(item: Item, labels: Mapping[str, tuple[Any, Any]], val
         opts: the run's options (``min_area``, pixels; ``segmentation``).
 
     Returns:
-        ``(instances, pieces below opts.min_area pixels dropped at the chip's edge)``.
+        ``(instances, pieces cut by the chip's edge and below opts.min_area pixels, dropped, the labels lying
+        whole in the chip and below opts.min_area pixels, dropped)``: the labels by their ``uid`` (their
+        ``source_id`` where the layer has no ``uid``). A label that only touches the chip's edge is neither.
     """
+    from shapely.geometry import box
+
     from rtscli.geometry.footprint import to_pixels, window_footprint
 
     gdf, sindex = labels[item.image.crs.to_wkt()]
     assert item.window is not None  # vector_items cuts every scene into chip windows
     c, r, w, h = item.window
     t = window_transform(item.image.transform, c, r)
-    out, clipped = [], 0
+    out, clipped, small = [], 0, []
     geoms = gdf.geometry.values
     ids = gdf["source_id"].tolist()  # each label's row in its file (plain ints or "NAME#ROW")
+    uids = gdf["uid"].tolist() if "uid" in gdf.columns else ids  # one per feature of all the label files
+    chip = box(0, 0, w, h)
     negative = gdf["negative"].to_numpy(bool) if "negative" in gdf.columns else np.zeros(len(gdf), bool)
     for k in sorted(sindex.query(window_footprint(item.image.transform, c, r, w, h), predicate="intersects")):
         if negative[k]:  # a background area (ARTS TrainClass Negative): never a slump
             continue
-        inst = coco.instance_from_polygon(to_pixels(geoms[k], t), (h, w), valid=valid, min_area=opts.min_area,
-                                          fmt=opts.segmentation, source_id=ids[k])
-        if inst is None:
-            clipped += 1
-        else:
+        geom = to_pixels(geoms[k], t)
+        inst = coco.instance_from_polygon(geom, (h, w), valid=valid, min_area=opts.min_area, fmt=opts.segmentation,
+                                          source_id=ids[k])
+        if inst is not None:
             out.append(inst)
-    return out, clipped
+        elif chip.covers(geom):  # the whole label is in the chip, and too small
+            small.append(uids[k])
+        elif geom.intersection(chip).area > 0:  # a piece cut off by the chip's edge (not a label touching it)
+            clipped += 1
+    return out, clipped, small

@@ -39,6 +39,13 @@ class Instance:
     has_holes: bool
     source_id: Any = None
     iscrowd: int = 0  # 1: a crowd region (COCO), ignored by AP and not trained on
+    pixels: int | None = None  # what its segmentation decodes to (pycocotools), pixels; None: crop.sum()
+
+    def decoded_pixels(self) -> int:
+        """The pixels its COCO segmentation decodes to (pycocotools, at the image's resolution): what every COCO
+        reader, ``rts prepare --coco`` among them, sees of it; a polygon may decode to a pixel or two more or less
+        than the mask it was drawn from."""
+        return int(self.crop.sum()) if self.pixels is None else self.pixels
 
     def full_mask(self) -> np.ndarray:
         m = np.zeros(self.shape, dtype=bool)
@@ -99,7 +106,9 @@ def _make(crop: np.ndarray, x0: int, y0: int, shape_hw: tuple[int, int], fmt: st
         source_id: the label's id in its source, or None.
 
     Returns:
-        The instance, with its COCO segmentation, area and bbox.
+        The instance, with its COCO segmentation, area and bbox (and for a polygon the pixels it decodes to: its
+        ``area`` and ``pixels``). A polygon that decodes to no pixel at all (thinner than a pixel) is written as
+        RLE of ``crop`` instead.
     """
     from pycocotools import mask as mask_utils
 
@@ -109,15 +118,35 @@ def _make(crop: np.ndarray, x0: int, y0: int, shape_hw: tuple[int, int], fmt: st
     h, w = shape_hw
     area = int(crop.sum())
     bbox = [float(x0), float(y0), float(crop.shape[1]), float(crop.shape[0])]
-    if fmt == "rle" or (fmt == "auto" and holes) or not rings:
+    a = 0
+    if rings and not (fmt == "rle" or (fmt == "auto" and holes)):
+        rle = mask_utils.merge(mask_utils.frPyObjects(rings, h, w))
+        a = int(mask_utils.area(rle))
+    if a == 0:  # RLE asked for, a hole kept (auto), or a polygon too thin to cover a pixel centre: RLE, exact
         inst = Instance(crop, x0, y0, shape_hw, bbox, area, None, holes, source_id)
         inst.segmentation = rle_encode(inst.full_mask())
         return inst
-    rle = mask_utils.merge(mask_utils.frPyObjects(rings, h, w))
-    a = int(mask_utils.area(rle))
-    if a > 0:
-        area, bbox = a, [float(v) for v in mask_utils.toBbox(rle)]
-    return Instance(crop, x0, y0, shape_hw, bbox, area, rings, holes, source_id)
+    bbox = [float(v) for v in mask_utils.toBbox(rle)]
+    return Instance(crop, x0, y0, shape_hw, bbox, a, rings, holes, source_id, pixels=a)
+
+
+def too_small(inst: Instance, min_pixels: int) -> bool:
+    """Whether ``--min-pixels`` drops an instance: the one rule of every ``rts prepare`` path (vector labels, and
+    COCO annotations, whole or clipped at a chip's edge), so that a dataset and its ``rts export-coco`` read back
+    keep the same instances.
+
+    The measure is :meth:`Instance.decoded_pixels`: the pixels its COCO segmentation decodes to at the chip's (or
+    image's) resolution, after clipping to the chip and removing nodata pixels, as pycocotools decodes it. Crowd
+    regions are never dropped.
+
+    Args:
+        inst: the instance, its segmentation encoded (:func:`_make`, or an annotation kept as its source has it).
+        min_pixels: the fewest pixels an instance keeps (``--min-pixels``), pixels.
+
+    Returns:
+        True when it is not crowd and decodes to fewer than ``min_pixels`` pixels.
+    """
+    return not inst.iscrowd and inst.decoded_pixels() < min_pixels
 
 
 def instances_from_mask(mask: np.ndarray, *, min_area: int = 1, fmt: str = "auto") -> tuple[list[Instance], int]:
@@ -181,18 +210,20 @@ def instance_from_polygon(
     geom: Any, shape: tuple[int, int], *, valid: np.ndarray | None = None, min_area: int = 1,
     fmt: str = "auto", source_id: Any = None,
 ) -> Instance | None:
-    """One instance from a polygon in chip pixel coordinates, or None if below ``min_area``.
+    """One instance from a polygon in chip pixel coordinates, or None if below ``min_area`` (:func:`too_small`:
+    the pixels its written segmentation decodes to, which for a polygon may differ by a pixel or two from the
+    pixels rasterio burns).
 
     Args:
         geom: the polygon (shapely), in chip pixel coordinates (x = column, y = row).
         shape: ``(H, W)`` of the chip, pixels.
         valid: bool ``(H, W)``, or None: removes nodata pixels from the mask (a slump cannot be seen there).
-        min_area: the fewest pixels an instance keeps, pixels.
+        min_area: the fewest pixels an instance keeps (``--min-pixels``), pixels.
         fmt: ``auto``, ``polygon`` or ``rle`` (:data:`SEGMENTATION_FORMATS`).
         source_id: the label's id in its source, or None.
 
     Returns:
-        The instance, or None when the polygon covers fewer than ``min_area`` (valid) pixels of the chip.
+        The instance, or None when it covers no (valid) pixel of the chip or is :func:`too_small`.
     """
     from rasterio.features import rasterize
     from shapely.geometry import box
@@ -208,11 +239,11 @@ def instance_from_polygon(
     if valid is not None and not valid[mask].all():
         mask &= valid
         exact = False
-    area = int(mask.sum())
-    if area < min_area or area == 0:
+    if not mask.any():
         return None
     x0, y0, x1, y1 = _crop_box(mask)
-    return _make(mask[y0:y1, x0:x1], x0, y0, shape, fmt, geom=geom if exact else None, source_id=source_id)
+    inst = _make(mask[y0:y1, x0:x1], x0, y0, shape, fmt, geom=geom if exact else None, source_id=source_id)
+    return None if too_small(inst, min_area) else inst  # the pixels it is written as, as rts prepare --coco counts
 
 
 def annotation(inst: Instance, ann_id: int, image_id: int) -> dict:

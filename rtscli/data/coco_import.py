@@ -13,7 +13,8 @@ What is read, per the COCO format (https://cocodataset.org/#format-data):
 
 An image kept whole keeps its annotations as they are (segmentation, area, bbox); an image larger than
 ``--chip-size`` is cut into chips and its annotations clipped to each. Annotations and pieces below
-``--min-pixels`` are dropped and counted (crowd regions are kept whatever their size); unreadable
+``--min-pixels`` (the pixels they decode to: :func:`rtscli.data.coco.too_small`, the rule of vector labels too)
+are dropped and counted (crowd regions are kept whatever their size); unreadable
 segmentations are counted and left out, with one warning naming a few (:class:`CocoReader`).
 """
 
@@ -54,6 +55,18 @@ class CocoImage:
     site: str | None
     annotations: list[dict] = field(default_factory=list)
     source_id_prefix: str = ""  # "NAME.json#" when several files are read, so that ids stay unique
+    scene: tuple[str, tuple] | None = None  # (raster, window) it was cut from, when its entry records them
+
+
+def scene_of(entry: dict) -> tuple[str, tuple] | None:
+    """The raster a COCO image was cut from and the window (col_off, row_off, width, height, pixels) it was cut at,
+    when its entry records them as ``rts prepare`` (and so ``rts export-coco``) writes chips of a scene: a
+    ``source`` text and a ``window`` list; else None. Chips of one scene at different windows overlap where their
+    windows did: they are neither copies nor several dates. The text is only compared, never opened."""
+    source, window = entry.get("source"), entry.get("window")
+    if isinstance(source, str) and source and isinstance(window, list) and len(window) == 4:
+        return source, tuple(window)
+    return None
 
 
 def split_of(path: Path) -> str | None:
@@ -337,7 +350,7 @@ def read_sources(files: list[Path], *, split_map: dict[Path, str] | None, images
             if own is not None and not site:  # a name that becomes a folder of the dataset: chips/<site>/
                 own = safe_component(str(own), f"image {im['id']}: its site", path=p)
             rec = CocoImage(p, splits[p], im["id"], str(im["file_name"]), im.get("width"), im.get("height"),
-                            site or own, source_id_prefix=prefix)
+                            site or own, source_id_prefix=prefix, scene=scene_of(im))
             by_id[im["id"]] = rec
             records[key] = rec
             rasters.append((path, path.parent))

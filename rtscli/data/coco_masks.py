@@ -175,8 +175,8 @@ def decode_crop(seg: Any, h: int, w: int, *, path: Path, what: str) -> tuple[np.
         return m[y0:y1, x0:x1], x0, y0
     if h * w >= 2**32:
         raise RtsError(f"{what}: its image is {w} x {h} px, too large for COCO masks (pycocotools counts pixels in "
-                       "32 bits)", path=path, fix="cut the image into smaller ones (e.g. gdal_retile.py) with "
-                                                  "their annotations")
+                       "32 bits)", path=path, fix="cut the image into smaller ones (e.g. rio clip) with their "
+                                                  "annotations")
     return _runs_crop(rle_counts(to_rle(seg, h, w)["counts"]), h, w, path=path, what=what)
 
 
@@ -253,7 +253,9 @@ class CocoReader:
 
         A whole image keeps each annotation's segmentation, area and bbox as the source has them (area and bbox
         of the decoded mask where missing); a chip window gets each annotation's mask clipped to it (its
-        ``valid`` pixels only), encoded by ``opts.segmentation``. Crowd regions stay crowd (RLE).
+        ``valid`` pixels only), encoded by ``opts.segmentation``. Crowd regions stay crowd (RLE). ``--min-pixels``
+        is :func:`rtscli.data.coco.too_small`, the rule of the vector path too: the pixels each annotation (or
+        piece) decodes to.
 
         Args:
             item: a COCO item (``item.coco`` set): a whole image, or a window (col_off, row_off, width, height)
@@ -274,10 +276,11 @@ class CocoReader:
             crowd = int(bool(ann.get("iscrowd")))
             sid = f"{rec.source_id_prefix}{ann['id']}" if rec.source_id_prefix else ann["id"]
             if item.window is None:
-                if not crowd and crop.sum() < opts.min_area:  # --min-pixels, as for masks
+                whole = _whole(ann, crop, x0, y0, item.image.height, item.image.width, crowd, sid)
+                if coco.too_small(whole, opts.min_area):  # --min-pixels: the rule of the vector path too
                     specks += 1
                     continue
-                out.append(_whole(ann, crop, x0, y0, item.image.height, item.image.width, crowd, sid))
+                out.append(whole)
                 continue
             c, r, w, h = item.window
             cx0, cy0 = max(x0, c), max(y0, r)
@@ -287,13 +290,13 @@ class CocoReader:
             piece = crop[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0] & valid[cy0 - r:cy1 - r, cx0 - c:cx1 - c]
             if not piece.any():
                 continue
-            if piece.sum() < opts.min_area and not crowd:
-                clipped += 1
-                continue
             px0, py0, px1, py1 = coco._crop_box(piece)
             inst = coco._make(piece[py0:py1, px0:px1], cx0 - c + px0, cy0 - r + py0, (h, w),
                               "rle" if crowd else opts.segmentation, source_id=sid)
             inst.iscrowd = crowd
+            if coco.too_small(inst, opts.min_area):  # the pixels it is written as, as for vector labels
+                clipped += 1
+                continue
             out.append(inst)
         return out, specks, clipped
 

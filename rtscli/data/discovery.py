@@ -20,7 +20,7 @@ from rtscli.data.inputs import MASK_SUFFIXES, aux_lookup, band_map_from_descript
 from rtscli.data.modalities import Modality, resolve, resolve_all
 from rtscli.data.options import PrepareOptions
 from rtscli.data.scenes import find_rasters
-from rtscli.errors import RtsError, unknown_choice
+from rtscli.errors import RtsError, set_raster_nodata, unknown_choice
 from rtscli.io.raster import RasterInfo, inspect
 
 log = logging.getLogger("rtscli")
@@ -237,12 +237,59 @@ def inspect_sources(opts: PrepareOptions, sources: Sources, layout: Layout) -> S
         log.info("%d image(s) have no georeference (e.g. %s): they get a pixel grid, each image its own place in the "
                  "split; their chips carry no CRS, so rts predict cannot map them (rts evaluate scores them)",
                  len(pixel_grids), pixel_grids[0].name)
-    nodatas = {("nan" if v is not None and v != v else v) for v in (i.nodata for i, _ in infos)}
-    if len(nodatas) > 1:
-        ex = {str(i.nodata): i.path.name for i, _ in infos}
-        raise RtsError(
-            "the inputs have different nodata values (" + ", ".join(f"{n}: {v}" for v, n in ex.items()) + ")",
-            path=infos[0][0].path.parent,
-            fix="give them one nodata value first (gdal_edit.py -a_nodata VALUE file.tif)",
-        )
+    check_one_nodata([i for i, _ in infos])
     return Scan(infos, pixel_grids, {name: aux_lookup(name, p) for name, p in opts.aux.items()})
+
+
+def _pixel_size(info: RasterInfo) -> str:
+    """A raster's pixel size as text: ``10 m`` (or ``0.0001 deg``, or ``1 px`` for an image without georeference)."""
+    if info.pixel_grid:
+        return "1 px"
+    unit = "deg" if info.crs is not None and info.crs.is_geographic else "m"
+    return f"{abs(info.transform.a):g} {unit}" if abs(info.transform.a) == abs(info.transform.e) else \
+        f"{abs(info.transform.a):g} x {abs(info.transform.e):g} {unit}"
+
+
+def check_one_nodata(infos: list[RasterInfo]) -> None:
+    """Refuse rasters with different nodata values, naming the files of each value under the folder that holds them
+    all, and the cause when their data types or pixel sizes differ too: rasters of different sensors or products
+    (e.g. Landsat 15 m float32 beside Sentinel-2 10 m uint16) mixed in one folder.
+
+    Args:
+        infos: every input raster, inspected.
+
+    Raises:
+        RtsError: the rasters do not share one nodata value (NaN equals NaN; no nodata is a value of its own).
+    """
+    import os
+
+    groups: dict[str, list[RasterInfo]] = {}
+    for info in infos:
+        v = info.nodata
+        groups.setdefault("nan" if v is not None and v != v else "none" if v is None else f"{v:g}", []).append(info)
+    if len(groups) < 2:
+        return
+    folder = Path(os.path.commonpath([str(i.path.parent) for i in infos]))
+    kinds = {key: (sorted({i.dtype for i in g}), sorted({_pixel_size(i) for i in g})) for key, g in groups.items()}
+
+    def files(g: list[RasterInfo]) -> str:
+        names = [str(i.path.relative_to(folder)) for i in g]
+        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+    parts = [f"nodata {'none' if key == 'none' else key}: {len(g)} file(s), {'/'.join(kinds[key][0])}, "
+             f"{'/'.join(kinds[key][1])} pixels ({files(g)})" for key, g in groups.items()]
+    dtypes = {d for k in kinds.values() for d in k[0]}
+    sizes = {s for k in kinds.values() for s in k[1]}
+    mixed = [w for w, many in (("data types", len(dtypes) > 1), ("resolutions", len(sizes) > 1)) if many]
+    if mixed:
+        cause = (f": their {' and '.join(mixed)} differ too, as for different sensors or products (e.g. Landsat and "
+                 "Sentinel-2) mixed in one folder")
+        fix = ("prepare one sensor at a time: pass only its files, or a folder that holds only them; if they are one "
+               "product, give them one nodata value: " + set_raster_nodata("FILE"))
+    else:
+        cause = ""
+        smallest = min(groups.values(), key=len)
+        fix = "give them one nodata value: " + set_raster_nodata(smallest[0].path) + \
+            (f" (and the other {len(smallest) - 1} of that value)" if len(smallest) > 1 else "")
+    raise RtsError(f"the inputs have different nodata values{cause} (" + "; ".join(parts) + ")", path=folder,
+                   fix=fix)

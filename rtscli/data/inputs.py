@@ -13,11 +13,11 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from rtscli.data.bands import BandMap
 from rtscli.data.options import PrepareOptions
-from rtscli.errors import RtsError
+from rtscli.errors import RtsError, inspect_raster, resample_like
 from rtscli.io.raster import RASTER_SUFFIXES, RasterInfo, check_whole_read, crs_name, inspect
 
 if TYPE_CHECKING:  # for annotations only: nothing here reads pixels
@@ -188,7 +188,7 @@ def aux_for(image: RasterInfo, aux_paths: dict[str, Path], cache: dict[Path, Ras
                 f"({info.width}x{info.height} {crs_name(info.crs)} vs "
                 f"{image.width}x{image.height} {crs_name(image.crs)})",
                 path=path,
-                fix="resample it to the image grid first (gdalwarp -te ... -tr ... -t_srs ...)",
+                fix=resample_like(path, image.path),
             )
         out[name] = info
     return out
@@ -281,19 +281,14 @@ def grid_windows(info: RasterInfo, opts: PrepareOptions) -> Iterator[tuple[int, 
     if n > MAX_WINDOWS:  # counted before any list of them is made
         raise RtsError(f"raster claims {info.width} x {info.height} px: {n} chips of {size} px, more than rts cuts "
                        f"one raster into ({MAX_WINDOWS})", path=info.path,
-                       fix="check its size with gdalinfo (a damaged header?), or cut it into smaller rasters first "
-                           "(gdal_retile.py), or use a larger --chip-size or smaller --overlap")
+                       fix=f"check its size with {inspect_raster(info.path)} (a damaged header?), or cut it into "
+                           "smaller rasters first (rio clip, or Clip Raster by Extent in QGIS), or use a larger "
+                           "--chip-size or smaller --overlap")
     rows = chip_positions(info.height, size, stride)
     cols = chip_positions(info.width, size, stride)
     for r in rows:
         for c in cols:
             yield c, r
-
-
-def gdf_counts(labels_by_crs: Mapping[str, tuple[Any, Any]]) -> dict[str, int]:
-    """Label features kept per label file (after repairs and duplicates)."""
-    gdf = next(iter(labels_by_crs.values()))[0]
-    return {str(k): int(v) for k, v in gdf["label_file"].value_counts(sort=False).items()}
 
 
 def _reaches(gdf: Any, sindex: Any, negatives: np.ndarray, info: RasterInfo, c: int, r: int, size: int) -> bool:
@@ -307,7 +302,9 @@ def _reaches(gdf: Any, sindex: Any, negatives: np.ndarray, info: RasterInfo, c: 
 
 def vector_items(opts: PrepareOptions, infos: list[tuple[RasterInfo, Path]], aux_paths: dict[str, Path]
                  ) -> tuple[list[Item], dict[str, tuple[Any, Any]], dict[str, Any]]:
-    """Chip windows of every scene, and the labels in each scene CRS (``opts.labels``: one or several files).
+    """Chip windows of every scene, and the labels in each scene CRS (``opts.labels``: one or several files, each
+    read once and reprojected once per CRS, only into the CRS of scenes it may reach:
+    :class:`rtscli.data.labels.LabelSet`).
 
     Args:
         opts: the run's options: ``labels`` (set), ``chip_size`` (pixels, set), ``overlap``, ``site``, the label
@@ -322,26 +319,25 @@ def vector_items(opts: PrepareOptions, infos: list[tuple[RasterInfo, Path]], aux
         RtsError: no label overlaps any scene, two scenes with one name, an unreadable label file or an ``--aux``
             raster that does not fit.
     """
-    from rtscli.data.labels import read_labels
+    from rtscli.data.labels import LabelSet
 
     # check_options and chip_layout guarantee both in vectors mode (--labels needed, chip_size 256 by default)
     assert opts.labels is not None and opts.chip_size is not None
 
-    labels_by_crs: dict[str, tuple[Any, Any]] = {}
-    reports = {}
+    # every label file read once, in its own CRS; reprojected once per raster CRS, only where its rasters lie
+    label_set = LabelSet(opts.labels, assume_crs=opts.labels_crs, layer=opts.labels_layer)
+    scenes: dict[str, tuple[Any, list[Any]]] = {}
+    for info, _ in infos:
+        scenes.setdefault(info.crs.to_wkt(), (info.crs, []))[1].append(info.footprint)
+    labels_by_crs = {ck: (gdf, gdf.sindex) for ck, gdf in label_set.layers(scenes, dedupe=opts.dedupe_labels).items()}
+    rep = label_set.report
     items: list[Item] = []
     aux_cache: dict[Path, RasterInfo] = {}
     overlaps_any = False
     per_scene = {}
     stems: dict[str, Path] = {}
     for info, root in infos:
-        ck = info.crs.to_wkt()
-        if ck not in labels_by_crs:
-            gdf, rep = read_labels(opts.labels, info.crs, assume_crs=opts.labels_crs, dedupe=opts.dedupe_labels,
-                                   layer=opts.labels_layer)
-            labels_by_crs[ck] = (gdf, gdf.sindex)
-            reports[ck] = rep
-        gdf, sindex = labels_by_crs[ck]
+        gdf, sindex = labels_by_crs[info.crs.to_wkt()]
         hits = sindex.query(info.footprint, predicate="intersects")  # the true outline (rotated grids too)
         per_scene[info.path.name] = int(len(hits))
         if len(hits):
@@ -363,8 +359,7 @@ def vector_items(opts: PrepareOptions, infos: list[tuple[RasterInfo, Path]], aux
                               negative_area=negatives.any() and _reaches(gdf, sindex, negatives, info, c, r,
                                                                          opts.chip_size)))
     if not overlaps_any:
-        gdf = next(iter(labels_by_crs.values()))[0]
-        lb = gdf.total_bounds if len(gdf) else None
+        lb = label_set.bounds_in(infos[0][0].crs)
         raise RtsError(
             f"no label polygon overlaps the raster(s) (labels bounds {fmt_bounds(lb)} vs scene bounds "
             f"{fmt_bounds(infos[0][0].bounds)} in {crs_name(infos[0][0].crs)})",
@@ -374,12 +369,11 @@ def vector_items(opts: PrepareOptions, infos: list[tuple[RasterInfo, Path]], aux
     for name, n in per_scene.items():
         if n == 0:
             log.warning("no label intersects scene %s: its chips become negatives", name)
-    rep = next(iter(reports.values()))
     meta = {
         "files": [str(p) for p in opts.labels],
         "layer": opts.labels_layer,
         "features": rep.features,
-        "features_per_file": gdf_counts(labels_by_crs),
+        "features_per_file": label_set.features_per_file(),
         "repaired_invalid": rep.repaired,
         "dropped_empty": rep.empty,
         "dropped_not_polygon": rep.not_polygon,
@@ -407,7 +401,7 @@ def vector_items(opts: PrepareOptions, infos: list[tuple[RasterInfo, Path]], aux
 
         log.warning("%d pair(s) of label polygons overlap by IoU >= %g (one slump labelled at several dates, or by "
                     "several experts?): they become overlapping instances; keep one label per slump (the imagery's "
-                    "date, e.g. ogr2ogr -where, or a consensus of the experts)", rep.overlapping_pairs, OVERLAP_IOU)
+                    "date, e.g. selected in QGIS, or a consensus of the experts)", rep.overlapping_pairs, OVERLAP_IOU)
     labels = {k: v for k, v in labels_by_crs.items()}
     return items, labels, meta
 

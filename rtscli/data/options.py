@@ -50,3 +50,4 @@ class PrepareOptions:
     images: Path | None = None  # where the COCO files' images are
     category: str | None = None  # the COCO category of the slumps
     crowd_as_instances: bool = False  # COCO crowd annotations (iscrowd=1, CVAT's brush masks) are slumps to learn
+    quality: Any = None  # rtscli.data.quality.QualityRequest (--quality): clouds, shadow, haze, snow are nodata

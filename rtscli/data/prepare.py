@@ -41,7 +41,7 @@ from affine import Affine
 
 from rtscli.data import coco, values
 from rtscli.data.bands import BandMap
-from rtscli.data.chips import MaskReader, chip_transform, crs_text, iter_chips, write_chip
+from rtscli.data.chips import MAX_INVALID_SHARE, MaskReader, chip_transform, crs_text, iter_chips, write_chip
 from rtscli.data.discovery import Layout, Scan, Sources, check_options, chip_layout, find_sources, \
     inspect_sources, with_coco
 from rtscli.data.inputs import Item, all_aux, sample_items, vector_items
@@ -49,7 +49,7 @@ from rtscli.data.manifest import build_manifest, values_record
 from rtscli.data.modalities import channel
 from rtscli.data.options import PrepareOptions
 from rtscli.data.split_files import SPLITS, read_split_file
-from rtscli.data.split_plan import plan_splits, split_warnings, warn_single_chip_scenes
+from rtscli.data.split_plan import plan_splits, site_warnings, split_warnings, warn_single_chip_scenes
 from rtscli.data.stats import StatsSampler
 from rtscli.errors import RtsError
 from rtscli.io.raster import gdal_env
@@ -86,19 +86,44 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
     sources = find_sources(opts)
     opts, layout = chip_layout(opts, sources)
     scan = inspect_sources(opts, sources, layout)
+    quality = _quality_masks(opts, scan)
     items = _plan_items(opts, layout.mode, sources, scan)
     splits = _plan_splits(opts, layout.mode, items)
     chip_values = _chip_values(opts, layout, scan, items.items)
     tally = _Tally.start(layout.chip_bands, opts.seed, overlapping=len(items.items) - len(splits.splits))
+    if quality:
+        tally.dropped["quality_chips_dropped"] = 0
     advance = progress("preparing", len(splits.kept)) if progress else (lambda k: None)
     with atomic_dir(opts.out, overwrite=opts.overwrite) as tmp, gdal_env():
-        _write_chips(tmp, opts, layout, items, splits, chip_values, mask_reader, sources.coco_reader, tally, advance)
-        warnings, mask_notes = _report(sources, layout, splits, tally, mask_reader)
+        _write_chips(tmp, opts, layout, items, splits, chip_values, mask_reader, sources.coco_reader, tally, advance,
+                     quality)
+        warnings, mask_notes = _report(opts, sources, layout, splits, tally, mask_reader)
         manifest = _manifest(opts, sources, layout, scan, items, splits, chip_values, tally, warnings, mask_notes)
+        if quality:
+            manifest["quality"] = {"invalid": sorted(opts.quality.invalid),
+                                   "masks": {str(k): f"{m.path} ({m.title})" for k, m in quality.items()},
+                                   "chips_dropped": tally.dropped["quality_chips_dropped"],
+                                   "max_invalid_share": MAX_INVALID_SHARE}
         import yaml
 
         (tmp / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
     return Result(opts.out, manifest, {k: dict(v) for k, v in tally.counts.items()})
+
+
+def _quality_masks(opts: PrepareOptions, scan: Scan) -> dict[Path, Any]:
+    """The quality mask of every raster (``--quality``: :mod:`rtscli.data.quality`), checked before any chip is
+    written, each logged with what it counts invalid; ``{}`` without ``--quality``.
+
+    Raises:
+        RtsError: a raster whose mask is not found, not a known encoding or does not overlap it.
+    """
+    if opts.quality is None:
+        return {}
+    out = {}
+    for info, _ in scan.infos:
+        out[info.path] = opts.quality.open_for(info.path, info.crs, info.transform, info.width, info.height)
+        log.info("%s: %s", info.path.name, out[info.path].describe())
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,6 +207,10 @@ def _chip_values(opts: PrepareOptions, layout: Layout, scan: Scan, items: list[I
     if (len(dtypes) > 1 or converted) and not np.issubdtype(chip_dtype, np.floating):
         chip_dtype = np.dtype("float32")
     nodata = scan.infos[0][0].nodata
+    if opts.quality is not None and nodata is None:  # clouds become nodata: the chips need a nodata value
+        converted = True
+        if not np.issubdtype(chip_dtype, np.floating):
+            chip_dtype = np.dtype("float32")
     if converted and (nodata is None or nodata == nodata):
         # a stored nodata value (e.g. 0) could be a physical value after conversion, and padding beyond a raster's
         # edge must stay nodata: converted chips always carry one
@@ -212,7 +241,8 @@ class _Tally:
         if "ndvi" not in chip_bands and "red" in chip_bands and "nir" in chip_bands:
             stat_names.append("ndvi")
         dropped = {"specks_below_min_area": 0, "nodata_chips_skipped": 0, "empty_chips_dropped": 0,
-                   "labels_clipped_below_min_area": 0, "overlapping_other_split": overlapping}
+                   "labels_below_min_pixels": 0, "labels_clipped_below_min_area": 0,
+                   "overlapping_other_split": overlapping}
         return cls(chip_bands, StatsSampler(stat_names, seed=seed), dropped)
 
     def add(self, site: str, split: str, image: np.ndarray, valid: np.ndarray, instances: list, learn: bool,
@@ -238,22 +268,28 @@ class _Tally:
 
 def _write_chips(tmp: Path, opts: PrepareOptions, layout: Layout, items: _Items, splits: _Splits,
                  chip_values: _ChipValues, mask_reader: MaskReader, coco_reader: Any, tally: _Tally,
-                 advance: Callable[[int], None]) -> None:
+                 advance: Callable[[int], None], quality: dict[Path, Any] | None = None) -> None:
     """Write every kept item's chip (``tmp/chips/<site>/<key>.tif``) and its instances (``tmp/<split>.json``),
-    counting into ``tally``; all-nodata chips, and empty ones with ``--drop-empty``, are skipped."""
+    counting into ``tally``; all-nodata chips, empty ones with ``--drop-empty``, and chips mostly invalid in their
+    raster's quality mask (``quality``: clouds, shadow, haze, snow) are skipped and counted."""
     from rtscli.geometry.measure import pixel_area_m2
 
     docs = {s: coco.CocoWriter(tmp / f"{s}.json", f"rts dataset, split {s}") for s in SPLITS}
     image_id = ann_id = 0
     dropped = tally.dropped
+    small_labels: set = set()  # labels lying whole in a chip, smaller than --min-pixels: counted once each
+    cloudy: set[str] = set()  # chips mostly under clouds, shadow, haze or snow (--quality)
     for item, image, valid, instances, specks, nclipped in iter_chips(
             splits.kept, opts, layout.mode, layout.band_map, layout.image_bands, items.labels, chip_values.dtype,
-            chip_values.conversions, chip_values.nodata, mask_reader, coco_reader):
+            chip_values.conversions, chip_values.nodata, mask_reader, coco_reader, small_labels, quality, cloudy):
         advance(1)
         dropped["specks_below_min_area"] += specks
         dropped["labels_clipped_below_min_area"] += nclipped
-        if image is None or valid is None:  # a chip without valid pixels (both None)
-            dropped["nodata_chips_skipped"] += 1
+        if image is None or valid is None:  # a chip without valid pixels (both None), or mostly clouded
+            if item.key in cloudy:
+                dropped["quality_chips_dropped"] += 1
+            else:
+                dropped["nodata_chips_skipped"] += 1
             continue
         if not instances and not opts.keep_empty and not item.negative_area:  # labelled background stays
             dropped["empty_chips_dropped"] += 1
@@ -272,6 +308,7 @@ def _write_chips(tmp: Path, opts: PrepareOptions, layout: Layout, items: _Items,
         px_m2 = pixel_area_m2(transform, int(image.shape[2]), int(image.shape[1]), item.image.crs) \
             if learn and instances and item.image.crs is not None else float("nan")
         tally.add(item.site, split, image, valid, instances, learn, px_m2)
+    dropped["labels_below_min_pixels"] = len(small_labels)
     for s in SPLITS:
         docs[s].close()
 
@@ -300,11 +337,13 @@ def _image_entry(image_id: int, rel: Path, image: np.ndarray, transform: Affine,
 # ---------------------------------------------------------------------------------------------
 # what came out: warnings and the manifest
 # ---------------------------------------------------------------------------------------------
-def _report(sources: Sources, layout: Layout, splits: _Splits, tally: _Tally,
+def _report(opts: PrepareOptions, sources: Sources, layout: Layout, splits: _Splits, tally: _Tally,
             mask_reader: MaskReader) -> tuple[list[str], list[str]]:
-    """Log what is wrong with the splits, how masks were read and which COCO annotations were left out; refuse a
-    dataset without valid pixels to learn the normalization from. Returns (split warnings, mask notes)."""
-    warnings = split_warnings(tally.counts, splits.wanted, layout.mode, splits.report)
+    """Log what is wrong with the splits (over all sites, then per site), how masks were read and which COCO
+    annotations were left out; refuse a dataset without valid pixels to learn the normalization from. Returns
+    (split warnings, mask notes)."""
+    warnings = split_warnings(tally.counts, splits.wanted, layout.mode, splits.report) + \
+        site_warnings(tally.counts, splits.wanted, splits.report, opts)
     for w in warnings:
         log.warning(w)
     mask_notes = mask_reader.notes()

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from rtscli.data.quality import QualityMask, QualityRequest
 from rtscli.data.values import NONE, Conversion
 from rtscli.errors import RtsError
 from rtscli.io.raster import RASTER_SUFFIXES
@@ -47,18 +48,26 @@ class Scene:
     transform: Any
     crs: Any
     resample: bool = False
+    #: its quality mask (clouds, shadow, haze, snow: invalid pixels are nodata), or None
+    quality: QualityMask | None = None
 
 
 def open_scene(sources: list[Source], *, resample: bool = False, name: str | None = None,
                nodata: float | None = None, scale: float | None = None, offset: float | None = None,
-               training: dict | None = None) -> Scene:
+               training: dict | None = None, quality: QualityRequest | None = None) -> Scene:
     """Check the rasters (readable, CRS, same grid unless ``resample``) and describe the scene.
 
     Each source keeps its own nodata value (``nodata`` overrides them all, for rasters whose nodata
     is not tagged) and its own conversion of stored values to the model's units
     (:func:`rtscli.data.values.resolve`: ``scale``/``offset``, else the raster's GDAL band scale/offset,
     else the conversion of the model's training data, recorded in ``training``, for a raster stored as
-    those data were).
+    those data were). With ``quality`` (``--quality``), the scene's quality mask is found and checked
+    (:mod:`rtscli.data.quality`; the log says which file and what it counts invalid): its invalid pixels are
+    nodata for every reader of the scene.
+
+    Raises:
+        RtsError: a raster that cannot be read, lacks a band or lies on another grid (without ``resample``); a
+            quality mask that is not found, not a known encoding or does not overlap the scene.
     """
     from rtscli.data import values
     from rtscli.io.raster import crs_name, inspect
@@ -82,8 +91,12 @@ def open_scene(sources: list[Source], *, resample: bool = False, name: str | Non
                                       training=values.Conversion.from_record(training),
                                       training_dtype=(training or {}).get("stored_dtype"))
     values.report({s.path: s.conversion for s in sources}, (training or {}).get("stored_dtype"))
+    mask = None
+    if quality is not None:
+        mask = quality.open_for(sources[0].path, ref.crs, ref.transform, ref.width, ref.height)
+        log.info("%s: %s", sources[0].path.name, mask.describe())
     return Scene(name=name or sources[0].path.stem, sources=sources, width=ref.width, height=ref.height,
-                 transform=ref.transform, crs=ref.crs, resample=resample)
+                 transform=ref.transform, crs=ref.crs, resample=resample, quality=mask)
 
 
 def find_rasters(inputs: list[str] | list[Path], exclude: list[Path] | tuple[Path, ...] = (), *,
@@ -104,13 +117,21 @@ def find_rasters(inputs: list[str] | list[Path], exclude: list[Path] | tuple[Pat
     Raises:
         RtsError: an input that does not exist, a folder without rasters or a pattern that matches none.
 
-    Hidden files and folders (including rts's own temporary builds) are left out of folders.
+    Hidden files and folders (including rts's own temporary builds) are left out of folders, and so are quality
+    masks named as their providers name them (``*_udm2.tif``, ``*_SCL_20m.jp2``, ``SCL.tif``, ``*_QA_PIXEL.TIF``:
+    :func:`rtscli.data.quality.product_by_name`), counted in the log; a file named on its own is kept.
     """
+    from rtscli.data.quality import product_by_name
+
     out: list[tuple[Path, Path]] = []
     ex = [Path(e).resolve() for e in exclude]
+    masks: list[Path] = []
 
     def excluded(p: Path) -> bool:
         rp = p.resolve()
+        if product_by_name(p) is not None:  # a cloud mask beside its scene is not a scene
+            masks.append(p)
+            return True
         return any(e == rp or e in rp.parents for e in ex)
 
     kinds = ", ".join("*" + x for x in suffixes)
@@ -142,6 +163,9 @@ def find_rasters(inputs: list[str] | list[Path], exclude: list[Path] | tuple[Pat
             raise RtsError("input not found", path=inp, fix="check the path")
         else:
             out.append((inp, inp.parent))
+    if masks:
+        log.info("%d quality mask file(s) left out of the images (e.g. %s): they are read with --quality",
+                 len(masks), masks[0].name)
     return out
 
 
@@ -186,8 +210,9 @@ def valid_footprint(scene: Scene, max_side: int = 1024) -> Any:
 
     Read decimated to at most ``max_side`` pixels a side (bounded memory whatever the scene's size;
     nearest-neighbour, so the outline is exact to one decimated pixel), with each source's nodata (its own
-    or ``--nodata``; NaN too), polygonized through the decimated grid's transform and clipped to the scene's
-    true footprint. A scene without nodata gives that footprint itself.
+    or ``--nodata``; NaN too) and the invalid pixels of the scene's quality mask (clouds, shadow, haze, snow:
+    :attr:`Scene.quality`, read onto the decimated grid), polygonized through the decimated grid's transform and
+    clipped to the scene's true footprint. A scene without nodata gives that footprint itself.
 
     Args:
         scene: the scene (its sources' nodata already set by :func:`open_scene`).
@@ -214,9 +239,14 @@ def valid_footprint(scene: Scene, max_side: int = 1024) -> Any:
             valid &= np.isfinite(data).all(axis=0)
         if s.nodata is not None and s.nodata == s.nodata:
             valid &= (data != s.nodata).all(axis=0)
+    t = scene.transform @ Affine.scale(scene.width / w, scene.height / h)
+    if scene.quality is not None:  # where the view was clouded the map did not look
+        from rtscli.io.raster import gdal_env
+
+        with gdal_env(), scene.quality.open() as src:
+            valid &= ~scene.quality.read_invalid(src, t, scene.crs, h, w)
     if valid.all():
         return whole
-    t = scene.transform @ Affine.scale(scene.width / w, scene.height / h)
     parts = [shape(g) for g, v in shapes(valid.astype(np.uint8), mask=valid, transform=t) if v == 1]
     if not parts:
         from shapely.geometry import Polygon

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,8 +107,10 @@ class Unit:
 
     ``footprint`` is the item's outline in the common CRS of the run (a shapely polygon: all four
     corners of its window, so rotated grids are right); ``pixel_area`` is one pixel's area in that
-    CRS's units; ``cut`` is True for a chip cut from a larger raster (grouped by spatial blocks),
-    False for a whole image (grouped with every image it overlaps). Units of different ``frame`` never overlap.
+    CRS's units; ``source`` is the file it is read from; ``cut`` is True for a chip cut from a larger raster
+    (grouped by spatial blocks), False for a whole image (grouped with every image it overlaps); ``scene`` is, for
+    a chip of rts prepare read back from COCO, the scene it was cut from (``CocoImage.scene``): chips of one scene
+    overlap where their windows did, they are not copies. Units of different ``frame`` never overlap.
     """
 
     key: str
@@ -117,6 +120,12 @@ class Unit:
     pixel_area: float
     cut: bool
     frame: str = "map"  # "map": the common CRS; "pixels:FILE": an image without georeference, its own frame
+    scene: tuple[str, tuple] | None = None  # (scene, window) a chip read back from COCO was cut at, as recorded
+
+
+def _one_scene(a: Unit, b: Unit) -> bool:
+    """Whether two units are chips of one scene at different windows (their COCO entries say so), not copies."""
+    return a.scene is not None and b.scene is not None and a.scene[0] == b.scene[0] and a.scene[1] != b.scene[1]
 
 
 def overlapping_pairs(units: list[Unit]) -> list[tuple[int, int]]:
@@ -169,10 +178,14 @@ def spatial_groups(units: list[Unit], block_px: int,
              f"{math.floor(u.footprint.centroid.y / side[u.frame])}" if u.cut else f"image:{u.key}" for u in units]
     index = {name: i for i, name in enumerate(sorted(set(names)))}  # groups, numbered in a stable order
     parent = list(range(len(index)))
-    joined = across = 0
+    joined = across = same_scene = 0
     for a, b in pairs:
         ua, ub = units[a], units[b]
-        across += ua.source != ub.source
+        if ua.source != ub.source:
+            if _one_scene(ua, ub):
+                same_scene += 1
+            else:
+                across += 1
         if ua.source == ub.source or (ua.cut and ub.cut):
             continue  # chips of one raster, or chips of two rasters: the blocks and the buffer handle them
         ra, rb = union_root(parent, index[names[a]]), union_root(parent, index[names[b]])
@@ -188,7 +201,8 @@ def spatial_groups(units: list[Unit], block_px: int,
         site = min(u.site for u in us)
         for u in us:
             out[u.key] = (site, label[root])
-    return out, {"overlapping_pairs_across_files": across, "images_joined_across_files": joined}
+    return out, {"overlapping_pairs_across_files": across, "overlapping_chip_pairs_of_one_scene": same_scene,
+                 "images_joined_across_files": joined}
 
 
 def drop_overlapping(units: list[Unit], splits: dict[str, str],
@@ -210,7 +224,7 @@ def drop_overlapping(units: list[Unit], splits: dict[str, str],
             continue
         loser = ua if ra < rb else ub
         drop.add(loser.key)
-        if ua.source != ub.source:
+        if ua.source != ub.source and not _one_scene(ua, ub):
             cross.add(loser.key)
     return drop, cross
 
@@ -225,7 +239,7 @@ def plan_splits(items: list[Item], opts: PrepareOptions,
     split are left out (:func:`drop_overlapping`)."""
     units = footprint_units(items)
     pairs = overlapping_pairs(units)  # once: grouping and the guard both need them
-    block = max(opts.split_block, 2 * opts.chip_size) if opts.chip_size else opts.split_block
+    block = block_px(opts)
     groups, report = spatial_groups(units, block, pairs)
     if split_map is None and any(it.coco is not None and it.coco.split for it in items):
         out = coco_splits(items, groups, opts, report)
@@ -250,6 +264,12 @@ def plan_splits(items: list[Item], opts: PrepareOptions,
         if unused:
             log.warning("the split file names %d input(s) that were not found, e.g. %s", len(unused),
                         ", ".join(unused[:3]))
+    if report["overlapping_chip_pairs_of_one_scene"]:  # rts prepare's chips read back (rts export-coco)
+        scenes = sorted({u.scene[0] for u in units if u.scene})
+        log.info("%d pair(s) of images overlap where the windows they were cut from did: chips of %d scene(s) "
+                 "(e.g. %s), as their COCO entries record (source and window): overlapping chips are kept in one "
+                 "split, or left out", report["overlapping_chip_pairs_of_one_scene"], len(scenes),
+                 re.split(r"[\\/]", scenes[0])[-1])
     if report["overlapping_pairs_across_files"]:
         log.info("%d pair(s) of items from different files overlap on the map (copies, or several dates of one "
                  "place): overlapping items are kept in one split, or left out",
@@ -265,7 +285,40 @@ def plan_splits(items: list[Item], opts: PrepareOptions,
                     ", ".join(sorted(cross_file)[:3]))
     report["left_out_items"] = sorted(drop)[:100]  # the manifest names them (the first 100)
     report["left_out_overlapping_other_file"] = cross
+    if split_map is None and not any(it.coco is not None and it.coco.split for it in items):
+        report["per_site"] = site_blocks(items, groups, drop)  # drawn here: site_warnings reads it
     return {k: v for k, v in out.items() if k not in drop}, report
+
+
+def site_blocks(items: list[Item], groups: Mapping[str, tuple[str, str]], left_out: set[str]) -> dict[str, dict]:
+    """Per site, how its chips cut from scenes fared in the draw (for :func:`site_warnings` and the manifest).
+
+    Args:
+        items: the items of the run; only chips cut from a raster (``window`` set) are counted.
+        groups: ``{key: (site, group)}`` (:func:`spatial_groups`): a cut chip's group is its spatial block.
+        left_out: the keys left out because they overlap an item of another split (:func:`drop_overlapping`).
+
+    Returns:
+        ``{site: {"chips": n, "left_out": n, "blocks": n, "scenes": [file names], "smallest_px": [width, height]}}``
+        (``smallest_px``: the smallest of its scenes, pixels); sites without cut chips are absent.
+    """
+    per: dict[str, dict] = {}
+    blocks: dict[str, set[str]] = defaultdict(set)
+    for it in items:
+        if it.window is None:
+            continue
+        rec = per.setdefault(it.site, {"chips": 0, "left_out": 0, "blocks": 0, "scenes": [], "smallest_px": None})
+        rec["chips"] += 1
+        rec["left_out"] += it.key in left_out
+        blocks[it.site].add(groups[it.key][1])
+        if it.image.path.name not in rec["scenes"]:
+            rec["scenes"].append(it.image.path.name)
+            size = [it.image.width, it.image.height]
+            if rec["smallest_px"] is None or min(size) < min(rec["smallest_px"]):
+                rec["smallest_px"] = size
+    for site, rec in per.items():
+        rec["blocks"] = len(blocks[site])
+    return per
 
 
 def coco_splits(items: list[Item], groups: Mapping[str, tuple[str, str]], opts: PrepareOptions,
@@ -280,7 +333,9 @@ def coco_splits(items: list[Item], groups: Mapping[str, tuple[str, str]], opts: 
         report: the split report; ``val_drawn`` is added when val is drawn.
 
     Returns:
-        ``{key: split}`` of every item whose file gives a split (or whose val split is drawn).
+        ``{key: split}`` of every item whose file gives a split (or whose val split is drawn). The log line of a
+        draw says why: no val file was given, or the val file(s) given list no images (an empty val split
+        exported by ``rts export-coco``).
     """
     out = {it.key: it.coco.split for it in items if it.coco.split in ("val", "test")}
     train = [it for it in items if it.coco.split == "train"]
@@ -291,7 +346,11 @@ def coco_splits(items: list[Item], groups: Mapping[str, tuple[str, str]], opts: 
     drawn = assign(((it.key, *groups[it.key]) for it in train), (ft / (ft + fv), fv / (ft + fv), 0.0), opts.seed)
     out.update(drawn)
     report["val_drawn"] = sum(s == "val" for s in drawn.values())
-    log.info("no val COCO file: %d of the %d train item(s) drawn for val (--split %.2f,%.2f)", report["val_drawn"],
+    from rtscli.data.coco_import import splits_of
+
+    empty = [p.name for p, s in splits_of(list(opts.coco or []), opts.coco_split).items() if s == "val"]
+    why = f"{', '.join(empty)} list{'s' if len(empty) == 1 else ''} no images" if empty else "no val COCO file"
+    log.info("%s: %d of the %d train item(s) drawn for val (--split %.2f,%.2f)", why, report["val_drawn"],
              len(train), ft, fv)
     return out
 
@@ -321,7 +380,8 @@ def footprint_units(items: list[Item]) -> list[Unit]:
                 fp = reproject(fp, cache[key], max(fp.length / 64, 1e-9))
                 if not np.isfinite(fp.bounds).all() or not fp.is_valid:
                     return None
-            out.append(Unit(it.key, it.site, str(it.image.path), fp, fp.area / n, it.window is not None))
+            out.append(Unit(it.key, it.site, str(it.image.path), fp, fp.area / n, it.window is not None,
+                            scene=it.coco.scene if it.coco is not None else None))
         return out
 
     pixels = [Unit(it.key, it.site, str(it.image.path), footprint(it)[0], 1.0, it.window is not None,
@@ -349,6 +409,12 @@ def footprint_units(items: list[Item]) -> list[Unit]:
         log.info("the inputs' pixels range from %.3g to %.3g map units: the spatial blocks of the split are sized "
                  "for the coarsest (use --split-block to change them)", min(sides), max(sides))
     return units + pixels
+
+
+def block_px(opts: PrepareOptions) -> int:
+    """The side of the split's spatial blocks, pixels: ``--split-block``, at least twice ``--chip-size`` (a block
+    holds a few chips, so few are left out for straddling a block edge)."""
+    return max(opts.split_block, 2 * opts.chip_size) if opts.chip_size else opts.split_block
 
 
 def warn_single_chip_scenes(items: list[Item], opts: PrepareOptions) -> None:
@@ -407,3 +473,63 @@ def split_warnings(counts: Mapping[str, Mapping[str, Mapping[str, int]]], wanted
                        f"{' (rts pretrain keeps the last weights)' if s == 'val' and slumps[s] == 0 else ''}: "
                        f"{hint}")
     return out
+
+
+def site_warnings(counts: Mapping[str, Mapping[str, Mapping[str, int]]], wanted: Mapping[str, float],
+                  split_report: Mapping[str, Any], opts: PrepareOptions) -> list[str]:
+    """Per site, when the split drawn within it lost something: a split asked for that has no chip of the site (said
+    when there are several sites: for one, :func:`split_warnings` says it), or most of its chips left out for sharing
+    pixels with chips of another split. Each message names the site, what it lost, why (its scenes' size against
+    the split blocks) and what works for small scenes: a smaller ``--chip-size`` with a smaller ``--split-block``
+    (``--overlap 0``), or a ``--split-file`` that puts each scene whole in one split.
+
+    Args:
+        counts: ``{site: {split: {"images": n, ...}}}`` of the chips written.
+        wanted: the share asked for each split (``--split``).
+        split_report: :func:`plan_splits`' report; its ``per_site`` (:func:`site_blocks`) is there only when the
+            split was drawn here (not given by a split file or COCO files).
+        opts: the run's options (``chip_size``, ``split_block``, ``overlap``, pixels).
+
+    Returns:
+        One message per site that lost something (empty list: none).
+    """
+    per_site = split_report.get("per_site") or {}
+    out = []
+    for site, rec in sorted(per_site.items()):
+        got = counts.get(site, {})
+        empty = [s for s, f in wanted.items() if f > 0 and not got.get(s, {}).get("images", 0)]
+        lost = rec["left_out"] > rec["chips"] / 2
+        if not lost and not (empty and len(per_site) > 1):
+            continue
+        what = []
+        if empty:
+            what.append(f"no chip in {' or '.join(empty)} (asked for "
+                        f"{', '.join(f'{wanted[s]:.0%}' for s in empty)})")
+        if rec["left_out"]:
+            what.append(f"{rec['left_out']} of its {rec['chips']} chips were left out (they share pixels with chips "
+                        "of another split)")
+        out.append(f"site {site}: {'; '.join(what)}: {_why_and_fix(rec, opts)}")
+    return out
+
+
+def _why_and_fix(rec: Mapping[str, Any], opts: PrepareOptions) -> str:
+    """Why a site's scenes split badly (their size against the split blocks) and what works for small scenes."""
+    assert opts.chip_size is not None  # only chips cut from scenes are counted (site_blocks)
+    block = block_px(opts)
+    w, h = rec["smallest_px"]
+    n = len(rec["scenes"])
+    scenes = f"its scene ({w} x {h} px)" if n == 1 else f"its {n} scenes (the smallest {w} x {h} px)"
+    raised = f" (--split-block {opts.split_block} was raised to {block}, twice --chip-size)" \
+        if opts.split_block < block else ""
+    why = f"{scenes} {'spans' if n == 1 else 'span'} {rec['blocks']} split block(s) of {block} px{raised}"
+    # blocks shorter than the scene's side: every scene spans at least 2 x 2 of them; chips half a block
+    new_block = max(32, 2 ** int(math.log2(max(2 * min(w, h) / 3, 1))))
+    new_chip = max(16, new_block // 2)
+    fixes = []
+    if new_block < block or (opts.overlap > 0 and rec["left_out"]):
+        fixes.append(f"--chip-size {min(new_chip, opts.chip_size)} --split-block {min(new_block, block)}"
+                     + (" --overlap 0 (chips that do not overlap are not left out)"
+                        if opts.overlap > 0 and rec["left_out"] else ""))
+    fixes.append(f"a --split-file that puts each scene whole in one split (lines name,split, e.g. "
+                 f"{rec['scenes'][0]},train; every scene listed)")
+    return f"{why}. For small scenes use {', or '.join(fixes)}"

@@ -63,6 +63,7 @@ class TileDataset(torch.utils.data.Dataset):
         self.scene, self.origins, self.tile = scene, origins, tile
         self.modalities, self.stats, self.repeat_to = modalities, stats, repeat_to
         self._handles: dict[int, list] = {}
+        self._quality: dict[int, Any] = {}  # the quality mask's handle, per process
         names: dict[str, int] = {}
         for s in scene.sources:
             for n in s.bands:
@@ -93,6 +94,15 @@ class TileDataset(torch.utils.data.Dataset):
             self._handles = {pid: handles}
         return self._handles[pid]
 
+    def _open_quality(self) -> Any:
+        """The scene's quality mask, opened once per process (None without one)."""
+        if self.scene.quality is None:
+            return None
+        pid = os.getpid()
+        if pid not in self._quality:
+            self._quality = {pid: self.scene.quality.open()}
+        return self._quality[pid]
+
     def __getitem__(self, i: int) -> TileItem:
         try:
             return self._load(i)
@@ -106,8 +116,9 @@ class TileDataset(torch.utils.data.Dataset):
     def read_raw(self, col: int, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The tile whose top-left pixel is (col, row): ``(raw, valid, inside)``, with ``raw`` (bands, T, T)
         float32 in the model's units (stored values converted; band order of :attr:`band_map`), ``valid``
-        (T, T) bool (inside the scene, not nodata, finite) and ``inside`` (T, T) bool (inside the scene).
-        Only the window is read."""
+        (T, T) bool (inside the scene, not nodata, finite, not invalid in the scene's quality mask: clouds, shadow,
+        haze, snow) and ``inside`` (T, T) bool (inside the scene). Only the window is read (of the quality mask
+        too, onto the scene's grid: :meth:`rtscli.data.quality.QualityMask.read_invalid`)."""
         from rasterio.windows import Window
 
         from rtscli.io.raster import read_window
@@ -129,6 +140,12 @@ class TileDataset(torch.utils.data.Dataset):
             valid[:h, :w] &= np.isfinite(data).all(axis=0)
             raw[k:k + n, :h, :w] = s.conversion.apply(data, list(s.bands))
             k += n
+        q = self._open_quality()
+        if q is not None and h and w:
+            from rtscli.geometry.affine import window_transform
+
+            assert sc.quality is not None  # a handle is opened only for a scene with a quality mask
+            valid[:h, :w] &= ~sc.quality.read_invalid(q, window_transform(sc.transform, col, row), sc.crs, h, w)
         return raw, valid, inside
 
     def _load(self, i: int) -> TileItem:

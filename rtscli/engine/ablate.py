@@ -23,6 +23,7 @@ from rtscli.errors import RtsError, unknown_choice
 from rtscli.modeling.fusion import STRATEGIES
 
 if TYPE_CHECKING:
+    from rtscli.engine.step_time import StepTime
     from rtscli.engine.train_settings import TrainSettings
 
 log = logging.getLogger("rtscli")
@@ -205,3 +206,61 @@ def _bar_chart(path: Path, ap: dict, base: float, sets: list[str], fusions: list
     fig.savefig(tmp, dpi=90)
     plt.close(fig)
     tmp.replace(path)
+
+
+def check_ablation_time(*, data: Path, modalities: list[str], preset: str | None, sources: list[Path],
+                        tile_size: int | None, pretrain_settings: TrainSettings, finetune_settings: TrainSettings,
+                        cells: int) -> StepTime | None:
+    """:func:`rtscli.engine.step_time.check_cpu_time` for ``rts ablate``, before its folder is made: the unimodal
+    model's step (the
+    ``--from`` bundles' model, else ``preset``, at the widest modality), over the steps of every pretraining still
+    to run and of every cell (a cell of frozen backbones and a fusion module costs about what a pretraining step
+    does), with the chip-size warning of :func:`check_fill`.
+
+    Args:
+        data: the dataset directory.
+        modalities: ``--modalities``.
+        preset: ``--preset`` (None: the ``--from`` bundles' model, else ``cascade-mvitv2-b``).
+        sources: the ``--from`` bundles.
+        tile_size: ``--tile-size`` (None: the model's).
+        pretrain_settings: the settings of the pretrainings.
+        finetune_settings: the settings of the cells.
+        cells: the cells of the grid (modality sets x fusion strategies).
+
+    Returns:
+        The estimate of one step, or None where nothing was estimated (a GPU).
+
+    Raises:
+        RtsError: a dataset or bundle that cannot be read, or a GPU-sized ablation on a CPU that ``--accelerator
+            cpu`` did not ask for.
+    """
+    import copy
+
+    from rtscli.data.dataset import ChipDataset, DatasetInfo
+    from rtscli.engine.pretrain import build_config
+    from rtscli.engine.step_time import check_cpu_time, check_fill, run_steps
+
+    info = DatasetInfo.open(data)
+    repeat = info.manifest.get("repeat_to", 3)
+    widest = max(info.modality(m).input_channels(repeat) for m in modalities)
+    if sources:
+        from rtscli.data.tiling import check_tile_size
+        from rtscli.modeling.bundle import read_bundle
+
+        cfg = copy.deepcopy(read_bundle(sources[0]).model_config)
+        cfg.backbone.in_channels = widest
+        if tile_size is not None:
+            cfg.tile_size = check_tile_size(tile_size)
+    else:
+        cfg = build_config(preset or "cascade-mvitv2-b", in_channels=widest, anchors="preset", info=info,
+                           tile_size=tile_size)
+    train = ChipDataset(info, "train", [info.modality(modalities[0])], cfg.tile_size, augment=True)
+    images = train.coco.dataset.get("images") or []
+    if images:
+        big = max(images, key=lambda im: int(im["width"]) * int(im["height"]))
+        check_fill((int(big["width"]), int(big["height"])), cfg.tile_size, what="the training chips")
+    pretrainings = max(0, len(modalities) - len(sources))
+    steps = pretrainings * run_steps(len(images), pretrain_settings) + cells * run_steps(len(images),
+                                                                                        finetune_settings)
+    return check_cpu_time(cfg, pretrain_settings, steps=max(1, steps), what="rts ablate",
+                          run=f"ablation ({pretrainings} pretraining(s), {cells} cell(s))")

@@ -22,7 +22,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from rtscli.data.bands import BandMap
 from rtscli.data.scenes import Scene, open_scene
@@ -31,7 +31,7 @@ from rtscli.engine.mapping import SceneDataError, SceneReport, run_scene, scene_
 from rtscli.engine.predict import PredictOptions
 from rtscli.engine.scene_checks import check_band_layout, check_modalities, scene_sources
 from rtscli.errors import RtsError
-from rtscli.io.atomic import output_lock, write_text_atomic
+from rtscli.io.atomic import output_lock, run_lock, write_text_atomic
 from rtscli.modeling.bundle import Bundle
 
 log = logging.getLogger("rtscli")
@@ -133,6 +133,69 @@ def failure_reason(exc: BaseException, scene: Path) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class Engine:
+    """Where the scenes of a many-scene run are mapped (``--engine``).
+
+    Attributes:
+        name: ``local`` (this process; under torchrun, each rank its share) or ``ray`` (Ray workers:
+            :mod:`rtscli.engine.ray_engine`).
+        address: the Ray cluster to join (``auto``, ``HOST:PORT``); None: a Ray instance of this machine's own.
+        workers: Ray workers to start (None: one per GPU, else one per CPU over ``threads``).
+        threads: CPU threads of torch per Ray worker (None: 1 without GPUs, else the CPUs shared among the GPUs'
+            workers). A local run sets its own with :func:`rtscli.machine.use_threads`.
+    """
+
+    name: str = "local"
+    address: str | None = None
+    workers: int | None = None
+    threads: int | None = None
+
+
+@dataclass
+class RunPace:
+    """The progress of a many-scene run as scenes end, whichever worker mapped them: scenes done and failed of all,
+    tiles/s, km²/h and the time left (from the pixels still to map: scenes differ in size a hundredfold)."""
+
+    total: int  # scenes to map in this run (on this process)
+    pixels: int  # their pixels
+    started: float = field(default_factory=time.monotonic)
+    mapped: int = 0
+    failed: int = 0
+    tiles: int = 0
+    km2: float = 0.0
+    pixels_done: int = 0
+
+    def add(self, scene: Scene, rep: SceneReport | None) -> None:
+        """Count ``scene``: mapped (``rep``) or failed (None)."""
+        self.pixels_done += scene.width * scene.height
+        if rep is None:
+            self.failed += 1
+            return
+        from rtscli.geometry.footprint import window_footprint
+        from rtscli.geometry.measure import geodesic_area
+
+        self.mapped += 1
+        self.tiles += int(rep.timing.get("tiles", 0))
+        self.km2 += geodesic_area(window_footprint(scene.transform, 0, 0, scene.width, scene.height), scene.crs) / 1e6
+
+    def line(self) -> str:
+        """``12/200 scenes (1 failed), 41.2 tiles/s, 12,300 km²/h, ETA 10 min 05 s``."""
+        from rtscli.progress import duration
+
+        el = max(time.monotonic() - self.started, 1e-9)
+        parts = [f"{self.mapped + self.failed}/{self.total} scenes" + (f" ({self.failed} failed)" if self.failed
+                                                                        else "")]
+        if self.tiles:
+            parts += [f"{self.tiles / el:.3g} tiles/s", f"{self.km2 / el * 3600:,.0f} km²/h"]
+        left = self.pixels - self.pixels_done
+        if left > 0 and self.pixels_done:
+            parts.append(f"ETA {duration(left * el / self.pixels_done)}")
+        elif left <= 0:
+            parts.append(f"done in {duration(el)}")
+        return ", ".join(parts)
+
+
 @dataclass
 class BatchResult:
     """What a many-scene run did on this process."""
@@ -231,11 +294,36 @@ def _run_token(world: int) -> str:
     return token
 
 
+def _mapped(runnable: list[Path], opened: dict[Path, Scene], out: Path, *, model: Path, bundle: Bundle,
+            opts: PredictOptions, layer: str, engine: Engine) -> Iterator[tuple[Path, SceneReport | RtsError]]:
+    """Map the scenes ``runnable`` (largest first) on ``engine``; yield ``(scene, report)``, or ``(scene, error)``
+    for a scene whose pixels cannot be read, as each ends."""
+    if engine.name == "ray":
+        from rtscli.engine.ray_engine import map_on_ray
+
+        yield from map_on_ray([(s, opened[s], out / f"{s.stem}{EXT}") for s in runnable], model=Path(model),
+                              opts=opts, layer=layer, workers=engine.workers, threads=engine.threads)
+        return
+    from rtscli.modeling.bundle import load_model
+
+    net = None
+    for k, s in enumerate(runnable):
+        if net is None:
+            net, _ = load_model(model)
+        try:
+            yield s, run_scene(net, bundle, opened[s], out / f"{s.stem}{EXT}", opts, overwrite=True,
+                               label=f"[{k + 1}/{len(runnable)}] ", layer=layer)
+        except SceneDataError as exc:  # its pixels cannot be read: recorded, and the next scene runs
+            yield s, exc
+
+
 def predict_many(scenes: list[Path], out: Path, *, model: Path, bundle: Bundle, band_map: BandMap,
                  bands_given: bool, opts: PredictOptions, overwrite: bool, layer: str,
                  units: dict[str, Any], nodata: float | None, scale: float | None, offset: float | None,
-                 on_scene: Callable[[Path, Path, SceneReport], None] | None = None) -> BatchResult:
-    """Map ``scenes`` into ``out`` (one ``<stem>.gpkg`` each), resumably, shared out by rank under torchrun.
+                 on_scene: Callable[[Path, Path, SceneReport, str], None] | None = None,
+                 engine: Engine | None = None) -> BatchResult:
+    """Map ``scenes`` into ``out`` (one ``<stem>.gpkg`` each), resumably, on this process (shared out by rank under
+    torchrun) or on Ray workers (``engine``), largest scene first.
 
     Every scene still to do is checked (metadata only) before the first is run; scenes mapped before the same way
     are skipped, and scenes mapped another way are refused (the fix: ``--overwrite``, delete them, or another
@@ -254,20 +342,26 @@ def predict_many(scenes: list[Path], out: Path, *, model: Path, bundle: Bundle, 
         opts: prediction options (``device`` is resolved here).
         overwrite: map every scene again.
         layer: the GeoPackage layer of each output.
-        units: ``scale``/``offset``/``training`` for :func:`rtscli.data.scenes.open_scene`.
+        units: ``scale``/``offset``/``training`` (and ``quality``, a :class:`rtscli.data.quality.QualityRequest`) for
+            :func:`rtscli.data.scenes.open_scene`.
         nodata, scale, offset: as given by the user (recorded in the provenance).
-        on_scene: called with (scene, output, report) after each scene this process maps (for printing); a scene
-            recorded as failed is logged (a warning with the reason).
+        on_scene: called with (scene, output, report, the run's progress: :meth:`RunPace.line`) after each scene
+            this process maps (for printing); a scene recorded as failed is logged (a warning with the reason and the
+            run's progress).
+        engine: where the scenes are mapped (:class:`Engine`; default: this process). Ray is started (or joined)
+            after every check and before anything is written, and stopped at the end when rts started it.
 
     Returns:
         A :class:`BatchResult` (its ``failed`` lists the failed scenes; the caller decides the exit code).
 
     Raises:
         RtsError: scenes with clashing names, scenes mapped another way, an overlap the tiles cannot take, every
-            scene failing the checks, an output that cannot be written.
+            scene failing the checks, an output that cannot be written, another run writing the same layer into
+            ``out``, Ray not installed or its cluster out of reach.
     """
     from rtscli.io.vector import gpkg_layers
-    from rtscli.modeling.bundle import load_model
+
+    engine = engine or Engine()
 
     stems = [s.stem for s in scenes]
     if len(set(stems)) != len(stems):
@@ -277,7 +371,9 @@ def predict_many(scenes: list[Path], out: Path, *, model: Path, bundle: Bundle, 
         raise RtsError(f"--overlap {opts.overlap} px must be below the model's tile size ({bundle.tile_size} px)",
                        fix="a fraction of the tile (e.g. --overlap 0.25) or fewer pixels")
     # what made each output: a re-run with another model or other options must not keep the old maps silently
-    prov = provenance(model, opts, band_map=band_map, scale=scale, offset=offset, nodata=nodata, layer=layer)
+    quality = units.get("quality")  # a quality mask decides polygons too (recorded only when given)
+    prov = provenance(model, opts, band_map=band_map, scale=scale, offset=offset, nodata=nodata, layer=layer,
+                      **({"quality": quality.record()} if quality is not None else {}))
     old = earlier_records(out)
 
     def failed_before(s: Path) -> bool:
@@ -310,11 +406,44 @@ def predict_many(scenes: list[Path], out: Path, *, model: Path, bundle: Bundle, 
             raise first
         raise RtsError(f"none of the {len(todo)} scenes passes the checks before the run; the first: {first}")
     rank, world, opts.device = distributed(opts.device)
-    out.mkdir(parents=True, exist_ok=True)
+    if world > 1 and engine.name == "ray":
+        raise RtsError("--engine ray runs its own workers, and this run is under torchrun",
+                       fix="run rts predict ... --engine ray once, without torchrun")
+    started = False
+    if engine.name == "ray" and todo:
+        from rtscli.engine.ray_engine import start_ray
+        from rtscli.machine import cpu_cores
+
+        started = start_ray(engine.address, cpus=cpu_cores()[0] if engine.address is None else 0)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if world > 1:  # the ranks of one torchrun run share the folder
+            return _run(out, model=model, bundle=bundle, opts=opts, layer=layer, prov=prov, old=old,
+                        done=done, todo=todo, opened=opened, unfit=unfit, rank=rank, world=world, engine=engine,
+                        on_scene=on_scene)
+        with run_lock(out, layer):
+            return _run(out, model=model, bundle=bundle, opts=opts, layer=layer, prov=prov, old=old,
+                        done=done, todo=todo, opened=opened, unfit=unfit, rank=rank, world=world, engine=engine,
+                        on_scene=on_scene)
+    finally:
+        if started:
+            from rtscli.engine.ray_engine import stop_ray
+
+            stop_ray()
+
+
+def _run(out: Path, *, model: Path, bundle: Bundle, opts: PredictOptions, layer: str,
+         prov: dict[str, Any], old: dict[str, dict[str, Any]], done: list[Path], todo: list[Path],
+         opened: dict[Path, Scene], unfit: dict[Path, RtsError], rank: int, world: int, engine: Engine,
+         on_scene: Callable[[Path, Path, SceneReport, str], None] | None) -> BatchResult:
+    """The run of :func:`predict_many` once every check is passed: the records, the mapping, the manifest."""
     rec = _Records(out=out, model=Path(model), prov=prov, token=_run_token(world), rank=rank, world=world)
     rec.carried = {record_key(s, layer): old[record_key(s, layer)] | {"skipped": "done before"}
                    for s in done if record_key(s, layer) in old}
-    mine = todo[rank::world]  # shared out after the finished scenes are set aside
+    # largest first (a large scene started last keeps one worker busy after the others are done), then shared out
+    # by rank under torchrun after the finished scenes are set aside (Ray hands them out one at a time instead)
+    ordered = sorted(todo, key=lambda s: -(opened[s].width * opened[s].height) if s in opened else 0)
+    mine = ordered[rank::world]
 
     def fail(s: Path, exc: RtsError, stage: str) -> None:
         why = failure_reason(exc, s)
@@ -326,24 +455,23 @@ def predict_many(scenes: list[Path], out: Path, *, model: Path, bundle: Bundle, 
         if s in unfit:
             fail(s, unfit[s], "checks")
     runnable = [s for s in mine if s in opened]
-    net = None
+    pace = RunPace(total=len(runnable), pixels=sum(opened[s].width * opened[s].height for s in runnable))
     mapped = 0
     t = time.monotonic()
     rec.save()  # before any work: the records of earlier runs and the failed checks are in the manifest
     next_save = time.monotonic() + (time.monotonic() - t) / MANIFEST_SHARE
     ended = False
     try:
-        for k, s in enumerate(runnable):
+        for s, result in _mapped(runnable, opened, out, model=model, bundle=bundle, opts=opts, layer=layer,
+                                 engine=engine):
             target = out / f"{s.stem}{EXT}"
-            if net is None:
-                net, _ = load_model(model)
             rep: SceneReport | None = None
-            try:
-                rep = run_scene(net, bundle, opened[s], target, opts, overwrite=True,
-                                label=f"[{k + 1}/{len(runnable)}] ", layer=layer)
-            except SceneDataError as exc:  # its pixels cannot be read: recorded, and the next scene runs
-                fail(s, exc, "run")
+            pace.add(opened[s], None if isinstance(result, RtsError) else result)
+            if isinstance(result, RtsError):  # its pixels cannot be read: recorded, and the next scene runs
+                fail(s, result, "run")
+                log.warning("%s", pace.line())
             else:
+                rep = result
                 r = rep.as_record()
                 rec.own[record_key(s, layer)] = {"scene": r.pop("scene"), "status": "mapped", **r, "provenance": prov}
                 mapped += 1
@@ -354,7 +482,7 @@ def predict_many(scenes: list[Path], out: Path, *, model: Path, bundle: Bundle, 
             else:
                 rec.write_part()  # after every scene: an interrupted run keeps its record
             if rep is not None and on_scene is not None:
-                on_scene(s, target, rep)
+                on_scene(s, target, rep, pace.line())
         ended = True
     finally:
         if not ended:  # interrupted, or a fault of the run: what was made so far goes into the manifest

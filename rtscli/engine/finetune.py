@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, cast
 from rtscli.data.dataset import DatasetInfo
 from rtscli.data.modalities import Modality
 from rtscli.engine.pretrain import (
-    adopt_backbone_stats, build_config, bundle_config, check_memory, check_run_dir, discard_unfinished, fetch_imagenet,
-    open_splits, prepare_run_dir, train_and_save,
+    adopt_backbone_stats, build_config, bundle_config, check_memory, check_run_dir, check_time, discard_unfinished,
+    fetch_imagenet, open_splits, prepare_run_dir, train_and_save,
 )
 from rtscli.engine.train_settings import TrainSettings
 from rtscli.errors import RtsError, unknown_choice
@@ -47,12 +47,18 @@ def _architecture(cfg: ModelConfig) -> dict[str, Any]:
     return {k: v for k, v in cfg.backbone.__dict__.items() if k != "in_channels"} | {"fpn": cfg.fpn.__dict__}
 
 
-def _source_ap50(metrics: dict[str, Any]) -> float | None:
-    """A source bundle's best validation AP50 (mask, or box for a detection-only model), by name."""
+def _source_ap50(metrics: dict[str, Any]) -> dict[str, float | None]:
+    """A source bundle's AP50 (mask, or box for a detection-only model) as the fused bundle records it:
+    ``{"val_ap50": best validation AP50}``, or ``{"train_chips_ap50": AP50 on its training chips}`` for a bundle
+    trained without a validation split (never recorded as a validation score); ``{"val_ap50": None}`` when the
+    bundle has neither."""
     for key in ("val_mask_ap50_best", "val_box_ap50_best"):
         if key in metrics:
-            return metrics[key]
-    return None
+            return {"val_ap50": metrics[key]}
+    for key in ("train_chips_mask_ap50", "train_chips_box_ap50"):
+        if key in metrics:
+            return {"train_chips_ap50": metrics[key]}
+    return {"val_ap50": None}
 
 
 def check_sources(sources: list[Path], *, modalities: list[str], info: DatasetInfo, data: Path
@@ -249,7 +255,7 @@ def finetune(*, data: Path, fusion: str, modalities: list[str], out: Path, setti
         else:
             continue
         origin[name] = {"path": str(b.path.resolve()), "sha256": sha256(b.path / WEIGHTS),
-                        "val_ap50": _source_ap50(b.config.get("metrics") or {})}
+                        **_source_ap50(b.config.get("metrics") or {})}
     if not bundles:
         notes = []
         specs = backbone_specs(settings.backbone_weights, modalities if feature else ["+".join(modalities)])
@@ -286,6 +292,7 @@ def finetune(*, data: Path, fusion: str, modalities: list[str], out: Path, setti
     check_memory(cfg, settings, what="rts finetune", trainable_params=trainable, total_params=total, fusion=spec,
                  resident_bytes=resident, resident_on_cpu=True)
     splits = open_splits(info, mods, cfg.tile_size, repeat, settings.seed)
+    check_time(cfg, settings, splits[0], what="rts finetune", fusion=spec)  # before the cost report's measurement
 
     import os
 

@@ -4,8 +4,8 @@ This module imports lightning at its top, so it is itself imported late, inside 
 (as torchgeo's ``trainers``): ``rts --help`` and the engine's other modules never load lightning.
 
 * :class:`DetectionModule`: a detector's training step, validation AP50 and best weights (``rts pretrain``,
-  ``rts finetune``, ``rts ablate``); :class:`SslModule`: masked image modelling (``rts ssl``). Both optimize
-  with :func:`optimizer_and_schedule`.
+  ``rts finetune``, ``rts ablate``; with an empty validation split, AP50 on the training chips, labelled so);
+  :class:`SslModule`: masked image modelling (``rts ssl``). Both optimize with :func:`optimizer_and_schedule`.
 * :class:`RunCheckpoints`: ``checkpoints/last.ckpt`` after every epoch, ``best.ckpt`` after each best one.
 * :class:`StopOnSigterm`: SIGTERM stops a run after its step, with ``last.ckpt`` at that step inside an epoch;
   a resume from there continues exactly.
@@ -83,6 +83,11 @@ def optimizer_and_schedule(module: L.LightningModule, settings: TrainSettings,
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+#: what a :class:`DetectionModule` scores its AP50 on, as the prefix of its logged metrics (``val_ap50``,
+#: ``train_chips_ap50``) and in words
+SCORED_ON = {"val": "validation", "train_chips": "training-chip"}
+
+
 class DetectionModule(L.LightningModule):
     """A detector's training: its losses per step, mask (or box) AP50 on the validation split, best weights.
 
@@ -91,15 +96,23 @@ class DetectionModule(L.LightningModule):
     pixels; ``total_steps`` the run's steps (for the schedule when no trainer is attached). The best
     validated epoch's weights stay in memory (``best_state``) for the bundle; the checkpoint carries the
     torch RNG and the best AP50 and epoch, as tensors and numbers only (loadable with ``weights_only=True``).
+
+    ``scored_on``: "val" (the validation split) or "train_chips" (the dataset has no validation split and the
+    training chips are scored instead). Training-chip scores measure fit, not generalization: they are logged as
+    ``train_chips_ap50`` and ``train_chips_box_ap50`` (not ``val_*``), shown as "training-chip AP50", and pick no
+    best epoch (``best_epoch`` stays -1: the bundle keeps the last epoch's weights).
     """
 
     def __init__(self, model: Detector, *, settings: TrainSettings, val_gt: dict | None, tile: int,
-                 total_steps: int) -> None:
+                 total_steps: int, scored_on: str = "val") -> None:
         super().__init__()
+        if scored_on not in SCORED_ON:
+            raise ValueError(f"scored_on must be one of {', '.join(SCORED_ON)}, not {scored_on!r}")
         self.model: Detector = model
         self.settings = settings
         self.val_gt = val_gt
         self.tile = tile
+        self.scored_on = scored_on
         self._val_results: list[dict] = []
         self.best_ap50 = -1.0  # the best validation AP50 so far (-1: no validation yet)
         self.best_state: dict[str, torch.Tensor] | None = None  # its weights, when validated in this process
@@ -166,11 +179,13 @@ class DetectionModule(L.LightningModule):
             results = [r for rank, part in enumerate(gathered) for r in part if owner[r["image_id"]] == rank]
         m = coco_metrics(self.val_gt, results) if self.val_gt else {"segm": {"AP50": 0.0}, "bbox": {"AP50": 0.0}}
         ap50 = m["segm"]["AP50"] if self.model.cfg.roi_heads.mask else m["bbox"]["AP50"]
-        self.log("val_ap50", ap50, prog_bar=True, sync_dist=False)
-        self.log("val_box_ap50", m["bbox"]["AP50"], sync_dist=False)
+        self.log(f"{self.scored_on}_ap50", ap50, prog_bar=True, sync_dist=False)
+        self.log(f"{self.scored_on}_box_ap50", m["bbox"]["AP50"], sync_dist=False)
         if self.trainer.sanity_checking:
             return
         self.last_val_ap50, self.last_val_epoch = ap50, self.current_epoch
+        if self.scored_on != "val":  # the training chips' fit cannot choose an epoch: the bundle keeps the last
+            return
         if ap50 >= self.best_ap50:  # ties go to the latest epoch (it has trained longest)
             self.best_ap50, self.best_epoch = ap50, self.current_epoch
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
@@ -372,7 +387,10 @@ class LogProgress(L.Callback):
         training: epoch 2/6 done, step 30/70 (43%), mean loss 1.18, val mask AP50 0.412 (best 0.412 at epoch 2),
         2.1 steps/s, ETA 19 s
 
-    Epochs count from 0 as in Lightning's bar and metrics.csv (``6/6`` is the last of 7). Steps are optimizer
+    (``training-chip mask AP50 0.412`` instead, without a best, when the validation split is empty.)
+
+    Epochs count from 0 as in Lightning's bar and metrics.csv (``6/6`` is the last of 7; a one-epoch run says
+    ``epoch 0 (the only epoch)``, not ``0/0``). Steps are optimizer
     steps (the global step; each DDP process runs all of them on its share of the data). The rate is over the
     steps this process ran since it started (a resumed run counts from the resume) and includes validation
     time, so the ETA does too (:func:`rtscli.progress.pace`). The loss is the first process's own (not averaged
@@ -421,8 +439,13 @@ class LogProgress(L.Callback):
         now = time.monotonic()
         self.last_line = now
         step, total = trainer.global_step, self.total
-        epoch = f"epoch {trainer.current_epoch}" + (f"/{self.last_epoch}" if self.last_epoch is not None else "")
-        parts = [epoch + (" done" if epoch_end else "")]
+        epoch = f"epoch {trainer.current_epoch}"
+        if self.last_epoch:  # the last epoch's number (0-based): "epoch 2/6"
+            epoch += f"/{self.last_epoch}"
+        epoch += " done" if epoch_end else ""
+        if self.last_epoch == 0:  # not "epoch 0/0"
+            epoch += " (the only epoch)"
+        parts = [epoch]
         parts.append(f"step {step}/{total} ({min(step / total, 1.0):.0%})" if total else f"step {step}")
         if epoch_end and self.loss_steps:
             parts.append(f"mean loss {float(self.loss_sum) / self.loss_steps:.4g}")
@@ -431,8 +454,11 @@ class LogProgress(L.Callback):
         # only a DetectionModule validates (an SslModule's last_val_epoch stays -1)
         if epoch_end and isinstance(module, DetectionModule) and module.last_val_epoch == trainer.current_epoch:
             what = "mask" if module.model.cfg.roi_heads.mask else "box"
-            parts.append(f"val {what} AP50 {module.last_val_ap50:.3f} "
-                         f"(best {max(module.best_ap50, 0.0):.3f} at epoch {module.best_epoch})")
+            if module.scored_on == "val":
+                parts.append(f"val {what} AP50 {module.last_val_ap50:.3f} "
+                             f"(best {max(module.best_ap50, 0.0):.3f} at epoch {module.best_epoch})")
+            else:
+                parts.append(f"training-chip {what} AP50 {module.last_val_ap50:.3f}")
         elapsed = now - self.started
         rate = (step - self.first_step) / elapsed if elapsed > 0 else 0.0
         parts += pace(step, total, elapsed, rate=rate, unit="steps")

@@ -20,6 +20,7 @@ from rtscli.engine.predict import PredictOptions, dropped_note, predict_scene
 from rtscli.errors import RtsError
 from rtscli.geometry.footprint import CRSLike
 from rtscli.modeling.bundle import Bundle
+from rtscli.render.quicklook import QuicklookRequest, stretch_text
 
 log = logging.getLogger("rtscli")
 
@@ -48,6 +49,7 @@ class SceneReport:
     seconds: float  # wall time, reading to writing
     timing: dict[str, float]  # seconds per stage and tile counts (:class:`rtscli.engine.predict.Timing`)
     dropped: str | None  # what --min-score and --min-area dropped, in words (None: nothing)
+    stretch: str | None = None  # the quicklook's colour stretch as a --stretch value (None: no quicklook)
 
     def as_record(self) -> dict[str, Any]:
         """The report as a JSON-ready dict (the manifest's per-scene record)."""
@@ -55,8 +57,8 @@ class SceneReport:
 
 
 def run_scene(model: Any, bundle: Bundle, scene: Scene, out: Path, opts: PredictOptions, *, overwrite: bool,
-              raster: Path | None = None, quicklook: Path | None = None, label: str = "", layer: str = "rts",
-              truth: Path | None = None) -> SceneReport:
+              raster: Path | None = None, quicklook: QuicklookRequest | None = None, label: str = "",
+              layer: str = "rts") -> SceneReport:
     """Predict one scene and write its outputs, with a progress bar (tiles/s, km²/h, time left).
 
     Args:
@@ -67,10 +69,9 @@ def run_scene(model: Any, bundle: Bundle, scene: Scene, out: Path, opts: Predict
         opts: prediction options.
         overwrite: replace existing outputs (a .gpkg: only ``layer`` and its footprint layer).
         raster: also write an instance-id GeoTIFF here.
-        quicklook: also write a PNG of the slumps over the scene here.
+        quicklook: also write a PNG of the slumps over the scene (with reference outlines, in a colour stretch).
         label: text before the scene's name in the progress bar (``[3/10] ``).
         layer: the GeoPackage layer.
-        truth: reference outlines to draw on the quicklook.
 
     Returns:
         The scene's :class:`SceneReport`.
@@ -85,6 +86,8 @@ def run_scene(model: Any, bundle: Bundle, scene: Scene, out: Path, opts: Predict
     from rtscli.io.vector import write_layers, write_vector
     from rtscli.progress import tile_progress
     from rtscli.render.quicklook import write_quicklook
+
+    stretch = None
 
     area_km2 = geodesic_area(window_footprint(scene.transform, 0, 0, scene.width, scene.height), scene.crs) / 1e6
     t0 = time.perf_counter()
@@ -105,21 +108,26 @@ def run_scene(model: Any, bundle: Bundle, scene: Scene, out: Path, opts: Predict
         log.info("Shapefile: fields renamed %s", ", ".join(f"{k}->{v}" for k, v in SHP_NAMES.items()))
     if footprint is not None:
         write_layers({layer: gdf, footprint_layer(layer): footprint}, out, overwrite=overwrite)
+        from rtscli.io.styles import write_layer_style
+
+        write_layer_style(out, layer, "slumps")  # opens styled in QGIS, plugin or not (its layer_styles table)
     else:
         write_vector(gdf, out, layer=layer, overwrite=overwrite)
     if raster is not None:
         write_instance_raster(gdf, scene, raster, overwrite=overwrite)
     if quicklook is not None:
-        write_quicklook(gdf, scene, quicklook, overwrite=overwrite, truth=truth)
+        stretch = write_quicklook(gdf, scene, quicklook.path, overwrite=overwrite, truth=quicklook.truth,
+                                  truth_layer=quicklook.truth_layer, stretch=quicklook.stretch)
     timing.write += time.perf_counter() - t
     return SceneReport(scene=scene_key(scene.sources[0].path), output=str(out), polygons=len(gdf),
                        seconds=round(time.perf_counter() - t0, 2), timing=timing.as_dict(),
-                       dropped=dropped_note(timing, opts))
+                       dropped=dropped_note(timing, opts), stretch=stretch_text(stretch) if stretch else None)
 
 
 def footprint_frame(scene: Scene, crs: CRSLike | None) -> Any:
     """Where the map looked, as a one-row GeoDataFrame in ``crs`` (None: the scene's): the scene's valid pixels
-    (not nodata) within its true footprint (all four corners: rotated grids too;
+    (not nodata, and not cloud, shadow, haze or snow in its quality mask: ``rts track`` does not call a slump under a
+    cloud gone) within its true footprint (all four corners: rotated grids too;
     :func:`rtscli.data.scenes.valid_footprint`). Its edges are densified before reprojection, so that they follow
     the target's curves."""
     import geopandas as gpd

@@ -92,6 +92,31 @@ def check_memory(cfg: ModelConfig, settings: TrainSettings, *, what: str, reside
                processes=devices if device == "cpu" else 1, what=what, **kw)
 
 
+def check_time(cfg: ModelConfig, settings: TrainSettings, train: ChipDataset, *, what: str,
+               fusion: dict | None = None) -> None:
+    """Before anything is written: warn when the training chips fill little of the tile
+    (:func:`rtscli.engine.step_time.check_fill`), and on a CPU log the estimated time per step and per run, refusing
+    a GPU-sized run that ``--accelerator cpu`` did not ask for (:func:`rtscli.engine.step_time.check_cpu_time`).
+
+    Args:
+        cfg: the model's configuration, at its tile size and input channels.
+        settings: the run's settings.
+        train: the training chips (their number and sizes).
+        what: the command, for the messages.
+        fusion: the fusion spec of a ``rts finetune`` model (None: unimodal).
+
+    Raises:
+        RtsError: a GPU-sized run on a CPU nobody asked for.
+    """
+    from rtscli.engine.step_time import check_cpu_time, check_fill, run_steps
+
+    images = train.coco.dataset.get("images") or []
+    if images:
+        big = max(images, key=lambda im: int(im["width"]) * int(im["height"]))
+        check_fill((int(big["width"]), int(big["height"])), cfg.tile_size, what="the training chips")
+    check_cpu_time(cfg, settings, steps=run_steps(len(train), settings), what=what, fusion=fusion)
+
+
 def fetch_imagenet(spec: str | None, cfg: ModelConfig) -> dict[str, torch.Tensor] | None:
     """With ``--backbone-weights imagenet``: the ImageNet weights of the preset's backbone, fetched now, before the
     run directory exists, so that a machine that cannot have them (no network, ``HF_HUB_OFFLINE``, a preset without
@@ -233,15 +258,18 @@ def open_splits(info: DatasetInfo, mods: list[Modality], tile: int, repeat: int 
                 seed: int) -> tuple[ChipDataset, ChipDataset]:
     """The training and validation chips, checked before a run directory exists (an empty training split, or
     validation chips larger than the tile, are refused with their fix and leave nothing behind). An empty
-    validation split falls back to the training chips, with a warning."""
+    validation split falls back to the training chips (the second dataset's ``split`` is then "train"), with a
+    warning: their AP50 is logged as a training-chip score and the bundle keeps the last epoch's weights
+    (:func:`train_and_save`)."""
     train_ds = ChipDataset(info, "train", mods, tile, repeat_to=repeat, augment=True, seed=seed)
     val_ds = ChipDataset(info, "val", mods, tile, repeat_to=repeat, augment=False)
     if len(train_ds) == 0:
         raise RtsError("the training split is empty", path=info.root,
                        fix="re-run `rts prepare` with more data or another --split")
     if len(val_ds) == 0:
-        log.warning("the validation split is empty: validating on the training chips, so the best epoch is the one "
-                    "that fits them best, not the one that generalizes best (re-run `rts prepare` with a val split)")
+        log.warning("the validation split is empty: AP50 is measured on the training chips (a measure of fit, "
+                    "reported as training-chip AP50) and the bundle keeps the last epoch's weights, since no epoch "
+                    "can be chosen on held-out chips (re-run `rts prepare` with a val split)")
         val_ds = ChipDataset(info, "train", mods, tile, repeat_to=repeat, augment=False)
     return train_ds, val_ds
 
@@ -254,6 +282,9 @@ def train_and_save(model: Detector, *, config: dict, info: DatasetInfo, mods: li
     The bundle holds the best validated epoch's weights, or the last epoch's when no validation scored above 0
     (:func:`rtscli.engine.train.bundle_weights`); its ``metrics`` say which (``bundle_epoch``, 0-based) and why
     (``bundle_weights``), next to ``best_epoch`` and ``val_mask_ap50_best`` (``val_box_ap50_best`` without masks).
+    Without a validation split (the training chips stand in, :func:`open_splits`) the bundle keeps the last epoch
+    and its metrics hold ``train_chips_mask_ap50`` (or ``train_chips_box_ap50``), the latest AP50 on the training
+    chips, and ``train_chips_ap50_epoch``, its epoch: nothing named ``val_*`` claims a validation.
     """
     import json
 
@@ -276,7 +307,9 @@ def train_and_save(model: Detector, *, config: dict, info: DatasetInfo, mods: li
                     "chosen and the bundle will hold the last epoch's weights (re-run `rts prepare` so that val "
                     "holds slumps: a smaller --chip-size or --split-block, or a --split-file)", val_ds.split,
                     len(val_ds))
-    module = DetectionModule(model, settings=settings, val_gt=val_gt, tile=cfg.tile_size, total_steps=total_steps)
+    scored_on = "val" if val_ds.split == "val" else "train_chips"
+    module = DetectionModule(model, settings=settings, val_gt=val_gt, tile=cfg.tile_size, total_steps=total_steps,
+                             scored_on=scored_on)
     trainer = fit(module, train_loader, val_loader, settings=settings, run_dir=out, resume=resume,
                   steps_per_epoch=steps_per_epoch)
 
@@ -284,14 +317,21 @@ def train_and_save(model: Detector, *, config: dict, info: DatasetInfo, mods: li
     write_epoch_csv(out, rows)
     val_slumps = sum(not a.get("iscrowd") for a in val_gt["annotations"])
     state, chosen = bundle_weights(module, trainer, out, val_slumps=val_slumps)
-    key = "val_mask_ap50_best" if cfg.roi_heads.mask else "val_box_ap50_best"
-    best_epoch = module.best_epoch if module.best_epoch >= 0 else None  # None: no validation ran
-    config["metrics"] = {key: round(max(module.best_ap50, 0.0), 4), "best_epoch": best_epoch, **chosen,
-                         "epochs_run": trainer.current_epoch, "steps_run": trainer.global_step}
+    what = "mask" if cfg.roi_heads.mask else "box"
+    if scored_on == "val":
+        best_epoch = module.best_epoch if module.best_epoch >= 0 else None  # None: no validation ran
+        scores: dict[str, Any] = {f"val_{what}_ap50_best": round(max(module.best_ap50, 0.0), 4),
+                                  "best_epoch": best_epoch}
+    else:  # the latest training-chip score (metrics.csv has them all, a resumed run's too), never called validation
+        scored = [r for r in rows if "train_chips_ap50" in r]
+        scores = {f"train_chips_{what}_ap50": round(scored[-1]["train_chips_ap50"], 4) if scored else None,
+                  "train_chips_ap50_epoch": int(scored[-1]["epoch"]) if scored else None}
+    config["metrics"] = {**scores, **chosen, "epochs_run": trainer.current_epoch, "steps_run": trainer.global_step}
     config["training"].update(world_size=trainer.world_size, lr=settings.lr(trainer.world_size))
     if trainer.is_global_zero:
         save_bundle(out, state, config)
-        plot_curves(out, rows, bundle_epoch=chosen["bundle_epoch"], title=f"{out.resolve().name} ({cfg.name})")
+        plot_curves(out, rows, bundle_epoch=chosen["bundle_epoch"], title=f"{out.resolve().name} ({cfg.name})",
+                    score=scored_on)
     trainer.strategy.barrier()  # every rank is done with best.ckpt before it goes
     if trainer.is_global_zero:
         prune_checkpoints(out, keep=settings.keep_checkpoints)
@@ -330,8 +370,9 @@ def pretrain(*, data: Path, modality: str, preset: str, out: Path, settings: Tra
     cfg.roi_heads.mask = cfg.roi_heads.mask and masks
     adopt_backbone_stats(settings.backbone_weights, cfg, mod, info, what="rts pretrain")
     check_memory(cfg, settings, what="rts pretrain")  # before the run directory or the model exists
-    imagenet = fetch_imagenet(settings.backbone_weights, cfg)  # a refusal leaves nothing behind
     splits = open_splits(info, [mod], cfg.tile_size, repeat, settings.seed)  # its errors leave nothing behind
+    check_time(cfg, settings, splits[0], what="rts pretrain")  # a GPU-sized run on a CPU, before any download
+    imagenet = fetch_imagenet(settings.backbone_weights, cfg)  # a refusal leaves nothing behind
 
     import lightning as L
 

@@ -31,7 +31,7 @@ log = logging.getLogger("rtscli")
 
 
 def open_scenes(inputs: list[str], band_map: BandMap, *, aux: list[str], scale: float | None,
-                offset: float | None, nodata: float | None) -> list[Scene]:
+                offset: float | None, nodata: float | None, quality: Any = None) -> list[Scene]:
     """The unlabeled scenes (files, folders, globs, .txt lists, VRT mosaics; folders with site subfolders too) as
     :class:`Scene` objects, each with its ``--aux`` rasters (NAME=PATH; only with one scene, on its grid). The
     band map is checked against every scene (:func:`rtscli.data.bands.check_fits`) before any is read."""
@@ -53,26 +53,54 @@ def open_scenes(inputs: list[str], band_map: BandMap, *, aux: list[str], scale: 
     scenes = []
     for p in paths:
         sources = [Source(p, bands)] + [Source(q, {n: 1}) for n, q in extra.items()]
-        scenes.append(open_scene(sources, nodata=nodata, scale=scale, offset=offset))
+        # --quality (a rtscli.data.quality.QualityRequest): clouds, shadow, haze, snow are nodata in every window
+        scenes.append(open_scene(sources, nodata=nodata, scale=scale, offset=offset, quality=quality))
     return scenes
 
 
 def ssl(*, inputs: list[str], modality: str, band_map: BandMap, out: Path, preset: str, settings: TrainSettings,
         tile_size: int | None = None, aux: list[str] | None = None, scale: float | None = None,
         offset: float | None = None, nodata: float | None = None, windows: int = 1000, mask_ratio: float = 0.6,
-        stats_windows: int = 64, repeat_to: int = 3, resume: bool = False, overwrite: bool = False) -> dict:
+        stats_windows: int = 64, repeat_to: int = 3, resume: bool = False, overwrite: bool = False,
+        quality: Any = None) -> dict:
     """Pretrain ``modality``'s backbone on random windows of the scenes; write the backbone bundle to ``out``.
 
     ``windows``: windows per epoch; ``mask_ratio``: share of 32 px blocks hidden (SimMIM: 0.6);
     ``stats_windows``: windows sampled for the normalization statistics. Returns the bundle's config.
     Raises :class:`RtsError` for unreadable scenes, a modality the band map cannot make, a bad tile size,
-    or an existing ``out`` without ``resume``/``overwrite``.
+    a GPU-sized run on a CPU that ``--accelerator cpu`` did not ask for, or an existing ``out`` without
+    ``resume``/``overwrite``.
+
+    The scenes are opened, read (here and in the data-loading workers, which start inside it) and closed inside
+    one GDAL environment (:func:`rtscli.io.raster.gdal_env`), so GDAL's and libtiff's messages (a TIFF whose
+    ExtraSamples tag is missing warns at every directory read) reach rts's log, once each and harmless ones not
+    at all, instead of being printed raw as ``Warning 1: TIFFReadDirectory...`` lines.
     """
+    import gc
+
+    from rtscli.io.raster import gdal_env
+
+    with gdal_env():
+        try:
+            return _ssl(inputs=inputs, modality=modality, band_map=band_map, out=out, preset=preset,
+                        settings=settings, tile_size=tile_size, aux=aux, scale=scale, offset=offset, nodata=nodata,
+                        windows=windows, mask_ratio=mask_ratio, stats_windows=stats_windows, repeat_to=repeat_to,
+                        resume=resume, overwrite=overwrite, quality=quality)
+        finally:
+            gc.collect()  # the scenes' open datasets (kept in reference cycles) close inside the environment
+
+
+def _ssl(*, inputs: list[str], modality: str, band_map: BandMap, out: Path, preset: str, settings: TrainSettings,
+         tile_size: int | None, aux: list[str] | None, scale: float | None, offset: float | None,
+         nodata: float | None, windows: int, mask_ratio: float, stats_windows: int, repeat_to: int, resume: bool,
+         overwrite: bool, quality: Any = None) -> dict:
+    """:func:`ssl`'s work, inside its GDAL environment."""
     from rtscli.data.bands import BandMap
     from rtscli.data.modalities import resolve
     from rtscli.data.windows import RandomWindows, sample_stats
     from rtscli.engine.curves import plot_curves
     from rtscli.engine.lightning_task import SslModule
+    from rtscli.engine.step_time import check_cpu_time, check_fill, run_steps
     from rtscli.engine.pretrain import (
         check_memory, check_run_dir, discard_unfinished, fetch_imagenet, prepare_run_dir, prune_checkpoints,
     )
@@ -94,7 +122,8 @@ def ssl(*, inputs: list[str], modality: str, band_map: BandMap, out: Path, prese
     cfg = load_preset(preset)
     if tile_size is not None:
         cfg.tile_size = check_tile_size(tile_size)
-    scenes = open_scenes(inputs, band_map, aux=list(aux or []), scale=scale, offset=offset, nodata=nodata)
+    scenes = open_scenes(inputs, band_map, aux=list(aux or []), scale=scale, offset=offset, nodata=nodata,
+                         quality=quality)
     names = dict.fromkeys(n for s in scenes[0].sources for n in s.bands)
     chip_bands = BandMap(tuple((n, i + 1) for i, n in enumerate(names)))
     mod = resolve(modality, chip_bands)
@@ -104,6 +133,9 @@ def ssl(*, inputs: list[str], modality: str, band_map: BandMap, out: Path, prese
     # before any window is read or the model exists: a step too large for this machine, or ImageNet weights it
     # cannot have, is refused in one line with the fix
     check_memory(cfg, settings, what="rts ssl", task="ssl")
+    big = max(scenes, key=lambda sc: sc.width * sc.height)
+    check_fill((big.width, big.height), cfg.tile_size, what="the scenes")
+    check_cpu_time(cfg, settings, steps=run_steps(windows, settings), what="rts ssl", task="ssl")
     imagenet = fetch_imagenet(settings.backbone_weights, cfg)
 
     import lightning as L
@@ -164,13 +196,14 @@ def ssl(*, inputs: list[str], modality: str, band_map: BandMap, out: Path, prese
         "metrics": {"steps_run": trainer.global_step, "epochs_run": trainer.current_epoch,
                     "windows_seen": trainer.global_step * settings.batch_size * trainer.world_size,
                     "loss_first": round(losses[0], 5) if losses else None,
-                    "loss_last": round(losses[-1], 5) if losses else None},
+                    "loss_last": round(losses[-1], 5) if losses else None, "loss_epochs": len(losses)},
     }
     if trainer.is_global_zero:
         body = cast(nn.Module, model.backbone.body)  # nn.Module's __getattr__ types a submodule as Tensor | Module
         state = {k: v.detach().cpu() for k, v in body.state_dict().items()}
         save_bundle(out, state, config)
-        plot_curves(out, rows, title=f"{out.resolve().name} (rts ssl {mod.name}, {cfg.name})")
+        plot_curves(out, rows, title=f"{out.resolve().name} (rts ssl {mod.name}, {cfg.name})", score=None,
+                    loss_label="reconstruction loss")
         write_reconstructions(out / "reconstructions.png", model, data, count=4)
     trainer.strategy.barrier()
     if trainer.is_global_zero:

@@ -16,6 +16,7 @@ import csv
 import logging
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,17 +60,15 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 def worker_init(worker_id: int) -> None:
-    """The ``worker_init_fn`` of training data loaders: a worker process ignores its first SIGTERM (SLURM signals
-    every process of a job; the main process stops the run after its step and ends the workers itself, and a
-    worker dead of the signal would fail that step), then seeds itself as Lightning does
-    (``seed_everything(workers=True)``)."""
+    """The ``worker_init_fn`` of training data loaders: a worker process ignores SIGTERM (SLURM and ``timeout``
+    signal every process of a job, sometimes more than once; the main process stops the run after its step and
+    ends the workers itself, and a worker dead of the signal would end the run with PyTorch's "DataLoader worker
+    ... killed by signal: Terminated" instead of rts's stop; a worker whose main process is gone ends by itself),
+    then seeds itself as Lightning does (``seed_everything(workers=True)``)."""
     import os
     import signal
 
-    def first(signum: int, frame: Any) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the next one ends the worker
-
-    signal.signal(signal.SIGTERM, first)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if int(os.environ.get("PL_SEED_WORKERS", 0)):
         from lightning.fabric.utilities.seed import pl_worker_init_function
 
@@ -150,7 +149,10 @@ def fit(module: L.LightningModule, train_loader: torch.utils.data.DataLoader,
         callbacks.append(LogProgress())
     strategy = "auto"
     devices = settings.devices
-    if (isinstance(devices, int) and devices > 1) or settings.num_nodes > 1:
+    from lightning.fabric.plugins.environments import TorchElasticEnvironment
+
+    # under torchrun each process is a DDP rank, also alone (--nproc-per-node 1): the process group is set up
+    if (isinstance(devices, int) and devices > 1) or settings.num_nodes > 1 or TorchElasticEnvironment.detect():
         strategy = "ddp"
     trainer = L.Trainer(
         default_root_dir=str(run_dir),
@@ -183,19 +185,84 @@ def fit(module: L.LightningModule, train_loader: torch.utils.data.DataLoader,
         log.info("nothing to resume in %s (no checkpoints/last.ckpt): starting the run from the beginning", run_dir)
         ckpt = None
     keep_history(run_dir, resume=ckpt is not None)  # before Lightning's CSV logger replaces logs/metrics.csv
+    guard = _guards[-1] if _guards else None
+    if guard is not None and guard.pending:  # a SIGTERM came after an earlier run of the command (rts ablate)
+        guard.stopping = True
+        raise Stopped(f"stopped by SIGTERM before training started; no checkpoint yet in {run_dir}")
     previous = _handle_sigterm(stop.handle_signal)
     try:
         trainer.fit(module, train_loader, val_loader, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
     except BaseException as exc:
-        if not (stop.received or trainer.received_sigterm):
+        if not (stop.received or trainer.received_sigterm or _worker_terminated(exc)):
             raise
+        if guard is not None:
+            guard.stopping = True  # more SIGTERMs while the stop unwinds change nothing
         raise _stopped(run_dir, trainer, stop) from exc
     finally:
         if previous is not None:
             _handle_sigterm(previous)
     if stop.received:  # after the loop's end: last.ckpt is the run's last epoch, a resume writes the bundle
+        if guard is not None:
+            guard.stopping = True
         raise _stopped(run_dir, trainer, stop)
+    if guard is not None:
+        guard.trained = True  # a SIGTERM from here on lets the bundle be written (seconds) first
     return trainer
+
+
+def _worker_terminated(exc: BaseException) -> bool:
+    """Whether ``exc`` is PyTorch's error for a data-loading worker that SIGTERM ended: the job is being stopped
+    (the signal reached a worker before, or instead of, this process)."""
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and "DataLoader worker" in text and "Terminated" in text
+
+
+class _CommandStop:
+    """The SIGTERM handler of a training command outside its training loops (:func:`sigterm_stops`).
+
+    Before training starts, a SIGTERM stops the command at once (:class:`rtscli.errors.Stopped`: exit 143 and one
+    line, not a process ended without a word). Once a run has trained (``trained``, set by :func:`fit`) it is
+    noted (``pending``) and the bundle is written first (seconds); the next :func:`fit` of the command (``rts
+    ablate``'s next cell) then stops before it starts. While a stop unwinds (``stopping``) more SIGTERMs are
+    ignored.
+    """
+
+    def __init__(self) -> None:
+        self.trained = False
+        self.pending = False
+        self.stopping = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.stopping or self.pending:
+            return
+        if self.trained:
+            self.pending = True
+            log.warning("SIGTERM: the run has finished training; its bundle is written before rts stops")
+            return
+        self.stopping = True
+        raise Stopped("stopped by SIGTERM before training started")
+
+
+#: the handlers of the training commands running in this process (innermost last; see :func:`sigterm_stops`)
+_guards: list[_CommandStop] = []
+
+
+@contextmanager
+def sigterm_stops() -> Iterator[None]:
+    """Around a whole training command (``rts pretrain``, ``finetune``, ``ssl``, ``ablate``): SIGTERM outside the
+    training loop stops it cleanly (:class:`_CommandStop`; inside the loop :func:`fit`'s own handler stops it after
+    its step). Without it, a SIGTERM while the command checks its inputs, builds its model or loads weights would
+    end the process without a word. The previous handler is put back afterwards (where signals can be handled
+    here: the main thread)."""
+    guard = _CommandStop()
+    previous = _handle_sigterm(guard)
+    _guards.append(guard)
+    try:
+        yield
+    finally:
+        _guards.remove(guard)
+        if previous is not None:
+            _handle_sigterm(previous)
 
 
 def _handle_sigterm(handler: Any) -> Any:
@@ -295,7 +362,8 @@ def bundle_weights(module: DetectionModule, trainer: L.Trainer, run_dir: Path,
     The best validated epoch when some validation AP50 was above 0 (ties go to the latest epoch; a resumed run
     reads it from ``checkpoints/best.ckpt`` with ``weights_only=True``). Otherwise the last epoch: when every
     validation measured 0 (or none ran) the scores cannot rank epochs, and the weights that trained longest are
-    the bet.
+    the bet; so too when the dataset has no validation split (``module.scored_on`` "train_chips"): how well an
+    epoch fits the training chips says nothing of how well it generalizes.
 
     Args:
         module: the module :func:`fit` trained.
@@ -311,6 +379,10 @@ def bundle_weights(module: DetectionModule, trainer: L.Trainer, run_dir: Path,
     what = "mask" if module.model.cfg.roi_heads.mask else "box"
     last = max(trainer.current_epoch - 1, 0)  # current_epoch counts the completed epochs once fit returns
     final = {k: v.detach().to("cpu", copy=True) for k, v in module.model.state_dict().items()}
+    if module.scored_on != "val":
+        return final, {"bundle_epoch": last, "bundle_weights": f"last epoch {last}: the dataset has no validation "
+                       f"split, so no epoch can be chosen on held-out chips (its {what} AP50 on the training chips "
+                       "measures fit, not generalization)"}
     if val_slumps == 0:
         return final, {"bundle_epoch": last, "bundle_weights": f"last epoch {last}: the validation split has no "
                        "slump, so it cannot measure anything to pick a best epoch"}
@@ -344,7 +416,8 @@ def epoch_metrics(run_dir: Path) -> list[dict[str, float]]:
 
     Returns:
         One dict per epoch, in order: ``epoch``, the epoch means of the training losses (``train_loss``, ...)
-        and the validation metrics (``val_ap50``, ...) of the epochs that validated; none without a log.
+        and the validation metrics (``val_ap50``, ...; ``train_chips_ap50``, ... when the training chips were
+        scored for want of a validation split) of the epochs that validated; none without a log.
     """
     rows: dict[int, dict[str, float]] = {}
     for r in log_history(run_dir):
@@ -353,7 +426,8 @@ def epoch_metrics(run_dir: Path) -> list[dict[str, float]]:
         e = int(float(r["epoch"]))
         d = rows.setdefault(e, {"epoch": e})
         for k, v in r.items():
-            if v not in ("", None) and k not in ("epoch", "step") and (k.endswith("_epoch") or k.startswith("val")):
+            if v not in ("", None) and k not in ("epoch", "step") and (
+                    k.endswith("_epoch") or k.startswith(("val", "train_chips"))):
                 d[k.replace("_epoch", "")] = float(v)
     return [rows[e] for e in sorted(rows)]
 

@@ -55,7 +55,8 @@ def _wkt(crs: CRSLike | None) -> str:
         from rtscli.errors import RtsError
 
         raise RtsError("the geometries have no CRS, so true areas cannot be computed",
-                       fix="assign one (gdal_edit.py -a_srs EPSG:...)")
+                       fix="give the input its CRS (a raster: rio edit-info --crs EPSG:XXXX FILE; a vector file: "
+                           "GeoDataFrame.set_crs in Python)")
     return CRS.from_user_input(crs).to_wkt()
 
 

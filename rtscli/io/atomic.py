@@ -255,3 +255,39 @@ def output_lock(path: str | Path, *, wait: float | None = None) -> Iterator[Path
         _remove_empty(made)
         raise
     lock.release()
+
+
+@contextmanager
+def run_lock(folder: str | Path, name: str) -> Iterator[Path]:
+    """Hold ``folder``'s lock of the run ``name`` (one output layer of a many-scene run) for the whole run: a second
+    run of that name into the folder is refused at once, so that two runs never interleave their scenes.
+
+    The lock is ``filelock``'s existence lock (:func:`output_lock`'s kind): ``.run-NAME.lock`` in the folder, removed
+    on release; one left by a process that died on this host is taken over.
+
+    Args:
+        folder: the output folder (must exist).
+        name: what the run writes (its layer).
+
+    Yields:
+        The lock file's path.
+
+    Raises:
+        RtsError: another run holds the lock.
+    """
+    from filelock import SoftFileLock, Timeout
+
+    from rtscli.io.paths import safe_component
+
+    path = Path(folder) / f".run-{safe_component(name, what='layer')}.lock"
+    lock = SoftFileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise RtsError(f"another rts run is writing layer {name!r} into this folder now", path=folder,
+                       fix=f"wait for it to finish, or write into another folder (-o); if no rts run is writing "
+                           f"there (one on another machine was killed), delete {path} and run again") from None
+    try:
+        yield path
+    finally:
+        lock.release()

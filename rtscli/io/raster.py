@@ -19,7 +19,7 @@ from rasterio.errors import RasterioIOError
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
-from rtscli.errors import RtsError
+from rtscli.errors import RtsError, georeference_raster, inspect_raster, set_raster_crs
 
 #: image files ``rts prepare`` finds in a folder: GeoTIFF first, then the formats image chips and labelling tools
 #: use (any GDAL driver reads them; JPEG and PNG carry a georeference only in a world file or .aux.xml)
@@ -130,7 +130,7 @@ def check_whole_read(path: str | Path, width: int, height: int, bands: int = 1, 
     except OSError:
         on_disk = ""
     fix = fix or ("cut it into chips read by window with --chip-size (e.g. 1024); if the image should be small, "
-                  "its header is damaged (check it with gdalinfo)")
+                  "its header is damaged (check it with rio info)")
     raise RtsError(f"{what} claims {size} ({_count(n)} values{on_disk}): more than rts reads whole into memory "
                    f"({_count(budget)} values)", path=path,
                    fix=f"{fix}; if the size is real and this machine has the memory, raise {WHOLE_READ_ENV}")
@@ -297,7 +297,7 @@ def inspect(path: str | Path, *, assume_crs: CRS | None = None, need_crs: bool =
         else:
             why = f"cannot read raster: the file may be corrupt or truncated (GDAL: {first})"
         raise RtsError(why, path=path.resolve(),
-                       fix="pass a GeoTIFF, JPEG or PNG image; check it with `gdalinfo`") from None
+                       fix=f"pass a GeoTIFF, JPEG or PNG image; check it with {inspect_raster(path)}") from None
     assumed = False
     if crs is None and assume_crs is None and pixel_grid_ok and info["transform"] == Affine.identity():
         return RasterInfo(path=path, crs=None, **info)
@@ -305,22 +305,22 @@ def inspect(path: str | Path, *, assume_crs: CRS | None = None, need_crs: bool =
         raise RtsError(
             "image has no georeference (no CRS and no geotransform: a plain JPEG/PNG chip?)",
             path=path,
-            fix="georeference it first (gdal_translate -a_srs EPSG:XXXX -a_ullr ULX ULY LRX LRY, or a world file "
-                "beside it); chips without georeference can be prepared (rts prepare) and scored (rts evaluate)",
+            fix=georeference_raster(path) + "; chips without georeference can be prepared (rts prepare) and scored "
+                                            "(rts evaluate)",
         )
     if crs is None:
         if assume_crs is None and need_crs:
             raise RtsError(
                 "raster has no CRS",
                 path=path,
-                fix="pass --assume-crs EPSG:XXXX if you know it, or set it with gdal_edit.py -a_srs",
+                fix="pass --assume-crs EPSG:XXXX if you know it, or " + set_raster_crs(path),
             )
         crs, assumed = assume_crs, True
     if need_crs and info["transform"] == Affine.identity():
         raise RtsError(
             "raster has no georeference (identity geotransform)",
             path=path,
-            fix="georeference it first (e.g. gdal_translate -a_ullr / gdalwarp)",
+            fix=georeference_raster(path),
         )
     return RasterInfo(path=path, crs=crs, crs_assumed=assumed, **info)
 
@@ -371,7 +371,8 @@ def read_error(path: str | Path, exc: BaseException, window: Window | None = Non
                  f"row {int(window.row_off)})")
     full = Path(path).resolve() if Path(str(path)).exists() else path
     return RtsError(f"cannot read its pixels{where}: the file is corrupt or truncated (GDAL: {gdal_detail(exc)})",
-                    path=full, fix="check it with `gdalinfo -checksum`, then copy, download or export it again")
+                    path=full,
+                    fix=f"check it with `rio info --checksum {full}`, then copy, download or export it again")
 
 
 def read_window(

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rtscli.errors import RtsError, os_errno, os_fix
+from rtscli.errors import RtsError, os_errno, os_fix, set_vector_crs
 from rtscli.geometry.footprint import CRSLike
 from rtscli.io.atomic import atomic_file, check_output, check_writable, output_lock, tmp_sibling
 from rtscli.io.raster import crs_name
@@ -62,8 +62,8 @@ class VectorRole:
 
 LABELS = VectorRole("label file", "pass --labels-layer NAME to say which holds the slumps",
                     "pass --labels-crs EPSG:XXXX, or save the file with its CRS")
-TRUTH = VectorRole("--truth file", "save that layer as a file of its own (ogr2ogr truth.gpkg FILE LAYER)",
-                   "save it with its CRS (ogr2ogr -a_srs EPSG:XXXX truth.gpkg FILE)", empty_ok=True)
+TRUTH = VectorRole("--truth file", "pass --truth-layer NAME to say which holds the reference outlines",
+                   set_vector_crs(out="truth.gpkg"), empty_ok=True)
 
 
 def read_polygons(path: str | Path, target_crs: CRSLike | None, *, assume_crs: CRSLike | None = None,
@@ -98,7 +98,7 @@ def read_polygons(path: str | Path, target_crs: CRSLike | None, *, assume_crs: C
     layers = layer_names(path)
     if layer is not None and layers and layer not in layers:
         raise RtsError(f"no layer {layer!r} in the {role.what} (it has {', '.join(layers)})", path=path,
-                       fix="pass one of them to --labels-layer")
+                       fix=role.layer_fix.split(" NAME")[0] + " with one of them")
     if layer is None and len(layers) > 1:  # pyogrio would read the first one with a warning: maybe the wrong one
         raise RtsError(f"the {role.what} has {len(layers)} layers ({', '.join(layers[:6])})", path=path,
                        fix=role.layer_fix.replace("FILE", path.name))
@@ -143,16 +143,33 @@ def read_polygons(path: str | Path, target_crs: CRSLike | None, *, assume_crs: C
     gdf = gdf.assign(geometry=polys)[~bad]
     gdf = gpd.GeoDataFrame(gdf, geometry="geometry", crs=gdf.crs)
     if target_crs is not None and gdf.crs != target_crs:
-        src = crs_name(gdf.crs)
-        gdf = gdf.to_crs(target_crs)
-        finite = np.isfinite(gdf.total_bounds).all() if len(gdf) else True
-        if not finite:
-            raise RtsError(f"labels cannot be reprojected from {src} to the raster CRS {crs_name(target_crs)} "
-                           "(coordinates become infinite): their stated CRS is probably wrong", path=path,
-                           fix="check the label file's CRS (or pass --labels-crs)")
-        rep.reprojected_from = src
-        log.info("reprojecting labels %s from %s to the raster CRS %s", path.name, src, crs_name(target_crs))
+        rep.reprojected_from = crs_name(gdf.crs)
+        gdf = reproject_polygons(gdf, target_crs, path)
     return gdf, rep
+
+
+def reproject_polygons(gdf: Any, target_crs: CRSLike, path: Path) -> Any:
+    """``gdf`` (read from ``path``) reprojected to the raster CRS ``target_crs``, explicitly and logged (one line).
+
+    Args:
+        gdf: a GeoDataFrame with a CRS other than ``target_crs``.
+        target_crs: the raster CRS to reproject to.
+        path: the file it was read from, for the log line and the error.
+
+    Returns:
+        The reprojected GeoDataFrame.
+
+    Raises:
+        RtsError: the coordinates become infinite (the file's stated CRS is probably wrong).
+    """
+    src = crs_name(gdf.crs)
+    out = gdf.to_crs(target_crs)
+    if len(out) and not np.isfinite(out.total_bounds).all():
+        raise RtsError(f"labels cannot be reprojected from {src} to the raster CRS {crs_name(target_crs)} "
+                       "(coordinates become infinite): their stated CRS is probably wrong", path=path,
+                       fix="check the label file's CRS (or pass --labels-crs)")
+    log.info("reprojecting labels %s from %s to the raster CRS %s", path.name, src, crs_name(target_crs))
+    return out
 
 
 def layer_names(path: Path) -> list[str]:
@@ -293,9 +310,10 @@ def write_layers(layers: dict[str, Any], path: str | Path, *, overwrite: bool = 
         text = " ".join(str(exc).split())[:200]
         code = os_errno(exc)  # GDAL's message says "Permission denied", "No space left on device" ...
         if code is None:
-            check_writable(path)  # the folder became unwritable (or full) meanwhile: say that, not ogrinfo
+            check_writable(path)  # the folder became unwritable (or full) meanwhile: say that, not "check the file"
         raise RtsError(f"cannot write layer(s) {', '.join(layers)} ({text})", path=path,
-                       fix=os_fix(code) if code is not None else "check the file (ogrinfo) or write to a new .gpkg"
+                       fix=os_fix(code) if code is not None else "check the file (open it in QGIS) or write to a new "
+                                                                 ".gpkg"
                        ) from None
     return path
 

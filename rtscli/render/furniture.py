@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from affine import Affine
 
-from rtscli.errors import RtsError
+from rtscli.errors import RtsError, set_raster_crs
 from rtscli.geometry.footprint import CRSLike
 
 if TYPE_CHECKING:
@@ -250,7 +250,7 @@ def geodetic(crs: CRSLike | None) -> tuple[pyproj.Transformer, pyproj.Geod, pypr
     from pyproj.exceptions import CRSError, ProjError
 
     if crs is None:
-        raise RtsError("the scene has no CRS", fix="assign one (gdal_edit.py -a_srs EPSG:...)")
+        raise RtsError("the scene has no CRS", fix=set_raster_crs())
     try:
         c = CRS.from_user_input(crs)
         horizontal = c.sub_crs_list[0] if c.is_compound else c

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -28,18 +29,69 @@ if TYPE_CHECKING:
 log = logging.getLogger("rtscli")
 
 
+#: the colour stretch of a quicklook: per band drawn (red, green, blue; or one grey band), the stored values drawn
+#: black and white
+Stretch = list[tuple[float, float]]
+
+
+def parse_stretch(text: str) -> Stretch:
+    """``--stretch``: ``LO,HI`` for every band drawn, or ``RLO,RHI,GLO,GHI,BLO,BHI`` one pair per band, in the
+    raster's stored values (before ``--scale``): the same stretch for every date of a place, so that dates can be
+    compared by eye (the default, 2-98 % of each scene, differs from scene to scene).
+
+    Args:
+        text: the option's value.
+
+    Returns:
+        The pairs ``(black, white)`` per band: one pair (every band) or three.
+
+    Raises:
+        RtsError: not 2 or 6 numbers, or a pair whose white is not above its black.
+    """
+    try:
+        values = [float(v) for v in text.replace(" ", "").split(",") if v != ""]
+    except ValueError:
+        values = []
+    if len(values) not in (2, 6) or not all(math.isfinite(v) for v in values):
+        raise RtsError(f"--stretch {text!r}: give LO,HI (every band) or RLO,RHI,GLO,GHI,BLO,BHI in the raster's "
+                       "stored values", fix="copy the stretch written under an earlier quicklook, e.g. --stretch "
+                                            "120,1650")
+    pairs = [(values[i], values[i + 1]) for i in range(0, len(values), 2)]
+    if any(hi <= lo for lo, hi in pairs):
+        raise RtsError(f"--stretch {text!r}: each pair is black then white, and white must be above black",
+                       fix="e.g. --stretch 120,1650")
+    return pairs
+
+
+def stretch_text(stretch: Stretch) -> str:
+    """``stretch`` as the ``--stretch`` value that draws it again (the inverse of :func:`parse_stretch`)."""
+    pairs = stretch if len({p for p in stretch}) > 1 else stretch[:1]
+    return ",".join(f"{v:.6g}" for p in pairs for v in p)
+
+
+@dataclass(frozen=True)
+class QuicklookRequest:
+    """What ``rts predict --quicklook`` asks for: where the PNG goes, the reference outlines to draw (``--truth``,
+    ``--truth-layer``) and the colour stretch (``--stretch``; None: 2-98 % of the scene)."""
+
+    path: Path
+    truth: Path | None = None
+    truth_layer: str | None = None
+    stretch: Stretch | None = None
+
+
 #: above this many predicted polygons the ids are not written (they would cover the scene); the title says so
 MAX_ID_LABELS = 300
 
 
 def write_quicklook(gdf: Any, scene: Scene, path: Path, *, overwrite: bool, truth: Path | None = None,
-                    max_side: int = 2048) -> None:
+                    truth_layer: str | None = None, stretch: Stretch | None = None, max_side: int = 2048) -> Stretch:
     """A PNG for review: the predicted outlines (and ``truth``'s) over an RGB rendering of the scene.
 
     ``gdf``: the predicted polygons (any CRS; column ``id`` written beside each one, up to
     :data:`MAX_ID_LABELS` of them). ``truth``: an optional vector file of reference outlines (any OGR
     format, any CRS: reprojected to the scene's, logged), drawn in a second colour. The scene (RGB bands,
-    else its first band, stretched 2-98 %) is read decimated to at most ``max_side`` pixels a side, so
+    else its first band, stretched 2-98 % or by ``stretch``) is read decimated to at most ``max_side`` pixels a side, so
     memory stays bounded whatever the scene's size. With a scale bar (true ground metres), the map
     coordinates of the image corners, a north arrow and the CRS in the caption. Written atomically:
     an existing ``path`` needs ``overwrite``; an interrupted write leaves nothing.
@@ -50,7 +102,13 @@ def write_quicklook(gdf: Any, scene: Scene, path: Path, *, overwrite: bool, trut
         path: the PNG to write.
         overwrite: replace an existing ``path``.
         truth: a vector file of reference outlines, or None.
+        truth_layer: the layer of ``truth`` that holds them (``--truth-layer``); None: its only layer.
+        stretch: the colour stretch (:func:`parse_stretch`; stored values), or None: 2-98 % of this scene.
         max_side: the longest side of the rendered scene, pixels.
+
+    Returns:
+        The stretch drawn (the one given, or this scene's 2-98 %): pass it to the quicklooks of other dates of
+        this place (``--stretch``, :func:`stretch_text`) to draw them alike. The caption says it too.
 
     Raises:
         RtsError: ``path`` exists without ``overwrite``, the scene cannot be read, or ``truth`` cannot be read
@@ -58,32 +116,47 @@ def write_quicklook(gdf: Any, scene: Scene, path: Path, *, overwrite: bool, trut
     """
     from rtscli.io.atomic import atomic_file
 
-    truth_px = truth_outlines(truth, scene) if truth is not None else None  # a bad file fails before any drawing
-    img, decimation = _read_rendering(scene, max_side)
-    fig = quicklook_figure(img, gdf, scene, truth=truth_px, truth_name=truth.name if truth is not None else None,
-                           decimation=decimation)
+    # a bad file fails before any drawing
+    truth_px = truth_outlines(truth, scene, layer=truth_layer) if truth is not None else None
+    img, decimation, used = _read_rendering(scene, max_side, stretch)
+    name = None if truth is None else truth.name + (f" ({truth_layer})" if truth_layer else "")
+    fig = quicklook_figure(img, gdf, scene, truth=truth_px, truth_name=name, decimation=decimation,
+                           stretch=used, stretch_given=stretch is not None)
     with atomic_file(path, overwrite=overwrite) as tmp:
         fig.savefig(tmp, dpi=130, format="png", bbox_inches="tight", pad_inches=0.15)
+    return used
 
 
-def truth_outlines(path: Path, scene: Scene) -> list[Any]:
+def truth_outlines(path: Path, scene: Scene, *, layer: str | None = None) -> list[Any]:
     """The reference polygons of the vector file ``path`` in the scene's pixel space (col, row; shapely).
 
     Any OGR format and CRS: read with :func:`rtscli.io.vector.read_polygons` (invalid polygons repaired,
     non-polygons dropped), reprojected to the scene's CRS (logged), then taken through the inverse of the
     scene's transform (right on rotated grids). Outlines outside the scene are kept (the picture clips
-    them). An empty layer gives ``[]``. Raises :class:`RtsError` for a missing or unreadable file, a file
-    with several layers, or one without a CRS.
+    them). An empty layer gives ``[]``.
+
+    Args:
+        path: the vector file.
+        scene: the scene whose CRS and pixel grid the outlines are taken to.
+        layer: the layer that holds the outlines (``--truth-layer``, e.g. ``rts`` of an ``rts synth`` truth file);
+            None: the file's only layer.
+
+    Returns:
+        The outlines as shapely geometries in pixel space (col, row).
+
+    Raises:
+        RtsError: a missing or unreadable file, several layers and no ``layer``, an unknown ``layer``, or no CRS.
     """
     from rtscli.geometry.footprint import to_pixels
     from rtscli.io.vector import TRUTH, read_polygons
 
-    gdf, _ = read_polygons(Path(path), scene.crs, role=TRUTH)
+    gdf, _ = read_polygons(Path(path), scene.crs, role=TRUTH, layer=layer)
     return [to_pixels(g, scene.transform) for g in gdf.geometry]
 
 
 def quicklook_figure(img: np.ndarray, gdf: Any, scene: Scene, *, truth: list[Any] | None = None,
-                     truth_name: str | None = None, decimation: int = 1) -> Figure:
+                     truth_name: str | None = None, decimation: int = 1, stretch: Stretch | None = None,
+                     stretch_given: bool = False) -> Figure:
     """The quicklook as a matplotlib ``Figure`` (no pyplot state), for :func:`write_quicklook` and tests.
 
     ``img``: (h, w, 3) floats in [0, 1], the scene decimated ``decimation`` times, drawn over the scene's
@@ -98,6 +171,8 @@ def quicklook_figure(img: np.ndarray, gdf: Any, scene: Scene, *, truth: list[Any
         truth: reference polygons in pixel space, or None.
         truth_name: the reference file's name, for the title and legend (None: no reference).
         decimation: how many scene pixels one pixel of ``img`` spans, per side.
+        stretch: the colour stretch ``img`` was drawn with (stored values), for the caption; None: not said.
+        stretch_given: whether ``stretch`` was the user's (``--stretch``) rather than this scene's 2-98 %.
 
     Returns:
         The matplotlib ``Figure``.
@@ -209,6 +284,10 @@ def quicklook_figure(img: np.ndarray, gdf: Any, scene: Scene, *, truth: list[Any
                "corners: latitude, longitude of the image corners" if geographic else
                f"corners: map x, y{f' ({unit})' if unit else ''} and latitude, longitude of the image corners"]
     caption += notes
+    if stretch:
+        caption.append(f"colours stretched {'as asked' if stretch_given else '2-98 % of this scene'} "
+                       f"(--stretch {stretch_text(stretch)}" + ("" if stretch_given else
+                                                                 ": give it to other dates to draw them alike") + ")")
     if decimation > 1:
         caption.append(f"image shown at 1/{decimation} of its resolution")
     text = "\n".join(textwrap.wrap("; ".join(caption), 125))
@@ -217,11 +296,15 @@ def quicklook_figure(img: np.ndarray, gdf: Any, scene: Scene, *, truth: list[Any
     return fig
 
 
-def _read_rendering(scene: Scene, max_side: int) -> tuple[np.ndarray, int]:
-    """The scene's RGB bands (else its first band, grey) read decimated, stretched 2-98 % to [0, 1] (nodata white).
+def _read_rendering(scene: Scene, max_side: int, stretch: Stretch | None = None) -> tuple[np.ndarray, int, Stretch]:
+    """The scene's RGB bands (else its first band, grey) read decimated, stretched to [0, 1] (nodata white): by
+    ``stretch`` (stored values; one pair for all bands or one per band), else 2-98 % of each band.
 
-    Returns ``(image (h, w, 3) float32, decimation)``; at most ``max_side`` pixels a side, each raster read
-    once (all of its bands together).
+    Returns ``(image (h, w, 3) float32, decimation, stretch drawn)``; at most ``max_side`` pixels a side, each
+    raster read once (all of its bands together).
+
+    Raises:
+        RtsError: ``stretch`` has one pair per band for 3 bands and the scene is drawn from one (grey).
     """
     names = {n: (s, i) for s in scene.sources for n, i in s.bands.items()}
     picks = [names[n] for n in ("red", "green", "blue") if n in names] or [next(iter(names.values()))]
@@ -238,11 +321,20 @@ def _read_rendering(scene: Scene, max_side: int) -> tuple[np.ndarray, int]:
         data = raw.astype(np.float32).filled(np.nan)  # type: ignore[attr-defined]
         planes |= {(p, i): x for i, x in zip(bands, data, strict=True)}
     img = np.stack([planes[s.path, i] for s, i in picks], -1)
-    for k in range(img.shape[-1]):
+    bands_drawn = img.shape[-1]
+    if stretch is not None and len(stretch) not in (1, bands_drawn):
+        raise RtsError(f"--stretch gives {len(stretch)} pairs and the quicklook draws {bands_drawn} band(s) (no "
+                       "red, green and blue in the scene)", fix="give one pair, LO,HI")
+    used: Stretch = []
+    for k in range(bands_drawn):
         x = img[..., k]
-        lo, hi = (np.nanpercentile(x, [2, 98]) if np.isfinite(x).any() else (0.0, 1.0))
+        if stretch is not None:
+            lo, hi = stretch[k if len(stretch) > 1 else 0]
+        else:
+            lo, hi = (float(v) for v in (np.nanpercentile(x, [2, 98]) if np.isfinite(x).any() else (0.0, 1.0)))
+        used.append((lo, hi))
         img[..., k] = np.clip((x - lo) / max(hi - lo, 1e-6), 0, 1)
     img = np.nan_to_num(img, nan=1.0)
     if img.shape[-1] == 1:
         img = np.repeat(img, 3, -1)
-    return img, scale
+    return img, scale, used

@@ -9,6 +9,11 @@ Two products:
   band scale of 0.0001, so that it reads as reflectance 0-1 like the chips; bands blue, green, red,
   NIR, nodata 0), written window by window, with its ground-truth slump polygons in a GeoPackage
   (layer ``rts``) and the look-alikes in ``*_distractors.gpkg``.
+
+Truth describes what the image shows: every truth polygon (slump or look-alike, of a chip or a scene) is
+the part of the object on the image's valid pixels (:func:`rtscli.synth.plan.shown`), ``area_m2`` is the true
+area of that part, and ``clipped`` says that the image's edge or nodata cut the object. Scene slumps are placed
+whole inside the scene (:meth:`rtscli.synth.plan.Plan.interior`), so only a nodata swath edge cuts them.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from rtscli.synth.plan import Plan, make_plan
+from rtscli.synth.plan import Plan, make_plan, shown
 from rtscli.synth.render import render
 from rtscli.synth.sites import SITES, site
 
@@ -95,7 +100,30 @@ def write_chips(
     nodata_fraction: float = 0.15,
     progress: Progress | None = None,
 ) -> list[Path]:
-    """Write ``n`` chips in the paper's layout under ``out_dir/<site>/``; also ``labels.gpkg``."""
+    """Write ``n`` chips in the paper's layout under ``out_dir/<site>/``; also ``labels.gpkg``.
+
+    ``labels.gpkg`` holds one polygon per slump and chip: the part of the slump on the chip's valid pixels
+    (``chip``, ``site``, ``weak_rgb``, ``touching``, ``setting``, ``clipped``: the chip's edge or nodata cut it,
+    ``area_m2``: true area of that part on the ellipsoid, m2).
+
+    Args:
+        out_dir: the output folder (created).
+        n: number of chips.
+        size: chip side, pixels.
+        seed: the random seed; the same seed gives the same chips.
+        sites: synthetic sites to cycle through (default: all).
+        crs: the projected CRS of the outputs (metre units).
+        resolution: pixel size, metres.
+        negatives: share of chips without any slump.
+        nodata_fraction: share of chips with a nodata swath edge.
+        progress: called with 1 per chip written.
+
+    Returns:
+        The chip paths, in order.
+
+    Raises:
+        RtsError: ``crs`` is geographic or a site is unknown.
+    """
     import geopandas as gpd
     from shapely.affinity import translate
     from shapely.geometry import box
@@ -162,12 +190,12 @@ def write_chips(
         if plan.footprint is not None:
             win = win.intersection(plan.footprint)
         for s in plan.slumps:
-            g = s.geometry.intersection(win)
+            g, cut = shown(s.geometry, win)
             if g.is_empty or g.area < 1:
                 continue
             g = to_map(translate(g, -col0, -row0), transform)
             records.append(dict(chip=path.name, site=name, weak_rgb=s.weak, touching=s.touching,
-                                setting=s.setting, geometry=g))
+                                setting=s.setting, clipped=bool(s.clipped or cut), geometry=g))
         if progress:
             progress(1)
     if records:
@@ -179,8 +207,27 @@ def write_chips(
 
 
 def scene_plan(height: int, width: int, *, seed: int, site_name: str, resolution: float = 3.0,
-               nodata_margin: bool | None = None) -> Plan:
-    return make_plan(width, height, site(site_name), seed, resolution=resolution, nodata_margin=nodata_margin)
+               nodata_margin: bool | None = None, edge_margin: float | None = None) -> Plan:
+    """The plan of a ``height`` x ``width`` pixel scene at ``site_name`` (:func:`rtscli.synth.plan.make_plan`).
+
+    Args:
+        height: scene height, pixels.
+        width: scene width, pixels.
+        seed: the random seed.
+        site_name: the synthetic site.
+        resolution: pixel size, metres.
+        nodata_margin: cut a nodata swath edge (None: decided by the seed).
+        edge_margin: pixels between every slump and the scene edge (None:
+            :func:`rtscli.synth.plan.edge_margin_px`).
+
+    Returns:
+        The plan; its slumps lie whole inside the scene.
+
+    Raises:
+        RtsError: ``site_name`` is unknown.
+    """
+    return make_plan(width, height, site(site_name), seed, resolution=resolution, nodata_margin=nodata_margin,
+                     edge_margin=edge_margin)
 
 
 def write_scene(
@@ -197,10 +244,39 @@ def write_scene(
     plan: Plan | None = None,
     progress: Progress | None = None,
     index: int = 0,
+    sky: Any = None,
+    masks: Sequence[str] = (),
 ) -> tuple[Path, Path]:
     """Write a scene GeoTIFF by windows and its truth GeoPackage; returns both paths.
 
-    Memory is bounded by the window size (``block``), not by the scene size.
+    Memory is bounded by the window size (``block``), not by the scene size. The truth (layer ``rts``: ``id``,
+    ``site``, ``weak_rgb``, ``touching``, ``setting``, ``clipped``, ``area_m2``) and the look-alikes
+    (``*_distractors.gpkg``) are the parts of the objects on the scene's valid pixels; ``area_m2`` is the true
+    area of that part on the ellipsoid, m2.
+
+    Args:
+        path: the GeoTIFF to write; the truth goes to the same name with ``.gpkg``.
+        height: scene height, pixels.
+        width: scene width, pixels.
+        seed: the random seed; the same seed gives the same files.
+        site_name: the synthetic site.
+        crs: the projected CRS of the outputs (metre units).
+        resolution: pixel size, metres.
+        nodata_margin: cut a nodata swath edge (None: decided by the seed).
+        block: side of the windows rendered at a time, pixels.
+        plan: the plan to render (default: :func:`scene_plan` of the arguments above).
+        progress: called with the number of pixels written, as they are written.
+        index: the scene's index at its site (scenes of one site are placed 200 km apart).
+        sky: clouds, haze, shadows and snow painted over the scene (:class:`rtscli.synth.clouds.Sky`); their
+            polygons go into the truth's layer ``quality`` (``kind``). None: a clear scene.
+        masks: the quality masks written beside the scene with ``sky`` (of :data:`rtscli.synth.clouds.MASKS`:
+            ``<stem>_udm2.tif``, ``<stem>_SCL_20m.tif``; :func:`rtscli.synth.clouds.write_masks`).
+
+    Returns:
+        ``(GeoTIFF, truth GeoPackage)``.
+
+    Raises:
+        RtsError: ``crs`` is geographic, or an output cannot be written.
     """
     import geopandas as gpd
     import rasterio
@@ -231,26 +307,41 @@ def write_scene(
         for row0 in range(0, height, block):
             for col0 in range(0, width, block):
                 h, w = min(block, height - row0), min(block, width - col0)
-                img, _, _ = render(plan, row0, col0, h, w)
+                img, valid, _ = render(plan, row0, col0, h, w)
+                if sky is not None:
+                    from rtscli.synth.clouds import paint
+
+                    paint(img, valid, sky, row0, col0)
                 dst.write(np.rint(img).astype(np.uint16), window=Window(col0, row0, w, h))
                 if progress:
                     progress(h * w)
 
+    image = plan.image()
     rows = []
     for i, s in enumerate(plan.slumps):
+        g, cut = shown(s.geometry, image)
+        if g.is_empty:
+            continue
         rows.append(dict(id=i + 1, site=site_name, weak_rgb=s.weak, touching=s.touching,
-                         setting=s.setting, geometry=to_map(s.geometry, transform)))
-    cols = ["id", "site", "weak_rgb", "touching", "setting", "area_m2", "geometry"]
+                         setting=s.setting, clipped=bool(s.clipped or cut), geometry=to_map(g, transform)))
+    cols = ["id", "site", "weak_rgb", "touching", "setting", "clipped", "area_m2", "geometry"]
     truth = gpd.GeoDataFrame(rows, columns=[c for c in cols if c != "area_m2"], geometry="geometry", crs=geo.crs)
     truth["area_m2"] = geodesic_area_perimeter(truth.geometry.values, geo.crs)[0]  # true area on the ellipsoid
     truth = truth[cols]
     gpkg = path.with_suffix(".gpkg")
     write_vector(truth, gpkg, layer="rts", overwrite=True)
+    if sky is not None:
+        from rtscli.synth.clouds import quality_frame, write_masks
+
+        write_vector(quality_frame(sky, transform, geo.crs), gpkg, layer="quality", overwrite=True)
+        write_masks(path, plan, sky, transform=transform, crs=geo.crs, masks=tuple(masks), block=block)
     drows = []
     for kind, geoms in (("river_bar", plan.bars), ("road", plan.roads), ("dry_patch", plan.dry),
                         ("burnt_patch", plan.burnt)):
         for g in geoms:
-            drows.append(dict(kind=kind, geometry=to_map(g, transform)))
+            part, _ = shown(g, image)
+            if not part.is_empty:
+                drows.append(dict(kind=kind, geometry=to_map(part, transform)))
     dist = gpd.GeoDataFrame(drows, columns=["kind", "geometry"], geometry="geometry", crs=geo.crs)
     write_vector(dist, path.with_name(path.stem + "_distractors.gpkg"), layer="distractors", overwrite=True)
     return path, gpkg

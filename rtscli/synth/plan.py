@@ -11,6 +11,11 @@ Slumps are horseshoe/lobate scars that open downslope: they sit on lake shores a
 their debris tongue pointing to the water, are clipped by the water, and some are placed against a
 neighbour so that two slumps touch. A share of them are "weak": their RGB is close to the tundra,
 but their NIR is low, so only NDVI/NIR shows them.
+
+Truth describes what the image shows: every slump is placed whole inside the scene, at least
+:attr:`Plan.edge_margin` pixels from its edge (:meth:`Plan.interior`), so that it, its growth and its merge
+partner in a series (:mod:`rtscli.synth.series`) are on the image; a nodata swath edge cuts slumps, and those
+keep the part on the valid pixels, flagged ``clipped``. :func:`shown` is the last guard of every truth writer.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ class Slump:
     weak: bool
     setting: str  # lake | river | slope
     touching: bool = False
+    clipped: bool = False  # a nodata edge (or the image edge) cut it: the geometry is the part on valid pixels
 
 
 @dataclass
@@ -59,9 +65,30 @@ class Plan:
     burnt: list[Polygon] = field(default_factory=list)
     footprint: Polygon | None = None
     noise_offset: tuple[int, int] = (0, 0)
+    edge_margin: float = 0.0  # px: slumps are placed at least this far inside the scene's edge
 
     def __post_init__(self) -> None:
         self._tree: shapely.STRtree | None = None
+
+    def interior(self) -> Polygon:
+        """Where slumps may lie: the scene box shrunk by :attr:`edge_margin` pixels on every side.
+
+        Returns:
+            A box in scene pixel coordinates (empty when the margin leaves no room).
+        """
+        m = self.edge_margin
+        if self.width <= 2 * m or self.height <= 2 * m:
+            return Polygon()
+        return box(m, m, self.width - m, self.height - m)
+
+    def image(self) -> Any:
+        """The part of the plan the rendered image shows: the scene box, within :attr:`footprint` when set.
+
+        Returns:
+            A polygon in scene pixel coordinates; outside it the image is nodata or absent.
+        """
+        scene = box(0, 0, self.width, self.height)
+        return scene if self.footprint is None else scene.intersection(self.footprint)
 
     # painting order: later layers cover earlier ones
     def layers(self) -> list[tuple[int, int, Polygon]]:
@@ -180,6 +207,40 @@ def _poisson(rng, lam: float) -> int:
     return int(rng.poisson(max(lam, 0.0)))
 
 
+#: px: default distance of every slump from the scene edge (a few pixels of tundra around the outermost ones)
+EDGE_MARGIN_PX = 8.0
+
+
+def edge_margin_px(width: int, height: int) -> float:
+    """The default :attr:`Plan.edge_margin` of a ``width`` x ``height`` pixel scene.
+
+    Args:
+        width: scene width, pixels.
+        height: scene height, pixels.
+
+    Returns:
+        :data:`EDGE_MARGIN_PX`, or 2 % of the shorter side on scenes under 400 px (so small ones keep room).
+    """
+    return min(EDGE_MARGIN_PX, 0.02 * min(width, height))
+
+
+def shown(g: Any, image: Any) -> tuple[Any, bool]:
+    """The part of the truth polygon ``g`` that an image covering ``image`` shows.
+
+    Args:
+        g: a slump (or look-alike) polygon, in the same coordinates as ``image``.
+        image: the area the image shows (valid pixels), e.g. :meth:`Plan.image`.
+
+    Returns:
+        ``(part, clipped)``: the polygonal part of ``g`` inside ``image`` (an empty polygon when none), and
+        whether clipping removed more than a 1e-9 share of its area (it lay partly outside).
+    """
+    if g.is_empty or image.contains(g):
+        return g, False
+    part = poly(g.intersection(image))
+    return part, part.area < g.area * (1 - 1e-9)
+
+
 def _slump_radius_px(rng, resolution: float) -> float:
     # area from ~0.5 ha to tens of ha, most a few ha (log-normal, truncated)
     ha = float(np.clip(rng.lognormal(mean=math.log(2.5), sigma=0.9), 0.5, 40.0))
@@ -196,10 +257,29 @@ def make_plan(
     slump_density: float | None = None,
     nodata_margin: bool | None = None,
     touch_probability: float = 0.2,
+    edge_margin: float | None = None,
 ) -> Plan:
-    """Place every object of a ``width`` x ``height`` pixel scene. Deterministic in ``seed``."""
+    """Place every object of a ``width`` x ``height`` pixel scene. Deterministic in ``seed``.
+
+    Args:
+        width: scene width, pixels.
+        height: scene height, pixels.
+        style: the site's look (:mod:`rtscli.synth.sites`).
+        seed: the random seed; the same seed gives the same plan.
+        resolution: pixel size, metres.
+        slump_density: slumps per km2 (default: the site's).
+        nodata_margin: cut a slanted nodata swath edge (None: on about 30 % of scenes, by the seed); slumps it
+            cuts keep the part on valid pixels and are flagged ``clipped``.
+        touch_probability: chance that a slump gets a touching neighbour.
+        edge_margin: pixels between every slump and the scene edge (default :func:`edge_margin_px`): slumps
+            lie whole inside the scene, so the truth is what the image shows.
+
+    Returns:
+        The :class:`Plan`, in scene pixel coordinates.
+    """
     rng = np.random.default_rng(noise.key_of("plan", seed, style.name, width, height))
-    plan = Plan(width, height, resolution, style, seed)
+    plan = Plan(width, height, resolution, style, seed,
+                edge_margin=edge_margin_px(width, height) if edge_margin is None else float(edge_margin))
     plan.noise_offset = (int(rng.integers(0, 10**7)), int(rng.integers(0, 10**7)))
     km2 = width * height * resolution**2 / 1e6
     scene = box(0, 0, width, height)
@@ -287,9 +367,12 @@ def make_plan(
         plan.footprint = _swath(rng, width, height)
         kept = []
         for s in plan.slumps:
-            g = s.geometry.intersection(plan.footprint)
+            g, cut = shown(s.geometry, plan.footprint)
+            g = largest(g)
             if g.area * resolution**2 >= 2000:  # keep what is still a visible slump (>= 0.2 ha)
-                s.geometry = largest(g)
+                if cut:
+                    s.geometry, s.clipped = g, True
+                    s.tongue, s.headwall = poly(s.tongue.intersection(g)), poly(s.headwall.intersection(g))
                 kept.append(s)
         plan.slumps = kept
     return plan
@@ -389,8 +472,18 @@ def _build(plan: Plan, rng, p: Point, u: tuple[float, float], setting: str, wate
 
 
 def place_slump(plan: Plan, rng: np.random.Generator, water: SpatialHash, taken: SpatialHash) -> Slump | None:
-    """A new slump on a shore, valley side or slope of ``plan``, clipped by ``water``, at least 3 px from every
-    polygon of ``taken``; None when this try does not fit (below ~0.4 ha, outside the scene, too close)."""
+    """A new slump on a shore, valley side or slope of ``plan``, clipped by ``water``.
+
+    Args:
+        plan: the scene; the slump lies whole inside :meth:`Plan.interior`.
+        rng: the random generator (consumed whether or not the try fits).
+        water: the lakes and rivers, which cut the slump.
+        taken: polygons the slump stays at least 3 px from.
+
+    Returns:
+        The slump, or None when this try does not fit (below ~0.4 ha after clipping, not whole inside the scene
+        with its margin, too close to another).
+    """
     a = _anchor(plan, rng)
     if a is None:
         return None
@@ -398,7 +491,7 @@ def place_slump(plan: Plan, rng: np.random.Generator, water: SpatialHash, taken:
     outline, tongue, head, _ = _build(plan, rng, p, u, setting, water)
     if outline.is_empty or outline.area * plan.resolution**2 < 4000:  # below ~0.4 ha after clipping
         return None
-    if not outline.intersects(box(0, 0, plan.width, plan.height)):
+    if not plan.interior().contains(outline):
         return None
     if any(outline.distance(g) < 3 for g in taken.near(outline, 3)):
         return None
@@ -407,7 +500,19 @@ def place_slump(plan: Plan, rng: np.random.Generator, water: SpatialHash, taken:
 
 
 def neighbour(plan: Plan, rng: np.random.Generator, s: Slump, water: SpatialHash, taken: SpatialHash) -> Slump | None:
-    """A second slump beside ``s`` along the same slope, cut so the two touch but never overlap."""
+    """A second slump beside ``s`` along the same slope, cut so the two touch but never overlap.
+
+    Args:
+        plan: the scene; the neighbour lies whole inside :meth:`Plan.interior`.
+        rng: the random generator.
+        s: the slump to put a neighbour beside.
+        water: the lakes and rivers, which cut the neighbour.
+        taken: polygons (``s`` among them) the neighbour stays at least 3 px from, ``s`` excepted.
+
+    Returns:
+        The neighbour, or None when it does not fit (below ~0.4 ha, not touching ``s``, not whole inside the scene
+        with its margin, too close to another).
+    """
     ux, uy = s.direction
     r0 = math.sqrt(s.geometry.area / math.pi)
     r1 = r0 * rng.uniform(0.6, 1.1)
@@ -420,6 +525,8 @@ def neighbour(plan: Plan, rng: np.random.Generator, s: Slump, water: SpatialHash
     if outline.is_empty or outline.area * plan.resolution**2 < 4000:
         return None
     if outline.distance(s.geometry) > 1e-6 or outline.intersection(s.geometry).area > 1e-6:
+        return None
+    if not plan.interior().contains(outline):
         return None
     if any(g is not s.geometry and outline.distance(g) < 3 for g in taken.near(outline, 3)):
         return None

@@ -23,12 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from rtscli.errors import RtsError
+from rtscli.errors import RtsError, set_vector_crs
 from rtscli.geometry.footprint import to_crs
 from rtscli.geometry.polygons import overlap, union_root
 from rtscli.data.labels import negatives_of
 from rtscli.io.schema import FOOTPRINT_SUFFIX, SHP_NAMES, column
 from rtscli.track.dates import dates_in, find_date, parse_date
+from rtscli.track.merge_schema import is_merged, parquet_coverage
 
 log = logging.getLogger("rtscli")
 
@@ -101,11 +102,11 @@ def read_map(path: Path, *, given: date | None = None, date_field: str | None = 
 
     path = Path(path)
     role = VectorRole("map", "pass --layer NAME to say which holds the slumps",
-                      "save it with its CRS (ogr2ogr -a_srs EPSG:XXXX out.gpkg FILE)", empty_ok=True)
+                      set_vector_crs(path), empty_ok=True)
     name = pick_layer(path, layer) if path.exists() else layer
     gdf, rep = read_polygons(path, None, layer=name, role=role)
     if gdf.crs is None:
-        raise RtsError("the map has no CRS", path=path, fix="save it with its CRS (ogr2ogr -a_srs EPSG:XXXX ...)")
+        raise RtsError("the map has no CRS", path=path, fix=set_vector_crs(path))
     check_coordinates(gdf, path)
     gdf = gdf.assign(source=[f"{path.name}#{i}" for i in gdf.index]).reset_index(drop=True)
     negatives = 0
@@ -134,6 +135,8 @@ def read_map(path: Path, *, given: date | None = None, date_field: str | None = 
         c = column(gdf, names)
         gdf[key] = _flags(gdf[c]) if c is not None else np.zeros(len(gdf), bool)
     carried = _carried(path, gdf) if given is not None else None
+    if is_merged(gdf.columns):  # the scene of each outline, for ARTS's BaseMapID
+        gdf["scene"] = gdf["best_scene"]
     for key in PREDICTION_COLUMNS:  # under rts's own names (a Shapefile or GeoJSON may spell them otherwise)
         c = column(gdf, (key,))
         if c is not None and c != key:
@@ -180,6 +183,9 @@ def _dates(path: Path, gdf: Any, given: date | None, date_field: str | None) -> 
     c = column(gdf, BASEMAP_DATE)
     if c is not None:
         return _parse_column(path, gdf, c), f"ARTS field {c}", _as_text(gdf[c])
+    merged = _merged_dates(gdf) if is_merged(gdf.columns) and len(gdf) else None
+    if merged is not None:  # an rts merge map: one date (its outlines' median), each outline's own kept as given
+        return [merged[0]] * len(gdf), "rts merge (the median date of its outlines)", merged[1]
     if "scene" in gdf.columns and len(gdf):
         found_in = {s: find_date(str(s)) for s in gdf["scene"].unique()}
         found = {s: f for s, f in found_in.items() if f is not None}
@@ -194,6 +200,24 @@ def _dates(path: Path, gdf: Any, given: date | None, date_field: str | None) -> 
             return [f[0]] * len(gdf), how, [_written(f)] * len(gdf)
     raise RtsError("cannot tell the imagery date of the map (no date in its scene, file or folder name)", path=path,
                    fix="pass --dates YYYY-MM-DD,... (one per map, in order) or --date-field NAME")
+
+
+def _merged_dates(gdf: Any) -> tuple[date, list[str]] | None:
+    """The date of an ``rts merge`` map, the median of its outlines' ``date`` (the lower middle one), and each
+    outline's date as written (an undated one gets the median); None when no outline has a date."""
+    texts = _as_text(gdf["date"])
+    days = []
+    for t in texts:
+        try:
+            d = parse_date(t) if t not in ("", "nan", "None") else None
+        except ValueError:
+            d = None
+        days.append(d)
+    known = sorted(d for d in days if d is not None)
+    if not known:
+        return None
+    mid = known[(len(known) - 1) // 2]
+    return mid, [t if d is not None else mid.isoformat() for t, d in zip(texts, days, strict=True)]
 
 
 def _flags(values: Any) -> np.ndarray:
@@ -242,7 +266,7 @@ def check_coordinates(gdf: Any, path: Path) -> None:
     if not ok:
         raise RtsError(f"the coordinates ({x0:.6g}, {y0:.6g} .. {x1:.6g}, {y1:.6g}) do not fit the map's CRS "
                        f"{crs_name(gdf.crs)}: its stated CRS is probably wrong", path=path,
-                       fix="save it with its true CRS (ogr2ogr -a_srs EPSG:XXXX out.gpkg FILE)")
+                       fix=set_vector_crs(path).replace("its CRS", "its true CRS"))
 
 
 def _parse_column(path: Path, gdf: Any, c: str) -> list:
@@ -270,12 +294,21 @@ def _year_note(path: Path, year_only: list) -> None:
 
 
 def _coverage(path: Path, layer: str | None, crs: Any) -> Any | None:
-    """The union of the ``<layer>_footprint`` layer of a GeoPackage, in ``crs``; None when it has none."""
-    if path.suffix.lower() != ".gpkg" or layer is None:
-        return None
+    """The union of the ``<layer>_footprint`` layer of a GeoPackage (or of the ``<name>_footprint.parquet`` that
+    ``rts merge`` writes beside a GeoParquet map), in ``crs``; None when it has none."""
     import geopandas as gpd
     import shapely
     from shapely import union_all
+
+    side = parquet_coverage(path)
+    if path.suffix.lower() in (".parquet", ".geoparquet") and side.exists():
+        fp = gpd.read_parquet(side)
+        if not len(fp):
+            return None
+        fp = fp.to_crs(crs) if fp.crs is not None and crs is not None and fp.crs != crs else fp
+        return union_all(shapely.make_valid(fp.geometry.values))
+    if path.suffix.lower() != ".gpkg" or layer is None:
+        return None
 
     from rtscli.io.vector import gpkg_layers
 
@@ -291,7 +324,8 @@ def _coverage(path: Path, layer: str | None, crs: Any) -> Any | None:
         return union_all(shapely.make_valid(fp.geometry.values))
     except Exception as exc:  # a damaged footprint layer: one line, not a traceback
         raise RtsError(f"cannot read its footprint layer {name!r} ({' '.join(str(exc).split())[:120]})", path=path,
-                       fix="repair or delete that layer (ogr2ogr), then run again") from None
+                       fix="write the map again (rts predict --overwrite), or delete that layer in QGIS, then run "
+                           "again") from None
 
 
 # --- one frame for all dates ------------------------------------------------------------------------------------

@@ -9,9 +9,10 @@ from datetime import date
 from pathlib import Path
 from typing import Callable
 
-from rtscli.errors import RtsError
+from rtscli.errors import RtsError, set_vector_crs
 from rtscli.io.vector import VECTOR_DRIVERS
 from rtscli.track.change import TrackOptions, Tracker
+from rtscli.track.merge_schema import is_coverage_file
 
 log = logging.getLogger("rtscli")
 
@@ -62,8 +63,9 @@ def expand(inputs: list[Path]) -> list[list[Path]]:
                 except (ValueError, OSError, AttributeError, TypeError):
                     found = []
             if not found:
-                found = sorted(f for f in p.iterdir()
-                               if f.suffix.lower() in MAP_SUFFIXES and not f.name.startswith("."))
+                found = sorted(f for f in p.iterdir()  # not the coverage beside an rts merge map
+                               if f.suffix.lower() in MAP_SUFFIXES and not f.name.startswith(".")
+                               and not is_coverage_file(f))
                 if found:
                     log.info("%s: %d map(s) taken from the folder (%s)", p, len(found),
                              ", ".join(f.name for f in found[:5]) + (", ..." if len(found) > 5 else ""))
@@ -205,7 +207,7 @@ def run(req: TrackRequest, progress: Callable[[int], object] | None = None) -> d
         from rtscli.io.vector import VectorRole, read_polygons
 
         role = VectorRole("--stabilized file", "pass --stabilized-layer NAME to say which holds the scars",
-                          "save it with its CRS (ogr2ogr -a_srs EPSG:XXXX ...)", empty_ok=True)
+                          set_vector_crs(req.stabilized), empty_ok=True)
         scars, _ = read_polygons(req.stabilized, None, role=role, layer=req.stabilized_layer)
     maps = []
     for i, p in enumerate(req.maps):
