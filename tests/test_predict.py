@@ -325,7 +325,8 @@ def test_every_format_has_the_same_features(tmp_path, rts, blob):
         assert areas is None or got == areas
         areas = got
     assert areas == [20 * 35, 30 * 40]
-    assert gpd.list_layers(tmp_path / "slumps.gpkg")["name"].tolist() == ["rts", "rts_footprint"]
+    # the style QGIS opens the layer with is stored beside it (QGIS's layer_styles table)
+    assert gpd.list_layers(tmp_path / "slumps.gpkg")["name"].tolist() == ["rts", "rts_footprint", "layer_styles"]
     fp = gpd.read_file(tmp_path / "slumps.gpkg", layer="rts_footprint")  # where the map looked, for rts track
     with rasterio.open(scene) as src:
         assert fp.geometry[0].equals(box(*src.bounds)) and fp.crs == src.crs
@@ -378,7 +379,8 @@ def test_a_project_geopackage_keeps_its_other_layers(tmp_path, rts, blob):
 
     r = rts(*args)  # a new layer: nothing is replaced, so no --overwrite is needed
     assert r.code == 0, r.err
-    assert set(gpd.list_layers(project)["name"]) == {"aoi", "notes", "rts", "rts_footprint"} and kept()
+    assert set(gpd.list_layers(project)["name"]) == {"aoi", "notes", "rts", "rts_footprint", "layer_styles"}
+    assert kept()
     assert len(gpd.read_file(project, layer="rts")) == 2
     before = project.stat().st_mtime_ns
     r = rts(*args)  # the layer exists: one line naming it and the fix, the file untouched
@@ -388,7 +390,7 @@ def test_a_project_geopackage_keeps_its_other_layers(tmp_path, rts, blob):
     r = rts(*args, "--layer", "slumps_2026")
     assert r.code == 0, r.err
     assert set(gpd.list_layers(project)["name"]) == {"aoi", "notes", "rts", "rts_footprint", "slumps_2026",
-                                                       "slumps_2026_footprint"} and kept()
+                                                       "slumps_2026_footprint", "layer_styles"} and kept()
     r = rts("predict", scene, "-o", tmp_path / "x.shp", "--model", blob.path, "--layer", "a")
     assert r.code == 2 and "--layer" in r.err
     # interrupted half-way: the project is as it was, and no temporary file is left

@@ -164,10 +164,9 @@ def run(argv: Sequence[str], *, on_line: Callable[[str, Optional[float]], None],
     Its standard output and error are read as one stream, line by line, in a thread; each line goes to
     ``on_line`` in the calling thread (with its progress in percent, or None). Cancelling sends SIGINT to rts's
     process group as Ctrl-C in a terminal does (on Windows CTRL_BREAK), on which rts stops, removes its temporary
-    files and keeps no partial output; SIGTERM follows
-    after ``grace[0]`` s and SIGKILL after ``grace[1]`` more if it still runs. rts runs in its own process group (a
-    session on POSIX), and whatever is left of that group when it ends (tile-reading workers) is killed, so no
-    process outlives the run.
+    files and keeps no partial output; SIGTERM follows after ``grace[0]`` s and SIGKILL after ``grace[1]`` more if
+    it still runs. rts runs in its own process group (a session on POSIX), and whatever is left of that group when
+    it ends (tile-reading workers) is killed, so no process outlives the run, nor holds its output open.
 
     Args:
         argv: the command: the rts executable, then its arguments.
@@ -202,6 +201,7 @@ def run(argv: Sequence[str], *, on_line: Callable[[str, Optional[float]], None],
     seen: List[str] = []
     canceled = False
     stop_at: List[float] = []  # when each stop signal was sent
+    exited_at: Optional[float] = None  # when rts itself was seen ended
     ended = False
     while not ended:
         try:
@@ -214,6 +214,10 @@ def run(argv: Sequence[str], *, on_line: Callable[[str, Optional[float]], None],
             else:
                 seen.append(line)
                 on_line(line, progress_of(line))
+        if proc.poll() is not None and not ended:  # rts has ended; a process it left may still hold the output
+            exited_at = exited_at or time.monotonic()
+            if posix and time.monotonic() - exited_at > 5:
+                _kill_group(proc.pid, wait_s=0)
         if not canceled and proc.poll() is None and is_canceled():
             canceled = True
             _signal(proc, "interrupt")
@@ -252,13 +256,19 @@ def _signal(proc: "subprocess.Popen[bytes]", how: str) -> None:
         pass  # it has ended meanwhile
 
 
-def _kill_group(pgid: int) -> None:
-    """Kill whatever is left of rts's process group (nothing, when rts stopped its workers itself)."""
+def _kill_group(pgid: int, wait_s: float = 5.0) -> None:
+    """Kill whatever is left of rts's process group (nothing, when rts stopped its workers itself), and wait up to
+    ``wait_s`` seconds until the group is gone."""
     killpg = getattr(os, "killpg", None)
     if killpg is None:
         return
+    sigkill = getattr(signal, "SIGKILL", signal.SIGTERM)
+    end = time.monotonic() + wait_s
     try:
-        killpg(pgid, getattr(signal, "SIGKILL", signal.SIGTERM))
+        killpg(pgid, sigkill)
+        while time.monotonic() < end:
+            time.sleep(0.05)
+            killpg(pgid, 0)  # ProcessLookupError once no process of the group is left
     except (ProcessLookupError, PermissionError, OSError):
         pass
 

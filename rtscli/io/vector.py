@@ -213,11 +213,14 @@ def driver_for(path: Path) -> str:
 
 
 def gpkg_layers(path: Path) -> list[str]:
-    """The layer names of an existing GeoPackage (or any vector file); a clear error when GDAL cannot read it."""
+    """The layer names of an existing GeoPackage (or any vector file), without QGIS's own tables (``layer_styles``,
+    ``qgis_projects``: styles and projects, not maps); a clear error when GDAL cannot read it."""
     import pyogrio
 
+    from rtscli.io.styles import QGIS_TABLES
+
     try:
-        return [str(n) for n in pyogrio.list_layers(path)[:, 0]]
+        return [str(n) for n in pyogrio.list_layers(path)[:, 0] if str(n).casefold() not in QGIS_TABLES]
     except Exception as exc:  # pyogrio raises DataSourceError for a file that is not a GeoPackage
         raise RtsError(f"exists but is not a GeoPackage GDAL can read ({' '.join(str(exc).split())[:120]})",
                        path=path, fix="choose another output, or move that file away") from None
