@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rtscli.errors import RtsError
+from rtscli.modeling.memory import profile_key
 
 if TYPE_CHECKING:
     from rtscli.engine.train_settings import TrainSettings
@@ -145,16 +146,6 @@ def cpu_rates(threads: int) -> tuple[float, float]:
         return rate, bandwidth
     finally:
         torch.set_num_threads(before)
-
-
-def _key(cfg: ModelConfig, fusion: dict | None) -> str:
-    d = cfg.to_dict()
-    for k in ("name", "description", "training"):
-        d.pop(k, None)
-    f = None
-    if fusion:
-        f = {k: fusion.get(k) for k in ("strategy", "modalities", "channels", "primary", "heads", "window", "frozen")}
-    return json.dumps({"model": d, "fusion": f}, sort_keys=True)
 
 
 def _count(fn: Any, *args: Any) -> tuple[int, int]:
@@ -270,7 +261,7 @@ def step_work(cfg: ModelConfig, *, batch_size: int, task: str = "train",
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}")
-    flop, nbytes = _tile_work(_key(cfg, fusion), task)
+    flop, nbytes = _tile_work(profile_key(cfg, fusion), task)
     n = max(1, batch_size)
     return flop * n, nbytes * n
 

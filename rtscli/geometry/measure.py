@@ -128,3 +128,27 @@ def pixel_area_m2(transform: Affine, width: int, height: int, crs: CRSLike | Non
     """
 
     return geodesic_area(window_footprint(transform, 0, 0, width, height), crs) / max(1, width * height)
+
+
+def centred_equal_area_crs(lonlat: np.ndarray) -> Any:
+    """A Lambert azimuthal equal-area CRS centred on points: true areas and overlaps across the antimeridian and near
+    the pole, for maps of any CRSs compared in one (``rts track``, ``rts merge``).
+
+    Args:
+        lonlat: (N, 2) longitudes and latitudes in degrees (WGS84); N may be 0.
+
+    Returns:
+        A pyproj ``CRS``: centred on the mean direction of the points (the mean of their unit vectors), or on the
+        North Pole without points.
+    """
+    from pyproj import CRS
+
+    ll = np.radians(np.asarray(lonlat, dtype=float).reshape(-1, 2))
+    if not len(ll):
+        return CRS.from_proj4("+proj=laea +lat_0=90 +lon_0=0 +datum=WGS84 +units=m +no_defs")
+    v = np.column_stack([np.cos(ll[:, 1]) * np.cos(ll[:, 0]), np.cos(ll[:, 1]) * np.sin(ll[:, 0]), np.sin(ll[:, 1])])
+    cx, cy, cz = v.mean(axis=0)  # the mean direction: right across the antimeridian and near the pole
+    lat0 = float(np.degrees(np.arctan2(cz, np.hypot(cx, cy))))
+    lon0 = float(np.degrees(np.arctan2(cy, cx)))
+    return CRS.from_proj4(f"+proj=laea +lat_0={lat0:.4f} +lon_0={lon0:.4f} +x_0=0 +y_0=0 +datum=WGS84 +units=m "
+                          "+no_defs")

@@ -169,7 +169,9 @@ class _Profile:
         return 0 if self.frozen else self.backbones * self.attention
 
 
-def _key(cfg: ModelConfig, fusion: dict | None) -> str:
+def profile_key(cfg: ModelConfig, fusion: dict | None) -> str:
+    """The model and fusion settings that decide a step's cost, as a hashable JSON key (names and training
+    settings left out), for the cached profiles of memory and time estimates."""
     d = cfg.to_dict()
     for k in ("name", "description", "training"):
         d.pop(k, None)
@@ -180,7 +182,7 @@ def _key(cfg: ModelConfig, fusion: dict | None) -> str:
 
 
 def _parse_key(key: str) -> tuple[ModelConfig, Any, bool, list[int]]:
-    """``(config, fusion spec, feature-level fusion?, input channels per backbone)`` of a :func:`_key`."""
+    """``(config, fusion spec, feature-level fusion?, input channels per backbone)`` of a :func:`profile_key`."""
     from rtscli.modeling.fusion import is_feature_level
 
     job = json.loads(key)
@@ -380,7 +382,7 @@ def estimate_step_memory(cfg: ModelConfig, *, batch_size: int, device: str | tor
       allocator's rounding (not measured).
     """
     check_batch_size(batch_size)
-    prof = _profile(_key(cfg, fusion))
+    prof = _profile(profile_key(cfg, fusion))
     total = prof.total_params if total_params is None else int(total_params)
     trainable = prof.trainable_params if trainable_params is None else int(trainable_params)
     dev = device_type(device)

@@ -19,8 +19,8 @@ from rtscli.machine import device_type
 from rtscli.modeling.config import ModelConfig
 from rtscli.modeling.memory import (
     CPU_ACTIVATION_FACTOR, CPU_RESERVE, CUDA_RESERVE, MIXED_ATTENTION_FACTOR, MIXED_OTHER_FACTOR, StepMemory,
-    _attention_bytes, _key, _meta_parts, _param_keys, _parse_key, _SavedCounter, _storage_key, check_batch_size,
-    resolve_precision,
+    _attention_bytes, _meta_parts, _param_keys, _parse_key, _SavedCounter, _storage_key, check_batch_size,
+    profile_key, resolve_precision,
 )
 
 _T = TypeVar("_T")
@@ -174,7 +174,7 @@ def estimate_inference_memory(cfg: ModelConfig, *, batch_size: int, device: str 
         RtsError: for a batch size below 1.
     """
     check_batch_size(batch_size)
-    prof = _forward_profile(_key(cfg, fusion))
+    prof = _forward_profile(profile_key(cfg, fusion))
     cuda = device_type(device) == "cuda"
     work = prof.peak * batch_size
     return StepMemory(weights=4 * prof.total_params, gradients=0, optimizer=0, best_copy=0,
@@ -240,7 +240,7 @@ def estimate_ssl_memory(cfg: ModelConfig, *, batch_size: int, device: str | torc
         RtsError: for a batch size below 1.
     """
     check_batch_size(batch_size)
-    prof = _simmim_profile(_key(cfg, None))
+    prof = _simmim_profile(profile_key(cfg, None))
     prec = resolve_precision(precision, device)
     pbytes = 2 if prec in ("bf16-true", "16-true", "bf16", "16", "half") else 4
     att, other = prof.attention, prof.saved - prof.attention

@@ -333,7 +333,7 @@ def _coverage(path: Path, layer: str | None, crs: Any) -> Any | None:
 
 def working_crs(maps: list[SlumpMap]) -> Any:
     """A Lambert azimuthal equal-area CRS (WGS 84) centred on the maps' polygons (else their coverage)."""
-    from pyproj import CRS, Transformer
+    from pyproj import Transformer
 
     pts = []
     for m in maps:
@@ -344,15 +344,9 @@ def working_crs(maps: list[SlumpMap]) -> Any:
         x, y = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
         lon, lat = Transformer.from_crs(m.gdf.crs, "EPSG:4326", always_xy=True).transform(x, y)
         pts.append(np.column_stack([lon, lat]))
-    if not pts:
-        return CRS.from_proj4("+proj=laea +lat_0=90 +lon_0=0 +datum=WGS84 +units=m +no_defs")
-    ll = np.radians(np.concatenate(pts))
-    v = np.column_stack([np.cos(ll[:, 1]) * np.cos(ll[:, 0]), np.cos(ll[:, 1]) * np.sin(ll[:, 0]), np.sin(ll[:, 1])])
-    cx, cy, cz = v.mean(axis=0)  # the mean direction: right across the antimeridian and near the pole
-    lat0 = float(np.degrees(np.arctan2(cz, np.hypot(cx, cy))))
-    lon0 = float(np.degrees(np.arctan2(cy, cx)))
-    return CRS.from_proj4(f"+proj=laea +lat_0={lat0:.4f} +lon_0={lon0:.4f} +x_0=0 +y_0=0 +datum=WGS84 +units=m "
-                          "+no_defs")
+    from rtscli.geometry.measure import centred_equal_area_crs
+
+    return centred_equal_area_crs(np.concatenate(pts) if pts else np.empty((0, 2)))
 
 
 def load_maps(maps: list[SlumpMap], *, min_area: float = 0.0, metric: str = "ios",

@@ -220,7 +220,6 @@ def working_crs(maps: list[MapInfo]) -> Any:
     Areas of polygons and of their overlaps are true in it (equal-area: shapes are distorted far from the centre
     but every area ratio is kept), so one CRS serves a region as large as the pan-Arctic domain.
     """
-    from pyproj import CRS
 
     pts = []
     for m in maps:
@@ -231,15 +230,9 @@ def working_crs(maps: list[MapInfo]) -> Any:
         lon, lat = t.transform(x, y)
         if np.isfinite(lon) and np.isfinite(lat):
             pts.append((lon, lat))
-    if not pts:
-        return CRS.from_proj4("+proj=laea +lat_0=90 +lon_0=0 +datum=WGS84 +units=m +no_defs")
-    ll = np.radians(np.asarray(pts))
-    v = np.column_stack([np.cos(ll[:, 1]) * np.cos(ll[:, 0]), np.cos(ll[:, 1]) * np.sin(ll[:, 0]), np.sin(ll[:, 1])])
-    cx, cy, cz = v.mean(axis=0)  # the mean direction: right across the antimeridian and near the pole
-    lat0 = float(np.degrees(np.arctan2(cz, np.hypot(cx, cy))))
-    lon0 = float(np.degrees(np.arctan2(cy, cx)))
-    return CRS.from_proj4(f"+proj=laea +lat_0={lat0:.4f} +lon_0={lon0:.4f} +x_0=0 +y_0=0 +datum=WGS84 +units=m "
-                          "+no_defs")
+    from rtscli.geometry.measure import centred_equal_area_crs
+
+    return centred_equal_area_crs(np.asarray(pts) if pts else np.empty((0, 2)))
 
 
 @functools.lru_cache(maxsize=256)
