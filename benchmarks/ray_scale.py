@@ -111,6 +111,8 @@ def main() -> None:
     ap.add_argument("--large", type=int, default=10)
     ap.add_argument("--large-size", type=int, default=4096)
     ap.add_argument("--out", type=Path, default=Path("bench_out/ray_scale"))
+    ap.add_argument("--only", choices=["all", "uniform", "mixed"], default="all",
+                    help="run only the uniform passes (overhead, scaling, memory) or only the mixed-size ones")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     model = a.model
@@ -139,15 +141,17 @@ def main() -> None:
     bands = ["--bands", "planetscope4"]
     r: dict = {"meta": meta(small=a.small, small_size=a.small_size, large=a.large, large_size=a.large_size,
                             model=str(model))}
-    r["local_1"] = timed(predict(uniform, a.out / "o_local", model, *bands), "local, 1 thread")
-    r["ray_1"] = timed(predict(uniform, a.out / "o_ray1", model, *bands, "--engine", "ray", "--ray-workers", "1"),
-                       "ray, 1 worker")
-    r["ray_2"] = timed(predict(uniform, a.out / "o_ray2", model, *bands, "--engine", "ray", "--ray-workers", "2"),
-                       "ray, 2 workers")
-    r["torchrun_2"] = timed(torchrun(uniform, a.out / "o_tr2", model, 2) + bands, "torchrun, 2 fixed shares")
-    r["same_outputs_local_vs_ray"] = same_outputs(a.out / "o_local", a.out / "o_ray2")
-    r["one_scene_local"] = timed(predict(scenes["large"], a.out / "one.gpkg", model, *bands), "one large scene")
-    if a.large:
+    if a.only in ("all", "uniform"):
+        r["local_1"] = timed(predict(uniform, a.out / "o_local", model, *bands), "local, 1 thread")
+        r["ray_1"] = timed(predict(uniform, a.out / "o_ray1", model, *bands, "--engine", "ray", "--ray-workers", "1"),
+                           "ray, 1 worker")
+        r["ray_2"] = timed(predict(uniform, a.out / "o_ray2", model, *bands, "--engine", "ray", "--ray-workers",
+                                   "2"), "ray, 2 workers")
+        r["torchrun_2"] = timed(torchrun(uniform, a.out / "o_tr2", model, 2) + bands, "torchrun, 2 fixed shares")
+        r["same_outputs_local_vs_ray"] = same_outputs(a.out / "o_local", a.out / "o_ray2")
+        print(f"  same outputs, local vs ray: {r['same_outputs_local_vs_ray']}", file=sys.stderr, flush=True)
+        r["one_scene_local"] = timed(predict(scenes["large"], a.out / "one.gpkg", model, *bands), "one large scene")
+    if a.large and a.only in ("all", "mixed"):
         r["mixed_ray_2"] = timed(predict(mixed, a.out / "m_ray2", model, *bands, "--engine", "ray",
                                          "--ray-workers", "2"), "mixed sizes, ray 2 workers")
         r["mixed_torchrun_2"] = timed(torchrun(mixed, a.out / "m_tr2", model, 2) + bands,
@@ -156,8 +160,8 @@ def main() -> None:
         "ray_1_over_local": r["ray_1"]["wall"] / r["local_1"]["wall"],
         "speedup_ray_2_over_ray_1": r["ray_1"]["wall"] / r["ray_2"]["wall"],
         "speedup_torchrun_2_over_local": r["local_1"]["wall"] / r["torchrun_2"]["wall"],
-    }
-    if a.large:
+    } if a.only in ("all", "uniform") else {}
+    if a.large and a.only in ("all", "mixed"):
         r["ratios"]["mixed_torchrun_over_ray"] = r["mixed_torchrun_2"]["wall"] / r["mixed_ray_2"]["wall"]
     text = json.dumps(r, indent=2)
     (a.out / "results.json").write_text(text)

@@ -264,6 +264,34 @@ def test_no_detection_under_clouds_and_the_footprint_leaves_them_out(tmp_path, r
     assert fp.area == pytest.approx((200 * 300 - cloud_px) * 100) and not any(fp.intersection(c).area for c in clouds)
 
 
+def test_quality_folder_gives_the_masks_of_many_scenes_kept_apart_from_them(tmp_path, rts, blob):
+    # masks in their own folder (as a download tool puts them), found there by the providers' names for each scene
+    scenes = tmp_path / "scenes"
+    _clouded_scene(tmp_path / "a")
+    scenes.mkdir()
+    shutil.move(tmp_path / "a" / "20190715_183012_12_2456_3B_AnalyticMS_SR.tif", scenes)
+    clear = np.zeros((3, 200, 300), np.float32)
+    clear[:, 50:80, 100:140] = 1
+    write_tif(scenes / "20190716_183012_12_2456_3B_AnalyticMS_SR.tif", clear)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    shutil.move(tmp_path / "a" / "20190715_183012_12_2456_3B_udm2.tif", masks)
+    write_udm2(masks / "20190716_183012_12_2456_3B_udm2.tif", np.zeros((200, 300), int))
+    out = tmp_path / "maps"
+    r = rts("predict", scenes, "-o", out, "--model", blob.path, "--workers", 0, "--quality", masks)
+    assert r.code == 0, r.err
+    said = " ".join(r.err.split())
+    assert f"found in {masks}" in said
+    clouded = gpd.read_file(out / "20190715_183012_12_2456_3B_AnalyticMS_SR.gpkg", layer="rts")
+    clouds = [box(*apply(T, c0, r1), *apply(T, c1, r0)) for r0, r1, c0, c1 in CLOUDS]
+    assert len(clouded) == 2 and not any(clouded.intersection(c).area.sum() > 0 for c in clouds)
+    assert len(gpd.read_file(out / "20190716_183012_12_2456_3B_AnalyticMS_SR.gpkg", layer="rts")) == 1
+    # one mask file for many scenes cannot be right: refused before anything runs
+    r = rts("predict", scenes, "-o", tmp_path / "m2", "--model", blob.path, "--workers", 0, "--quality",
+            masks / "20190716_183012_12_2456_3B_udm2.tif")
+    assert r.code == 2 and "names one mask file, and several scenes are given" in r.err
+
+
 def test_track_does_not_call_a_slump_under_a_cloud_gone(tmp_path, rts, blob):
     clear = tmp_path / "d1"
     img = np.zeros((3, 200, 300), np.float32)

@@ -299,10 +299,10 @@ def test_progress_lines_when_stderr_is_not_a_terminal(dataset, tmp_path, rts, mo
     assert "GPU available" not in r.err and "Tip" not in r.err  # ... nor Lightning's banners and tips
     step = re.compile(r"rts: training: epoch 0/1, step 1/3 \(33%\), loss \d[\d.]*, [\d.]+ steps/s, ETA \d+ s$")
     assert step.match(lines[0]), lines
-    assert re.search(r"epoch 0/1 done, step 2/3 \(67%\), mean loss \d[\d.]*, val mask AP50 0\.\d{3} "
-                     r"\(best 0\.\d{3} at epoch 0\), [\d.]+ steps/s, ETA", r.err)
-    assert re.search(r"epoch 1/1 done, step 3/3 \(100%\), mean loss \d[\d.]*, [\d.]+ steps/s, done in \d+ s",
-                     lines[-1])
+    assert re.search(r"epoch 0/1 done, step 2/3 \(67%\), mean loss \d[\d.]*, RPN pos/img [\d.]+, top fg [\d.]+, "
+                     r"val mask AP50 0\.\d{3} \(best 0\.\d{3} at epoch 0\), [\d.]+ steps/s, ETA", r.err)
+    assert re.search(r"epoch 1/1 done, step 3/3 \(100%\), mean loss \d[\d.]*, RPN pos/img [\d.]+, top fg [\d.]+, "
+                     r"[\d.]+ steps/s, done in \d+ s", lines[-1])
     assert len([ln for ln in lines if "done," not in ln]) == 3  # one line per step
 
 

@@ -106,6 +106,10 @@ PREDICT = Command(
               help=_BAND_HELP),
         Param("BAND_MAP", "string", "Or a band map (overrides the preset)", flag="--bands", optional=True,
               help=_BAND_HELP),
+        Param("DEM", "raster", "DEM (for a model trained with terrain)", flag="--dem", optional=True,
+              help="DEM for a model trained with terrain (rts prepare --dem): a GeoTIFF, a VRT mosaic (e.g. of "
+                   "ArcticDEM tiles) or a folder of tiles, in any CRS and resolution; slope, relief and hillshade are "
+                   "made from it by window as in training."),
         Param("MIN_SCORE", "number", "Minimum score", flag="--min-score", default=0.5, minimum=0.0, maximum=1.0,
               help="Keep detections scoring at least this."),
         Param("MIN_AREA", "number", "Minimum area (m²)", flag="--min-area", default=0.0, minimum=0.0,
@@ -310,6 +314,12 @@ PREPARE = Command(
                    "is in m2.)"),
         Param("SITE", "string", "Site name", flag="--site", optional=True, advanced=True,
               help="Site name for all inputs (default: first subfolder name)."),
+        Param("DEM", "raster", "DEM (terrain: slope, relief, hillshade)", flag="--dem", optional=True,
+              help="A DEM (GeoTIFF, VRT mosaic of ArcticDEM tiles, or a folder of tiles; any CRS and resolution): "
+                   "slope (degrees), relief (m) and hillshade become chip bands and the modality terrain."),
+        Param("DEM_RADIUS", "number", "Relief radius (m)", flag="--dem-radius", default=100.0, minimum=0.0,
+              advanced=True,
+              help="With --dem: the radius of the relief (elevation minus the mean elevation within it), metres."),
         Param("DROP_EMPTY", "bool", "Drop chips without slumps", flag="--drop-empty", default=False, advanced=True,
               help="Drop chips without slumps (kept as negatives by default)."),
         Param("OUTPUT", "folder_out", "Dataset folder", flag="--out", help="Dataset directory to create."),

@@ -71,3 +71,7 @@ def finetune(
                   f"({'frozen' if cfg['training']['frozen_backbones'] else 'trained'} backbones), "
                   f"{m['steps_run']} steps; weights of {m['bundle_weights']}", markup=False, soft_wrap=True)
     console.print(f"  per-epoch metrics: {out}/metrics.csv, curves: {out}/curves.png; rts info {out}")
+    from rtscli.engine.training_health import run_warnings
+
+    for line in run_warnings(m):  # AP50 0 at every validation, a collapse: said, with what to try
+        console.print(line, markup=False, soft_wrap=True)

@@ -100,7 +100,17 @@ def info(
         console.print("  scores: the dataset had no validation split, so AP50 was measured on the training chips "
                       "(a measure of fit, not of how the model generalizes); `rts evaluate` scores a held-out split",
                       markup=False, soft_wrap=True)
+    cov = c.get("anchor_coverage")
+    if cov:  # how well the anchors covered the training boxes, measured when training started
+        from rtscli.engine.training_health import coverage_lines
+
+        for line in coverage_lines(cov) + ([f"  warning: {cov['warning']}"] if cov.get("warning") else []):
+            console.print(f"  {line}", markup=False, soft_wrap=True)
     console.print(metrics_table(bundle, metrics))
+    from rtscli.engine.training_health import run_warnings
+
+    for line in run_warnings(metrics):  # AP50 0 at every validation, a collapse
+        console.print(f"  {line}", markup=False, soft_wrap=True)
 
 
 def metrics_table(bundle: Path, metrics: dict) -> Table:
@@ -114,7 +124,7 @@ def metrics_table(bundle: Path, metrics: dict) -> Table:
     t.add_column("what")
     t.add_column("value", justify="right")
     for k, v in metrics.items():
-        if k == "bundle_weights":
+        if k in ("bundle_weights", "ap50_note", "collapse_warning"):  # told in words below the table
             continue
         name = k.replace("train_chips_", "training-chip ").replace("_", " ")
         t.add_row(name, f"{v:.4f}" if isinstance(v, float) else str(v))

@@ -26,6 +26,7 @@ def predict(
     resample: Annotated[bool, typer.Option(help="Resample rasters on other grids onto the first one (bilinear) instead of refusing them.")] = False,
     quality: Annotated[Optional[str], typer.Option(help="Quality mask per scene (clouds, shadow, haze, snow are nodata): auto (found beside each scene: PlanetScope *_udm2.tif, Sentinel-2 *_SCL_20m.jp2 or SCL.tif, Landsat *_QA_PIXEL.TIF), a mask file (one scene; also a 0/1 GeoTIFF, 1 = usable) or a folder of masks.")] = None,
     quality_invalid: Annotated[Optional[str], typer.Option(help="With --quality: the classes counted invalid, of cloud, shadow, haze, cirrus, snow, dark (default cloud,shadow,haze,cirrus,snow; e.g. cloud,shadow,cirrus,snow maps through haze).")] = None,
+    dem: Annotated[Optional[Path], typer.Option(help="DEM for a model trained with terrain (rts prepare --dem): a GeoTIFF, a VRT mosaic (e.g. of ArcticDEM tiles) or a folder of tiles, in any CRS and resolution; slope, relief and hillshade are made from it by window as in training.")] = None,
     overlap: Annotated[Optional[float], typer.Option(help="Tile overlap: a fraction of the tile (<1) or pixels (default: 25% or the typical slump size).")] = None,
     min_score: Annotated[float, typer.Option(help="Keep detections scoring at least this.")] = 0.5,
     min_area: Annotated[float, typer.Option(help="Drop polygons smaller than this many m^2.")] = 0.0,
@@ -63,7 +64,7 @@ def predict(
         quicklook=quicklook, batch_size=batch_size, workers=workers, device=device, overwrite=overwrite,
         nodata=nodata, scale=scale, offset=offset, layer=layer, truth=truth, truth_layer=truth_layer, stretch=stretch,
         engine=engine, address=address, ray_workers=ray_workers, threads=threads, quality=quality,
-        quality_invalid=quality_invalid)
+        quality_invalid=quality_invalid, dem=dem)
 
 
 #: vector formats of a one-scene output (many scenes: a folder of .gpkg)
@@ -97,7 +98,7 @@ def run(*, inputs: list[str], out: Path | None, model: Path | None, bands: str |
         offset: float | None = None, truth: Path | None = None, truth_layer: str | None = None,
         stretch: str | None = None, engine: str = "local", address: str | None = None,
         ray_workers: int | None = None, threads: int | None = None, quality: str | None = None,
-        quality_invalid: str | None = None) -> None:
+        quality_invalid: str | None = None, dem: Path | None = None) -> None:
     """``rts predict``: check the options and inputs, then map one scene or many (:mod:`rtscli.engine.batch`)."""
     from rtscli.cli.userconfig import default_model
     from rtscli.console import console
@@ -106,7 +107,7 @@ def run(*, inputs: list[str], out: Path | None, model: Path | None, bands: str |
     from rtscli.engine.devices import distributed
     from rtscli.engine.mapping import run_scene
     from rtscli.engine.predict import PredictOptions
-    from rtscli.engine.scene_checks import check_band_layout, check_modalities, scene_sources
+    from rtscli.engine.scene_checks import check_modalities, open_checked, scene_sources
     from rtscli.io.atomic import check_output
     from rtscli.io.schema import footprint_layer
     from rtscli.io.vector import check_vector_output
@@ -154,11 +155,12 @@ def run(*, inputs: list[str], out: Path | None, model: Path | None, bands: str |
                           simplify=simplify, merge=merge, match_metric=match, match_threshold=match_threshold,
                           to_crs=to_crs, device=device)
     _check_memory(bundle, batch_size=batch_size, device=device)  # before any scene is read or output written
-    units: dict[str, Any] = dict(scale=scale, offset=offset, training=bundle.values)
+    units: dict[str, Any] = dict(scale=scale, offset=offset, training=bundle.values, dem=terrain_dem(bundle, dem))
     scenes = [] if per_modality else scene_paths(inputs)
     is_dir_input = len(inputs) == 1 and Path(inputs[0]).is_dir()
     many = len(scenes) > 1 or is_dir_input or bool(inputs and any(c in inputs[0] for c in "*?[")) \
-        or bool(inputs and inputs[0].endswith(".txt"))
+        or bool(inputs and inputs[0].endswith(".txt")) \
+        or bool(inputs and inputs[0].lower().endswith(".json") and scenes != [Path(inputs[0])])  # a catalog
     units["quality"] = quality_request(quality, quality_invalid, many=many)
     if many:
         _run_many(scenes, out, model=model, bundle=bundle, band_map=band_map, bands_given=bool(bands), opts=opts,
@@ -174,11 +176,13 @@ def run(*, inputs: list[str], out: Path | None, model: Path | None, bands: str |
     for extra in (raster, quicklook):
         if extra is not None:
             check_output(extra, overwrite)
-    srcs = scene_sources(scenes[0] if scenes else None, band_map=band_map, rgb=rgb, nir=nir, ndvi=ndvi, aux=aux)
-    if scenes and not bands:
-        check_band_layout(bundle, scenes[0])
-    check_modalities(bundle, srcs, str(srcs[0].path) if scenes else "the given rasters")
-    scene = open_scene(srcs, resample=resample, nodata=nodata, **units)  # every check before the model loads
+    if scenes:  # every check before the model loads
+        scene = open_checked(scenes[0], bundle=bundle, band_map=band_map, bands_given=bool(bands), nodata=nodata,
+                             units=units, resample=resample)
+    else:
+        srcs = scene_sources(None, band_map=band_map, rgb=rgb, nir=nir, ndvi=ndvi, aux=aux)
+        check_modalities(bundle, srcs, "the given rasters", dem=units["dem"] is not None)
+        scene = open_scene(srcs, resample=resample, nodata=nodata, **units)
     if truth is not None:
         from rtscli.render.quicklook import truth_outlines
 
@@ -200,6 +204,28 @@ def run(*, inputs: list[str], out: Path | None, model: Path | None, bands: str |
     if raster:
         console.print(f"instance raster: {raster}")
     console.print("open it in QGIS: drag the file onto the map, over the scene")
+
+
+def terrain_dem(bundle: Any, dem: Path | None) -> Any:
+    """``--dem`` checked against the model: a :class:`rtscli.data.terrain.Dem` with the bundle's terrain settings, or
+    None for a model without terrain.
+
+    Raises:
+        RtsError: a model that reads terrain without ``--dem``, ``--dem`` for a model trained without terrain, a DEM
+            that cannot be used (no CRS, heights in unknown units, all void).
+    """
+    if dem is None:
+        if bundle.needs_terrain:
+            was = (bundle.terrain or {}).get("path")
+            raise RtsError("the model reads terrain (slope, relief, hillshade) and no --dem was given",
+                           fix="pass --dem DEM" + (f" (it was trained with {was})" if was else ""))
+        return None
+    if not bundle.needs_terrain:
+        raise RtsError("--dem gives terrain channels, and the model was trained without terrain", path=dem,
+                       fix="drop --dem, or use a model trained on a dataset made with rts prepare --dem")
+    from rtscli.data.terrain import Dem, TerrainSettings
+
+    return Dem(dem, TerrainSettings.from_record(bundle.terrain))
 
 
 def quality_request(quality: str | None, invalid: str | None, *, many: bool = False) -> Any:

@@ -40,6 +40,8 @@ def prepare(
     offset: Annotated[Optional[float], typer.Option(help="Added after --scale (e.g. -0.1 for Sentinel-2 L2A processed since 2022; -0.2 with --scale 2.75e-5 for Landsat Collection 2).")] = None,
     quality: Annotated[Optional[str], typer.Option(help="Quality mask per raster (clouds, shadow, haze, snow are nodata; chips more than half invalid are left out and counted): auto (found beside each raster: *_udm2.tif, *_SCL_20m.jp2, SCL.tif, *_QA_PIXEL.TIF), a mask file (one raster; also a 0/1 GeoTIFF, 1 = usable) or a folder of masks.")] = None,
     quality_invalid: Annotated[Optional[str], typer.Option(help="With --quality: the classes counted invalid, of cloud, shadow, haze, cirrus, snow, dark (default cloud,shadow,haze,cirrus,snow).")] = None,
+    dem: Annotated[Optional[Path], typer.Option(help="A DEM (GeoTIFF, VRT mosaic of ArcticDEM tiles, or a folder of tiles; any CRS and resolution): slope (degrees), relief (m) and hillshade become chip bands and the modality terrain.")] = None,
+    dem_radius: Annotated[float, typer.Option(help="With --dem: the radius of the relief (elevation minus the mean elevation within it), metres.")] = 100.0,
     drop_empty: Annotated[bool, typer.Option("--drop-empty", help="Drop chips without slumps (kept as negatives by default).")] = False,
     repeat_to: Annotated[int, typer.Option(help="Repeat 1-channel modalities to this many channels (0 = no).")] = 3,
     dedupe_labels: Annotated[bool, typer.Option("--dedupe-labels/--keep-duplicate-labels", help="Label polygons that repeat an earlier one (IoU >= 0.9: one slump drawn twice) are counted; keep only the first of each (default), or keep them all.")] = True,
@@ -128,6 +130,8 @@ def prepare(
         category=category,
         crowd_as_instances=crowd_as_instances,
         quality=quality_request(quality, quality_invalid, many=inputs_many),
+        dem=dem,
+        dem_radius=dem_radius,
     )
     with progress() as bar:
         def make(desc, total):

@@ -63,3 +63,7 @@ def pretrain(
     console.print(f"bundle {out}: {cfg['model']['name']}, modality {modality}, {m['steps_run']} steps; "
                   f"weights of {m['bundle_weights']}", markup=False, soft_wrap=True)
     console.print(f"  per-epoch metrics: {out}/metrics.csv, curves: {out}/curves.png")
+    from rtscli.engine.training_health import run_warnings
+
+    for line in run_warnings(m):  # AP50 0 at every validation, a collapse: said, with what to try
+        console.print(line, markup=False, soft_wrap=True)

@@ -23,6 +23,8 @@ def ssl(
     nodata: Annotated[Optional[float], typer.Option(help="Nodata value of the scenes when they do not tag one.")] = None,
     quality: Annotated[Optional[str], typer.Option(help="Quality mask per scene: clouds, shadow, haze, snow are nodata (never in a window's loss). auto (beside each scene: *_udm2.tif, *_SCL_20m.jp2, SCL.tif, *_QA_PIXEL.TIF), a mask file (one scene) or a folder of masks.")] = None,
     quality_invalid: Annotated[Optional[str], typer.Option(help="With --quality: the classes counted invalid, of cloud, shadow, haze, cirrus, snow, dark (default cloud,shadow,haze,cirrus,snow).")] = None,
+    dem: Annotated[Optional[Path], typer.Option(help="A DEM for the terrain channels (slope, relief, hillshade) of --modality terrain beside the scenes' imagery. Without it, --modality terrain reads the scenes themselves as DEMs (e.g. ArcticDEM tiles or a VRT mosaic).")] = None,
+    dem_radius: Annotated[float, typer.Option(help="The relief's radius, metres (as rts prepare --dem-radius).")] = 100.0,
     windows: Annotated[int, typer.Option(help="Random windows per epoch.")] = 1000,
     mask_ratio: Annotated[float, typer.Option(help="Share of 32 px blocks hidden (SimMIM: 0.6).")] = 0.6,
     stats_windows: Annotated[int, typer.Option(help="Windows sampled for the normalization statistics.")] = 64,
@@ -62,12 +64,17 @@ def ssl(
     from rtscli.modeling.config import training_defaults
 
     band_map = BandMap.parse(bands) if bands else None
+    if band_map is None and modality.lower() == "terrain" and dem is None:
+        band_map = BandMap.parse("elevation=1")  # the scenes are DEMs
     if band_map is None:
         from rtscli.data.inputs import band_map_from_descriptions
-        from rtscli.data.scenes import scene_paths
+        from rtscli.data.scenes import is_item, scene_paths
         from rtscli.io.raster import inspect
 
-        band_map = band_map_from_descriptions(inspect(scene_paths(list(scenes))[0]))
+        first = scene_paths(list(scenes))[0]
+        # a STAC item's bands are found by name: the four of every optical product (only the names count)
+        band_map = BandMap.parse("blue=1,green=2,red=3,nir=4") if is_item(first) else \
+            band_map_from_descriptions(inspect(first))
         if band_map is None:
             raise RtsError("no band map given and the scenes' bands are not named",
                            fix="pass --bands (e.g. planetscope4, sentinel2-10 or blue=1,green=2,red=3,nir=4)")
@@ -78,7 +85,8 @@ def ssl(
         cfg = run(inputs=list(scenes), modality=modality.lower(), band_map=band_map, out=out, preset=preset,
                   settings=settings, tile_size=tile_size, aux=aux, scale=scale, offset=offset, nodata=nodata,
                   windows=windows, mask_ratio=mask_ratio, stats_windows=stats_windows, repeat_to=repeat_to,
-                  resume=resume, overwrite=overwrite, quality=quality_request(quality, quality_invalid))
+                  resume=resume, overwrite=overwrite, quality=quality_request(quality, quality_invalid),
+                  dem=dem, dem_radius=dem_radius)
     m = cfg["metrics"]
     console.print(f"backbone bundle {out}: {cfg['preset']}, modality {cfg['modality']['name']}, {m['steps_run']} "
                   f"steps, {loss_summary(m)}", markup=False, soft_wrap=True)

@@ -40,6 +40,8 @@ def synth(
     clouds: Annotated[float, typer.Option(help="Share of each scene under clouds (with haze rings and shadows; some over slumps), written with quality masks beside it (--cloud-masks). 0: clear.")] = 0.0,
     snow: Annotated[float, typer.Option(help="Share of each scene under snow patches (in the quality masks too).")] = 0.0,
     cloud_masks: Annotated[str, typer.Option(help="With --clouds or --snow: the masks written beside each scene: udm2 (<scene>_udm2.tif, PlanetScope UDM2), scl (<scene>_SCL_20m.tif, Sentinel-2 SCL at twice the pixel size), or udm2,scl.")] = "udm2,scl",
+    dem: Annotated[bool, typer.Option("--dem", help="Also write a DEM of each scene (dem/<scene>_dem.tif, float32 metres on the scene's grid: hills, lake basins, river valleys, each slump a bowl with a steep headwall and a debris tongue; look-alikes flat; voids on every third scene): rts prepare ... --dem OUT/dem.")] = False,
+    stac: Annotated[bool, typer.Option("--stac", help="Also write each scene as a STAC item (stac/<scene>/<scene>.json: one file per band as Earth Search's Sentinel-2 L2A items, nir at twice the pixel size, SCL with --clouds) and stac/catalog.json linking them: rts predict OUT/stac/catalog.json.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Write synthetic thaw-slump data: chips in the paper's layout and large scenes with truth.
@@ -108,7 +110,8 @@ def synth(
 
                 pairs = write_series(tmp / "scenes", f"scene_{i:02d}_{name}", height, width, years,
                                      seed=seed * 1000 + i, site_name=name, crs=crs, resolution=resolution, index=i,
-                                     progress=partial(bar.advance, task), clouds=clouds, snow=snow, masks=masks)
+                                     progress=partial(bar.advance, task), clouds=clouds, snow=snow, masks=masks,
+                                     dem_dir=tmp / "dem" if dem else None)
                 scene_files += [tif.name for tif, _ in pairs]
                 continue
             sky = None
@@ -122,8 +125,10 @@ def synth(
                 plan = None
             tif, gpkg = write_scene(tmp / "scenes" / f"scene_{i:02d}_{name}.tif", height, width,
                                     seed=seed * 1000 + i, site_name=name, crs=crs, resolution=resolution,
-                                    progress=partial(bar.advance, task), index=i, plan=plan, sky=sky, masks=masks)
+                                    progress=partial(bar.advance, task), index=i, plan=plan, sky=sky, masks=masks,
+                                    dem_dir=tmp / "dem" if dem else None)
             scene_files.append(tif.name)
+        stac_items = _write_stac(tmp, scene_files) if stac and scene_files else []
         meta = dict(rts_version=__version__, seed=seed, crs=crs, resolution_m=resolution, sites=names,
                     weak_fraction=weak_fraction, weak_contrast=weak_contrast,
                     chips=dict(count=chips, size=chip_size, bands=["red", "green", "blue", "ndvi", "nir", "mask"],
@@ -131,14 +136,41 @@ def synth(
                     scenes=dict(files=scene_files, height=height, width=width, years=years,
                                 bands=["blue", "green", "red", "nir"], band_preset="planetscope4",
                                 **(dict(clouds=clouds, snow=snow, quality_masks=list(masks))
-                                   if clouds > 0 or snow > 0 else {})))
+                                   if clouds > 0 or snow > 0 else {}),
+                                **(dict(stac="stac/catalog.json") if stac_items else {}),
+                                **(dict(dem="dem/<scene>_dem.tif") if dem else {})))
         (tmp / "synth.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
     console.print(f"wrote {chips_written} chips and {len(scene_files)} scene(s) to {out}")
     if chips_written:
         console.print(f"  chips:  {out}/chips/<site>/*.tif   (rts prepare {out}/chips --bands paper ...)")
     for s in scene_files:
         console.print(f"  scene:  {out}/scenes/{s}  truth: {Path(s).stem}.gpkg  (--bands planetscope4)")
+    if dem and scene_files:
+        console.print(f"  DEM:    {out}/dem/<scene>_dem.tif (metres; rts prepare ... --dem {out}/dem)")
+    if stac_items:
+        console.print(f"  STAC:   {out}/stac/catalog.json ({len(stac_items)} item(s), one file per band; rts predict "
+                      f"{out}/stac/catalog.json -o maps/)")
     if scene_files and (clouds > 0 or snow > 0) and masks:
         mask_names = {"udm2": "<scene>_udm2.tif", "scl": "<scene>_SCL_20m.tif"}
         console.print(f"  quality masks: {', '.join(mask_names[m] for m in masks)} beside each scene (rts predict "
                       "--quality auto); clouds, haze, shadows, snow: layer quality of the truth")
+
+
+def _write_stac(root: Path, scene_files: list[str]) -> list[Path]:
+    """Each scene as a STAC item under ``root/stac/<scene>/`` and ``root/stac/catalog.json`` linking them
+    (:mod:`rtscli.synth.stac_items`); the item's date is the one in the scene's name (else 2019-07-15, 12:00 UTC)."""
+    from datetime import datetime, timezone
+
+    from rtscli.synth.series import FIRST_DATE
+    from rtscli.synth.stac_items import write_catalog, write_item
+    from rtscli.track.dates import find_date
+
+    items = []
+    for name in scene_files:
+        scene = root / "scenes" / name
+        found = find_date(scene.stem)
+        day = found[0] if found else FIRST_DATE
+        when = datetime(day.year, day.month, day.day, 12, 0, tzinfo=timezone.utc)
+        items.append(write_item(scene, root / "stac" / scene.stem, when))
+    write_catalog(root / "stac", items)
+    return items

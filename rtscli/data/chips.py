@@ -189,6 +189,7 @@ def iter_chips(
     small_labels: set[Any] | None = None,
     quality: Mapping[Path, Any] | None = None,
     cloudy: set[str] | None = None,
+    dem: Any = None,
 ) -> Iterator[tuple[Item, np.ndarray | None, np.ndarray | None, list[coco.Instance], int, int]]:
     """Read, convert and label each item's chip, one item at a time (never a whole scene in memory).
 
@@ -223,6 +224,8 @@ def iter_chips(
             ``chip_nodata`` in the chip; no instance pixel lies on them); a chip whose data pixels are more than
             :data:`MAX_INVALID_SHARE` invalid is left out (yielded as a chip without valid pixels).
         cloudy: filled with the keys of the chips ``quality`` left out; None: not collected.
+        dem: ``--dem`` (:class:`rtscli.data.terrain.Dem`): slope, relief and hillshade of each chip's window (read
+            onto the raster's grid with a margin: no seam between chips) follow the bands; its voids are nodata.
 
     Returns:
         An iterator of ``(item, image, valid, instances, specks_dropped, clipped_dropped)`` per item:
@@ -257,7 +260,8 @@ def iter_chips(
     image_bands_bm = BandMap(tuple((n, i + 1) for i, n in enumerate(image_bands.names)))
     # values were converted somewhere, or a quality mask marks pixels invalid: every chip's invalid pixels (stored
     # nodata, padding, clouds) become chip_nodata
-    refill = chip_nodata is not None and (any(not c.identity for c in conversions.values()) or bool(quality))
+    refill = chip_nodata is not None and (any(not c.identity for c in conversions.values()) or bool(quality)
+                                          or dem is not None)
     try:
         for item in items:
             if item.window is None:  # a whole image: its header's size is checked before anything is read
@@ -288,6 +292,11 @@ def iter_chips(
             names = [image_bands.names] + [[n] for n in item.aux]
             planes = [conversions[p].apply(x, nm) if not conversions[p].identity else x
                       for p, x, nm in zip(paths, stored, names, strict=True)]
+            if dem is not None:  # terrain channels on the chip's window; DEM voids are nodata
+                terrain = dem.read(item.image.crs, item.image.transform, int(win.col_off), int(win.row_off),
+                                   int(win.width), int(win.height))
+                planes += [terrain[n][None] for n in terrain]
+                valid &= np.isfinite(np.stack(list(terrain.values()))).all(axis=0)
             image = np.concatenate(planes, axis=0).astype(chip_dtype, copy=False)
             if refill:
                 image[:, ~valid] = chip_nodata

@@ -90,7 +90,7 @@ def find_sources(opts: PrepareOptions) -> Sources:
                                               crowd_as_instances=opts.crowd_as_instances)
         found = Sources(rasters, pixel_ok, records, meta, CocoReader())
     else:
-        found = Sources(find_rasters(opts.inputs, exclude=exclude), pixel_ok)
+        found = Sources(_rasters_and_items(opts, exclude), pixel_ok)
     if not pixel_ok:
         found.rasters = _georeferenced(found.rasters, opts)
     if opts.masks is not None:
@@ -100,6 +100,29 @@ def find_sources(opts: PrepareOptions) -> Sources:
         found.rasters = [(p, r) for p, r in found.rasters
                          if not any(p.stem.endswith(s) for s in MASK_SUFFIXES if s)]
     return found
+
+
+#: the channels a STAC item gives ``rts prepare`` without ``--bands``: the four of every optical product
+STAC_CHANNELS = ("blue", "green", "red", "nir")
+
+
+def _rasters_and_items(opts: PrepareOptions, exclude: list[Path]) -> list[tuple[Path, Path]]:
+    """The rasters under each input (:func:`rtscli.data.scenes.find_rasters`) and the STAC items it names, each item
+    as an in-memory VRT of its bands (:func:`rtscli.data.stac.item_vrt`: ``--bands``' names, else
+    :data:`STAC_CHANNELS`, in band order), found under the VRT folder of its input (site folders stay sites)."""
+    from rtscli.data.stac import stac_refs
+    from rtscli.data.stac_vrt import item_vrt, vrt_root
+
+    names = [n for n, _ in sorted(opts.bands.as_dict().items(), key=lambda kv: kv[1]) if n != "mask"] \
+        if opts.bands is not None else list(STAC_CHANNELS)
+    out: list[tuple[Path, Path]] = []
+    for entry in opts.inputs:
+        refs = stac_refs(entry)
+        if refs is None:
+            out.extend(find_rasters([entry], exclude=exclude))
+        else:
+            out.extend((item_vrt(ref, names), vrt_root(root)) for ref, root in refs)
+    return out
 
 
 def _georeferenced(rasters: list[tuple[Path, Path]], opts: PrepareOptions) -> list[tuple[Path, Path]]:
@@ -190,15 +213,18 @@ def chip_layout(opts: PrepareOptions, sources: Sources) -> tuple[PrepareOptions,
     for name in aux_names:
         if name in image_bands:
             raise RtsError(f"aux raster name {name!r} is already a band", fix="choose another --aux name")
-    chip_bands = BandMap(tuple((n, i + 1) for i, n in enumerate(image_bands.names + aux_names)))
+    from rtscli.data.modalities import TERRAIN
+
+    terrain = list(TERRAIN) if opts.dem is not None else []  # made from the DEM, after the rasters' bands
+    chip_bands = BandMap(tuple((n, i + 1) for i, n in enumerate(image_bands.names + aux_names + terrain)))
     modalities = resolve_all(opts.modalities or default_modalities(chip_bands), chip_bands)
     return opts, Layout(mode, band_map, image_bands, chip_bands, modalities)
 
 
 def default_modalities(chip_bands: BandMap) -> list[str]:
-    """Those of rgb, ndvi and nir that the chips' bands give. Raises :class:`RtsError` when none."""
+    """Those of rgb, ndvi, nir and terrain that the chips' bands give. Raises :class:`RtsError` when none."""
     out = []
-    for name in ["rgb", "ndvi", "nir"]:
+    for name in ["rgb", "ndvi", "nir", "terrain"]:
         try:
             resolve(name, chip_bands)
             out.append(name)

@@ -13,6 +13,7 @@ from rtscli.data.bands import BandMap
 from rtscli.data.inputs import Item, sha256
 from rtscli.data.modalities import BandStats, Modality
 from rtscli.data.options import PrepareOptions
+from rtscli.data.stac_vrt import vrt_item
 from rtscli.data.split_files import SPLITS
 from rtscli.data.stats import StatsSampler
 from rtscli.data.values import Conversion
@@ -93,7 +94,7 @@ def build_manifest(
     """
     from rtscli import __version__
 
-    sources = []
+    sources: list[dict[str, Any]] = []
     seen = set()
     paths = [i.path for i, _ in infos] + [it.mask.path for it in items if it.mask is not None]
     paths += [a.path for it in items for a in it.aux.values()]
@@ -106,6 +107,12 @@ def build_manifest(
         if p in seen:
             continue
         seen.add(p)
+        item = vrt_item(p)
+        if item is not None:  # a STAC item read as an in-memory VRT: the item's file, and each asset it read
+            ref, its = item
+            sources.append({"path": str(ref), "stac_item": its.item_id, "sha256": sha256(ref)
+                            if ref.exists() else None, "assets": [str(a.path) for a in its.sources]})
+            continue
         sources.append({"path": str(p), "bytes": p.stat().st_size, "sha256": sha256(p)})
     totals = {s: {"images": 0, "instances": 0, "negatives": 0} for s in SPLITS}
     for site_counts in counts.values():

@@ -1,7 +1,8 @@
 """Modalities built from a band map.
 
 A *modality* is what one backbone sees: ``rgb`` (red, green, blue), ``nir`` (one band), ``ndvi``
-((nir - red) / (nir + red), or a precomputed ``ndvi`` band when the raster has one), or any other
+((nir - red) / (nir + red), or a precomputed ``ndvi`` band when the raster has one), ``terrain`` (slope, relief,
+hillshade from a DEM: :mod:`rtscli.data.terrain`), or any other
 single band named in the band map (``dem``, ``swir1``...), which may come from another aligned
 raster. One-channel modalities can be repeated to three channels, as the paper does so that every
 backbone keeps a 3-channel stem; that is a setting (``repeat_to``), not a rule.
@@ -22,6 +23,8 @@ from rtscli.errors import RtsError, close_matches, unknown_choice
 
 #: Channels that are computed rather than read. name -> the bands it needs.
 DERIVED: dict[str, tuple[str, ...]] = {"ndvi": ("nir", "red")}
+#: the channels of the modality ``terrain`` (:data:`rtscli.data.terrain.CHANNELS`), made from a DEM (``--dem``)
+TERRAIN = ("slope", "relief", "hillshade")
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,8 @@ def resolve(name: str, band_map: BandMap) -> Modality:
     name = name.strip().lower()
     if name == "rgb":
         needed: tuple[str, ...] = ("red", "green", "blue")
+    elif name == "terrain":  # slope, relief, hillshade from a DEM (--dem): rtscli.data.terrain
+        needed = TERRAIN
     elif name == "ndvi" and "ndvi" not in band_map:
         needed = DERIVED["ndvi"]
         missing = [b for b in needed if b not in band_map]
@@ -59,6 +64,9 @@ def resolve(name: str, band_map: BandMap) -> Modality:
     else:
         needed = (name,)
     missing = [b for b in needed if b not in band_map]
+    if missing and name == "terrain":
+        raise RtsError(f"modality 'terrain' needs a DEM, and the band map ({band_map}) has no terrain channels",
+                       fix="pass --dem DEM (rts prepare, rts predict, rts ssl)")
     if missing and name not in ("rgb", "ndvi"):
         # a modality is rgb, ndvi or any band the map names: a near miss of one of them is a typo
         possible = ["rgb", "ndvi", *[n for n in band_map.names if n not in ("mask", "ndvi")]]

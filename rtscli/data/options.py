@@ -51,3 +51,5 @@ class PrepareOptions:
     category: str | None = None  # the COCO category of the slumps
     crowd_as_instances: bool = False  # COCO crowd annotations (iscrowd=1, CVAT's brush masks) are slumps to learn
     quality: Any = None  # rtscli.data.quality.QualityRequest (--quality): clouds, shadow, haze, snow are nodata
+    dem: Path | None = None  # --dem: slope, relief and hillshade become chip bands (rtscli.data.terrain)
+    dem_radius: float = 100.0  # --dem-radius: the relief's radius, metres

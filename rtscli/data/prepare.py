@@ -87,6 +87,7 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
     opts, layout = chip_layout(opts, sources)
     scan = inspect_sources(opts, sources, layout)
     quality = _quality_masks(opts, scan)
+    dem = _dem(opts, scan)
     items = _plan_items(opts, layout.mode, sources, scan)
     splits = _plan_splits(opts, layout.mode, items)
     chip_values = _chip_values(opts, layout, scan, items.items)
@@ -96,9 +97,11 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
     advance = progress("preparing", len(splits.kept)) if progress else (lambda k: None)
     with atomic_dir(opts.out, overwrite=opts.overwrite) as tmp, gdal_env():
         _write_chips(tmp, opts, layout, items, splits, chip_values, mask_reader, sources.coco_reader, tally, advance,
-                     quality)
+                     quality, dem)
         warnings, mask_notes = _report(opts, sources, layout, splits, tally, mask_reader)
         manifest = _manifest(opts, sources, layout, scan, items, splits, chip_values, tally, warnings, mask_notes)
+        if dem is not None:
+            manifest["terrain"] = dem.record()
         if quality:
             manifest["quality"] = {"invalid": sorted(opts.quality.invalid),
                                    "masks": {str(k): f"{m.path} ({m.title})" for k, m in quality.items()},
@@ -110,6 +113,28 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
     return Result(opts.out, manifest, {k: dict(v) for k, v in tally.counts.items()})
 
 
+def _dem(opts: PrepareOptions, scan: Scan) -> Any:
+    """The DEM of ``--dem`` (:class:`rtscli.data.terrain.Dem`), checked to cover every raster, or None.
+
+    Raises:
+        RtsError: a DEM that cannot be used (no CRS, heights in unknown units, all void) or covers too little of a
+            raster.
+    """
+    if opts.dem is None:
+        return None
+    from rtscli.data.terrain import Dem, TerrainSettings
+
+    if not opts.dem_radius > 0:
+        raise RtsError("--dem-radius must be positive (metres)", fix="e.g. --dem-radius 100")
+    dem = Dem(opts.dem, TerrainSettings(radius_m=opts.dem_radius))
+    for info, _ in scan.infos:
+        if info.crs is None or info.crs.is_geographic:
+            raise RtsError("terrain needs rasters in a projected CRS (metres)", path=info.path,
+                           fix="reproject the raster (e.g. to its UTM zone) or leave out --dem")
+        dem.check_covers(info.crs, info.transform, info.width, info.height, info.path.name)
+    return dem
+
+
 def _quality_masks(opts: PrepareOptions, scan: Scan) -> dict[Path, Any]:
     """The quality mask of every raster (``--quality``: :mod:`rtscli.data.quality`), checked before any chip is
     written, each logged with what it counts invalid; ``{}`` without ``--quality``.
@@ -119,9 +144,22 @@ def _quality_masks(opts: PrepareOptions, scan: Scan) -> dict[Path, Any]:
     """
     if opts.quality is None:
         return {}
+    import dataclasses
+
+    from rtscli.data.quality import AUTO
+    from rtscli.data.stac_vrt import vrt_item
+
     out = {}
     for info, _ in scan.infos:
-        out[info.path] = opts.quality.open_for(info.path, info.crs, info.transform, info.width, info.height)
+        request = opts.quality
+        item = vrt_item(info.path)
+        if item is not None and request.where == AUTO:  # a STAC item: its mask asset
+            ref, its = item
+            if its.mask is None:
+                raise RtsError(f"STAC item {its.item_id} has no quality-mask asset (scl, udm2, qa_pixel); its assets: "
+                               f"{'; '.join(its.assets)}", path=ref, fix="pass --quality MASK, or drop --quality")
+            request = dataclasses.replace(request, where=str(its.mask[0]), product=its.mask[1])
+        out[info.path] = request.open_for(info.path, info.crs, info.transform, info.width, info.height)
         log.info("%s: %s", info.path.name, out[info.path].describe())
     return out
 
@@ -207,6 +245,9 @@ def _chip_values(opts: PrepareOptions, layout: Layout, scan: Scan, items: list[I
     if (len(dtypes) > 1 or converted) and not np.issubdtype(chip_dtype, np.floating):
         chip_dtype = np.dtype("float32")
     nodata = scan.infos[0][0].nodata
+    if opts.dem is not None:  # terrain channels are floats, and DEM voids are nodata
+        converted = True
+        chip_dtype = np.dtype("float32")
     if opts.quality is not None and nodata is None:  # clouds become nodata: the chips need a nodata value
         converted = True
         if not np.issubdtype(chip_dtype, np.floating):
@@ -268,7 +309,7 @@ class _Tally:
 
 def _write_chips(tmp: Path, opts: PrepareOptions, layout: Layout, items: _Items, splits: _Splits,
                  chip_values: _ChipValues, mask_reader: MaskReader, coco_reader: Any, tally: _Tally,
-                 advance: Callable[[int], None], quality: dict[Path, Any] | None = None) -> None:
+                 advance: Callable[[int], None], quality: dict[Path, Any] | None = None, dem: Any = None) -> None:
     """Write every kept item's chip (``tmp/chips/<site>/<key>.tif``) and its instances (``tmp/<split>.json``),
     counting into ``tally``; all-nodata chips, empty ones with ``--drop-empty``, and chips mostly invalid in their
     raster's quality mask (``quality``: clouds, shadow, haze, snow) are skipped and counted."""
@@ -281,7 +322,8 @@ def _write_chips(tmp: Path, opts: PrepareOptions, layout: Layout, items: _Items,
     cloudy: set[str] = set()  # chips mostly under clouds, shadow, haze or snow (--quality)
     for item, image, valid, instances, specks, nclipped in iter_chips(
             splits.kept, opts, layout.mode, layout.band_map, layout.image_bands, items.labels, chip_values.dtype,
-            chip_values.conversions, chip_values.nodata, mask_reader, coco_reader, small_labels, quality, cloudy):
+            chip_values.conversions, chip_values.nodata, mask_reader, coco_reader, small_labels, quality, cloudy,
+            dem):
         advance(1)
         dropped["specks_below_min_area"] += specks
         dropped["labels_clipped_below_min_area"] += nclipped

@@ -495,10 +495,12 @@ class QualityRequest:
         """
         if self.where == AUTO:
             return find_mask(scene), "found by name"
+        from rtscli.io.raster import is_virtual
+
         p = Path(self.where)
         if p.is_dir():
             return find_mask(scene, p), f"found in {p}"
-        if not p.exists():
+        if not p.exists() and not is_virtual(p):
             raise RtsError("quality mask not found", path=p,
                            fix="pass the mask file (or a folder of masks) to --quality, or --quality auto")
         return p, "given"

@@ -35,8 +35,10 @@ class Source:
 
     path: Path
     bands: dict[str, int]
-    nodata: float | None = None  # filled in by open_scene (the raster's own, or --nodata)
+    nodata: float | None = None  # filled in by open_scene (--nodata, else the raster's own, else this one)
     conversion: Conversion = NONE  # filled in by open_scene: stored values -> the model's units
+    #: the values' scale/offset as a catalogue declares them (STAC raster:bands): taken as the raster's own
+    declared: Conversion | None = None
 
 
 @dataclass
@@ -50,11 +52,15 @@ class Scene:
     resample: bool = False
     #: its quality mask (clouds, shadow, haze, snow: invalid pixels are nodata), or None
     quality: QualityMask | None = None
+    #: its DEM (``--dem``: :class:`rtscli.data.terrain.Dem`): the terrain channels are read from it by window
+    dem: Any = None
+    item: str | None = None  # the STAC item's id, for a scene read from a STAC item
+    date: str | None = None  # when the imagery was taken (ISO 8601), when the input says it (a STAC item's datetime)
 
 
 def open_scene(sources: list[Source], *, resample: bool = False, name: str | None = None,
                nodata: float | None = None, scale: float | None = None, offset: float | None = None,
-               training: dict | None = None, quality: QualityRequest | None = None) -> Scene:
+               training: dict | None = None, quality: QualityRequest | None = None, dem: Any = None) -> Scene:
     """Check the rasters (readable, CRS, same grid unless ``resample``) and describe the scene.
 
     Each source keeps its own nodata value (``nodata`` overrides them all, for rasters whose nodata
@@ -63,11 +69,13 @@ def open_scene(sources: list[Source], *, resample: bool = False, name: str | Non
     else the conversion of the model's training data, recorded in ``training``, for a raster stored as
     those data were). With ``quality`` (``--quality``), the scene's quality mask is found and checked
     (:mod:`rtscli.data.quality`; the log says which file and what it counts invalid): its invalid pixels are
-    nodata for every reader of the scene.
+    nodata for every reader of the scene. With ``dem`` (``--dem``, a :class:`rtscli.data.terrain.Dem`) the scene also
+    has the terrain channels, read from it by window.
 
     Raises:
         RtsError: a raster that cannot be read, lacks a band or lies on another grid (without ``resample``); a
-            quality mask that is not found, not a known encoding or does not overlap the scene.
+            quality mask that is not found, not a known encoding or does not overlap the scene; a DEM that covers
+            too little of it.
     """
     from rtscli.data import values
     from rtscli.io.raster import crs_name, inspect
@@ -86,17 +94,20 @@ def open_scene(sources: list[Source], *, resample: bool = False, name: str | Non
                                f"{crs_name(ref.crs)} {ref.width}x{ref.height})",
                                path=s.path, fix="pass --resample to resample it onto the first raster's grid")
             log.info("resampling %s onto the grid of %s (bilinear)", s.path, sources[0].path)
-        s.nodata = nodata if nodata is not None else inf.nodata
-        s.conversion = values.resolve(inf, s.bands, scale=scale, offset=offset,
+        s.nodata = nodata if nodata is not None else inf.nodata if inf.nodata is not None else s.nodata
+        s.conversion = values.resolve(inf, s.bands, scale=scale, offset=offset, declared=s.declared,
                                       training=values.Conversion.from_record(training),
                                       training_dtype=(training or {}).get("stored_dtype"))
     values.report({s.path: s.conversion for s in sources}, (training or {}).get("stored_dtype"))
     mask = None
     if quality is not None:
         mask = quality.open_for(sources[0].path, ref.crs, ref.transform, ref.width, ref.height)
-        log.info("%s: %s", sources[0].path.name, mask.describe())
+        log.info("%s: %s", name or sources[0].path.name, mask.describe())
+    resample = resample and any(not ref.same_grid(inf) for inf in infos)  # rasters on one grid are read as they are
+    if dem is not None:  # terrain channels (rtscli.data.terrain): the DEM must cover the scene
+        dem.check_covers(ref.crs, ref.transform, ref.width, ref.height, name or sources[0].path.name)
     return Scene(name=name or sources[0].path.stem, sources=sources, width=ref.width, height=ref.height,
-                 transform=ref.transform, crs=ref.crs, resample=resample, quality=mask)
+                 transform=ref.transform, crs=ref.crs, resample=resample, quality=mask, dem=dem)
 
 
 def find_rasters(inputs: list[str] | list[Path], exclude: list[Path] | tuple[Path, ...] = (), *,
@@ -170,8 +181,71 @@ def find_rasters(inputs: list[str] | list[Path], exclude: list[Path] | tuple[Pat
 
 
 def scene_paths(inputs: list[str] | list[Path]) -> list[Path]:
-    """The scene files that ``inputs`` name (:func:`find_rasters` with :data:`SCENE_SUFFIXES`)."""
-    return [p for p, _ in find_rasters(inputs, suffixes=SCENE_SUFFIXES)]
+    """The scenes that ``inputs`` name: raster files (:func:`find_rasters` with :data:`SCENE_SUFFIXES`) and STAC
+    items (an item, a folder or ``.txt`` list of items, a catalog or an item collection:
+    :func:`rtscli.data.stac.stac_refs`), in input order; a STAC item stands as its ``.json`` file
+    (:func:`open_item` opens it)."""
+    from rtscli.data.stac import stac_refs
+
+    out: list[Path] = []
+    for entry in inputs:
+        refs = stac_refs(entry)
+        out.extend([p for p, _ in find_rasters([Path(entry)], suffixes=SCENE_SUFFIXES)] if refs is None
+                   else [ref for ref, _ in refs])
+    return out
+
+
+def is_item(scene: Path) -> bool:
+    """Whether a scene path of :func:`scene_paths` stands for a STAC item (its ``.json``)."""
+    return Path(scene).suffix.lower() == ".json"
+
+
+def open_item(ref: Path, channels: list[str], *, nodata: float | None = None, scale: float | None = None,
+              offset: float | None = None, training: dict | None = None,
+              quality: QualityRequest | None = None, dem: Any = None) -> tuple[Scene, list[str], list[str]]:
+    """A STAC item as a scene (:mod:`rtscli.data.stac`): its assets' bands by name, on the finest asset's grid (the
+    others read onto it, bilinear), named by the item's id and dated by its ``datetime``; with ``--quality auto`` its
+    mask asset is the quality mask.
+
+    Args:
+        ref: the item's ``.json`` (:func:`scene_paths`).
+        channels: the channels wanted (``mask`` left out).
+        nodata: ``--nodata`` (else each file's own, else ``raster:bands`` nodata).
+        scale: ``--scale`` (else ``raster:bands`` scale/offset, else the file's own).
+        offset: ``--offset``.
+        training: the model's recorded conversion (:func:`open_scene`).
+        quality: ``--quality``: ``auto`` takes the item's mask asset; a folder or file as for rasters.
+        dem: ``--dem`` (:class:`rtscli.data.terrain.Dem`), or None.
+
+    Returns:
+        ``(scene, the channels no asset has, every asset as "key (common names)")``; with channels missing the scene
+        has the others (the caller says whether the model needs them).
+
+    Raises:
+        RtsError: an unreadable item, no asset with a wanted channel, an asset that cannot be read or lies outside
+            the folder named, ``--quality auto`` for an item without a mask asset.
+    """
+    import dataclasses
+
+    from rtscli.data.quality import AUTO
+    from rtscli.data.stac import item_scene
+
+    its = item_scene(ref, channels)
+    if not its.sources:
+        raise RtsError(f"STAC item {its.item_id} has no asset with the bands needed ({', '.join(channels)}); "
+                       f"its assets: {'; '.join(its.assets) or 'none'}", path=ref,
+                       fix="pass --bands naming the item's bands (eo:bands common names or asset keys)")
+    srcs = [Source(a.path, dict(a.bands), nodata=a.nodata, declared=a.declared) for a in its.sources]
+    if quality is not None and quality.where == AUTO:
+        if its.mask is None:
+            raise RtsError(f"STAC item {its.item_id} has no quality-mask asset (scl, udm2, qa_pixel); its assets: "
+                           f"{'; '.join(its.assets)}", path=ref, fix="pass --quality MASK, or drop --quality")
+        quality = dataclasses.replace(quality, where=str(its.mask[0]), product=its.mask[1])
+        log.info("%s: quality mask from asset %r (%s)", its.item_id, its.mask[2], its.mask[1])
+    scene = open_scene(srcs, resample=len(srcs) > 1, name=its.item_id, nodata=nodata, scale=scale, offset=offset,
+                       training=training, quality=quality, dem=dem)
+    scene.item, scene.date = its.item_id, its.date
+    return scene, its.missing, its.assets
 
 
 def read_decimated(scene: Scene, path: Path, bands: list[int], h: int, w: int, **read_options: Any) -> np.ndarray:

@@ -68,6 +68,11 @@ class TileDataset(torch.utils.data.Dataset):
         for s in scene.sources:
             for n in s.bands:
                 names.setdefault(n, len(names) + 1)
+        if scene.dem is not None:  # the terrain channels follow the rasters' bands
+            from rtscli.data.terrain import CHANNELS
+
+            for n in CHANNELS:
+                names.setdefault(n, len(names) + 1)
         from rtscli.data.bands import BandMap
 
         self.band_map = BandMap.from_mapping(names)
@@ -114,11 +119,12 @@ class TileDataset(torch.utils.data.Dataset):
                                      f"{exc.__class__.__name__}: {' '.join(str(exc).split())[:200]}")
 
     def read_raw(self, col: int, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The tile whose top-left pixel is (col, row): ``(raw, valid, inside)``, with ``raw`` (bands, T, T)
-        float32 in the model's units (stored values converted; band order of :attr:`band_map`), ``valid``
-        (T, T) bool (inside the scene, not nodata, finite, not invalid in the scene's quality mask: clouds, shadow,
-        haze, snow) and ``inside`` (T, T) bool (inside the scene). Only the window is read (of the quality mask
-        too, onto the scene's grid: :meth:`rtscli.data.quality.QualityMask.read_invalid`)."""
+        """The tile whose top-left pixel is (col, row): ``(raw, valid, inside)``, with ``raw`` (bands, T, T) float32 in
+        the model's units (stored values converted; band order of :attr:`band_map`), ``valid`` (T, T) bool
+        (inside the scene, not nodata, finite, not invalid in the scene's quality mask: clouds, shadow,
+        haze, snow; not void in its DEM when it has one) and ``inside`` (T, T) bool (inside the scene). Only
+        the window is read (of the quality mask too, onto the scene's grid:
+        :meth:`rtscli.data.quality.QualityMask.read_invalid`)."""
         from rasterio.windows import Window
 
         from rtscli.io.raster import read_window
@@ -140,6 +146,11 @@ class TileDataset(torch.utils.data.Dataset):
             valid[:h, :w] &= np.isfinite(data).all(axis=0)
             raw[k:k + n, :h, :w] = s.conversion.apply(data, list(s.bands))
             k += n
+        if sc.dem is not None and h and w:  # slope, relief, hillshade; NaN where the DEM is void: nodata
+            terrain = sc.dem.read(sc.crs, sc.transform, col, row, w, h)
+            for name, plane in terrain.items():
+                raw[self.band_map[name] - 1, :h, :w] = plane
+                valid[:h, :w] &= np.isfinite(plane)
         q = self._open_quality()
         if q is not None and h and w:
             from rtscli.geometry.affine import window_transform

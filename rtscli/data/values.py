@@ -42,7 +42,7 @@ class Conversion:
     """``physical = stored * scale[band] + offset[band]`` for the named bands (others stay as stored).
 
     ``source``: ``options`` (--scale/--offset), ``gdal-metadata`` (the raster's band scale/offset),
-    ``training-data`` (the model's record) or ``none``.
+    ``stac-raster-bands`` (a STAC item's raster:bands), ``training-data`` (the model's record) or ``none``.
     """
 
     scale: Mapping[str, float]
@@ -137,7 +137,8 @@ def from_metadata(scales: Sequence[float | None] | None, offsets: Sequence[float
 
 
 def resolve(info: RasterInfo, bands: Mapping[str, int], *, scale: float | None, offset: float | None,
-            training: Conversion | None = None, training_dtype: str | None = None) -> Conversion:
+            training: Conversion | None = None, training_dtype: str | None = None,
+            declared: Conversion | None = None) -> Conversion:
     """The conversion for the bands ``bands`` of one raster (see the module docstring for the order).
 
     Nothing is logged here: :func:`report` says it once for many files.
@@ -149,12 +150,17 @@ def resolve(info: RasterInfo, bands: Mapping[str, int], *, scale: float | None, 
         offset: ``--offset`` for the reflectance bands, or None.
         training: ``rts predict``: the model's recorded conversion, or None.
         training_dtype: ``rts predict``: the data type the model's training rasters were stored in, or None.
+        declared: the scale/offset a catalogue declares for these bands (STAC ``raster:bands``), taken in place of the
+            raster's own GDAL scale/offset; None: the raster's own.
 
     Returns:
         The conversion to apply (:data:`NONE` when values are read as stored).
     """
     names = list(bands)
     meta = from_metadata(info.scales, info.offsets, bands)
+    if declared is not None and not declared.identity:
+        meta = Conversion({n: declared.scale.get(n, 1.0) for n in names},
+                          {n: declared.offset.get(n, 0.0) for n in names}, declared.source)
     opts = from_options(names, scale, offset)
     if opts is not None:
         # the options describe the reflectance bands; any other band (NDVI, elevation) keeps its own metadata
@@ -191,6 +197,8 @@ def report(conversions: Mapping[Any, Conversion], training_dtype: str | None = N
                      f", replacing the band scale/offset stored in the file ({replaced})" if replaced else "")
         elif source == "gdal-metadata":
             log.info("values of %s: %s, the band scale/offset stored in the file (GDAL metadata)", which, text)
+        elif source == "stac-raster-bands":
+            log.info("values of %s: %s, the scale/offset of the STAC item's raster:bands", which, text)
         elif source == "training-data":
             log.info("values of %s: %s, as the model's training data (%s, like this file) were read; pass "
                      "--scale 1 --offset 0 to read the values as stored", which, text, training_dtype)

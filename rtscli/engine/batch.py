@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from rtscli.data.bands import BandMap
-from rtscli.data.scenes import Scene, open_scene
+from rtscli.data.scenes import Scene
 from rtscli.engine.devices import distributed
 from rtscli.engine.mapping import SceneDataError, SceneReport, run_scene, scene_key
 from rtscli.engine.predict import PredictOptions
-from rtscli.engine.scene_checks import check_band_layout, check_modalities, scene_sources
+from rtscli.engine.scene_checks import open_checked
 from rtscli.errors import RtsError
 from rtscli.io.atomic import output_lock, run_lock, write_text_atomic
 from rtscli.modeling.bundle import Bundle
@@ -372,8 +372,10 @@ def predict_many(scenes: list[Path], out: Path, *, model: Path, bundle: Bundle, 
                        fix="a fraction of the tile (e.g. --overlap 0.25) or fewer pixels")
     # what made each output: a re-run with another model or other options must not keep the old maps silently
     quality = units.get("quality")  # a quality mask decides polygons too (recorded only when given)
+    dem = units.get("dem")  # so does a DEM (its derivatives' settings)
     prov = provenance(model, opts, band_map=band_map, scale=scale, offset=offset, nodata=nodata, layer=layer,
-                      **({"quality": quality.record()} if quality is not None else {}))
+                      **({"quality": quality.record()} if quality is not None else {}),
+                      **({"dem": dem.record()} if dem is not None else {}))
     old = earlier_records(out)
 
     def failed_before(s: Path) -> bool:
@@ -393,11 +395,8 @@ def predict_many(scenes: list[Path], out: Path, *, model: Path, bundle: Bundle, 
     unfit: dict[Path, RtsError] = {}
     for s in todo:  # check every scene to do (metadata only) before the first is run
         try:
-            srcs = scene_sources(s, band_map=band_map)
-            if not bands_given:
-                check_band_layout(bundle, s)
-            check_modalities(bundle, srcs, str(s))
-            opened[s] = open_scene(srcs, nodata=nodata, **units)
+            opened[s] = open_checked(s, bundle=bundle, band_map=band_map, bands_given=bands_given, nodata=nodata,
+                                     units=units)
         except RtsError as exc:  # the scene's own fault, unless every scene has it (below)
             unfit[s] = exc
     if todo and not opened and not done:  # a model that fits none of the scenes, options that suit none
@@ -473,7 +472,10 @@ def _run(out: Path, *, model: Path, bundle: Bundle, opts: PredictOptions, layer:
             else:
                 rep = result
                 r = rep.as_record()
-                rec.own[record_key(s, layer)] = {"scene": r.pop("scene"), "status": "mapped", **r, "provenance": prov}
+                r.pop("scene")  # its first raster: the record names the input (a STAC item's .json, not an asset)
+                item = {"stac_item": opened[s].item, "acquired": opened[s].date} if opened[s].item else {}
+                rec.own[record_key(s, layer)] = {"scene": scene_key(s), "status": "mapped", **item, **r,
+                                                 "provenance": prov}
                 mapped += 1
             if time.monotonic() >= next_save:  # the manifest as scenes finish
                 t = time.monotonic()

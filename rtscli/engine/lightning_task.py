@@ -6,9 +6,7 @@ This module imports lightning at its top, so it is itself imported late, inside 
 * :class:`DetectionModule`: a detector's training step, validation AP50 and best weights (``rts pretrain``,
   ``rts finetune``, ``rts ablate``; with an empty validation split, AP50 on the training chips, labelled so);
   :class:`SslModule`: masked image modelling (``rts ssl``). Both optimize with :func:`optimizer_and_schedule`.
-* :class:`RunCheckpoints`: ``checkpoints/last.ckpt`` after every epoch, ``best.ckpt`` after each best one.
-* :class:`StopOnSigterm`: SIGTERM stops a run after its step, with ``last.ckpt`` at that step inside an epoch;
-  a resume from there continues exactly.
+* :class:`RunCheckpoints` and :class:`StopOnSigterm` (checkpoints, SIGTERM): :mod:`rtscli.engine.run_callbacks`.
 * :class:`LogProgress`: progress as log lines when stderr is not a terminal.
 
 Epochs are numbered from 0 everywhere (checkpoints, ``metrics.csv``, the bundle's metrics, Lightning's
@@ -19,21 +17,16 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import shutil
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Checkpoint
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
 from rtscli.engine.train_settings import NonFiniteLoss, TrainSettings
-from rtscli.errors import user_error
+from rtscli.engine.training_health import CollapseWatch, EpochStats, step_metrics, warmup_length
 from rtscli.progress import interval, pace
 
 if TYPE_CHECKING:
@@ -68,7 +61,7 @@ def optimizer_and_schedule(module: L.LightningModule, settings: TrainSettings,
             steps = int(trainer.estimated_stepping_batches)
         except Exception:  # nothing to estimate from (unit use)
             steps = total_steps
-    warm = max(1, min(settings.warmup_steps, steps // 5))
+    warm = warmup_length(settings.warmup_steps, steps)
     total = max(steps, warm + 1)
 
     def factor(step: int) -> float:
@@ -101,6 +94,10 @@ class DetectionModule(L.LightningModule):
     training chips are scored instead). Training-chip scores measure fit, not generalization: they are logged as
     ``train_chips_ap50`` and ``train_chips_box_ap50`` (not ``val_*``), shown as "training-chip AP50", and pick no
     best epoch (``best_epoch`` stays -1: the bundle keeps the last epoch's weights).
+
+    Each step also logs the detector's side statistics as epoch means (``rpn_pos_per_img``, ``rpn_top_fg``,
+    ``roi_pos_per_img_s{k}``, ``roi_pos_fg``: :mod:`rtscli.engine.training_health`), keeps them for the epoch's
+    progress line (``epoch_stats``) and feeds ``collapse``, which warns once when training has collapsed.
     """
 
     def __init__(self, model: Detector, *, settings: TrainSettings, val_gt: dict | None, tile: int,
@@ -120,10 +117,18 @@ class DetectionModule(L.LightningModule):
         self.last_val_ap50: float | None = None  # the latest validation, for LogProgress
         self.last_val_epoch = -1
         self.total_steps = total_steps
+        self.epoch_stats = EpochStats()  # this epoch's side statistics, for LogProgress
+        self.collapse: CollapseWatch | None = None  # set when training starts
+
+    def on_train_start(self) -> None:
+        steps = self.trainer.estimated_stepping_batches  # the steps of the run, as the schedule counts them
+        steps = int(steps) if math.isfinite(steps) else self.total_steps
+        self.collapse = CollapseWatch(warmup=warmup_length(self.settings.warmup_steps, steps), total_steps=steps)
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
         images, targets, _ = batch
-        losses = self.model.losses(images, targets)
+        stats: dict[str, torch.Tensor] = {}  # whether it learns (training_health): no effect on the losses
+        losses = self.model.losses(images, targets, stats=stats)
         loss = cast(torch.Tensor, sum(losses.values()))
         if not torch.isfinite(loss):
             raise NonFiniteLoss(
@@ -135,6 +140,15 @@ class DetectionModule(L.LightningModule):
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs, sync_dist=True)
         for k, v in losses.items():
             self.log(f"train_{k}", v, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
+        values, weights = step_metrics(stats)
+        for k, w in weights.items():  # epoch means over the images (or RoIs) each counts: metrics.csv
+            self.log(k, values[k], on_step=False, on_epoch=True, batch_size=int(w), sync_dist=True)
+        self.epoch_stats.add(values, weights)
+        warning = self.collapse.update(self.global_step + 1, images_with_gt=values["images_with_gt"],
+                                       rpn_pos_per_img=values["rpn_pos_per_img"],
+                                       rpn_top_fg=values["rpn_top_fg"]) if self.collapse else None
+        if warning and self.trainer.is_global_zero:
+            log.warning("%s", warning)
         return loss
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -150,6 +164,7 @@ class DetectionModule(L.LightningModule):
         self.best_epoch = int(state.get("best_epoch", -1))
 
     def on_train_epoch_start(self) -> None:
+        self.epoch_stats = EpochStats()
         ds = getattr(self.trainer.train_dataloader, "dataset", None)
         if ds is not None and hasattr(ds, "set_epoch"):
             ds.set_epoch(self.current_epoch)
@@ -232,151 +247,6 @@ class SslModule(L.LightningModule):
         return optimizer_and_schedule(self, self.settings, self.total_steps)
 
 
-class RunCheckpoints(Checkpoint):
-    """``dirpath/last.ckpt`` at the end of every training epoch; ``dirpath/best.ckpt`` after each epoch that set
-    the best validation AP50 (``>=``: ties go to the latest epoch, as the bundle's weights do).
-
-    Lightning's ModelCheckpoint(every_n_epochs=N) writes ``last`` only on validation epochs, so a resume
-    could lose up to N - 1 epochs. ``on_train_epoch_end`` comes after the epoch's validation (Lightning
-    runs it inside the training epoch), so a validation epoch's checkpoint carries its validation state
-    (best AP50 and epoch), and before the next epoch draws anything from the RNG, which the module stores.
-    Being a ``Checkpoint``, it runs after the other callbacks and Lightning adds no ModelCheckpoint of its own.
-    """
-
-    def __init__(self, dirpath: Path) -> None:
-        self.dirpath = Path(dirpath)
-
-    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self.dirpath.mkdir(parents=True, exist_ok=True)
-        # written through .partial files and renamed, best before last: a job killed at any moment leaves a
-        # last.ckpt whose best epoch is the one best.ckpt holds. Every process calls save_checkpoint (DDP);
-        # the first one writes.
-        part = self.dirpath / "last.ckpt.partial"
-        try:
-            trainer.save_checkpoint(part, weights_only=False)  # the whole training state: resume needs it
-        except Exception as exc:  # disk full, no permission: one line naming the checkpoint, no .partial left
-            part.unlink(missing_ok=True)
-            err = user_error(exc, path=self.dirpath / "last.ckpt")
-            if err is not None:
-                raise err from exc
-            raise
-        if not trainer.is_global_zero:
-            return
-        if module.best_epoch == trainer.current_epoch:
-            # this epoch's validation set the best: best.ckpt is the same file (a hard link, or a copy where
-            # the file system has none); last.ckpt becomes a new file next epoch
-            best = self.dirpath / "best.ckpt.partial"
-            best.unlink(missing_ok=True)
-            try:
-                os.link(part, best)
-            except OSError:
-                shutil.copyfile(part, best)
-            os.replace(best, self.dirpath / "best.ckpt")
-        os.replace(part, self.dirpath / "last.ckpt")
-
-
-class StopOnSigterm(L.Callback):
-    """What SIGTERM (SLURM's time limit, ``scancel``, ``kill``) does to a run: it stops after the running step and
-    leaves a checkpoint to continue from.
-
-    :func:`rtscli.engine.train.fit` installs :meth:`handle_signal` as the SIGTERM handler around Lightning's fit.
-    Before Lightning's loop starts (the trainer's setup, a checkpoint being loaded, DDP starting) no step is under
-    way and it stops the run at once. From the loop's start Lightning's own handler is in place (and calls this
-    one too): the running step finishes, then Lightning raises its ``SIGTERMException``. When that step fell inside
-    a training epoch of a one-process run, :meth:`on_exception` writes ``last.ckpt`` at that step; otherwise (in
-    validation, at an epoch's end, under DDP) ``last.ckpt`` stays the latest completed epoch, which
-    :class:`RunCheckpoints` wrote.
-
-    A resume from inside an epoch continues exactly: the checkpoint records the batches of the epoch already
-    trained and the torch RNG; the :class:`rtscli.engine.train.EpochSampler` then leaves those batches out and the
-    RNG is set again just before the next step (starting the data loader draws from it). That epoch's mean training
-    loss covers the steps after the resume. Every checkpoint records the epoch that comes next, and the sampler is
-    given it before Lightning starts the data loader (whose worker processes draw the first indices at once).
-    At each epoch's start the CSV log's rows are written out, so that a job killed outright (SIGKILL) keeps the
-    history of its completed epochs.
-    """
-
-    def __init__(self, dirpath: Path, sampler: Any = None, batch_size: int = 1) -> None:
-        self.dirpath = Path(dirpath)
-        self.sampler = sampler  # the training EpochSampler (set_epoch, skip), or None
-        self.batch_size = batch_size
-        self.received = False  # a SIGTERM came
-        self.in_loop = False  # Lightning's loop, and its SIGTERM handler, have started
-        self.done = 0  # training batches completed in the current epoch
-        self.saved_at: int | None = None  # the step of the checkpoint written on SIGTERM
-        self.checkpoint_step: int | None = None  # the step last.ckpt holds, when known
-        self._trainer: L.Trainer | None = None
-        self._mid: dict[str, Any] | None = None  # the state of a checkpoint being written inside an epoch
-        self._rng: torch.Tensor | None = None  # the RNG of the checkpoint resumed from inside an epoch
-
-    def handle_signal(self, signum: int, frame: Any) -> None:
-        self.received = True
-        if not self.in_loop:
-            raise SIGTERMException()  # no step under way: stop now
-
-    def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
-        self._trainer = trainer
-
-    def state_dict(self) -> dict[str, Any]:
-        # called while a checkpoint is written: inside an epoch by on_exception, else at an epoch's end
-        trainer = self._trainer
-        state = self._mid or {"next_epoch": trainer.current_epoch + 1 if trainer else 0, "batches_done": 0}
-        if trainer is not None:
-            state = {**state, "step": trainer.global_step}
-            self.checkpoint_step = trainer.global_step
-        return state
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        # Lightning restores callbacks before it builds the training data loader's iterator
-        epoch, batches = int(state_dict.get("next_epoch", 0)), int(state_dict.get("batches_done", 0))
-        self.checkpoint_step = int(state_dict.get("step", 0))
-        if self.sampler is not None:
-            self.sampler.set_epoch(epoch)
-        if batches and self._trainer is not None and self._trainer.world_size == 1:
-            if self.sampler is not None:
-                self.sampler.skip = batches * self.batch_size
-            self.done = batches
-            self._rng = state_dict.get("torch_rng")
-
-    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self.in_loop = True
-        if self.received:
-            raise SIGTERMException()
-
-    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self.done = 0
-        for logger in trainer.loggers:
-            logger.save()
-
-    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any, batch_idx: int) -> None:
-        if self._rng is not None:
-            torch.set_rng_state(self._rng)
-            self._rng = None
-
-    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        self.done += 1
-
-    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
-        if not isinstance(exception, SIGTERMException) or trainer.world_size != 1 or trainer.validating:
-            return
-        if not 0 < self.done < trainer.num_training_batches:
-            return  # at an epoch's end last.ckpt is that epoch already
-        self._mid = {"next_epoch": trainer.current_epoch, "batches_done": self.done,
-                     "torch_rng": torch.get_rng_state()}
-        part = self.dirpath / "last.ckpt.partial"
-        try:
-            self.dirpath.mkdir(parents=True, exist_ok=True)
-            trainer.save_checkpoint(part, weights_only=False)
-            os.replace(part, self.dirpath / "last.ckpt")
-            self.saved_at = trainer.global_step
-        except Exception as exc:  # disk full, no permission: the latest completed epoch's checkpoint stays
-            part.unlink(missing_ok=True)
-            log.warning("could not write a checkpoint at step %d on SIGTERM: %s", trainer.global_step, exc)
-        finally:
-            self._mid = None
-
-
 class LogProgress(L.Callback):
     """Progress as log lines, for when stderr is not a terminal (SLURM, nohup, a pipe) and no bar is drawn.
 
@@ -384,8 +254,8 @@ class LogProgress(L.Callback):
     30; 0 logs every step) and one at the end of every epoch, with the validation AP50 when it validated::
 
         training: epoch 2/6, step 27/70 (39%), loss 1.234, 2.1 steps/s, ETA 20 s
-        training: epoch 2/6 done, step 30/70 (43%), mean loss 1.18, val mask AP50 0.412 (best 0.412 at epoch 2),
-        2.1 steps/s, ETA 19 s
+        training: epoch 2/6 done, step 30/70 (43%), mean loss 1.18, RPN pos/img 3.2, top fg 0.41,
+        val mask AP50 0.412 (best 0.412 at epoch 2), 2.1 steps/s, ETA 19 s
 
     (``training-chip mask AP50 0.412`` instead, without a best, when the validation split is empty.)
 
@@ -451,6 +321,9 @@ class LogProgress(L.Callback):
             parts.append(f"mean loss {float(self.loss_sum) / self.loss_steps:.4g}")
         elif not epoch_end and self.loss is not None:
             parts.append(f"loss {self.loss.item():.4g}")
+        health = module.epoch_stats.summary() if epoch_end and isinstance(module, DetectionModule) else None
+        if health:  # RPN positives per image, the best proposals' slump probability
+            parts.append(health)
         # only a DetectionModule validates (an SslModule's last_val_epoch stays -1)
         if epoch_end and isinstance(module, DetectionModule) and module.last_val_epoch == trainer.current_epoch:
             what = "mask" if module.model.cfg.roi_heads.mask else "box"

@@ -137,8 +137,9 @@ def footprint_frame(scene: Scene, crs: CRSLike | None) -> Any:
 
     fp = valid_footprint(scene)
     geom = to_crs([fp], scene.crs, crs)[0] if crs is not None and not scene.crs == crs else fp
-    return gpd.GeoDataFrame({"scene": [scene.name], "width_px": [scene.width], "height_px": [scene.height]},
-                            geometry=[geom], crs=crs or scene.crs)
+    fields = {"scene": [scene.name], **({"acquired": [scene.date]} if scene.date else {}),
+              "width_px": [scene.width], "height_px": [scene.height]}
+    return gpd.GeoDataFrame(fields, geometry=[geom], crs=crs or scene.crs)
 
 
 def write_instance_raster(gdf: Any, scene: Scene, path: Path, *, overwrite: bool, block: int = 1024) -> None:

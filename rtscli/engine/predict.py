@@ -190,7 +190,8 @@ def to_frame(merged: list[Slump], *, scene: Scene, bundle: Bundle, model_name: s
     Returns:
         A GeoDataFrame with the README's columns: ``id``, ``score``, ``area_m2`` and ``perimeter_m`` (true
         values on the ellipsoid, m2 and m), ``scene``, ``model``, ``modalities``, ``fusion``, ``tile_size``
-        (pixels), ``touches_nodata``, ``touches_edge``, ``tiles``, ``created`` (UTC, ISO 8601).
+        (pixels), ``touches_nodata``, ``touches_edge``, ``tiles``, ``created`` (UTC, ISO 8601), and ``acquired``
+        (ISO 8601, after ``scene``) when the scene says when its imagery was taken (a STAC item's datetime).
 
     Raises:
         RtsError: ``to_crs`` is not a CRS.
@@ -223,6 +224,9 @@ def to_frame(merged: list[Slump], *, scene: Scene, bundle: Bundle, model_name: s
     gdf["tile_size"] = np.full(len(gdf), int(bundle.tile_size), dtype=np.int64)
     gdf["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     gdf["score"] = gdf["score"].astype(float).round(4)
+    if scene.date:  # when the imagery was taken, where the input says it (a STAC item's datetime)
+        gdf["acquired"] = scene.date
+        cols.insert(cols.index("scene") + 1, "acquired")
     return gdf[cols + ["geometry"]]
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -18,6 +17,7 @@ from rtscli.errors import RtsError
 from rtscli.engine.curves import plot_curves
 from rtscli.engine.train import EpochSampler, bundle_weights, epoch_metrics, fit, write_epoch_csv
 from rtscli.engine.train_settings import TrainSettings, settings_dict
+from rtscli.engine.training_health import report_coverage, zero_ap_note
 from rtscli.modeling.config import ModelConfig, load_preset
 
 if TYPE_CHECKING:
@@ -36,9 +36,9 @@ def auto_anchors(info: DatasetInfo, tile: int) -> tuple[int, ...]:
     if not sizes:
         raise RtsError("the dataset has no instance size statistics", path=info.root,
                        fix="re-run `rts prepare`, or use the preset's anchors (--anchors preset)")
-    lo = max(8.0, float(sizes["p5"]))
-    first = 2 ** math.floor(math.log2(lo))
-    return tuple(int(min(first * 2**k, 2 * tile)) for k in range(5))
+    from rtscli.modeling.anchors import anchors_from_sides
+
+    return anchors_from_sides(float(sizes["p5"]), tile)
 
 
 def build_config(preset: str, *, in_channels: int, anchors: str, info: DatasetInfo,
@@ -236,6 +236,8 @@ def bundle_config(*, cfg: ModelConfig, info: DatasetInfo, data: Path, mods: list
         "instance_sizes": info.manifest.get("instance_sizes"),
         # how the training rasters' stored values were turned into physical ones: rts predict reads scenes alike
         "values": info.manifest.get("values"),
+        # the DEM's derivatives (rts prepare --dem): rts predict --dem makes the same
+        "terrain": info.manifest.get("terrain"),
     }
 
 
@@ -285,6 +287,10 @@ def train_and_save(model: Detector, *, config: dict, info: DatasetInfo, mods: li
     Without a validation split (the training chips stand in, :func:`open_splits`) the bundle keeps the last epoch
     and its metrics hold ``train_chips_mask_ap50`` (or ``train_chips_box_ap50``), the latest AP50 on the training
     chips, and ``train_chips_ap50_epoch``, its epoch: nothing named ``val_*`` claims a validation.
+
+    Whether it learned (:mod:`rtscli.engine.training_health`): the anchors' coverage of the training boxes is logged
+    before training and kept as the config's ``anchor_coverage``; a run whose AP50 stayed at 0 has ``ap50_note`` in
+    its metrics, and one whose training collapsed has ``collapse_step`` and ``collapse_warning``.
     """
     import json
 
@@ -301,6 +307,9 @@ def train_and_save(model: Detector, *, config: dict, info: DatasetInfo, mods: li
                                              collate_fn=collate, num_workers=0)
     steps_per_epoch = max(1, len(train_loader))
     total_steps = settings.max_steps if settings.max_steps > 0 else settings.epochs * steps_per_epoch
+    coverage = report_coverage(train_ds.coco.dataset, cfg)  # how well the anchors cover the training boxes
+    if coverage is not None:
+        config["anchor_coverage"] = coverage
     val_gt = json.loads(Path(val_ds.info.root / f"{val_ds.split}.json").read_text())
     if not any(not a.get("iscrowd") for a in val_gt["annotations"]):
         log.warning("the %s split (%d chips) has no slump: AP50 cannot be measured on it, so no best epoch can be "
@@ -327,6 +336,16 @@ def train_and_save(model: Detector, *, config: dict, info: DatasetInfo, mods: li
         scores = {f"train_chips_{what}_ap50": round(scored[-1]["train_chips_ap50"], 4) if scored else None,
                   "train_chips_ap50_epoch": int(scored[-1]["epoch"]) if scored else None}
     config["metrics"] = {**scores, **chosen, "epochs_run": trainer.current_epoch, "steps_run": trainer.global_step}
+    # the best validation's AP50, or the latest training-chip one (None: no validation ran)
+    ap50 = (module.best_ap50 if module.best_epoch >= 0 else None) if scored_on == "val" else \
+        scores[f"train_chips_{what}_ap50"]
+    note = zero_ap_note(scored_on=scored_on, what=what, ap50=ap50, val_slumps=val_slumps)
+    if note:
+        config["metrics"]["ap50_note"] = note
+    if module.collapse is not None and module.collapse.fired is not None:
+        fired = module.collapse.fired
+        config["metrics"].update(collapse_step=fired["step"], collapse_warning=f"at step {fired['step']}: "
+                                 f"{fired['reason']}")
     config["training"].update(world_size=trainer.world_size, lr=settings.lr(trainer.world_size))
     if trainer.is_global_zero:
         save_bundle(out, state, config)

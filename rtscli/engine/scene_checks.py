@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
 from rtscli.data.bands import BandMap
-from rtscli.data.scenes import Source
+from rtscli.data.scenes import Scene, Source
 from rtscli.errors import RtsError
 from rtscli.modeling.bundle import Bundle
 
@@ -111,22 +112,64 @@ def check_band_layout(bundle: Bundle, scene: Path) -> None:
                     next(k for k, v in bm.as_dict().items() if v == i))
 
 
-def check_modalities(bundle: Bundle, sources: list[Source], where: str) -> None:
-    """Every channel the bundle's modalities need must come from the inputs (NDVI may be derived).
+def check_modalities(bundle: Bundle, sources: list[Source], where: str, *, dem: bool = False) -> None:
+    """Every channel the bundle's modalities need must come from the inputs (NDVI may be derived; the terrain
+    channels come from ``--dem``).
 
     Args:
         bundle: the model's bundle (its modalities).
         sources: the scene's sources (:func:`scene_sources`).
         where: what the inputs are, for the message (e.g. the scene's path).
+        dem: a DEM gives the terrain channels (slope, relief, hillshade).
 
     Raises:
         RtsError: a modality needs a channel no source has (and that cannot be derived).
     """
     from rtscli.data.modalities import missing_channel
 
-    have = {n for s in sources for n in s.bands}
+    from rtscli.data.modalities import TERRAIN
+
+    have = {n for s in sources for n in s.bands} | (set(TERRAIN) if dem else set())
     for mod in bundle.modalities:
         ch = missing_channel(mod, have)
         if ch is not None:
             raise RtsError(f"the model needs modality {mod.name} (channel {ch!r}), which {where} lacks",
                            fix=f"pass --bands naming {ch}, or an aligned raster (--{ch} PATH or --aux {ch}=PATH)")
+
+
+def open_checked(scene: Path, *, bundle: Bundle, band_map: BandMap, bands_given: bool, nodata: float | None,
+                 units: dict[str, Any], resample: bool = False) -> Scene:
+    """One scene of ``rts predict`` (a raster, or a STAC item's ``.json``) opened and checked against the model, before
+    any pixel is read.
+
+    Args:
+        scene: the raster or the item (:func:`rtscli.data.scenes.scene_paths`).
+        bundle: the model's bundle.
+        band_map: the scene's band map (``--bands`` or the model's); for a STAC item only its names count (the
+            channels looked for among the item's assets).
+        bands_given: the user gave ``--bands`` (else a raster's layout is checked against the model's).
+        nodata: ``--nodata``, or None.
+        units: ``scale``, ``offset``, ``training`` and ``quality`` (:func:`rtscli.data.scenes.open_scene`).
+        resample: ``--resample`` (a STAC item's assets are always read onto its finest grid).
+
+    Returns:
+        The scene.
+
+    Raises:
+        RtsError: the scene does not fit the model (bands, layout, a modality's channel), or cannot be opened.
+    """
+    from rtscli.data.scenes import is_item, open_item, open_scene
+
+    if is_item(scene):
+        channels = list(band_map.without(["mask"]).as_dict())
+        opened, missing, assets = open_item(scene, channels, nodata=nodata, **units)
+        check_modalities(bundle, opened.sources, f"STAC item {opened.item} (assets: {'; '.join(assets)})",
+                         dem=opened.dem is not None)
+        if missing:
+            log.debug("%s: no asset has %s (not needed by the model)", opened.item, ", ".join(missing))
+        return opened
+    srcs = scene_sources(scene, band_map=band_map)
+    if not bands_given:
+        check_band_layout(bundle, scene)
+    check_modalities(bundle, srcs, str(scene), dem=units.get("dem") is not None)
+    return open_scene(srcs, resample=resample, nodata=nodata, **units)

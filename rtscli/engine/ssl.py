@@ -31,30 +31,54 @@ log = logging.getLogger("rtscli")
 
 
 def open_scenes(inputs: list[str], band_map: BandMap, *, aux: list[str], scale: float | None,
-                offset: float | None, nodata: float | None, quality: Any = None) -> list[Scene]:
-    """The unlabeled scenes (files, folders, globs, .txt lists, VRT mosaics; folders with site subfolders too) as
-    :class:`Scene` objects, each with its ``--aux`` rasters (NAME=PATH; only with one scene, on its grid). The
-    band map is checked against every scene (:func:`rtscli.data.bands.check_fits`) before any is read."""
+                offset: float | None, nodata: float | None, quality: Any = None, dem: Any = None,
+                dems: bool = False, terrain: Any = None) -> list[Scene]:
+    """The unlabeled scenes (files, folders, globs, .txt lists, VRT mosaics; folders with site subfolders too; STAC
+    items, catalogs and item collections: :func:`rtscli.data.scenes.open_item`) as :class:`Scene` objects, each
+    with its ``--aux`` rasters (NAME=PATH; only with one scene, on its grid). The band map is checked against
+    every scene (:func:`rtscli.data.bands.check_fits`) before any is read. ``dem`` (a
+    :class:`rtscli.data.terrain.Dem`) gives every scene the terrain channels; with ``dems`` each scene is a DEM and
+    gives its own (made with ``terrain``, a :class:`rtscli.data.terrain.TerrainSettings`)."""
     from rtscli.data.bands import check_fits
-    from rtscli.data.scenes import Source, open_scene, scene_paths
+    from rtscli.data.scenes import Source, is_item, open_item, open_scene, scene_paths
     from rtscli.io.raster import inspect
 
     from rtscli.data.inputs import parse_aux
 
     paths = scene_paths(inputs)
+    items = [p for p in paths if is_item(p)]
     extra = parse_aux(aux)
     if extra and len(paths) > 1:
         raise RtsError(f"--aux rasters go with one scene, {len(paths)} were given",
                        fix="run rts ssl on one scene with its aux rasters, or build a VRT mosaic of each")
     bands = {k: v for k, v in band_map.as_dict().items() if k != "mask"}
+    if extra and items:
+        raise RtsError("--aux rasters go with a scene file, and a STAC item was given", path=items[0],
+                       fix="add the raster to the item as an asset, or drop --aux")
     for p in paths:
-        info = inspect(p)
-        check_fits(band_map.without(["mask"]), info.count, info.descriptions, p)
+        if not is_item(p):
+            info = inspect(p)
+            check_fits(band_map.without(["mask"]), info.count, info.descriptions, p)
     scenes = []
     for p in paths:
+        if is_item(p):  # the bands by name from the item's assets (only the band map's names count)
+            scene, missing, assets = open_item(p, list(bands), nodata=nodata, scale=scale, offset=offset,
+                                               quality=quality, dem=dem)
+            if missing:
+                raise RtsError(f"STAC item {scene.item} has no asset with {', '.join(missing)} (its assets: "
+                               f"{'; '.join(assets)})", path=p,
+                               fix="pass --bands naming only the bands the modality needs (e.g. red=1,green=2,blue=3)")
+            scenes.append(scene)
+            continue
         sources = [Source(p, bands)] + [Source(q, {n: 1}) for n, q in extra.items()]
         # --quality (a rtscli.data.quality.QualityRequest): clouds, shadow, haze, snow are nodata in every window
-        scenes.append(open_scene(sources, nodata=nodata, scale=scale, offset=offset, quality=quality))
+        own = None
+        if dems:  # a DEM itself: its terrain channels, by window
+            from rtscli.data.terrain import Dem
+
+            own = Dem(p, terrain)
+        scenes.append(open_scene(sources, nodata=nodata, scale=scale, offset=offset, quality=quality,
+                                 dem=own if dems else dem))
     return scenes
 
 
@@ -62,7 +86,7 @@ def ssl(*, inputs: list[str], modality: str, band_map: BandMap, out: Path, prese
         tile_size: int | None = None, aux: list[str] | None = None, scale: float | None = None,
         offset: float | None = None, nodata: float | None = None, windows: int = 1000, mask_ratio: float = 0.6,
         stats_windows: int = 64, repeat_to: int = 3, resume: bool = False, overwrite: bool = False,
-        quality: Any = None) -> dict:
+        quality: Any = None, dem: Path | None = None, dem_radius: float = 100.0) -> dict:
     """Pretrain ``modality``'s backbone on random windows of the scenes; write the backbone bundle to ``out``.
 
     ``windows``: windows per epoch; ``mask_ratio``: share of 32 px blocks hidden (SimMIM: 0.6);
@@ -85,7 +109,7 @@ def ssl(*, inputs: list[str], modality: str, band_map: BandMap, out: Path, prese
             return _ssl(inputs=inputs, modality=modality, band_map=band_map, out=out, preset=preset,
                         settings=settings, tile_size=tile_size, aux=aux, scale=scale, offset=offset, nodata=nodata,
                         windows=windows, mask_ratio=mask_ratio, stats_windows=stats_windows, repeat_to=repeat_to,
-                        resume=resume, overwrite=overwrite, quality=quality)
+                        resume=resume, overwrite=overwrite, quality=quality, dem=dem, dem_radius=dem_radius)
         finally:
             gc.collect()  # the scenes' open datasets (kept in reference cycles) close inside the environment
 
@@ -93,7 +117,7 @@ def ssl(*, inputs: list[str], modality: str, band_map: BandMap, out: Path, prese
 def _ssl(*, inputs: list[str], modality: str, band_map: BandMap, out: Path, preset: str, settings: TrainSettings,
          tile_size: int | None, aux: list[str] | None, scale: float | None, offset: float | None,
          nodata: float | None, windows: int, mask_ratio: float, stats_windows: int, repeat_to: int, resume: bool,
-         overwrite: bool, quality: Any = None) -> dict:
+         overwrite: bool, quality: Any = None, dem: Path | None = None, dem_radius: float = 100.0) -> dict:
     """:func:`ssl`'s work, inside its GDAL environment."""
     from rtscli.data.bands import BandMap
     from rtscli.data.modalities import resolve
@@ -122,9 +146,21 @@ def _ssl(*, inputs: list[str], modality: str, band_map: BandMap, out: Path, pres
     cfg = load_preset(preset)
     if tile_size is not None:
         cfg.tile_size = check_tile_size(tile_size)
+    terrain = None
+    if dem is not None or modality == "terrain":  # slope, relief, hillshade: from --dem, or the scenes are DEMs
+        from rtscli.data.terrain import Dem, TerrainSettings
+
+        if not dem_radius > 0:
+            raise RtsError("--dem-radius must be positive (metres)", fix="e.g. --dem-radius 100")
+        terrain = TerrainSettings(radius_m=dem_radius)
     scenes = open_scenes(inputs, band_map, aux=list(aux or []), scale=scale, offset=offset, nodata=nodata,
-                         quality=quality)
+                         quality=quality, dem=Dem(dem, terrain) if dem is not None else None,
+                         dems=modality == "terrain" and dem is None, terrain=terrain)
     names = dict.fromkeys(n for s in scenes[0].sources for n in s.bands)
+    if scenes[0].dem is not None:
+        from rtscli.data.modalities import TERRAIN
+
+        names.update(dict.fromkeys(TERRAIN))
     chip_bands = BandMap(tuple((n, i + 1) for i, n in enumerate(names)))
     mod = resolve(modality, chip_bands)
     repeat = repeat_to if repeat_to and repeat_to > 1 else None
@@ -184,6 +220,7 @@ def _ssl(*, inputs: list[str], modality: str, band_map: BandMap, out: Path, pres
         "backbone": {**cfg.backbone.__dict__, "depths": list(cfg.backbone.depths)},
         "tile_size": cfg.tile_size,
         "modality": {"name": mod.name, "channels": list(mod.channels)},
+        **({"terrain": terrain.record()} if terrain is not None else {}),
         "repeat_to": repeat,
         "band_map": chip_bands.as_dict(),
         "normalization": {k: v.as_dict() for k, v in stats.items()},

@@ -98,13 +98,13 @@ def fit(module: L.LightningModule, train_loader: torch.utils.data.DataLoader,
     """Run Lightning's fit loop into ``run_dir``.
 
     ``run_dir/checkpoints/last.ckpt`` is the latest completed epoch and ``best.ckpt`` the best validated one
-    (:class:`rtscli.engine.lightning_task.RunCheckpoints`). Progress shows as a Rich bar on a terminal, else as
+    (:class:`rtscli.engine.run_callbacks.RunCheckpoints`). Progress shows as a Rich bar on a terminal, else as
     log lines (:class:`rtscli.engine.lightning_task.LogProgress`); Lightning's CSV log goes to ``run_dir/logs``,
     and the rows of the runs before a resume are kept (:func:`keep_history`).
 
     SIGTERM (SLURM's time limit, ``kill``) stops the run after its running step, with ``last.ckpt`` at that step
     when it fell inside a training epoch of a one-process run, else the latest completed epoch
-    (:class:`rtscli.engine.lightning_task.StopOnSigterm`), and ``run_dir/metrics.csv`` so far. The training
+    (:class:`rtscli.engine.run_callbacks.StopOnSigterm`), and ``run_dir/metrics.csv`` so far. The training
     loader's worker processes leave the signal to this process (:func:`worker_init`, unless the loader has a
     ``worker_init_fn`` of its own).
 
@@ -129,7 +129,8 @@ def fit(module: L.LightningModule, train_loader: torch.utils.data.DataLoader,
     from lightning.pytorch.loggers import CSVLogger
 
     from rtscli.engine.devices import training_device
-    from rtscli.engine.lightning_task import LogProgress, RunCheckpoints, StopOnSigterm
+    from rtscli.engine.lightning_task import LogProgress
+    from rtscli.engine.run_callbacks import RunCheckpoints, StopOnSigterm
     from rtscli.logs import adopt_lightning
 
     adopt_lightning()  # Lightning's "GPU available" lines and tips: through rts's log (warnings only), not raw
@@ -416,8 +417,10 @@ def epoch_metrics(run_dir: Path) -> list[dict[str, float]]:
 
     Returns:
         One dict per epoch, in order: ``epoch``, the epoch means of the training losses (``train_loss``, ...)
-        and the validation metrics (``val_ap50``, ...; ``train_chips_ap50``, ... when the training chips were
-        scored for want of a validation split) of the epochs that validated; none without a log.
+        and of the detector's side statistics (``rpn_pos_per_img``, ``rpn_top_fg``, ``roi_pos_per_img_s{k}``,
+        ``roi_pos_fg``: :mod:`rtscli.engine.training_health`), and the validation metrics (``val_ap50``, ...;
+        ``train_chips_ap50``, ... when the training chips were scored for want of a validation split) of the
+        epochs that validated; none without a log.
     """
     rows: dict[int, dict[str, float]] = {}
     for r in log_history(run_dir):
@@ -427,7 +430,7 @@ def epoch_metrics(run_dir: Path) -> list[dict[str, float]]:
         d = rows.setdefault(e, {"epoch": e})
         for k, v in r.items():
             if v not in ("", None) and k not in ("epoch", "step") and (
-                    k.endswith("_epoch") or k.startswith(("val", "train_chips"))):
+                    k.endswith("_epoch") or k.startswith(("val", "train_chips", "rpn_", "roi_"))):
                 d[k.replace("_epoch", "")] = float(v)
     return [rows[e] for e in sorted(rows)]
 

@@ -41,6 +41,12 @@ def gdal_env(**options: Any) -> rasterio.Env:
     return rasterio.Env(**opts)
 
 
+def is_virtual(path: str | Path) -> bool:
+    """Whether ``path`` is one of GDAL's virtual file systems (``/vsicurl?url=...``, ``/vsis3/...``): a file GDAL
+    reads that the local file system does not hold."""
+    return str(path).startswith("/vsi")
+
+
 def open_raster(path: str | Path, mode: str = "r", **profile: Any) -> Any:
     """``rasterio.open`` without rasterio's NotGeoreferencedWarning: an image without georeference (a plain
     JPEG/PNG chip, or a chip written on its own pixel grid) is expected here, and callers that need a
@@ -270,7 +276,7 @@ def inspect(path: str | Path, *, assume_crs: CRS | None = None, need_crs: bool =
         RtsError: a missing, unreadable or ungeoreferenced file.
     """
     path = Path(path)
-    if not path.exists():
+    if not is_virtual(path) and not path.exists():
         raise RtsError("file not found", path=path, fix="check the path")
     if path.is_dir():
         raise RtsError("is a directory, not a raster", path=path, fix="pass a GeoTIFF file")

@@ -82,6 +82,19 @@ class Bundle:
         return (self.config.get("source_band_map") or {}).get("mask")
 
     @property
+    def terrain(self) -> dict[str, Any] | None:
+        """How the terrain channels were made from a DEM (``--dem``: radius, sun, units), or None for a model trained
+        without terrain (:class:`rtscli.data.terrain.TerrainSettings`)."""
+        return self.config.get("terrain") or None
+
+    @property
+    def needs_terrain(self) -> bool:
+        """Whether a modality of the model reads terrain channels (slope, relief, hillshade)."""
+        from rtscli.data.modalities import TERRAIN
+
+        return any(c in TERRAIN for m in self.modalities for c in m.channels)
+
+    @property
     def instance_sizes(self) -> dict[str, Any]:
         """Statistics of the training slumps' sizes (``box_side_px_percentiles``), empty when not recorded."""
         return self.config.get("instance_sizes") or {}

@@ -27,10 +27,11 @@ from torch import Tensor, nn
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import maskrcnn_inference, maskrcnn_loss
-from torchvision.models.detection.rpn import AnchorGenerator, RegionProposalNetwork, RPNHead
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import boxes as box_ops
 
+from rtscli.modeling.anchors import anchor_generator
 from rtscli.modeling.backbone import LayerNorm2d, build_backbone
 from rtscli.modeling.config import ModelConfig, ROIHeadsConfig
 
@@ -116,6 +117,24 @@ def fast_rcnn_losses(class_logits: Tensor, box_deltas: Tensor, labels: Tensor, t
     return loss_cls, loss_box / max(labels.numel(), 1)
 
 
+#: the best RPN proposals per image whose slump probability the training statistics follow (``rpn_top_fg``)
+TOP_PROPOSALS = 10
+
+
+@torch.no_grad()
+def _stage_stats(k: int, logits: Tensor, labels: Tensor, with_gt: int, *, last: bool) -> dict[str, Tensor]:
+    """Stage ``k``'s side statistics (:meth:`Detector.losses`): its positives (``labels`` > 0 of the sampled RoIs)
+    per image with ground truth and, for the ``last`` stage, their mean slump probability and count."""
+    pos = labels > 0
+    count = pos.sum().float()
+    out = {f"roi_pos_per_img_s{k}": count / max(with_gt, 1)}
+    if last:
+        fg = 1.0 - F.softmax(logits.detach().float()[pos], dim=-1)[:, 0]
+        out["roi_pos_fg"] = fg.mean() if len(fg) else count * 0.0
+        out["roi_pos_last"] = count
+    return out
+
+
 class CascadeROIHeads(nn.Module):
     def __init__(self, *, cfg: ROIHeadsConfig, in_channels: int, num_classes: int) -> None:
         super().__init__()
@@ -171,8 +190,14 @@ class CascadeROIHeads(nn.Module):
 
     # -- training ----------------------------------------------------------------------------------
     def losses(self, features: OrderedDict[str, Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]],
-               targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+               targets: list[dict[str, Tensor]], stats: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """The box (and mask) losses of every stage: ``loss_cls_s{k}``, ``loss_box_s{k}``, ``loss_mask``.
+
+        ``stats``, when given, also receives (detached, 0-d tensors; see :meth:`Detector.losses`)
+        ``roi_pos_per_img_s{k}``, ``roi_pos_fg`` and ``roi_pos_last``; the losses are the same either way.
+        """
         n = self.cfg.num_stages
+        with_gt = sum(t["boxes"].numel() > 0 for t in targets)
         # ground truth joins the proposals (so every gt box is seen), then stage 0 samples
         proposals = [torch.cat([p, t["boxes"]]) for p, t in zip(proposals, targets, strict=True)]
         idxs, labels = self.match(0, proposals, targets)
@@ -190,6 +215,8 @@ class CascadeROIHeads(nn.Module):
             lc, lb = fast_rcnn_losses(logits, deltas, torch.cat(labels), torch.cat(target_deltas))
             out[f"loss_cls_s{k}"] = lc / n
             out[f"loss_box_s{k}"] = lb / n
+            if stats is not None:
+                stats.update(_stage_stats(k, logits, torch.cat(labels), with_gt, last=k == n - 1))
             if k < n - 1:  # the next stage trains on this stage's refined boxes, detached
                 boxes = self._decode(k, deltas, boxes, image_sizes)
         if self.mask_head is not None:
@@ -222,9 +249,10 @@ class CascadeROIHeads(nn.Module):
         return maskrcnn_loss(x, pos_props, gt_masks, gt_labels, matched)
 
     # -- inference -----------------------------------------------------------------------------------
-    @torch.no_grad()
-    def predict(self, features: OrderedDict[str, Tensor], proposals: list[Tensor],
-                image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+    def _cascade(self, features: OrderedDict[str, Tensor], proposals: list[Tensor],
+                 image_sizes: list[tuple[int, int]]) -> tuple[list[Tensor], Tensor]:
+        """Every stage on the previous stage's refined boxes: (the last stage's boxes per image, the class
+        probabilities (N, num_classes + 1) of all boxes averaged over the stages)."""
         n = self.cfg.num_stages
         boxes = proposals
         scores_per_stage = []
@@ -236,8 +264,20 @@ class CascadeROIHeads(nn.Module):
             logits, deltas = self._stage(k, features, boxes, image_sizes)
             scores_per_stage.append(F.softmax(logits, dim=-1))
         assert deltas is not None  # set by the last stage (a model has one or more)
-        final = self._decode(n - 1, deltas, boxes, image_sizes)
-        scores = torch.stack(scores_per_stage).mean(0)
+        return self._decode(n - 1, deltas, boxes, image_sizes), torch.stack(scores_per_stage).mean(0)
+
+    @torch.no_grad()
+    def foreground(self, features: OrderedDict[str, Tensor], boxes: list[Tensor],
+                   image_sizes: list[tuple[int, int]]) -> Tensor:
+        """The slump (any foreground class) probability inference gives ``boxes`` (one (N_i, 4) tensor per image):
+        (sum N_i,), 1 - the background probability averaged over the stages."""
+        _, scores = self._cascade(features, boxes, image_sizes)
+        return 1.0 - scores[:, 0].float()
+
+    @torch.no_grad()
+    def predict(self, features: OrderedDict[str, Tensor], proposals: list[Tensor],
+                image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+        final, scores = self._cascade(features, proposals, image_sizes)
         results = []
         counts = [len(b) for b in final]
         for b, s in zip(final, scores.split(counts), strict=True):
@@ -278,7 +318,7 @@ class Detector(nn.Module):
         self.backbone = backbone if backbone is not None else build_backbone(
             cfg=cfg.backbone, fpn=cfg.fpn, tile_size=cfg.tile_size)
         r = cfg.rpn
-        anchors = AnchorGenerator(tuple((s,) for s in r.anchor_sizes), (tuple(r.aspect_ratios),) * 5)
+        anchors = anchor_generator(r)
         head = RPNHead(cfg.fpn.out_channels, anchors.num_anchors_per_location()[0])
         self.rpn = RegionProposalNetwork(
             anchors, head, r.fg_iou, r.bg_iou, r.batch_size_per_image, r.positive_fraction,
@@ -295,8 +335,27 @@ class Detector(nn.Module):
         return ImageList(images, [tuple(int(v) for v in s) for s in sizes])
 
     def losses(self, images: Tensor, targets: list[dict[str, Tensor]], image_sizes: list[tuple[int, int]] | None = None,
-               features: "OrderedDict[str, Tensor] | None" = None) -> dict[str, Tensor]:
-        """Training losses: loss_rpn_cls, loss_rpn_box, loss_cls_s{k}, loss_box_s{k}, loss_mask."""
+               features: "OrderedDict[str, Tensor] | None" = None, stats: dict[str, Tensor] | None = None
+               ) -> dict[str, Tensor]:
+        """Training losses: loss_rpn_cls, loss_rpn_box, loss_cls_s{k}, loss_box_s{k}, loss_mask.
+
+        Args:
+            images: (B, C, T, T) normalized tiles.
+            targets: per image ``boxes`` (N, 4) in pixels, ``labels`` (N,), ``masks`` (N, T, T).
+            image_sizes: the valid (height, width) of each image; default the whole tile.
+            features: the backbone's levels, when already computed.
+            stats: when given, filled (without gradients; the losses are the same either way) with 0-d tensors
+                that tell whether training is learning, counted over the images that have ground truth:
+                ``images_with_gt``; ``rpn_pos_per_img``, the RPN proposals (without the ground-truth boxes the
+                box heads add to them) at IoU >= 0.5 with a ground-truth box, per image; ``rpn_top_fg``, the
+                mean slump probability inference gives the :data:`TOP_PROPOSALS` best proposals of each image;
+                ``roi_pos_per_img_s{k}``, the sampled RoIs labelled slump at stage k, per image;
+                ``roi_pos_fg``, the last stage's mean slump probability (its softmax) over its positive RoIs,
+                and ``roi_pos_last``, their count. Every mean is 0 where it has nothing to count.
+
+        Returns:
+            The named losses (scalars).
+        """
         il = self._image_list(images, image_sizes)
         feats = features if features is not None else self.features(images)
         was = self.rpn.training
@@ -305,8 +364,27 @@ class Detector(nn.Module):
         self.rpn.train(was)
         proposals = [p.detach() for p in proposals]
         out = {"loss_rpn_cls": rpn_losses["loss_objectness"], "loss_rpn_box": rpn_losses["loss_rpn_box_reg"]}
-        out.update(self.roi_heads.losses(feats, proposals, il.image_sizes, targets))
+        if stats is not None:
+            stats.update(self._proposal_stats(feats, proposals, il.image_sizes, targets))
+        out.update(self.roi_heads.losses(feats, proposals, il.image_sizes, targets, stats=stats))
         return out
+
+    @torch.no_grad()
+    def _proposal_stats(self, feats: "OrderedDict[str, Tensor]", proposals: list[Tensor],
+                        image_sizes: list[tuple[int, int]], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """``images_with_gt``, ``rpn_pos_per_img`` and ``rpn_top_fg`` of :meth:`losses` (the proposals come
+        sorted by objectness from torchvision's RPN)."""
+        dev = feats[next(iter(feats))].device
+        has = [t["boxes"].numel() > 0 for t in targets]
+        n = sum(has)
+        zero = torch.zeros((), device=dev)
+        if n == 0:
+            return {"images_with_gt": zero, "rpn_pos_per_img": zero, "rpn_top_fg": zero}
+        pos = sum(((box_ops.box_iou(t["boxes"], p).amax(0) >= 0.5).sum() for p, t, h
+                   in zip(proposals, targets, has, strict=True) if h), zero)
+        top = [p[:TOP_PROPOSALS] if h else p[:0] for p, h in zip(proposals, has, strict=True)]
+        fg = self.roi_heads.foreground(feats, top, image_sizes) if sum(len(b) for b in top) else zero[None]
+        return {"images_with_gt": zero + n, "rpn_pos_per_img": pos.float() / n, "rpn_top_fg": fg.mean()}
 
     @torch.no_grad()
     def predict(self, images: Tensor, image_sizes: list[tuple[int, int]] | None = None,

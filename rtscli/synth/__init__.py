@@ -246,6 +246,7 @@ def write_scene(
     index: int = 0,
     sky: Any = None,
     masks: Sequence[str] = (),
+    dem_dir: Path | None = None,
 ) -> tuple[Path, Path]:
     """Write a scene GeoTIFF by windows and its truth GeoPackage; returns both paths.
 
@@ -271,6 +272,8 @@ def write_scene(
             polygons go into the truth's layer ``quality`` (``kind``). None: a clear scene.
         masks: the quality masks written beside the scene with ``sky`` (of :data:`rtscli.synth.clouds.MASKS`:
             ``<stem>_udm2.tif``, ``<stem>_SCL_20m.tif``; :func:`rtscli.synth.clouds.write_masks`).
+        dem_dir: write the scene's DEM (``<stem>_dem.tif``, :func:`rtscli.synth.dem.write_dem`) into this folder;
+            None: no DEM.
 
     Returns:
         ``(GeoTIFF, truth GeoPackage)``.
@@ -344,4 +347,10 @@ def write_scene(
                 drows.append(dict(kind=kind, geometry=to_map(part, transform)))
     dist = gpd.GeoDataFrame(drows, columns=["kind", "geometry"], geometry="geometry", crs=geo.crs)
     write_vector(dist, path.with_name(path.stem + "_distractors.gpkg"), layer="distractors", overwrite=True)
+    if dem_dir is not None:
+        from rtscli.synth.dem import write_dem
+
+        Path(dem_dir).mkdir(parents=True, exist_ok=True)
+        write_dem(Path(dem_dir) / f"{path.stem}_dem.tif", plan, transform=transform, crs=geo.crs, seed=seed,
+                  index=index, block=block)
     return path, gpkg

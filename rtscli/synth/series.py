@@ -189,7 +189,7 @@ def evolve(plan: Plan, years: int, seed: int, first: date = FIRST_DATE) -> list[
 def write_series(folder: Path, stem: str, height: int, width: int, years: int, *, seed: int, site_name: str,
                  crs: str, resolution: float, index: int = 0,
                  progress: Progress | None = None, clouds: float = 0.0, snow: float = 0.0,
-                 masks: tuple[str, ...] = ()) -> list[tuple[Path, Path]]:
+                 masks: tuple[str, ...] = (), dem_dir: Path | None = None) -> list[tuple[Path, Path]]:
     """Write the scene of each date (``<stem>_<YYYY-MM-DD>.tif``) and its truth GeoPackage.
 
     The truth of each date has layers ``rts`` (active slumps) and ``gone`` (stabilized since the date before),
@@ -212,6 +212,7 @@ def write_series(folder: Path, stem: str, height: int, width: int, years: int, *
             0: clear.
         snow: share of every date's scene under snow patches.
         masks: the quality masks written beside each date's scene (:func:`rtscli.synth.clouds.write_masks`).
+        dem_dir: write each date's DEM into this folder (:func:`rtscli.synth.dem.write_dem`); None: no DEM.
 
     Returns:
         ``(scene GeoTIFF, truth GeoPackage)`` per date, in date order.
@@ -256,7 +257,7 @@ def write_series(folder: Path, stem: str, height: int, width: int, years: int, *
             sky = make_sky(y.plan, clouds=clouds, snow=snow, seed=seed * 100 + k)  # each date its own clouds
         tif, gpkg = write_scene(folder / f"{stem}_{y.date.isoformat()}.tif", height, width, seed=seed,
                                 site_name=site_name, crs=crs, resolution=resolution, plan=y.plan, index=index,
-                                progress=progress, sky=sky, masks=masks)
+                                progress=progress, sky=sky, masks=masks, dem_dir=dem_dir)
         write_layers({"rts": frame(y.active), "gone": frame(y.gone)}, gpkg, overwrite=True)
         out.append((tif, gpkg))
     return out

@@ -186,6 +186,8 @@ def _dates(path: Path, gdf: Any, given: date | None, date_field: str | None) -> 
     merged = _merged_dates(gdf) if is_merged(gdf.columns) and len(gdf) else None
     if merged is not None:  # an rts merge map: one date (its outlines' median), each outline's own kept as given
         return [merged[0]] * len(gdf), "rts merge (the median date of its outlines)", merged[1]
+    if "acquired" in gdf.columns and len(gdf) and gdf["acquired"].notna().all():  # rts predict of a STAC item
+        return _parse_column(path, gdf, "acquired"), "field acquired (the imagery's date)", _as_text(gdf["acquired"])
     if "scene" in gdf.columns and len(gdf):
         found_in = {s: find_date(str(s)) for s in gdf["scene"].unique()}
         found = {s: f for s, f in found_in.items() if f is not None}

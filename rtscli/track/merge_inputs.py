@@ -7,7 +7,8 @@ shell does not expand thousands of names). Each map is described by :class:`MapI
 date. The polygons themselves are read later, block by block (:func:`read_features`), so that memory does not
 grow with the number of maps' polygons.
 
-Dates come from the ``scene`` field of ``rts predict`` outputs, else the file name, else the folder name
+Dates come from the ``acquired`` field of ``rts predict`` outputs (a STAC item's datetime), else their ``scene``
+field, else the file name, else the folder name
 (:func:`rtscli.track.dates.find_date`); a year alone counts as 1 July, and a map without a date is merged
 with empty dates (logged).
 """
@@ -117,7 +118,7 @@ def describe(path: Path, index: int, layer: str | None) -> MapInfo:
         raise RtsError("this is an rts merge output, not a per-scene map", path=path,
                        fix="leave it out of the maps to merge (write merged maps outside the folder of per-scene maps)")
     cols = {key: c for key, names in (("score", ("score",)), ("model", ("model",)), ("touches_edge", EDGE),
-                                      ("touches_nodata", NODATA), ("scene", ("scene",)))
+                                      ("touches_nodata", NODATA), ("scene", ("scene",)), ("acquired", ("acquired",)))
             if (c := column(_Columns(fields), names)) is not None}
     boxes = [b for b in (info["total_bounds"], fp_bounds) if b is not None and np.isfinite(b).all()]
     bounds = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes),
@@ -184,25 +185,39 @@ def _footprint(path: Path, layer: str | None) -> tuple[str | None, Any]:
                        fix="write the map again (rts predict --overwrite), or leave it out") from None
 
 
+def _first_value(m: MapInfo, key: str) -> str | None:
+    """The first feature's value of the field ``m.columns[key]`` as text (a per-scene map holds one scene, one
+    date), or None."""
+    if key not in m.columns or not m.features or m.path.suffix.lower() in PARQUET:
+        return None
+    import pyogrio
+
+    try:
+        df = pyogrio.read_dataframe(m.path, layer=m.layer, columns=[m.columns[key]], read_geometry=False,
+                                    max_features=1)
+    except Exception:  # a label only: the file's name will do
+        return None
+    value = str(df.iloc[0, 0]) if len(df) else ""
+    return value if value and value not in ("None", "nan", "NaT") else None
+
+
 def _scene_name(m: MapInfo) -> str:
     """The scene a map was made from: its features' ``scene`` field (``rts predict``), else the file's stem."""
-    if "scene" in m.columns and m.features and m.path.suffix.lower() not in PARQUET:
-        import pyogrio
-
-        try:
-            df = pyogrio.read_dataframe(m.path, layer=m.layer, columns=[m.columns["scene"]], read_geometry=False,
-                                        max_features=1)
-            value = str(df.iloc[0, 0]) if len(df) else ""
-            if value and value not in ("None", "nan"):
-                return value
-        except Exception:  # the name is only a label: the file's stem will do
-            pass
-    return m.path.stem
+    return _first_value(m, "scene") or m.path.stem
 
 
 def _date(m: MapInfo) -> None:
-    from rtscli.track.dates import find_date
+    from rtscli.track.dates import find_date, parse_date
 
+    acquired = _first_value(m, "acquired")  # rts predict of a STAC item: the item's datetime
+    if acquired is not None:
+        try:
+            d = parse_date(acquired)
+        except ValueError:
+            d = None
+        if d is not None:
+            m.date, m.date_text = d, d.isoformat()
+            return
     for text in (m.scene, m.path.stem, m.path.parent.name):
         f = find_date(text)
         if f is not None:
