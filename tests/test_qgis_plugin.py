@@ -456,3 +456,23 @@ def test_qgis_process_runs_rts_predict_headless_with_the_plugin_enabled(plugin_d
     assert any("tiles (100%)" in line for line in done["log"]["info"])
     assert len(gpd.read_file(out, layer="rts")) > 0
 
+
+
+def test_rts_started_with_sigint_ignored_still_stops_on_sigint(tmp_path):
+    # a shell without job control starts background programs with SIGINT ignored; the plugin cancels with SIGINT
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "syn"
+    proc = subprocess.Popen([sys.executable, "-m", "rtscli", "synth", str(out), "--chips", "0", "--scenes", "4",
+                             "--scene-size", "4096"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    time.sleep(6)
+    proc.send_signal(signal.SIGINT)
+    try:
+        code = proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert code == 130 and not out.exists()

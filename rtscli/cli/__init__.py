@@ -199,4 +199,10 @@ def _worker_message(text: str) -> str:
 
 
 def entry() -> None:
+    import signal
+
+    # a program started in the background of a shell without job control inherits SIGINT ignored, and Python then
+    # never raises KeyboardInterrupt: Cancel in QGIS (which sends SIGINT) and `kill -INT` would not stop rts cleanly
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.exit(main())
