@@ -24,12 +24,12 @@ _PROBE = (
 )
 
 
-def run(*args) -> float:
-    """Run ``rts ARGS`` (echoed to stderr); returns its wall time in seconds. Stops the benchmark with rts's last
-    words on failure."""
+def run(*args, env: dict | None = None) -> float:
+    """Run ``rts ARGS`` (echoed to stderr; ``env``: its environment, default this one's); returns its wall time in
+    seconds. Stops the benchmark with rts's last words on failure."""
     print("+ rts " + " ".join(map(str, args)), file=sys.stderr, flush=True)
     t = time.perf_counter()
-    res = subprocess.run([*RTS, *map(str, args)], capture_output=True, text=True)
+    res = subprocess.run([*RTS, *map(str, args)], capture_output=True, text=True, env=env)
     if res.returncode:
         raise SystemExit(f"failed: rts {' '.join(map(str, args))}\n{res.stderr[-3000:]}")
     return time.perf_counter() - t

@@ -25,13 +25,10 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
-from common import RTS
 from common import meta as run_meta
 from common import run as rts
 
@@ -41,11 +38,7 @@ MODELS = {"rgb": None, "terrain": None, "ndvi": None,
 
 def quiet(*args: object) -> None:
     """``rts ARGS`` with one torch thread (two seeds share two cores)."""
-    print("+ rts " + " ".join(map(str, args)), file=sys.stderr, flush=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([*RTS, *map(str, args)], capture_output=True, text=True, env=env)
-    if res.returncode:
-        raise SystemExit(f"failed: rts {' '.join(map(str, args))}\n{res.stderr[-3000:]}")
+    rts(*args, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def match(pred_path: Path, truth_path: Path, iou: float = 0.5) -> dict:

@@ -144,10 +144,11 @@ def stac_refs(entry: str | Path) -> list[tuple[Path, Path]] | None:
     p = Path(entry)
     if p.is_dir():
         found = sorted(f for f in p.rglob("*.json") if not any(part.startswith(".") for part in f.relative_to(p).parts))
-        items = [f for f in found if _stac_type(f) == "item"]
+        kinds = {f: _stac_type(f) for f in found}  # each file read once
+        items = [f for f in found if kinds[f] == "item"]
         if not items:
             return None
-        others = [f for f in found if _stac_type(f) in ("catalog", "collection")]
+        others = [f for f in found if kinds[f] in ("catalog", "collection")]
         log.info("%d STAC item(s) found in %s%s: their assets are the scenes' rasters", len(items), p,
                  f" (beside {len(others)} catalog file(s))" if others else "")
         return _found([(f, p) for f in items])

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -189,7 +190,7 @@ class Dem:
             log.info("DEM %s: heights in feet, converted to metres", self.given.name)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "path"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("path", "_open")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:  # another process (a Ray worker): mosaic the folder anew
         self.__dict__.update(state)
@@ -250,10 +251,14 @@ class Dem:
         px = (math.hypot(transform.a, transform.d), math.hypot(transform.b, transform.e))
         m = self.settings.margin(max(px))
         t = transform @ Affine.translation(col - m, row - m)
-        with gdal_env(), rasterio.open(self.path) as src, \
-                WarpedVRT(src, crs=crs, transform=t, width=width + 2 * m, height=height + 2 * m,
-                          resampling=Resampling.bilinear, src_nodata=self.nodata, nodata=np.nan,
-                          dtype="float32") as vrt:
+        pid = os.getpid()
+        opened = getattr(self, "_open", None)
+        if opened is None or opened[0] != pid:  # opened once per process (tiles are read one after the other)
+            with gdal_env():
+                self._open = opened = (pid, rasterio.open(self.path))
+        with gdal_env(), WarpedVRT(opened[1], crs=crs, transform=t, width=width + 2 * m, height=height + 2 * m,
+                                   resampling=Resampling.bilinear, src_nodata=self.nodata, nodata=np.nan,
+                                   dtype="float32") as vrt:
             elev = vrt.read(1)
         if self.factor != 1.0:
             elev *= np.float32(self.factor)
