@@ -196,3 +196,72 @@ def test_a_dem_for_a_model_without_terrain_is_refused(bundles, rts, tmp_path):
     r = rts("predict", str(scene), "--model", str(bundles["nano"]), "--dem", str(_polar_dem(tmp_path / "d.tif")),
             "-o", str(tmp_path / "x.gpkg"))
     assert r.code == 2 and "trained without terrain" in r.err and not (tmp_path / "x.gpkg").exists()
+
+
+def _chip_channels(ds: Path, names: tuple[str, ...]) -> dict[str, dict[str, np.ndarray]]:
+    """``{chip file name: {channel: (H, W) float32, NaN where nodata}}`` of a prepared dataset."""
+    bm = yaml.safe_load((ds / "manifest.yaml").read_text())["band_map"]
+    out = {}
+    for p in sorted((ds / "chips").rglob("*.tif")):
+        with rasterio.open(p) as src:
+            x = src.read().astype(np.float32)
+            if src.nodata is not None:
+                x[x == src.nodata] = np.nan
+        out[p.name] = {n: x[bm[n] - 1] for n in names}
+    return out
+
+
+def test_a_dem_band_gives_the_terrain_of_the_same_dem_given_with_dem_and_keeps_the_edges(synth_dem, rts, tmp_path):
+    """An aligned ``--aux dem=`` raster gives, away from the scene's edge, exactly the terrain ``--dem`` gives (same
+    margin, no seam between chips); near the edge it repeats the edge's heights instead of leaving nodata."""
+    root, scene = synth_dem
+    dem = root / "syn" / "dem" / f"{scene.stem}_dem.tif"
+    r = rts("prepare", str(scene), "--labels", str(scene.with_suffix(".gpkg")), "--aux", f"dem={dem}", "-o",
+            str(tmp_path / "ds"), "--chip-size", "128")
+    assert r.code == 0, r.err
+    m = yaml.safe_load((tmp_path / "ds" / "manifest.yaml").read_text())
+    assert m["terrain"]["band"] == "dem" and m["modalities"]["terrain"] == ["slope", "relief", "hillshade"]
+    band = _chip_channels(tmp_path / "ds", ("slope", "relief", "hillshade"))
+    given = _chip_channels(root / "ds", ("slope", "relief", "hillshade"))
+    assert band.keys() == given.keys() and len(band) >= 4
+    both = more = 0
+    for name in band:
+        for ch in ("slope", "relief", "hillshade"):
+            a, b = band[name][ch], given[name][ch]
+            ok = np.isfinite(b)
+            both += int(ok.sum())
+            np.testing.assert_allclose(a[ok], b[ok], rtol=1e-5, atol=1e-4)
+            more += int((np.isfinite(a) & ~ok).sum())
+    assert both > 10_000 and more > 10_000  # the edges: nodata from --dem (beyond the DEM), repeated from the band
+    r = rts("prepare", str(scene), "--labels", str(scene.with_suffix(".gpkg")), "--aux", f"dem={dem}", "--dem",
+            str(dem), "-o", str(tmp_path / "both"), "--chip-size", "128")
+    assert r.code == 2 and "both give the heights" in r.err and not (tmp_path / "both").exists()
+
+
+def test_synth_chips_with_dem_carry_heights_that_prepare_turns_into_terrain(rts, tmp_path):
+    r = rts("synth", str(tmp_path / "syn"), "--chips", "6", "--scenes", "0", "--dem", "--seed", "4")
+    assert r.code == 0, r.err
+    chips = sorted((tmp_path / "syn" / "chips").rglob("*.tif"), key=lambda p: p.stem[-5:])
+    with rasterio.open(chips[1]) as src:  # every third chip (1, 4, ...) has a void patch
+        assert src.count == 7 and src.descriptions[6] == "dem"
+        assert (src.read(7) == src.nodata).sum() >= (256 // 6) ** 2
+    r = rts("prepare", str(tmp_path / "syn" / "chips"), "--bands", "paper-dem", "--split", "1,0,0", "-o",
+            str(tmp_path / "ds"))
+    assert r.code == 0, r.err
+    ch = _chip_channels(tmp_path / "ds", ("slope", "relief", "hillshade"))
+    assert all(np.isfinite(v["slope"]).mean() > 0.5 for v in ch.values())  # chip edges keep their terrain
+    # the heights give slumps their headwall: steeper within the truth than outside it
+    import geopandas as gpd
+    from rasterio.features import rasterize
+
+    truth = gpd.read_file(tmp_path / "syn" / "chips" / "labels.gpkg")
+    steeper = 0
+    for p in chips:
+        inside_chip = truth[truth.chip == p.name]
+        if not len(inside_chip):
+            continue
+        with rasterio.open(p) as src:
+            inside = rasterize(inside_chip.geometry, out_shape=(src.height, src.width), transform=src.transform) > 0
+        s = ch[p.name]["slope"]
+        steeper += int(np.nanpercentile(s[inside], 90) > 2 * np.nanpercentile(s[~inside], 90))
+    assert steeper >= 4

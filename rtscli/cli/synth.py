@@ -40,13 +40,14 @@ def synth(
     clouds: Annotated[float, typer.Option(help="Share of each scene under clouds (with haze rings and shadows; some over slumps), written with quality masks beside it (--cloud-masks). 0: clear.")] = 0.0,
     snow: Annotated[float, typer.Option(help="Share of each scene under snow patches (in the quality masks too).")] = 0.0,
     cloud_masks: Annotated[str, typer.Option(help="With --clouds or --snow: the masks written beside each scene: udm2 (<scene>_udm2.tif, PlanetScope UDM2), scl (<scene>_SCL_20m.tif, Sentinel-2 SCL at twice the pixel size), or udm2,scl.")] = "udm2,scl",
-    dem: Annotated[bool, typer.Option("--dem", help="Also write a DEM of each scene (dem/<scene>_dem.tif, float32 metres on the scene's grid: hills, lake basins, river valleys, each slump a bowl with a steep headwall and a debris tongue; look-alikes flat; voids on every third scene): rts prepare ... --dem OUT/dem.")] = False,
+    dem: Annotated[bool, typer.Option("--dem", help="Also write a DEM of each scene (dem/<scene>_dem.tif, float32 metres on the scene's grid: hills, lake basins, river valleys, each slump a bowl with a steep headwall and a debris tongue; look-alikes flat; voids on every third scene): rts prepare ... --dem OUT/dem; and a dem band (7th) in each chip: rts prepare OUT/chips --bands paper-dem.")] = False,
     stac: Annotated[bool, typer.Option("--stac", help="Also write each scene as a STAC item (stac/<scene>/<scene>.json: one file per band as Earth Search's Sentinel-2 L2A items, nir at twice the pixel size, SCL with --clouds) and stac/catalog.json linking them: rts predict OUT/stac/catalog.json.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Write synthetic thaw-slump data: chips in the paper's layout and large scenes with truth.
 
-    OUT/chips/<site>/*.tif hold bands red, green, blue, ndvi, nir, mask (use --bands paper);
+    OUT/chips/<site>/*.tif hold bands red, green, blue, ndvi, nir, mask (use --bands paper; with --dem also dem:
+    --bands paper-dem);
     OUT/scenes/*.tif are 4-band PlanetScope-like scenes (--bands planetscope4) with their
     ground-truth slumps in *.gpkg beside them.
     """
@@ -57,7 +58,7 @@ def synth(
     from rtscli.progress import progress
     from rtscli.errors import RtsError
     from rtscli.io.atomic import atomic_dir
-    from rtscli.synth import write_chips, write_scene
+    from rtscli.synth import CHIP_BANDS, CHIP_DEM_BANDS, write_chips, write_scene
     from rtscli.synth.sites import SITES, set_weak
 
     names = list(SITES) if site == "all" else [s.strip() for s in site.split(",") if s.strip()]
@@ -99,7 +100,7 @@ def synth(
             task = bar.add_task("chips", total=chips, unit="chips")
             write_chips(tmp / "chips", chips, size=chip_size, seed=seed, sites=names, crs=crs,
                         resolution=resolution, negatives=negatives, nodata_fraction=nodata_fraction,
-                        progress=lambda k: bar.advance(task, k))
+                        progress=lambda k: bar.advance(task, k), dem=dem)
             chips_written = chips
         for i in range(scenes):
             (tmp / "scenes").mkdir(exist_ok=True)
@@ -131,8 +132,8 @@ def synth(
         stac_items = _write_stac(tmp, scene_files) if stac and scene_files else []
         meta = dict(rts_version=__version__, seed=seed, crs=crs, resolution_m=resolution, sites=names,
                     weak_fraction=weak_fraction, weak_contrast=weak_contrast,
-                    chips=dict(count=chips, size=chip_size, bands=["red", "green", "blue", "ndvi", "nir", "mask"],
-                               band_preset="paper", negatives=negatives),
+                    chips=dict(count=chips, size=chip_size, bands=CHIP_DEM_BANDS if dem else CHIP_BANDS,
+                               band_preset="paper-dem" if dem else "paper", negatives=negatives),
                     scenes=dict(files=scene_files, height=height, width=width, years=years,
                                 bands=["blue", "green", "red", "nir"], band_preset="planetscope4",
                                 **(dict(clouds=clouds, snow=snow, quality_masks=list(masks))
@@ -142,7 +143,8 @@ def synth(
         (tmp / "synth.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
     console.print(f"wrote {chips_written} chips and {len(scene_files)} scene(s) to {out}")
     if chips_written:
-        console.print(f"  chips:  {out}/chips/<site>/*.tif   (rts prepare {out}/chips --bands paper ...)")
+        preset = "paper-dem" if dem else "paper"
+        console.print(f"  chips:  {out}/chips/<site>/*.tif   (rts prepare {out}/chips --bands {preset} ...)")
     for s in scene_files:
         console.print(f"  scene:  {out}/scenes/{s}  truth: {Path(s).stem}.gpkg  (--bands planetscope4)")
     if dem and scene_files:

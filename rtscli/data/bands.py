@@ -162,6 +162,8 @@ PRESETS: dict[str, BandMap] = {
     "landsat8-7": _bm("landsat8-7", blue=1, green=2, red=3, nir=4, swir1=5, swir2=6, pan=7),
     # The paper's per-sample layout: RGB, NDVI, NIR and a binary mask band.
     "paper": _bm("paper", red=1, green=2, blue=3, ndvi=4, nir=5, mask=6),
+    # The paper's layout and a DEM band (heights, metres: terrain from it), as `rts synth --dem` writes chips.
+    "paper-dem": _bm("paper-dem", red=1, green=2, blue=3, ndvi=4, nir=5, mask=6, dem=7),
 }
 
 _ALIASES = {
@@ -180,6 +182,7 @@ PRESET_NOTES: dict[str, str] = {
     "sentinel2-7": "Sentinel-2 B2..B8",
     "landsat8-7": "Landsat-8 B2..B8",
     "paper": "the paper's sample: R,G,B,NDVI,NIR + mask",
+    "paper-dem": "the paper's sample + a DEM band (metres)",
 }
 
 
@@ -281,7 +284,7 @@ def fitting_presets(count: int, descriptions: Sequence[str | None] = ()) -> list
     sensor = raster_sensor(descriptions)
     out = []
     for name, bm in PRESETS.items():
-        if not _counts_fit(bm, count) or (name == "paper" and not described):
+        if not _counts_fit(bm, count) or (name.startswith("paper") and not described):
             continue
         if _contradictions(bm, count, descriptions, sensor or PRESET_SENSORS.get(name)):
             continue

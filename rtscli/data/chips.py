@@ -9,7 +9,7 @@ pixels through its affine transform (:func:`instances_from_labels`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 from affine import Affine
@@ -224,8 +224,9 @@ def iter_chips(
             ``chip_nodata`` in the chip; no instance pixel lies on them); a chip whose data pixels are more than
             :data:`MAX_INVALID_SHARE` invalid is left out (yielded as a chip without valid pixels).
         cloudy: filled with the keys of the chips ``quality`` left out; None: not collected.
-        dem: ``--dem`` (:class:`rtscli.data.terrain.Dem`): slope, relief and hillshade of each chip's window (read
-            onto the raster's grid with a margin: no seam between chips) follow the bands; its voids are nodata.
+        dem: ``--dem`` (:class:`rtscli.data.terrain.Dem`) or a band named ``dem`` of the rasters or ``--aux``
+            (:class:`rtscli.data.terrain.BandDem`): slope, relief and hillshade of each chip's window (read with a
+            margin: no seam between chips) follow the bands; its voids are nodata.
 
     Returns:
         An iterator of ``(item, image, valid, instances, specks_dropped, clipped_dropped)`` per item:
@@ -293,8 +294,7 @@ def iter_chips(
             planes = [conversions[p].apply(x, nm) if not conversions[p].identity else x
                       for p, x, nm in zip(paths, stored, names, strict=True)]
             if dem is not None:  # terrain channels on the chip's window; DEM voids are nodata
-                terrain = dem.read(item.image.crs, item.image.transform, int(win.col_off), int(win.row_off),
-                                   int(win.width), int(win.height))
+                terrain = _terrain(dem, item, win, handle, conversions, band_map.get("dem"))
                 planes += [terrain[n][None] for n in terrain]
                 valid &= np.isfinite(np.stack(list(terrain.values()))).all(axis=0)
             image = np.concatenate(planes, axis=0).astype(chip_dtype, copy=False)
@@ -323,6 +323,26 @@ def iter_chips(
     finally:
         for f in open_files.values():
             f.close()
+
+
+def _terrain(dem: Any, item: Item, win: Window, handle: Callable[[Path], Any],
+             conversions: Mapping[Path, Conversion], band: int | None) -> dict[str, np.ndarray]:
+    """The terrain channels of an item's window: from ``--dem`` (a :class:`rtscli.data.terrain.Dem`), or from the
+    band named ``dem`` of its raster (number ``band``) or of its ``--aux dem=`` raster (a
+    :class:`rtscli.data.terrain.BandDem`), with that file's stored -> physical conversion."""
+    from rtscli.data.terrain import DEM_BAND, Dem
+
+    col, row, w, h = int(win.col_off), int(win.row_off), int(win.width), int(win.height)
+    if isinstance(dem, Dem):
+        return dem.read(item.image.crs, item.image.transform, col, row, w, h)
+    if DEM_BAND in item.aux:
+        path, band = item.aux[DEM_BAND].path, 1
+    else:
+        assert band is not None  # prepare makes a BandDem only when the band map or --aux names dem
+        path = item.image.path
+    conv = conversions[path]
+    return dem.read_band(handle(path), band, item.image.transform, col, row, w, h,
+                         scale=conv.scale.get(DEM_BAND, 1.0), offset=conv.offset.get(DEM_BAND, 0.0))
 
 
 def instances_from_labels(item: Item, labels: Mapping[str, tuple[Any, Any]], valid: np.ndarray,

@@ -214,8 +214,10 @@ def chip_layout(opts: PrepareOptions, sources: Sources) -> tuple[PrepareOptions,
         if name in image_bands:
             raise RtsError(f"aux raster name {name!r} is already a band", fix="choose another --aux name")
     from rtscli.data.modalities import TERRAIN
+    from rtscli.data.terrain import DEM_BAND
 
-    terrain = list(TERRAIN) if opts.dem is not None else []  # made from the DEM, after the rasters' bands
+    # made from --dem, or from a band named dem (of the raster or --aux dem=), after the rasters' bands
+    terrain = list(TERRAIN) if opts.dem is not None or DEM_BAND in image_bands.names + aux_names else []
     chip_bands = BandMap(tuple((n, i + 1) for i, n in enumerate(image_bands.names + aux_names + terrain)))
     modalities = resolve_all(opts.modalities or default_modalities(chip_bands), chip_bands)
     return opts, Layout(mode, band_map, image_bands, chip_bands, modalities)

@@ -87,7 +87,7 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
     opts, layout = chip_layout(opts, sources)
     scan = inspect_sources(opts, sources, layout)
     quality = _quality_masks(opts, scan)
-    dem = _dem(opts, scan)
+    dem = _dem(opts, scan, layout)
     items = _plan_items(opts, layout.mode, sources, scan)
     splits = _plan_splits(opts, layout.mode, items)
     chip_values = _chip_values(opts, layout, scan, items.items)
@@ -113,24 +113,36 @@ def prepare(opts: PrepareOptions, progress: Callable[[str, int], Callable[[int],
     return Result(opts.out, manifest, {k: dict(v) for k, v in tally.counts.items()})
 
 
-def _dem(opts: PrepareOptions, scan: Scan) -> Any:
-    """The DEM of ``--dem`` (:class:`rtscli.data.terrain.Dem`), checked to cover every raster, or None.
+def _dem(opts: PrepareOptions, scan: Scan, layout: Layout) -> Any:
+    """Where the terrain channels come from: the DEM of ``--dem`` (:class:`rtscli.data.terrain.Dem`, checked to
+    cover every raster), else a band named ``dem`` of the rasters or ``--aux dem=``
+    (:class:`rtscli.data.terrain.BandDem`), else None.
 
     Raises:
         RtsError: a DEM that cannot be used (no CRS, heights in unknown units, all void) or covers too little of a
-            raster.
+            raster; a raster not in a projected CRS; ``--dem`` beside a ``dem`` band.
     """
-    if opts.dem is None:
-        return None
-    from rtscli.data.terrain import Dem, TerrainSettings
+    from rtscli.data.terrain import DEM_BAND, BandDem, Dem, TerrainSettings
 
+    in_band = DEM_BAND in layout.image_bands or DEM_BAND in opts.aux
+    if opts.dem is None and not in_band:
+        return None
+    if opts.dem is not None and in_band:
+        raise RtsError("--dem and a band named dem both give the heights", path=opts.dem,
+                       fix="leave out --dem, or name that band otherwise in --bands / --aux")
     if not opts.dem_radius > 0:
         raise RtsError("--dem-radius must be positive (metres)", fix="e.g. --dem-radius 100")
-    dem = Dem(opts.dem, TerrainSettings(radius_m=opts.dem_radius))
+    settings = TerrainSettings(radius_m=opts.dem_radius)
     for info, _ in scan.infos:
         if info.crs is None or info.crs.is_geographic:
             raise RtsError("terrain needs rasters in a projected CRS (metres)", path=info.path,
-                           fix="reproject the raster (e.g. to its UTM zone) or leave out --dem")
+                           fix="reproject the raster (e.g. to its UTM zone)"
+                               + (" or leave out --dem" if opts.dem is not None else ""))
+    if opts.dem is None:
+        log.info("terrain (slope, relief, hillshade) from the band %r", DEM_BAND)
+        return BandDem(settings)
+    dem = Dem(opts.dem, settings)
+    for info, _ in scan.infos:
         dem.check_covers(info.crs, info.transform, info.width, info.height, info.path.name)
     return dem
 
@@ -245,7 +257,7 @@ def _chip_values(opts: PrepareOptions, layout: Layout, scan: Scan, items: list[I
     if (len(dtypes) > 1 or converted) and not np.issubdtype(chip_dtype, np.floating):
         chip_dtype = np.dtype("float32")
     nodata = scan.infos[0][0].nodata
-    if opts.dem is not None:  # terrain channels are floats, and DEM voids are nodata
+    if "slope" in layout.chip_bands:  # terrain channels (--dem or a dem band) are floats, and DEM voids are nodata
         converted = True
         chip_dtype = np.dtype("float32")
     if opts.quality is not None and nodata is None:  # clouds become nodata: the chips need a nodata value

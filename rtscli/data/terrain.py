@@ -265,6 +265,72 @@ class Dem:
         return elev, px, m
 
 
+#: the band name whose heights give the terrain channels when no ``--dem`` is given (a raster band or ``--aux dem=``)
+DEM_BAND = "dem"
+
+
+class BandDem:
+    """Terrain from a band named :data:`DEM_BAND` of the input rasters (a band of the raster, e.g. ``rts synth --dem``
+    chips, or an aligned ``--aux dem=PATH``), on the raster's own grid.
+
+    A window is read with the same margin as from a :class:`Dem`, so windows of one raster join without seams.
+    Beyond the raster's edge the edge's heights are repeated (as ``gdaldem -compute_edges`` does), so that a chip
+    which is a whole sample keeps its borders; voids (the band's nodata, NaN) stay void.
+
+    Args:
+        settings: the derivatives' settings.
+    """
+
+    def __init__(self, settings: TerrainSettings | None = None) -> None:
+        self.settings = settings or TerrainSettings()
+
+    def record(self) -> dict[str, Any]:
+        """The source and the settings, for the manifest and the bundle."""
+        return {"band": DEM_BAND, **self.settings.record()}
+
+    def read_band(self, src: Any, band: int, transform: Any, col: int, row: int, width: int, height: int,
+                  scale: float = 1.0, offset: float = 0.0) -> dict[str, np.ndarray]:
+        """The terrain channels of one window of a raster whose band ``band`` holds heights.
+
+        Args:
+            src: the open raster (rasterio dataset).
+            band: the heights' band, 1-based.
+            transform: the raster's affine transform (projected, metres).
+            col: the window's first column, pixels.
+            row: the window's first row, pixels.
+            width: columns, pixels.
+            height: rows, pixels.
+            scale: stored -> metres factor of the band (its GDAL scale, ``--scale``), before any foot conversion.
+            offset: stored -> metres offset of the band.
+
+        Returns:
+            ``{channel: (height, width) float32}`` for :data:`CHANNELS` (NaN where the heights are void).
+
+        Raises:
+            RtsError: the band's heights are in units rts cannot convert, or cannot be read.
+        """
+        from rasterio.windows import Window
+
+        from rtscli.io.raster import read_window
+
+        px = (math.hypot(transform.a, transform.d), math.hypot(transform.b, transform.e))
+        m = self.settings.margin(max(px))
+        r0, c0, r1, c1 = max(row - m, 0), max(col - m, 0), min(row + height + m, src.height), min(col + width + m,
+                                                                                                    src.width)
+        if r0 >= r1 or c0 >= c1:
+            return {c: np.full((height, width), np.nan, np.float32) for c in CHANNELS}
+        z = read_window(src, Window(c0, r0, c1 - c0, r1 - r0), [band])[0].astype(np.float32)
+        if src.nodata is not None:
+            z[z == np.float32(src.nodata)] = np.nan
+        units = (src.units or ())[band - 1:band]
+        factor = FOOT_M if units and str(units[0] or "").strip().lower() in _FEET else 1.0
+        z = (z * np.float32(scale) + np.float32(offset)) * np.float32(factor)
+        # heights beyond the raster's edge repeat the edge's (gdaldem -compute_edges)
+        pads = ((r0 - (row - m), row + height + m - r1), (c0 - (col - m), col + width + m - c1))
+        elev = np.pad(z, pads, mode="edge") if any(v for p in pads for v in p) else z
+        return derivatives(elev, px, self.settings, m)
+
+
 def _mosaic(folder: Path) -> Path:
     """A folder of DEM tiles as one in-memory VRT mosaic (GDAL ``/vsimem/``), tiles of one CRS, resolution and type."""
     import rasterio

@@ -30,6 +30,7 @@ from rtscli.synth.render import render
 from rtscli.synth.sites import SITES, site
 
 CHIP_BANDS = ["red", "green", "blue", "ndvi", "nir", "mask"]
+CHIP_DEM_BANDS = [*CHIP_BANDS, "dem"]  # rts synth --dem: heights in metres (preset paper-dem)
 SCENE_BANDS = ["blue", "green", "red", "nir"]
 SCENE_SCALE = 1e-4  # scenes store reflectance x 10000; their GDAL band scale turns it into reflectance 0-1
 CHIP_NODATA = -9999.0
@@ -99,8 +100,13 @@ def write_chips(
     negatives: float = 0.1,
     nodata_fraction: float = 0.15,
     progress: Progress | None = None,
+    dem: bool = False,
 ) -> list[Path]:
     """Write ``n`` chips in the paper's layout under ``out_dir/<site>/``; also ``labels.gpkg``.
+
+    With ``dem`` each chip has a seventh band ``dem`` (:data:`CHIP_DEM_BANDS`, preset ``paper-dem``): the heights
+    of the chip's ground in metres (:func:`rtscli.synth.dem.elevation`: each slump a bowl with a headwall, the
+    look-alikes flat), with a void patch (nodata) on every third chip, as ArcticDEM strips have.
 
     ``labels.gpkg`` holds one polygon per slump and chip: the part of the slump on the chip's valid pixels
     (``chip``, ``site``, ``weak_rgb``, ``touching``, ``setting``, ``clipped``: the chip's edge or nodata cut it,
@@ -117,6 +123,7 @@ def write_chips(
         negatives: share of chips without any slump.
         nodata_fraction: share of chips with a nodata swath edge.
         progress: called with 1 per chip written.
+        dem: add the ``dem`` band.
 
     Returns:
         The chip paths, in order.
@@ -178,12 +185,23 @@ def write_chips(
         blue, green, red, nir = refl
         ndvi = np.zeros_like(red)
         np.divide(nir - red, nir + red, out=ndvi, where=(nir + red) > 0)
-        chip = np.stack([red, green, blue, ndvi, nir, mask.astype(np.float32)]).astype(np.float32)
+        planes = [red, green, blue, ndvi, nir, mask.astype(np.float32)]
+        if dem:
+            from rtscli.synth.dem import elevation
+
+            z = elevation(plan, row0, col0, size, size, seed=noise.key_of(seed, k, "dem") % 2**31)
+            z[~valid] = CHIP_NODATA
+            if k % 3 == 1:  # a void patch, as ArcticDEM strips have over water and in steep shadows
+                r, c = (int(v) for v in rng.integers(0, size - size // 6, 2))
+                z[r:r + size // 6, c:c + size // 6] = CHIP_NODATA
+            planes.append(z)
+        chip = np.stack(planes).astype(np.float32)
         chip[:5, ~valid] = CHIP_NODATA
         path = out_dir / name / f"{name}_{k:05d}.tif"
         path.parent.mkdir(parents=True, exist_ok=True)
         write_geotiff(path, chip, transform=transform, crs=geo.crs, nodata=CHIP_NODATA,
-                      band_names=CHIP_BANDS, tags={"RTS_SITE": name, "RTS_SYNTH_SEED": str(seed)})
+                      band_names=CHIP_DEM_BANDS if dem else CHIP_BANDS,
+                      tags={"RTS_SITE": name, "RTS_SYNTH_SEED": str(seed)})
         paths.append(path)
         # truth polygons in map coordinates: plan pixels -> chip pixels -> map, through the chip's full transform
         win = box(col0, row0, col0 + size, row0 + size)
