@@ -45,3 +45,31 @@ def meta(**extra) -> dict:
     """When and where a benchmark ran (UTC date, host, platform, Python, CPUs), with ``extra``."""
     return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.node(),
             "platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(), **extra}
+
+
+def subset(ds, out, fraction: float, seed: int = 0) -> int:
+    """A copy of prepared dataset ``ds`` (a Path) at ``out`` whose train split keeps ``fraction`` of its chips, drawn
+    by ``seed`` (val and test as they are; the chips shared through a link). Kept when it exists. Returns the
+    training chips kept."""
+    import shutil
+    from pathlib import Path
+
+    import numpy as np
+
+    ds, out = Path(ds), Path(out)
+    if (out / "train.json").exists():
+        return len(json.loads((out / "train.json").read_text())["images"])
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("manifest.yaml", "val.json", "test.json"):
+        if (ds / name).exists():
+            shutil.copy(ds / name, out / name)
+    if not (out / "chips").exists():
+        os.symlink((ds / "chips").resolve(), out / "chips")
+    doc = json.loads((ds / "train.json").read_text())
+    rng = np.random.default_rng(seed)
+    ids = sorted(im["id"] for im in doc["images"])
+    keep = set(rng.permutation(ids)[: max(2, int(round(fraction * len(ids))))].tolist())
+    doc["images"] = [im for im in doc["images"] if im["id"] in keep]
+    doc["annotations"] = [a for a in doc["annotations"] if a["image_id"] in keep]
+    (out / "train.json").write_text(json.dumps(doc))
+    return len(keep)

@@ -17,32 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 from pathlib import Path
 
-import numpy as np
 
 from common import meta as run_meta
-from common import run
-
-
-def subset(ds: Path, out: Path, fraction: float, seed: int = 0) -> int:
-    """A copy of dataset ``ds`` whose train split keeps ``fraction`` of its chips (the others as they are)."""
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    for name in ("manifest.yaml", "val.json", "test.json"):
-        shutil.copy(ds / name, out / name)
-    os.symlink((ds / "chips").resolve(), out / "chips")
-    doc = json.loads((ds / "train.json").read_text())
-    rng = np.random.default_rng(seed)
-    ids = sorted(im["id"] for im in doc["images"])
-    keep = set(rng.permutation(ids)[: max(2, int(round(fraction * len(ids))))].tolist())
-    doc["images"] = [im for im in doc["images"] if im["id"] in keep]
-    doc["annotations"] = [a for a in doc["annotations"] if a["image_id"] in keep]
-    (out / "train.json").write_text(json.dumps(doc))
-    return len(keep)
+from common import run, subset
 
 
 def main() -> None:

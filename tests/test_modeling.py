@@ -208,3 +208,70 @@ def test_crowded_chip_trains():
           "masks": masks}]
     losses = model.losses(_images(t), t)
     assert torch.isfinite(losses["loss_mask"])
+
+
+def test_the_cpu_preset_has_groupnorm_everywhere_and_learns_a_chip_from_random_weights():
+    from torch import nn
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    torch.manual_seed(0)
+    model = Detector(cfg=load_preset("cpu-r18"))
+    kinds = {type(m) for m in model.modules()}
+    assert nn.GroupNorm in kinds and FrozenBatchNorm2d not in kinds and nn.BatchNorm2d not in kinds
+    gn = [n for n, m in model.named_modules() if isinstance(m, nn.GroupNorm)]
+    assert any(n.startswith("backbone.body.") for n in gn) and any(n.startswith("backbone.fpn.") for n in gn)
+    assert any(".box_heads." in n for n in gn) and any(".mask_head." in n for n in gn)
+    body = model.backbone.body
+    assert float(body.layer1[0].bn2.weight.abs().sum()) == 0.0  # residual branches start as identity
+    t = _targets(1)
+    x = _images(t)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    history = []
+    for _ in range(12):
+        loss = sum(model.losses(x, t).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(loss.item())
+    assert min(history[-3:]) < 0.5 * history[0]
+    # its GroupNorm ResNet has no ImageNet weights: asking for them is refused in one line
+    from rtscli.modeling.backbone import imagenet_weights
+
+    with pytest.raises(RtsError, match="has no ImageNet weights"):
+        imagenet_weights("resnet18", None, preset="cpu-r18", norm="gn")
+    bad = load_preset("cpu-r18").to_dict()
+    bad["fpn"]["norm"] = "bn"
+    with pytest.raises(RtsError, match="unknown model cpu-r18: fpn norm"):
+        ModelConfig.from_dict(bad)
+
+
+@pytest.mark.parametrize("name", ["nano", "cpu-r18"])
+def test_layer_decay_gives_the_stem_the_lowest_rate_and_leaves_fpn_and_heads_alone(name):
+    from rtscli.engine.lightning_task import optimizer_and_schedule
+    from rtscli.engine.train_settings import TrainSettings
+    from rtscli.modeling.backbone import layer_scales
+
+    model = Detector(cfg=load_preset(name))
+    scales = layer_scales(model, 0.5)
+    named = dict(model.named_parameters())
+    stem = model.backbone.stem().weight
+    assert scales[id(stem)] == min(scales.values())
+    assert max(scales.values()) == 0.5  # the top block
+    assert not any(id(p) in scales for n, p in named.items() if not n.startswith("backbone.body."))
+
+    class Holder(torch.nn.Module):  # what the Lightning module looks like to the optimizer
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+            self._trainer = None
+
+    holder = Holder()
+    opt = optimizer_and_schedule(holder, TrainSettings(base_lr=1.6e-3, batch_size=16, layer_decay=0.5),  # type: ignore[arg-type]
+                                 total_steps=100)["optimizer"]
+    by_param = {id(p): g["initial_lr"] for g in opt.param_groups for p in g["params"]}  # before the warmup
+    assert by_param[id(stem)] == pytest.approx(1.6e-3 * scales[id(stem)])
+    head = next(p for n, p in named.items() if ".box_predictors." in n)
+    assert by_param[id(head)] == pytest.approx(1.6e-3)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(named)
+    flat = optimizer_and_schedule(holder, TrainSettings(base_lr=1.6e-3, batch_size=16), 100)["optimizer"]  # type: ignore[arg-type]
+    assert len(flat.param_groups) == 1

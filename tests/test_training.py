@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -624,3 +625,31 @@ def test_the_step_time_estimate_is_made_of_counted_work_and_measured_rates(monke
     assert measured / 3 < estimate < 3 * measured, (estimate, measured)
     assert step_time.duration(0.84) == "0.84 s" and step_time.duration(264) == "4.4 min"
     assert step_time.duration(30 * 86400) == "30 days"
+
+
+def test_copy_paste_and_layer_decay_reach_the_run_and_bad_values_are_refused(dataset, tmp_path, rts):
+    from safetensors.torch import save_file
+
+    from rtscli.modeling.config import load_preset
+    from rtscli.modeling.detector import Detector
+
+    r = rts("pretrain", "--modality", "rgb", "--data", dataset, "-o", tmp_path / "cp", "--preset", "cpu-r18",
+            "--max-steps", 2, "--workers", 0, "--batch-size", 2, "--copy-paste", 1.0)
+    assert r.code == 0, r.err
+    cfg = yaml.safe_load((tmp_path / "cp" / "config.yaml").read_text())
+    s = cfg["training"]["settings"]
+    assert (s["copy_paste"], s["layer_decay"]) == (1.0, 1.0)  # from random weights: no decay
+    rows = list(csv.DictReader((tmp_path / "cp" / "metrics.csv").open()))
+    assert float(rows[-1]["steps"]) == 2 and float(rows[-1]["wall_s"]) > 0  # the learning curve's axes
+    # pretrained backbone weights: layer-wise decay by default
+    weights = tmp_path / "body.safetensors"
+    save_file({k: v.contiguous() for k, v in Detector(cfg=load_preset("cpu-r18")).backbone.body.state_dict().items()},
+              str(weights))
+    r = rts("pretrain", "--modality", "rgb", "--data", dataset, "-o", tmp_path / "ld", "--preset", "cpu-r18",
+            "--max-steps", 1, "--workers", 0, "--batch-size", 2, "--backbone-weights", weights)
+    assert r.code == 0, r.err
+    assert yaml.safe_load((tmp_path / "ld" / "config.yaml").read_text())["training"]["settings"]["layer_decay"] == 0.75
+    for flag, value in (("--copy-paste", 1.5), ("--layer-decay", 0.0)):
+        r = rts("pretrain", "--modality", "rgb", "--data", dataset, "-o", tmp_path / "bad", "--max-steps", 1,
+                flag, value)
+        assert r.code == 2 and flag in r.err and not (tmp_path / "bad").exists()

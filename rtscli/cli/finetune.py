@@ -43,6 +43,8 @@ def finetune(
     val_every: options.ValEvery = 1,
     resume: options.Resume = False,
     keep_checkpoints: options.KeepCheckpoints = False,
+    layer_decay: options.LayerDecay = None,
+    copy_paste: options.CopyPaste = None,
     overwrite: options.Overwrite = False,
     threads: options.Threads = None,
 ) -> None:

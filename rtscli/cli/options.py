@@ -40,6 +40,8 @@ Resume = Annotated[bool, typer.Option(help="Continue an interrupted run from its
 Overwrite = Annotated[bool, typer.Option(help="Replace an existing run directory.")]
 TileSize = Annotated[Optional[int], typer.Option(help="The model's square input tile in pixels, a multiple of 32 (the backbone's total stride). Default: the preset's (nano 256, MViTv2 1024). Chips up to the tile are used whole (smaller ones padded); training crops larger chips at random, evaluation refuses them: make it at least your chip size (rts prepare --chip-size). Slumps should fit well inside it: rts predict cuts scenes into tiles and merges slumps cut by tile borders, but one much wider than about half a tile is seen only in pieces.", show_default=False)]
 Threads = Annotated[Optional[int], typer.Option(help="CPU threads of torch (default: the CPUs this job may use: SLURM_CPUS_PER_TASK, cgroup quota, OMP_NUM_THREADS).", show_default=False)]
+LayerDecay = Annotated[Optional[float], typer.Option(help="Layer-wise learning-rate decay of a pretrained backbone (--backbone-weights): each block trains at lr x F^(blocks above it), the stem lowest, as MAE and SimMIM fine-tune. Default: 0.75 with --backbone-weights, 1 (off) from random weights.", show_default=False)]
+CopyPaste = Annotated[Optional[float], typer.Option(help="Copy-paste augmentation (Ghiasi et al. 2021): the chance per training chip that slumps of another training chip are pasted onto it (0-1). Default: the preset's (0: off).", show_default=False)]
 KeepCheckpoints = Annotated[bool, typer.Option("--keep-checkpoints", help="Keep checkpoints/ (optimizer state, larger than the model) in the bundle after a complete run, e.g. to continue it with more --epochs and --resume.")]
 
 
@@ -69,6 +71,9 @@ class TrainingOptions:
     val_every: int
     backbone_weights: str | None
     keep_checkpoints: bool
+    # detector training only (rts pretrain, finetune, ablate); rts ssl has neither
+    layer_decay: float | None = None
+    copy_paste: float | None = None
 
     @classmethod
     def of(cls, params: Mapping[str, Any], **fixed: Any) -> TrainingOptions:
@@ -140,7 +145,27 @@ class TrainingOptions:
             val_every=self.val_every,
             keep_checkpoints=self.keep_checkpoints,
             backbone_weights=self.backbone_weights,
+            layer_decay=check_layer_decay(pick(self.layer_decay, 0.75 if self.backbone_weights else 1.0)),
+            copy_paste=check_share(pick(self.copy_paste, d.copy_paste), "--copy-paste"),
         )
+
+
+def check_layer_decay(value: float) -> float:
+    """``--layer-decay``, checked: a number in (0, 1]. Raises :class:`RtsError` otherwise."""
+    from rtscli.errors import RtsError
+
+    if not 0.0 < value <= 1.0:
+        raise RtsError(f"--layer-decay {value} must lie in (0, 1]", fix="e.g. --layer-decay 0.75, or 1 for none")
+    return float(value)
+
+
+def check_share(value: float, flag: str) -> float:
+    """A probability option (``--copy-paste``), checked: in [0, 1]. Raises :class:`RtsError` otherwise."""
+    from rtscli.errors import RtsError
+
+    if not 0.0 <= value <= 1.0:
+        raise RtsError(f"{flag} {value} must lie between 0 and 1", fix=f"e.g. {flag} 0.5, or 0 for none")
+    return float(value)
 
 
 def fusion_defaults(sources: list[Path], preset: str | None) -> TrainingDefaults:

@@ -34,13 +34,13 @@ def fetch(
     check_output(out, overwrite)  # before the download
     cfg = load_preset(preset)
     b = cfg.backbone
-    state = imagenet_weights(b.kind, b.timm_name, preset=cfg.name, what="rts weights fetch",
+    state = imagenet_weights(b.kind, b.timm_name, preset=cfg.name, what="rts weights fetch", norm=b.norm,
                              fix=f"run it on a machine with internet (a login node), without {OFFLINE_ENV}=1, and "
                                  "copy the file to this one")
     kept = body_state(state, cfg=b, fpn=cfg.fpn, tile_size=cfg.tile_size)
     from safetensors.torch import save_file
 
-    source = str(imagenet_source(b.kind, b.timm_name))
+    source = str(imagenet_source(b.kind, b.timm_name, b.norm))
     with atomic_file(out, overwrite=overwrite) as tmp:
         save_file(kept, str(tmp), metadata={"format": "pt", "source": source, "preset": cfg.name,
                                             "content": "backbone body, ImageNet-1k (rts weights fetch)"})

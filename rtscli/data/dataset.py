@@ -4,7 +4,8 @@ A sample is one chip: the chosen modalities built from its bands and normalized 
 manifest's statistics (no hidden ImageNet mean/std), padded or cropped to the model's square tile
 (no hidden resize), plus its instances (boxes, labels, masks). Augmentation acts identically on
 image and masks: flips, 90-degree rotations, scale jitter within the tile, and brightness/contrast
-on optical channels only (never on NDVI or elevation).
+on optical channels only (never on NDVI or elevation); optionally Simple Copy-Paste (Ghiasi et al., CVPR 2021):
+slumps of another training chip pasted on (:mod:`rtscli.data.copy_paste`).
 """
 
 from __future__ import annotations
@@ -79,11 +80,29 @@ class ChipDataset(torch.utils.data.Dataset):
     """Chips of one split as (image tensor C x T x T, target dict, meta dict)."""
 
     def __init__(self, info: DatasetInfo, split: str, modalities: list[Modality], tile_size: int, *,
-                 repeat_to: int | None = 3, augment: bool = False, seed: int = 0) -> None:
+                 repeat_to: int | None = 3, augment: bool = False, seed: int = 0, copy_paste: float = 0.0) -> None:
+        """Open the split's COCO file (chips are read per item).
+
+        Args:
+            info: the dataset (:meth:`DatasetInfo.open`).
+            split: ``train``, ``val`` or ``test``.
+            modalities: the modalities stacked into the image, in order.
+            tile_size: the model's square tile T in px (chips are cropped or zero-padded to it).
+            repeat_to: a 1-channel modality is repeated to this many channels (None: not).
+            augment: draw flips, rotations, scale jitter, brightness/contrast and random crops per item.
+            seed: the seed of the augmentation (with the epoch and the item's position).
+            copy_paste: with ``augment``, the probability per item of Simple Copy-Paste (Ghiasi et al., "Simple
+                Copy-Paste is a Strong Data Augmentation Method for Instance Segmentation", CVPR 2021): a
+                random subset of another chip's slumps, that chip jittered on its own, pasted at a random place
+                (:mod:`rtscli.data.copy_paste`). 0 (the default) leaves the items exactly as without it.
+        """
         from pycocotools.coco import COCO
 
+        if not 0.0 <= copy_paste <= 1.0:
+            raise RtsError(f"the copy-paste probability must be between 0 and 1, not {copy_paste}",
+                           fix="give e.g. --copy-paste 0.5")
         self.info, self.split, self.modalities, self.tile = info, split, modalities, tile_size
-        self.repeat_to, self.augment = repeat_to, augment
+        self.repeat_to, self.augment, self.copy_paste = repeat_to, augment, float(copy_paste)
         path = info.root / f"{split}.json"
         if not path.exists():
             raise RtsError(f"the dataset has no {split} split", path=info.root, fix="re-run `rts prepare`")
@@ -93,6 +112,9 @@ class ChipDataset(torch.utils.data.Dataset):
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
             self.coco = COCO(str(path))
         self.ids = sorted(self.coco.getImgIds())
+        # donors of copy-paste: the chips with a (non-crowd) slump
+        self.donors = [i for i, im in enumerate(self.ids)
+                       if any(not a.get("iscrowd") for a in self.coco.imgToAnns.get(im, []))]
         if not augment:  # scoring a crop of a larger chip would be wrong (masks and truth differ in size)
             big = [im for im in self.coco.dataset["images"] if max(im["width"], im["height"]) > tile_size]
             if big:
@@ -177,19 +199,63 @@ class ChipDataset(torch.utils.data.Dataset):
 
         Returns:
             The image tensor, the target dict (instances of the tile, boxes in tile pixels) and ``meta``
-            (``image_id``, ``size``: the chip's ``(h, w)`` inside the tile, ``file_name``).
+            (``image_id``, ``size``: the chip's ``(h, w)`` inside the tile, ``file_name``; with copy-paste
+            also ``pasted``: the number of slumps pasted from another chip, 0 when none).
         """
         idx, epoch = index if isinstance(index, tuple) else (index, self.epoch)
         image, valid, anns, entry = self.load(idx)
         h, w = image.shape[1:]
         masks = np.stack([self.coco.annToMask(a) for a in anns]) if anns else np.zeros((0, h, w), np.uint8)
         rng = np.random.default_rng([self.seed, epoch, idx]) if self.augment else None
+        pasting = rng is not None and self.copy_paste > 0
+        if pasting:  # the valid mask moves with the masks (as their last plane); no draw changes
+            masks = _with_valid(masks, valid)
         if rng is not None:
             image, masks = self._augment(image, masks, rng)
         image, masks, size = self._fit(image, masks, rng)
-        target = _target(masks)
         meta = {"image_id": int(entry["id"]), "size": size, "file_name": entry["file_name"]}
+        if pasting:
+            assert rng is not None
+            # drawn after everything else: the target chip is the one without copy-paste, plus the pasted slumps
+            masks, valid = masks[:-1], masks[-1].astype(bool)
+            pasted = 0
+            if rng.random() < self.copy_paste:
+                image, masks, pasted = self._paste(idx, image, masks, valid, size, rng)
+            meta["pasted"] = pasted
+        target = _target(masks)
         return torch.from_numpy(np.ascontiguousarray(image)), target, meta
+
+    def _paste(self, idx: int, image: np.ndarray, masks: np.ndarray, valid: np.ndarray, size: tuple[int, int],
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
+        """Simple Copy-Paste (Ghiasi et al., CVPR 2021) onto item ``idx``: a donor chip with slumps (another
+        position, drawn by ``rng``; up to 3 tries while one pastes nothing) is loaded, jittered by
+        :meth:`_augment` with its valid mask, and a random subset of its slumps pasted at a random place.
+
+        Args:
+            idx: the target's position (never its own donor).
+            image: the target image in the tile, (C, T, T) float32.
+            masks: the target's masks, (N, T, T) 0/1.
+            valid: the target's valid pixels, (T, T) bool (False on padding and nodata).
+            size: the chip's ``(h, w)`` inside the tile.
+            rng: the item's generator.
+
+        Returns:
+            ``(image (C, T, T), masks (N' + M, T, T) uint8, M)``, M the number pasted (0: the inputs unchanged).
+        """
+        from rtscli.data.copy_paste import copy_paste
+
+        donors = [i for i in self.donors if i != idx]
+        for _ in range(3 if donors else 0):
+            d = donors[int(rng.integers(len(donors)))]
+            d_image, d_valid, d_anns, _ = self.load(d)
+            dh, dw = d_image.shape[1:]
+            d_masks = (np.stack([self.coco.annToMask(a) for a in d_anns]) if d_anns
+                       else np.zeros((0, dh, dw), np.uint8))
+            d_image, d_masks = self._augment(d_image, _with_valid(d_masks, d_valid), rng)
+            out = copy_paste(image, masks, valid, size, d_image, d_masks[:-1], d_masks[-1].astype(bool), rng)
+            if out[2]:
+                return out
+        return image, masks, 0
 
     # -- geometry ---------------------------------------------------------------------------------
     def _fit(self, image: np.ndarray, masks: np.ndarray, rng: np.random.Generator | None
@@ -237,6 +303,11 @@ class ChipDataset(torch.utils.data.Dataset):
         image = np.array(image, dtype=np.float32, copy=True)
         image[self.optical] = image[self.optical] * gain + bias
         return image, np.ascontiguousarray(masks)
+
+
+def _with_valid(masks: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Masks (N, H, W) with the valid mask (H, W) as one more last plane: (N + 1, H, W) uint8."""
+    return np.concatenate([masks.astype(np.uint8, copy=False), valid[None].astype(np.uint8)])
 
 
 def _target(masks: np.ndarray) -> dict[str, torch.Tensor]:

@@ -291,7 +291,7 @@ def finetune(*, data: Path, fusion: str, modalities: list[str], out: Path, setti
     resident = sum(t.numel() * t.element_size() for t in model.state_dict().values())  # built on the CPU
     check_memory(cfg, settings, what="rts finetune", trainable_params=trainable, total_params=total, fusion=spec,
                  resident_bytes=resident, resident_on_cpu=True)
-    splits = open_splits(info, mods, cfg.tile_size, repeat, settings.seed)
+    splits = open_splits(info, mods, cfg.tile_size, repeat, settings.seed, settings.copy_paste)
     check_time(cfg, settings, splits[0], what="rts finetune", fusion=spec)  # before the cost report's measurement
 
     import os

@@ -40,7 +40,8 @@ def optimizer_and_schedule(module: L.LightningModule, settings: TrainSettings,
                            total_steps: int) -> OptimizerLRSchedulerConfig:
     """The optimizer and learning-rate schedule of a run (Lightning's ``configure_optimizers`` return value).
 
-    AdamW over the module's trainable parameters at ``settings.lr(world size)``, with linear warmup
+    AdamW over the module's trainable parameters at ``settings.lr(world size)`` (a backbone body's at lower rates
+    with ``settings.layer_decay`` < 1: :func:`rtscli.modeling.backbone.layer_scales`), with linear warmup
     (``warmup_steps``, at most a fifth of the run) then cosine or step decay, per optimizer step.
 
     Args:
@@ -54,7 +55,18 @@ def optimizer_and_schedule(module: L.LightningModule, settings: TrainSettings,
     params = [p for p in module.parameters() if p.requires_grad]
     trainer = module._trainer
     world = trainer.world_size if trainer else 1
-    opt = torch.optim.AdamW(params, lr=settings.lr(world), weight_decay=settings.weight_decay)
+    lr = settings.lr(world)
+    if settings.layer_decay < 1.0:  # a pretrained backbone: its lower blocks move least (BEiT, MAE, SimMIM)
+        from rtscli.modeling.backbone import layer_scales
+
+        scales = layer_scales(module, settings.layer_decay)
+        groups: dict[float, list[torch.nn.Parameter]] = {}
+        for p in params:
+            groups.setdefault(scales.get(id(p), 1.0), []).append(p)
+        opt = torch.optim.AdamW([{"params": ps, "lr": lr * f} for f, ps in sorted(groups.items())], lr=lr,
+                                weight_decay=settings.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=settings.weight_decay)
     steps = total_steps  # no trainer attached (unit use)
     if trainer is not None:
         try:  # the steps each process really runs (DDP splits the data), or --max-steps
@@ -124,6 +136,14 @@ class DetectionModule(L.LightningModule):
         steps = self.trainer.estimated_stepping_batches  # the steps of the run, as the schedule counts them
         steps = int(steps) if math.isfinite(steps) else self.total_steps
         self.collapse = CollapseWatch(warmup=warmup_length(self.settings.warmup_steps, steps), total_steps=steps)
+        self._started = time.monotonic()
+
+    def on_train_epoch_end(self) -> None:
+        # learning curves (benchmarks/learning_curve.py): the steps done and the time since training started (this
+        # process; validations so far included) at each epoch's end, in metrics.csv
+        self.log("steps", float(self.global_step), on_step=False, on_epoch=True, sync_dist=False)
+        self.log("wall_s", time.monotonic() - getattr(self, "_started", time.monotonic()), on_step=False,
+                 on_epoch=True, sync_dist=False)
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
         images, targets, _ = batch

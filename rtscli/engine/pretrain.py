@@ -126,7 +126,7 @@ def fetch_imagenet(spec: str | None, cfg: ModelConfig) -> dict[str, torch.Tensor
         return None
     from rtscli.modeling.backbone import imagenet_weights
 
-    return imagenet_weights(cfg.backbone.kind, cfg.backbone.timm_name, preset=cfg.name)
+    return imagenet_weights(cfg.backbone.kind, cfg.backbone.timm_name, preset=cfg.name, norm=cfg.backbone.norm)
 
 
 def _first_process() -> bool:
@@ -257,13 +257,15 @@ def adopt_backbone_stats(spec: str | None, cfg: ModelConfig, mod: Modality, info
 
 
 def open_splits(info: DatasetInfo, mods: list[Modality], tile: int, repeat: int | None,
-                seed: int) -> tuple[ChipDataset, ChipDataset]:
+                seed: int, copy_paste: float = 0.0) -> tuple[ChipDataset, ChipDataset]:
     """The training and validation chips, checked before a run directory exists (an empty training split, or
     validation chips larger than the tile, are refused with their fix and leave nothing behind). An empty
     validation split falls back to the training chips (the second dataset's ``split`` is then "train"), with a
     warning: their AP50 is logged as a training-chip score and the bundle keeps the last epoch's weights
-    (:func:`train_and_save`)."""
-    train_ds = ChipDataset(info, "train", mods, tile, repeat_to=repeat, augment=True, seed=seed)
+    (:func:`train_and_save`). ``copy_paste``: the chance per training chip of pasting another chip's slumps onto it
+    (:mod:`rtscli.data.copy_paste`)."""
+    train_ds = ChipDataset(info, "train", mods, tile, repeat_to=repeat, augment=True, seed=seed,
+                           copy_paste=copy_paste)
     val_ds = ChipDataset(info, "val", mods, tile, repeat_to=repeat, augment=False)
     if len(train_ds) == 0:
         raise RtsError("the training split is empty", path=info.root,
@@ -298,7 +300,7 @@ def train_and_save(model: Detector, *, config: dict, info: DatasetInfo, mods: li
     from rtscli.modeling.bundle import save_bundle
 
     cfg = model.cfg
-    train_ds, val_ds = splits or open_splits(info, mods, cfg.tile_size, repeat, settings.seed)
+    train_ds, val_ds = splits or open_splits(info, mods, cfg.tile_size, repeat, settings.seed, settings.copy_paste)
     train_loader = torch.utils.data.DataLoader(
         train_ds, batch_size=settings.batch_size, sampler=EpochSampler(len(train_ds), settings.seed),
         collate_fn=collate, num_workers=settings.workers, drop_last=len(train_ds) > settings.batch_size,
@@ -389,7 +391,8 @@ def pretrain(*, data: Path, modality: str, preset: str, out: Path, settings: Tra
     cfg.roi_heads.mask = cfg.roi_heads.mask and masks
     adopt_backbone_stats(settings.backbone_weights, cfg, mod, info, what="rts pretrain")
     check_memory(cfg, settings, what="rts pretrain")  # before the run directory or the model exists
-    splits = open_splits(info, [mod], cfg.tile_size, repeat, settings.seed)  # its errors leave nothing behind
+    splits = open_splits(info, [mod], cfg.tile_size, repeat, settings.seed,  # its errors leave nothing behind
+                         settings.copy_paste)
     check_time(cfg, settings, splits[0], what="rts pretrain")  # a GPU-sized run on a CPU, before any download
     imagenet = fetch_imagenet(settings.backbone_weights, cfg)  # a refusal leaves nothing behind
 

@@ -416,7 +416,8 @@ def epoch_metrics(run_dir: Path) -> list[dict[str, float]]:
         run_dir: the run directory.
 
     Returns:
-        One dict per epoch, in order: ``epoch``, the epoch means of the training losses (``train_loss``, ...)
+        One dict per epoch, in order: ``epoch``, ``steps`` (optimizer steps done at its end), ``wall_s`` (seconds
+        since training started in that process), the epoch means of the training losses (``train_loss``, ...)
         and of the detector's side statistics (``rpn_pos_per_img``, ``rpn_top_fg``, ``roi_pos_per_img_s{k}``,
         ``roi_pos_fg``: :mod:`rtscli.engine.training_health`), and the validation metrics (``val_ap50``, ...;
         ``train_chips_ap50``, ... when the training chips were scored for want of a validation split) of the
@@ -430,7 +431,8 @@ def epoch_metrics(run_dir: Path) -> list[dict[str, float]]:
         d = rows.setdefault(e, {"epoch": e})
         for k, v in r.items():
             if v not in ("", None) and k not in ("epoch", "step") and (
-                    k.endswith("_epoch") or k.startswith(("val", "train_chips", "rpn_", "roi_"))):
+                    k.endswith("_epoch") or k.startswith(("val", "train_chips", "rpn_", "roi_"))
+                    or k in ("steps", "wall_s")):
                 d[k.replace("_epoch", "")] = float(v)
     return [rows[e] for e in sorted(rows)]
 

@@ -41,6 +41,10 @@ class TrainSettings:
     val_every: int = 1
     keep_checkpoints: bool = False  # keep checkpoints/ in the run directory once the bundle is written
     backbone_weights: str | None = None
+    # layer-wise learning-rate decay of a pretrained backbone's body: the block k layers below the top trains at
+    # lr x layer_decay^k, its stem lowest (BEiT, MAE and SimMIM fine-tuning); 1.0: every parameter at lr
+    layer_decay: float = 1.0
+    copy_paste: float = 0.0  # per training chip, the chance that slumps of another chip are pasted onto it
     extra: dict[str, Any] = field(default_factory=dict)
 
     def lr(self, world_size: int) -> float:

@@ -12,7 +12,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -34,10 +34,31 @@ class LayerNorm2d(nn.LayerNorm):
         return x.permute(0, 3, 1, 2)
 
 
+def group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
+    """GroupNorm with ``groups`` groups (32, as He et al. 2019), fewer when ``channels`` does not divide by them.
+
+    Source: Wu & He, "Group Normalization" (ECCV 2018); He et al., "Rethinking ImageNet Pre-training" (ICCV 2019):
+    GN in the backbone, FPN and heads lets detectors train from random weights with small batches.
+    """
+    while channels % groups:
+        groups //= 2
+    return nn.GroupNorm(groups, channels)
+
+
+def norm2d(kind: str, channels: int) -> nn.Module | None:
+    """The normalisation layer of a conv with ``channels`` outputs: ``ln`` (:class:`LayerNorm2d`), ``gn``
+    (:func:`group_norm`) or ``none`` (None)."""
+    if kind == "ln":
+        return LayerNorm2d(channels)
+    if kind == "gn":
+        return group_norm(channels)
+    return None
+
+
 def _fpn(in_channels: list[int], cfg: FPNConfig) -> nn.Module:
     from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
-    norm = LayerNorm2d if cfg.norm == "ln" else None
+    norm = {"ln": LayerNorm2d, "gn": group_norm}.get(cfg.norm)
     return FeaturePyramidNetwork(in_channels, cfg.out_channels, extra_blocks=LastLevelMaxPool(), norm_layer=norm)
 
 
@@ -76,21 +97,50 @@ class MViTv2FPN(nn.Module):
     def stem(self) -> nn.Conv2d:
         return self.body.patch_embed.proj
 
+    def depth_of(self, name: str) -> tuple[int, int]:
+        """``(layer, layers)`` of the body's parameter ``name`` (a key of ``body.named_parameters()``) for
+        layer-wise learning-rate decay: 0 for the patch embedding (and tokens), 1..N for the transformer blocks in
+        order; ``layers`` = N + 1 is the FPN's and the heads' (they are not decayed)."""
+        blocks = [len(cast(Any, st).blocks) for st in cast(Any, self.body).stages]
+        if name.startswith("stages."):
+            parts = name.split(".")
+            stage, block = int(parts[1]), int(parts[3]) if parts[2] == "blocks" else 0
+            return sum(blocks[:stage]) + block + 1, sum(blocks) + 1
+        return 0, sum(blocks) + 1
 
-class ResNet50FPN(nn.Module):
-    """torchvision ResNet50 + FPN -> P2..P6 (the paper's Table 1 baseline)."""
+
+class ResNetFPN(nn.Module):
+    """torchvision ResNet-18, -34 or -50 + FPN -> P2..P6 (ResNet50-FPN: the paper's Table 1 baseline).
+
+    ``cfg.norm``: ``frozen_bn`` keeps batch statistics fixed (torchvision's detection default, for ImageNet
+    weights); ``gn`` puts GroupNorm in every block, which trains from random weights with batches of a few tiles
+    (He et al., "Rethinking ImageNet Pre-training", 2019).
+    """
 
     def __init__(self, *, cfg: BackboneConfig, fpn: FPNConfig, tile_size: int) -> None:
         super().__init__()
-        from torchvision.models import resnet50
+        from torchvision.models import resnet18, resnet34, resnet50
         from torchvision.ops import misc
 
-        body = resnet50(weights=None, norm_layer=misc.FrozenBatchNorm2d)
+        build = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}[cfg.kind]
+        norm = group_norm if cfg.norm == "gn" else misc.FrozenBatchNorm2d
+        body = build(weights=None, norm_layer=norm)
         if cfg.in_channels != 3:
             body.conv1 = nn.Conv2d(cfg.in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         body.fc = nn.Identity()  # the ImageNet classifier is not part of a detector
+        if cfg.norm == "gn":  # each residual branch starts as identity (Goyal et al. 2017; He et al. 2019)
+            from torchvision.models.resnet import BasicBlock, Bottleneck
+
+            for m in body.modules():
+                if isinstance(m, Bottleneck):
+                    nn.init.zeros_(m.bn3.weight)
+                elif isinstance(m, BasicBlock):
+                    nn.init.zeros_(m.bn2.weight)
         self.body = body
-        self.fpn = _fpn([256, 512, 1024, 2048], fpn)
+        self.kind, self.norm = cfg.kind, cfg.norm
+        wide = 4 if cfg.kind == "resnet50" else 1  # bottleneck blocks widen their output 4x
+        self.channels = [64 * wide, 128 * wide, 256 * wide, 512 * wide]
+        self.fpn = _fpn(self.channels, fpn)
         self.out_channels = fpn.out_channels
         self.tile_size = tile_size
 
@@ -107,13 +157,51 @@ class ResNet50FPN(nn.Module):
     def stem(self) -> nn.Conv2d:
         return self.body.conv1
 
+    def depth_of(self, name: str) -> tuple[int, int]:
+        """``(layer, layers)`` of the body's parameter ``name`` for layer-wise learning-rate decay: 0 for the stem
+        (``conv1``, ``bn1``), 1-4 for ``layer1``-``layer4``; ``layers`` = 5 is the FPN's and the heads'."""
+        if name.startswith("layer"):
+            return int(name[5]), 5
+        return 0, 5
 
-def build_backbone(*, cfg: BackboneConfig, fpn: FPNConfig, tile_size: int) -> MViTv2FPN | ResNet50FPN:
+
+def layer_scales(model: nn.Module, decay: float) -> dict[int, float]:
+    """Learning-rate factors of layer-wise decay for every backbone body in ``model`` (a detector, a fused one).
+
+    Every parameter of a backbone's body (:class:`MViTv2FPN`, :class:`ResNetFPN`) gets ``decay ** (layers -
+    layer)`` (:meth:`MViTv2FPN.depth_of`): its last block ``decay``, its stem the lowest; the FPN, the RPN and the
+    heads, which a pretrained backbone does not bring, are not in the result (factor 1).
+
+    Args:
+        model: the module whose parameters are optimized.
+        decay: the factor per layer, in (0, 1] (1: every factor 1).
+
+    Returns:
+        ``{id(parameter): factor}`` for the parameters of the bodies.
+
+    Source: Bao et al., "BEiT" (2022), section 3.3; He et al., "Masked Autoencoders" (2022), A.1; Xie et al.,
+    "SimMIM" (2022): fine-tuning a masked-image-modelling backbone with layer-wise decay.
+    """
+    out: dict[int, float] = {}
+    for m in model.modules():
+        if isinstance(m, (MViTv2FPN, ResNetFPN)):
+            for name, p in cast(nn.Module, m.body).named_parameters():
+                layer, layers = m.depth_of(name)
+                out[id(p)] = decay ** (layers - layer)
+    return out
+
+
+def build_backbone(*, cfg: BackboneConfig, fpn: FPNConfig, tile_size: int) -> MViTv2FPN | ResNetFPN:
+    """The backbone + FPN of ``cfg.kind``: :class:`MViTv2FPN` or :class:`ResNetFPN` (resnet18, resnet34, resnet50).
+
+    Raises:
+        RtsError: an unknown kind.
+    """
     if cfg.kind == "mvitv2":
         return MViTv2FPN(cfg=cfg, fpn=fpn, tile_size=tile_size)
-    if cfg.kind == "resnet50":
-        return ResNet50FPN(cfg=cfg, fpn=fpn, tile_size=tile_size)
-    raise RtsError(f"unknown backbone kind {cfg.kind!r}", fix="use mvitv2 or resnet50")
+    if cfg.kind in ("resnet18", "resnet34", "resnet50"):
+        return ResNetFPN(cfg=cfg, fpn=fpn, tile_size=tile_size)
+    raise RtsError(f"unknown backbone kind {cfg.kind!r}", fix="use mvitv2, resnet18, resnet34 or resnet50")
 
 
 def adapt_stem_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
@@ -178,10 +266,11 @@ def offline() -> bool:
     return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def imagenet_source(kind: str, timm_name: str | None) -> str | None:
+def imagenet_source(kind: str, timm_name: str | None, norm: str = "frozen_bn") -> str | None:
     """Where ImageNet weights for a backbone come from: ``"timm:<name>"`` (MViTv2 of timm's shape ``name``),
-    ``"torchvision:resnet50"``, or None (an MViTv2 of no ImageNet-trained shape, e.g. the ``nano`` preset's)."""
-    if kind == "resnet50":
+    ``"torchvision:resnet50"`` (with frozen batch norm, as the weights were trained), or None (an MViTv2 of no
+    ImageNet-trained shape, e.g. the ``nano`` preset's; a ResNet-18/34 or one with GroupNorm)."""
+    if kind == "resnet50" and norm == "frozen_bn":
         return "torchvision:resnet50"
     if kind == "mvitv2" and timm_name:
         return f"timm:{timm_name}"
@@ -195,7 +284,7 @@ def imagenet_presets() -> list[str]:
     out = []
     for name in list_presets():
         b = load_preset(name).backbone
-        if imagenet_source(b.kind, b.timm_name):
+        if imagenet_source(b.kind, b.timm_name, b.norm):
             out.append(name)
     return out
 
@@ -243,7 +332,7 @@ def cached_imagenet_state(source: str) -> dict[str, torch.Tensor] | None:
 
 
 def imagenet_weights(kind: str, timm_name: str | None, *, preset: str | None = None, fix: str | None = None,
-                     what: str = "--backbone-weights imagenet") -> dict[str, torch.Tensor]:
+                     what: str = "--backbone-weights imagenet", norm: str = "frozen_bn") -> dict[str, torch.Tensor]:
     """ImageNet weights for a backbone of ``kind`` (timm's ``timm_name`` shape), or a one-line refusal.
 
     Never falls back to random weights: a run that asked for ImageNet weights and cannot have them stops here,
@@ -251,12 +340,13 @@ def imagenet_weights(kind: str, timm_name: str | None, *, preset: str | None = N
     library's cache (:func:`cached_imagenet_state`) or not at all.
 
     Args:
-        kind: "mvitv2" or "resnet50".
+        kind: the backbone kind (:data:`rtscli.modeling.config.BACKBONES`).
         timm_name: the timm model whose ImageNet weights match an MViTv2's shape (None: none does).
         preset: the preset's name, for the messages.
         fix: the fix when the weights cannot be had (default: fetch them elsewhere with ``rts weights fetch``
             and pass the file as ``--backbone-weights``).
         what: what asked for them, at the head of the messages.
+        norm: a ResNet's normalisation (ImageNet weights fit ``frozen_bn`` only).
 
     Returns:
         The ImageNet state dict (timm or torchvision names, the classifier included).
@@ -265,7 +355,7 @@ def imagenet_weights(kind: str, timm_name: str | None, *, preset: str | None = N
         RtsError: no ImageNet weights exist for this backbone; ``HF_HUB_OFFLINE`` is set and they are not cached;
             the download failed (no network).
     """
-    source = imagenet_source(kind, timm_name)
+    source = imagenet_source(kind, timm_name, norm)
     name = preset or kind
     if source is None:
         raise RtsError(f"{what}: preset {name} has no ImageNet weights (its {kind} backbone has no ImageNet-trained "
@@ -334,8 +424,8 @@ def load_backbone_weights(backbone: nn.Module, spec: str | None, *, timm_name: s
     stem_key = "patch_embed.proj.weight" if hasattr(body, "patch_embed") else "conv1.weight"
     if spec == "imagenet":
         if imagenet is None:
-            kind = "mvitv2" if isinstance(backbone, MViTv2FPN) else "resnet50"
-            imagenet = imagenet_weights(kind, timm_name, preset=preset)
+            kind, norm = ("mvitv2", "frozen_bn") if isinstance(backbone, MViTv2FPN) else (backbone.kind, backbone.norm)
+            imagenet = imagenet_weights(str(kind), timm_name, preset=preset, norm=str(norm))
         state = dict(imagenet)  # the caller's dict stays as it was (the stem is adapted below)
         source = "imagenet"
     else:

@@ -19,7 +19,7 @@ from rtscli.errors import RtsError, unknown_choice
 
 @dataclass
 class BackboneConfig:
-    kind: str = "mvitv2"  # mvitv2 | resnet50
+    kind: str = "mvitv2"  # mvitv2 | resnet18 | resnet34 | resnet50
     # MViTv2 (timm MultiScaleVitCfg): depths per stage, first-stage width (doubles per stage), heads
     depths: tuple[int, ...] = (2, 3, 16, 3)
     embed_dim: int = 96
@@ -28,12 +28,16 @@ class BackboneConfig:
     # timm model name whose ImageNet weights match this shape (for --backbone-weights imagenet)
     timm_name: str | None = "mvitv2_base"
     in_channels: int = 3
+    # ResNets' normalisation: frozen_bn (ImageNet's batch statistics kept, torchvision's detection default) or gn
+    # (GroupNorm, which trains from random weights with small batches: He et al., "Rethinking ImageNet
+    # Pre-training", 2019); MViTv2 has its own LayerNorms
+    norm: str = "frozen_bn"
 
 
 @dataclass
 class FPNConfig:
     out_channels: int = 256
-    norm: str = "ln"  # ln | none
+    norm: str = "ln"  # ln | gn | none
 
 
 @dataclass
@@ -59,7 +63,7 @@ class ROIHeadsConfig:
         (10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0))
     conv_dims: tuple[int, ...] = (256, 256, 256, 256)
     fc_dims: tuple[int, ...] = (1024,)
-    norm: str = "ln"
+    norm: str = "ln"  # the box and mask heads' convs: ln | gn | none (the mask head's only with gn, as He et al.)
     batch_size_per_image: int = 512
     positive_fraction: float = 0.25
     score_thresh: float = 0.05
@@ -72,6 +76,11 @@ class ROIHeadsConfig:
     def num_stages(self) -> int:
         return len(self.iou_thresholds)
 
+
+#: the backbones a preset may name (``backbone.kind``)
+BACKBONES = ("mvitv2", "resnet18", "resnet34", "resnet50")
+#: the normalisation layers of the FPN and the heads: LayerNorm, GroupNorm (32 groups) or none
+NORMS = ("ln", "gn", "none")
 
 #: the training schedules the engine knows (``--schedule``)
 SCHEDULES = ("cosine", "step")
@@ -94,6 +103,7 @@ class TrainingDefaults:
     * ``schedule``: ``cosine`` or ``step`` decay after warmup (``--schedule``).
     * ``epochs``: epochs (``--epochs``); None leaves it to the command's default.
     * ``source``: where the values come from and whether they were measured (one line, for people).
+    * ``copy_paste``: copy-paste augmentation, the chance per training chip (``--copy-paste``; 0: off).
 
     Raises :class:`RtsError` for values that cannot work (a learning rate <= 0, a batch < 1, ...).
     """
@@ -105,6 +115,7 @@ class TrainingDefaults:
     schedule: str = "step"
     epochs: int | None = 36
     source: str = "the paper's recipe (detectron2's MViTv2 configs); not measured here"
+    copy_paste: float = 0.0  # copy-paste augmentation: the chance per training chip (Ghiasi et al. 2021)
 
     def __post_init__(self) -> None:
         def whole(v: Any) -> int:
@@ -115,6 +126,7 @@ class TrainingDefaults:
         try:
             self.lr = float(self.lr)  # YAML reads 4e-5 (no dot) as a string
             self.weight_decay = float(self.weight_decay)
+            self.copy_paste = float(self.copy_paste)
             self.warmup_steps = whole(self.warmup_steps)
             self.batch_size = whole(self.batch_size)
             self.epochs = None if self.epochs is None else whole(self.epochs)
@@ -155,6 +167,13 @@ class ModelConfig:
         if len(self.rpn.anchor_sizes) != 5:
             raise RtsError(f"model {self.name}: anchor_sizes needs 5 entries (P2..P6)", fix="fix the preset")
         check_tile_size(self.tile_size, f"model {self.name}: tile_size")
+        if self.backbone.kind not in BACKBONES:
+            raise unknown_choice(f"model {self.name}: backbone kind", self.backbone.kind, BACKBONES)
+        if self.backbone.norm not in ("frozen_bn", "gn"):
+            raise unknown_choice(f"model {self.name}: backbone norm", self.backbone.norm, ("frozen_bn", "gn"))
+        for part, norm in (("fpn", self.fpn.norm), ("roi_heads", self.roi_heads.norm)):
+            if norm not in NORMS:
+                raise unknown_choice(f"model {self.name}: {part} norm", norm, NORMS)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))

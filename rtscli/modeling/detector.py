@@ -32,7 +32,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import boxes as box_ops
 
 from rtscli.modeling.anchors import anchor_generator
-from rtscli.modeling.backbone import LayerNorm2d, build_backbone
+from rtscli.modeling.backbone import build_backbone, group_norm, norm2d
 from rtscli.modeling.config import ModelConfig, ROIHeadsConfig
 
 POOL_LEVELS = ["p2", "p3", "p4", "p5"]
@@ -47,9 +47,10 @@ class ConvFCHead(nn.Module):
         layers: list[nn.Module] = []
         c = in_channels
         for d in conv_dims:
-            layers += [nn.Conv2d(c, d, 3, padding=1, bias=norm != "ln")]
-            if norm == "ln":
-                layers.append(LayerNorm2d(d))
+            layers += [nn.Conv2d(c, d, 3, padding=1, bias=norm == "none")]
+            layer = norm2d(norm, d)
+            if layer is not None:
+                layers.append(layer)
             layers.append(nn.ReLU(inplace=True))
             c = d
         self.convs = nn.Sequential(*layers)
@@ -82,14 +83,18 @@ class BoxPredictor(nn.Module):
 
 
 class MaskHead(nn.Module):
-    """Convs (3x3, ReLU) on 14x14 RoI features, a 2x deconv and a 1x1 predictor: 28x28 mask logits."""
+    """Convs (3x3, ReLU; with ``norm`` ``gn`` each followed by GroupNorm, as He et al. 2019 train from scratch) on
+    14x14 RoI features, a 2x deconv and a 1x1 predictor: 28x28 mask logits."""
 
-    def __init__(self, *, in_channels: int, conv_dims: Sequence[int], num_classes: int) -> None:
+    def __init__(self, *, in_channels: int, conv_dims: Sequence[int], num_classes: int, norm: str = "none") -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c = in_channels
         for d in conv_dims:
-            layers += [nn.Conv2d(c, d, 3, padding=1), nn.ReLU(inplace=True)]
+            layers.append(nn.Conv2d(c, d, 3, padding=1))
+            if norm == "gn":
+                layers.append(group_norm(d))
+            layers.append(nn.ReLU(inplace=True))
             c = d
         self.convs = nn.Sequential(*layers)
         self.deconv = nn.ConvTranspose2d(c, c, 2, stride=2)
@@ -152,7 +157,8 @@ class CascadeROIHeads(nn.Module):
         self.mask_head: MaskHead | None
         if cfg.mask:
             self.mask_pool = MultiScaleRoIAlign(POOL_LEVELS, output_size=14, sampling_ratio=2)
-            self.mask_head = MaskHead(in_channels=in_channels, conv_dims=cfg.mask_conv_dims, num_classes=num_classes)
+            self.mask_head = MaskHead(in_channels=in_channels, conv_dims=cfg.mask_conv_dims, num_classes=num_classes,
+                                      norm=cfg.norm)
         else:
             self.mask_pool = None
             self.mask_head = None

@@ -21,7 +21,7 @@ from rtscli.machine import device_type
 from rtscli.modeling.config import ModelConfig
 
 if TYPE_CHECKING:
-    from rtscli.modeling.backbone import MViTv2FPN, ResNet50FPN
+    from rtscli.modeling.backbone import MViTv2FPN, ResNetFPN
     from rtscli.modeling.detector import Detector
     from rtscli.modeling.fusion import Fusion
 
@@ -194,7 +194,7 @@ def _parse_key(key: str) -> tuple[ModelConfig, Any, bool, list[int]]:
 
 
 def _meta_parts(cfg: ModelConfig, fusion: Any, feature: bool,
-                chans: list[int]) -> tuple[MViTv2FPN | ResNet50FPN, Detector, Fusion | None]:
+                chans: list[int]) -> tuple[MViTv2FPN | ResNetFPN, Detector, Fusion | None]:
     """``(backbone + FPN, decoder, fusion module or None)`` of a configuration, built on the meta device (no
     memory): what every profile counts."""
     from rtscli.modeling.backbone import build_backbone
