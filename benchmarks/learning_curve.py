@@ -77,12 +77,13 @@ def one_run(a: argparse.Namespace, name: str, ds: Path, test: Path, split: str, 
     """Train one model and evaluate it on the test split; its row."""
     data = ds
     if fraction < 1:  # the same share of chips for every seed and preset
-        data = out / "subsets" / f"{name.replace(':', '_')}_{int(fraction * 100)}"
+        data = out / "subsets" / f"{name.replace(':', '_')}_{int(fraction * 100)}"  # one share for every run
         subset(ds, data, fraction)
     chips = train_chips(data)
     per_epoch = max(1, math.ceil(chips / a.batch_size))
     val_every = max(1, round(steps / a.points / per_epoch))
-    run = out / "runs" / f"{name}_{preset}_{init}_{int(fraction * 100)}_s{seed}"
+    safe = name.replace(":", "_")
+    run = out / "runs" / f"{safe}_{preset}_{init}_{int(fraction * 100)}_s{seed}"
     if not (run / "config.yaml").exists():
         extra = ["--backbone-weights", ssl] if init == "ssl" and ssl is not None else []
         if a.copy_paste is not None:
@@ -90,7 +91,7 @@ def one_run(a: argparse.Namespace, name: str, ds: Path, test: Path, split: str, 
         quiet("pretrain", "--modality", "rgb", "--data", data, "--preset", preset, "--max-steps", steps,
               "--epochs", 100000, "--batch-size", a.batch_size, "--workers", 0, "--seed", seed, "--tile-size",
               a.tile, "--val-every", val_every, "-o", run, "--overwrite", *extra)
-    report = run / f"eval_{name}_{split}.json"
+    report = run / f"eval_{safe}_{split}.json"
     if not report.exists():
         quiet("evaluate", run, "--data", test, "--split", split, "-o", report)
     m = json.loads(report.read_text())["metrics"]

@@ -263,3 +263,107 @@ def test_single_scenes_and_chips_describe_what_they_show(tmp_path, rts):
         drawn = rasterize([(g, 1) for g in truth.geometry], out_shape=valid.shape, transform=src.transform) == 1
     assert len(truth) and (drawn & ~valid).sum() <= 0.02 * drawn.sum()
     assert truth["clipped"].any() and not truth["clipped"].all()
+
+
+# ---------------------------------------------------------------------------------------------
+# rts synth --realism hard (issue 23, part 2): data as hard as the real data
+# ---------------------------------------------------------------------------------------------
+def test_realism_hard_chips_are_as_small_faint_elongated_and_few_as_real_slumps(tmp_path, rts):
+    """Real 3 m chips: median box side ~37 px (5 % under 11 px), ~2.4 slumps per chip, slumps 0-15 % brighter than
+    the tundra in RGB or 10-20 % darker (rtscli.synth.realism), elongated, JPEG-compressed."""
+    import yaml
+
+    from rtscli.synth.realism import chip_stats
+
+    out = tmp_path / "hard"
+    r = rts("synth", out, "--chips", 24, "--scenes", 0, "--realism", "hard", "--seed", 1, "--dem")
+    assert r.code == 0, r.err
+    assert yaml.safe_load((out / "synth.yaml").read_text())["realism"] == "hard"
+    s = chip_stats(out)
+    assert s["positive"] >= 18 and 1.5 <= s["slumps_per_positive_chip"] < 3.5, s  # demo: ~5
+    p5, _, median, _, _ = s["box_side_px"]
+    assert 28 <= median <= 46 and p5 < 15, s  # pixels at 3 m
+    assert s["aspect_p50"] >= 2.0, s  # elongated (demo's horseshoes: ~1.3)
+    lo, _, mid, _, hi = s["contrast"]  # mean RGB inside / ring around, percentiles 5-95
+    assert 0.95 <= mid <= 1.12 and lo >= 0.7 and hi <= 1.35, s  # demo: median ~1.6
+    assert 0.1 <= s["darker"] <= 0.7, s  # some darker (wet)
+    assert s["weak_departure"] < s["departure"], s  # weak-RGB slumps fainter still
+    labels = gpd.read_file(out / "chips" / "labels.gpkg")
+    drops = []
+    for tif in sorted((out / "chips").rglob("*.tif")):
+        with rasterio.open(tif) as src:
+            data, nodata = src.read(), src.nodata
+            truth = labels[labels["chip"] == tif.name]
+            inside = rasterize([(g, 1) for g in truth.geometry], out_shape=data.shape[1:], transform=src.transform,
+                               dtype="uint8") == 1 if len(truth) else np.zeros(data.shape[1:], bool)
+        valid = data[0] != nodata
+        for b in range(5):  # 8-bit JPEG: at most 256 levels per band (NDVI: from the decoded red and NIR)
+            assert len(np.unique(data[b][valid])) <= (256 if b != 3 else valid.sum())
+        assert np.allclose(data[3][valid], ndvi(data[4], data[0])[valid], atol=1e-5)
+        dem_ok = data[6] != nodata
+        if (inside & dem_ok).sum() > 50:  # --dem: each slump a bowl below the tundra, as under demo
+            drops.append(np.median(data[6][~inside & dem_ok]) - np.median(data[6][inside & dem_ok]))
+    assert len(drops) >= 10 and np.median(drops) > 1.0
+
+
+def test_realism_hard_is_deterministic_differs_from_demo_and_refuses_unknown_levels(tmp_path, rts):
+    for name, level in (("a", "hard"), ("b", "hard"), ("c", "demo")):
+        r = rts("synth", tmp_path / name, "--chips", 3, "--chip-size", 64, "--scenes", 0, "--seed", 7,
+                "--realism", level)
+        assert r.code == 0, r.err
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a" / "chips").rglob("*.tif"))
+    assert len(files) == 3
+    for f in files:
+        with rasterio.open(tmp_path / "a" / f) as a, rasterio.open(tmp_path / "b" / f) as b, \
+                rasterio.open(tmp_path / "c" / f) as c:
+            assert np.array_equal(a.read(), b.read())
+            assert not np.array_equal(a.read(), c.read())
+    r = rts("synth", tmp_path / "x", "--realism", "hrad", "--chips", 1, "--scenes", 0)
+    assert r.code == 2 and "--realism" in r.err and "'hard'" in r.err and not (tmp_path / "x").exists()
+
+
+def test_realism_hard_scene_series_truth_and_faint_slumps(tmp_path, rts):
+    """Scenes and series under --realism hard: the truth is what the image shows, slumps are faint in RGB but low
+    in NDVI, weak-RGB slumps fainter still; the level does not leak into the next run."""
+    from shapely.geometry import box
+
+    out = tmp_path / "syn"
+    r = rts("synth", out, "--chips", 0, "--scenes", 1, "--scene-size", 768, "--years", 2, "--seed", 3,
+            "--site", "herschel", "--realism", "hard")
+    assert r.code == 0, r.err
+    tifs = sorted((out / "scenes").glob("*.tif"))
+    assert len(tifs) == 2
+    t2 = gpd.read_file(tifs[1].with_suffix(".gpkg"), layer="rts")
+    assert "merged" in set(t2["relation"])
+    for tif in tifs:
+        truth = gpd.read_file(tif.with_suffix(".gpkg"), layer="rts")
+        with rasterio.open(tif) as src:
+            blue, green, red, nir = src.read().astype(np.float32)
+            shown = box(*src.bounds)
+            objects = rasterize([(g, k + 1) for k, g in enumerate(truth.geometry)], out_shape=red.shape,
+                                transform=src.transform, dtype="int32")
+        assert len(truth) >= 5 and all(g.intersection(shown).area / g.area >= 0.999 for g in truth.geometry)
+        nd = ndvi(nir, red)
+        inside = objects > 0
+        ring = (rasterize([(g.buffer(60).difference(g.buffer(20)), 1) for g in truth.geometry], out_shape=red.shape,
+                          transform=src.transform) == 1) & ~inside & (nd > 0.1)
+        assert nd[inside].mean() < nd[ring].mean() - 0.1  # NDVI still shows them
+        assert red[inside].mean() < 1.3 * red[ring].mean()  # but RGB hardly (demo: > 1.3)
+    # the next run without --realism is the demo again (in-process runs share the site overrides)
+    r = rts("synth", tmp_path / "demo", "--chips", 2, "--chip-size", 64, "--scenes", 0, "--seed", 3)
+    assert r.code == 0, r.err
+    from rtscli.synth.sites import site
+
+    assert site("herschel").realism.name == "demo"
+
+
+def test_real_slump_contrast_lies_in_the_range_hard_draws(data_dir):
+    """The tuning of --realism hard against real slumps: the consensus outlines of the test data (one expert per
+    site here) against a ring of tundra around them, as rtscli.synth.realism measured on all the experts."""
+    from rtscli.synth.realism import HARD, real_contrast
+
+    found = real_contrast(data_dir / "rts-digitization")
+    assert set(found) == {"Bykovsky", "Peel"} and sum(len(v) for v in found.values()) >= 10
+    ratios = np.concatenate([found["Bykovsky"], found["Peel"]])
+    assert HARD.dark[0] - 0.05 <= ratios.min() and ratios.max() <= HARD.bright[1] + 0.05
+    assert np.median(found["Bykovsky"]) < 1.0 < np.median(found["Peel"])  # wet and darker; drier and brighter

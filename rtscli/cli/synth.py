@@ -36,6 +36,7 @@ def synth(
     nodata_fraction: Annotated[float, typer.Option(help="Share of chips with a nodata margin.")] = 0.15,
     weak_fraction: Annotated[Optional[float], typer.Option(help="Share of slumps with weak RGB contrast that NDVI/NIR show (default: per site, 0.25-0.35).")] = None,
     weak_contrast: Annotated[float, typer.Option(help="Scale of the weak slumps' RGB contrast: 1 default, 0 invisible in RGB.")] = 1.0,
+    realism: Annotated[str, typer.Option(help="How hard the data is: demo (large horseshoe slumps, bright in RGB; the demo's) or hard (as real data: small, elongated, gullied slumps only 3-18% brighter or 6-20% darker than the tundra in RGB, 2-3 per chip, chips through JPEG).")] = "demo",
     years: Annotated[int, typer.Option(help="Write each scene at this many dates one year apart (from 2019-07-15), its slumps growing along their headwalls, two merging, one appearing and one stabilizing each year, with the truth of each date (for rts track).")] = 1,
     clouds: Annotated[float, typer.Option(help="Share of each scene under clouds (with haze rings and shadows; some over slumps), written with quality masks beside it (--cloud-masks). 0: clear.")] = 0.0,
     snow: Annotated[float, typer.Option(help="Share of each scene under snow patches (in the quality masks too).")] = 0.0,
@@ -59,7 +60,8 @@ def synth(
     from rtscli.errors import RtsError
     from rtscli.io.atomic import atomic_dir
     from rtscli.synth import CHIP_BANDS, CHIP_DEM_BANDS, write_chips, write_scene
-    from rtscli.synth.sites import SITES, set_weak
+    from rtscli.synth.realism import realism as realism_level
+    from rtscli.synth.sites import SITES, overridden
 
     names = list(SITES) if site == "all" else [s.strip() for s in site.split(",") if s.strip()]
     for n in names:
@@ -81,7 +83,7 @@ def synth(
         raise RtsError("--resolution must be positive", fix="use e.g. 3")
     if (weak_fraction is not None and not 0 <= weak_fraction <= 1) or not 0 <= weak_contrast <= 2:
         raise RtsError("--weak-fraction must be in [0, 1] and --weak-contrast in [0, 2]", fix="fix the options")
-    set_weak(weak_fraction, weak_contrast if weak_contrast != 1.0 else None)
+    level = realism_level(realism)
     from rtscli.synth.clouds import MASKS
 
     if not 0 <= clouds <= 0.9 or not 0 <= snow <= 0.5:
@@ -95,7 +97,8 @@ def synth(
 
     chips_written = 0
     scene_files: list[str] = []
-    with atomic_dir(out, overwrite=overwrite) as tmp, progress() as bar:
+    with (overridden(weak_fraction, weak_contrast if weak_contrast != 1.0 else None, level),
+          atomic_dir(out, overwrite=overwrite) as tmp, progress() as bar):
         if chips:
             task = bar.add_task("chips", total=chips, unit="chips")
             write_chips(tmp / "chips", chips, size=chip_size, seed=seed, sites=names, crs=crs,
@@ -131,7 +134,7 @@ def synth(
             scene_files.append(tif.name)
         stac_items = _write_stac(tmp, scene_files) if stac and scene_files else []
         meta = dict(rts_version=__version__, seed=seed, crs=crs, resolution_m=resolution, sites=names,
-                    weak_fraction=weak_fraction, weak_contrast=weak_contrast,
+                    weak_fraction=weak_fraction, weak_contrast=weak_contrast, realism=level.name,
                     chips=dict(count=chips, size=chip_size, bands=CHIP_DEM_BANDS if dem else CHIP_BANDS,
                                band_preset="paper-dem" if dem else "paper", negatives=negatives),
                     scenes=dict(files=scene_files, height=height, width=width, years=years,
@@ -141,7 +144,8 @@ def synth(
                                 **(dict(stac="stac/catalog.json") if stac_items else {}),
                                 **(dict(dem="dem/<scene>_dem.tif") if dem else {})))
         (tmp / "synth.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
-    console.print(f"wrote {chips_written} chips and {len(scene_files)} scene(s) to {out}")
+    console.print(f"wrote {chips_written} chips and {len(scene_files)} scene(s) to {out}"
+                  + (f" (--realism {level.name})" if level.name != "demo" else ""))
     if chips_written:
         preset = "paper-dem" if dem else "paper"
         console.print(f"  chips:  {out}/chips/<site>/*.tif   (rts prepare {out}/chips --bands {preset} ...)")

@@ -10,6 +10,9 @@ Two products:
   NIR, nodata 0), written window by window, with its ground-truth slump polygons in a GeoPackage
   (layer ``rts``) and the look-alikes in ``*_distractors.gpkg``.
 
+How hard the data is (``rts synth --realism demo|hard``: slump sizes, outlines, contrast, slumps per chip, JPEG chips)
+is the sites' realism level, :mod:`rtscli.synth.realism`.
+
 Truth describes what the image shows: every truth polygon (slump or look-alike, of a chip or a scene) is
 the part of the object on the image's valid pixels (:func:`rtscli.synth.plan.shown`), ``area_m2`` is the true
 area of that part, and ``clipped`` says that the image's edge or nodata cut the object. Scene slumps are placed
@@ -108,6 +111,10 @@ def write_chips(
     of the chip's ground in metres (:func:`rtscli.synth.dem.elevation`: each slump a bowl with a headwall, the
     look-alikes flat), with a void patch (nodata) on every third chip, as ArcticDEM strips have.
 
+    The sites' realism level (:func:`rtscli.synth.sites.set_overrides`, ``rts synth --realism``) sets how many
+    slumps a chip has, how they look, and whether its RGB and NIR go through JPEG (``hard``:
+    :func:`rtscli.synth.realism.jpeg_roundtrip`, at a quality drawn per chip from the seed).
+
     ``labels.gpkg`` holds one polygon per slump and chip: the part of the slump on the chip's valid pixels
     (``chip``, ``site``, ``weak_rgb``, ``touching``, ``setting``, ``clipped``: the chip's edge or nodata cut it,
     ``area_m2``: true area of that part on the ellipsoid, m2).
@@ -153,7 +160,7 @@ def write_chips(
         img = valid = mask = None
         for attempt in range(50):
             # negatives: no slumps at all (look-alikes stay, so they teach what a slump is not)
-            density = 0.0 if negative else 3.0 * style.slumps_per_km2
+            density = 0.0 if negative else style.realism.chip_density * style.slumps_per_km2
             plan = make_plan(3 * size, 3 * size, style, seed=noise.key_of(seed, k, attempt) % 2**31,
                              resolution=resolution, slump_density=density, nodata_margin=False)
             if negative:
@@ -183,6 +190,12 @@ def write_chips(
         transform = geo.transform(gx, gy)
         refl = img / 10000.0
         blue, green, red, nir = refl
+        if style.realism.jpeg_quality is not None:  # as the real chips are: 8-bit JPEGs (RGB, and NIR alone)
+            from rtscli.synth.realism import jpeg_roundtrip
+
+            lo, hi = style.realism.jpeg_quality
+            quality = int(np.random.default_rng(noise.key_of("jpeg", seed, k)).integers(lo, hi + 1))
+            (red, green, blue), nir = jpeg_roundtrip(np.stack([red, green, blue]), nir, valid, quality)
         ndvi = np.zeros_like(red)
         np.divide(nir - red, nir + red, out=ndvi, where=(nir + red) > 0)
         planes = [red, green, blue, ndvi, nir, mask.astype(np.float32)]

@@ -10,7 +10,8 @@ separately are seamless and a scene of any size is written with bounded memory.
 Slumps are horseshoe/lobate scars that open downslope: they sit on lake shores and valley sides with
 their debris tongue pointing to the water, are clipped by the water, and some are placed against a
 neighbour so that two slumps touch. A share of them are "weak": their RGB is close to the tundra,
-but their NIR is low, so only NDVI/NIR shows them.
+but their NIR is low, so only NDVI/NIR shows them. The site's realism level (:mod:`rtscli.synth.realism`, ``rts synth
+--realism``) sets their sizes, outlines (:mod:`rtscli.synth.outlines`) and, under ``hard``, each one's tone.
 
 Truth describes what the image shows: every slump is placed whole inside the scene, at least
 :attr:`Plan.edge_margin` pixels from its edge (:meth:`Plan.interior`), so that it, its growth and its merge
@@ -30,6 +31,8 @@ from shapely.geometry import LineString, Point, Polygon, box
 from shapely.ops import unary_union
 
 from rtscli.synth import noise
+from rtscli.synth.outlines import outline as slump_outline
+from rtscli.synth.realism import DEMO, draw_tone
 from rtscli.synth.sites import (
     BURNT, DRY, HEADWALL, MUD, ROAD, SAND, SOIL, WATER, WHEAD, WMUD, WSOIL,
     SiteStyle,
@@ -46,6 +49,8 @@ class Slump:
     setting: str  # lake | river | slope
     touching: bool = False
     clipped: bool = False  # a nodata edge (or the image edge) cut it: the geometry is the part on valid pixels
+    # --realism hard: (mean RGB, NIR) over the tundra around it (rtscli.synth.realism.draw_tone); None: site spectra
+    tone: tuple[float, float] | None = None
 
 
 @dataclass
@@ -133,44 +138,6 @@ def _lobate(cx, cy, r, rng, *, n=64, amp=0.22, stretch=1.0, angle=0.0) -> Polygo
     return Polygon(np.c_[cx + x * ca - y * sa, cy + x * sa + y * ca]).buffer(0)
 
 
-def _local_to_scene(cx, cy, ux, uy, u, v):
-    return np.c_[cx + u * ux - v * uy, cy + u * uy + v * ux]
-
-
-def slump_shape(cx: float, cy: float, ux: float, uy: float, radius: float,
-                rng: np.random.Generator) -> tuple[Polygon, Polygon, Polygon]:
-    """A horseshoe scar opening towards (ux, uy), with a lobate debris tongue and a headwall arc.
-
-    Returns (outline, tongue, headwall) in scene pixel coordinates.
-    """
-    n = 96
-    th = np.linspace(0.0, 2 * math.pi, n, endpoint=False)  # angle from the downslope axis
-    rad = np.ones(n)
-    for k in range(3, 8):
-        rad += (0.12 / math.sqrt(k)) * rng.uniform(0.2, 1.0) * np.sin(k * th + rng.uniform(0, 2 * math.pi))
-    c = np.cos(th)
-    rad *= 1.0 - 0.28 * np.clip(c, 0, None) ** 2  # narrower towards the outlet
-    a_u, a_v = radius * rng.uniform(0.75, 0.95), radius * rng.uniform(1.0, 1.25)
-    scar = Polygon(_local_to_scene(cx, cy, ux, uy, a_u * rad * c, a_v * rad * np.sin(th))).buffer(0)
-
-    length = radius * rng.uniform(0.6, 1.4)
-    width = radius * rng.uniform(0.28, 0.48)
-    t_c = a_u * 0.65 + length / 2
-    tt = np.linspace(0.0, 2 * math.pi, 48, endpoint=False)
-    trad = 1.0 + 0.1 * np.sin(3 * tt + rng.uniform(0, 6.3)) * (np.cos(tt) > 0)
-    tongue = Polygon(
-        _local_to_scene(cx, cy, ux, uy, t_c + (length / 2) * trad * np.cos(tt), width * trad * np.sin(tt))
-    ).buffer(0)
-    close = max(radius * 0.12, 1.0)
-    outline = unary_union([scar, tongue]).buffer(close).buffer(-close)
-    # headwall: the upslope arc of the scar rim
-    sel = c < -0.35
-    rim = _local_to_scene(cx, cy, ux, uy, (a_u * rad * c)[sel] * 0.97, (a_v * rad * np.sin(th))[sel] * 0.97)
-    order = np.argsort(np.arctan2(np.sin(th[sel]), -c[sel]))
-    head = LineString(rim[order]).buffer(max(1.2, radius * 0.05), cap_style="flat")
-    return outline, tongue.intersection(outline), head.intersection(outline)
-
-
 class SpatialHash:
     """A coarse spatial hash so that planning a 20k x 20k scene stays near-linear."""
 
@@ -241,9 +208,10 @@ def shown(g: Any, image: Any) -> tuple[Any, bool]:
     return part, part.area < g.area * (1 - 1e-9)
 
 
-def _slump_radius_px(rng, resolution: float) -> float:
-    # area from ~0.5 ha to tens of ha, most a few ha (log-normal, truncated)
-    ha = float(np.clip(rng.lognormal(mean=math.log(2.5), sigma=0.9), 0.5, 40.0))
+def _slump_radius_px(rng, resolution: float, area_ha: tuple[float, float, float, float] = DEMO.area_ha) -> float:
+    # demo: area from ~0.5 ha to tens of ha, most a few ha (log-normal, truncated); see Realism.area_ha
+    median, sigma, lo, hi = area_ha
+    ha = float(np.clip(rng.lognormal(mean=math.log(median), sigma=sigma), lo, hi))
     return math.sqrt(ha * 1e4 / math.pi) / resolution
 
 
@@ -340,11 +308,17 @@ def make_plan(
                 plan.slumps.append(t)
                 taken.add(t.geometry)
 
-    def free(g):
-        return g.difference(unary_union(taken.near(g, 4) + water.near(g, 4)).buffer(4))
+    def free(g, gap=4.0):
+        """``g`` less 4 px around water and ``gap`` px around slumps."""
+        if gap == 4.0:  # one cut, as the demo always made it (the same geometry, the same files)
+            return g.difference(unary_union(taken.near(g, 4) + water.near(g, 4)).buffer(4))
+        near = taken.near(g, gap)
+        if near:
+            g = g.difference(unary_union(near).buffer(gap) if gap > 0 else unary_union(near))
+        return g.difference(unary_union(water.near(g, 4)).buffer(4))
     # dry patches: lobate, slump-sized, bright in RGB like bare soil but high NIR
     for _ in range(_poisson(rng, style.dry_per_km2 * km2)):
-        r = _slump_radius_px(rng, resolution) * rng.uniform(0.5, 1.0)
+        r = _slump_radius_px(rng, resolution, style.realism.area_ha) * rng.uniform(0.5, 1.0)
         g = _lobate(rng.uniform(0, width), rng.uniform(0, height), r, rng, stretch=rng.uniform(1.0, 1.6),
                     angle=rng.uniform(0, math.pi))
         g = free(g)
@@ -353,7 +327,7 @@ def make_plan(
     for _ in range(_poisson(rng, style.burnt_per_km2 * km2)):
         r = rng.uniform(60, 250) * 3.0 / resolution
         g = _lobate(rng.uniform(0, width), rng.uniform(0, height), r, rng, amp=0.35)
-        g = free(g)
+        g = free(g, style.realism.burn_gap)
         if g.area > 50:
             plan.burnt.append(g)
     for _ in range(_poisson(rng, style.roads_per_100km2 * km2 / 100.0)):
@@ -369,7 +343,7 @@ def make_plan(
         for s in plan.slumps:
             g, cut = shown(s.geometry, plan.footprint)
             g = largest(g)
-            if g.area * resolution**2 >= 2000:  # keep what is still a visible slump (>= 0.2 ha)
+            if g.area * resolution**2 >= style.realism.min_area_m2 / 2:  # still a visible slump (demo: 0.2 ha)
                 if cut:
                     s.geometry, s.clipped = g, True
                     s.tongue, s.headwall = poly(s.tongue.intersection(g)), poly(s.headwall.intersection(g))
@@ -458,11 +432,9 @@ def _anchor(plan: Plan, rng) -> tuple[Point, tuple[float, float], str] | None:
 
 
 def _build(plan: Plan, rng, p: Point, u: tuple[float, float], setting: str, water, radius=None):
-    radius = radius or _slump_radius_px(rng, plan.resolution)
-    ux, uy = u
-    back = radius * rng.uniform(0.7, 1.0) if setting != "slope" else 0.0
-    cx, cy = p.x - ux * back, p.y - uy * back
-    outline, tongue, head = slump_shape(cx, cy, ux, uy, radius, rng)
+    real = plan.style.realism
+    radius = radius or _slump_radius_px(rng, plan.resolution, real.area_ha)
+    outline, tongue, head = slump_outline(p.x, p.y, u, radius, rng, real, anchored=setting != "slope")
     near_water = water.union_near(outline)
     if not near_water.is_empty:
         outline = largest(outline.difference(near_water))
@@ -481,22 +453,23 @@ def place_slump(plan: Plan, rng: np.random.Generator, water: SpatialHash, taken:
         taken: polygons the slump stays at least 3 px from.
 
     Returns:
-        The slump, or None when this try does not fit (below ~0.4 ha after clipping, not whole inside the scene
-        with its margin, too close to another).
+        The slump, or None when this try does not fit (below the realism level's smallest area, ~0.4 ha under
+        ``demo``, after clipping; not whole inside the scene with its margin; too close to another).
     """
     a = _anchor(plan, rng)
     if a is None:
         return None
     p, u, setting = a
     outline, tongue, head, _ = _build(plan, rng, p, u, setting, water)
-    if outline.is_empty or outline.area * plan.resolution**2 < 4000:  # below ~0.4 ha after clipping
+    if outline.is_empty or outline.area * plan.resolution**2 < plan.style.realism.min_area_m2:  # demo: ~0.4 ha
         return None
     if not plan.interior().contains(outline):
         return None
     if any(outline.distance(g) < 3 for g in taken.near(outline, 3)):
         return None
     weak = bool(rng.random() < plan.style.weak_fraction)
-    return Slump(outline, poly(tongue), poly(head), u, weak, setting)
+    tone = draw_tone(rng, plan.style.realism, weak, plan.style.weak_contrast)
+    return Slump(outline, poly(tongue), poly(head), u, weak, setting, tone=tone)
 
 
 def neighbour(plan: Plan, rng: np.random.Generator, s: Slump, water: SpatialHash, taken: SpatialHash) -> Slump | None:
@@ -510,8 +483,8 @@ def neighbour(plan: Plan, rng: np.random.Generator, s: Slump, water: SpatialHash
         taken: polygons (``s`` among them) the neighbour stays at least 3 px from, ``s`` excepted.
 
     Returns:
-        The neighbour, or None when it does not fit (below ~0.4 ha, not touching ``s``, not whole inside the scene
-        with its margin, too close to another).
+        The neighbour, or None when it does not fit (below the realism level's smallest area, not touching ``s``,
+        not whole inside the scene with its margin, too close to another).
     """
     ux, uy = s.direction
     r0 = math.sqrt(s.geometry.area / math.pi)
@@ -522,7 +495,7 @@ def neighbour(plan: Plan, rng: np.random.Generator, s: Slump, water: SpatialHash
     p = Point(c.x - uy * side * shift + ux * r1 * 0.5, c.y + ux * side * shift + uy * r1 * 0.5)
     outline, tongue, head, _ = _build(plan, rng, p, (ux, uy), "slope", water, radius=r1)
     outline = largest(outline.difference(s.geometry))
-    if outline.is_empty or outline.area * plan.resolution**2 < 4000:
+    if outline.is_empty or outline.area * plan.resolution**2 < plan.style.realism.min_area_m2:
         return None
     if outline.distance(s.geometry) > 1e-6 or outline.intersection(s.geometry).area > 1e-6:
         return None
@@ -532,7 +505,8 @@ def neighbour(plan: Plan, rng: np.random.Generator, s: Slump, water: SpatialHash
         return None
     tongue, head = tongue.intersection(outline), head.intersection(outline)
     weak = bool(rng.random() < plan.style.weak_fraction)
-    return Slump(outline, poly(tongue), poly(head), (ux, uy), weak, "slope")
+    tone = draw_tone(rng, plan.style.realism, weak, plan.style.weak_contrast)
+    return Slump(outline, poly(tongue), poly(head), (ux, uy), weak, "slope", tone=tone)
 
 
 def poly(g: Any) -> Any:

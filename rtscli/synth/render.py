@@ -14,8 +14,9 @@ from shapely.geometry import box
 
 from rtscli.synth import noise
 from rtscli.synth.plan import Plan
+from rtscli.synth.realism import band_ratios, look_alike_tone
 from rtscli.synth.sites import (
-    HEADWALL, MUD, SAND, SOIL, VEG, WATER, WHEAD, WMUD, WSOIL,
+    DRY, HEADWALL, MUD, SAND, SOIL, VEG, WATER, WHEAD, WMUD, WSOIL,
     spectra_table,
 )
 
@@ -30,6 +31,65 @@ def _rasterize(shapes, shape, row0, col0):
     if not shapes:
         return np.zeros(shape, dtype=np.uint8)
     return rasterize(shapes, out_shape=shape, transform=Affine(1, 0, col0, 0, 1, row0), fill=0, dtype="uint8")
+
+
+#: px: scale of the ground around a slump that its tone is a ratio of (--realism hard); 4 of it fit the render margin
+TONE_SIGMA = 12.0
+
+
+def _tone_slumps(img: np.ndarray, plan: Plan, cls: np.ndarray, r0: int, c0: int) -> None:
+    """Paint, in place, the slumps that have a tone (``--realism hard``), and then the dry patches, as ratios of the
+    ground around them.
+
+    The ground around is the Gaussian-weighted mean (:data:`TONE_SIGMA`) of the land that is neither slump, dry patch
+    nor water: tundra mostly, and burnt patches, bars and roads where they are near (where no land is near, deep
+    inside a large slump, the site's mean tundra). Each slump's mean RGB is ``tone[0]`` times that, spread over the
+    bands as :func:`rtscli.synth.realism.band_ratios`; its headwall is 0.06 brighter and its wet tongue 0.05 darker
+    (not on weak-RGB slumps); NIR is ``tone[1]`` times the ground's (the tongue 0.85 of that, the headwall 1.1).
+    Dry patches, the RGB look-alikes, get a slump's RGB tone and the ground's NIR
+    (:func:`rtscli.synth.realism.look_alike_tone`). Under ``demo`` (no tones) nothing changes.
+
+    Args:
+        img: ``(4, H, W)`` reflectance x 10000 (blue, green, red, NIR) of the window with its margin, before texture.
+        plan: the plan.
+        cls: ``(H, W)`` class ids of the window.
+        r0: the window's first row (with its margin), scene pixels.
+        c0: the window's first column (with its margin), scene pixels.
+    """
+    import cv2
+    from rasterio.features import rasterize
+    from rasterio.transform import Affine
+
+    if plan.style.realism.bright is None:
+        return
+    H, W = cls.shape
+    win = box(c0, r0, c0 + W, r0 + H)
+    toned = [(s.geometry, s.tone) for s in plan.slumps if s.tone is not None and s.geometry.intersects(win)]
+    toned += [(g, look_alike_tone(plan.style.realism, noise.key_of("dry-tone", plan.seed, i)))
+              for i, g in enumerate(plan.dry) if g.intersects(win)]
+    if not toned:
+        return
+    t = Affine(1, 0, c0, 0, 1, r0)
+
+    def burn(values: list[float], fill: float, dtype: str) -> np.ndarray:
+        shapes = [(g, v) for (g, _), v in zip(toned, values, strict=True)]
+        return rasterize(shapes, out_shape=(H, W), transform=t, fill=fill, dtype=dtype)
+
+    rgb = burn([tone[0] for _, tone in toned], 1.0, "float32")
+    nir = burn([tone[1] for _, tone in toned], 1.0, "float32")
+    inside = burn([1.0] * len(toned), 0, "uint8") == 1
+    rgb = rgb + np.where(cls == HEADWALL, 0.06, 0.0) - np.where(cls == MUD, 0.05, 0.0)
+    nir = nir * np.where(cls == MUD, 0.85, 1.0) * np.where(np.isin(cls, [HEADWALL, WHEAD]), 1.1, 1.0)
+    painted = [SOIL, MUD, HEADWALL, WSOIL, WMUD, WHEAD, DRY]
+    toned_px = inside & np.isin(cls, painted)
+    land = (~np.isin(cls, [WATER, *painted])).astype(np.float32)
+    eps = np.float32(1e-3)
+    weight = cv2.GaussianBlur(land, (0, 0), TONE_SIGMA) + eps
+    vmid = (np.array(plan.style.veg_a, np.float32) + np.array(plan.style.veg_b, np.float32)) / 2
+    red, green, blue = band_ratios(rgb)
+    for b, ratio in ((0, blue), (1, green), (2, red), (3, nir)):
+        ground = (cv2.GaussianBlur(img[b] * land, (0, 0), TONE_SIGMA) + eps * vmid[b]) / weight
+        img[b] = np.where(toned_px, ground * ratio, img[b])
 
 
 def render(plan: Plan, row0: int, col0: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -66,6 +126,7 @@ def render(plan: Plan, row0: int, col0: int, h: int, w: int) -> tuple[np.ndarray
     vegmix = vegmix * (1.0 - 0.2 * trough)[None]
     vegmix[3] *= 1.0 - 0.12 * trough
     img = np.where(veg[None], vegmix, img)
+    _tone_slumps(img, plan, cls, r0, c0)
 
     # texture: fine for land, stronger in slump floors (gullies), almost none on water
     tex = 0.6 * noise.fbm(nr, nc, H, W, 6 * res_scale, 3, key + 3) + 0.4 * noise.fbm(
@@ -88,7 +149,7 @@ def render(plan: Plan, row0: int, col0: int, h: int, w: int) -> tuple[np.ndarray
     wet = wat.astype(np.float32)
     elev -= 8.0 * cv2.GaussianBlur(wet, (0, 0), 14 * res_scale)
     inside = np.isin(cls, [SOIL, MUD, WSOIL, WMUD]).astype(np.float32)
-    elev -= 3.0 * cv2.GaussianBlur(inside, (0, 0), 1.5)
+    elev -= style.realism.floor_m * cv2.GaussianBlur(inside, (0, 0), 1.5)
     gy, gx = np.gradient(elev, plan.resolution)
     az, alt = math.radians(315.0), math.radians(35.0)
     sx, sy = math.sin(az) * math.cos(alt), -math.cos(az) * math.cos(alt)

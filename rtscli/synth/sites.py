@@ -7,13 +7,17 @@ where wet, and about half as bright in NIR): tundra vegetation (NDVI ~0.6-0.8), 
 in slump floors (NDVI ~0.1-0.25), lake water (NIR near zero), sandy river bars, gravel roads, burnt
 tundra (dark) and dry lichen/grass patches (bright in RGB but high NIR: the RGB look-alike of a
 slump that NIR/NDVI tells apart). Each site varies greenness, soil colour, water turbidity and how
-many lakes, rivers, slumps and look-alikes it has.
+many lakes, rivers, slumps and look-alikes it has. Under ``rts synth --realism hard`` slumps and dry patches are
+painted as ratios of the tundra around them instead, as measured on the real scenes (:mod:`rtscli.synth.realism`).
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import Iterator, TypedDict
+
+from rtscli.synth.realism import DEMO, Realism
 
 # Class ids of the rendered land cover.
 VEG, WATER, SOIL, MUD, HEADWALL, SAND, ROAD, DRY, BURNT, WSOIL, WMUD, WHEAD = range(12)
@@ -46,6 +50,7 @@ class SiteStyle:
     texture: float = 0.09
     polygons: float = 0.5  # strength of the ice-wedge polygon network
     gain: float = 1.0
+    realism: Realism = DEMO  # how hard the data is (rts synth --realism; rtscli.synth.realism)
 
 
 Spectrum = tuple[int, int, int, int]
@@ -104,26 +109,56 @@ SITES: dict[str, SiteStyle] = {
 }
 
 
-class _WeakOverrides(TypedDict, total=False):
-    """The :class:`SiteStyle` fields that :func:`set_weak` overrides."""
+class _Overrides(TypedDict, total=False):
+    """The :class:`SiteStyle` fields that :func:`set_overrides` overrides."""
 
     weak_fraction: float
     weak_contrast: float
+    realism: Realism
 
 
-#: overrides applied to every site by :func:`set_weak` (``rts synth --weak-fraction/--weak-contrast``)
-_OVERRIDES: _WeakOverrides = {}
+#: overrides applied to every site by :func:`set_overrides` (``rts synth --weak-fraction/--weak-contrast/--realism``)
+_OVERRIDES: _Overrides = {}
 
 
-def set_weak(fraction: float | None = None, contrast: float | None = None) -> None:
-    """Override, for every site, the share of weak-RGB slumps and their RGB contrast (None: keep)."""
+def set_overrides(weak_fraction: float | None = None, weak_contrast: float | None = None,
+                  realism: Realism | None = None) -> None:
+    """Override, for every site (:func:`site`), the share of weak-RGB slumps, their RGB contrast and the realism
+    level; each None keeps the site's own. Replaces the overrides set before.
+
+    Args:
+        weak_fraction: share of slumps with weak RGB contrast (0-1).
+        weak_contrast: scale of the weak slumps' RGB contrast (1: the site's, 0: invisible in RGB).
+        realism: how hard the data is (:mod:`rtscli.synth.realism`).
+    """
     global _OVERRIDES
-    overrides: _WeakOverrides = {}
-    if fraction is not None:
-        overrides["weak_fraction"] = float(fraction)
-    if contrast is not None:
-        overrides["weak_contrast"] = float(contrast)
+    overrides: _Overrides = {}
+    if weak_fraction is not None:
+        overrides["weak_fraction"] = float(weak_fraction)
+    if weak_contrast is not None:
+        overrides["weak_contrast"] = float(weak_contrast)
+    if realism is not None:
+        overrides["realism"] = realism
     _OVERRIDES = overrides
+
+
+@contextmanager
+def overridden(weak_fraction: float | None = None, weak_contrast: float | None = None,
+               realism: Realism | None = None) -> Iterator[None]:
+    """:func:`set_overrides` for the ``with`` block, then the overrides set before it again.
+
+    Args:
+        weak_fraction: share of slumps with weak RGB contrast (0-1), None: the site's.
+        weak_contrast: scale of the weak slumps' RGB contrast, None: the site's.
+        realism: the realism level, None: the site's (``demo``).
+    """
+    global _OVERRIDES
+    before = _OVERRIDES
+    set_overrides(weak_fraction, weak_contrast, realism)
+    try:
+        yield
+    finally:
+        _OVERRIDES = before
 
 
 def site(name: str) -> SiteStyle:
