@@ -90,7 +90,7 @@ def chain(seed: int, a: argparse.Namespace, ds: Path, test: Path, scene: Path, d
         ev = out / f"{name}.eval.json"
         if not ev.exists():
             quiet("evaluate", run, "--data", test, "--split", "test", "-o", ev)
-        pred = out / f"{name}.gpkg"
+        pred = out / f"{name}.p{str(a.min_score).replace('.', '')}.gpkg"  # 0.3 -> .p03.gpkg
         if not pred.exists():
             extra = ["--dem", dem] if "terrain" in name else []
             quiet("predict", scene, "--model", run, "-o", pred, "--workers", 0, "--min-score", a.min_score, *extra)

@@ -109,7 +109,7 @@ def test_ssl_and_predict_refuse_a_preset_made_for_another_sensor(tmp_path, rts, 
     assert r.code == 2 and "planetscope4 is made for 4-band rasters" in err and "--bands sentinel2-7" in err, err
     assert not run.exists()
     from rtscli.data.bands import BandMap
-    from rtscli.engine.ssl import open_scenes
+    from rtscli.engine.ssl_inputs import open_scenes
 
     assert len(open_scenes([str(SCENE)], BandMap.parse("sentinel2-7"), aux=[], scale=None, offset=None,
                            nodata=None)) == 1
@@ -191,7 +191,7 @@ def test_following_the_units_advice_silences_it(tmp_path, case):
 
 def test_ssl_and_predict_find_the_rasters_of_site_subfolders(tmp_path, rts, blob):
     from rtscli.data.bands import BandMap
-    from rtscli.engine.ssl import open_scenes
+    from rtscli.engine.ssl_inputs import open_scenes
 
     scenes = tmp_path / "scenes"
     for site, k in (("siteA", 1), ("siteB", 2)):

@@ -349,7 +349,7 @@ def test_ssl_windows_leave_clouds_out(tmp_path):
     from rtscli.data.bands import BandMap
     from rtscli.data.modalities import Modality
     from rtscli.data.windows import RandomWindows
-    from rtscli.engine.ssl import open_scenes
+    from rtscli.engine.ssl_inputs import open_scenes
 
     scene = _clouded_scene(tmp_path / "s")
     (sc,) = open_scenes([str(scene)], BandMap.parse("red=1,green=2,blue=3"), aux=[], scale=None, offset=None,

@@ -49,7 +49,7 @@ def _windows(world, tile=256, **kw):
     from rtscli.data.bands import BandMap
     from rtscli.data.modalities import resolve
     from rtscli.data.windows import RandomWindows, sample_stats
-    from rtscli.engine.ssl import open_scenes
+    from rtscli.engine.ssl_inputs import open_scenes
 
     bm = BandMap.parse("planetscope4")
     scenes = open_scenes([str(world["scene"])], bm, aux=[], scale=None, offset=None, nodata=None)
@@ -112,7 +112,7 @@ def test_mostly_nodata_windows_are_redrawn(tmp_path):
     from rtscli.data.bands import BandMap
     from rtscli.data.modalities import resolve
     from rtscli.data.windows import RandomWindows
-    from rtscli.engine.ssl import open_scenes
+    from rtscli.engine.ssl_inputs import open_scenes
 
     data = np.full((4, 512, 512), 0, np.uint16)
     data[:, :, 128:] = np.random.default_rng(0).integers(100, 3000, (4, 512, 384))  # the left quarter is nodata
@@ -370,3 +370,167 @@ def test_gdal_warnings_never_reach_the_terminal_raw(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "Warning 1" not in r.stderr and "TIFFReadDirectory" not in r.stderr, r.stderr
     assert all(ln.startswith(("rts: ", "  ")) for ln in r.stderr.splitlines() if ln.strip()), r.stderr
+
+
+# --- rts ssl on a dataset's own images, its learning rate, and its check that the loss fell ------------------------
+
+
+def test_ssl_on_a_prepared_dataset_reads_its_train_chips_with_its_own_normalization(world, rts, tmp_path, monkeypatch):
+    """`rts ssl DS`: only the train split's chips are read (never val or test ones), built with the dataset's band
+    map, statistics and repeat-to; the bundle records them and starts `rts pretrain` on that dataset."""
+    import json
+
+    from rtscli.engine import ssl as engine_ssl
+
+    ds = world["ds"]
+    read: list = []
+    original = engine_ssl.ImageWindows.read
+
+    def spy(self, k, col, row):
+        read.append(self.images[k].path.resolve())
+        return original(self, k, col, row)
+
+    monkeypatch.setattr(engine_ssl.ImageWindows, "read", spy)
+    out = tmp_path / "ssl_ds"
+    r = rts("ssl", ds, "--modality", "nir", "-o", out, "--windows", 4, "--epochs", 1, *FAST)
+    assert r.code == 0, r.err
+    assert "test chips are never read" in r.err
+    manifest = yaml.safe_load((ds / "manifest.yaml").read_text())
+    names = {s: {(ds / im["file_name"]).resolve() for im in json.loads((ds / f"{s}.json").read_text())["images"]}
+             for s in ("train", "val", "test")}
+    assert read and set(read) <= names["train"] and not set(read) & (names["val"] | names["test"])
+    c = yaml.safe_load((out / "config.yaml").read_text())
+    assert c["normalization"] == {"nir": manifest["normalization"]["nir"]}  # the dataset's, not sampled
+    assert c["band_map"] == manifest["band_map"] and c["values"] == manifest["values"]
+    assert c["repeat_to"] == manifest["repeat_to"] == 3 and c["scenes"] == []
+    assert c["data"]["kind"] == "dataset" and c["data"]["splits"] == ["train"]
+    assert c["data"]["chips"] == len(names["train"])
+    m = c["metrics"]
+    assert m["steps_run"] == 2 and m["loss_steps_compared"] == 1 and "loss_fall" in m  # every step's loss kept
+    info = rts("info", out)
+    assert info.code == 0 and "pretrained on the dataset" in info.out and "reconstruction loss over the run" in info.out
+    r = rts("pretrain", "--modality", "nir", "--data", ds, "-o", tmp_path / "run", "--preset", "nano",
+            "--backbone-weights", out, "--max-steps", 1, "--workers", 0, "--batch-size", 2)
+    assert r.code == 0, r.err
+
+
+def test_ssl_on_a_dataset_whose_chip_path_leads_outside_is_refused(world, rts, tmp_path):
+    """A train.json entry whose file_name leads out of the dataset folder the user named is refused in one line
+    (exit 2), before anything is read or written; so are options a dataset does not take."""
+    import json
+    import shutil
+
+    ds = tmp_path / "ds"
+    shutil.copytree(world["ds"], ds)
+    doc = json.loads((ds / "train.json").read_text())
+    stray = tmp_path / "elsewhere.tif"
+    shutil.copy(ds / doc["images"][0]["file_name"], stray)  # a real file, just not inside the dataset
+    doc["images"][0]["file_name"] = "../elsewhere.tif"
+    (ds / "train.json").write_text(json.dumps(doc))
+    out = tmp_path / "out"
+    r = rts("ssl", ds, "--modality", "nir", "-o", out, "--windows", 4, "--epochs", 1, *FAST)
+    errors = [ln for ln in r.err.splitlines() if ln.startswith("rts: error:")]
+    assert r.code == 2 and len(errors) == 1 and "leads outside" in errors[0] and "train.json" in errors[0], r.err
+    assert "Traceback" not in r.err and not out.exists()
+    r = rts("ssl", world["ds"], "--modality", "nir", "--bands", "planetscope4", "-o", out, *FAST)
+    assert r.code == 2 and "--bands" in r.err and "prepared dataset" in r.err and not out.exists(), r.err
+
+
+def _coco_set(root, names=("a.png", "b.png")):
+    """A COCO instances file with RGB PNG images (no georeference) and one annotation."""
+    import json
+
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    (root / "images").mkdir(parents=True)
+    images = []
+    for i, name in enumerate(names, 1):
+        base = np.zeros((192, 224, 3), np.uint8) + rng.integers(40, 200, 3).astype(np.uint8)
+        base[40:120, 60:150] = rng.integers(0, 255, 3)  # a patch of another colour
+        Image.fromarray(np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)).save(
+            root / "images" / name)
+        images.append({"id": i, "file_name": name, "width": 224, "height": 192})
+    doc = {"images": images, "categories": [{"id": 1, "name": "rts"}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 400.0,
+                            "bbox": [10, 10, 20, 20], "segmentation": [[10, 10, 30, 10, 30, 30, 10, 30]]}]}
+    (root / "train.json").write_text(json.dumps(doc))
+    return root / "train.json", doc
+
+
+def test_ssl_on_a_coco_sets_images(rts, tmp_path):
+    """`rts ssl train.json`: the COCO file's images (found beside it, in images/), their bands from the PNGs' colour
+    interpretation; a COCO file named as a test split, or an image leading outside its folder, is refused."""
+    import json
+
+    coco, doc = _coco_set(tmp_path / "coco")
+    out = tmp_path / "ssl_coco"
+    r = rts("ssl", coco, "--modality", "rgb", "-o", out, "--windows", 4, "--epochs", 1, *FAST)
+    assert r.code == 0, r.err
+    c = yaml.safe_load((out / "config.yaml").read_text())
+    assert c["data"]["kind"] == "coco" and c["data"]["images"] == 2 and set(c["normalization"]) == {"red", "green",
+                                                                                                     "blue"}
+    assert c["band_map"] == {"red": 1, "green": 2, "blue": 3} and c["metrics"]["steps_run"] == 2
+    test = coco.with_name("test.json")
+    test.write_text(coco.read_text())
+    r = rts("ssl", test, "--modality", "rgb", "-o", tmp_path / "t", *FAST)
+    assert r.code == 2 and "test split" in r.err and not (tmp_path / "t").exists(), r.err
+    (tmp_path / "secret.png").write_bytes((tmp_path / "coco" / "images" / "a.png").read_bytes())
+    doc["images"][0]["file_name"] = "../../secret.png"
+    coco.write_text(json.dumps(doc))
+    r = rts("ssl", coco, "--modality", "rgb", "-o", tmp_path / "o", *FAST)
+    assert r.code == 2 and "leads outside" in r.err and not (tmp_path / "o").exists(), r.err
+
+
+def test_the_loss_check_warns_on_a_flat_loss_and_not_on_a_falling_one():
+    from rtscli.engine.training_health import loss_fall
+
+    rng = np.random.default_rng(0)
+    flat = list(0.6 + rng.normal(0, 0.05, 200))
+    falling = list(np.linspace(0.8, 0.4, 200) + rng.normal(0, 0.05, 200))
+    f = loss_fall(flat)
+    assert f is not None and f.compared == 20 and f.warning is not None
+    assert "fell by only" in f.warning or "rose by" in f.warning
+    assert "more steps" in f.warning and "--lr" in f.warning and "more images" in f.warning
+    g = loss_fall(falling)
+    assert g is not None and g.warning is None and g.fall > 0.4
+    assert "loss_warning" not in g.record() and "loss_warning" in f.record()
+    rising = loss_fall([0.5] * 10 + [0.6] * 10)
+    assert rising is not None and rising.warning is not None and "rose by 20%" in rising.warning
+    short = loss_fall([0.5] * 19)  # a smoke run of a few steps: compared, not warned about
+    assert short is not None and short.fall == 0 and short.warning is None
+    assert loss_fall([0.5]) is None and loss_fall([0.9, 0.5]).compared == 1  # type: ignore[union-attr]
+
+
+def test_ssl_takes_its_own_learning_rate_not_the_presets_detector_rate(world):
+    from rtscli.engine.ssl import SSL_LR, ssl_defaults
+    from rtscli.modeling.config import training_defaults
+
+    for preset in ("nano", "cascade-mvitv2-b"):
+        d = ssl_defaults(preset)
+        assert d.lr == SSL_LR != training_defaults(preset).lr and d.schedule == "cosine"
+        assert d.batch_size == training_defaults(preset).batch_size
+    c = yaml.safe_load((world["ssl"] / "config.yaml").read_text())
+    assert c["training"]["settings"]["base_lr"] == SSL_LR
+
+
+def test_block_normalized_targets_are_standardized_per_hidden_block(world):
+    from rtscli.modeling.mim import block_normalized
+
+    x = torch.randn(2, 3, 64, 64) * 3 + 5
+    valid = torch.ones(2, 64, 64, dtype=torch.bool)
+    valid[0, :10] = False
+    y = block_normalized(x, valid, 32)
+    block = y[0, :, 32:, :32]
+    assert abs(block.mean().item()) < 1e-4 and abs(block.std(unbiased=False).item() - 1) < 1e-3
+    part = y[0, :, :32, :32][:, valid[0, :32, :32]]  # a block with invalid rows: over its valid pixels only
+    assert abs(part.mean().item()) < 1e-4 and (y[0, :, :10] == 0).all()
+    data = _windows(world)
+    x, valid, mask = (t[None] for t in data[(0, 0)])
+    model = _mim().eval()
+    with torch.no_grad():
+        plain, _ = model(x, valid, mask)
+        model.norm_target = True
+        a, _ = model(x, valid, mask)
+        b, _ = model(x, valid, mask, target=x * 10 + 3)  # a target's scale and offset do not matter
+    assert torch.isfinite(a) and torch.allclose(a, b, atol=1e-4) and not torch.allclose(a, plain)

@@ -51,7 +51,8 @@ def info(
     from rtscli.modeling.backbone_bundle import describe, is_backbone_bundle, read_backbone_bundle
 
     if is_backbone_bundle(bundle):  # a backbone of rts ssl, not a model
-        for line in describe(read_backbone_bundle(bundle)):
+        bb = read_backbone_bundle(bundle)
+        for line in describe(bb) + ssl_lines(bb.config):
             console.print(line, markup=False, soft_wrap=True)
         return
     from rtscli.modeling.bundle import read_bundle
@@ -142,3 +143,26 @@ def metrics_table(bundle: Path, metrics: dict) -> Table:
                 t.add_row(f"{split} {name} AP / AP50 / AP75 ({rep.get('images', '?')} chips)",
                           f"{m['AP']:.3f} / {m['AP50']:.3f} / {m['AP75']:.3f}")
     return t
+
+
+def ssl_lines(config: dict) -> list[str]:
+    """More lines about a backbone bundle of ``rts ssl`` (its ``config.yaml``): the dataset or COCO set it read, when
+    not scenes, and how its reconstruction loss fell (the means of the first and last tenth of its steps), with
+    its warning when it fell too little (:func:`rtscli.engine.training_health.loss_fall`). Older bundles: none."""
+    lines = []
+    data = config.get("data") or {}
+    if data.get("kind") == "dataset":
+        lines.append(f"  pretrained on the dataset {data.get('path')}: {data.get('chips')} chips of its "
+                     f"{' and '.join(data.get('splits') or [])} split(s) (never its test chips)")
+    elif data.get("kind") == "coco":
+        lines.append(f"  pretrained on the images of COCO file(s) {', '.join(data.get('files') or {})} "
+                     f"({data.get('images')} images)")
+    m = config.get("metrics") or {}
+    if m.get("loss_fall") is not None:
+        fall = float(m["loss_fall"])
+        lines.append(f"  reconstruction loss over the run: {m.get('loss_start')} -> {m.get('loss_end')} (means of "
+                     f"the first and last {m.get('loss_steps_compared')} steps), {abs(100 * fall):.0f}% "
+                     f"{'lower' if fall >= 0 else 'higher'}")
+    if m.get("loss_warning"):
+        lines.append(f"  warning: {m['loss_warning']}")
+    return lines

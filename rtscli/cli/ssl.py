@@ -11,10 +11,10 @@ from rtscli.cli import options
 
 
 def ssl(
-    scenes: Annotated[list[str], typer.Argument(help="Unlabeled scenes: files, folders, globs (quoted), .txt lists or VRT mosaics; read by random windows, never whole.")],
+    scenes: Annotated[list[str], typer.Argument(help="Unlabeled scenes (files, folders, globs (quoted), .txt lists, VRT mosaics, STAC items; read by random windows, never whole); or one prepared dataset folder (its train chips, with its own bands and statistics; never its test chips); or COCO JSON files (their images).")],
     modality: Annotated[str, typer.Option(help="Modality whose backbone to pretrain: rgb, nir, ndvi, or a band the band map names.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory; becomes the backbone bundle.")],
-    bands: Annotated[Optional[str], typer.Option(help="Band map or preset of the scenes (see `rts bands`); default: the rasters' band names.")] = None,
+    bands: Annotated[Optional[str], typer.Option(help="Band map or preset of the scenes or COCO images (see `rts bands`); default: the rasters' band names (RGB images: their colour interpretation). A prepared dataset has its own.")] = None,
     preset: Annotated[str, typer.Option(help="Model preset whose backbone is pretrained (see `rts models`). The default, the paper's, is sized for a GPU: on a CPU use nano (without a GPU the default is refused, with its estimated time, unless --accelerator cpu).")] = "cascade-mvitv2-b",
     tile_size: options.TileSize = None,
     aux: Annotated[Optional[list[str]], typer.Option(help="Extra aligned raster as a band: NAME=PATH (one scene only).")] = None,
@@ -28,11 +28,14 @@ def ssl(
     windows: Annotated[int, typer.Option(help="Random windows per epoch.")] = 1000,
     mask_ratio: Annotated[float, typer.Option(help="Share of 32 px blocks hidden (SimMIM: 0.6).")] = 0.6,
     stats_windows: Annotated[int, typer.Option(help="Windows sampled for the normalization statistics.")] = 64,
-    repeat_to: Annotated[int, typer.Option(help="Repeat 1-channel modalities to this many channels (0 = no), as rts prepare.")] = 3,
+    repeat_to: Annotated[Optional[int], typer.Option(help="Repeat 1-channel modalities to this many channels (0 = no), as rts prepare. Default: 3, or a prepared dataset's own.")] = None,
+    include_val: Annotated[bool, typer.Option("--include-val", help="With a prepared dataset: its val chips too (its test chips are never read).")] = False,
+    images: Annotated[Optional[Path], typer.Option(help="With COCO files: the folder of their images (default: beside the JSON, or its images/).")] = None,
+    norm_target: Annotated[bool, typer.Option("--norm-target", help="Reconstruct each hidden 32 px block standardized over its pixels (MAE's target) instead of its normalized values (SimMIM's).")] = False,
     epochs: Annotated[int, typer.Option(help="Epochs of --windows windows each.")] = 10,
     max_steps: options.MaxSteps = None,
     batch_size: options.BatchSize = None,
-    lr: options.LearningRate = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate at 16 tiles per step; scaled linearly with the total batch. Default: 6e-4, rts ssl's own (measured with nano), not the preset's detector rate.")] = None,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay (SimMIM: 0.05).")] = 0.05,
     warmup_steps: options.WarmupSteps = None,
     backbone_weights: Annotated[Optional[str], typer.Option(help="Start from imagenet or a .safetensors file instead of random weights.")] = None,
@@ -47,11 +50,15 @@ def ssl(
     overwrite: options.Overwrite = False,
     threads: options.Threads = None,
 ) -> None:
-    """Pretrain one modality's backbone on unlabeled scenes by masked image modelling (SimMIM).
+    """Pretrain one modality's backbone on unlabeled imagery by masked image modelling (SimMIM).
 
-    Random windows of the scenes are masked (60% of 32 px blocks) and the backbone learns to
-    reconstruct them. The run directory becomes a backbone bundle: use it with
-    `rts pretrain --backbone-weights RUN` (the same modality, preset and tile size).
+    Random windows of the scenes (or of a prepared dataset's train chips, or of a COCO set's
+    images, when there is no other imagery) are masked (60% of 32 px blocks) and the backbone
+    learns to reconstruct them. A dataset's chips are built with its own band map, statistics and
+    channels, as fine-tuning sees them; its test chips are never read. The run warns when its
+    loss fell by less than 10% (first tenth of the steps to last). The run directory becomes a
+    backbone bundle: use it with `rts pretrain --backbone-weights RUN` (the same modality, preset
+    and tile size).
     """
     # first thing: locals() are the parameters; rts ssl offers no --schedule, --grad-clip or --val-every
     opts = options.TrainingOptions.of(locals(), schedule="cosine", grad_clip=5.0, val_every=1)
@@ -59,14 +66,16 @@ def ssl(
     from rtscli.console import console
     from rtscli.data.bands import BandMap
     from rtscli.cli.predict import quality_request
+    from rtscli.engine.ssl import ssl_defaults
+    from rtscli.engine.ssl_inputs import input_kind
     from rtscli.engine.ssl import ssl as run
     from rtscli.errors import RtsError
-    from rtscli.modeling.config import training_defaults
 
+    kind = input_kind(list(scenes))
     band_map = BandMap.parse(bands) if bands else None
-    if band_map is None and modality.lower() == "terrain" and dem is None:
+    if band_map is None and modality.lower() == "terrain" and dem is None and kind == "scenes":
         band_map = BandMap.parse("elevation=1")  # the scenes are DEMs
-    if band_map is None:
+    if band_map is None and kind == "scenes":  # a dataset has its own; COCO images: found from the first
         from rtscli.data.inputs import band_map_from_descriptions
         from rtscli.data.scenes import is_item, scene_paths
         from rtscli.io.raster import inspect
@@ -80,13 +89,13 @@ def ssl(
                            fix="pass --bands (e.g. planetscope4, sentinel2-10 or blue=1,green=2,red=3,nir=4)")
     from rtscli.engine.train import sigterm_stops
 
-    settings = opts.settings(training_defaults(preset))
+    settings = opts.settings(ssl_defaults(preset))  # rts ssl's own learning rate, not the detector's
     with sigterm_stops():  # SIGTERM before training starts: exit 143 with one line, like one during it
         cfg = run(inputs=list(scenes), modality=modality.lower(), band_map=band_map, out=out, preset=preset,
                   settings=settings, tile_size=tile_size, aux=aux, scale=scale, offset=offset, nodata=nodata,
                   windows=windows, mask_ratio=mask_ratio, stats_windows=stats_windows, repeat_to=repeat_to,
                   resume=resume, overwrite=overwrite, quality=quality_request(quality, quality_invalid),
-                  dem=dem, dem_radius=dem_radius)
+                  dem=dem, dem_radius=dem_radius, include_val=include_val, images=images, norm_target=norm_target)
     m = cfg["metrics"]
     console.print(f"backbone bundle {out}: {cfg['preset']}, modality {cfg['modality']['name']}, {m['steps_run']} "
                   f"steps, {loss_summary(m)}", markup=False, soft_wrap=True)

@@ -276,3 +276,86 @@ def run_warnings(metrics: dict[str, Any]) -> list[str]:
     if lines:
         lines.append(f"  what to try: {TRY}")
     return lines
+
+
+# -- self-supervised pretraining (rts ssl): did the reconstruction loss fall? ------------------------------------
+#: the share of a run's steps, at each end, whose mean losses :func:`loss_fall` compares
+LOSS_ENDS = 0.1
+
+#: the least relative fall of the loss, first tenth of the steps to last, under which a run warns. Healthy nano runs
+#: on `rts synth` scenes fell 40-50% in 200 steps (rtscli.engine.ssl.SSL_LR); a randomly initialised backbone that
+#: learns nothing stays within a few percent of where it started
+MIN_LOSS_FALL = 0.1
+
+#: the fewest steps whose loss :class:`LossFall` judges: below, the ends are a step or two of noisy losses (windows
+#: differ) and a smoke run of a few steps is not warned about
+LOSS_MIN_STEPS = 20
+
+#: what to try when the reconstruction loss did not fall (rts ssl's warning, rts info)
+SSL_TRY = ("more steps (--epochs, --windows or --max-steps), a higher --lr (a lower one if the loss jumps about), "
+           "or more images (more scenes; --include-val with a prepared dataset)")
+
+
+@dataclass(frozen=True)
+class LossFall:
+    """How much a run's loss fell: the means of its first and last ``compared`` steps (of ``steps``).
+
+    ``min_fall`` is the relative fall (0-1) under which :attr:`warning` speaks (for runs of at least
+    :data:`LOSS_MIN_STEPS` steps).
+    """
+
+    first: float
+    last: float
+    steps: int
+    compared: int
+    min_fall: float = MIN_LOSS_FALL
+    what: str = "reconstruction loss"
+
+    @property
+    def fall(self) -> float:
+        """The relative fall, ``1 - last / first`` (negative when the loss rose; 0 for a first mean <= 0)."""
+        return 1.0 - self.last / self.first if self.first > 0 else 0.0
+
+    @property
+    def warning(self) -> str | None:
+        """One line when the loss fell by less than ``min_fall`` over at least :data:`LOSS_MIN_STEPS` steps, with what
+        to try (:data:`SSL_TRY`); else None."""
+        if self.fall >= self.min_fall or self.steps < LOSS_MIN_STEPS:
+            return None
+        moved = f"fell by only {self.fall:.0%}" if self.fall >= 0 else f"rose by {-self.fall:.0%}"
+        return (f"the {self.what} {moved} over the run ({self.first:.4g} -> {self.last:.4g}, the means of the first "
+                f"and the last {self.compared} of its {self.steps} steps; less than {self.min_fall:.0%}): the "
+                f"backbone has learned little. Try {SSL_TRY}")
+
+    def record(self) -> dict[str, Any]:
+        """The entries of a bundle's ``metrics``: ``loss_start``, ``loss_end``, ``loss_fall`` (rounded), the steps
+        compared, and ``loss_warning`` when it warned."""
+        out: dict[str, Any] = {"loss_start": round(self.first, 5), "loss_end": round(self.last, 5),
+                               "loss_fall": round(self.fall, 4), "loss_steps_compared": self.compared}
+        if self.warning:
+            out["loss_warning"] = self.warning
+        return out
+
+
+def loss_fall(losses: list[float], *, ends: float = LOSS_ENDS, min_fall: float = MIN_LOSS_FALL,
+              what: str = "reconstruction loss") -> LossFall | None:
+    """Compare the mean loss of the first and the last ``ends`` of a run's steps (``rts ssl``'s check that its
+    reconstruction loss fell; per-step losses are noisy, windows differ, so means of many steps are compared).
+
+    Args:
+        losses: the loss of every step, in order (non-finite ones are left out).
+        ends: the share of the steps at each end (0-0.5); at least one step each, never overlapping.
+        min_fall: the relative fall (0-1) under which the result warns.
+        what: the loss's name in the warning.
+
+    Returns:
+        The :class:`LossFall` (its ``warning`` None when the loss fell enough, or the run is shorter than
+        :data:`LOSS_MIN_STEPS`); None with fewer than 2 steps.
+    """
+    vals = [float(v) for v in losses if math.isfinite(v)]
+    n = len(vals)
+    if n < 2:
+        return None
+    k = min(max(1, round(ends * n)), n // 2)
+    first, last = sum(vals[:k]) / k, sum(vals[-k:]) / k
+    return LossFall(first=first, last=last, steps=n, compared=k, min_fall=min_fall, what=what)

@@ -120,8 +120,9 @@ def describe(bb: BackboneBundle) -> list[str]:
     return [
         f"backbone bundle (rts ssl, {c.get('method', 'SimMIM')}): modality {bb.modality.name} "
         f"({', '.join(bb.modality.channels)}), preset {c.get('preset')}, tile {bb.tile_size} px",
-        f"  scenes: {len(scenes)} ({', '.join(Path(s['path']).name for s in scenes[:3])}"
-        f"{', ...' if len(scenes) > 3 else ''}); windows seen: {m.get('windows_seen')}",
+        (f"  data: {c['data'].get('kind')} {c['data'].get('path') or ''}" if c.get("data") else
+         f"  scenes: {len(scenes)} ({', '.join(Path(s['path']).name for s in scenes[:3])}"
+         f"{', ...' if len(scenes) > 3 else ''})") + f"; windows seen: {m.get('windows_seen')}",
         f"  steps: {m.get('steps_run')}; reconstruction loss: first epoch {m.get('loss_first')}, "
         f"last {m.get('loss_last')}",
         "  normalization: " + ", ".join(f"{k} mean {v['mean']:.4g} std {v['std']:.4g}"

@@ -7,6 +7,14 @@ embeddings with a learned mask token right after the patch embedding (MViTv2) or
 pixel shuffle of the backbone's stride-32 features) predicts the tile's normalized values. The loss is
 the L1 error on the hidden (and valid) pixels only.
 
+The mask block (32 px) is the backbone's total stride: every stride-32 feature the decoder reads lies
+wholly under one hidden or one visible block, and the patch embedding (4 px for MViTv2) hides whole
+patches. With ``norm_target`` the target of each block is standardized over its valid pixels and
+channels first (MAE's per-patch normalized target: He et al., "Masked Autoencoders Are Scalable Vision
+Learners", CVPR 2022, :func:`block_normalized`): the block's mean and contrast are no longer predicted,
+only its texture. On `rts synth` scenes (nano, 200 steps) its loss fell as much as SimMIM's (46% vs 50%)
+and the two losses are not comparable, so SimMIM's values stay the default.
+
 Why SimMIM and not MaskFeat (Wei et al., CVPR 2022, whose HOG targets the MViTv2 authors designed for
 this backbone): HOG describes the gradients of a grey-level natural image; our modalities are NDVI,
 near infrared, elevation or any band a user names, normalized per channel, where a histogram of
@@ -33,12 +41,17 @@ class MaskedImageModel(nn.Module):
     ``x``: (B, C, T, T) normalized input; ``valid``: (B, T, T) bool, pixels that hold data (nodata and
     padding are never reconstructed); ``mask``: (B, T/32, T/32) bool, the hidden blocks. ``target``
     (optional, default ``x``) is what is reconstructed: only its hidden, valid pixels enter the loss.
+    ``norm_target``: reconstruct each block of the target standardized (:func:`block_normalized`, MAE's
+    target) instead of its values (SimMIM's). The loss is a 0-dim tensor, the mean absolute error per
+    hidden valid pixel and channel, in standard deviations of the normalized channels.
     """
 
-    def __init__(self, backbone: nn.Module, in_channels: int, *, block: int = MASK_BLOCK) -> None:
+    def __init__(self, backbone: nn.Module, in_channels: int, *, block: int = MASK_BLOCK,
+                 norm_target: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
         self.block = block
+        self.norm_target = norm_target
         # timm's MultiScaleVit or torchvision's ResNet, told apart by their attributes: nn.Module's __getattr__
         # types every submodule as Tensor | Module
         body: Any = backbone.body
@@ -47,10 +60,10 @@ class MaskedImageModel(nn.Module):
             width = body.patch_embed.proj.out_channels
             out_dim = body.stages[-1].blocks[-1].dim_out if hasattr(body.stages[-1].blocks[-1], "dim_out") else None
             out_dim = out_dim or cast(Any, backbone.fpn).inner_blocks[-1][0].in_channels  # torchvision's FPN
-        else:  # ResNet50 (torchvision)
-            self.kind = "resnet50"
+        else:  # a ResNet (torchvision: 18, 34 or 50)
+            self.kind = "resnet"
             width = body.conv1.out_channels
-            out_dim = 2048
+            out_dim = cast(Any, backbone).channels[-1]  # ResNet-18/34: 512, ResNet50: 2048
         self.mask_token = nn.Parameter(torch.zeros(1, width, 1, 1))
         nn.init.normal_(self.mask_token, std=0.02)
         self.norm = nn.LayerNorm(out_dim)
@@ -91,7 +104,33 @@ class MaskedImageModel(nn.Module):
         recon = self.decoder(self.encode(x, mask))
         target = x if target is None else target
         hidden = mask.repeat_interleave(self.block, 1).repeat_interleave(self.block, 2) & valid  # (B, T, T)
+        if self.norm_target:
+            target = block_normalized(target, valid, self.block)
         w = hidden[:, None].to(recon.dtype)
         n = w.sum() * recon.shape[1]
         loss = ((recon - target).abs() * w).sum() / n.clamp(min=1.0)
         return loss, recon
+
+
+def block_normalized(x: torch.Tensor, valid: torch.Tensor, block: int, eps: float = 1e-6) -> torch.Tensor:
+    """Each ``block`` x ``block`` block of ``x`` standardized over its valid pixels and all its channels: MAE's
+    per-patch normalized target (He et al., "Masked Autoencoders Are Scalable Vision Learners", CVPR 2022; ``eps``
+    is MAE's 1e-6, added to the variance).
+
+    Args:
+        x: (B, C, T, T) values; T a multiple of ``block``.
+        valid: (B, T, T) bool, the pixels that count (statistics and output).
+        block: the block side, pixels.
+        eps: added to each block's variance.
+
+    Returns:
+        (B, C, T, T): ``(x - block mean) / sqrt(block variance + eps)`` at valid pixels, 0 at the others.
+    """
+    b, c, t, _ = x.shape
+    n = t // block
+    xb = x.reshape(b, c, n, block, n, block)
+    w = valid.reshape(b, 1, n, block, n, block).to(x.dtype)
+    cnt = (w.sum(dim=(1, 3, 5), keepdim=True) * c).clamp(min=1.0)
+    mean = (xb * w).sum(dim=(1, 3, 5), keepdim=True) / cnt
+    var = (((xb - mean) ** 2) * w).sum(dim=(1, 3, 5), keepdim=True) / cnt
+    return (((xb - mean) / (var + eps).sqrt()) * w).reshape(b, c, t, t)
