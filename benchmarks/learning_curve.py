@@ -73,7 +73,7 @@ def probe_step_s(ds: Path, preset: str, out: Path, batch: int, tile: int) -> flo
 
 
 def one_run(a: argparse.Namespace, name: str, ds: Path, test: Path, split: str, preset: str, init: str,
-            fraction: float, seed: int, steps: int, ssl: Path | None, out: Path) -> dict:
+            fraction: float, seed: int, steps: int, ssl: Path | None, out: Path, copy_paste: float | None) -> dict:
     """Train one model and evaluate it on the test split; its row."""
     data = ds
     if fraction < 1:  # the same share of chips for every seed and preset
@@ -83,11 +83,12 @@ def one_run(a: argparse.Namespace, name: str, ds: Path, test: Path, split: str, 
     per_epoch = max(1, math.ceil(chips / a.batch_size))
     val_every = max(1, round(steps / a.points / per_epoch))
     safe = name.replace(":", "_")
-    run = out / "runs" / f"{safe}_{preset}_{init}_{int(fraction * 100)}_s{seed}"
+    cp = "" if copy_paste is None else f"_cp{int(copy_paste * 100)}"
+    run = out / "runs" / f"{safe}_{preset}_{init}_{int(fraction * 100)}{cp}_s{seed}"
     if not (run / "config.yaml").exists():
         extra = ["--backbone-weights", ssl] if init == "ssl" and ssl is not None else []
-        if a.copy_paste is not None:
-            extra += ["--copy-paste", a.copy_paste]
+        if copy_paste is not None:
+            extra += ["--copy-paste", copy_paste]
         quiet("pretrain", "--modality", "rgb", "--data", data, "--preset", preset, "--max-steps", steps,
               "--epochs", 100000, "--batch-size", a.batch_size, "--workers", 0, "--seed", seed, "--tile-size",
               a.tile, "--val-every", val_every, "-o", run, "--overwrite", *extra)
@@ -97,6 +98,7 @@ def one_run(a: argparse.Namespace, name: str, ds: Path, test: Path, split: str, 
     m = json.loads(report.read_text())["metrics"]
     points = curve(run)
     return {"dataset": name, "preset": preset, "init": init, "fraction": fraction, "seed": seed, "steps": steps,
+            "copy_paste": copy_paste,
             "train_chips": chips, "test_mask_ap50": m["segm"]["AP50"], "test_box_ap50": m["bbox"]["AP50"],
             "wall_s": points[-1]["wall_s"] if points else None, "curve": points}
 
@@ -184,7 +186,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--tile", type=int, default=256)
     ap.add_argument("--ssl-steps", type=int, default=300)
-    ap.add_argument("--copy-paste", type=float, help="rts pretrain --copy-paste (default: the preset's)")
+    ap.add_argument("--copy-paste", help="rts pretrain --copy-paste values, e.g. 0,0.5 (default: the preset's)")
     ap.add_argument("--jobs", type=int, default=2)
     a = ap.parse_args()
     out = Path(a.out)
@@ -214,27 +216,29 @@ def main() -> None:
                 print(f"{name} {p}: {step_s:.2f} s/step at one thread -> {steps[p]} steps in {a.minutes:g} min",
                       flush=True)
         ssl = {p: ssl_backbone(a, name, ds, p, out) for p in presets} if "ssl" in inits else {}
-        jobs = [(a, name, ds, test, split, p, i, f, s, steps[p], ssl.get(p), out)
-                for p in presets for i in inits for f in fractions for s in seeds]
+        pastes = [float(v) for v in a.copy_paste.split(",")] if a.copy_paste else [None]
+        jobs = [(a, name, ds, test, split, p, i, f, s, steps[p], ssl.get(p), out, c)
+                for p in presets for i in inits for f in fractions for c in pastes for s in seeds]
         with ThreadPoolExecutor(a.jobs) as pool:
             rows += list(pool.map(lambda job: one_run(*job), jobs))
     meta = run_meta(args={k: str(v) for k, v in vars(a).items()})
     (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     print(f"\nlearning curves ({meta['date']}, {meta['cpus']} CPUs, one thread per run, {a.jobs} side by side)\n")
-    print("| data | preset | init | labels | steps | seeds | test mask AP50 | AP50 along the run (val, mean) | "
-          "minutes |")
-    print("|---|---|---|---:|---:|---:|---|---|---:|")
+    print("| data | preset | init | labels | copy-paste | steps | seeds | test mask AP50 | AP50 along the run (val, "
+          "mean) | minutes |")
+    print("|---|---|---|---:|---|---:|---:|---|---|---:|")
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["dataset"], r["preset"], r["init"], r["fraction"]), []).append(r)
-    for (name, preset, init, frac), rs in groups.items():
+        groups.setdefault((r["dataset"], r["preset"], r["init"], r["fraction"], r["copy_paste"]), []).append(r)
+    for (name, preset, init, frac, cpv), rs in groups.items():
         ap50 = [r["test_mask_ap50"] for r in rs]
         spread = (max(ap50) - min(ap50)) / 2 if len(ap50) > 1 else 0.0
         n = min(len(r["curve"]) for r in rs)
         along = " / ".join(f"{statistics.mean(r['curve'][k]['ap50'] for r in rs):.2f}"
                            f"@{int(rs[0]['curve'][k]['steps'])}" for k in range(n))
         minutes = statistics.mean(r["wall_s"] for r in rs if r["wall_s"]) / 60 if any(r["wall_s"] for r in rs) else 0
-        print(f"| {name} | {preset} | {init} | {frac:.0%} | {rs[0]['steps']} | {len(rs)} | "
+        print(f"| {name} | {preset} | {init} | {frac:.0%} | {'preset' if cpv is None else cpv} | {rs[0]['steps']} | "
+              f"{len(rs)} | "
               f"{statistics.mean(ap50):.3f} ± {spread:.3f} | {along} | {minutes:.1f} |")
 
 
