@@ -550,7 +550,7 @@ def test_the_default_preset_on_a_cpu_is_refused_with_its_time_and_the_fix(datase
     line = _error(r)
     assert "cascade-mvitv2-b at 1024 px, batch 1: about" in line and "per step on this CPU" in line, line
     assert "for the run's 144 steps" in line and "sized for a GPU and this machine has none" in line, line  # 36 x 4
-    assert "TFLOP" in line and "measured on this CPU" in line and "--preset nano" in line, line
+    assert "TFLOP" in line and "measured on this CPU" in line and "--preset cpu-r18 or --preset nano" in line, line
     assert "--accelerator cpu runs it on this CPU anyway" in line and not run.exists(), line
     assert "the training chips (the largest 96 x 96 px) fill 1% of the 1024 px tile" in r.err
     assert "--tile-size 96 holds them" in r.err

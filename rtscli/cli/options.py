@@ -31,7 +31,7 @@ Epochs = Annotated[Optional[int], typer.Option(help="Epochs (the paper: 36). Def
 GradClip = Annotated[float, typer.Option(help="Gradient norm clipping.")]
 Devices = Annotated[str, typer.Option(help="Devices per node (number or 'auto').")]
 NumNodes = Annotated[int, typer.Option(help="Nodes (multi-node DDP under torchrun/SLURM).")]
-Accelerator = Annotated[str, typer.Option(help="auto (a CUDA GPU, else Apple silicon's MPS, else the CPU), cpu, gpu or mps. On the CPU the estimated time per step and per run is printed first; with auto, a run estimated at over 10 s per step (a GPU-sized preset such as the default) is refused and names --preset nano: --accelerator cpu runs it on the CPU anyway.")]
+Accelerator = Annotated[str, typer.Option(help="auto (a CUDA GPU, else Apple silicon's MPS, else the CPU), cpu, gpu or mps. On the CPU the estimated time per step and per run is printed first; with auto, a run estimated at over 10 s per step (a GPU-sized preset such as the default) is refused and names the CPU presets (cpu-r18, nano): --accelerator cpu runs it on the CPU anyway.")]
 Precision = Annotated[str, typer.Option(help="auto (bf16/fp16 mixed on GPU, fp32 on CPU) or a Lightning precision.")]
 Workers = Annotated[int, typer.Option(help="Data-loading worker processes.")]
 Seed = Annotated[int, typer.Option(help="Random seed (runs on the CPU are deterministic).")]

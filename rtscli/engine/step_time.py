@@ -340,7 +340,9 @@ def check_cpu_time(cfg: ModelConfig, settings: TrainSettings, *, steps: int, wha
     figures = (f"{cfg.name} at {cfg.tile_size} px, batch {settings.batch_size}: about {duration(est.seconds)} per "
                f"step on this CPU, {duration(total)} for the {run}'s {steps:,} step{'s' if steps != 1 else ''}")
     if est.seconds > CPU_STEP_LIMIT_S and settings.accelerator != "cpu":
-        smaller = "--preset nano (made for CPUs)" if cfg.name != "nano" else "a smaller --tile-size (nano's is 256)"
+        smaller = ("a smaller --tile-size (nano's and cpu-r18's is 256)" if cfg.name in ("nano", "cpu-r18") else
+                   "--preset cpu-r18 or --preset nano (made for CPUs; from random weights cpu-r18 learns what nano "
+                   "does not: models/README.md)")
         raise RtsError(f"{figures}: this is sized for a GPU and this machine has none ({est.how()})",
                        fix=f"use {smaller}, or a machine with a GPU; --accelerator cpu runs it on this CPU anyway")
     slow = est.seconds > CPU_STEP_LIMIT_S or total > 86400
