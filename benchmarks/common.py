@@ -49,7 +49,7 @@ def meta(**extra) -> dict:
 
 def subset(ds, out, fraction: float, seed: int = 0) -> int:
     """A copy of prepared dataset ``ds`` (a Path) at ``out`` whose train split keeps ``fraction`` of its chips, drawn
-    by ``seed`` (val and test as they are; the chips shared through a link). Kept when it exists. Returns the
+    by ``seed`` (val and test as they are; the chips shared as hard links). Kept when it exists. Returns the
     training chips kept."""
     import shutil
     from pathlib import Path
@@ -63,8 +63,8 @@ def subset(ds, out, fraction: float, seed: int = 0) -> int:
     for name in ("manifest.yaml", "val.json", "test.json"):
         if (ds / name).exists():
             shutil.copy(ds / name, out / name)
-    if not (out / "chips").exists():
-        os.symlink((ds / "chips").resolve(), out / "chips")
+    if not (out / "chips").exists():  # hard links: rts refuses chips reached through a link leading outside
+        shutil.copytree(ds / "chips", out / "chips", copy_function=os.link)
     doc = json.loads((ds / "train.json").read_text())
     rng = np.random.default_rng(seed)
     ids = sorted(im["id"] for im in doc["images"])
