@@ -80,7 +80,7 @@ class Command:
 
 
 #: rts's band presets (``rts bands``), in its order; the test checks they are the command line's
-BAND_PRESETS = ("planetscope4", "planetscope8", "sentinel2-10", "sentinel2-7", "landsat8-7", "paper")
+BAND_PRESETS = ("planetscope4", "planetscope8", "sentinel2-10", "sentinel2-7", "landsat8-7", "paper", "paper-dem")
 
 _BAND_HELP = ("Band map of the scene(s): a preset (planetscope4, sentinel2-10, ...) or red=3,green=2,...; default: "
               "that of the model's training rasters (`rts info BUNDLE`).")
